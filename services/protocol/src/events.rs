@@ -1,0 +1,150 @@
+//! What travels through JetStream: the job a gateway queues for a worker
+//! ([`ChatRequest`]) and the events a session's subject stores ([`Event`]).
+//!
+//! An event is stored as the JSON of the client frame *without* its `seq`
+//! (JetStream assigns the sequence on store); a gateway forwards it by
+//! splicing the sequence in ([`crate::frames::with_seq`]), with no re-parse.
+
+use serde::{Deserialize, Serialize};
+
+use crate::frames::ErrorCode;
+use crate::ids::{MessageId, SessionId};
+
+/// A chat job in `CHAT_REQUESTS`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatRequest {
+    pub session_id: SessionId,
+    pub message_id: MessageId,
+    pub content: String,
+    /// Sequence of the `user_message` event in `CHAT_EVENTS`.
+    pub user_seq: u64,
+    /// The model the client asked for; `None` means the workers' default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// Milliseconds since the epoch when the gateway accepted it.
+    pub accepted_at_ms: u64,
+}
+
+/// Why an answer ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// The model finished its answer.
+    Stop,
+    /// The answer hit the token limit.
+    Length,
+    /// Anything else a model backend reports, passed through.
+    #[serde(untagged)]
+    Other(String),
+}
+
+/// Token counts a model reports for one answer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
+}
+
+/// One stored event of a session, as it is published to `chat.events.<session>`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    /// The echo of a question, so every tab (and a replay) shows it.
+    UserMessage {
+        message_id: MessageId,
+        content: String,
+    },
+    /// The next piece of an answer; `index` counts from 0 within an attempt.
+    Chunk {
+        message_id: MessageId,
+        attempt: u32,
+        index: u32,
+        text: String,
+        /// Microseconds since the epoch when the worker published it: lets a
+        /// client on the same clock measure delivery latency.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        published_at_us: Option<u64>,
+    },
+    /// A worker died mid-answer; drop the partial answer, attempt `attempt` follows.
+    Restart { message_id: MessageId, attempt: u32 },
+    /// The answer is complete.
+    Done {
+        message_id: MessageId,
+        attempt: u32,
+        finish_reason: FinishReason,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        usage: Option<Usage>,
+    },
+    /// The answer was stopped by a cancel.
+    Cancelled { message_id: MessageId },
+    /// The answer failed for good (or was refused after its echo was stored).
+    Error {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        message_id: Option<MessageId>,
+        code: ErrorCode,
+        message: String,
+    },
+}
+
+impl Event {
+    pub fn message_id(&self) -> Option<MessageId> {
+        match self {
+            Event::UserMessage { message_id, .. }
+            | Event::Chunk { message_id, .. }
+            | Event::Restart { message_id, .. }
+            | Event::Done { message_id, .. }
+            | Event::Cancelled { message_id } => Some(*message_id),
+            Event::Error { message_id, .. } => *message_id,
+        }
+    }
+
+    /// Whether this event ends its message's answer.
+    pub fn is_terminal(&self) -> bool {
+        matches!(
+            self,
+            Event::Done { .. } | Event::Cancelled { .. } | Event::Error { .. }
+        )
+    }
+
+    /// The JSON stored in the stream.
+    pub fn to_payload(&self) -> bytes::Bytes {
+        // Serialising these plain types cannot fail: no maps with non-string
+        // keys, no custom serialisers that error.
+        serde_json::to_vec(self).unwrap_or_default().into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_serialise_as_protocol_frames_without_seq() {
+        let id: MessageId = "7d3f0a3e-3c1b-4d55-9a43-2f4b52c1a0de".parse().unwrap();
+        let chunk = Event::Chunk {
+            message_id: id,
+            attempt: 1,
+            index: 0,
+            text: "Hello".into(),
+            published_at_us: None,
+        };
+        assert_eq!(
+            String::from_utf8(chunk.to_payload().to_vec()).unwrap(),
+            r#"{"type":"chunk","message_id":"7d3f0a3e-3c1b-4d55-9a43-2f4b52c1a0de","attempt":1,"index":0,"text":"Hello"}"#
+        );
+        let done = Event::Done {
+            message_id: id,
+            attempt: 2,
+            finish_reason: FinishReason::Other("content_filter".into()),
+            usage: None,
+        };
+        let json = serde_json::to_string(&done).unwrap();
+        assert!(
+            json.contains(r#""finish_reason":"content_filter""#),
+            "{json}"
+        );
+        assert_eq!(serde_json::from_str::<Event>(&json).unwrap(), done);
+        let stop: FinishReason = serde_json::from_str("\"stop\"").unwrap();
+        assert_eq!(stop, FinishReason::Stop);
+    }
+}

@@ -1,0 +1,24 @@
+//! The contract of the chat backend: what travels on the wire between
+//! browsers and gateways ([`frames`]), what is stored in JetStream
+//! ([`events`], [`records`]), every NATS name ([`subjects`]) and the
+//! JetStream layout with its one idempotent setup function ([`setup`]).
+//!
+//! Nothing else in the workspace spells a subject, a stream name or a wire
+//! type: it comes from here.
+
+pub mod events;
+pub mod frames;
+pub mod ids;
+pub mod records;
+pub mod setup;
+pub mod subjects;
+
+pub use events::{ChatRequest, Event, FinishReason, Usage};
+pub use frames::{ClientFrame, ErrorCode, ServerFrame};
+pub use ids::{MessageId, SessionId, SessionToken, TokenHash};
+
+/// Milliseconds since the Unix epoch: the timestamp format of every stored record.
+pub fn now_ms() -> u64 {
+    let nanos = time::OffsetDateTime::now_utc().unix_timestamp_nanos();
+    u64::try_from(nanos / 1_000_000).unwrap_or(0)
+}

@@ -1,0 +1,163 @@
+//! Records NATS keeps about sessions and turns: the KV value of a session,
+//! the history record of a finished turn, and a dead letter.
+
+use serde::{Deserialize, Serialize};
+
+use crate::events::{ChatRequest, FinishReason, Usage};
+use crate::ids::{MessageId, TokenHash};
+
+/// The value of a session's key in `chat_sessions`. Updated with
+/// compare-and-set by gateways (attach, accept) and workers (finish), never
+/// per chunk.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionRecord {
+    pub created_at_ms: u64,
+    pub last_seen_ms: u64,
+    pub token_hash: TokenHash,
+    /// The gateway node that last attached a socket or served a call.
+    pub node: String,
+    /// Messages accepted and not yet finished: bounds the per-session load.
+    #[serde(default)]
+    pub active: Vec<ActiveMessage>,
+    /// The most recently finished messages (bounded), so a retry or a late
+    /// cancel of a finished message is recognised instead of being unknown.
+    #[serde(default)]
+    pub recent: Vec<MessageId>,
+}
+
+/// How many finished message ids a session record remembers.
+pub const RECENT_MESSAGES_KEPT: usize = 64;
+
+impl SessionRecord {
+    pub fn new(token_hash: TokenHash, node: String, now_ms: u64) -> Self {
+        Self {
+            created_at_ms: now_ms,
+            last_seen_ms: now_ms,
+            token_hash,
+            node,
+            active: Vec::new(),
+            recent: Vec::new(),
+        }
+    }
+
+    pub fn is_active(&self, message: MessageId) -> bool {
+        self.active.iter().any(|m| m.message_id == message)
+    }
+
+    pub fn is_finished(&self, message: MessageId) -> bool {
+        self.recent.contains(&message)
+    }
+
+    /// Moves a message from `active` to `recent`; true when it changed anything.
+    pub fn finish(&mut self, message: MessageId) -> bool {
+        let before = self.active.len();
+        self.active.retain(|m| m.message_id != message);
+        let was_recent = self.recent.contains(&message);
+        if !was_recent {
+            self.recent.push(message);
+            if self.recent.len() > RECENT_MESSAGES_KEPT {
+                let excess = self.recent.len() - RECENT_MESSAGES_KEPT;
+                self.recent.drain(..excess);
+            }
+        }
+        before != self.active.len() || !was_recent
+    }
+
+    /// Drops active entries older than `max_age_ms`: a job that was lost
+    /// outside the work-queue's guarantees must not block its session forever.
+    pub fn expire_active(&mut self, now_ms: u64, max_age_ms: u64) {
+        self.active
+            .retain(|m| now_ms.saturating_sub(m.accepted_at_ms) <= max_age_ms);
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActiveMessage {
+    pub message_id: MessageId,
+    pub accepted_at_ms: u64,
+}
+
+/// How a turn ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TurnStatus {
+    Done,
+    Cancelled,
+    Failed,
+}
+
+/// One finished turn in `CHAT_HISTORY`, and one entry of `GET /api/history`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Turn {
+    pub message_id: MessageId,
+    pub user: String,
+    pub assistant: String,
+    pub status: TurnStatus,
+    /// Milliseconds since the epoch when the question was accepted.
+    pub created_at: u64,
+    #[serde(default)]
+    pub finished_at: u64,
+    #[serde(default)]
+    pub attempt: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finish_reason: Option<FinishReason>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+    /// Sequence in `CHAT_EVENTS` of the user-message event.
+    #[serde(default)]
+    pub user_seq: u64,
+}
+
+/// A job that will not be tried again, in `CHAT_DEAD`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    pub request: ChatRequest,
+    pub reason: String,
+    pub deliveries: u64,
+    pub failed_at_ms: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::SessionToken;
+
+    #[test]
+    fn finish_moves_active_to_recent_and_bounds_it() {
+        let mut r = SessionRecord::new(SessionToken::generate().hash(), "n".into(), 0);
+        let ids: Vec<MessageId> = (0..RECENT_MESSAGES_KEPT + 5)
+            .map(|_| MessageId::new())
+            .collect();
+        for id in &ids {
+            r.active.push(ActiveMessage {
+                message_id: *id,
+                accepted_at_ms: 0,
+            });
+        }
+        assert!(r.finish(ids[0]));
+        assert!(!r.finish(ids[0]), "finishing twice changes nothing");
+        for id in &ids[1..] {
+            r.finish(*id);
+        }
+        assert!(r.active.is_empty());
+        assert_eq!(r.recent.len(), RECENT_MESSAGES_KEPT);
+        assert!(!r.is_finished(ids[0]));
+        assert!(r.is_finished(*ids.last().unwrap()));
+    }
+
+    #[test]
+    fn stale_active_entries_expire() {
+        let mut r = SessionRecord::new(SessionToken::generate().hash(), "n".into(), 0);
+        r.active.push(ActiveMessage {
+            message_id: MessageId::new(),
+            accepted_at_ms: 100,
+        });
+        r.active.push(ActiveMessage {
+            message_id: MessageId::new(),
+            accepted_at_ms: 900,
+        });
+        r.expire_active(1_000, 500);
+        assert_eq!(r.active.len(), 1);
+        assert_eq!(r.active[0].accepted_at_ms, 900);
+    }
+}

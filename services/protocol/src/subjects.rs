@@ -1,0 +1,113 @@
+//! Every NATS name of the system: streams, the consumer, the KV bucket, and
+//! builder functions for per-session subjects. A subject string appears here
+//! and nowhere else.
+
+use crate::ids::{MessageId, SessionId};
+
+/// Work-queue of chat requests; a job lives until one worker acks it.
+pub const REQUESTS_STREAM: &str = "CHAT_REQUESTS";
+/// Every event a client may need to replay (the replay window).
+pub const EVENTS_STREAM: &str = "CHAT_EVENTS";
+/// One record per finished turn, kept long.
+pub const HISTORY_STREAM: &str = "CHAT_HISTORY";
+/// Requests that exhausted their deliveries, with the reason.
+pub const DEAD_STREAM: &str = "CHAT_DEAD";
+/// The durable pull consumer every worker shares.
+pub const WORKERS_CONSUMER: &str = "workers";
+/// Session metadata, token hashes, messages in flight and cancel flags.
+pub const SESSIONS_BUCKET: &str = "chat_sessions";
+
+/// Subjects of [`REQUESTS_STREAM`].
+pub const REQUESTS_ALL: &str = "chat.requests.*";
+/// Subjects of [`EVENTS_STREAM`].
+pub const EVENTS_ALL: &str = "chat.events.*";
+/// Subjects of [`HISTORY_STREAM`].
+pub const HISTORY_ALL: &str = "chat.history.*";
+/// Subjects of [`DEAD_STREAM`].
+pub const DEAD_ALL: &str = "chat.dead.*";
+/// Source pattern of the events stream's republish.
+pub const LIVE_REPUBLISH_SOURCE: &str = "chat.events.*";
+/// Destination pattern of the republish: `chat.events.S` → `chat.live.S`.
+pub const LIVE_REPUBLISH_DESTINATION: &str = "chat.live.{{wildcard(1)}}";
+/// Cancel notices, a core subject per session; workers listen on all of them.
+pub const CANCEL_ALL: &str = "chat.cancel.*";
+/// Queue group of workers for the max-deliveries advisory, so one worker
+/// dead-letters each exhausted job.
+pub const DEAD_LETTER_QUEUE_GROUP: &str = "chat-dead-letter";
+
+/// Header set by the republish: the event's sequence in [`EVENTS_STREAM`].
+pub const HEADER_SEQUENCE: &str = "Nats-Sequence";
+/// Header set by the republish: the previous sequence on the same subject
+/// (0 when the event is the subject's first). A live subscriber that has not
+/// seen that sequence has a gap to fill from the stream.
+pub const HEADER_LAST_SEQUENCE: &str = "Nats-Last-Sequence";
+
+pub fn requests(session: SessionId) -> String {
+    format!("chat.requests.{session}")
+}
+
+pub fn events(session: SessionId) -> String {
+    format!("chat.events.{session}")
+}
+
+pub fn live(session: SessionId) -> String {
+    format!("chat.live.{session}")
+}
+
+pub fn history(session: SessionId) -> String {
+    format!("chat.history.{session}")
+}
+
+pub fn dead(session: SessionId) -> String {
+    format!("chat.dead.{session}")
+}
+
+pub fn cancel(session: SessionId) -> String {
+    format!("chat.cancel.{session}")
+}
+
+/// The advisory the server publishes when a job of the workers consumer hit
+/// `max_deliver` without being acked.
+pub fn max_deliveries_advisory() -> String {
+    format!("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{REQUESTS_STREAM}.{WORKERS_CONSUMER}")
+}
+
+/// KV key of a session's record in [`SESSIONS_BUCKET`]: the session id itself,
+/// so `nats kv get chat_sessions <session>` finds it.
+pub fn session_key(session: SessionId) -> String {
+    session.to_string()
+}
+
+/// KV key of the cancel flag of one message, read by the worker that pulls a
+/// job still waiting in the queue.
+pub fn cancel_flag_key(message: MessageId) -> String {
+    format!("cancel.{message}")
+}
+
+/// The `Nats-Msg-Id` of a request and of its user-message event: the message
+/// id, so a retried send is deduplicated by JetStream.
+pub fn dedup_id(message: MessageId) -> String {
+    message.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_session_subjects_fall_under_their_stream_patterns() {
+        let s = SessionId::new();
+        for (subject, pattern) in [
+            (requests(s), REQUESTS_ALL),
+            (events(s), EVENTS_ALL),
+            (history(s), HISTORY_ALL),
+            (dead(s), DEAD_ALL),
+            (cancel(s), CANCEL_ALL),
+        ] {
+            let prefix = pattern.trim_end_matches('*');
+            assert!(subject.starts_with(prefix), "{subject} vs {pattern}");
+            assert_eq!(subject.split('.').count(), pattern.split('.').count());
+        }
+        assert_eq!(live(s).replace("live", "events"), events(s));
+    }
+}

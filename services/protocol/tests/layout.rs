@@ -1,0 +1,123 @@
+//! The layout `protocol::setup::ensure` creates on a real nats-server is
+//! idempotent and is exactly what `nats/*.json` describes, so operators can
+//! create it with `nats stream add --config` / `nats consumer add --config`.
+//!
+//! Regenerate the JSON files after changing a default with
+//! `UPDATE_NATS_JSON=1 cargo test -p protocol --test layout`.
+
+use std::path::PathBuf;
+
+use async_nats::jetstream;
+use protocol::setup::{ensure, LayoutConfig};
+use protocol::subjects;
+use serde_json::Value;
+use stack::nats::NatsServer;
+
+fn nats_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../nats")
+}
+
+/// The parts of a server-reported config that describe the layout, not the
+/// server: `_nats.*` metadata carries the server version.
+fn normalised(mut config: Value) -> Value {
+    if let Some(meta) = config.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.retain(|k, _| !k.starts_with("_nats"));
+        if meta.is_empty() {
+            config.as_object_mut().map(|c| c.remove("metadata"));
+        }
+    }
+    config
+}
+
+async fn server_configs(js: &jetstream::Context) -> Vec<(String, Value)> {
+    let mut out = Vec::new();
+    for name in [
+        subjects::REQUESTS_STREAM,
+        subjects::EVENTS_STREAM,
+        subjects::HISTORY_STREAM,
+        subjects::DEAD_STREAM,
+    ] {
+        let info = js.get_stream(name).await.unwrap().get_info().await.unwrap();
+        out.push((
+            format!("streams/{name}.json"),
+            normalised(serde_json::to_value(&info.config).unwrap()),
+        ));
+    }
+    let kv_stream = format!("KV_{}", subjects::SESSIONS_BUCKET);
+    let info = js
+        .get_stream(&kv_stream)
+        .await
+        .unwrap()
+        .get_info()
+        .await
+        .unwrap();
+    out.push((
+        format!("streams/{kv_stream}.json"),
+        normalised(serde_json::to_value(&info.config).unwrap()),
+    ));
+    let mut consumer: jetstream::consumer::PullConsumer = js
+        .get_stream(subjects::REQUESTS_STREAM)
+        .await
+        .unwrap()
+        .get_consumer(subjects::WORKERS_CONSUMER)
+        .await
+        .unwrap();
+    let info = consumer.info().await.unwrap();
+    out.push((
+        format!(
+            "consumers/{}.{}.json",
+            subjects::REQUESTS_STREAM,
+            subjects::WORKERS_CONSUMER
+        ),
+        normalised(serde_json::to_value(&info.config).unwrap()),
+    ));
+    out
+}
+
+#[tokio::test]
+async fn setup_is_idempotent_and_matches_the_nats_json_files() {
+    let server = NatsServer::start().unwrap();
+    let js = jetstream::new(server.connect().await.unwrap());
+    let config = LayoutConfig::default();
+
+    ensure(&js, &config).await.unwrap();
+    let first = server_configs(&js).await;
+    ensure(&js, &config).await.unwrap();
+    let second = server_configs(&js).await;
+    assert_eq!(first, second, "a second ensure changed the layout");
+
+    for (file, live) in &first {
+        let path = nats_dir().join(file);
+        if std::env::var_os("UPDATE_NATS_JSON").is_some() {
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, serde_json::to_string_pretty(live).unwrap() + "\n").unwrap();
+        }
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{}: {e} (UPDATE_NATS_JSON=1 writes it)", path.display()));
+        let on_disk: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            &on_disk, live,
+            "{file} differs from what protocol::setup creates"
+        );
+    }
+}
+
+#[tokio::test]
+async fn ensure_updates_a_changed_layout_in_place() {
+    let server = NatsServer::start().unwrap();
+    let js = jetstream::new(server.connect().await.unwrap());
+    ensure(&js, &LayoutConfig::default()).await.unwrap();
+    let shorter = LayoutConfig {
+        replay_window_secs: 60,
+        ack_wait_ms: 2_000,
+        ..Default::default()
+    };
+    let layout = ensure(&js, &shorter).await.unwrap();
+    let info = layout.events.get_info().await.unwrap();
+    assert_eq!(info.config.max_age.as_secs(), 60);
+    let mut consumer = protocol::setup::workers_consumer(&layout).await.unwrap();
+    assert_eq!(
+        consumer.info().await.unwrap().config.ack_wait.as_millis(),
+        2_000
+    );
+}
