@@ -11,6 +11,7 @@ pub mod frames;
 pub mod ids;
 pub mod records;
 pub mod setup;
+pub mod stored;
 pub mod subjects;
 
 pub use events::{ChatRequest, Event, FinishReason, Usage};
