@@ -10,6 +10,7 @@ pub mod events;
 pub mod frames;
 pub mod ids;
 pub mod records;
+pub mod sessions;
 pub mod setup;
 pub mod stored;
 pub mod subjects;

@@ -1,0 +1,98 @@
+//! Reading and changing a session's record in the `chat_sessions` bucket.
+//! Every change is a compare-and-set on the key's revision, retried on a
+//! conflict, so gateways and workers never overwrite each other's updates.
+
+use async_nats::jetstream::kv::{self, Operation};
+
+use crate::ids::SessionId;
+use crate::records::SessionRecord;
+use crate::subjects;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionStoreError {
+    #[error("session not found")]
+    NotFound,
+    #[error("session record unreadable: {0}")]
+    Corrupt(#[from] serde_json::Error),
+    #[error("session store: {0}")]
+    Nats(async_nats::Error),
+    #[error("session record kept changing under us")]
+    Contended,
+}
+
+/// A record and the KV revision it was read at.
+#[derive(Clone, Debug)]
+pub struct Versioned {
+    pub record: SessionRecord,
+    pub revision: u64,
+}
+
+/// Reads a session's record; `None` for an unknown (or expired) session.
+pub async fn load(
+    store: &kv::Store,
+    session: SessionId,
+) -> Result<Option<Versioned>, SessionStoreError> {
+    let entry = store
+        .entry(subjects::session_key(session))
+        .await
+        .map_err(|e| SessionStoreError::Nats(e.into()))?;
+    match entry {
+        Some(entry) if entry.operation == Operation::Put => Ok(Some(Versioned {
+            record: serde_json::from_slice(&entry.value)?,
+            revision: entry.revision,
+        })),
+        _ => Ok(None),
+    }
+}
+
+/// Stores a new session; fails if the key exists.
+pub async fn create(
+    store: &kv::Store,
+    session: SessionId,
+    record: &SessionRecord,
+) -> Result<u64, SessionStoreError> {
+    let value = serde_json::to_vec(record)?;
+    store
+        .create(subjects::session_key(session), value.into())
+        .await
+        .map_err(|e| SessionStoreError::Nats(e.into()))
+}
+
+/// How often a compare-and-set is retried before giving up: conflicts come
+/// from a handful of writers per session, never from many.
+const CAS_ATTEMPTS: usize = 16;
+
+/// Applies `change` to the session's record with compare-and-set. `change`
+/// returns `Ok(true)` to write, `Ok(false)` to leave the record as it is, or
+/// an error of the caller's that aborts (e.g. a limit reached). It may run
+/// more than once, on a fresh copy, when another writer got there first.
+pub async fn update<E>(
+    store: &kv::Store,
+    session: SessionId,
+    mut change: impl FnMut(&mut SessionRecord) -> Result<bool, E>,
+) -> Result<Result<SessionRecord, E>, SessionStoreError> {
+    for _ in 0..CAS_ATTEMPTS {
+        let Some(Versioned {
+            mut record,
+            revision,
+        }) = load(store, session).await?
+        else {
+            return Err(SessionStoreError::NotFound);
+        };
+        match change(&mut record) {
+            Err(e) => return Ok(Err(e)),
+            Ok(false) => return Ok(Ok(record)),
+            Ok(true) => {}
+        }
+        let value = serde_json::to_vec(&record)?;
+        match store
+            .update(subjects::session_key(session), value.into(), revision)
+            .await
+        {
+            Ok(_) => return Ok(Ok(record)),
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
+            Err(e) => return Err(SessionStoreError::Nats(e.into())),
+        }
+    }
+    Err(SessionStoreError::Contended)
+}

@@ -1,0 +1,65 @@
+//! Concurrent compare-and-set updates of a session record lose nothing.
+
+use async_nats::jetstream;
+use protocol::records::{ActiveMessage, SessionRecord};
+use protocol::sessions::{self, SessionStoreError};
+use protocol::setup::{ensure, LayoutConfig};
+use protocol::{MessageId, SessionId, SessionToken};
+use stack::nats::NatsServer;
+
+#[tokio::test]
+async fn concurrent_updates_all_land_and_limits_abort() {
+    let server = NatsServer::start().unwrap();
+    let js = jetstream::new(server.connect().await.unwrap());
+    let layout = ensure(&js, &LayoutConfig::default()).await.unwrap();
+    let session = SessionId::new();
+    let record = SessionRecord::new(SessionToken::generate().hash(), "gw".into(), 1);
+    sessions::create(&layout.sessions, session, &record)
+        .await
+        .unwrap();
+    assert!(sessions::create(&layout.sessions, session, &record)
+        .await
+        .is_err());
+
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let store = layout.sessions.clone();
+        tasks.push(tokio::spawn(async move {
+            sessions::update(&store, session, |r| {
+                r.active.push(ActiveMessage {
+                    message_id: MessageId::new(),
+                    accepted_at_ms: 1,
+                });
+                Ok::<_, ()>(true)
+            })
+            .await
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap().unwrap();
+    }
+    let stored = sessions::load(&layout.sessions, session)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.record.active.len(), 8);
+
+    let refused = sessions::update(&layout.sessions, session, |r| {
+        if r.active.len() >= 8 {
+            Err("full")
+        } else {
+            Ok(true)
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(refused.unwrap_err(), "full");
+    assert!(matches!(
+        sessions::update(&layout.sessions, SessionId::new(), |_| Ok::<_, ()>(true)).await,
+        Err(SessionStoreError::NotFound)
+    ));
+    assert!(sessions::load(&layout.sessions, SessionId::new())
+        .await
+        .unwrap()
+        .is_none());
+}
