@@ -4,3 +4,4 @@
 //! Everything started here is killed when its handle drops.
 
 pub mod nats;
+pub mod otlp;

@@ -5,14 +5,37 @@
 //! the `metrics` facade and rendered as Prometheus text by the handle
 //! [`install_metrics`] returns.
 
+use std::sync::OnceLock;
+
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_subscriber::{fmt, prelude::*, EnvFilter};
 
-/// Installs the global tracing subscriber. Call once, first thing in `main`.
+pub mod trace_context;
+
+static TRACER_PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
+
+/// Installs the global tracing subscriber. Call once, first thing in `main`,
+/// inside the Tokio runtime (the OTLP exporter uses it).
+///
+/// Spans are exported with OTLP/gRPC when `OTEL_EXPORTER_OTLP_ENDPOINT` (or
+/// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set, honouring the standard
+/// `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER` and
+/// `OTEL_BSP_*` variables; nothing is exported otherwise.
 pub fn init_logging(service: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let json = std::env::var("LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
-    let registry = tracing_subscriber::registry().with(filter);
+    let otel = otlp_configured()
+        .then(|| otel_layer(service))
+        .and_then(|layer| match layer {
+            Ok(layer) => Some(layer),
+            Err(e) => {
+                eprintln!("OpenTelemetry export disabled: {e}");
+                None
+            }
+        });
+    let registry = tracing_subscriber::registry().with(filter).with(otel);
     let result = if json {
         registry
             .with(fmt::layer().json().with_current_span(true))
@@ -25,11 +48,55 @@ pub fn init_logging(service: &str) {
     }
 }
 
+fn otlp_configured() -> bool {
+    [
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    ]
+    .iter()
+    .any(|var| std::env::var(var).is_ok_and(|v| !v.trim().is_empty()))
+}
+
+fn otel_layer<S>(
+    service: &str,
+) -> anyhow::Result<tracing_opentelemetry::OpenTelemetryLayer<S, opentelemetry_sdk::trace::Tracer>>
+where
+    S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
+{
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_tonic()
+        .build()?;
+    // OTEL_SERVICE_NAME, when set, wins over the binary's own name.
+    let service_name = std::env::var("OTEL_SERVICE_NAME").unwrap_or_else(|_| service.to_string());
+    let resource = opentelemetry_sdk::Resource::builder()
+        .with_service_name(service_name)
+        .build();
+    let provider = SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(resource)
+        .build();
+    let tracer = provider.tracer(service.to_string());
+    opentelemetry::global::set_text_map_propagator(
+        opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+    );
+    let _ = TRACER_PROVIDER.set(provider);
+    Ok(tracing_opentelemetry::layer().with_tracer(tracer))
+}
+
+/// Flushes spans not yet exported. Call before the process exits.
+pub fn shutdown() {
+    if let Some(provider) = TRACER_PROVIDER.get() {
+        if let Err(e) = provider.shutdown() {
+            eprintln!("OpenTelemetry shutdown: {e}");
+        }
+    }
+}
+
 /// Installs the global Prometheus recorder and returns the handle whose
 /// `render()` is the `/metrics` body. A second call (tests starting several
 /// services in one process) returns a handle that renders the same registry.
 pub fn install_metrics() -> PrometheusHandle {
-    static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
             // The bucket list is a constant that is known to be valid.
