@@ -25,6 +25,20 @@ pub struct ChatRequest {
     pub accepted_at_ms: u64,
 }
 
+/// The core message a gateway publishes on `subjects::cancel(session)` to stop
+/// a running answer (JSON `{"message_id": "..."}`). Workers listen on
+/// `subjects::CANCEL_ALL`; the KV cancel flag covers a job not yet started.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CancelNotice {
+    pub message_id: MessageId,
+}
+
+impl CancelNotice {
+    pub fn to_payload(&self) -> bytes::Bytes {
+        serde_json::to_vec(self).unwrap_or_default().into()
+    }
+}
+
 /// Why an answer ended.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -15,7 +15,7 @@ pub mod setup;
 pub mod stored;
 pub mod subjects;
 
-pub use events::{ChatRequest, Event, FinishReason, Usage};
+pub use events::{CancelNotice, ChatRequest, Event, FinishReason, Usage};
 pub use frames::{ClientFrame, ErrorCode, ServerFrame};
 pub use ids::{MessageId, SessionId, SessionToken, TokenHash};
 

@@ -80,7 +80,7 @@ pub async fn read_range(
             .map_err(|e| fail(e.into()))?;
         let Some(message) = next else { break };
         let message = message.map_err(|e| fail(e.into()))?;
-        let info = message.info().map_err(|e| fail(e.into()))?;
+        let info = message.info().map_err(fail)?;
         let seq = info.stream_sequence;
         let pending = info.pending;
         if seq > until_seq {

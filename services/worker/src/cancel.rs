@@ -1,0 +1,142 @@
+//! Cancelling jobs: one core subscription to every session's cancel subject
+//! feeds a map from message id to the cancellation token of the job running
+//! it; a job not yet started is stopped by its KV cancel flag instead.
+//!
+//! A job registers its token *before* it reads the flag. The gateway puts the
+//! flag before it publishes the notice, so a notice that arrived before the
+//! registration is still seen through the flag.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use async_nats::jetstream::kv;
+use futures::StreamExt;
+use protocol::{subjects, CancelNotice, MessageId};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// The running jobs of this worker that a cancel notice can stop.
+#[derive(Clone, Default)]
+pub struct CancelRegistry {
+    inner: Arc<Registry>,
+}
+
+#[derive(Default)]
+struct Registry {
+    running: Mutex<HashMap<MessageId, (u64, CancellationToken)>>,
+    serial: AtomicU64,
+}
+
+impl CancelRegistry {
+    /// Registers a job; the token fires on a cancel notice for `message`
+    /// until the returned guard drops.
+    pub fn register(&self, message: MessageId) -> CancelGuard {
+        let serial = self.inner.serial.fetch_add(1, Ordering::Relaxed);
+        let token = CancellationToken::new();
+        if let Ok(mut running) = self.inner.running.lock() {
+            running.insert(message, (serial, token.clone()));
+        }
+        CancelGuard {
+            registry: self.clone(),
+            message,
+            serial,
+            token,
+        }
+    }
+
+    /// Cancels the running job of `message`; false when none runs here.
+    pub fn cancel(&self, message: MessageId) -> bool {
+        let token = match self.inner.running.lock() {
+            Ok(running) => running.get(&message).map(|(_, t)| t.clone()),
+            Err(_) => None,
+        };
+        match token {
+            Some(token) => {
+                token.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// A registered job; unregisters it when dropped.
+pub struct CancelGuard {
+    registry: CancelRegistry,
+    message: MessageId,
+    serial: u64,
+    token: CancellationToken,
+}
+
+impl CancelGuard {
+    pub fn token(&self) -> &CancellationToken {
+        &self.token
+    }
+}
+
+impl Drop for CancelGuard {
+    fn drop(&mut self) {
+        if let Ok(mut running) = self.registry.inner.running.lock() {
+            // Only our own entry: a redelivery of the same message may have
+            // registered after us.
+            if running
+                .get(&self.message)
+                .is_some_and(|(s, _)| *s == self.serial)
+            {
+                running.remove(&self.message);
+            }
+        }
+    }
+}
+
+/// Subscribes to every cancel notice and cancels matching running jobs
+/// until `stop` fires.
+pub async fn listen(
+    client: async_nats::Client,
+    registry: CancelRegistry,
+    stop: CancellationToken,
+) -> Result<JoinHandle<()>, async_nats::SubscribeError> {
+    let mut notices = client.subscribe(subjects::CANCEL_ALL).await?;
+    Ok(tokio::spawn(async move {
+        loop {
+            let message = tokio::select! {
+                _ = stop.cancelled() => break,
+                m = notices.next() => match m {
+                    Some(m) => m,
+                    None => break,
+                },
+            };
+            match serde_json::from_slice::<CancelNotice>(&message.payload) {
+                Ok(notice) => {
+                    if registry.cancel(notice.message_id) {
+                        tracing::debug!(message_id = %notice.message_id, "cancel notice for a running job");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(subject = %message.subject, error = %e, "unreadable cancel notice")
+                }
+            }
+        }
+        let _ = notices.unsubscribe().await;
+    }))
+}
+
+/// Whether a cancel flag is set for `message`. A read error counts as "not
+/// set": the job runs, and a cancel notice can still stop it.
+pub async fn flag_set(sessions: &kv::Store, message: MessageId) -> bool {
+    match sessions.get(subjects::cancel_flag_key(message)).await {
+        Ok(value) => value.is_some(),
+        Err(e) => {
+            tracing::warn!(message_id = %message, error = %e, "reading the cancel flag");
+            false
+        }
+    }
+}
+
+/// Removes a handled cancel flag (best effort: the bucket's TTL removes it anyway).
+pub async fn clear_flag(sessions: &kv::Store, message: MessageId) {
+    if let Err(e) = sessions.delete(subjects::cancel_flag_key(message)).await {
+        tracing::debug!(message_id = %message, error = %e, "deleting the cancel flag");
+    }
+}

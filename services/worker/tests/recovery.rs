@@ -1,0 +1,188 @@
+//! Jobs survive their workers: redelivery after a worker died, dead letters
+//! through the server's max-deliveries advisory, and a graceful shutdown
+//! that hands running jobs to another worker at once.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use protocol::records::{DeadLetter, TurnStatus};
+use protocol::{setup, stored, subjects, ErrorCode, Event};
+use support::{answer_of, wait_until, Harness};
+use worker::backends::demo;
+
+/// Takes the next job off the workers' consumer the way a worker that then
+/// dies would: delivered, never acked.
+async fn take_and_abandon(h: &Harness) -> u64 {
+    let consumer = setup::workers_consumer(&h.layout).await.unwrap();
+    let mut batch = consumer
+        .batch()
+        .max_messages(1)
+        .expires(Duration::from_secs(10))
+        .messages()
+        .await
+        .unwrap();
+    let message = batch.next().await.unwrap().unwrap();
+    let delivered = message.info().unwrap().delivered;
+    drop(message);
+    u64::try_from(delivered).unwrap()
+}
+
+const FAST: &[&str] = &[
+    "--demo-tokens-per-sec",
+    "0",
+    "--demo-first-token-ms",
+    "0",
+    "--demo-answer-tokens",
+    "40",
+];
+
+#[tokio::test]
+async fn a_job_abandoned_by_a_dead_worker_is_restarted_and_answered() {
+    let h = Harness::start(1500, 3).await;
+    let session = h.new_session().await;
+    let mut live = h.live(session).await;
+    let prompt = "What is a work queue?";
+    let id = h.submit(session, prompt).await;
+    assert_eq!(take_and_abandon(&h).await, 1);
+
+    let worker = h.spawn_worker(FAST).await;
+    let events = live.until(|e| e.is_terminal()).await;
+    let restart = events
+        .iter()
+        .position(|e| matches!(e, Event::Restart { .. }))
+        .expect("a restart event");
+    assert_eq!(
+        events[restart],
+        Event::Restart {
+            message_id: id,
+            attempt: 2
+        }
+    );
+    let first_chunk = events
+        .iter()
+        .position(|e| matches!(e, Event::Chunk { .. }))
+        .unwrap();
+    assert!(
+        restart < first_chunk,
+        "restart comes before the new attempt"
+    );
+    assert_eq!(answer_of(&events, id, 2), demo::answer(prompt, 40));
+    assert!(matches!(
+        events.last().unwrap(),
+        Event::Done { attempt: 2, .. }
+    ));
+    h.wait_queue_empty().await;
+    let turns = h.turns(session).await;
+    assert_eq!(turns.len(), 1);
+    assert_eq!(turns[0].attempt, 2);
+    worker.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_job_that_exhausts_its_deliveries_is_dead_lettered_once() {
+    let h = Harness::start(1000, 2).await;
+    let session = h.new_session().await;
+    let mut live = h.live(session).await;
+    let id = h.submit(session, "this one keeps killing workers").await;
+    assert_eq!(take_and_abandon(&h).await, 1);
+    assert_eq!(take_and_abandon(&h).await, 2);
+
+    // Two workers in the advisory's queue group: only one dead-letters it.
+    let a = h.spawn_worker(FAST).await;
+    let b = h.spawn_worker(FAST).await;
+    let events = live.until(|e| e.is_terminal()).await;
+    match events.last().unwrap() {
+        Event::Error {
+            message_id, code, ..
+        } => {
+            assert_eq!(*message_id, Some(id));
+            assert_eq!(*code, ErrorCode::RetriesExhausted);
+        }
+        other => panic!("expected an error, got {other:?}"),
+    }
+    assert!(!events.iter().any(|e| matches!(e, Event::Chunk { .. })));
+    h.wait_queue_empty().await;
+
+    let dead_subject = subjects::dead(session);
+    let last = stored::last_seq(&h.layout.dead, &dead_subject)
+        .await
+        .unwrap();
+    let letters: Vec<DeadLetter> = stored::read_range(&h.layout.dead, &dead_subject, 1, last)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| serde_json::from_slice(&s.payload).unwrap())
+        .collect();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].request.message_id, id);
+    assert_eq!(letters[0].deliveries, 2);
+    wait_until(|| async { h.record(session).await.is_finished(id) }).await;
+    let turns = h.turns(session).await;
+    assert_eq!(turns.len(), 1);
+    assert_eq!(turns[0].status, TurnStatus::Failed);
+
+    // Nothing more arrives for it: no second error, no answer.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stored = h.stored_events(session).await;
+    let errors = stored
+        .iter()
+        .filter(|e| matches!(e, Event::Error { .. }))
+        .count();
+    assert_eq!(errors, 1, "{stored:?}");
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn shutdown_hands_a_running_job_to_another_worker_at_once() {
+    // A long ack_wait: a redelivery through it would come seconds late.
+    let h = Harness::start(6000, 3).await;
+    let session = h.new_session().await;
+    let mut live = h.live(session).await;
+    let prompt = "Explain graceful shutdown";
+    let slow = h
+        .spawn_worker(&[
+            "--demo-tokens-per-sec",
+            "20",
+            "--demo-first-token-ms",
+            "0",
+            "--demo-answer-tokens",
+            "40",
+            "--chunk-window-ms",
+            "0",
+            "--shutdown-grace-secs",
+            "0.3",
+        ])
+        .await;
+    let id = h.submit(session, prompt).await;
+    live.until(|e| matches!(e, Event::Chunk { .. })).await;
+    let other = h.spawn_worker(FAST).await;
+
+    let stopping = Instant::now();
+    slow.shutdown().await.unwrap();
+    assert!(stopping.elapsed() < Duration::from_secs(3));
+    let events = live.until(|e| e.is_terminal()).await;
+    let restart_at = events
+        .iter()
+        .position(|e| matches!(e, Event::Restart { attempt: 2, .. }))
+        .unwrap_or_else(|| panic!("the other worker announces a restart: {events:?}"));
+    assert!(
+        stopping.elapsed() < Duration::from_secs(3),
+        "the job came back at once, not after ack_wait ({:?})",
+        stopping.elapsed()
+    );
+    // The stopping worker published nothing terminal for its attempt.
+    assert!(!events[..restart_at]
+        .iter()
+        .any(|e| e.is_terminal() || matches!(e, Event::Restart { .. })));
+    assert_eq!(answer_of(&events, id, 2), demo::answer(prompt, 40));
+    assert!(matches!(
+        events.last().unwrap(),
+        Event::Done { attempt: 2, .. }
+    ));
+    h.wait_queue_empty().await;
+    other.shutdown().await.unwrap();
+}

@@ -1,0 +1,279 @@
+//! Test support: a real nats-server with the layout, and a test acting as
+//! the gateway (session record, user-message event, chat request).
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, message::PublishMessage};
+use clap::Parser;
+use futures::StreamExt;
+use protocol::records::{ActiveMessage, SessionRecord, Turn};
+use protocol::setup::{ensure, Layout, LayoutConfig};
+use protocol::{
+    sessions, stored, subjects, CancelNotice, ChatRequest, Event, MessageId, SessionId,
+    SessionToken,
+};
+use stack::nats::NatsServer;
+
+pub const WAIT: Duration = Duration::from_secs(15);
+
+pub struct Harness {
+    pub server: NatsServer,
+    pub client: async_nats::Client,
+    pub js: jetstream::Context,
+    pub layout: Layout,
+    /// Layout flags every worker of this harness gets.
+    pub layout_args: Vec<String>,
+}
+
+impl Harness {
+    /// A server and the layout, with a short `ack_wait` and few deliveries.
+    pub async fn start(ack_wait_ms: u64, max_deliver: i64) -> Self {
+        if std::env::var_os("TEST_LOG").is_some() {
+            telemetry::init_logging("worker-test");
+        }
+        let server = NatsServer::start().unwrap();
+        let client = server.connect().await.unwrap();
+        let js = jetstream::new(client.clone());
+        let layout_args = vec![
+            "--ack-wait-ms".to_string(),
+            ack_wait_ms.to_string(),
+            "--max-deliver".to_string(),
+            max_deliver.to_string(),
+        ];
+        let layout_config = LayoutConfig {
+            ack_wait_ms,
+            max_deliver,
+            ..Default::default()
+        };
+        let layout = ensure(&js, &layout_config).await.unwrap();
+        Self {
+            server,
+            client,
+            js,
+            layout,
+            layout_args,
+        }
+    }
+
+    pub fn worker_config(&self, extra: &[&str]) -> worker::WorkerConfig {
+        let mut args: Vec<String> = vec![
+            "--nats-url".into(),
+            self.server.url(),
+            "--metrics-listen".into(),
+            "127.0.0.1:0".into(),
+        ];
+        args.extend(self.layout_args.iter().cloned());
+        args.extend(extra.iter().map(|s| s.to_string()));
+        worker::WorkerConfig::parse_from(std::iter::once("worker".to_string()).chain(args))
+    }
+
+    pub async fn spawn_worker(&self, extra: &[&str]) -> worker::RunningWorker {
+        worker::spawn(self.worker_config(extra)).await.unwrap()
+    }
+
+    pub async fn new_session(&self) -> SessionId {
+        let session = SessionId::new();
+        let record = SessionRecord::new(SessionToken::generate().hash(), "test".into(), 1);
+        sessions::create(&self.layout.sessions, session, &record)
+            .await
+            .unwrap();
+        session
+    }
+
+    /// Does what a gateway does on `chat`: record, echo, queue.
+    pub async fn submit(&self, session: SessionId, content: &str) -> MessageId {
+        self.submit_for_model(session, content, None).await
+    }
+
+    pub async fn submit_for_model(
+        &self,
+        session: SessionId,
+        content: &str,
+        model: Option<&str>,
+    ) -> MessageId {
+        let message_id = MessageId::new();
+        let now = protocol::now_ms();
+        sessions::update(&self.layout.sessions, session, |r| {
+            r.active.push(ActiveMessage {
+                message_id,
+                accepted_at_ms: now,
+            });
+            Ok::<_, ()>(true)
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        let echo = Event::UserMessage {
+            message_id,
+            content: content.into(),
+        };
+        let ack = self
+            .js
+            .send_publish(
+                subjects::events(session),
+                PublishMessage::build()
+                    .payload(echo.to_payload())
+                    .message_id(subjects::dedup_id(message_id)),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        let request = ChatRequest {
+            session_id: session,
+            message_id,
+            content: content.into(),
+            user_seq: ack.sequence,
+            model: model.map(str::to_string),
+            accepted_at_ms: now,
+        };
+        self.js
+            .send_publish(
+                subjects::requests(session),
+                PublishMessage::build()
+                    .payload(serde_json::to_vec(&request).unwrap().into())
+                    .message_id(subjects::dedup_id(message_id)),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        message_id
+    }
+
+    /// Does what a gateway does on `cancel` of an active message.
+    pub async fn cancel(&self, session: SessionId, message_id: MessageId) {
+        self.layout
+            .sessions
+            .put(subjects::cancel_flag_key(message_id), "1".into())
+            .await
+            .unwrap();
+        self.client
+            .publish(
+                subjects::cancel(session),
+                CancelNotice { message_id }.to_payload(),
+            )
+            .await
+            .unwrap();
+        self.client.flush().await.unwrap();
+    }
+
+    pub async fn live(&self, session: SessionId) -> Live {
+        let sub = self
+            .client
+            .subscribe(subjects::live(session))
+            .await
+            .unwrap();
+        self.client.flush().await.unwrap();
+        Live { sub }
+    }
+
+    /// Every stored event of the session, in order.
+    pub async fn stored_events(&self, session: SessionId) -> Vec<Event> {
+        let subject = subjects::events(session);
+        let last = stored::last_seq(&self.layout.events, &subject)
+            .await
+            .unwrap();
+        stored::read_range(&self.layout.events, &subject, 1, last)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|s| serde_json::from_slice(&s.payload).unwrap())
+            .collect()
+    }
+
+    pub async fn turns(&self, session: SessionId) -> Vec<Turn> {
+        stored::read_turns(&self.layout.history, session, 100)
+            .await
+            .unwrap()
+    }
+
+    pub async fn record(&self, session: SessionId) -> SessionRecord {
+        sessions::load(&self.layout.sessions, session)
+            .await
+            .unwrap()
+            .unwrap()
+            .record
+    }
+
+    pub async fn queued_jobs(&self) -> u64 {
+        let mut requests = self.layout.requests.clone();
+        requests.info().await.unwrap().state.messages
+    }
+
+    /// Waits until the work-queue is empty (every job acked or removed).
+    pub async fn wait_queue_empty(&self) {
+        wait_until(|| async { self.queued_jobs().await == 0 }).await;
+    }
+}
+
+/// Polls `condition` until it holds; fails the test after [`WAIT`].
+pub async fn wait_until<F, Fut>(mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + WAIT;
+    while !condition().await {
+        assert!(Instant::now() < deadline, "condition not met in {WAIT:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The live (republished) events of one session.
+pub struct Live {
+    sub: async_nats::Subscriber,
+}
+
+impl Live {
+    /// The next event and when it arrived.
+    pub async fn next(&mut self) -> (Event, Instant) {
+        let message = tokio::time::timeout(WAIT, self.sub.next())
+            .await
+            .expect("no live event in time")
+            .expect("live subscription ended");
+        (
+            serde_json::from_slice(&message.payload).unwrap(),
+            Instant::now(),
+        )
+    }
+
+    /// Events up to and including the first that `stop` accepts.
+    pub async fn until(&mut self, mut stop: impl FnMut(&Event) -> bool) -> Vec<Event> {
+        let mut out = Vec::new();
+        loop {
+            let (event, _) = self.next().await;
+            let done = stop(&event);
+            out.push(event);
+            if done {
+                return out;
+            }
+        }
+    }
+}
+
+/// Chunk texts of one attempt of one message, concatenated, after checking
+/// their indexes count from 0 without a gap.
+pub fn answer_of(events: &[Event], message: MessageId, attempt: u32) -> String {
+    let mut text = String::new();
+    let mut expected = 0;
+    for event in events {
+        if let Event::Chunk {
+            message_id,
+            attempt: a,
+            index,
+            text: t,
+            published_at_us,
+        } = event
+        {
+            if *message_id == message && *a == attempt {
+                assert_eq!(*index, expected, "chunk indexes count from 0 per attempt");
+                assert!(published_at_us.is_some());
+                expected += 1;
+                text.push_str(t);
+            }
+        }
+    }
+    text
+}

@@ -1,0 +1,184 @@
+// Browser tests of the UI against a scripted gateway (e2e/mock.mjs): the
+// behaviours that need exact control of the frames (duplicates after a
+// replay, refusals, close codes, hostile markup). Needs `npm run build`.
+
+import { after, before, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { forbidDialogs, launch, waitFor } from './browser.mjs';
+import { mockGateway, MOCK_ORIGIN, seedSession, serveApp, SESSION } from './mock.mjs';
+
+let browser;
+before(async () => {
+  browser = await launch();
+});
+after(async () => browser?.close());
+
+async function open(script) {
+  const page = await browser.context.newPage();
+  const dialogs = forbidDialogs(page);
+  await serveApp(page);
+  await seedSession(page);
+  const received = [];
+  const urls = await mockGateway(page, (ws, url, n) => {
+    ws.onMessage((f) => received.push(f));
+    script(ws, url, n, received);
+  });
+  await page.goto(`${MOCK_ORIGIN}/`);
+  return { page, dialogs, received, urls };
+}
+
+const ready = (ws, node = 'gw-a', last_seq = 0) => ws.send({ type: 'ready', session_id: SESSION.session_id, node, last_seq });
+const answerOf = (page) => page.getByTestId('answer-text').last().innerText();
+const clean = async (page) => {
+  await page.evaluate(() => localStorage.clear());
+  await page.close();
+};
+
+describe('UI against a scripted gateway', () => {
+  it('Enter sends a chat frame with a client message id; Shift+Enter adds a line', async () => {
+    const { page, received } = await open((ws) => ready(ws));
+    await page.locator('[data-testid=connection][data-state=connected]').waitFor();
+    assert.equal(await page.getByTestId('node').innerText(), 'gw-a');
+    const input = page.getByTestId('composer-input');
+    await input.type('line one');
+    await input.press('Shift+Enter');
+    await input.type('line two');
+    assert.equal(await input.inputValue(), 'line one\nline two');
+    await input.press('Enter');
+    const chat = await waitFor(() => received.find((f) => f.type === 'chat'), { what: 'a chat frame' });
+    assert.equal(chat.content, 'line one\nline two');
+    assert.match(chat.message_id, /^[0-9a-f-]{36}$/);
+    assert.equal(await input.inputValue(), '');
+    await clean(page);
+  });
+
+  it('after a 1012 it reconnects at once with after_seq and shows replayed text once', async () => {
+    const M = 'aaaaaaaa-0000-4000-8000-00000000000a';
+    const { page, urls } = await open((ws, url, n) => {
+      if (n === 1) {
+        ready(ws, 'gw-a');
+        ws.send({ type: 'user_message', message_id: M, content: 'q', seq: 1 });
+        ws.send({ type: 'chunk', message_id: M, attempt: 1, index: 0, text: 'Hello ', seq: 2 });
+        ws.send({ type: 'chunk', message_id: M, attempt: 1, index: 1, text: 'there ', seq: 3 });
+        setTimeout(() => ws.close(1012, 'restart'), 200);
+      } else {
+        ready(ws, 'gw-b', 5);
+        // An overlapping replay: seq 2 and 3 again, then what was missed.
+        ws.send({ type: 'chunk', message_id: M, attempt: 1, index: 0, text: 'Hello ', seq: 2 });
+        ws.send({ type: 'chunk', message_id: M, attempt: 1, index: 1, text: 'there ', seq: 3 });
+        ws.send({ type: 'chunk', message_id: M, attempt: 1, index: 2, text: 'friend.', seq: 4 });
+        ws.send({ type: 'done', message_id: M, attempt: 1, finish_reason: 'stop', seq: 5 });
+      }
+    });
+    await page.locator('[data-testid=connection][data-node=gw-b]').waitFor();
+    assert.equal(urls[1].searchParams.get('after_seq'), '3');
+    await page.locator('[data-testid=turn][data-status=done]').waitFor();
+    assert.equal(await answerOf(page), 'Hello there friend.');
+    await clean(page);
+  });
+
+  it('Stop sends cancel for the streaming answer and shows it stopped', async () => {
+    const M = 'bbbbbbbb-0000-4000-8000-00000000000b';
+    const { page, received } = await open((ws) => {
+      ready(ws);
+      ws.send({ type: 'user_message', message_id: M, content: 'q', seq: 1 });
+      ws.send({ type: 'chunk', message_id: M, attempt: 1, index: 0, text: 'Once upon', seq: 2 });
+      ws.onMessage((f) => {
+        if (f.type === 'cancel') ws.send({ type: 'cancelled', message_id: f.message_id, seq: 3 });
+      });
+    });
+    await page.getByTestId('stop').click();
+    await page.getByTestId('stopped').waitFor();
+    assert.deepEqual(received.filter((f) => f.type === 'cancel'), [{ type: 'cancel', message_id: M }]);
+    assert.equal(await answerOf(page), 'Once upon');
+    assert.equal(await page.getByTestId('stop').count(), 0);
+    await clean(page);
+  });
+
+  it('a restart replaces the partial answer', async () => {
+    const M = 'cccccccc-0000-4000-8000-00000000000c';
+    const { page } = await open((ws) => {
+      ready(ws);
+      ws.send({ type: 'user_message', message_id: M, content: 'q', seq: 1 });
+      ws.send({ type: 'chunk', message_id: M, attempt: 1, index: 0, text: 'first try', seq: 2 });
+      ws.send({ type: 'restart', message_id: M, attempt: 2, seq: 3 });
+      ws.send({ type: 'chunk', message_id: M, attempt: 2, index: 0, text: 'second try', seq: 4 });
+      ws.send({ type: 'done', message_id: M, attempt: 2, finish_reason: 'stop', seq: 5 });
+    });
+    await page.locator('[data-testid=turn][data-status=done]').waitFor();
+    assert.equal(await answerOf(page), 'second try');
+    await clean(page);
+  });
+
+  it('a refused question shows plain words and Try again sends it anew', async () => {
+    const { page, received } = await open((ws) => {
+      ready(ws);
+      ws.onMessage((f) => {
+        if (f.type === 'chat' && received.filter((x) => x.type === 'chat').length === 1) {
+          ws.send({ type: 'error', message_id: f.message_id, code: 'rate_limited', message: 'too many in flight' });
+        }
+      });
+    });
+    await page.locator('[data-testid=connection][data-state=connected]').waitFor();
+    await page.getByTestId('composer-input').fill('hello');
+    await page.getByTestId('composer-input').press('Enter');
+    const err = page.getByTestId('turn-error');
+    await err.waitFor();
+    assert.match(await err.innerText(), /Too many questions at once/);
+    await page.getByTestId('retry').click();
+    const chats = await waitFor(() => {
+      const c = received.filter((f) => f.type === 'chat');
+      return c.length === 2 ? c : null;
+    }, { what: 'a second chat frame' });
+    assert.equal(chats[1].content, 'hello');
+    assert.notEqual(chats[1].message_id, chats[0].message_id);
+    await clean(page);
+  });
+
+  it('close 1008 shows the session as invalid and offers a new conversation', async () => {
+    const { page, urls } = await open((ws) => ws.close(1008, 'bad token'));
+    await page.getByTestId('session-invalid').waitFor();
+    assert.match(await page.getByTestId('session-invalid').innerText(), /Start a new conversation/);
+    await page.waitForTimeout(800);
+    assert.equal(urls.length, 1, 'no reconnect loop on 1008');
+    await clean(page);
+  });
+
+  it('replay_expired rebuilds the conversation from the history frame', async () => {
+    const { page } = await open((ws) => {
+      ready(ws, 'gw-a', 40);
+      ws.send({ type: 'error', code: 'replay_expired', message: 'too old' });
+      ws.send({
+        type: 'history',
+        last_seq: 40,
+        turns: [
+          { message_id: 'dddddddd-0000-4000-8000-000000000001', user: 'old question', assistant: 'old **answer**', status: 'done', created_at: 1, user_seq: 3 },
+        ],
+      });
+    });
+    await page.locator('[data-testid=turn][data-status=done]').waitFor();
+    assert.equal(await answerOf(page), 'old answer');
+    await page.locator('[data-testid=connection][data-state=connected]').waitFor();
+    assert.equal(await page.getByTestId('notice').count(), 0);
+    await clean(page);
+  });
+
+  it('hostile markup in an answer is inert', async () => {
+    const M = 'eeeeeeee-0000-4000-8000-00000000000e';
+    const { page, dialogs } = await open((ws) => {
+      ready(ws);
+      ws.send({ type: 'user_message', message_id: M, content: 'q', seq: 1 });
+      ws.send({ type: 'chunk', message_id: M, attempt: 1, index: 0, text: '<script>window.__pwned=1;alert(1)</script>\n\n', seq: 2 });
+      ws.send({ type: 'chunk', message_id: M, attempt: 1, index: 1, text: '<img src=x onerror="window.__pwned=2;alert(2)"> [x](javascript:alert(3))', seq: 3 });
+      ws.send({ type: 'done', message_id: M, attempt: 1, finish_reason: 'stop', seq: 4 });
+    });
+    await page.locator('[data-testid=turn][data-status=done]').waitFor();
+    await page.waitForTimeout(300);
+    assert.equal(await page.locator('[data-testid=messages] script, [data-testid=messages] [onerror]').count(), 0);
+    const link = page.locator('[data-testid=answer-text] a');
+    if (await link.count()) assert.doesNotMatch((await link.getAttribute('href')) ?? '', /javascript:/);
+    assert.equal(await page.evaluate(() => window.__pwned), undefined);
+    assert.deepEqual(dialogs, []);
+    await clean(page);
+  });
+});

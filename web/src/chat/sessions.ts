@@ -1,0 +1,88 @@
+// The conversations this browser knows: session id and token, kept in
+// localStorage (the token is shown once by the server and is the only key to
+// the session), plus a title taken from the first question.
+
+export interface StoredSession {
+  sessionId: string;
+  token: string;
+  title: string;
+  createdAt: number;
+  updatedAt: number;
+}
+
+const LIST_KEY = 'chat.sessions.v1';
+const CURRENT_KEY = 'chat.current.v1';
+
+function storage(): Storage | null {
+  try {
+    return window.localStorage;
+  } catch {
+    return null;
+  }
+}
+
+export function loadSessions(): StoredSession[] {
+  const raw = storage()?.getItem(LIST_KEY);
+  if (!raw) return [];
+  try {
+    const list = JSON.parse(raw) as unknown;
+    if (!Array.isArray(list)) return [];
+    return list.filter(
+      (s): s is StoredSession =>
+        typeof s === 'object' && s !== null && typeof s.sessionId === 'string' && typeof s.token === 'string',
+    );
+  } catch {
+    return [];
+  }
+}
+
+export function saveSessions(list: StoredSession[]): void {
+  storage()?.setItem(LIST_KEY, JSON.stringify(list));
+}
+
+export function loadCurrent(): string | null {
+  return storage()?.getItem(CURRENT_KEY) ?? null;
+}
+
+export function saveCurrent(sessionId: string | null): void {
+  const s = storage();
+  if (!s) return;
+  if (sessionId) s.setItem(CURRENT_KEY, sessionId);
+  else s.removeItem(CURRENT_KEY);
+}
+
+export class ApiError extends Error {
+  constructor(
+    readonly status: number,
+    readonly code: string,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+async function apiError(res: Response): Promise<ApiError> {
+  try {
+    const body = (await res.json()) as { error?: { code?: string; message?: string } };
+    return new ApiError(res.status, body.error?.code ?? 'internal', body.error?.message ?? res.statusText);
+  } catch {
+    return new ApiError(res.status, res.status === 429 ? 'overloaded' : 'internal', res.statusText || `HTTP ${res.status}`);
+  }
+}
+
+/** `POST /api/sessions`: a new conversation. */
+export async function createSession(base = ''): Promise<{ session_id: string; token: string }> {
+  const res = await fetch(`${base}/api/sessions`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: '{}',
+  });
+  if (!res.ok) throw await apiError(res);
+  return (await res.json()) as { session_id: string; token: string };
+}
+
+/** A short title from the first question. */
+export function titleFrom(question: string): string {
+  const line = question.trim().replace(/\s+/g, ' ');
+  return line.length > 60 ? `${line.slice(0, 57)}…` : line;
+}

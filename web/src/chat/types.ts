@@ -1,0 +1,98 @@
+// The wire frames of the gateway (PROTOCOL.md; services/protocol/src/frames.rs,
+// events.rs, records.rs). Field names are the wire's snake_case on purpose.
+
+export type ErrorCode =
+  | 'bad_request'
+  | 'unauthorized'
+  | 'not_found'
+  | 'too_large'
+  | 'rate_limited'
+  | 'overloaded'
+  | 'model_failed'
+  | 'retries_exhausted'
+  | 'replay_expired'
+  | 'internal'
+  | (string & {});
+
+export type TurnStatusWire = 'done' | 'cancelled' | 'failed';
+
+/** One finished turn, as `GET /api/history` and the `history` frame carry it. */
+export interface HistoryTurn {
+  message_id: string;
+  user: string;
+  assistant: string;
+  status: TurnStatusWire;
+  created_at: number;
+  finished_at?: number;
+  attempt?: number;
+  finish_reason?: string;
+  user_seq?: number;
+}
+
+// Frames that come from the session's event stream: they carry `seq`.
+export type UserMessageFrame = { type: 'user_message'; message_id: string; content: string; seq: number };
+export type ChunkFrame = {
+  type: 'chunk';
+  message_id: string;
+  attempt: number;
+  index: number;
+  text: string;
+  seq: number;
+  published_at_us?: number;
+};
+export type RestartFrame = { type: 'restart'; message_id: string; attempt: number; seq: number };
+export type DoneFrame = {
+  type: 'done';
+  message_id: string;
+  attempt: number;
+  finish_reason: string;
+  usage?: { prompt_tokens: number; completion_tokens: number };
+  seq: number;
+};
+export type CancelledFrame = { type: 'cancelled'; message_id: string; seq: number };
+/** An error: with `seq` it is a stored event (a failed answer), without it a refused frame. */
+export type ErrorFrame = { type: 'error'; message_id?: string; code: ErrorCode; message: string; seq?: number };
+
+// Frames the gateway makes itself.
+export type ReadyFrame = { type: 'ready'; session_id: string; token?: string; node: string; last_seq: number };
+/** Note: `seq` here is the seq of the user_message event, not a stream position of this frame. */
+export type AcceptedFrame = { type: 'accepted'; message_id: string; seq: number };
+export type HistoryFrame = { type: 'history'; turns: HistoryTurn[]; last_seq: number };
+export type PongFrame = { type: 'pong' };
+
+export type ServerFrame =
+  | UserMessageFrame
+  | ChunkFrame
+  | RestartFrame
+  | DoneFrame
+  | CancelledFrame
+  | ErrorFrame
+  | ReadyFrame
+  | AcceptedFrame
+  | HistoryFrame
+  | PongFrame;
+
+export type ClientFrame =
+  | { type: 'chat'; message_id: string; content: string; model?: string }
+  | { type: 'cancel'; message_id: string }
+  | { type: 'resume'; after_seq: number }
+  | { type: 'ping' };
+
+const KNOWN = new Set([
+  'user_message', 'chunk', 'restart', 'done', 'cancelled', 'error',
+  'ready', 'accepted', 'history', 'pong',
+]);
+
+/** Parses a text frame; `null` for anything that is not a frame we know. */
+export function parseServerFrame(text: string): ServerFrame | null {
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch {
+    return null;
+  }
+  if (typeof value !== 'object' || value === null) return null;
+  const type = (value as { type?: unknown }).type;
+  if (typeof type !== 'string' || !KNOWN.has(type)) return null;
+  return value as ServerFrame;
+}
