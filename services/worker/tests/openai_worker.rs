@@ -1,0 +1,209 @@
+//! The worker with `--backend openai` end to end: a real nats-server, the
+//! worker in-process, and a scripted OpenAI-compatible server on loopback.
+#![allow(clippy::unwrap_used)]
+
+mod openai_support;
+mod support;
+
+use std::time::Duration;
+
+use openai_support::{Script, ScriptedServer};
+use protocol::records::TurnStatus;
+use protocol::{ErrorCode, Event, FinishReason, MessageId};
+use serde_json::json;
+use support::{answer_of, wait_until, Harness};
+
+async fn openai_worker(h: &Harness, server: &ScriptedServer) -> worker::RunningWorker {
+    let base_url = server.base_url();
+    h.spawn_worker(&[
+        "--backend",
+        "openai",
+        "--openai-base-url",
+        &base_url,
+        "--openai-model",
+        "test-model",
+        "--openai-first-token-timeout-secs",
+        "5",
+        "--chunk-window-ms",
+        "0",
+    ])
+    .await
+}
+
+fn is_terminal_of(id: MessageId) -> impl FnMut(&Event) -> bool {
+    move |e| {
+        e.is_terminal()
+            && matches!(e,
+                Event::Done { message_id, .. }
+                | Event::Cancelled { message_id }
+                | Event::Error { message_id: Some(message_id), .. } if *message_id == id)
+    }
+}
+
+#[tokio::test]
+async fn a_server_error_is_retried_and_the_next_attempt_answers() {
+    let h = Harness::start(1500, 3).await;
+    let server = ScriptedServer::start(vec![
+        Script::status(500, r#"{"error":{"message":"warming up"}}"#),
+        Script::answer(&["The ", "answer ", "is ", "42."]),
+    ])
+    .await;
+    let worker = openai_worker(&h, &server).await;
+    let session = h.new_session().await;
+    let mut live = h.live(session).await;
+    let id = h.submit(session, "What is the answer?").await;
+
+    let events = live.until(is_terminal_of(id)).await;
+    assert!(matches!(events[0], Event::UserMessage { .. }), "{events:?}");
+    assert_eq!(
+        events[1],
+        Event::Restart {
+            message_id: id,
+            attempt: 2
+        },
+        "{events:?}"
+    );
+    assert_eq!(answer_of(&events, id, 1), "", "attempt 1 produced nothing");
+    assert_eq!(answer_of(&events, id, 2), "The answer is 42.");
+    match events.last().unwrap() {
+        Event::Done {
+            attempt,
+            finish_reason,
+            usage,
+            ..
+        } => {
+            assert_eq!(*attempt, 2);
+            assert_eq!(*finish_reason, FinishReason::Stop);
+            assert_eq!(usage.unwrap().completion_tokens, 4);
+        }
+        other => panic!("expected done, got {other:?}"),
+    }
+    assert_eq!(server.requests().len(), 2);
+    h.wait_queue_empty().await;
+    let turns = h.turns(session).await;
+    assert_eq!(turns.len(), 1);
+    assert_eq!(turns[0].status, TurnStatus::Done);
+    assert_eq!(turns[0].assistant, "The answer is 42.");
+    assert_eq!(turns[0].attempt, 2);
+    worker.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_rejected_request_fails_the_job_without_retry() {
+    let h = Harness::start(1500, 3).await;
+    let server = ScriptedServer::start(vec![
+        Script::status(400, r#"{"error":{"message":"bad model"}}"#),
+        // Would answer a (wrong) retry.
+        Script::answer(&["retried"]),
+    ])
+    .await;
+    let worker = openai_worker(&h, &server).await;
+    let session = h.new_session().await;
+    let mut live = h.live(session).await;
+    let id = h.submit(session, "Hi").await;
+
+    let events = live.until(is_terminal_of(id)).await;
+    match events.last().unwrap() {
+        Event::Error { code, message, .. } => {
+            assert_eq!(*code, ErrorCode::ModelFailed);
+            assert!(message.contains("bad model"), "{message}");
+        }
+        other => panic!("expected error, got {other:?}"),
+    }
+    assert!(
+        !events.iter().any(|e| matches!(e, Event::Restart { .. })),
+        "{events:?}"
+    );
+    // The job is gone from the queue: nothing can deliver it again.
+    h.wait_queue_empty().await;
+    wait_until(|| async { h.turns(session).await.len() == 1 }).await;
+    assert_eq!(h.turns(session).await[0].status, TurnStatus::Failed);
+    assert!(h.record(session).await.is_finished(id));
+    assert_eq!(server.requests().len(), 1);
+    worker.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn cancel_closes_the_model_connection_and_is_announced_once() {
+    let h = Harness::start(1500, 3).await;
+    let server = ScriptedServer::start(vec![Script::Endless {
+        pace: Duration::from_millis(20),
+    }])
+    .await;
+    let worker = openai_worker(&h, &server).await;
+    let session = h.new_session().await;
+    let mut live = h.live(session).await;
+    let id = h.submit(session, "Tell me everything").await;
+
+    let first = live
+        .until(|e| matches!(e, Event::Chunk { message_id, .. } if *message_id == id))
+        .await;
+    assert!(matches!(first.last(), Some(Event::Chunk { .. })));
+    h.cancel(session, id).await;
+    let rest = live.until(is_terminal_of(id)).await;
+    assert_eq!(rest.last().unwrap(), &Event::Cancelled { message_id: id });
+    server.wait_all_closed(Duration::from_secs(2)).await;
+
+    h.wait_queue_empty().await;
+    wait_until(|| async { h.turns(session).await.len() == 1 }).await;
+    let turn = &h.turns(session).await[0];
+    assert_eq!(turn.status, TurnStatus::Cancelled);
+    assert!(turn.assistant.starts_with("t0 "), "{:?}", turn.assistant);
+    let events = h.stored_events(session).await;
+    let cancelled = events
+        .iter()
+        .filter(|e| matches!(e, Event::Cancelled { .. }))
+        .count();
+    assert_eq!(cancelled, 1, "{events:?}");
+    assert_eq!(server.requests().len(), 1);
+    worker.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn earlier_turns_of_the_session_are_sent_as_context() {
+    let h = Harness::start(1500, 3).await;
+    let server = ScriptedServer::start(vec![
+        Script::answer(&["Paris", "."]),
+        Script::answer(&["About ", "2 million."]),
+    ])
+    .await;
+    let worker = openai_worker(&h, &server).await;
+    let session = h.new_session().await;
+    let other_session = h.new_session().await;
+    let mut live = h.live(session).await;
+
+    let first = h.submit(session, "Capital of France?").await;
+    live.until(is_terminal_of(first)).await;
+    // The turn is stored right after `done`; the next question is asked
+    // once it is, as a user would.
+    wait_until(|| async { h.turns(session).await.len() == 1 }).await;
+    let second = h.submit(session, "How many people live there?").await;
+    let events = live.until(is_terminal_of(second)).await;
+    assert_eq!(answer_of(&events, second, 1), "About 2 million.");
+
+    let requests = server.requests();
+    assert_eq!(requests.len(), 2);
+    assert_eq!(
+        requests[0].body["messages"],
+        json!([{"role": "user", "content": "Capital of France?"}])
+    );
+    assert_eq!(
+        requests[1].body["messages"],
+        json!([
+            {"role": "user", "content": "Capital of France?"},
+            {"role": "assistant", "content": "Paris."},
+            {"role": "user", "content": "How many people live there?"},
+        ])
+    );
+
+    // Another session's conversation is not this one's context.
+    server.push(Script::answer(&["Hello."]));
+    let mut other_live = h.live(other_session).await;
+    let third = h.submit(other_session, "Hi").await;
+    other_live.until(is_terminal_of(third)).await;
+    assert_eq!(
+        server.requests()[2].body["messages"],
+        json!([{"role": "user", "content": "Hi"}])
+    );
+    worker.shutdown().await.unwrap();
+}
