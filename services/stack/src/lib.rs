@@ -5,3 +5,4 @@
 
 pub mod nats;
 pub mod otlp;
+pub mod processes;

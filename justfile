@@ -1,0 +1,64 @@
+# The menu of this project: `just --list`. CI runs `just test` (.ci/run).
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+# Recipes that start servers export NATS_SERVER_BIN, the real nats-server
+# binary (never a pyenv shim), so scripts and the Rust harness find it at once.
+
+# Show the recipes
+default:
+    @just --list
+
+# Install what is missing: just, nats-server (pip), nginx, curl (apt); --browser adds Chromium
+install-deps *args:
+    scripts/install-deps.sh {{args}}
+
+# Build and start nats-server, gateways, workers and Nginx on http://127.0.0.1:8080
+up gateways="3" workers="3":
+    scripts/install-deps.sh
+    NATS_SERVER_BIN="$(scripts/nats-server-path.sh)" scripts/up.sh {{gateways}} {{workers}}
+
+# Stop exactly what `just up` started (SIGTERM, then SIGKILL after a timeout)
+down:
+    scripts/down.sh
+
+# Each process alive or not, each gateway's /health, streams, consumer and KV counts
+status:
+    scripts/status.sh
+
+# Follow every log under run/logs (or only the named ones: just logs gateway-1 nats)
+logs *names:
+    scripts/logs.sh {{names}}
+
+# Start (up) or stop (down) a 3-node JetStream cluster for R3; see README
+cluster action="up":
+    scripts/cluster.sh {{action}}
+
+# Everything CI checks: formatting, clippy, build, Rust tests, web tests
+test: prerequisites && test-web
+    cargo fmt --all --check
+    cargo clippy --workspace --all-targets -- -D warnings
+    cargo build --workspace
+    NATS_SERVER_BIN="$(scripts/nats-server-path.sh)" cargo test --workspace
+
+# Install the prerequisites of `just test` (browser included)
+prerequisites:
+    scripts/install-deps.sh --browser
+
+# The web UI's tests (npm ci && npm test in web/), when web/ exists
+test-web:
+    if [ -f web/package.json ]; then cd web && npm ci --no-audit --no-fund --loglevel=error && npm test; else echo "no web/package.json: skipping web tests"; fi
+
+# Run `chatctl recovery` (arguments passed through; see its --help)
+recovery *args:
+    cargo build --release -p gateway -p worker -p chatctl
+    NATS_SERVER_BIN="$(scripts/nats-server-path.sh)" CHAT_BIN_DIR="$PWD/target/release" target/release/chatctl recovery {{args}}
+
+# Run `chatctl bench` (arguments passed through; see its --help)
+bench *args:
+    cargo build --release -p gateway -p worker -p chatctl
+    NATS_SERVER_BIN="$(scripts/nats-server-path.sh)" CHAT_BIN_DIR="$PWD/target/release" target/release/chatctl bench {{args}}
+
+# Take the UI screenshots (npm run screenshots in web/)
+screenshots:
+    if [ -f web/package.json ]; then cd web && npm ci --no-audit --no-fund --loglevel=error && npm run screenshots; else echo "no web/package.json"; exit 1; fi

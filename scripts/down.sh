@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Stops exactly the processes `scripts/up.sh` (or `scripts/cluster.sh up`)
+# started: the pids in run/*.pid (and run/cluster/*.pid), never anything
+# found by name. Nginx first, then gateways (they close WebSockets with 1012),
+# then workers (they hand unfinished jobs back), NATS last. SIGTERM, then
+# SIGKILL after DOWN_TIMEOUT_SECS (default 15). Removes the pid files.
+#
+#   scripts/down.sh [--cluster]   (--cluster: only the 3-node cluster)
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+run="$root/run"
+grace="${DOWN_TIMEOUT_SECS:-15}"
+
+dirs=("$run")
+[ "${1:-}" = --cluster ] && dirs=("$run/cluster")
+[ "${1:-}" = "" ] && dirs+=("$run/cluster")
+
+# The binary a pid file's process must be, so a recycled pid is never hit.
+expected() {
+    case "$1" in
+        nginx) echo nginx ;;
+        nats | n[0-9]*) echo nats-server ;;
+        gateway-*) echo gateway ;;
+        worker-*) echo worker ;;
+        *) echo "" ;;
+    esac
+}
+
+# stop GROUP...: SIGTERM to each pid file's process, wait, SIGKILL the rest.
+stop() {
+    local pids=() files=() f pid name want comm
+    for f in "$@"; do
+        [ -e "$f" ] || continue
+        pid="$(cat "$f" 2>/dev/null || true)"
+        name="$(basename "$f" .pid)"
+        if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+            want="$(expected "$name")"
+            comm="$(ps -o comm= -p "$pid" 2>/dev/null || true)"
+            if [ -n "$want" ] && [ "$comm" != "$want" ]; then
+                echo "down: $name: pid $pid is now '$comm', not $want; leaving it alone"
+            else
+                echo "down: stopping $name (pid $pid)"
+                kill -TERM "$pid" 2>/dev/null || true
+                pids+=("$pid")
+            fi
+        fi
+        files+=("$f")
+    done
+    local deadline=$((SECONDS + grace))
+    for pid in "${pids[@]}"; do
+        while kill -0 "$pid" 2>/dev/null && [ "$SECONDS" -lt "$deadline" ]; do
+            sleep 0.1
+        done
+        if kill -0 "$pid" 2>/dev/null; then
+            echo "down: pid $pid did not stop within ${grace}s; SIGKILL"
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
+    done
+    if [ "${#files[@]}" -gt 0 ]; then rm -f "${files[@]}"; fi
+}
+
+for dir in "${dirs[@]}"; do
+    [ -d "$dir" ] || continue
+    shopt -s nullglob
+    stop "$dir"/nginx.pid
+    stop "$dir"/gateway-*.pid
+    stop "$dir"/worker-*.pid
+    stop "$dir"/*.pid
+    shopt -u nullglob
+    rm -f "$dir"/*.port "$dir"/*.monitor-port
+done
+echo "down: done"

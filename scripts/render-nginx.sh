@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Renders nginx/nginx.conf.template to stdout: every @@NAME@@ placeholder is
+# replaced (the same rendering as stack::processes in Rust).
+#
+#   scripts/render-nginx.sh RUN_DIR WEB_ROOT PORT GATEWAY_PORT... > RUN_DIR/nginx.conf
+#
+# Environment: NGINX_LOG_DIR (default RUN_DIR/../logs when that exists, else RUN_DIR),
+# NGINX_WS_CONN_LIMIT (20000), NGINX_API_RATE (200), NGINX_API_BURST (400).
+set -euo pipefail
+
+if [ "$#" -lt 4 ]; then
+    echo "usage: $0 RUN_DIR WEB_ROOT PORT GATEWAY_PORT..." >&2
+    exit 2
+fi
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+run_dir="$1" web_root="$2" port="$3"
+shift 3
+log_dir="${NGINX_LOG_DIR:-$run_dir}"
+
+upstreams=""
+for gw in "$@"; do
+    upstreams+="        server 127.0.0.1:${gw} max_fails=1 fail_timeout=5s;"$'\n'
+done
+upstreams="${upstreams%$'\n'}"
+
+conf="$(cat "$root/nginx/nginx.conf.template")"
+conf="${conf//@@PORT@@/$port}"
+conf="${conf//@@RUN_DIR@@/$run_dir}"
+conf="${conf//@@LOG_DIR@@/$log_dir}"
+conf="${conf//@@WEB_ROOT@@/$web_root}"
+conf="${conf//@@UPSTREAMS@@/$upstreams}"
+conf="${conf//@@WS_CONN_LIMIT@@/${NGINX_WS_CONN_LIMIT:-20000}}"
+conf="${conf//@@API_RATE@@/${NGINX_API_RATE:-200}}"
+conf="${conf//@@API_BURST@@/${NGINX_API_BURST:-400}}"
+if [[ "$conf" == *@@*@@* ]]; then
+    echo "render-nginx: a placeholder was left unreplaced" >&2
+    exit 1
+fi
+printf '%s\n' "$conf"

@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# What is running and how the queues look: each process of run/*.pid (alive
+# or not, pid, port), each gateway's /health, and from the NATS monitoring
+# port (/jsz) every stream's messages, bytes and sequences, the workers
+# consumer's pending / ack-pending / redelivered counts and the sessions
+# bucket's key count.
+#
+#   scripts/status.sh     (NATS_MONITOR_URL overrides the monitoring address)
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+run="$root/run"
+
+shopt -s nullglob
+files=("$run"/*.pid "$run"/cluster/*.pid)
+shopt -u nullglob
+if [ "${#files[@]}" -eq 0 ]; then
+    echo "nothing is running (no pid files in run/); start it with: just up"
+    exit 0
+fi
+
+printf '%-12s %-8s %-8s %-6s %s\n' PROCESS PID STATE PORT HEALTH
+for f in "${files[@]}"; do
+    name="$(basename "$f" .pid)"
+    pid="$(cat "$f" 2>/dev/null || true)"
+    port="$(cat "${f%.pid}.port" 2>/dev/null || echo -)"
+    state=dead
+    if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then state=alive; fi
+    health=""
+    case "$name" in
+        gateway-* | nginx | worker-*)
+            if [ "$state" = alive ] && [ "$port" != - ]; then
+                health="$(curl -sS --max-time 2 -w ' [%{http_code}]' "http://127.0.0.1:$port/health" 2>&1 || true)"
+            fi
+            ;;
+    esac
+    printf '%-12s %-8s %-8s %-6s %s\n' "$name" "${pid:--}" "$state" "$port" "$health"
+done
+
+monitor="${NATS_MONITOR_URL:-}"
+if [ -z "$monitor" ]; then
+    if [ -f "$run/nats.monitor-port" ]; then
+        monitor="http://127.0.0.1:$(cat "$run/nats.monitor-port")"
+    elif [ -f "$run/cluster/n1.monitor-port" ]; then
+        monitor="http://127.0.0.1:$(cat "$run/cluster/n1.monitor-port")"
+    else
+        monitor="http://127.0.0.1:8222"
+    fi
+fi
+echo
+echo "JetStream ($monitor/jsz?streams=true&consumers=true):"
+if ! jsz="$(curl -fsS --max-time 3 "$monitor/jsz?streams=true&consumers=true" 2>&1)"; then
+    echo "  not reachable: $jsz"
+    exit 0
+fi
+JSZ="$jsz" python3 - <<'PY'
+import json
+import os
+
+jsz = json.loads(os.environ["JSZ"])
+streams = [s for a in jsz.get("account_details") or [] for s in a.get("stream_detail") or []]
+if not streams:
+    print("  no streams yet (the gateways and workers create them at start)")
+else:
+    head = ("STREAM", "MESSAGES", "BYTES", "FIRST_SEQ", "LAST_SEQ", "SUBJECTS")
+    print("  %-20s %10s %12s %10s %10s %9s" % head)
+for s in sorted(streams, key=lambda s: s.get("name", "")):
+    st = s.get("state", {})
+    print("  %-20s %10d %12d %10d %10d %9d" % (
+        s.get("name", "?"), st.get("messages", 0), st.get("bytes", 0),
+        st.get("first_seq", 0), st.get("last_seq", 0), st.get("num_subjects", 0)))
+for s in streams:
+    for c in s.get("consumer_detail") or []:
+        print("  consumer %s/%s: num_pending=%d num_ack_pending=%d num_redelivered=%d num_waiting=%d" % (
+            s.get("name"), c.get("name"), c.get("num_pending", 0), c.get("num_ack_pending", 0),
+            c.get("num_redelivered", 0), c.get("num_waiting", 0)))
+for s in streams:
+    name = s.get("name", "")
+    if name.startswith("KV_"):
+        st = s.get("state", {})
+        print("  KV bucket %s: %d key(s) (sessions and cancel flags)" % (
+            name[3:], st.get("num_subjects", st.get("messages", 0))))
+PY
