@@ -43,6 +43,8 @@ pub struct JobContext {
     pub cancels: CancelRegistry,
     /// Fires when the shutdown grace is over: running jobs are handed back.
     pub abort: CancellationToken,
+    /// This worker's name, on every job span.
+    pub node: String,
 }
 
 /// Pulls jobs while there are free slots, until `stop` fires. Only as many
@@ -151,11 +153,21 @@ async fn run(ctx: Arc<JobContext>, message: jetstream::Message) {
             return;
         }
     };
+    // One span per attempt; a redelivery is a new child of the same
+    // gateway span (the `traceparent` travels with the job). No prompt text.
     let span = tracing::info_span!(
         "job",
+        otel.name = "chat.job",
+        messaging.system = "nats",
+        messaging.destination.name = subjects::REQUESTS_STREAM,
         message_id = %request.message_id,
         session_id = %request.session_id,
         attempt,
+        node = %ctx.node,
+        model = request.model.as_deref().unwrap_or("default"),
+        chunks = tracing::field::Empty,
+        finish_reason = tracing::field::Empty,
+        outcome = tracing::field::Empty,
     );
     telemetry::trace_context::adopt(&span, message.headers.as_ref());
     let job = Job {
@@ -233,6 +245,11 @@ impl Job {
             }
         };
         let elapsed_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let span = tracing::Span::current();
+        span.record("chunks", report.chunks);
+        if let Some(outcome) = report.outcome {
+            span.record("outcome", outcome.as_str());
+        }
         match report.outcome {
             Some(outcome) => {
                 metrics::job_finished(outcome);
@@ -333,6 +350,15 @@ impl Job {
                 .await?;
         }
         let generation_started = Instant::now();
+        let model_span = tracing::info_span!(
+            "model",
+            otel.name = "chat.model",
+            backend = ctx.backend.name(),
+            model = self.request.model.as_deref().unwrap_or("default"),
+            attempt = self.attempt,
+            tokens = tracing::field::Empty,
+            finish_reason = tracing::field::Empty,
+        );
         let produced = self
             .generate(
                 &mut publisher,
@@ -343,7 +369,14 @@ impl Job {
                     model: self.request.model.clone(),
                 },
             )
+            .instrument(model_span.clone())
             .await;
+        model_span.record("tokens", produced.tokens);
+        if let Ending::Finished { finish_reason, .. } = &produced.ending {
+            let reason = finish_reason_label(finish_reason);
+            model_span.record("finish_reason", reason);
+            tracing::Span::current().record("finish_reason", reason);
+        }
         metrics::generation(
             generation_started.elapsed(),
             ctx.backend.name(),
@@ -653,4 +686,12 @@ fn now_us() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
         .unwrap_or(0)
+}
+
+fn finish_reason_label(reason: &FinishReason) -> &str {
+    match reason {
+        FinishReason::Stop => "stop",
+        FinishReason::Length => "length",
+        FinishReason::Other(other) => other,
+    }
 }

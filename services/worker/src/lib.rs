@@ -26,6 +26,7 @@ mod http;
 pub mod jobs;
 pub mod metrics;
 pub mod publish;
+pub mod queue_depth;
 
 pub use config::{BackendKind, WorkerConfig};
 
@@ -137,6 +138,7 @@ pub async fn spawn(config: WorkerConfig) -> anyhow::Result<RunningWorker> {
     let js = jetstream::new(client.clone());
     let layout = protocol::setup::ensure(&js, &config.layout).await?;
     let consumer = protocol::setup::workers_consumer(&layout).await?;
+    let depth_consumer = consumer.clone();
     let listener = tokio::net::TcpListener::bind(config.metrics_listen)
         .await
         .with_context(|| format!("binding {}", config.metrics_listen))?;
@@ -154,6 +156,7 @@ pub async fn spawn(config: WorkerConfig) -> anyhow::Result<RunningWorker> {
         chunk_max_bytes: config.chunk_max_bytes,
         cancels: cancel::CancelRegistry::default(),
         abort: abort.clone(),
+        node: config.node.clone(),
     });
 
     // Cancels and dead letters are listened for before the first job is pulled.
@@ -167,6 +170,12 @@ pub async fn spawn(config: WorkerConfig) -> anyhow::Result<RunningWorker> {
         metrics_handle,
         config.node.clone(),
         client.clone(),
+        stop_background.clone(),
+    );
+
+    let depth = queue_depth::watch(
+        depth_consumer,
+        queue_depth::POLL_EVERY,
         stop_background.clone(),
     );
 
@@ -196,6 +205,6 @@ pub async fn spawn(config: WorkerConfig) -> anyhow::Result<RunningWorker> {
         stop_background,
         puller,
         jobs,
-        background: vec![cancels, advisories, http],
+        background: vec![cancels, advisories, http, depth],
     })
 }

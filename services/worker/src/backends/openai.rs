@@ -137,11 +137,6 @@ impl OpenAiBackend {
     pub fn new(args: OpenAiArgs) -> anyhow::Result<Self> {
         let endpoint = endpoint(&args.base_url)?;
         let api_key = api_key(&args)?;
-        // reqwest is built without a crypto provider of its own (aws-lc
-        // needs a C toolchain and minutes to build); rustls' ring provider
-        // is already in the tree through async-nats. Installing fails only
-        // when a provider is already installed, which is as good.
-        let _ = rustls::crypto::ring::default_provider().install_default();
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .build()
