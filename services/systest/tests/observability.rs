@@ -2,6 +2,8 @@
 //! across the work-queue and across a redelivery, received by a real
 //! OTLP/gRPC receiver; and `/metrics` counters that move by the right amounts.
 
+#![allow(clippy::unwrap_used)] // a test fails loudly on what it did not expect
+
 use std::time::Duration;
 
 use protocol::frames::{SequencedEvent, ServerFrame};

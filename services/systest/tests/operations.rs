@@ -2,6 +2,8 @@
 //! Grafana dashboard (`ops/grafana/*.json`) and the Prometheus alert rules
 //! (`ops/prometheus/alerts.yml`).
 
+#![allow(clippy::unwrap_used)] // a test fails loudly on what it did not expect
+
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::Duration;
