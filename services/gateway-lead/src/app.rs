@@ -1,0 +1,175 @@
+//! The gateway as a whole: shared state, the router, and starting and
+//! stopping it (`spawn` / `RunningGateway`), used by `main` and by tests.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use async_nats::jetstream;
+use axum::extract::{DefaultBodyLimit, Query, State, WebSocketUpgrade};
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::Router;
+use metrics_exporter_prometheus::PrometheusHandle;
+use protocol::setup::Layout;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::GatewayConfig;
+use crate::live::LiveHub;
+use crate::{metrics, rest, socket};
+
+/// What every handler and socket shares (cheap to clone).
+#[derive(Clone)]
+pub struct AppState {
+    pub client: async_nats::Client,
+    pub js: jetstream::Context,
+    pub layout: Layout,
+    pub config: Arc<GatewayConfig>,
+    pub node: String,
+    pub hub: LiveHub,
+    /// Fires on shutdown: every socket closes with 1012.
+    pub shutdown: CancellationToken,
+    pub sockets: TaskTracker,
+    pub metrics: PrometheusHandle,
+}
+
+pub fn router(state: AppState) -> Router {
+    let body_limit = state.config.max_body_bytes;
+    Router::new()
+        .route("/ws/chat", get(ws_chat))
+        .route("/api/sessions", post(rest::create_session))
+        .route("/api/chat", post(rest::post_chat))
+        .route("/api/cancel", post(rest::post_cancel))
+        .route("/api/history", get(rest::get_history))
+        .route("/api/events", get(rest::get_events))
+        .route("/health", get(rest::health))
+        .route("/metrics", get(rest::metrics))
+        .fallback(rest::not_found)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+async fn ws_chat(
+    State(state): State<AppState>,
+    Query(query): Query<HashMap<String, String>>,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let max = state.config.max_frame_bytes;
+    let tracker = state.sockets.clone();
+    upgrade
+        .max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| tracker.track_future(socket::serve(socket, state, query)))
+}
+
+/// A gateway that is running.
+pub struct RunningGateway {
+    addr: SocketAddr,
+    node: String,
+    state: AppState,
+    server: tokio::task::JoinHandle<()>,
+    grace: Duration,
+}
+
+impl RunningGateway {
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// Graceful stop, as on SIGTERM: no new connections, every socket gets
+    /// close 1012 (clients reconnect elsewhere with `after_seq`), in-flight
+    /// REST calls finish; bounded by the shutdown grace.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        self.state.shutdown.cancel();
+        self.state.sockets.close();
+        let drained = async {
+            let _ = self.server.await;
+            self.state.sockets.wait().await;
+        };
+        if tokio::time::timeout(self.grace, drained).await.is_err() {
+            tracing::warn!("shutdown grace over with connections still open");
+        }
+        let _ = self.state.client.flush().await;
+        tracing::info!(node = %self.node, "gateway stopped");
+        Ok(())
+    }
+}
+
+/// Connects to NATS, sets up the layout, and serves on `config.listen`.
+pub async fn spawn(config: GatewayConfig) -> anyhow::Result<RunningGateway> {
+    let metrics_handle = telemetry::install_metrics();
+    metrics::register();
+    let node = config.node();
+    let client = async_nats::ConnectOptions::new()
+        .name(node.clone())
+        .connect(&config.nats_url)
+        .await
+        .with_context(|| format!("connecting to {}", config.nats_url))?;
+    let js = jetstream::new(client.clone());
+    let layout = protocol::setup::ensure(&js, &config.layout).await?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    let grace = config.shutdown_grace();
+    let hub = LiveHub::new(
+        client.clone(),
+        config.outbound_queue,
+        config.test_drop_live_every,
+    );
+    let state = AppState {
+        client: client.clone(),
+        js,
+        layout,
+        config: Arc::new(config),
+        node: node.clone(),
+        hub,
+        shutdown: CancellationToken::new(),
+        sockets: TaskTracker::new(),
+        metrics: metrics_handle,
+    };
+    watch_nats(client, state.shutdown.clone());
+    let app = router(state.clone());
+    let stop = state.shutdown.clone();
+    let server = tokio::spawn(async move {
+        let serve = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move { stop.cancelled().await });
+        if let Err(e) = serve.await {
+            tracing::error!(error = %e, "server stopped");
+        }
+    });
+    tracing::info!(%node, %addr, "gateway started");
+    Ok(RunningGateway {
+        addr,
+        node,
+        state,
+        server,
+        grace,
+    })
+}
+
+/// Keeps the `chat_gateway_nats_connected` gauge current for alerting.
+fn watch_nats(client: async_nats::Client, stop: CancellationToken) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tick.tick() => metrics::nats_connected(
+                    client.connection_state() == async_nats::connection::State::Connected,
+                ),
+            }
+        }
+    });
+}

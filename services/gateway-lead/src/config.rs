@@ -1,0 +1,83 @@
+//! The gateway's flags, each with an environment variable.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use protocol::setup::LayoutConfig;
+
+#[derive(Clone, Debug, clap::Parser)]
+#[command(
+    name = "gateway",
+    about = "WebSocket and REST gateway of the chat backend"
+)]
+pub struct GatewayConfig {
+    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+    /// Address to listen on (port 0 picks a free one).
+    #[arg(long, env = "GATEWAY_LISTEN", default_value = "127.0.0.1:3000")]
+    pub listen: SocketAddr,
+    /// This node's name, shown to clients in `ready` (default `gateway-<pid>`).
+    #[arg(long, env = "GATEWAY_NODE")]
+    pub node: Option<String>,
+    /// Models a chat may name (comma separated); none named = the workers' default.
+    #[arg(long, env = "CHAT_MODELS", value_delimiter = ',')]
+    pub models: Vec<String>,
+    /// Messages in flight per session; one more gets `rate_limited`.
+    #[arg(long, env = "CHAT_MAX_IN_FLIGHT_PER_SESSION", default_value_t = 2)]
+    pub max_in_flight_per_session: usize,
+    /// Longest prompt, in bytes; longer gets `too_large`.
+    #[arg(long, env = "CHAT_MAX_PROMPT_BYTES", default_value_t = 32 * 1024)]
+    pub max_prompt_bytes: usize,
+    /// Largest WebSocket message; larger closes the socket with 1009.
+    #[arg(long, env = "GATEWAY_MAX_FRAME_BYTES", default_value_t = 64 * 1024)]
+    pub max_frame_bytes: usize,
+    /// Largest REST body; larger gets 413.
+    #[arg(long, env = "GATEWAY_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
+    pub max_body_bytes: usize,
+    /// Sustained frames per second a connection may send.
+    #[arg(long, env = "GATEWAY_FRAMES_PER_SEC", default_value_t = 20.0)]
+    pub frames_per_sec: f64,
+    /// Frames a connection may send in a burst.
+    #[arg(long, env = "GATEWAY_FRAME_BURST", default_value_t = 40.0)]
+    pub frame_burst: f64,
+    /// Frames queued for one socket before it is closed as too slow (1013).
+    #[arg(long, env = "GATEWAY_OUTBOUND_QUEUE", default_value_t = 1024)]
+    pub outbound_queue: usize,
+    /// Longest a socket may block a write before it is closed as too slow.
+    #[arg(long, env = "GATEWAY_WRITE_TIMEOUT_MS", default_value_t = 5_000)]
+    pub write_timeout_ms: u64,
+    /// How long a graceful shutdown waits for sockets and requests.
+    #[arg(long, env = "GATEWAY_SHUTDOWN_GRACE_SECS", default_value_t = 10.0)]
+    pub shutdown_grace_secs: f64,
+    /// Test hook: drop every n-th live message before it reaches sockets,
+    /// to show that gaps are repaired from the stream. 0 = never.
+    #[arg(
+        long,
+        env = "GATEWAY_TEST_DROP_LIVE_EVERY",
+        default_value_t = 0,
+        hide = true
+    )]
+    pub test_drop_live_every: u64,
+    #[command(flatten)]
+    pub layout: LayoutConfig,
+}
+
+impl GatewayConfig {
+    pub fn node(&self) -> String {
+        self.node
+            .clone()
+            .unwrap_or_else(|| format!("gateway-{}", std::process::id()))
+    }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs_f64(self.shutdown_grace_secs.max(0.0))
+    }
+
+    pub fn write_timeout(&self) -> Duration {
+        Duration::from_millis(self.write_timeout_ms.max(1))
+    }
+
+    pub fn allows_model(&self, model: &str) -> bool {
+        self.models.iter().any(|m| m == model)
+    }
+}

@@ -1,0 +1,94 @@
+//! The gateway's one error type: every failure a client can cause or see,
+//! mapped to a status code and `{"error":{"code","message"}}` (PROTOCOL.md).
+
+use std::time::Duration;
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use protocol::frames::ControlFrame;
+use protocol::ErrorCode;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("missing or wrong token")]
+    Unauthorized,
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    TooLarge(String),
+    #[error("{0}")]
+    RateLimited(String),
+    #[error("{0}")]
+    Overloaded(String),
+    /// NATS is unreachable or answered with an error. The detail is logged,
+    /// never sent: clients get a generic message.
+    #[error("the message service is unavailable")]
+    Unavailable(String),
+}
+
+impl ApiError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            ApiError::BadRequest(_) => ErrorCode::BadRequest,
+            ApiError::Unauthorized => ErrorCode::Unauthorized,
+            ApiError::NotFound(_) => ErrorCode::NotFound,
+            ApiError::TooLarge(_) => ErrorCode::TooLarge,
+            ApiError::RateLimited(_) => ErrorCode::RateLimited,
+            ApiError::Overloaded(_) => ErrorCode::Overloaded,
+            ApiError::Unavailable(_) => ErrorCode::Internal,
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::RateLimited(_) | ApiError::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    pub fn nats(e: impl std::fmt::Display) -> Self {
+        ApiError::Unavailable(e.to_string())
+    }
+
+    /// The `error` frame a socket gets for this failure.
+    pub fn frame(&self, message_id: Option<protocol::MessageId>) -> ControlFrame {
+        ControlFrame::Error {
+            message_id,
+            code: self.code(),
+            message: self.to_string(),
+        }
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ApiError::RateLimited(_) => Some(Duration::from_secs(1)),
+            ApiError::Overloaded(_) => Some(Duration::from_secs(5)),
+            ApiError::Unavailable(_) => Some(Duration::from_secs(2)),
+            _ => None,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if let ApiError::Unavailable(detail) = &self {
+            tracing::warn!(%detail, "NATS call failed");
+        }
+        crate::metrics::error(self.code());
+        let body = serde_json::json!({"error": {"code": self.code(), "message": self.to_string()}});
+        let mut response = (self.status(), Json(body)).into_response();
+        if let Some(after) = self.retry_after() {
+            if let Ok(value) = HeaderValue::from_str(&after.as_secs().to_string()) {
+                response.headers_mut().insert(header::RETRY_AFTER, value);
+            }
+        }
+        response
+    }
+}

@@ -1,0 +1,19 @@
+//! The gateway: browsers' WebSocket and REST entry point. It never calls a
+//! model: chats go to the JetStream work-queue, answers come back as the
+//! session's stored events, live (republished core subject) or replayed.
+//!
+//! [`spawn`] starts it from a [`GatewayConfig`]; `main` is a few lines.
+
+pub mod app;
+pub mod chat;
+pub mod config;
+pub mod error;
+pub mod live;
+pub mod metrics;
+pub mod replay;
+pub mod rest;
+pub mod sessions;
+pub mod socket;
+
+pub use app::{spawn, RunningGateway};
+pub use config::GatewayConfig;

@@ -1,0 +1,78 @@
+//! The gateway's Prometheus metrics. Every name is registered at start, so
+//! dashboards and alerts find them before the first event.
+
+use protocol::ErrorCode;
+
+pub const CONNECTIONS_OPEN: &str = "chat_gateway_connections_open";
+pub const SESSIONS_ATTACHED: &str = "chat_gateway_sessions_attached";
+pub const FRAMES_IN: &str = "chat_gateway_frames_in_total";
+pub const FRAMES_OUT: &str = "chat_gateway_frames_out_total";
+pub const CHUNKS_FORWARDED: &str = "chat_gateway_chunks_forwarded_total";
+pub const ERRORS: &str = "chat_gateway_errors_total";
+pub const REPLAYS: &str = "chat_gateway_replays_total";
+pub const REPLAYED_EVENTS: &str = "chat_gateway_replayed_events_total";
+pub const GAP_REPAIRS: &str = "chat_gateway_gap_repairs_total";
+pub const SLOW_CLIENT_CLOSES: &str = "chat_gateway_slow_client_closes_total";
+pub const NATS_CONNECTED: &str = "chat_gateway_nats_connected";
+
+pub fn register() {
+    metrics::gauge!(CONNECTIONS_OPEN).set(0.0);
+    metrics::gauge!(SESSIONS_ATTACHED).set(0.0);
+    metrics::counter!(CHUNKS_FORWARDED).absolute(0);
+    metrics::counter!(REPLAYS).absolute(0);
+    metrics::counter!(REPLAYED_EVENTS).absolute(0);
+    metrics::counter!(GAP_REPAIRS).absolute(0);
+    metrics::counter!(SLOW_CLIENT_CLOSES).absolute(0);
+    metrics::counter!(ERRORS, "code" => "internal").absolute(0);
+    for kind in ["chat", "cancel", "resume", "ping"] {
+        metrics::counter!(FRAMES_IN, "type" => kind).absolute(0);
+    }
+}
+
+pub fn error(code: ErrorCode) {
+    metrics::counter!(ERRORS, "code" => code.as_str()).increment(1);
+}
+
+pub fn frame_in(kind: &'static str) {
+    metrics::counter!(FRAMES_IN, "type" => kind).increment(1);
+}
+
+pub fn frames_out(kind: &'static str, n: u64) {
+    metrics::counter!(FRAMES_OUT, "type" => kind).increment(n);
+}
+
+pub fn nats_connected(connected: bool) {
+    metrics::gauge!(NATS_CONNECTED).set(if connected { 1.0 } else { 0.0 });
+}
+
+pub fn sessions_attached(n: usize) {
+    metrics::gauge!(SESSIONS_ATTACHED).set(n as f64);
+}
+
+pub fn connection_opened() {
+    metrics::gauge!(CONNECTIONS_OPEN).increment(1.0);
+}
+
+pub fn connection_closed() {
+    metrics::gauge!(CONNECTIONS_OPEN).decrement(1.0);
+}
+
+pub fn slow_client_closed() {
+    metrics::counter!(SLOW_CLIENT_CLOSES).increment(1);
+}
+
+pub fn replay_started() {
+    metrics::counter!(REPLAYS).increment(1);
+}
+
+pub fn replayed(events: usize) {
+    metrics::counter!(REPLAYED_EVENTS).increment(events as u64);
+}
+
+pub fn gap_repaired() {
+    metrics::counter!(GAP_REPAIRS).increment(1);
+}
+
+pub fn chunk_forwarded() {
+    metrics::counter!(CHUNKS_FORWARDED).increment(1);
+}

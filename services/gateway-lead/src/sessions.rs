@@ -1,0 +1,68 @@
+//! Sessions: creating one (random id, token shown once, only its hash
+//! stored) and proving a client owns one.
+
+use protocol::records::SessionRecord;
+use protocol::sessions::{self, SessionStoreError};
+use protocol::{now_ms, SessionId, SessionToken};
+
+use crate::app::AppState;
+use crate::error::ApiError;
+
+/// A new session and the token that unlocks it (returned once, never stored).
+pub async fn create(state: &AppState) -> Result<(SessionId, SessionToken), ApiError> {
+    let session = SessionId::new();
+    let token = SessionToken::generate();
+    let record = SessionRecord::new(token.hash(), state.node.clone(), now_ms());
+    sessions::create(&state.layout.sessions, session, &record)
+        .await
+        .map_err(ApiError::nats)?;
+    Ok((session, token))
+}
+
+/// Parses a session id a client sent.
+pub fn parse_id(raw: Option<&str>) -> Result<SessionId, ApiError> {
+    let raw = raw.ok_or_else(|| ApiError::BadRequest("the session parameter is missing".into()))?;
+    raw.parse()
+        .map_err(|e| ApiError::BadRequest(format!("session: {e}")))
+}
+
+/// Checks that `token` opens `session`. Unknown or expired sessions are
+/// `not_found`; a wrong token is `unauthorized` (and reveals nothing else).
+pub async fn authenticate(
+    state: &AppState,
+    session: SessionId,
+    token: Option<&str>,
+) -> Result<SessionRecord, ApiError> {
+    let token = token
+        .filter(|t| !t.is_empty())
+        .ok_or(ApiError::Unauthorized)?;
+    let stored = sessions::load(&state.layout.sessions, session)
+        .await
+        .map_err(ApiError::nats)?
+        .ok_or_else(|| ApiError::NotFound("unknown or expired session".into()))?;
+    if !stored
+        .record
+        .token_hash
+        .matches(&SessionToken::presented(token))
+    {
+        return Err(ApiError::Unauthorized);
+    }
+    Ok(stored.record)
+}
+
+/// Records that this node serves the session now (on attach, not per frame),
+/// which also renews the session's time to live.
+pub async fn touch(state: &AppState, session: SessionId) {
+    let node = state.node.clone();
+    let result = sessions::update(&state.layout.sessions, session, |record| {
+        record.last_seen_ms = now_ms();
+        record.node.clone_from(&node);
+        Ok::<_, std::convert::Infallible>(true)
+    })
+    .await;
+    if let Err(e) = result {
+        if !matches!(e, SessionStoreError::NotFound) {
+            tracing::debug!(error = %e, "recording the session's node");
+        }
+    }
+}
