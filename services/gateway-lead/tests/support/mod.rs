@@ -1,7 +1,7 @@
 //! A real nats-server, the gateway and a worker in-process on free ports,
 //! and a WebSocket client that reads protocol frames with timeouts.
 
-#![allow(dead_code, clippy::unwrap_used)]
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
 use std::time::Duration;
 
