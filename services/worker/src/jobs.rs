@@ -527,6 +527,9 @@ impl Job {
                 }
                 item = stream.next() => match item {
                     Some(Ok(ModelOutput::Token(token))) => {
+                        // A backend that is always ready (the zero-delay
+                        // demo) must not starve the other jobs of its thread.
+                        tokio::task::consume_budget().await;
                         produced.tokens += 1;
                         produced.text.push_str(&token);
                         chunker.push(&token, Instant::now())

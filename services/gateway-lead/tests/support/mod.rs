@@ -69,14 +69,22 @@ impl TestApp {
                 &nats.url(),
                 "--metrics-listen",
                 "127.0.0.1:0",
-                "--demo-answer-tokens",
-                &ANSWER_TOKENS.to_string(),
                 "--demo-first-token-ms",
                 "0",
             ]
             .iter()
             .map(|s| s.to_string())
             .collect();
+            if !options
+                .worker_args
+                .iter()
+                .any(|a| a == "--demo-answer-tokens")
+            {
+                args.extend([
+                    "--demo-answer-tokens".to_string(),
+                    ANSWER_TOKENS.to_string(),
+                ]);
+            }
             args.extend(options.worker_args);
             Some(
                 worker::spawn(worker::WorkerConfig::parse_from(args))

@@ -102,7 +102,11 @@ pub fn answer_tokens(prompt: &str, tokens: usize) -> Vec<String> {
     let mut rng = Rng(fnv1a(prompt.as_bytes()));
     let mut text = String::new();
     opening(&mut rng, prompt, &mut text);
-    while word_count(&text) < tokens {
+    // A running count: recounting the whole text per paragraph would make
+    // long answers (benchmarks ask for a million tokens) quadratic.
+    let mut words = word_count(&text);
+    while words < tokens {
+        let start = text.len();
         text.push_str("\n\n");
         match rng.below(6) {
             0 => list(&mut rng, &mut text),
@@ -112,6 +116,7 @@ pub fn answer_tokens(prompt: &str, tokens: usize) -> Vec<String> {
                 prose(&mut rng, &mut text, n)
             }
         }
+        words += word_count(&text[start..]);
     }
     let mut out = split_tokens(&text);
     out.truncate(tokens);
