@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+#[path = "worker_support/mod.rs"]
 mod support;
 
 use std::time::{Duration, Instant};

@@ -2,6 +2,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+#[path = "worker_support/mod.rs"]
 mod support;
 
 use protocol::frames::{ControlFrame, ServerFrame};

@@ -1,6 +1,7 @@
-//! The gateway: browsers' WebSocket and REST entry point. It never calls a
-//! model: chats go to the JetStream work-queue, answers come back as the
-//! session's stored events, live (republished core subject) or replayed.
+//! The gateway: the browsers' WebSocket and REST entry point. It never calls
+//! a model: chats go to the JetStream work-queue, answers come back as the
+//! session's stored events, live (the republished core subject) or replayed
+//! from the stream.
 //!
 //! [`spawn`] starts it from a [`GatewayConfig`]; `main` is a few lines.
 

@@ -1,4 +1,5 @@
-//! The gateway's flags, each with an environment variable.
+//! The gateway's flags, each with an environment variable (the process
+//! contract: the harness, the justfile and the tests rely on these names).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -19,7 +20,8 @@ pub struct GatewayConfig {
     /// This node's name, shown to clients in `ready` (default `gateway-<pid>`).
     #[arg(long, env = "GATEWAY_NODE")]
     pub node: Option<String>,
-    /// Models a chat may name (comma separated); none named = the workers' default.
+    /// Models a chat may name (comma separated); a chat naming no model gets
+    /// the workers' default.
     #[arg(long, env = "CHAT_MODELS", value_delimiter = ',')]
     pub models: Vec<String>,
     /// Messages in flight per session; one more gets `rate_limited`.
@@ -28,29 +30,36 @@ pub struct GatewayConfig {
     /// Longest prompt, in bytes; longer gets `too_large`.
     #[arg(long, env = "CHAT_MAX_PROMPT_BYTES", default_value_t = 32 * 1024)]
     pub max_prompt_bytes: usize,
-    /// Largest WebSocket message; larger closes the socket with 1009.
+    /// Largest WebSocket message or frame; larger closes the socket with 1009.
     #[arg(long, env = "GATEWAY_MAX_FRAME_BYTES", default_value_t = 64 * 1024)]
     pub max_frame_bytes: usize,
     /// Largest REST body; larger gets 413.
     #[arg(long, env = "GATEWAY_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
     pub max_body_bytes: usize,
-    /// Sustained frames per second a connection may send.
+    /// Sustained frames per second one connection may send.
     #[arg(long, env = "GATEWAY_FRAMES_PER_SEC", default_value_t = 20.0)]
     pub frames_per_sec: f64,
-    /// Frames a connection may send in a burst.
+    /// Frames one connection may send in a burst.
     #[arg(long, env = "GATEWAY_FRAME_BURST", default_value_t = 40.0)]
     pub frame_burst: f64,
-    /// Frames queued for one socket before it is closed as too slow (1013).
+    /// Live events buffered for one socket before it is closed as too slow
+    /// (1013): a slow client never slows its session's other sockets.
     #[arg(long, env = "GATEWAY_OUTBOUND_QUEUE", default_value_t = 1024)]
     pub outbound_queue: usize,
-    /// Longest a socket may block a write before it is closed as too slow.
+    /// Longest one write to a socket may block before it is closed as too slow.
     #[arg(long, env = "GATEWAY_WRITE_TIMEOUT_MS", default_value_t = 5_000)]
     pub write_timeout_ms: u64,
+    /// After a socket's live events go quiet for this long, the session's
+    /// last stored sequence is checked once: a lost live message that was
+    /// the last of an answer has no successor to reveal the gap.
+    #[arg(long, env = "GATEWAY_TAIL_CHECK_MS", default_value_t = 500)]
+    pub tail_check_ms: u64,
     /// How long a graceful shutdown waits for sockets and requests.
     #[arg(long, env = "GATEWAY_SHUTDOWN_GRACE_SECS", default_value_t = 10.0)]
     pub shutdown_grace_secs: f64,
-    /// Test hook: drop every n-th live message before it reaches sockets,
-    /// to show that gaps are repaired from the stream. 0 = never.
+    /// Test hook: drop every n-th live message before it reaches sockets, so
+    /// tests can show that gaps are repaired from the stream. 0 = never.
+    #[doc(hidden)]
     #[arg(
         long,
         env = "GATEWAY_TEST_DROP_LIVE_EVERY",
@@ -70,11 +79,15 @@ impl GatewayConfig {
     }
 
     pub fn shutdown_grace(&self) -> Duration {
-        Duration::from_secs_f64(self.shutdown_grace_secs.max(0.0))
+        Duration::try_from_secs_f64(self.shutdown_grace_secs).unwrap_or(Duration::ZERO)
     }
 
     pub fn write_timeout(&self) -> Duration {
         Duration::from_millis(self.write_timeout_ms.max(1))
+    }
+
+    pub fn tail_check(&self) -> Duration {
+        Duration::from_millis(self.tail_check_ms.max(10))
     }
 
     pub fn allows_model(&self, model: &str) -> bool {

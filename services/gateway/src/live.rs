@@ -1,8 +1,9 @@
 //! Live delivery: one core subscription per session on this gateway, to the
 //! republished `chat.live.<session>`, held while at least one socket of the
-//! session is attached, fanned out to those sockets through a bounded
+//! session is attached, and fanned out to those sockets through a bounded
 //! broadcast. The frame is built once per event (sequence spliced in, no
-//! parse) and shared by every socket.
+//! JSON parse) and shared by every socket; the fan-out never waits for a
+//! socket: one that falls `outbound_queue` events behind is closed as slow.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -19,12 +20,13 @@ use crate::metrics;
 pub struct LiveEvent {
     /// Its sequence in `CHAT_EVENTS`.
     pub seq: u64,
-    /// The previous sequence on the session's subject (0 for the first):
-    /// a socket that has not sent that one has a gap to fill first.
+    /// The previous sequence on the session's subject (0 for the first): a
+    /// socket that has not sent that one has a gap to fill first.
     pub prev: u64,
     /// The client frame, `seq` included.
     pub frame: Utf8Bytes,
-    pub is_chunk: bool,
+    /// The frame's `type`, for metrics.
+    pub kind: &'static str,
 }
 
 struct Feed {
@@ -39,12 +41,11 @@ pub struct LiveHub {
     feeds: Arc<Mutex<HashMap<SessionId, Feed>>>,
     /// Events buffered per socket before it counts as too slow.
     capacity: usize,
-    /// Test hook: drop every n-th live message before fan-out, so tests can
-    /// show that gaps are repaired from the stream. 0 = never.
+    /// Test hook: drop every n-th live message before fan-out. 0 = never.
     drop_every: u64,
 }
 
-/// A socket's place in a session's feed; leaving the last one unsubscribes.
+/// A socket's place in a session's feed; dropping the last one unsubscribes.
 pub struct Attachment {
     pub receiver: broadcast::Receiver<Arc<LiveEvent>>,
     hub: LiveHub,
@@ -60,6 +61,7 @@ impl Drop for Attachment {
             feed.sockets = feed.sockets.saturating_sub(1);
             if feed.sockets == 0 {
                 if let Some(feed) = feeds.remove(&self.session) {
+                    // Aborting drops the subscriber, which unsubscribes.
                     feed.task.abort();
                 }
                 metrics::sessions_attached(feeds.len());
@@ -89,18 +91,20 @@ impl LiveHub {
         })
     }
 
-    /// Attaches a socket to the session's live events. When this returns,
-    /// the server has the subscription: any event stored from now on will
-    /// arrive, so a replay read afterwards leaves no hole.
+    /// Attaches a socket to the session's live events. When this returns the
+    /// server has the subscription, so any event stored from now on arrives:
+    /// a replay read afterwards leaves no hole.
     pub async fn attach(&self, session: SessionId) -> Result<Attachment, async_nats::Error> {
         if let Some(attachment) = self.join(session) {
             return Ok(attachment);
         }
         let subscriber = self.client.subscribe(subjects::live(session)).await?;
+        // The flush is a round trip: once it returns, the server has
+        // processed the SUB.
         self.client.flush().await?;
         let mut feeds = self.feeds.lock().map_err(|_| "live feeds lock poisoned")?;
         if let Some(feed) = feeds.get_mut(&session) {
-            // Another socket of the session got there first: use its feed
+            // Another socket of the session got there first: join its feed
             // (ours unsubscribes as it drops).
             feed.sockets += 1;
             return Ok(Attachment {
@@ -132,6 +136,31 @@ fn header_u64(message: &async_nats::Message, name: &str) -> Option<u64> {
     message.headers.as_ref()?.get(name)?.as_str().parse().ok()
 }
 
+/// The `type` of a stored event, read from its first bytes: the event's tag
+/// is serialised first, so no parse is needed.
+pub fn event_kind(payload: &[u8]) -> &'static str {
+    const KINDS: [&str; 6] = [
+        "chunk",
+        "user_message",
+        "done",
+        "restart",
+        "cancelled",
+        "error",
+    ];
+    let Some(rest) = payload.strip_prefix(b"{\"type\":\"") else {
+        return "event";
+    };
+    KINDS
+        .into_iter()
+        .find(|kind| {
+            rest.strip_prefix(kind.as_bytes())
+                .is_some_and(|after| after.first() == Some(&b'"'))
+        })
+        .unwrap_or("event")
+}
+
+/// The per-event hot path: headers, splice, one broadcast send. No KV, no
+/// parse, nothing awaited but the next message.
 async fn forward(
     mut subscriber: async_nats::Subscriber,
     sender: broadcast::Sender<Arc<LiveEvent>>,
@@ -149,15 +178,41 @@ async fn forward(
         };
         let prev = header_u64(&message, subjects::HEADER_LAST_SEQUENCE).unwrap_or(0);
         let Some(frame) = protocol::frames::with_seq(&message.payload, seq) else {
+            tracing::debug!(seq, "live payload is not a JSON object; ignored");
             continue;
         };
-        let is_chunk = message.payload.starts_with(b"{\"type\":\"chunk\"");
-        // No receiver right now is fine: sockets come and go.
+        let kind = event_kind(&message.payload);
+        // No receiver at this instant is fine: sockets come and go.
         let _ = sender.send(Arc::new(LiveEvent {
             seq,
             prev,
             frame: frame.into(),
-            is_chunk,
+            kind,
         }));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protocol::{Event, MessageId};
+
+    #[test]
+    fn event_kinds_are_read_without_parsing() {
+        let id = MessageId::new();
+        let chunk = Event::Chunk {
+            message_id: id,
+            attempt: 1,
+            index: 0,
+            text: "x".into(),
+            published_at_us: None,
+        };
+        assert_eq!(event_kind(&chunk.to_payload()), "chunk");
+        assert_eq!(
+            event_kind(&Event::Cancelled { message_id: id }.to_payload()),
+            "cancelled"
+        );
+        assert_eq!(event_kind(b"{\"type\":\"chunky\"}"), "event");
+        assert_eq!(event_kind(b"[]"), "event");
     }
 }

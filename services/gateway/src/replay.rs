@@ -1,5 +1,6 @@
 //! Replay: the stored events a client missed, read from `CHAT_EVENTS`
-//! filtered to its session, as client frames.
+//! filtered to its session, as client frames; and what a client gets when
+//! what it missed is older than the replay window.
 
 use protocol::frames::{with_seq, ControlFrame};
 use protocol::{stored, subjects, ErrorCode, SessionId};
@@ -7,17 +8,22 @@ use protocol::{stored, subjects, ErrorCode, SessionId};
 use crate::app::AppState;
 use crate::error::ApiError;
 
-/// Where a session's stream stands when a client attaches.
+/// Turns sent in the `history` frame after `replay_expired`.
+const HISTORY_TURNS: usize = 1_000;
+
+/// Where a session's stream stands when a client (re)attaches.
+#[derive(Debug, Clone, Copy)]
 pub struct Position {
     /// The session's last stored event (0 = none).
     pub last_seq: u64,
-    /// The stream no longer holds everything after the client's `after_seq`.
+    /// The stream may no longer hold every event after the client's `after_seq`.
     pub expired: bool,
     /// The first sequence the stream still holds.
     pub first_available: u64,
 }
 
-/// Checks `after_seq` against the stream and finds the session's last event.
+/// Finds the session's last event and checks `after_seq` against the stream:
+/// beyond the stream's end is `bad_request`; before its start is `expired`.
 pub async fn position(
     state: &AppState,
     session: SessionId,
@@ -40,16 +46,16 @@ pub async fn position(
         .get_info()
         .await
         .map_err(ApiError::nats)?;
-    if after > info.state.last_sequence {
+    let stream_last = info.state.last_sequence.max(last_seq);
+    if after > stream_last {
         return Err(ApiError::BadRequest(format!(
-            "after_seq {after} is beyond the end of the stream ({})",
-            info.state.last_sequence
+            "after_seq {after} is beyond the end of the stream ({stream_last})"
         )));
     }
     let first_available = info.state.first_sequence.max(1);
     Ok(Position {
         last_seq,
-        expired: after.saturating_add(1) < first_available && last_seq >= first_available,
+        expired: after.saturating_add(1) < first_available,
         first_available,
     })
 }
@@ -61,6 +67,9 @@ pub async fn frames(
     from: u64,
     until: u64,
 ) -> Result<Vec<(u64, String)>, ApiError> {
+    if until < from {
+        return Ok(Vec::new());
+    }
     let stored = stored::read_range(
         &state.layout.events,
         &subjects::events(session),
@@ -84,9 +93,10 @@ pub async fn expired_notice(
     session: SessionId,
     last_seq: u64,
 ) -> Result<[ControlFrame; 2], ApiError> {
-    let turns = stored::read_turns(&state.layout.history, session, 1_000)
+    let turns = stored::read_turns(&state.layout.history, session, HISTORY_TURNS)
         .await
         .map_err(ApiError::nats)?;
+    crate::metrics::error(ErrorCode::ReplayExpired);
     Ok([
         ControlFrame::error(
             ErrorCode::ReplayExpired,

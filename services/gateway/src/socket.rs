@@ -1,6 +1,15 @@
 //! One WebSocket connection: authentication, `ready`, replay, live events
-//! with gap repair, the client's frames, and the ways a socket ends (slow
-//! client 1013, bad token 1008, oversize 1009, shutdown 1012).
+//! with gap repair, the client's frames, and the ways a socket ends (bad
+//! token 1008, invalid UTF-8 1007, oversize 1009, shutdown 1012, slow
+//! client 1013).
+//!
+//! Choices for bad input: a bad `after_seq` query parameter (not a number,
+//! negative, beyond the stream) gets an `error bad_request` frame and close
+//! 1008 — the client asked for a replay that cannot be honoured, so it is not
+//! attached at all; the same in a `resume` frame gets the error frame and the
+//! connection carries on. Invalid UTF-8 in a text frame closes with 1007
+//! (tungstenite reports it, this module sends the close). Binary frames get
+//! `bad_request` and the connection carries on.
 //!
 //! Two tasks per socket: a reader that parses and rate-limits the client's
 //! frames, and a relay that owns the write half and everything sent, so the
@@ -24,12 +33,20 @@ use crate::error::ApiError;
 use crate::live::{Attachment, LiveEvent};
 use crate::{metrics, replay, sessions};
 
-const CLOSE_POLICY: u16 = 1008;
-const CLOSE_TOO_BIG: u16 = 1009;
-const CLOSE_RESTART: u16 = 1012;
-const CLOSE_TRY_LATER: u16 = 1013;
+pub const CLOSE_PROTOCOL: u16 = 1002;
+pub const CLOSE_INVALID_DATA: u16 = 1007;
+pub const CLOSE_POLICY: u16 = 1008;
+pub const CLOSE_TOO_BIG: u16 = 1009;
+pub const CLOSE_RESTART: u16 = 1012;
+pub const CLOSE_TRY_LATER: u16 = 1013;
 
-/// Commands from the reader (and the attach step) to the relay.
+/// The close reason of a socket that fell too far behind.
+const SLOW_CONSUMER: &str = "slow consumer";
+
+/// Commands from the reader to the relay. Bounded: a client that floods
+/// while its socket is slow waits on itself, never on anyone else.
+const COMMAND_QUEUE: usize = 64;
+
 enum Command {
     Control(ControlFrame),
     Resume(u64),
@@ -38,6 +55,7 @@ enum Command {
 
 /// How a socket's relay ended.
 enum End {
+    /// The client went away (or closed): nothing more to send.
     Closed,
     Close(u16, &'static str),
 }
@@ -45,42 +63,38 @@ enum End {
 /// Serves one upgraded socket until it ends.
 pub async fn serve(socket: WebSocket, state: AppState, query: HashMap<String, String>) {
     metrics::connection_opened();
-    let span = tracing::info_span!("ws.connection", node = %state.node, session_id = tracing::field::Empty);
+    let span = tracing::info_span!(
+        "ws.connection",
+        node = %state.node,
+        session_id = tracing::field::Empty
+    );
     run(socket, state, query).instrument(span).await;
     metrics::connection_closed();
 }
 
 async fn run(socket: WebSocket, state: AppState, query: HashMap<String, String>) {
     let (mut sink, stream) = socket.split();
+    let write_timeout = state.config.write_timeout();
     let attached = match attach(&state, &query).await {
         Ok(attached) => attached,
         Err((error, close)) => {
-            metrics::error(error.code());
-            let _ = send_text(
-                &mut sink,
-                error.frame(None).to_json().into(),
-                state.config.write_timeout(),
-            )
-            .await;
-            let _ = sink
-                .send(Message::Close(Some(CloseFrame {
-                    code: close,
-                    reason: Utf8Bytes::from_static("refused"),
-                })))
-                .await;
+            // The error frame says why; the close code is what a client acts on.
+            let frame = error.frame(None).to_json();
+            let _ = send_text(&mut sink, frame.into(), write_timeout).await;
+            let _ = send_close(&mut sink, close, "refused", write_timeout).await;
             return;
         }
     };
     tracing::Span::current().record("session_id", tracing::field::display(attached.session));
     sessions::touch(&state, attached.session).await;
 
-    let (commands, inbox) = mpsc::channel(64);
+    let (commands, inbox) = mpsc::channel(COMMAND_QUEUE);
     let reader =
         tokio::spawn(read(stream, state.clone(), attached.session, commands).in_current_span());
     let relay = Relay {
         state: state.clone(),
         session: attached.session,
-        last_sent: attached.start_from,
+        last_sent: attached.start_after,
         sink,
     };
     relay.run(attached, inbox).await;
@@ -93,11 +107,24 @@ struct Attached {
     attachment: Attachment,
     after_seq: Option<u64>,
     position: replay::Position,
-    start_from: u64,
+    /// What counts as already sent when live forwarding starts.
+    start_after: u64,
+}
+
+/// The close code for a refused attach: the client's fault is a policy
+/// violation (1008); NATS trouble is "try again later" (1013).
+fn refusal(e: ApiError) -> (ApiError, u16) {
+    let code = if matches!(e, ApiError::Unavailable(_)) {
+        CLOSE_TRY_LATER
+    } else {
+        CLOSE_POLICY
+    };
+    (e, code)
 }
 
 /// Authenticates (or creates) the session, subscribes to its live events,
-/// and finds where replay starts. Errors come with the close code to use.
+/// then finds where replay starts: subscribing first means every event stored
+/// after the replay read still arrives live.
 async fn attach(
     state: &AppState,
     query: &HashMap<String, String>,
@@ -105,61 +132,56 @@ async fn attach(
     let after_seq = match query.get("after_seq") {
         None => None,
         Some(raw) => Some(raw.parse::<u64>().map_err(|_| {
-            (
-                ApiError::BadRequest(format!(
-                    "after_seq must be a non-negative integer, not {raw:?}"
-                )),
-                CLOSE_POLICY,
-            )
+            refusal(ApiError::BadRequest(format!(
+                "after_seq must be a non-negative integer, not {:?}",
+                raw.chars().take(32).collect::<String>()
+            )))
         })?),
     };
     let (session, created_token) = match query.get("session") {
         None => {
-            let (session, token) = sessions::create(state)
-                .await
-                .map_err(|e| (e, CLOSE_TRY_LATER))?;
+            let (session, token) = sessions::create(state).await.map_err(refusal)?;
             (session, Some(token))
         }
         Some(raw) => {
-            let session = sessions::parse_id(Some(raw)).map_err(|e| (e, CLOSE_POLICY))?;
+            let session = sessions::parse_id(Some(raw)).map_err(refusal)?;
             sessions::authenticate(state, session, query.get("token").map(String::as_str))
                 .await
-                .map_err(|e| {
-                    let code = if matches!(e, ApiError::Unavailable(_)) {
-                        CLOSE_TRY_LATER
-                    } else {
-                        CLOSE_POLICY
-                    };
-                    (e, code)
-                })?;
+                .map_err(refusal)?;
             (session, None)
         }
     };
-    // Subscribe first: from here on every stored event also arrives live.
     let attachment = state
         .hub
         .attach(session)
         .await
-        .map_err(|e| (ApiError::nats(e), CLOSE_TRY_LATER))?;
+        .map_err(|e| refusal(ApiError::nats(e)))?;
     let position = replay::position(state, session, after_seq)
         .await
-        .map_err(|e| {
-            let code = if matches!(e, ApiError::Unavailable(_)) {
-                CLOSE_TRY_LATER
-            } else {
-                CLOSE_POLICY
-            };
-            (e, code)
-        })?;
-    let start_from = after_seq.unwrap_or(position.last_seq);
+        .map_err(refusal)?;
     Ok(Attached {
         session,
         created_token,
         attachment,
         after_seq,
         position,
-        start_from,
+        start_after: after_seq.unwrap_or(position.last_seq),
     })
+}
+
+/// The close a read error calls for, if any. axum hides tungstenite's error
+/// type, so it is recognised by its text.
+fn close_for_read_error(e: &axum::Error) -> Option<(u16, &'static str)> {
+    let text = e.to_string();
+    if text.contains("Space limit exceeded") || text.contains("too long") {
+        Some((CLOSE_TOO_BIG, "message too big"))
+    } else if text.contains("UTF-8") {
+        Some((CLOSE_INVALID_DATA, "invalid UTF-8"))
+    } else if text.contains("protocol error") {
+        Some((CLOSE_PROTOCOL, "protocol error"))
+    } else {
+        None
+    }
 }
 
 /// Reads the client's frames, rate-limits them, and acts on them.
@@ -174,38 +196,40 @@ async fn read(
         let text = match message {
             Ok(Message::Text(text)) => text,
             Ok(Message::Binary(_)) => {
-                refuse(
-                    &commands,
-                    ErrorCode::BadRequest,
-                    "binary frames are not accepted; send JSON text",
-                )
-                .await;
+                if !bucket.take(Instant::now()) {
+                    rate_limited(&commands);
+                    continue;
+                }
+                let e =
+                    ApiError::BadRequest("binary frames are not accepted; send JSON text".into());
+                let _ = commands.send(Command::Control(e.frame(None))).await;
                 continue;
             }
             Ok(Message::Close(_)) => break,
-            Ok(_) => continue, // ping / pong: the library answers pings
+            // Pings are answered by the library; pongs need nothing.
+            Ok(_) => continue,
             Err(e) => {
-                let reason = e.to_string();
-                if reason.contains("too long") || reason.contains("too big") {
-                    metrics::error(ErrorCode::TooLarge);
-                    let _ = commands
-                        .send(Command::Close(CLOSE_TOO_BIG, "message too big"))
-                        .await;
+                tracing::debug!(error = %e, "socket read failed");
+                if let Some((code, reason)) = close_for_read_error(&e) {
+                    if code == CLOSE_TOO_BIG {
+                        metrics::error(ErrorCode::TooLarge);
+                    } else {
+                        metrics::error(ErrorCode::BadRequest);
+                    }
+                    let _ = commands.send(Command::Close(code, reason)).await;
                 }
                 break;
             }
         };
         if !bucket.take(Instant::now()) {
-            metrics::error(ErrorCode::RateLimited);
-            let frame = ControlFrame::error(ErrorCode::RateLimited, "too many frames; slow down");
-            // Never wait on a flooding client's replies.
-            let _ = commands.try_send(Command::Control(frame));
+            rate_limited(&commands);
             continue;
         }
         let frame = match ClientFrame::parse(&text) {
             Ok(frame) => frame,
             Err(message) => {
-                refuse(&commands, ErrorCode::BadRequest, &message).await;
+                let e = ApiError::BadRequest(message);
+                let _ = commands.send(Command::Control(e.frame(None))).await;
                 continue;
             }
         };
@@ -218,7 +242,12 @@ async fn read(
                 content,
                 model,
             } => {
-                let span = tracing::info_span!("chat.submit", otel.name = "chat.submit", session_id = %session, message_id = tracing::field::Empty);
+                let span = tracing::info_span!(
+                    "chat.submit",
+                    otel.name = "chat.submit",
+                    session_id = %session,
+                    message_id = tracing::field::Empty
+                );
                 let input = ChatInput {
                     message_id,
                     content,
@@ -235,19 +264,14 @@ async fn read(
                             seq: accepted.seq,
                         })
                     }
-                    Err(e) => {
-                        metrics::error(e.code());
-                        Command::Control(e.frame(message_id))
-                    }
+                    Err(e) => Command::Control(e.frame(message_id)),
                 }
             }
             ClientFrame::Cancel { message_id } => {
                 match chat::cancel(&state, session, message_id).await {
+                    // A cancel is answered by the `cancelled` event, not a frame.
                     Ok(()) => continue,
-                    Err(e) => {
-                        metrics::error(e.code());
-                        Command::Control(e.frame(Some(message_id)))
-                    }
+                    Err(e) => Command::Control(e.frame(Some(message_id))),
                 }
             }
         };
@@ -257,11 +281,11 @@ async fn read(
     }
 }
 
-async fn refuse(commands: &mpsc::Sender<Command>, code: ErrorCode, message: &str) {
-    metrics::error(code);
-    let _ = commands
-        .send(Command::Control(ControlFrame::error(code, message)))
-        .await;
+/// Tells a flooding client to slow down, without ever waiting on it: if its
+/// queue is full, the notice is dropped (it has been told already).
+fn rate_limited(commands: &mpsc::Sender<Command>) {
+    let e = ApiError::RateLimited("too many frames; slow down".into());
+    let _ = commands.try_send(Command::Control(e.frame(None)));
 }
 
 /// Frames a client may send: `rate` per second, `burst` at once.
@@ -274,10 +298,16 @@ struct TokenBucket {
 
 impl TokenBucket {
     fn new(rate: f64, burst: f64) -> Self {
+        let burst = if burst.is_finite() {
+            burst.max(1.0)
+        } else {
+            1.0
+        };
+        let rate = if rate.is_finite() { rate.max(0.0) } else { 0.0 };
         Self {
-            rate: rate.max(0.0),
-            burst: burst.max(1.0),
-            tokens: burst.max(1.0),
+            rate,
+            burst,
+            tokens: burst,
             at: Instant::now(),
         }
     }
@@ -300,7 +330,7 @@ struct Relay {
     state: AppState,
     session: SessionId,
     /// The highest sequence this socket has sent (or the point it starts
-    /// after): live events at or below it are duplicates; an event whose
+    /// after): a live event at or below it is a duplicate; one whose
     /// predecessor is above it reveals a gap.
     last_sent: u64,
     sink: SplitSink<WebSocket, Message>,
@@ -313,14 +343,11 @@ impl Relay {
             Err(end) => end,
         };
         if let End::Close(code, reason) = end {
-            if code == CLOSE_TRY_LATER {
+            if code == CLOSE_TRY_LATER && reason == SLOW_CONSUMER {
                 metrics::slow_client_closed();
             }
-            let close = Message::Close(Some(CloseFrame {
-                code,
-                reason: Utf8Bytes::from_static(reason),
-            }));
-            let _ = tokio::time::timeout(Duration::from_secs(1), self.sink.send(close)).await;
+            let timeout = self.state.config.write_timeout();
+            let _ = send_close(&mut self.sink, code, reason, timeout).await;
         }
     }
 
@@ -338,20 +365,20 @@ impl Relay {
         self.send_control(&ready).await?;
         if let Some(after) = attached.after_seq {
             metrics::replay_started();
-            let from = if attached.position.expired {
-                for frame in
-                    replay::expired_notice(&self.state, self.session, attached.position.last_seq)
-                        .await
-                        .map_err(|_| End::Close(CLOSE_TRY_LATER, "replay failed"))?
-                {
-                    self.send_control(&frame).await?;
+            let position = attached.position;
+            let from = if position.expired {
+                let notice = replay::expired_notice(&self.state, self.session, position.last_seq)
+                    .await
+                    .map_err(|_| End::Close(CLOSE_TRY_LATER, "replay failed"))?;
+                for frame in &notice {
+                    self.send_control(frame).await?;
                 }
-                attached.position.first_available
+                position.first_available
             } else {
-                after + 1
+                after.saturating_add(1)
             };
             self.last_sent = after;
-            self.replay(from, attached.position.last_seq).await?;
+            self.replay(from, position.last_seq).await?;
         }
         Ok(())
     }
@@ -362,90 +389,132 @@ impl Relay {
         inbox: &mut mpsc::Receiver<Command>,
     ) -> End {
         let shutdown = self.state.shutdown.clone();
+        let quiet = self.state.config.tail_check();
+        // Armed by each live event, fired once when they go quiet.
+        let mut tail_check: Option<Instant> = None;
         loop {
+            let check_at = tail_check.unwrap_or_else(|| Instant::now() + quiet);
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => return End::Close(CLOSE_RESTART, "service restart"),
-                command = inbox.recv() => match command {
-                    None => return End::Closed,
-                    Some(Command::Close(code, reason)) => return End::Close(code, reason),
-                    Some(Command::Control(frame)) => {
-                        if let Err(end) = self.send_control(&frame).await { return end; }
+                _ = tokio::time::sleep_until(check_at), if tail_check.is_some() => {
+                    tail_check = None;
+                    if let Err(end) = self.check_tail().await {
+                        return end;
                     }
-                    Some(Command::Resume(after)) => {
-                        if let Err(end) = self.resume(after).await { return end; }
+                }
+                command = inbox.recv() => {
+                    let step = match command {
+                        None => return End::Closed,
+                        Some(Command::Close(code, reason)) => return End::Close(code, reason),
+                        Some(Command::Control(frame)) => self.send_control(&frame).await,
+                        Some(Command::Resume(after)) => self.resume(after).await,
+                    };
+                    if let Err(end) = step {
+                        return end;
                     }
-                },
+                }
                 event = attachment.receiver.recv() => match event {
                     Ok(event) => {
-                        if let Err(end) = self.live(&event).await { return end; }
+                        if let Err(end) = self.live(&event).await {
+                            return end;
+                        }
+                        tail_check = Some(Instant::now() + quiet);
                     }
+                    // Fell `outbound_queue` events behind: the fan-out does
+                    // not wait for anyone, so this socket is let go; the
+                    // client comes back with `after_seq`.
                     Err(broadcast::error::RecvError::Lagged(_)) => {
-                        return End::Close(CLOSE_TRY_LATER, "slow consumer: reconnect with after_seq");
+                        return End::Close(CLOSE_TRY_LATER, SLOW_CONSUMER);
                     }
-                    Err(broadcast::error::RecvError::Closed) => return End::Close(CLOSE_TRY_LATER, "live feed ended"),
+                    Err(broadcast::error::RecvError::Closed) => {
+                        return End::Close(CLOSE_TRY_LATER, "live feed ended");
+                    }
                 },
             }
         }
     }
 
+    /// One live event: drop a duplicate, fill a gap from the stream, send.
     async fn live(&mut self, event: &LiveEvent) -> Result<(), End> {
         if event.seq <= self.last_sent {
             return Ok(());
         }
         if event.prev > self.last_sent {
-            // A live message went missing (a slow-consumer drop): fill the
-            // hole from the stream before anything after it.
+            // A live message went missing (a slow-consumer drop between NATS
+            // and this gateway): fill the hole before anything after it.
             metrics::gap_repaired();
             let from = self.last_sent + 1;
             self.replay(from, event.seq - 1).await?;
         }
-        self.send_text(
-            event.frame.clone(),
-            if event.is_chunk { "chunk" } else { "event" },
-        )
-        .await?;
-        if event.is_chunk {
+        self.send_text(event.frame.clone(), event.kind).await?;
+        if event.kind == "chunk" {
             metrics::chunk_forwarded();
         }
         self.last_sent = event.seq;
         Ok(())
     }
 
+    /// Once live events go quiet: anything stored after `last_sent` was
+    /// lost on the way (the last event of an answer has no successor whose
+    /// `Nats-Last-Sequence` would reveal it), so it is read from the stream.
+    /// One read per quiet period, never per event.
+    async fn check_tail(&mut self) -> Result<(), End> {
+        let subject = protocol::subjects::events(self.session);
+        let last = match protocol::stored::last_seq(&self.state.layout.events, &subject).await {
+            Ok(last) => last,
+            Err(e) => {
+                tracing::debug!(error = %e, "tail check failed");
+                return Ok(());
+            }
+        };
+        if last > self.last_sent {
+            metrics::gap_repaired();
+            let from = self.last_sent + 1;
+            self.replay(from, last).await?;
+        }
+        Ok(())
+    }
+
+    /// The `resume` frame: replay everything after `after`, even what this
+    /// socket sent already (the client asked for it), then carry on live.
     async fn resume(&mut self, after: u64) -> Result<(), End> {
         let position = match replay::position(&self.state, self.session, Some(after)).await {
             Ok(position) => position,
-            Err(e) => {
-                metrics::error(e.code());
-                return self.send_control(&e.frame(None)).await;
-            }
+            Err(e) => return self.send_control(&e.frame(None)).await,
         };
         metrics::replay_started();
         let from = if position.expired {
             match replay::expired_notice(&self.state, self.session, position.last_seq).await {
-                Ok(frames) => {
-                    for frame in frames {
-                        self.send_control(&frame).await?;
+                Ok(notice) => {
+                    for frame in &notice {
+                        self.send_control(frame).await?;
                     }
                 }
                 Err(e) => return self.send_control(&e.frame(None)).await,
             }
             position.first_available
         } else {
-            after + 1
+            after.saturating_add(1)
         };
-        // An explicit resume re-sends from `after` even what this socket
-        // already sent: the client asked for it.
-        self.replay_all(from, position.last_seq).await?;
+        let frames = match replay::frames(&self.state, self.session, from, position.last_seq).await
+        {
+            Ok(frames) => frames,
+            Err(e) => return self.send_control(&e.frame(None)).await,
+        };
+        for (seq, frame) in frames {
+            let kind = crate::live::event_kind(frame.as_bytes());
+            self.send_text(frame.into(), kind).await?;
+            self.last_sent = self.last_sent.max(seq);
+        }
+        // Live events up to the session's last (read after the live feed
+        // existed) were covered by the replay.
         self.last_sent = self.last_sent.max(position.last_seq);
         Ok(())
     }
 
     /// Sends stored events in `[from, until]` above `last_sent`.
     async fn replay(&mut self, from: u64, until: u64) -> Result<(), End> {
-        if until < from {
-            return Ok(());
-        }
         let frames = replay::frames(&self.state, self.session, from, until)
             .await
             .map_err(|_| End::Close(CLOSE_TRY_LATER, "replay failed; reconnect with after_seq"))?;
@@ -453,22 +522,9 @@ impl Relay {
             if seq <= self.last_sent {
                 continue;
             }
-            self.send_text(frame.into(), "event").await?;
+            let kind = crate::live::event_kind(frame.as_bytes());
+            self.send_text(frame.into(), kind).await?;
             self.last_sent = seq;
-        }
-        Ok(())
-    }
-
-    async fn replay_all(&mut self, from: u64, until: u64) -> Result<(), End> {
-        if until < from {
-            return Ok(());
-        }
-        let frames = replay::frames(&self.state, self.session, from, until)
-            .await
-            .map_err(|_| End::Close(CLOSE_TRY_LATER, "replay failed; reconnect with after_seq"))?;
-        for (seq, frame) in frames {
-            self.send_text(frame.into(), "event").await?;
-            self.last_sent = self.last_sent.max(seq);
         }
         Ok(())
     }
@@ -490,10 +546,7 @@ impl Relay {
                 metrics::frames_out(kind, 1);
                 Ok(())
             }
-            Err(SendFailed::TimedOut) => Err(End::Close(
-                CLOSE_TRY_LATER,
-                "slow consumer: reconnect with after_seq",
-            )),
+            Err(SendFailed::TimedOut) => Err(End::Close(CLOSE_TRY_LATER, SLOW_CONSUMER)),
             Err(SendFailed::Gone) => Err(End::Closed),
         }
     }
@@ -512,6 +565,23 @@ async fn send_text(
     timeout: Duration,
 ) -> Result<(), SendFailed> {
     match tokio::time::timeout(timeout, sink.send(Message::Text(text))).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(SendFailed::Gone),
+        Err(_) => Err(SendFailed::TimedOut),
+    }
+}
+
+async fn send_close(
+    sink: &mut SplitSink<WebSocket, Message>,
+    code: u16,
+    reason: &'static str,
+    timeout: Duration,
+) -> Result<(), SendFailed> {
+    let close = Message::Close(Some(CloseFrame {
+        code,
+        reason: Utf8Bytes::from_static(reason),
+    }));
+    match tokio::time::timeout(timeout, sink.send(close)).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(_)) => Err(SendFailed::Gone),
         Err(_) => Err(SendFailed::TimedOut),

@@ -1,9 +1,10 @@
 //! Submitting a chat and cancelling one, shared by the WebSocket and REST
-//! paths (PREAMBLE "Semantics agreed"): the session record bounds what is in
-//! flight, the user-message echo and the job are both published with
-//! `Nats-Msg-Id` = message id, so a retried send is never generated twice.
+//! paths (the semantics agreed with the worker): the session record bounds
+//! what is in flight, and the user-message echo and the job are both
+//! published with `Nats-Msg-Id` = message id, so a retried send gets the same
+//! `seq` back and is never generated twice.
 
-use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::context::{PublishError, PublishErrorKind};
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::HeaderMap;
 use protocol::records::ActiveMessage;
@@ -13,9 +14,9 @@ use protocol::{now_ms, subjects, ChatRequest, ErrorCode, Event, MessageId, Sessi
 use crate::app::AppState;
 use crate::error::ApiError;
 
-/// How long an accepted message may stay "in flight" in the session record
-/// before it stops counting against the session's limit, whatever happened
-/// to its job (a lost job must not block a session for ever).
+/// How long an accepted message may count as "in flight" in the session
+/// record, whatever happened to its job: a job lost outside the work-queue's
+/// guarantees must not block its session for ever.
 const ACTIVE_MAX_AGE_MS: u64 = 30 * 60 * 1000;
 
 /// A chat as a client sends it.
@@ -33,7 +34,9 @@ pub struct Accepted {
     pub seq: u64,
 }
 
-/// Checks a chat before anything is stored.
+/// Checks a chat before anything is stored. Control characters other than
+/// newline, carriage return and tab (C0) are refused: they are never part of
+/// a question and confuse terminals and logs downstream.
 fn validate(state: &AppState, input: &ChatInput) -> Result<(), ApiError> {
     if input.content.trim().is_empty() {
         return Err(ApiError::BadRequest("content is empty".into()));
@@ -48,25 +51,19 @@ fn validate(state: &AppState, input: &ChatInput) -> Result<(), ApiError> {
     if input
         .content
         .chars()
-        .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
+        .any(|c| c < '\u{20}' && !matches!(c, '\n' | '\r' | '\t'))
     {
         return Err(ApiError::BadRequest(
-            "content has control characters".into(),
+            "content has control characters (only \\n, \\r and \\t are allowed)".into(),
         ));
     }
     if let Some(model) = &input.model {
         if !state.config.allows_model(model) {
-            return Err(ApiError::BadRequest(format!(
-                "unknown model {:?}",
-                truncate(model, 64)
-            )));
+            let shown: String = model.chars().take(64).collect();
+            return Err(ApiError::BadRequest(format!("unknown model {shown:?}")));
         }
     }
     Ok(())
-}
-
-fn truncate(s: &str, max: usize) -> String {
-    s.chars().take(max).collect()
 }
 
 /// The session reached its in-flight limit.
@@ -86,6 +83,8 @@ pub async fn submit(
     let admitted = sessions::update(&state.layout.sessions, session, |record| {
         record.expire_active(now, ACTIVE_MAX_AGE_MS);
         if record.is_active(message_id) || record.is_finished(message_id) {
+            // A retry: publish again below, JetStream deduplicates and
+            // answers with the first sequence.
             return Ok(false);
         }
         if record.active.len() >= limit {
@@ -119,8 +118,8 @@ pub async fn submit(
         state,
         subjects::events(session),
         echo.to_payload(),
-        message_id,
-        None,
+        Some(message_id),
+        HeaderMap::new(),
     )
     .await
     {
@@ -141,64 +140,88 @@ pub async fn submit(
     let payload = serde_json::to_vec(&request).map_err(ApiError::nats)?;
     let mut headers = HeaderMap::new();
     telemetry::trace_context::inject(&mut headers);
-    if let Err(e) = publish(
+    let queued = publish(
         state,
         subjects::requests(session),
         payload.into(),
-        message_id,
-        Some(headers),
+        Some(message_id),
+        headers,
     )
-    .await
-    {
-        // The echo is stored; the refusal is stored after it, so every
-        // client (and every replay) sees why this question got no answer.
-        let (code, error) = match e.kind() {
-            PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe => {
-                (ErrorCode::Internal, ApiError::nats(&e))
-            }
-            _ => (
-                ErrorCode::Overloaded,
-                ApiError::Overloaded("the service is at capacity; try again shortly".into()),
-            ),
-        };
-        tracing::warn!(error = %e, %message_id, "the work-queue refused a job");
-        let refusal = Event::Error {
-            message_id: Some(message_id),
-            code,
-            message: error.to_string(),
-        };
-        if let Err(e) = publish(
-            state,
-            subjects::events(session),
-            refusal.to_payload(),
-            MessageId::new(),
-            None,
-        )
-        .await
-        {
-            tracing::warn!(error = %e, "storing the refusal");
-        }
-        release(state, session, message_id).await;
-        return Err(error);
+    .await;
+    if let Err(e) = queued {
+        return Err(refused(state, session, message_id, e).await);
     }
     Ok(Accepted { message_id, seq })
+}
+
+/// The work-queue did not take the job although its echo is stored: the
+/// refusal is stored after the echo, so every client (and every replay)
+/// sees why this question got no answer, and the message stops counting
+/// against the session's limit.
+async fn refused(
+    state: &AppState,
+    session: SessionId,
+    message_id: MessageId,
+    e: PublishError,
+) -> ApiError {
+    let (code, error) = if is_full(&e) {
+        (
+            ErrorCode::Overloaded,
+            ApiError::Overloaded("the service is at capacity; try again shortly".into()),
+        )
+    } else {
+        (ErrorCode::Internal, ApiError::nats(&e))
+    };
+    tracing::warn!(error = %e, %message_id, "the work-queue refused a job");
+    let refusal = Event::Error {
+        message_id: Some(message_id),
+        code,
+        message: error.to_string(),
+    };
+    let stored = publish(
+        state,
+        subjects::events(session),
+        refusal.to_payload(),
+        None,
+        HeaderMap::new(),
+    )
+    .await;
+    if let Err(e) = stored {
+        tracing::warn!(error = %e, "storing the refusal");
+    }
+    release(state, session, message_id).await;
+    error
+}
+
+/// Whether the work-queue refused because it is full (discard-new limits:
+/// JetStream error codes 10077 messages, 10078 bytes, both "maximum ...
+/// exceeded"). Anything else (timeouts, a missing stream) is not overload.
+fn is_full(e: &PublishError) -> bool {
+    match e.kind() {
+        PublishErrorKind::TimedOut
+        | PublishErrorKind::BrokenPipe
+        | PublishErrorKind::StreamNotFound => false,
+        _ => {
+            let text = e.to_string().to_ascii_lowercase();
+            text.contains("maximum") || text.contains("exceeded")
+        }
+    }
 }
 
 async fn publish(
     state: &AppState,
     subject: String,
     payload: bytes::Bytes,
-    message_id: MessageId,
-    headers: Option<HeaderMap>,
-) -> Result<u64, async_nats::jetstream::context::PublishError> {
-    let mut message = PublishMessage::build()
-        .payload(payload)
-        .message_id(subjects::dedup_id(message_id));
-    if let Some(headers) = headers {
-        for (name, values) in headers.iter() {
-            for value in values {
-                message = message.header(name.clone(), value.clone());
-            }
+    dedup: Option<MessageId>,
+    headers: HeaderMap,
+) -> Result<u64, PublishError> {
+    let mut message = PublishMessage::build().payload(payload);
+    if let Some(id) = dedup {
+        message = message.message_id(subjects::dedup_id(id));
+    }
+    for (name, values) in headers.iter() {
+        for value in values {
+            message = message.header(name.clone(), value.clone());
         }
     }
     let ack = state.js.send_publish(subject, message).await?.await?;
@@ -245,11 +268,13 @@ pub async fn cancel(
         .put(subjects::cancel_flag_key(message_id), "1".into())
         .await
         .map_err(ApiError::nats)?;
-    let notice = protocol::events::CancelNotice { message_id };
+    let notice = protocol::CancelNotice { message_id };
     state
         .client
         .publish(subjects::cancel(session), notice.to_payload())
         .await
         .map_err(ApiError::nats)?;
+    // Flushed so the worker hears it now, not at the next buffer flush.
+    state.client.flush().await.map_err(ApiError::nats)?;
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! The gateway's one error type: every failure a client can cause or see,
-//! mapped to a status code and `{"error":{"code","message"}}` (PROTOCOL.md).
+//! mapped to a status code and `{"error":{"code","message"}}` (PROTOCOL.md),
+//! or to an `error` frame on a socket.
 
 use std::time::Duration;
 
@@ -7,7 +8,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use protocol::frames::ControlFrame;
-use protocol::ErrorCode;
+use protocol::{ErrorCode, MessageId};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -53,12 +54,15 @@ impl ApiError {
         }
     }
 
+    /// A failed NATS call; `e` is logged when the error is answered.
     pub fn nats(e: impl std::fmt::Display) -> Self {
         ApiError::Unavailable(e.to_string())
     }
 
-    /// The `error` frame a socket gets for this failure.
-    pub fn frame(&self, message_id: Option<protocol::MessageId>) -> ControlFrame {
+    /// The `error` frame a socket gets for this failure (counted once here).
+    pub fn frame(&self, message_id: Option<MessageId>) -> ControlFrame {
+        self.log();
+        crate::metrics::error(self.code());
         ControlFrame::Error {
             message_id,
             code: self.code(),
@@ -66,6 +70,13 @@ impl ApiError {
         }
     }
 
+    fn log(&self) {
+        if let ApiError::Unavailable(detail) = self {
+            tracing::warn!(%detail, "NATS call failed");
+        }
+    }
+
+    /// When a client should try again: it is told, so it does not hammer.
     fn retry_after(&self) -> Option<Duration> {
         match self {
             ApiError::RateLimited(_) => Some(Duration::from_secs(1)),
@@ -78,11 +89,11 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if let ApiError::Unavailable(detail) = &self {
-            tracing::warn!(%detail, "NATS call failed");
-        }
+        self.log();
         crate::metrics::error(self.code());
-        let body = serde_json::json!({"error": {"code": self.code(), "message": self.to_string()}});
+        let body = serde_json::json!({
+            "error": {"code": self.code().as_str(), "message": self.to_string()}
+        });
         let mut response = (self.status(), Json(body)).into_response();
         if let Some(after) = self.retry_after() {
             if let Ok(value) = HeaderValue::from_str(&after.as_secs().to_string()) {
