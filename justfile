@@ -45,9 +45,9 @@ test: prerequisites && test-web
 prerequisites:
     scripts/install-deps.sh --browser
 
-# The web UI's tests (npm ci && npm test in web/), when web/ exists
+# The web UI's tests: Vitest, the UI in headless Chromium, and end to end against a real stack
 test-web:
-    if [ -f web/package.json ]; then cd web && npm ci --no-audit --no-fund --loglevel=error && npm test; else echo "no web/package.json: skipping web tests"; fi
+    if [ -f web/package.json ]; then NATS_SERVER_BIN="$(scripts/nats-server-path.sh)" scripts/test-web.sh; else echo "no web/package.json: skipping web tests"; fi
 
 # Run `chatctl recovery` (arguments passed through; see its --help)
 recovery *args:

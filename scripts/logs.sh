@@ -5,7 +5,7 @@
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-logs="$root/run/logs"
+logs="${RUN_DIR:-$root/run}/logs"
 files=()
 if [ "$#" -gt 0 ]; then
     for name in "$@"; do files+=("$logs/$name.log"); done

@@ -9,7 +9,7 @@
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-run="$root/run"
+run="${RUN_DIR:-$root/run}"
 
 shopt -s nullglob
 files=("$run"/*.pid "$run"/cluster/*.pid)

@@ -17,7 +17,7 @@
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-run="$root/run"
+run="${RUN_DIR:-$root/run}"
 logs="$run/logs"
 gateways="${1:-${GATEWAYS:-3}}"
 workers="${2:-${WORKERS:-3}}"

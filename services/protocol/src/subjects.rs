@@ -35,6 +35,14 @@ pub const CANCEL_ALL: &str = "chat.cancel.*";
 /// dead-letters each exhausted job.
 pub const DEAD_LETTER_QUEUE_GROUP: &str = "chat-dead-letter";
 
+/// A scratch stream `chatctl bench` creates to measure raw JetStream
+/// publishing on the same server, and deletes after; never used by the chat.
+pub const BENCH_STREAM: &str = "CHAT_BENCH";
+/// The one subject of [`BENCH_STREAM`].
+pub const BENCH_STREAM_SUBJECT: &str = "bench.stream";
+/// A core subject `chatctl bench` measures plain publish → subscribe on.
+pub const BENCH_CORE_SUBJECT: &str = "bench.core";
+
 /// Header set by the republish: the event's sequence in [`EVENTS_STREAM`].
 pub const HEADER_SEQUENCE: &str = "Nats-Sequence";
 /// Header set by the republish: the previous sequence on the same subject

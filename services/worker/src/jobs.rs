@@ -401,14 +401,13 @@ impl Job {
                 usage,
             } => {
                 publisher
-                    .publish(&Event::Done {
+                    .finish_with(&Event::Done {
                         message_id: id,
                         attempt: self.attempt,
                         finish_reason: finish_reason.clone(),
                         usage,
                     })
                     .await?;
-                publisher.finish().await?;
                 self.record_turn(TurnStatus::Done, text, Some(finish_reason), usage)
                     .await?;
                 ack(&self.message).await;
@@ -421,9 +420,8 @@ impl Job {
             }
             Ending::Cancelled => {
                 publisher
-                    .publish(&Event::Cancelled { message_id: id })
+                    .finish_with(&Event::Cancelled { message_id: id })
                     .await?;
-                publisher.finish().await?;
                 self.record_turn(TurnStatus::Cancelled, text, None, None)
                     .await?;
                 ack(&self.message).await;
@@ -432,13 +430,12 @@ impl Job {
             }
             Ending::Backend(BackendError::Rejected(reason)) => {
                 publisher
-                    .publish(&Event::Error {
+                    .finish_with(&Event::Error {
                         message_id: Some(id),
                         code: ErrorCode::ModelFailed,
                         message: reason,
                     })
                     .await?;
-                publisher.finish().await?;
                 self.record_turn(TurnStatus::Failed, text, None, None)
                     .await?;
                 term(&self.message).await;

@@ -83,6 +83,26 @@ impl EventPublisher {
             .map_err(|_| PublishFailed("the ack task stopped".into()))
     }
 
+    /// Stores an attempt's terminal event (`done`, `cancelled`, `error`)
+    /// only once every event before it is acknowledged, and waits for its
+    /// own ack: a lost chunk then fails the attempt (it is retried with
+    /// `restart`) instead of leaving a complete-looking answer with a hole
+    /// followed by a second terminal event.
+    pub async fn finish_with(self, terminal: &Event) -> Result<(), PublishFailed> {
+        let js = self.js.clone();
+        let subject = self.subject.clone();
+        self.finish().await?;
+        js.send_publish(
+            subject,
+            PublishMessage::build().payload(terminal.to_payload()),
+        )
+        .await
+        .map_err(|e| PublishFailed(e.to_string()))?
+        .await
+        .map_err(|e| PublishFailed(e.to_string()))?;
+        Ok(())
+    }
+
     /// Waits for every outstanding ack: `Ok` means every event is stored.
     pub async fn finish(self) -> Result<(), PublishFailed> {
         drop(self.acks);

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The web UI's tests, as `just test` runs them:
+#   1. unit tests of the client state machine (Vitest),
+#   2. the UI in headless Chromium against a scripted gateway (e2e/ui.e2e.mjs),
+#   3. end to end in headless Chromium against the REAL stack behind Nginx
+#      (e2e/chat.e2e.mjs): its own nats-server, 3 gateways, 3 workers and
+#      Nginx on their own ports and run folder, from the debug binaries that
+#      `cargo build --workspace` made, stopped again at the end.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root/web"
+npm ci --no-audit --no-fund --loglevel=error
+npm test
+npm run build
+npm run test:ui
+
+export RUN_DIR="$root/run/test-web"
+export NGINX_PORT="${TEST_WEB_NGINX_PORT:-28080}" GATEWAY_BASE_PORT=23001 WORKER_METRICS_BASE_PORT=29101
+export NATS_PORT=24222 NATS_MONITOR_PORT=28222
+export BUILD_PROFILE="${TEST_WEB_PROFILE:-debug}" SKIP_BUILD=1 SKIP_WEB_BUILD=1
+# Slow enough that "mid-answer" lasts seconds: Stop, reload and failover happen inside one.
+export DEMO_TOKENS_PER_SEC=25 DEMO_ANSWER_TOKENS=150
+export CHAT_PID_DIR="$RUN_DIR" CHAT_BASE_URL="http://127.0.0.1:$NGINX_PORT"
+"$root/scripts/down.sh" >/dev/null 2>&1 || true
+rm -rf "$RUN_DIR"
+trap '"$root/scripts/down.sh" >/dev/null 2>&1 || true' EXIT
+"$root/scripts/up.sh"
+npm run test:e2e

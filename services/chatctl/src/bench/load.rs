@@ -1,0 +1,274 @@
+//! Sessions chatting at once, each sending its turns back to back over its
+//! own WebSocket: the end-to-end throughput, time to first chunk and chunk
+//! latency measures all come from here. Every frame is checked as it
+//! arrives (see [`super::ledger`]).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::{StreamExt, TryStreamExt};
+use protocol::MessageId;
+
+use super::ledger::{self, MessageCheck, SeqLog};
+use super::socket::{chat_frame, Attach, Endpoint, Frame, Ready, Socket, FRAME_TIMEOUT};
+use super::stats::{now_us, Samples};
+
+/// One load run.
+#[derive(Clone, Debug)]
+pub struct LoadSpec {
+    pub sessions: usize,
+    /// Running, but not counted yet (connections warm, workers busy).
+    pub warmup: Duration,
+    pub measure: Duration,
+    /// WebSocket handshakes in flight at once while opening the sessions.
+    pub connect_concurrency: usize,
+    /// Tokens of a demo answer, when a `done` does not report its usage.
+    pub answer_tokens: usize,
+    /// Turns a session sends at most (`None`: until the run ends).
+    pub max_turns: Option<usize>,
+}
+
+/// What a load run measured.
+#[derive(Debug, Default)]
+pub struct LoadOutcome {
+    /// Chunk frames received per second during the measured window.
+    pub chunks_per_sec: f64,
+    /// Answers completed per second during the measured window.
+    pub turns_per_sec: f64,
+    /// Worker publish → client receive, measured window only.
+    pub chunk_latency: Samples,
+    /// `chat` sent → first chunk received, measured window only.
+    pub ttft: Samples,
+    pub sessions: Vec<SessionLog>,
+    pub problems: Vec<String>,
+    pub restarts: u64,
+}
+
+/// One session's record, for the check against the stream.
+#[derive(Debug)]
+pub struct SessionLog {
+    pub session_id: String,
+    pub token: String,
+    pub after_seq: u64,
+    pub seqs: SeqLog,
+    pub turns: usize,
+    /// The run ended with the last answer complete.
+    pub complete: bool,
+}
+
+#[derive(Default)]
+struct Shared {
+    chunks: AtomicU64,
+    turns: AtomicU64,
+    measuring: AtomicBool,
+    stop: AtomicBool,
+}
+
+/// Opens `n` new sessions through `endpoint`, `concurrency` handshakes at a time.
+pub async fn open_sessions(
+    endpoint: &Endpoint,
+    n: usize,
+    concurrency: usize,
+) -> anyhow::Result<Vec<(Socket, Ready)>> {
+    let attach = Attach::default();
+    futures::stream::iter(0..n)
+        .map(|_| Socket::connect(endpoint, &attach))
+        .buffer_unordered(concurrency.max(1))
+        .try_collect()
+        .await
+}
+
+/// Runs `spec` against `endpoint`.
+pub async fn run(endpoint: &Endpoint, spec: &LoadSpec) -> anyhow::Result<LoadOutcome> {
+    let sockets = open_sessions(endpoint, spec.sessions, spec.connect_concurrency).await?;
+    let shared = Arc::new(Shared::default());
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, (socket, ready)) in sockets.into_iter().enumerate() {
+        let shared = shared.clone();
+        let spec = spec.clone();
+        tasks.spawn(chat_loop(socket, ready, i, shared, spec));
+    }
+    tokio::time::sleep(spec.warmup).await;
+    let (c0, t0) = (
+        shared.chunks.load(Ordering::Relaxed),
+        shared.turns.load(Ordering::Relaxed),
+    );
+    let started = Instant::now();
+    shared.measuring.store(true, Ordering::Relaxed);
+    tokio::time::sleep(spec.measure).await;
+    shared.measuring.store(false, Ordering::Relaxed);
+    let elapsed = started.elapsed().as_secs_f64();
+    let (c1, t1) = (
+        shared.chunks.load(Ordering::Relaxed),
+        shared.turns.load(Ordering::Relaxed),
+    );
+    shared.stop.store(true, Ordering::Relaxed);
+    let mut outcome = LoadOutcome {
+        chunks_per_sec: (c1 - c0) as f64 / elapsed,
+        turns_per_sec: (t1 - t0) as f64 / elapsed,
+        ..Default::default()
+    };
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok(run) => {
+                outcome.chunk_latency.extend(run.chunk_latency);
+                outcome.ttft.extend(run.ttft);
+                outcome.problems.extend(run.problems);
+                outcome.restarts += run.restarts;
+                outcome.sessions.push(run.log);
+            }
+            Err(e) => outcome.problems.push(format!("a session task failed: {e}")),
+        }
+    }
+    Ok(outcome)
+}
+
+/// Checks up to `max` sessions' received events against the stream.
+pub async fn verify_against_stream(
+    endpoint: &Endpoint,
+    sessions: &[SessionLog],
+    max: usize,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    for s in sessions.iter().filter(|s| s.complete).take(max) {
+        match ledger::stored_seqs(endpoint, &s.session_id, &s.token, s.after_seq).await {
+            Ok(stored) => {
+                if let Err(e) = ledger::compare(&s.seqs.seqs, &stored) {
+                    problems.push(format!("session {}: {e:#}", s.session_id));
+                }
+            }
+            Err(e) => problems.push(format!("session {}: {e:#}", s.session_id)),
+        }
+    }
+    problems
+}
+
+struct SessionRun {
+    log: SessionLog,
+    chunk_latency: Samples,
+    ttft: Samples,
+    problems: Vec<String>,
+    restarts: u64,
+}
+
+async fn chat_loop(
+    mut socket: Socket,
+    ready: Ready,
+    index: usize,
+    shared: Arc<Shared>,
+    spec: LoadSpec,
+) -> SessionRun {
+    let mut run = SessionRun {
+        log: SessionLog {
+            session_id: ready.session_id.clone(),
+            token: ready.token.clone(),
+            after_seq: ready.last_seq,
+            seqs: SeqLog::after(ready.last_seq),
+            turns: 0,
+            complete: true,
+        },
+        chunk_latency: Samples::default(),
+        ttft: Samples::default(),
+        problems: Vec::new(),
+        restarts: 0,
+    };
+    while !shared.stop.load(Ordering::Relaxed) && spec.max_turns.is_none_or(|m| run.log.turns < m) {
+        let prompt = format!(
+            "bench session {index} turn {}: how does a replay window work?",
+            run.log.turns
+        );
+        match turn(&mut socket, &mut run, &shared, &spec, prompt).await {
+            Ok(()) => {
+                run.log.turns += 1;
+                shared.turns.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(problem) => {
+                run.problems
+                    .push(format!("session {}: {problem}", ready.session_id));
+                run.log.complete = false;
+                break;
+            }
+        }
+    }
+    socket.close().await;
+    run
+}
+
+/// One question and its whole answer.
+async fn turn(
+    socket: &mut Socket,
+    run: &mut SessionRun,
+    shared: &Shared,
+    spec: &LoadSpec,
+    prompt: String,
+) -> Result<(), String> {
+    let message_id = MessageId::new().to_string();
+    let frame = chat_frame(&message_id, &prompt);
+    let sent = Instant::now();
+    socket
+        .send(frame)
+        .await
+        .map_err(|e| format!("send: {e:#}"))?;
+    let mut check = MessageCheck::new(message_id, prompt);
+    loop {
+        let text = match socket.next_text(FRAME_TIMEOUT).await {
+            Ok(Some(t)) => t,
+            Ok(None) => return Err("the server closed the socket mid-answer".into()),
+            Err(e) => return Err(format!("{e:#}")),
+        };
+        let frame = Frame::parse(&text).map_err(|e| format!("{e:#}"))?;
+        // `accepted` repeats the seq of the user message it stored; only
+        // stream events count.
+        if let (Some(seq), false) = (frame.seq, frame.kind == "accepted") {
+            run.log.seqs.push(seq)?;
+        }
+        match frame.kind.as_ref() {
+            "chunk" => {
+                let first = check.chunk(&frame)?;
+                shared.chunks.fetch_add(1, Ordering::Relaxed);
+                if shared.measuring.load(Ordering::Relaxed) {
+                    if first {
+                        run.ttft.push(sent.elapsed());
+                    }
+                    if let Some(published) = frame.published_at_us {
+                        run.chunk_latency
+                            .push_micros(now_us().saturating_sub(published));
+                    }
+                }
+            }
+            "restart" => check.restart(&frame)?,
+            "done" => {
+                check.done(&frame, spec.answer_tokens)?;
+                run.restarts += u64::from(check.restarts);
+                return Ok(());
+            }
+            "error" | "cancelled" => return Err(format!("refused or failed: {text}")),
+            // accepted, user_message (ours), pong
+            _ => {}
+        }
+    }
+}
+
+/// One session that sends `turns` questions one after the other and
+/// receives every answer: the material for the replay measure.
+pub async fn converse(
+    endpoint: &Endpoint,
+    turns: usize,
+    answer_tokens: usize,
+) -> anyhow::Result<SessionLog> {
+    let (socket, ready) = Socket::connect(endpoint, &Attach::default()).await?;
+    let spec = LoadSpec {
+        sessions: 1,
+        warmup: Duration::ZERO,
+        measure: Duration::ZERO,
+        connect_concurrency: 1,
+        answer_tokens,
+        max_turns: Some(turns),
+    };
+    let run = chat_loop(socket, ready, 0, Arc::new(Shared::default()), spec).await;
+    if let Some(problem) = run.problems.first() {
+        anyhow::bail!("preparing a session: {problem}");
+    }
+    Ok(run.log)
+}

@@ -1,0 +1,155 @@
+//! `chatctl bench`: the whole system under load, next to the physical limit
+//! of the same NATS server, measured in one run and printed as a markdown
+//! table (and JSON). See `chatctl bench --help` for every parameter.
+//!
+//! The bench starts its own stacks through [`stack::processes`] (release
+//! binaries from `CHAT_BIN_DIR`): one with the demo model at zero delay for
+//! throughput, first-chunk, connection, replay and idle measures, then one
+//! with paced streams for chunk latency. With `--url` it attaches to a
+//! running stack instead and skips what needs process control.
+
+pub mod idle;
+pub mod ledger;
+pub mod load;
+pub mod raw_nats;
+pub mod replay;
+pub mod report;
+mod run;
+pub mod socket;
+pub mod stats;
+
+pub use run::run;
+
+use std::path::PathBuf;
+
+/// How much load: `short` fits in about two minutes on two cores, `full`
+/// is the published run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Profile {
+    Short,
+    Full,
+}
+
+/// A measure that can be run alone with `--only`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Phase {
+    /// Core NATS and JetStream publishing on the same server.
+    Raw,
+    /// WebSocket connect + ready.
+    Connect,
+    /// End-to-end chunks/s with many sessions.
+    E2e,
+    /// Time to first chunk.
+    Ttft,
+    /// Replay of N events on reconnect.
+    Replay,
+    /// Idle connections and gateway memory.
+    Idle,
+    /// End-to-end chunks/s with 1, 2, 3 workers.
+    Scaling,
+    /// Chunk latency with paced streams.
+    Paced,
+}
+
+/// `chatctl bench`: every parameter has a flag; unset ones come from the profile.
+#[derive(Clone, Debug, clap::Args)]
+pub struct BenchArgs {
+    #[arg(long, value_enum, default_value_t = Profile::Short)]
+    pub profile: Profile,
+    /// Run only these measures (comma separated); default all.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub only: Vec<Phase>,
+    /// Attach to a running stack (e.g. `just up`: http://127.0.0.1:8080)
+    /// instead of starting one; measures needing process control are skipped.
+    #[arg(long)]
+    pub url: Option<String>,
+    /// NATS of the attached stack, for the raw NATS measures.
+    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+    /// Write the results as JSON here too.
+    #[arg(long)]
+    pub json_out: Option<PathBuf>,
+    /// Gateways of the started stacks.
+    #[arg(long, default_value_t = 3)]
+    pub gateways: usize,
+    /// Workers of the started stacks.
+    #[arg(long, default_value_t = 3)]
+    pub workers: usize,
+    /// Core NATS messages published.
+    #[arg(long)]
+    pub core_messages: Option<u64>,
+    /// JetStream messages published, pipelined.
+    #[arg(long)]
+    pub js_messages: Option<u64>,
+    /// Bytes per raw NATS message.
+    #[arg(long, default_value_t = 200)]
+    pub payload_bytes: usize,
+    /// JetStream publishes awaiting their ack at once.
+    #[arg(long, default_value_t = 4096)]
+    pub js_window: usize,
+    /// Sessions chatting at once in the throughput run.
+    #[arg(long)]
+    pub sessions: Option<usize>,
+    /// Seconds of load before counting.
+    #[arg(long)]
+    pub warmup_secs: Option<f64>,
+    /// Seconds counted in the throughput run.
+    #[arg(long)]
+    pub measure_secs: Option<f64>,
+    /// Tokens per demo answer.
+    #[arg(long, default_value_t = 80)]
+    pub answer_tokens: usize,
+    /// CHUNK_WINDOW_MS of the zero-delay stack (0 = a chunk per token, the
+    /// heaviest case: every token is a stored, replayable event).
+    #[arg(long, default_value_t = 0)]
+    pub chunk_window_ms: u64,
+    /// Sessions in the time-to-first-chunk run (light load).
+    #[arg(long)]
+    pub ttft_sessions: Option<usize>,
+    /// Seconds counted in the time-to-first-chunk run.
+    #[arg(long)]
+    pub ttft_secs: Option<f64>,
+    /// Concurrent paced streams, one latency run each (comma separated).
+    #[arg(long, value_delimiter = ',')]
+    pub paced_loads: Vec<usize>,
+    /// Tokens per second of a paced stream.
+    #[arg(long, default_value_t = 50.0)]
+    pub paced_tokens_per_sec: f64,
+    /// CHUNK_WINDOW_MS of the paced stack (default: the workers' default).
+    #[arg(long)]
+    pub paced_chunk_window_ms: Option<u64>,
+    /// Seconds counted per paced load.
+    #[arg(long)]
+    pub paced_secs: Option<f64>,
+    /// Connect + ready samples (new sessions; as many re-attached).
+    #[arg(long)]
+    pub connect_samples: Option<usize>,
+    /// Handshakes in flight at once.
+    #[arg(long, default_value_t = 8)]
+    pub connect_concurrency: usize,
+    /// Events replayed per reconnect.
+    #[arg(long, default_value_t = 1000)]
+    pub replay_events: usize,
+    /// Reconnects timed.
+    #[arg(long)]
+    pub replay_samples: Option<usize>,
+    /// Idle WebSockets held across the gateways.
+    #[arg(long)]
+    pub idle_connections: Option<usize>,
+    /// Handshakes in flight at once while opening idle connections and sessions.
+    #[arg(long, default_value_t = 64)]
+    pub open_concurrency: usize,
+    /// Seconds counted per point of the worker scaling run.
+    #[arg(long)]
+    pub scaling_secs: Option<f64>,
+    /// Sessions whose received events are compared with the stream after a run.
+    #[arg(long, default_value_t = 50)]
+    pub verify_sessions: usize,
+}
+
+impl BenchArgs {
+    /// Whether `phase` runs.
+    pub fn runs(&self, phase: Phase) -> bool {
+        self.only.is_empty() || self.only.contains(&phase)
+    }
+}

@@ -1,0 +1,531 @@
+//! The order of a bench run, the stacks it starts, and what it reports.
+
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use stack::processes::{Stack, StackOptions};
+
+use super::idle;
+use super::load::{self, LoadOutcome, LoadSpec};
+use super::raw_nats;
+use super::replay;
+use super::report::{thousands, Machine, Report, Row};
+use super::socket::Endpoint;
+use super::{BenchArgs, Phase, Profile};
+
+/// The targets printed next to the results (never asserted).
+const TARGET_E2E_CHUNKS: f64 = 50_000.0;
+const TARGET_E2E_RATIO: f64 = 0.5;
+const TARGET_LATENCY_P99_MS: f64 = 5.0;
+const TARGET_LATENCY_AT_STREAMS: usize = 1_000;
+const TARGET_TTFT_P50_MS: f64 = 3.0;
+const TARGET_IDLE_CONNECTIONS: usize = 10_000;
+const TARGET_IDLE_BYTES: f64 = 20.0 * 1024.0;
+const TARGET_REPLAY_P99_MS: f64 = 50.0;
+
+/// Every parameter, resolved from the flags and the profile.
+#[derive(Clone, Debug)]
+struct Settings {
+    core_messages: u64,
+    js_messages: u64,
+    sessions: usize,
+    warmup: Duration,
+    measure: Duration,
+    ttft_sessions: usize,
+    ttft: Duration,
+    paced_loads: Vec<usize>,
+    paced: Duration,
+    connect_samples: usize,
+    replay_samples: usize,
+    idle_connections: usize,
+    scaling: Duration,
+}
+
+fn secs(flag: Option<f64>, default: f64) -> Duration {
+    Duration::from_secs_f64(flag.unwrap_or(default).max(0.0))
+}
+
+impl Settings {
+    fn resolve(a: &BenchArgs) -> Self {
+        let full = a.profile == Profile::Full;
+        let pick = |short: f64, long: f64| if full { long } else { short };
+        Settings {
+            core_messages: a
+                .core_messages
+                .unwrap_or(if full { 2_000_000 } else { 500_000 }),
+            js_messages: a
+                .js_messages
+                .unwrap_or(if full { 500_000 } else { 150_000 }),
+            sessions: a.sessions.unwrap_or(if full { 1_000 } else { 200 }),
+            warmup: secs(a.warmup_secs, pick(2.0, 3.0)),
+            measure: secs(a.measure_secs, pick(8.0, 20.0)),
+            ttft_sessions: a.ttft_sessions.unwrap_or(4),
+            ttft: secs(a.ttft_secs, pick(4.0, 10.0)),
+            paced_loads: if a.paced_loads.is_empty() {
+                if full {
+                    vec![10, 100, 1_000]
+                } else {
+                    vec![10, 100, 500]
+                }
+            } else {
+                a.paced_loads.clone()
+            },
+            paced: secs(a.paced_secs, pick(5.0, 15.0)),
+            connect_samples: a.connect_samples.unwrap_or(if full { 2_000 } else { 300 }),
+            replay_samples: a.replay_samples.unwrap_or(if full { 200 } else { 30 }),
+            idle_connections: a.idle_connections.unwrap_or(if full {
+                TARGET_IDLE_CONNECTIONS
+            } else {
+                2_000
+            }),
+            scaling: secs(a.scaling_secs, pick(5.0, 12.0)),
+        }
+    }
+}
+
+/// Runs the bench; fails when an event was lost, doubled or refused.
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let settings = Settings::resolve(&args);
+    let mut report = Report {
+        date: time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default(),
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        profile: format!("{:?}", args.profile).to_lowercase(),
+        machine: Machine::probe(),
+        ..Default::default()
+    };
+    println!("chatctl bench, profile {}: {:?}", report.profile, settings);
+    let result = match &args.url {
+        Some(url) => attached(&args, &settings, &mut report, url).await,
+        None => own_stacks(&args, &settings, &mut report).await,
+    };
+    if let Err(e) = &result {
+        report.problem(format!("the run stopped: {e:#}"));
+    }
+    let markdown = report.markdown();
+    println!("\n{markdown}");
+    if let Some(path) = &args.json_out {
+        let json = serde_json::to_string_pretty(&report)?;
+        std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;
+        println!("JSON written to {}", path.display());
+    }
+    result?;
+    if !report.problems.is_empty() {
+        bail!(
+            "{} problems (lost, doubled or refused events)",
+            report.problems.len()
+        );
+    }
+    Ok(())
+}
+
+fn zero_delay_env(args: &BenchArgs, s: &Settings) -> Vec<(String, String)> {
+    let jobs = s.sessions.max(s.ttft_sessions) + 16;
+    let mut env = common_env(jobs);
+    env.extend([
+        ("DEMO_TOKENS_PER_SEC".to_string(), "0".to_string()),
+        ("DEMO_ANSWER_TOKENS".into(), args.answer_tokens.to_string()),
+        ("CHUNK_WINDOW_MS".into(), args.chunk_window_ms.to_string()),
+    ]);
+    env
+}
+
+fn paced_env(args: &BenchArgs, s: &Settings) -> Vec<(String, String)> {
+    let jobs = s.paced_loads.iter().copied().max().unwrap_or(0) + 16;
+    let mut env = common_env(jobs);
+    env.extend([
+        (
+            "DEMO_TOKENS_PER_SEC".to_string(),
+            args.paced_tokens_per_sec.to_string(),
+        ),
+        ("DEMO_ANSWER_TOKENS".into(), args.answer_tokens.to_string()),
+    ]);
+    if let Some(window) = args.paced_chunk_window_ms {
+        env.push(("CHUNK_WINDOW_MS".into(), window.to_string()));
+    }
+    env
+}
+
+/// Settings every bench stack shares: room for `jobs` generations at once
+/// on any one worker, no per-connection frame limit in the way of turns
+/// sent back to back, and quiet logs.
+fn common_env(jobs: usize) -> Vec<(String, String)> {
+    vec![
+        ("RUST_LOG".to_string(), "warn".to_string()),
+        ("WORKER_CONCURRENCY".into(), jobs.to_string()),
+        (
+            "CHAT_MAX_ACK_PENDING".into(),
+            (jobs * 2).max(1024).to_string(),
+        ),
+        // A client that sends its next question the moment `done` arrives
+        // can still find the previous one unfinished in the session record
+        // (the worker finishes the record after publishing `done`).
+        ("CHAT_MAX_IN_FLIGHT_PER_SESSION".into(), "8".into()),
+        ("GATEWAY_FRAMES_PER_SEC".into(), "100000".into()),
+        ("GATEWAY_FRAME_BURST".into(), "100000".into()),
+    ]
+}
+
+async fn own_stacks(args: &BenchArgs, s: &Settings, report: &mut Report) -> anyhow::Result<()> {
+    let zero_delay = [
+        Phase::Raw,
+        Phase::Connect,
+        Phase::E2e,
+        Phase::Ttft,
+        Phase::Replay,
+        Phase::Idle,
+        Phase::Scaling,
+    ];
+    if zero_delay.iter().any(|p| args.runs(*p)) {
+        println!(
+            "starting {} gateways, {} workers (demo model at zero delay), nats-server, nginx",
+            args.gateways, args.workers
+        );
+        let mut stack = Stack::start(StackOptions {
+            gateways: args.gateways,
+            workers: args.workers,
+            env: zero_delay_env(args, s),
+            nginx: true,
+            ..Default::default()
+        })
+        .await
+        .context("starting the zero-delay stack")?;
+        let endpoint = Endpoint::parse(&stack.nginx_url())?;
+        let pids: Vec<u32> = (0..stack.gateway_count())
+            .filter_map(|i| stack.gateway_pid(i))
+            .collect();
+        common_phases(args, s, report, &endpoint, &stack.nats_url(), &pids).await?;
+        if args.runs(Phase::Scaling) {
+            scaling(args, s, report, &endpoint, &mut stack).await?;
+        }
+    }
+    if args.runs(Phase::Paced) {
+        println!(
+            "starting the paced stack: {} tokens/s per stream",
+            args.paced_tokens_per_sec
+        );
+        let stack = Stack::start(StackOptions {
+            gateways: args.gateways,
+            workers: args.workers,
+            env: paced_env(args, s),
+            nginx: true,
+            ..Default::default()
+        })
+        .await
+        .context("starting the paced stack")?;
+        let endpoint = Endpoint::parse(&stack.nginx_url())?;
+        paced(args, s, report, &endpoint).await?;
+    }
+    Ok(())
+}
+
+async fn attached(
+    args: &BenchArgs,
+    s: &Settings,
+    report: &mut Report,
+    url: &str,
+) -> anyhow::Result<()> {
+    let endpoint = Endpoint::parse(url)?;
+    let pids = idle::pids_named("gateway");
+    report.skip(format!(
+        "attached to {url}: the workers' settings (pacing, chunk window) are whatever that stack runs"
+    ));
+    common_phases(args, s, report, &endpoint, &args.nats_url, &pids).await?;
+    if args.runs(Phase::Scaling) {
+        report.skip("worker scaling: needs to stop workers (no --url)");
+    }
+    if args.runs(Phase::Paced) {
+        report.skip("paced chunk latency: needs workers at a paced setting (no --url)");
+    }
+    Ok(())
+}
+
+/// The measures that need only an entry point (and NATS for the raw ones).
+/// Returns the pipelined JetStream rate, when measured.
+async fn common_phases(
+    args: &BenchArgs,
+    s: &Settings,
+    report: &mut Report,
+    endpoint: &Endpoint,
+    nats_url: &str,
+    gateway_pids: &[u32],
+) -> anyhow::Result<Option<f64>> {
+    let mut js_rate = None;
+    if args.runs(Phase::Raw) {
+        println!("raw NATS on {nats_url}");
+        let core = raw_nats::core_pub_sub(nats_url, s.core_messages, args.payload_bytes).await?;
+        let mut row = Row::rate(
+            format!("core NATS pub → sub, {} B, one process", args.payload_bytes),
+            "msgs_per_sec",
+            core.per_sec,
+            "msg/s",
+        );
+        if core.received < core.sent {
+            row.display
+                .push_str(&format!(" ({} of {} arrived)", core.received, core.sent));
+        }
+        report.push(row);
+        let js = raw_nats::jetstream_pipelined(
+            nats_url,
+            s.js_messages,
+            args.payload_bytes,
+            args.js_window,
+        )
+        .await?;
+        report.push(Row::rate(
+            format!(
+                "JetStream publish, file storage, pipelined ({} in flight), {} B",
+                args.js_window, args.payload_bytes
+            ),
+            "msgs_per_sec",
+            js,
+            "msg/s",
+        ));
+        js_rate = Some(js);
+    }
+    if args.runs(Phase::Connect) {
+        println!("connect + ready, {} samples", s.connect_samples);
+        let (mut fresh, mut existing) =
+            idle::connect_latency(endpoint, s.connect_samples, args.connect_concurrency).await?;
+        if let Some(sum) = fresh.summary() {
+            report.push(Row::latency(
+                format!(
+                    "WebSocket connect + ready via Nginx, new session ({} at once)",
+                    args.connect_concurrency
+                ),
+                &sum,
+            ));
+        }
+        if let Some(sum) = existing.summary() {
+            report.push(Row::latency(
+                "WebSocket connect + ready via Nginx, existing session",
+                &sum,
+            ));
+        }
+    }
+    if args.runs(Phase::E2e) {
+        println!(
+            "end to end: {} sessions, {:?} + {:?}",
+            s.sessions, s.warmup, s.measure
+        );
+        let outcome = load::run(endpoint, &spec(args, s, s.sessions, s.measure)).await?;
+        let row = Row::rate(
+            format!(
+                "end-to-end chunks/s to clients via Nginx, {} sessions, demo model at zero delay",
+                s.sessions
+            ),
+            "chunks_per_sec",
+            outcome.chunks_per_sec,
+            "chunks/s",
+        )
+        .target(
+            format!("≥ {}", thousands(TARGET_E2E_CHUNKS)),
+            outcome.chunks_per_sec >= TARGET_E2E_CHUNKS,
+        );
+        report.push(row);
+        report.push(Row::rate(
+            "answers completed (e2e run)",
+            "turns_per_sec",
+            outcome.turns_per_sec,
+            "answers/s",
+        ));
+        if let Some(js) = js_rate {
+            let ratio = outcome.chunks_per_sec / js;
+            report.push(
+                Row::text(
+                    "end-to-end ÷ raw JetStream pipelined",
+                    vec![("ratio".into(), ratio)],
+                    format!("{ratio:.2}"),
+                )
+                .target(format!("≥ {TARGET_E2E_RATIO}"), ratio >= TARGET_E2E_RATIO),
+            );
+        }
+        check(report, endpoint, args, outcome).await;
+    }
+    if args.runs(Phase::Ttft) {
+        println!("time to first chunk: {} sessions", s.ttft_sessions);
+        let mut outcome = load::run(endpoint, &spec(args, s, s.ttft_sessions, s.ttft)).await?;
+        if let Some(sum) = outcome.ttft.summary() {
+            let met = sum.p50_ms < TARGET_TTFT_P50_MS;
+            report.push(
+                Row::latency(
+                    format!(
+                        "time to first chunk from `chat` sent, {} sessions, zero delay",
+                        s.ttft_sessions
+                    ),
+                    &sum,
+                )
+                .target(format!("p50 < {TARGET_TTFT_P50_MS} ms"), met),
+            );
+        }
+        check(report, endpoint, args, std::mem::take(&mut outcome)).await;
+    }
+    if args.runs(Phase::Replay) {
+        println!("replay of {} events", args.replay_events);
+        let session = replay::prepare(endpoint, args.replay_events, args.answer_tokens).await?;
+        let mut timings =
+            replay::measure(endpoint, &session, args.replay_events, s.replay_samples).await?;
+        if let Some(sum) = timings.summary() {
+            let met = sum.p99_ms < TARGET_REPLAY_P99_MS;
+            report.push(
+                Row::latency(
+                    format!(
+                        "reconnect with after_seq replaying {} events (connect → last event)",
+                        args.replay_events
+                    ),
+                    &sum,
+                )
+                .target(format!("p99 < {TARGET_REPLAY_P99_MS} ms"), met),
+            );
+        }
+    }
+    if args.runs(Phase::Idle) {
+        if gateway_pids.is_empty() {
+            report.skip("idle memory: no gateway process found");
+        } else {
+            println!(
+                "idle: {} connections across {} gateways",
+                s.idle_connections,
+                gateway_pids.len()
+            );
+            let outcome = idle::hold(
+                endpoint,
+                s.idle_connections,
+                args.open_concurrency,
+                gateway_pids,
+                Duration::from_secs(1),
+            )
+            .await?;
+            let per = outcome.bytes_per_connection();
+            let spread = outcome
+                .gateways
+                .iter()
+                .map(|(n, c)| format!("{n}: {c}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            report.push(
+                Row::text(
+                    format!("idle WebSockets held ({spread}); gateway RSS per connection",),
+                    vec![
+                        ("connections".into(), outcome.connections as f64),
+                        ("bytes_per_connection".into(), per),
+                        ("rss_before_kib".into(), outcome.rss_before_kib as f64),
+                        ("rss_after_kib".into(), outcome.rss_after_kib as f64),
+                        ("open_secs".into(), outcome.open_secs),
+                    ],
+                    format!(
+                        "{} connections, {:.1} KiB each (RSS {} → {} MiB, opened in {:.1} s)",
+                        thousands(outcome.connections as f64),
+                        per / 1024.0,
+                        outcome.rss_before_kib / 1024,
+                        outcome.rss_after_kib / 1024,
+                        outcome.open_secs
+                    ),
+                )
+                .target(
+                    format!(
+                        "{} with < {} KiB each",
+                        thousands(TARGET_IDLE_CONNECTIONS as f64),
+                        TARGET_IDLE_BYTES / 1024.0
+                    ),
+                    outcome.connections >= TARGET_IDLE_CONNECTIONS && per < TARGET_IDLE_BYTES,
+                ),
+            );
+        }
+    }
+    Ok(js_rate)
+}
+
+fn spec(args: &BenchArgs, s: &Settings, sessions: usize, measure: Duration) -> LoadSpec {
+    LoadSpec {
+        sessions,
+        warmup: s.warmup,
+        measure,
+        connect_concurrency: args.open_concurrency,
+        answer_tokens: args.answer_tokens,
+        max_turns: None,
+    }
+}
+
+/// Records a run's problems and compares its sessions with the stream.
+async fn check(report: &mut Report, endpoint: &Endpoint, args: &BenchArgs, outcome: LoadOutcome) {
+    for p in outcome.problems {
+        report.problem(p);
+    }
+    if outcome.restarts > 0 {
+        report.problem(format!(
+            "{} answers restarted (a worker lost its job)",
+            outcome.restarts
+        ));
+    }
+    for p in load::verify_against_stream(endpoint, &outcome.sessions, args.verify_sessions).await {
+        report.problem(p);
+    }
+}
+
+async fn scaling(
+    args: &BenchArgs,
+    s: &Settings,
+    report: &mut Report,
+    endpoint: &Endpoint,
+    stack: &mut Stack,
+) -> anyhow::Result<()> {
+    let mut running = stack.worker_count();
+    while running > 0 {
+        println!("scaling: {running} workers, {} sessions", s.sessions);
+        let outcome = load::run(endpoint, &spec(args, s, s.sessions, s.scaling)).await?;
+        report.push(Row::rate(
+            format!("scaling: {running} worker(s), {} sessions", s.sessions),
+            "chunks_per_sec",
+            outcome.chunks_per_sec,
+            "chunks/s",
+        ));
+        check(report, endpoint, args, outcome).await;
+        running -= 1;
+        if running > 0 {
+            // Stop the highest-numbered worker gracefully: it holds no job now.
+            stack
+                .terminate_worker(running)
+                .await
+                .with_context(|| format!("stopping worker {running}"))?;
+        }
+    }
+    Ok(())
+}
+
+async fn paced(
+    args: &BenchArgs,
+    s: &Settings,
+    report: &mut Report,
+    endpoint: &Endpoint,
+) -> anyhow::Result<()> {
+    for &streams in &s.paced_loads {
+        println!(
+            "paced: {streams} streams at {} tokens/s",
+            args.paced_tokens_per_sec
+        );
+        let mut outcome = load::run(endpoint, &spec(args, s, streams, s.paced)).await?;
+        if let Some(sum) = outcome.chunk_latency.summary() {
+            let mut row = Row::latency(
+                format!(
+                    "chunk latency worker publish → client, {streams} streams at {} tokens/s ({} chunks/s)",
+                    args.paced_tokens_per_sec,
+                    thousands(outcome.chunks_per_sec)
+                ),
+                &sum,
+            );
+            row.values
+                .push(("chunks_per_sec".into(), outcome.chunks_per_sec));
+            if streams == TARGET_LATENCY_AT_STREAMS {
+                row = row.target(
+                    format!("p99 < {TARGET_LATENCY_P99_MS} ms at 1,000 streams"),
+                    sum.p99_ms < TARGET_LATENCY_P99_MS,
+                );
+            }
+            report.push(row);
+        }
+        check(report, endpoint, args, std::mem::take(&mut outcome)).await;
+    }
+    Ok(())
+}

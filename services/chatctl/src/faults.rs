@@ -1,0 +1,265 @@
+//! A fault schedule made from a seed: which faults, against what, and when
+//! (relative to the start of a run). The same seed and plan give the same
+//! schedule, so a failing recovery run can be repeated exactly.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+
+/// A kind of fault a recovery run injects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FaultKind {
+    /// Clients close their socket abruptly (no close frame) and reconnect.
+    Drop,
+    /// SIGKILL a gateway, then start it again on its port.
+    Gateway,
+    /// SIGKILL a worker mid-generation, then start it again.
+    Worker,
+    /// Restart nats-server (same port, same store).
+    Nats,
+}
+
+impl FaultKind {
+    pub const ALL: [FaultKind; 4] = [
+        FaultKind::Drop,
+        FaultKind::Gateway,
+        FaultKind::Worker,
+        FaultKind::Nats,
+    ];
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            FaultKind::Drop => "drop",
+            FaultKind::Gateway => "gateway",
+            FaultKind::Worker => "worker",
+            FaultKind::Nats => "nats",
+        }
+    }
+
+    /// Whether injecting it needs control of the processes (a stack the
+    /// tool started itself).
+    pub fn needs_processes(&self) -> bool {
+        !matches!(self, FaultKind::Drop)
+    }
+}
+
+impl fmt::Display for FaultKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for FaultKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "drop" | "drop-socket" | "socket" => Ok(FaultKind::Drop),
+            "gateway" | "gw" => Ok(FaultKind::Gateway),
+            "worker" => Ok(FaultKind::Worker),
+            "nats" | "nats-server" => Ok(FaultKind::Nats),
+            other => Err(format!(
+                "unknown fault kind {other:?} (drop, gateway, worker, nats)"
+            )),
+        }
+    }
+}
+
+/// One fault of a schedule.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Fault {
+    /// When, from the start of the run.
+    #[serde(rename = "at_ms", serialize_with = "as_millis")]
+    pub at: Duration,
+    pub kind: FaultKind,
+    /// The gateway or worker index; for `drop`, the session indices whose
+    /// sockets are dropped; for `nats`, empty.
+    pub targets: Vec<usize>,
+}
+
+fn as_millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+impl fmt::Display for Fault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "+{:>6.2}s ", self.at.as_secs_f64())?;
+        match self.kind {
+            FaultKind::Drop => write!(f, "drop the sockets of {} session(s)", self.targets.len()),
+            FaultKind::Gateway => write!(f, "SIGKILL + restart gateway {:?}", self.targets),
+            FaultKind::Worker => write!(f, "SIGKILL + restart worker {:?}", self.targets),
+            FaultKind::Nats => write!(f, "restart nats-server"),
+        }
+    }
+}
+
+/// What a schedule is made of.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FaultPlan {
+    /// How many faults in all; the kinds take turns so each appears.
+    pub count: usize,
+    pub kinds: Vec<FaultKind>,
+    /// Faults fall between `start` and `end` of the run, spread out.
+    pub start: Duration,
+    pub end: Duration,
+    pub gateways: usize,
+    pub workers: usize,
+    pub sessions: usize,
+    /// Share of the sessions a `drop` fault hits (at least one).
+    pub drop_share: f64,
+}
+
+/// A seeded schedule, in time order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Schedule {
+    pub seed: u64,
+    pub faults: Vec<Fault>,
+}
+
+impl Schedule {
+    /// The schedule for `seed`. Kinds that have nothing to hit (no gateway,
+    /// no worker, no session) are left out.
+    pub fn generate(seed: u64, plan: &FaultPlan) -> Self {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let kinds: Vec<FaultKind> = plan
+            .kinds
+            .iter()
+            .copied()
+            .filter(|k| match k {
+                FaultKind::Drop => plan.sessions > 0,
+                FaultKind::Gateway => plan.gateways > 0,
+                FaultKind::Worker => plan.workers > 0,
+                FaultKind::Nats => true,
+            })
+            .collect();
+        if kinds.is_empty() || plan.count == 0 {
+            return Self {
+                seed,
+                faults: Vec::new(),
+            };
+        }
+        let mut order: Vec<FaultKind> = (0..plan.count).map(|i| kinds[i % kinds.len()]).collect();
+        order.shuffle(&mut rng);
+        // One fault per equal slot of the window, at a random point in it:
+        // spread out, so a restart is over before the next fault.
+        let window = plan.end.saturating_sub(plan.start);
+        let slot = window / u32::try_from(plan.count).unwrap_or(u32::MAX);
+        let faults = order
+            .into_iter()
+            .enumerate()
+            .map(|(i, kind)| {
+                let offset = slot.mul_f64(rng.random_range(0.1..0.9));
+                let at = plan.start + slot * u32::try_from(i).unwrap_or(u32::MAX) + offset;
+                let targets = match kind {
+                    FaultKind::Drop => {
+                        let n = ((plan.sessions as f64 * plan.drop_share).ceil() as usize)
+                            .clamp(1, plan.sessions);
+                        let mut all: Vec<usize> = (0..plan.sessions).collect();
+                        all.shuffle(&mut rng);
+                        all.truncate(n);
+                        all.sort_unstable();
+                        all
+                    }
+                    FaultKind::Gateway => vec![rng.random_range(0..plan.gateways)],
+                    FaultKind::Worker => vec![rng.random_range(0..plan.workers)],
+                    FaultKind::Nats => Vec::new(),
+                };
+                Fault { at, kind, targets }
+            })
+            .collect();
+        Self { seed, faults }
+    }
+}
+
+impl fmt::Display for Schedule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "fault schedule (seed {}):", self.seed)?;
+        for fault in &self.faults {
+            writeln!(f, "  {fault}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Parses `drop,gateway,worker,nats`.
+pub fn parse_kinds(list: &str) -> Result<Vec<FaultKind>, String> {
+    let mut kinds = Vec::new();
+    for part in list.split(',').filter(|p| !p.trim().is_empty()) {
+        let kind: FaultKind = part.parse()?;
+        if !kinds.contains(&kind) {
+            kinds.push(kind);
+        }
+    }
+    Ok(kinds)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan() -> FaultPlan {
+        FaultPlan {
+            count: 8,
+            kinds: FaultKind::ALL.to_vec(),
+            start: Duration::from_secs(2),
+            end: Duration::from_secs(22),
+            gateways: 3,
+            workers: 3,
+            sessions: 50,
+            drop_share: 0.1,
+        }
+    }
+
+    #[test]
+    fn the_same_seed_gives_the_same_schedule() {
+        let a = Schedule::generate(42, &plan());
+        assert_eq!(a, Schedule::generate(42, &plan()));
+        assert_ne!(a, Schedule::generate(43, &plan()));
+        assert_eq!(a.to_string(), Schedule::generate(42, &plan()).to_string());
+    }
+
+    #[test]
+    fn every_kind_appears_spread_over_the_window() {
+        let s = Schedule::generate(7, &plan());
+        assert_eq!(s.faults.len(), 8);
+        for kind in FaultKind::ALL {
+            assert_eq!(s.faults.iter().filter(|f| f.kind == kind).count(), 2);
+        }
+        let times: Vec<Duration> = s.faults.iter().map(|f| f.at).collect();
+        assert!(times.windows(2).all(|w| w[0] < w[1]), "{times:?}");
+        assert!(times[0] >= Duration::from_secs(2));
+        assert!(*times.last().unwrap() <= Duration::from_secs(22));
+        for f in &s.faults {
+            match f.kind {
+                FaultKind::Drop => {
+                    assert_eq!(f.targets.len(), 5);
+                    assert!(f.targets.iter().all(|t| *t < 50));
+                }
+                FaultKind::Gateway | FaultKind::Worker => {
+                    assert!(f.targets.len() == 1 && f.targets[0] < 3)
+                }
+                FaultKind::Nats => assert!(f.targets.is_empty()),
+            }
+        }
+    }
+
+    #[test]
+    fn kinds_parse_and_unhittable_kinds_are_left_out() {
+        assert_eq!(
+            parse_kinds("drop, gateway,drop").unwrap(),
+            vec![FaultKind::Drop, FaultKind::Gateway]
+        );
+        assert!(parse_kinds("drop,fire").is_err());
+        let mut p = plan();
+        p.workers = 0;
+        let s = Schedule::generate(1, &p);
+        assert!(s.faults.iter().all(|f| f.kind != FaultKind::Worker));
+        assert_eq!(s.faults.len(), 8);
+    }
+}

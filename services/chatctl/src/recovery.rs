@@ -1,0 +1,722 @@
+//! `chatctl recovery`: many sessions chat at once through Nginx while faults
+//! from a seeded schedule hit the system (dropped sockets, SIGKILLed
+//! gateways and workers, a restarted nats-server). Afterwards every session
+//! is checked against its own stream ([`crate::verify`]) and one summary is
+//! printed: what was checked, what was injected, every broken guarantee,
+//! and how long each kind of fault kept clients waiting.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use futures::StreamExt;
+use protocol::SessionId;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+use stack::processes::{Stack, StackOptions};
+use tokio::time::Instant;
+
+use crate::client::{Api, ChatClient, ClientOptions, SessionLog, SocketDropper};
+use crate::faults::{self, Fault, FaultKind, FaultPlan, Schedule};
+use crate::verify::{self, ExpectedAnswer, Violation, ViolationKind};
+
+/// Flags of `chatctl recovery`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct RecoveryArgs {
+    /// Attach to a running stack (e.g. `just up`'s http://127.0.0.1:8080)
+    /// instead of starting one; then only socket drops can be injected.
+    #[arg(long)]
+    pub url: Option<String>,
+    /// Sessions chatting at once.
+    #[arg(long, default_value_t = 200)]
+    pub sessions: usize,
+    /// Questions per session, one after another.
+    #[arg(long, default_value_t = 3)]
+    pub turns: usize,
+    /// Seed of the fault schedule and of the prompts.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Faults in all (default: two of each kind).
+    #[arg(long)]
+    pub faults: Option<usize>,
+    /// Which faults: drop, gateway, worker, nats (comma-separated).
+    #[arg(long, default_value = "drop,gateway,worker,nats")]
+    pub fault_kinds: String,
+    /// Gateways of the stack this tool starts.
+    #[arg(long, default_value_t = 3)]
+    pub gateways: usize,
+    /// Workers of the stack this tool starts.
+    #[arg(long, default_value_t = 3)]
+    pub workers: usize,
+    /// The window over which sessions start and faults are injected.
+    #[arg(long, default_value_t = 20)]
+    pub duration_secs: u64,
+    /// Hard end of the run, from its start: a session not finished by then
+    /// is a violation (`unfinished`). Default: the window plus 90 s.
+    #[arg(long)]
+    pub deadline_secs: Option<u64>,
+    /// `CHAT_ACK_WAIT_MS` of the started stack: how soon a killed worker's
+    /// job comes back.
+    #[arg(long, default_value_t = 2000)]
+    pub ack_wait_ms: u64,
+    /// `DEMO_TOKENS_PER_SEC` of the started stack.
+    #[arg(long, default_value_t = 100)]
+    pub tokens_per_sec: u64,
+    /// `DEMO_FIRST_TOKEN_MS` of the started stack.
+    #[arg(long, default_value_t = 50)]
+    pub first_token_ms: u64,
+    /// `DEMO_ANSWER_TOKENS` of the workers (with `--url`, set it to what the
+    /// running workers use: answers are compared with the demo's text).
+    #[arg(long, env = "DEMO_ANSWER_TOKENS", default_value_t = 60)]
+    pub answer_tokens: usize,
+    /// Share of the sessions one `drop` fault hits.
+    #[arg(long, default_value_t = 0.2)]
+    pub drop_share: f64,
+    /// Print the summary as JSON too.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl RecoveryArgs {
+    /// The flags' defaults, for library callers that change a few.
+    pub fn defaults() -> Self {
+        <RecoveryCli as clap::Parser>::parse_from(["recovery"]).args
+    }
+}
+
+#[derive(clap::Parser)]
+struct RecoveryCli {
+    #[command(flatten)]
+    args: RecoveryArgs,
+}
+
+/// How long faults kept the clients they hit waiting.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RecoveryTimes {
+    pub faults: usize,
+    /// Clients with a question in flight that the faults hit.
+    pub affected_clients: usize,
+    /// From a fault to the first event an affected client received after it.
+    pub longest_ms: u64,
+}
+
+/// A fault as it was injected.
+#[derive(Clone, Debug, Serialize)]
+pub struct Injected {
+    #[serde(flatten)]
+    pub fault: Fault,
+    /// From the start of the run to the injection (later than planned when
+    /// an earlier restart took long).
+    pub injected_at_ms: u64,
+    /// How long the kill + restart took.
+    pub took_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The summary of a run.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub seed: u64,
+    pub sessions: usize,
+    pub turns: usize,
+    pub messages: usize,
+    pub events_checked: usize,
+    pub reconnects: u64,
+    /// Closes with 1012/1013 the clients got.
+    pub restart_closes: u64,
+    pub faults_injected: BTreeMap<FaultKind, usize>,
+    pub faults: Vec<Injected>,
+    pub violations_by_kind: BTreeMap<ViolationKind, usize>,
+    /// The first violations in full.
+    pub violations: Vec<Violation>,
+    pub recovery: BTreeMap<FaultKind, RecoveryTimes>,
+    pub elapsed_ms: u64,
+}
+
+/// How many violations a report lists in full.
+const VIOLATIONS_LISTED: usize = 25;
+
+impl Report {
+    pub fn violation_count(&self) -> usize {
+        self.violations_by_kind.values().sum()
+    }
+
+    pub fn failed_faults(&self) -> usize {
+        self.faults.iter().filter(|f| f.error.is_some()).count()
+    }
+
+    /// No violation and every fault injected.
+    pub fn passed(&self) -> bool {
+        self.violation_count() == 0 && self.failed_faults() == 0
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_default()
+    }
+
+    pub fn to_markdown(&self) -> String {
+        let mut md = String::new();
+        let verdict = if self.passed() { "PASS" } else { "FAIL" };
+        let _ = writeln!(md, "## chatctl recovery: {verdict} (seed {})\n", self.seed);
+        let _ = writeln!(md, "| what | value |\n| --- | --- |");
+        for (what, value) in [
+            ("sessions", self.sessions.to_string()),
+            ("turns per session", self.turns.to_string()),
+            ("messages", self.messages.to_string()),
+            ("events checked", self.events_checked.to_string()),
+            ("client reconnects", self.reconnects.to_string()),
+            ("1012/1013 closes", self.restart_closes.to_string()),
+            ("violations", self.violation_count().to_string()),
+            (
+                "faults that failed to inject",
+                self.failed_faults().to_string(),
+            ),
+            (
+                "elapsed",
+                format!("{:.1} s", self.elapsed_ms as f64 / 1000.0),
+            ),
+        ] {
+            let _ = writeln!(md, "| {what} | {value} |");
+        }
+        let _ = writeln!(
+            md,
+            "\n| fault | injected | affected clients | longest recovery |\n| --- | --- | --- | --- |"
+        );
+        for kind in FaultKind::ALL {
+            let injected = self.faults_injected.get(&kind).copied().unwrap_or(0);
+            let times = self.recovery.get(&kind).cloned().unwrap_or_default();
+            let longest = if times.affected_clients == 0 {
+                "–".to_string()
+            } else {
+                format!("{} ms", times.longest_ms)
+            };
+            let _ = writeln!(
+                md,
+                "| {kind} | {injected} | {} | {longest} |",
+                times.affected_clients
+            );
+        }
+        let _ = writeln!(md, "\n| violation | count |\n| --- | --- |");
+        if self.violations_by_kind.is_empty() {
+            let _ = writeln!(md, "| none | 0 |");
+        }
+        for (kind, count) in &self.violations_by_kind {
+            let _ = writeln!(md, "| {kind} | {count} |");
+        }
+        if !self.violations.is_empty() {
+            let _ = writeln!(md, "\nFirst violations:");
+            for v in &self.violations {
+                let _ = writeln!(md, "- {v}");
+            }
+        }
+        let failed: Vec<&Injected> = self.faults.iter().filter(|f| f.error.is_some()).collect();
+        if !failed.is_empty() {
+            let _ = writeln!(md, "\nFaults that failed:");
+            for f in failed {
+                let _ = writeln!(md, "- {}: {}", f.fault, f.error.as_deref().unwrap_or(""));
+            }
+        }
+        md
+    }
+}
+
+/// What one session task hands back.
+struct SessionRun {
+    index: usize,
+    client: ChatClient,
+    error: Option<String>,
+}
+
+/// A prompt for turn `turn` of session `index`: varied, so answers differ.
+fn prompt(rng: &mut StdRng, index: usize, turn: usize) -> String {
+    const TOPICS: [&str; 8] = [
+        "how JetStream work-queues balance load",
+        "why replay needs a sequence number",
+        "what a sticky session buys",
+        "how to cancel a running generation",
+        "what happens when a worker dies",
+        "how Nginx hashes a session id",
+        "why chunks are not tokens",
+        "how to bound a slow client's queue",
+    ];
+    let topic = TOPICS[rng.random_range(0..TOPICS.len())];
+    format!("Session {index}, turn {turn}: explain {topic}.")
+}
+
+/// Runs a recovery run and returns its report. Errors only when the run
+/// itself could not happen (no stack, no sessions).
+pub async fn run(args: &RecoveryArgs) -> anyhow::Result<Report> {
+    let started = Instant::now();
+    let window = Duration::from_secs(args.duration_secs.max(1));
+    let deadline =
+        started + Duration::from_secs(args.deadline_secs.unwrap_or(args.duration_secs + 90));
+    let mut kinds = faults::parse_kinds(&args.fault_kinds).map_err(anyhow::Error::msg)?;
+    if args.url.is_some() {
+        kinds.retain(|k| !k.needs_processes());
+    }
+    if args.sessions == 0 || args.turns == 0 {
+        bail!("--sessions and --turns must be at least 1");
+    }
+
+    let mut stack = match &args.url {
+        Some(_) => None,
+        None => Some(
+            Stack::start(StackOptions {
+                gateways: args.gateways,
+                workers: args.workers,
+                env: vec![
+                    ("CHAT_ACK_WAIT_MS".into(), args.ack_wait_ms.to_string()),
+                    (
+                        "DEMO_TOKENS_PER_SEC".into(),
+                        args.tokens_per_sec.to_string(),
+                    ),
+                    (
+                        "DEMO_FIRST_TOKEN_MS".into(),
+                        args.first_token_ms.to_string(),
+                    ),
+                    ("DEMO_ANSWER_TOKENS".into(), args.answer_tokens.to_string()),
+                    ("RUST_LOG".into(), "warn".into()),
+                ],
+                nginx: true,
+                ..Default::default()
+            })
+            .await
+            .context("starting the stack")?,
+        ),
+    };
+    let base = match (&args.url, &stack) {
+        (Some(url), _) => url.clone(),
+        (None, Some(stack)) => stack.nginx_url(),
+        (None, None) => bail!("no stack"),
+    };
+    let api = Api::new(base.clone());
+    let plan = FaultPlan {
+        count: args.faults.unwrap_or(2 * kinds.len()),
+        kinds: kinds.clone(),
+        // Faults start once a few sessions stream and stop while the last
+        // ones still do.
+        start: window / 10,
+        end: window,
+        gateways: stack.as_ref().map_or(0, Stack::gateway_count),
+        workers: stack.as_ref().map_or(0, Stack::worker_count),
+        sessions: args.sessions,
+        drop_share: args.drop_share,
+    };
+    let schedule = Schedule::generate(args.seed, &plan);
+    eprint!("{schedule}");
+
+    // Sessions first (through Nginx, as a browser would), then the chats.
+    let created: Vec<anyhow::Result<(SessionId, String)>> = futures::stream::iter(0..args.sessions)
+        .map(|_| api.create_session_until(deadline))
+        .buffered(32)
+        .collect()
+        .await;
+    let mut clients = Vec::with_capacity(args.sessions);
+    for result in created {
+        let (session, token) = result.context("creating sessions")?;
+        clients.push(ChatClient::new(
+            &base,
+            session,
+            token,
+            ClientOptions::default(),
+        ));
+    }
+    let droppers: Vec<SocketDropper> = clients.iter().map(ChatClient::dropper).collect();
+    let run_start = Instant::now();
+    let mut prompts = StdRng::seed_from_u64(args.seed ^ 0x5eed);
+    let mut tasks = Vec::with_capacity(args.sessions);
+    // Sessions start spread over the first 70 % of the window, so some are
+    // always streaming when a fault hits.
+    let spread = window.mul_f64(0.7);
+    for (index, mut client) in clients.into_iter().enumerate() {
+        let start_at = run_start + spread.mul_f64(index as f64 / args.sessions as f64);
+        let questions: Vec<String> = (0..args.turns)
+            .map(|turn| prompt(&mut prompts, index, turn))
+            .collect();
+        tasks.push(tokio::spawn(async move {
+            tokio::time::sleep_until(start_at).await;
+            let mut error = None;
+            for q in &questions {
+                if let Err(e) = client.ask(q, deadline).await {
+                    error = Some(format!("{e:#}"));
+                    break;
+                }
+            }
+            SessionRun {
+                index,
+                client,
+                error,
+            }
+        }));
+    }
+
+    // Faults, in order, while the sessions stream.
+    let mut injected = Vec::new();
+    for fault in &schedule.faults {
+        tokio::time::sleep_until(run_start + fault.at).await;
+        if tasks.iter().all(|t| t.is_finished()) {
+            eprintln!("every session finished; {fault} not injected");
+            break;
+        }
+        let at = Instant::now();
+        let error = inject(fault, stack.as_mut(), &droppers)
+            .await
+            .err()
+            .map(|e| format!("{e:#}"));
+        eprintln!(
+            "injected {fault}{}",
+            error
+                .as_deref()
+                .map(|e| format!(": FAILED {e}"))
+                .unwrap_or_default()
+        );
+        injected.push((
+            Injected {
+                fault: fault.clone(),
+                injected_at_ms: millis(at - run_start),
+                took_ms: millis(at.elapsed()),
+                error,
+            },
+            at,
+        ));
+    }
+
+    let mut runs = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        match tokio::time::timeout_at(deadline + Duration::from_secs(15), task).await {
+            Ok(Ok(run)) => runs.push(run),
+            Ok(Err(e)) => bail!("a session task failed: {e}"),
+            Err(_) => bail!("a session task outlived the deadline"),
+        }
+    }
+    runs.sort_by_key(|r| r.index);
+
+    // Verify every session against its stream.
+    let verify_deadline = Instant::now() + Duration::from_secs(60);
+    let mut violations = Vec::new();
+    let mut events_checked = 0;
+    let mut messages = 0;
+    let checked: Vec<(SessionRun, Vec<Violation>, usize)> = futures::stream::iter(runs)
+        .map(|mut run| {
+            let api = api.clone();
+            let tokens = args.answer_tokens;
+            async move {
+                let (violations, events) =
+                    check_session(&api, &mut run, tokens, verify_deadline).await;
+                run.client.close().await;
+                (run, violations, events)
+            }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    let mut logs: Vec<SessionLog> = Vec::with_capacity(checked.len());
+    let mut reconnects = 0;
+    let mut restart_closes = 0;
+    for (run, found, events) in checked {
+        events_checked += events;
+        messages += run.client.log.asked.len();
+        reconnects += u64::from(run.client.log.reconnects);
+        restart_closes += u64::from(run.client.log.restart_closes);
+        violations.extend(found);
+        logs.push(run.client.log);
+    }
+
+    let node_names: Vec<String> = match &stack {
+        Some(stack) => (0..stack.gateway_count())
+            .map(|i| stack.gateway_node(i))
+            .collect(),
+        None => Vec::new(),
+    };
+    let recovery = recovery_times(&injected, &logs, &node_names);
+    drop(stack);
+
+    let mut violations_by_kind = BTreeMap::new();
+    for v in &violations {
+        *violations_by_kind.entry(v.kind).or_insert(0) += 1;
+    }
+    let mut faults_injected = BTreeMap::new();
+    for (i, _) in &injected {
+        if i.error.is_none() {
+            *faults_injected.entry(i.fault.kind).or_insert(0) += 1;
+        }
+    }
+    violations.truncate(VIOLATIONS_LISTED);
+    Ok(Report {
+        seed: args.seed,
+        sessions: args.sessions,
+        turns: args.turns,
+        messages,
+        events_checked,
+        reconnects,
+        restart_closes,
+        faults_injected,
+        faults: injected.into_iter().map(|(i, _)| i).collect(),
+        violations_by_kind,
+        violations,
+        recovery,
+        elapsed_ms: millis(started.elapsed()),
+    })
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+async fn inject(
+    fault: &Fault,
+    stack: Option<&mut Stack>,
+    droppers: &[SocketDropper],
+) -> anyhow::Result<()> {
+    if fault.kind == FaultKind::Drop {
+        for i in &fault.targets {
+            if let Some(d) = droppers.get(*i) {
+                d.drop_socket();
+            }
+        }
+        return Ok(());
+    }
+    let Some(stack) = stack else {
+        bail!("{} faults need a stack this tool started", fault.kind);
+    };
+    let target = fault.targets.first().copied().unwrap_or(0);
+    match fault.kind {
+        FaultKind::Drop => {}
+        FaultKind::Gateway => {
+            stack.kill_gateway(target)?;
+            stack.restart_gateway(target).await?;
+        }
+        FaultKind::Worker => {
+            stack.kill_worker(target)?;
+            stack.restart_worker(target).await?;
+        }
+        FaultKind::Nats => tokio::task::block_in_place(|| stack.restart_nats())?,
+    }
+    Ok(())
+}
+
+/// Reads a session's stream, lets the client catch up with it (events may
+/// follow its last answer only if something is wrong; the client should
+/// see them so they count as what they are), and checks both.
+async fn check_session(
+    api: &Api,
+    run: &mut SessionRun,
+    answer_tokens: usize,
+    deadline: Instant,
+) -> (Vec<Violation>, usize) {
+    let session = run.client.session();
+    let mut violations = Vec::new();
+    if let Some(error) = &run.error {
+        violations.push(Violation {
+            kind: ViolationKind::Unfinished,
+            session,
+            message_id: run
+                .client
+                .log
+                .asked
+                .iter()
+                .find(|a| a.finished_at.is_none())
+                .map(|a| a.message_id),
+            detail: error.clone(),
+        });
+    }
+    let token = run.client.token().to_string();
+    let truth = match api.events_until(session, &token, deadline).await {
+        Ok(truth) => truth,
+        Err(e) => {
+            violations.push(Violation {
+                kind: ViolationKind::Unverifiable,
+                session,
+                message_id: None,
+                detail: format!("{e:#}"),
+            });
+            return (violations, 0);
+        }
+    };
+    if run.error.is_none() {
+        if let Some(last) = truth.last() {
+            let catch_up = Instant::now() + Duration::from_secs(10);
+            if let Err(e) = run.client.catch_up(last.seq, catch_up.min(deadline)).await {
+                violations.push(Violation {
+                    kind: ViolationKind::Gap,
+                    session,
+                    message_id: None,
+                    detail: format!("could not catch up with the stream: {e:#}"),
+                });
+            }
+        }
+    }
+    violations.extend(verify::check_stream(
+        session,
+        &truth,
+        &run.client.log.events(),
+    ));
+    let expected: Vec<ExpectedAnswer> = run
+        .client
+        .log
+        .asked
+        .iter()
+        // A question whose ask failed is already `unfinished`.
+        .filter(|a| run.error.is_none() || a.finished_at.is_some())
+        .map(|a| ExpectedAnswer {
+            message_id: a.message_id,
+            text: worker::backends::demo::answer(&a.prompt, answer_tokens),
+        })
+        .collect();
+    violations.extend(verify::check_answers(session, &truth, &expected));
+    (violations, truth.len())
+}
+
+/// For each fault kind: the longest wait, from a fault to the first event
+/// an affected client received after it. Affected: clients with a question
+/// in flight at the fault and, for a socket drop, among the targets; for a
+/// gateway kill, attached to that gateway; for a worker kill or a NATS
+/// restart, all of them (the longest wait is that of the ones it hit).
+pub fn recovery_times(
+    injected: &[(Injected, Instant)],
+    logs: &[SessionLog],
+    gateway_nodes: &[String],
+) -> BTreeMap<FaultKind, RecoveryTimes> {
+    let mut out: BTreeMap<FaultKind, RecoveryTimes> = BTreeMap::new();
+    for (fault, at) in injected {
+        if fault.error.is_some() {
+            continue;
+        }
+        let kind = fault.fault.kind;
+        let entry = out.entry(kind).or_default();
+        entry.faults += 1;
+        for (index, log) in logs.iter().enumerate() {
+            if !log.in_flight_at(*at) {
+                continue;
+            }
+            let hit = match kind {
+                FaultKind::Drop => fault.fault.targets.contains(&index),
+                FaultKind::Gateway => fault
+                    .fault
+                    .targets
+                    .first()
+                    .and_then(|i| gateway_nodes.get(*i))
+                    .is_some_and(|node| log.node_at(*at) == Some(node.as_str())),
+                FaultKind::Worker | FaultKind::Nats => true,
+            };
+            if !hit {
+                continue;
+            }
+            if let Some(next) = log.first_event_after(*at) {
+                entry.affected_clients += 1;
+                entry.longest_ms = entry.longest_ms.max(millis(next - *at));
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::{Asked, Attachment, Received};
+    use protocol::frames::SequencedEvent;
+    use protocol::{Event, MessageId};
+
+    fn log(t0: Instant, node: &str, events_ms: &[u64]) -> SessionLog {
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let id = MessageId::new();
+        SessionLog {
+            received: events_ms
+                .iter()
+                .map(|ms| Received {
+                    at: at(*ms),
+                    event: SequencedEvent {
+                        seq: *ms,
+                        event: Event::Cancelled { message_id: id },
+                    },
+                })
+                .collect(),
+            asked: vec![Asked {
+                message_id: id,
+                prompt: "p".into(),
+                sent_at: at(0),
+                finished_at: events_ms.last().map(|ms| at(*ms)),
+            }],
+            attachments: vec![Attachment {
+                at: at(0),
+                node: node.into(),
+            }],
+            ..Default::default()
+        }
+    }
+
+    fn fault(kind: FaultKind, targets: Vec<usize>) -> Injected {
+        Injected {
+            fault: Fault {
+                at: Duration::ZERO,
+                kind,
+                targets,
+            },
+            injected_at_ms: 0,
+            took_ms: 0,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn recovery_counts_only_the_clients_a_fault_hit() {
+        let t0 = Instant::now();
+        let logs = vec![
+            log(t0, "gw-0", &[100, 900, 1000]),
+            log(t0, "gw-1", &[100, 300, 1000]),
+        ];
+        let nodes = vec!["gw-0".to_string(), "gw-1".to_string()];
+        let at = t0 + Duration::from_millis(200);
+        let times = recovery_times(
+            &[
+                (fault(FaultKind::Gateway, vec![1]), at),
+                (fault(FaultKind::Drop, vec![0]), at),
+                (fault(FaultKind::Nats, vec![]), at),
+            ],
+            &logs,
+            &nodes,
+        );
+        assert_eq!(times[&FaultKind::Gateway].affected_clients, 1);
+        assert_eq!(times[&FaultKind::Gateway].longest_ms, 100);
+        assert_eq!(times[&FaultKind::Drop].longest_ms, 700);
+        assert_eq!(times[&FaultKind::Nats].affected_clients, 2);
+        assert_eq!(times[&FaultKind::Nats].longest_ms, 700);
+    }
+
+    #[test]
+    fn the_report_renders_and_fails_on_violations() {
+        let mut report = Report {
+            seed: 1,
+            sessions: 2,
+            turns: 1,
+            messages: 2,
+            events_checked: 10,
+            reconnects: 0,
+            restart_closes: 0,
+            faults_injected: BTreeMap::new(),
+            faults: Vec::new(),
+            violations_by_kind: BTreeMap::new(),
+            violations: Vec::new(),
+            recovery: BTreeMap::new(),
+            elapsed_ms: 5,
+        };
+        assert!(report.passed());
+        assert!(report.to_markdown().contains("PASS"));
+        report.violations_by_kind.insert(ViolationKind::Gap, 2);
+        assert!(!report.passed());
+        let md = report.to_markdown();
+        assert!(md.contains("FAIL") && md.contains("| gap | 2 |"), "{md}");
+        let json: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
+        assert_eq!(json["violations_by_kind"]["gap"], 2);
+    }
+
+    #[test]
+    fn default_flags_parse() {
+        let args = RecoveryArgs::defaults();
+        assert_eq!((args.sessions, args.turns, args.seed), (200, 3, 42));
+    }
+}

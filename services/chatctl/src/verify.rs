@@ -1,0 +1,554 @@
+//! The checks of a session after a run: what the client saw against the
+//! session's stream itself (`GET /api/events`), and every answer against
+//! the text the demo backend is known to produce.
+//!
+//! - every stored event reached the client exactly once, in `seq` order,
+//!   with no gap and nothing the stream does not hold, however often the
+//!   client reconnected;
+//! - each question has exactly one terminal event, a `done`;
+//! - the final attempt's chunks (those after the last `restart`) are
+//!   numbered 0, 1, 2… and spell exactly the expected answer.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+
+use protocol::frames::SequencedEvent;
+use protocol::{Event, MessageId, SessionId};
+use serde::Serialize;
+
+/// What went wrong, for counting in a summary.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ViolationKind {
+    /// Stored events the client never received.
+    Gap,
+    /// An event received twice (or a question echoed twice in the stream).
+    Duplicate,
+    /// An event received after one with a higher `seq`.
+    OutOfOrder,
+    /// The client received something else than the stream holds at that seq.
+    Mismatch,
+    /// The client received a `seq` the stream does not hold for the session.
+    Unexpected,
+    /// The final attempt's text is not the expected answer.
+    WrongAnswer,
+    /// The final attempt's chunks are not numbered 0, 1, 2… or carry
+    /// another attempt than the `done`.
+    BadChunks,
+    /// A question without a terminal event.
+    MissingTerminal,
+    /// A question with more than one terminal event, or events after it.
+    ExtraTerminal,
+    /// A question that ended in `error` or `cancelled` instead of `done`.
+    FailedAnswer,
+    /// A session that did not finish its turns before the deadline.
+    Unfinished,
+    /// The stream could not be read to check a session.
+    Unverifiable,
+}
+
+impl ViolationKind {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ViolationKind::Gap => "gap",
+            ViolationKind::Duplicate => "duplicate",
+            ViolationKind::OutOfOrder => "out_of_order",
+            ViolationKind::Mismatch => "mismatch",
+            ViolationKind::Unexpected => "unexpected",
+            ViolationKind::WrongAnswer => "wrong_answer",
+            ViolationKind::BadChunks => "bad_chunks",
+            ViolationKind::MissingTerminal => "missing_terminal",
+            ViolationKind::ExtraTerminal => "extra_terminal",
+            ViolationKind::FailedAnswer => "failed_answer",
+            ViolationKind::Unfinished => "unfinished",
+            ViolationKind::Unverifiable => "unverifiable",
+        }
+    }
+}
+
+impl fmt::Display for ViolationKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One broken guarantee, with enough detail to find it in the logs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Violation {
+    pub kind: ViolationKind,
+    pub session: SessionId,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<MessageId>,
+    pub detail: String,
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} session={}", self.kind, self.session)?;
+        if let Some(id) = self.message_id {
+            write!(f, " message={id}")?;
+        }
+        write!(f, ": {}", self.detail)
+    }
+}
+
+/// Compares what a client received (in arrival order, duplicates kept)
+/// with the session's stored events.
+pub fn check_stream(
+    session: SessionId,
+    truth: &[SequencedEvent],
+    seen: &[SequencedEvent],
+) -> Vec<Violation> {
+    let mut violations = Vec::new();
+    let violation = |kind, message_id, detail: String| Violation {
+        kind,
+        session,
+        message_id,
+        detail,
+    };
+    let stored: HashMap<u64, &Event> = truth.iter().map(|e| (e.seq, &e.event)).collect();
+    let mut received = HashSet::new();
+    let mut highest = 0;
+    for e in seen {
+        let id = e.event.message_id();
+        if !received.insert(e.seq) {
+            violations.push(violation(
+                ViolationKind::Duplicate,
+                id,
+                format!("seq {} received again", e.seq),
+            ));
+            continue;
+        }
+        if e.seq < highest {
+            violations.push(violation(
+                ViolationKind::OutOfOrder,
+                id,
+                format!("seq {} received after seq {highest}", e.seq),
+            ));
+        }
+        highest = highest.max(e.seq);
+        match stored.get(&e.seq) {
+            None => violations.push(violation(
+                ViolationKind::Unexpected,
+                id,
+                format!("seq {} is not a stored event of the session", e.seq),
+            )),
+            Some(event) if **event != e.event => violations.push(violation(
+                ViolationKind::Mismatch,
+                id,
+                format!("seq {}: received {:?}, stored {:?}", e.seq, e.event, event),
+            )),
+            Some(_) => {}
+        }
+    }
+    // Missing events, as runs of consecutive stored events.
+    let mut run: Vec<&SequencedEvent> = Vec::new();
+    let flush = |run: &mut Vec<&SequencedEvent>, violations: &mut Vec<Violation>| {
+        if let (Some(first), Some(last)) = (run.first(), run.last()) {
+            violations.push(violation(
+                ViolationKind::Gap,
+                first.event.message_id(),
+                format!(
+                    "{} stored event(s) never received: seq {}..={}",
+                    run.len(),
+                    first.seq,
+                    last.seq
+                ),
+            ));
+        }
+        run.clear();
+    };
+    for e in truth {
+        if received.contains(&e.seq) {
+            flush(&mut run, &mut violations);
+        } else {
+            run.push(e);
+        }
+    }
+    flush(&mut run, &mut violations);
+    violations
+}
+
+/// A question asked, with what its answer must be.
+#[derive(Clone, Debug)]
+pub struct ExpectedAnswer {
+    pub message_id: MessageId,
+    pub text: String,
+}
+
+/// Checks every question's events in the stream: one echo, exactly one
+/// terminal event and it is `done`, nothing after it, and the final
+/// attempt spells the expected text.
+pub fn check_answers(
+    session: SessionId,
+    truth: &[SequencedEvent],
+    expected: &[ExpectedAnswer],
+) -> Vec<Violation> {
+    let mut violations = Vec::new();
+    let mut by_message: BTreeMap<MessageId, Vec<&SequencedEvent>> = BTreeMap::new();
+    for e in truth {
+        if let Some(id) = e.event.message_id() {
+            by_message.entry(id).or_default().push(e);
+        }
+    }
+    for want in expected {
+        let id = want.message_id;
+        let mut push = |kind, detail: String| {
+            violations.push(Violation {
+                kind,
+                session,
+                message_id: Some(id),
+                detail,
+            })
+        };
+        let events = by_message.get(&id).map(Vec::as_slice).unwrap_or_default();
+        let echoes = events
+            .iter()
+            .filter(|e| matches!(e.event, Event::UserMessage { .. }))
+            .count();
+        if echoes > 1 {
+            push(
+                ViolationKind::Duplicate,
+                format!("the question was stored {echoes} times"),
+            );
+        }
+        let terminals: Vec<usize> = events
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.event.is_terminal())
+            .map(|(i, _)| i)
+            .collect();
+        let Some(&end) = terminals.first() else {
+            push(
+                ViolationKind::MissingTerminal,
+                format!("{} event(s), none terminal", events.len()),
+            );
+            continue;
+        };
+        if terminals.len() > 1 || end + 1 != events.len() {
+            push(
+                ViolationKind::ExtraTerminal,
+                format!(
+                    "{} terminal event(s), {} event(s) after the first: {}",
+                    terminals.len(),
+                    events.len() - end - 1,
+                    timeline(events)
+                ),
+            );
+        }
+        let attempt = match &events[end].event {
+            Event::Done { attempt, .. } => *attempt,
+            other => {
+                push(
+                    ViolationKind::FailedAnswer,
+                    format!("ended with {other:?} at seq {}", events[end].seq),
+                );
+                continue;
+            }
+        };
+        let body = &events[..end];
+        let last_restart = body
+            .iter()
+            .rposition(|e| matches!(e.event, Event::Restart { .. }))
+            .map_or(0, |i| i + 1);
+        let mut text = String::new();
+        let mut bad = Vec::new();
+        let mut next_index = 0;
+        for e in &body[last_restart..] {
+            if let Event::Chunk {
+                attempt: a,
+                index,
+                text: piece,
+                ..
+            } = &e.event
+            {
+                if *a != attempt || *index != next_index {
+                    bad.push(format!(
+                        "seq {}: attempt {a} index {index}, expected attempt {attempt} index {next_index}",
+                        e.seq
+                    ));
+                }
+                next_index = index.saturating_add(1);
+                text.push_str(piece);
+            }
+        }
+        if !bad.is_empty() {
+            push(
+                ViolationKind::BadChunks,
+                format!("{}; stream: {}", bad.join("; "), timeline(events)),
+            );
+        }
+        if text != want.text {
+            let at = text
+                .chars()
+                .zip(want.text.chars())
+                .take_while(|(a, b)| a == b)
+                .count();
+            push(
+                ViolationKind::WrongAnswer,
+                format!(
+                    "{} chars received, {} expected, first difference at char {at}",
+                    text.chars().count(),
+                    want.text.chars().count()
+                ),
+            );
+        }
+    }
+    violations
+}
+
+/// A message's events in short, runs of chunks folded:
+/// `user@5, chunk a1 #0..=14 @8..=60, done a1@63, restart a2@70, …`.
+pub fn timeline(events: &[&SequencedEvent]) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    // (attempt, first index, last index, first seq, last seq) of the open run.
+    let mut run: Option<(u32, u32, u32, u64, u64)> = None;
+    let close = |run: &mut Option<(u32, u32, u32, u64, u64)>, parts: &mut Vec<String>| {
+        if let Some((a, i0, i1, s0, s1)) = run.take() {
+            parts.push(format!("chunk a{a} #{i0}..={i1} @{s0}..={s1}"));
+        }
+    };
+    for e in events {
+        match &e.event {
+            Event::Chunk { attempt, index, .. } => match &mut run {
+                Some((a, _, last, _, s1)) if a == attempt && *index == *last + 1 => {
+                    *last = *index;
+                    *s1 = e.seq;
+                }
+                _ => {
+                    close(&mut run, &mut parts);
+                    run = Some((*attempt, *index, *index, e.seq, e.seq));
+                }
+            },
+            other => {
+                close(&mut run, &mut parts);
+                parts.push(match other {
+                    Event::UserMessage { .. } => format!("user@{}", e.seq),
+                    Event::Restart { attempt, .. } => format!("restart a{attempt}@{}", e.seq),
+                    Event::Done { attempt, .. } => format!("done a{attempt}@{}", e.seq),
+                    Event::Cancelled { .. } => format!("cancelled@{}", e.seq),
+                    Event::Error { code, .. } => format!("error {}@{}", code.as_str(), e.seq),
+                    Event::Chunk { .. } => String::new(),
+                });
+            }
+        }
+    }
+    close(&mut run, &mut parts);
+    parts.join(", ")
+}
+
+/// The text of a message's final attempt as a client would show it: the
+/// chunks after the last `restart`, in order. `None` before the message's
+/// `done`.
+pub fn final_answer(events: &[SequencedEvent], message_id: MessageId) -> Option<String> {
+    let mine: Vec<&Event> = events
+        .iter()
+        .map(|e| &e.event)
+        .filter(|e| e.message_id() == Some(message_id))
+        .collect();
+    let done = mine.iter().position(|e| matches!(e, Event::Done { .. }))?;
+    let start = mine[..done]
+        .iter()
+        .rposition(|e| matches!(e, Event::Restart { .. }))
+        .map_or(0, |i| i + 1);
+    Some(
+        mine[start..done]
+            .iter()
+            .filter_map(|e| match e {
+                Event::Chunk { text, .. } => Some(text.as_str()),
+                _ => None,
+            })
+            .collect(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protocol::FinishReason;
+
+    struct Story {
+        id: MessageId,
+        events: Vec<SequencedEvent>,
+        seq: u64,
+    }
+
+    impl Story {
+        fn new() -> Self {
+            Self {
+                id: MessageId::new(),
+                events: Vec::new(),
+                seq: 10,
+            }
+        }
+        fn push(&mut self, event: Event) -> &mut Self {
+            // Another session's events interleave: seqs are not contiguous.
+            self.seq += 3;
+            self.events.push(SequencedEvent {
+                seq: self.seq,
+                event,
+            });
+            self
+        }
+        fn ask(&mut self) -> &mut Self {
+            let id = self.id;
+            self.push(Event::UserMessage {
+                message_id: id,
+                content: "q".into(),
+            })
+        }
+        fn chunk(&mut self, attempt: u32, index: u32, text: &str) -> &mut Self {
+            let id = self.id;
+            self.push(Event::Chunk {
+                message_id: id,
+                attempt,
+                index,
+                text: text.into(),
+                published_at_us: None,
+            })
+        }
+        fn restart(&mut self, attempt: u32) -> &mut Self {
+            let id = self.id;
+            self.push(Event::Restart {
+                message_id: id,
+                attempt,
+            })
+        }
+        fn done(&mut self, attempt: u32) -> &mut Self {
+            let id = self.id;
+            self.push(Event::Done {
+                message_id: id,
+                attempt,
+                finish_reason: FinishReason::Stop,
+                usage: None,
+            })
+        }
+        fn expect(&self, text: &str) -> Vec<ExpectedAnswer> {
+            vec![ExpectedAnswer {
+                message_id: self.id,
+                text: text.into(),
+            }]
+        }
+    }
+
+    fn kinds(v: &[Violation]) -> Vec<ViolationKind> {
+        v.iter().map(|v| v.kind).collect()
+    }
+
+    #[test]
+    fn a_clean_session_passes() {
+        let mut s = Story::new();
+        s.ask().chunk(1, 0, "Hel").chunk(1, 1, "lo").done(1);
+        let session = SessionId::new();
+        assert!(check_stream(session, &s.events, &s.events).is_empty());
+        assert!(check_answers(session, &s.events, &s.expect("Hello")).is_empty());
+        assert_eq!(final_answer(&s.events, s.id).as_deref(), Some("Hello"));
+    }
+
+    #[test]
+    fn only_the_final_attempt_counts() {
+        let mut s = Story::new();
+        s.ask()
+            .chunk(1, 0, "Hel")
+            .restart(2)
+            .chunk(2, 0, "Hel")
+            .chunk(2, 1, "lo")
+            .done(2);
+        let session = SessionId::new();
+        assert!(check_answers(session, &s.events, &s.expect("Hello")).is_empty());
+        assert_eq!(final_answer(&s.events, s.id).as_deref(), Some("Hello"));
+        assert_eq!(
+            kinds(&check_answers(session, &s.events, &s.expect("Help"))),
+            vec![ViolationKind::WrongAnswer]
+        );
+    }
+
+    #[test]
+    fn gaps_duplicates_and_disorder_are_found() {
+        let mut s = Story::new();
+        s.ask()
+            .chunk(1, 0, "a")
+            .chunk(1, 1, "b")
+            .chunk(1, 2, "c")
+            .done(1);
+        let session = SessionId::new();
+        let e = &s.events;
+        // Missing two in a row: one gap.
+        let seen = vec![e[0].clone(), e[3].clone(), e[4].clone()];
+        assert_eq!(
+            kinds(&check_stream(session, e, &seen)),
+            vec![ViolationKind::Gap]
+        );
+        // A replay that repeats one.
+        let mut seen = e.clone();
+        seen.insert(3, e[2].clone());
+        assert_eq!(
+            kinds(&check_stream(session, e, &seen)),
+            vec![ViolationKind::Duplicate]
+        );
+        // Swapped.
+        let mut seen = e.clone();
+        seen.swap(1, 2);
+        assert_eq!(
+            kinds(&check_stream(session, e, &seen)),
+            vec![ViolationKind::OutOfOrder]
+        );
+        // Altered text, and a seq from nowhere.
+        let mut seen = e.clone();
+        if let Event::Chunk { text, .. } = &mut seen[1].event {
+            *text = "x".into();
+        }
+        seen.push(SequencedEvent {
+            seq: 1_000,
+            event: e[1].event.clone(),
+        });
+        assert_eq!(
+            kinds(&check_stream(session, e, &seen)),
+            vec![ViolationKind::Mismatch, ViolationKind::Unexpected]
+        );
+    }
+
+    #[test]
+    fn terminals_are_counted_and_must_be_done() {
+        let session = SessionId::new();
+        let mut s = Story::new();
+        s.ask().chunk(1, 0, "a");
+        assert_eq!(
+            kinds(&check_answers(session, &s.events, &s.expect("a"))),
+            vec![ViolationKind::MissingTerminal]
+        );
+        s.done(1).done(1);
+        assert_eq!(
+            kinds(&check_answers(session, &s.events, &s.expect("a"))),
+            vec![ViolationKind::ExtraTerminal]
+        );
+        let mut s = Story::new();
+        let id = s.id;
+        s.ask().push(Event::Error {
+            message_id: Some(id),
+            code: protocol::ErrorCode::RetriesExhausted,
+            message: "x".into(),
+        });
+        assert_eq!(
+            kinds(&check_answers(session, &s.events, &s.expect("a"))),
+            vec![ViolationKind::FailedAnswer]
+        );
+    }
+
+    #[test]
+    fn chunk_numbering_is_checked() {
+        let session = SessionId::new();
+        let mut s = Story::new();
+        s.ask().chunk(1, 0, "a").chunk(1, 2, "b").done(1);
+        assert_eq!(
+            kinds(&check_answers(session, &s.events, &s.expect("ab"))),
+            vec![ViolationKind::BadChunks]
+        );
+        let mut s = Story::new();
+        s.ask().chunk(1, 0, "ab").done(2);
+        assert_eq!(
+            kinds(&check_answers(session, &s.events, &s.expect("ab"))),
+            vec![ViolationKind::BadChunks]
+        );
+    }
+}

@@ -1,0 +1,71 @@
+//! The bench's pieces at tiny scale: they produce numbers and detect no
+//! loss on a healthy system. Performance figures come from `just bench`,
+//! never from tests.
+
+use std::time::Duration;
+
+use chatctl::bench::load::{self, LoadSpec};
+use chatctl::bench::raw_nats;
+use chatctl::bench::socket::Endpoint;
+use stack::nats::NatsServer;
+use stack::processes::{Stack, StackOptions};
+
+#[tokio::test]
+async fn raw_nats_rates_are_measured() {
+    let nats = NatsServer::start().unwrap();
+    let core = raw_nats::core_pub_sub(&nats.url(), 10_000, 200)
+        .await
+        .unwrap();
+    assert!(core.received > 0 && core.per_sec > 0.0, "{core:?}");
+    let js = raw_nats::jetstream_pipelined(&nats.url(), 2_000, 200, 256)
+        .await
+        .unwrap();
+    assert!(js > 0.0);
+    // The scratch stream is gone afterwards.
+    let js_ctx = async_nats::jetstream::new(nats.connect().await.unwrap());
+    assert!(js_ctx
+        .get_stream(protocol::subjects::BENCH_STREAM)
+        .await
+        .is_err());
+}
+
+#[tokio::test]
+async fn sessions_chat_end_to_end_without_loss() {
+    let tokens = 20;
+    let stack = Stack::start(StackOptions {
+        gateways: 1,
+        workers: 1,
+        nginx: false,
+        env: vec![
+            ("DEMO_TOKENS_PER_SEC".into(), "0".into()),
+            ("DEMO_ANSWER_TOKENS".into(), tokens.to_string()),
+            ("CHUNK_WINDOW_MS".into(), "0".into()),
+            ("GATEWAY_FRAMES_PER_SEC".into(), "10000".into()),
+            ("GATEWAY_FRAME_BURST".into(), "10000".into()),
+        ],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let endpoint = Endpoint::parse(&stack.nginx_url()).unwrap();
+    let outcome = load::run(
+        &endpoint,
+        &LoadSpec {
+            sessions: 3,
+            warmup: Duration::from_millis(200),
+            measure: Duration::from_secs(1),
+            connect_concurrency: 3,
+            answer_tokens: tokens,
+            max_turns: None,
+        },
+    )
+    .await
+    .unwrap();
+    assert!(outcome.problems.is_empty(), "{:?}", outcome.problems);
+    assert!(outcome.chunks_per_sec > 0.0);
+    assert!(outcome.ttft.len() > 0 && outcome.chunk_latency.len() > 0);
+    assert_eq!(outcome.sessions.len(), 3);
+    assert!(outcome.sessions.iter().all(|s| s.complete && s.turns > 0));
+    let problems = load::verify_against_stream(&endpoint, &outcome.sessions, 3).await;
+    assert!(problems.is_empty(), "{problems:?}");
+}
