@@ -19,7 +19,7 @@ log_dir="${NGINX_LOG_DIR:-$run_dir}"
 
 upstreams=""
 for gw in "$@"; do
-    upstreams+="        server 127.0.0.1:${gw} max_fails=1 fail_timeout=5s;"$'\n'
+    upstreams+="        server 127.0.0.1:${gw} max_fails=0;"$'\n'
 done
 upstreams="${upstreams%$'\n'}"
 

@@ -539,7 +539,7 @@ pub fn render_nginx(template: &str, config: &NginxConfig) -> anyhow::Result<Stri
     let upstreams = config
         .upstreams
         .iter()
-        .map(|port| format!("        server 127.0.0.1:{port} max_fails=1 fail_timeout=5s;"))
+        .map(|port| format!("        server 127.0.0.1:{port} max_fails=0;"))
         .collect::<Vec<_>>()
         .join("\n");
     let text = template
