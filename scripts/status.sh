@@ -37,6 +37,50 @@ for f in "${files[@]}"; do
     printf '%-12s %-8s %-8s %-6s %s\n' "$name" "${pid:--}" "$state" "$port" "$health"
 done
 
+# Key metrics of every live gateway and worker (their /metrics, summed
+# over labels): what an operator looks at first.
+echo
+printf '%-12s %s\n' PROCESS "KEY METRICS"
+for f in "${files[@]}"; do
+    name="$(basename "$f" .pid)"
+    case "$name" in gateway-* | worker-*) ;; *) continue ;; esac
+    pid="$(cat "$f" 2>/dev/null || true)"
+    port="$(cat "${f%.pid}.port" 2>/dev/null || true)"
+    { [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null && [ -n "$port" ]; } || continue
+    text="$(curl -fsS --max-time 2 "http://127.0.0.1:$port/metrics" 2>/dev/null || true)"
+    line="$(METRICS="$text" python3 - <<'PY'
+import os
+wanted = {
+    "chat_gateway_connections_open": "ws_open",
+    "chat_gateway_sessions_attached": "sessions",
+    "chat_gateway_chunks_forwarded_total": "chunks_out",
+    "chat_gateway_errors_total": "errors",
+    "chat_gateway_replays_total": "replays",
+    "chat_gateway_gap_repairs_total": "gap_repairs",
+    "chat_gateway_nats_connected": "nats_up",
+    "chat_worker_jobs_in_flight": "in_flight",
+    "chat_worker_jobs_total": "jobs",
+    "chat_worker_chunks_published_total": "chunks_in",
+    "chat_queue_pending_jobs": "queue",
+    "chat_queue_ack_pending_jobs": "ack_pending",
+}
+sums = {}
+for line in os.environ.get("METRICS", "").splitlines():
+    if not line or line.startswith("#"):
+        continue
+    key, _, value = line.rpartition(" ")
+    name = key.split("{", 1)[0]
+    if name in wanted:
+        try:
+            sums[name] = sums.get(name, 0.0) + float(value)
+        except ValueError:
+            pass
+print("  ".join(f"{wanted[n]}={sums[n]:g}" for n in wanted if n in sums) or "(no metrics)")
+PY
+)"
+    printf '%-12s %s\n' "$name" "$line"
+done
+
 monitor="${NATS_MONITOR_URL:-}"
 if [ -z "$monitor" ]; then
     if [ -f "$run/nats.monitor-port" ]; then

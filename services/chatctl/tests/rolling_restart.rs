@@ -30,7 +30,7 @@ async fn a_rolling_restart_loses_nothing() {
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
     let mut watches = Vec::new();
-    for i in 0..30 {
+    for i in 0..50 {
         let mut client = support::client(&base).await;
         watches.push(client.progress());
         let stop = stop.clone();

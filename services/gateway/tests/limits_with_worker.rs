@@ -483,3 +483,69 @@ async fn health_is_503_when_nats_is_gone() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test]
+async fn a_cancel_sent_to_another_gateway_still_stops_the_answer() {
+    let app = TestApp::start_with(Options {
+        worker_args: vec![
+            "--demo-tokens-per-sec".into(),
+            "20".into(),
+            "--demo-answer-tokens".into(),
+            "400".into(),
+        ],
+        ..Default::default()
+    })
+    .await;
+    // A second gateway on the same NATS: the cancel goes there.
+    let other = gateway::spawn(<gateway::GatewayConfig as clap::Parser>::parse_from([
+        "gateway",
+        "--nats-url",
+        &app.nats.url(),
+        "--listen",
+        "127.0.0.1:0",
+        "--node",
+        "gw-other",
+    ]))
+    .await
+    .unwrap();
+    let (session, token) = app.new_session().await;
+    let mut ws = app.connect(&session, &token, None).await;
+    ws.ready().await;
+    let (id, _) = ws.chat("cancel me from elsewhere").await;
+    loop {
+        if let ServerFrame::Event(e) = ws.frame().await {
+            if matches!(e.event, Event::Chunk { .. }) {
+                break;
+            }
+        }
+    }
+    let sent = Instant::now();
+    let response = app
+        .http
+        .post(format!(
+            "http://{}/api/cancel?session={session}",
+            other.addr()
+        ))
+        .bearer_auth(&token)
+        .json(&json!({"message_id": id}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let elapsed = loop {
+        if let ServerFrame::Event(e) = ws.frame().await {
+            if matches!(e.event, Event::Cancelled { .. }) {
+                break sent.elapsed();
+            }
+            assert!(
+                !matches!(e.event, Event::Done { .. }),
+                "the answer completed instead"
+            );
+        }
+    };
+    assert!(
+        elapsed < Duration::from_millis(200),
+        "cancelled after {elapsed:?}"
+    );
+    other.shutdown().await.unwrap();
+}
