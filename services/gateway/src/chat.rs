@@ -268,7 +268,10 @@ pub async fn cancel(
         .put(subjects::cancel_flag_key(message_id), "1".into())
         .await
         .map_err(ApiError::nats)?;
-    let notice = protocol::CancelNotice { message_id };
+    let notice = protocol::CancelNotice {
+        message_id,
+        claimed_by: None,
+    };
     state
         .client
         .publish(subjects::cancel(session), notice.to_payload())

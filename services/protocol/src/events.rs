@@ -28,9 +28,16 @@ pub struct ChatRequest {
 /// The core message a gateway publishes on `subjects::cancel(session)` to stop
 /// a running answer (JSON `{"message_id": "..."}`). Workers listen on
 /// `subjects::CANCEL_ALL`; the KV cancel flag covers a job not yet started.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CancelNotice {
     pub message_id: MessageId,
+    /// Set when the notice is not a user's cancel but a worker taking the
+    /// job over (a redelivery): every other worker still running this
+    /// message stops at once, silently, so an answer is never generated
+    /// twice at the same time, even when a worker lost its lease unaware
+    /// (progress acks lost while NATS restarted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claimed_by: Option<String>,
 }
 
 impl CancelNotice {

@@ -24,8 +24,19 @@ pub struct CancelRegistry {
 
 #[derive(Default)]
 struct Registry {
-    running: Mutex<HashMap<MessageId, (u64, CancellationToken)>>,
+    running: Mutex<HashMap<MessageId, Running>>,
     serial: AtomicU64,
+    /// Makes claims unique across workers (with the serial).
+    node: Mutex<String>,
+}
+
+struct Running {
+    serial: u64,
+    /// Fires on a user's cancel.
+    cancel: CancellationToken,
+    /// Fires when another worker claimed the message.
+    superseded: CancellationToken,
+    claim: String,
 }
 
 impl CancelRegistry {
@@ -34,21 +45,58 @@ impl CancelRegistry {
     pub fn register(&self, message: MessageId) -> CancelGuard {
         let serial = self.inner.serial.fetch_add(1, Ordering::Relaxed);
         let token = CancellationToken::new();
+        let superseded = CancellationToken::new();
+        let node = self
+            .inner
+            .node
+            .lock()
+            .map(|n| n.clone())
+            .unwrap_or_default();
+        let claim = format!("{node}/{}/{serial}", std::process::id());
         if let Ok(mut running) = self.inner.running.lock() {
-            running.insert(message, (serial, token.clone()));
+            running.insert(
+                message,
+                Running {
+                    serial,
+                    cancel: token.clone(),
+                    superseded: superseded.clone(),
+                    claim: claim.clone(),
+                },
+            );
         }
         CancelGuard {
             registry: self.clone(),
             message,
             serial,
             token,
+            superseded,
+            claim,
         }
+    }
+
+    /// Names this worker in its claims.
+    pub fn set_node(&self, node: &str) {
+        if let Ok(mut n) = self.inner.node.lock() {
+            *n = node.to_string();
+        }
+    }
+
+    /// Another worker claimed `message`: stop ours unless the claim is ours.
+    pub fn superseded(&self, message: MessageId, claim: &str) -> bool {
+        let token = match self.inner.running.lock() {
+            Ok(running) => running
+                .get(&message)
+                .filter(|r| r.claim != claim)
+                .map(|r| r.superseded.clone()),
+            Err(_) => None,
+        };
+        token.map(|t| t.cancel()).is_some()
     }
 
     /// Cancels the running job of `message`; false when none runs here.
     pub fn cancel(&self, message: MessageId) -> bool {
         let token = match self.inner.running.lock() {
-            Ok(running) => running.get(&message).map(|(_, t)| t.clone()),
+            Ok(running) => running.get(&message).map(|r| r.cancel.clone()),
             Err(_) => None,
         };
         match token {
@@ -67,11 +115,26 @@ pub struct CancelGuard {
     message: MessageId,
     serial: u64,
     token: CancellationToken,
+    superseded: CancellationToken,
+    claim: String,
 }
 
 impl CancelGuard {
     pub fn token(&self) -> &CancellationToken {
         &self.token
+    }
+
+    /// Fires when another worker took this message over.
+    pub fn superseded(&self) -> &CancellationToken {
+        &self.superseded
+    }
+
+    /// The notice that tells every other worker this job is ours now.
+    pub fn claim_notice(&self) -> CancelNotice {
+        CancelNotice {
+            message_id: self.message,
+            claimed_by: Some(self.claim.clone()),
+        }
     }
 }
 
@@ -82,7 +145,7 @@ impl Drop for CancelGuard {
             // registered after us.
             if running
                 .get(&self.message)
-                .is_some_and(|(s, _)| *s == self.serial)
+                .is_some_and(|r| r.serial == self.serial)
             {
                 running.remove(&self.message);
             }
@@ -108,6 +171,14 @@ pub async fn listen(
                 },
             };
             match serde_json::from_slice::<CancelNotice>(&message.payload) {
+                Ok(CancelNotice {
+                    message_id,
+                    claimed_by: Some(claim),
+                }) => {
+                    if registry.superseded(message_id, &claim) {
+                        tracing::info!(%message_id, %claim, "another worker took this job over; stopping ours");
+                    }
+                }
                 Ok(notice) => {
                     if registry.cancel(notice.message_id) {
                         tracing::debug!(message_id = %notice.message_id, "cancel notice for a running job");

@@ -191,6 +191,9 @@ enum Ending {
     Publish(PublishFailed),
     /// The shutdown grace is over.
     Aborted,
+    /// Another worker took the job over (a redelivery while this one still
+    /// ran): stop without a word; the job is theirs.
+    Superseded,
 }
 
 /// What a generation produced.
@@ -276,23 +279,54 @@ impl Job {
         (Duration::from_millis(500) * (1 << exp)).min(Duration::from_secs(30))
     }
 
+    /// Whether this message already has its answer: the session record says
+    /// so, or (the record's update may have been lost when NATS went away
+    /// between the two writes) the session's last history turn is it.
+    async fn already_answered(&self) -> bool {
+        let ctx = &self.ctx;
+        let id = self.message_id();
+        match sessions::load(&ctx.layout.sessions, self.request.session_id).await {
+            Ok(Some(v)) if v.record.is_finished(id) => return true,
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "reading the session record"),
+        }
+        let subject = subjects::history(self.request.session_id);
+        match ctx
+            .layout
+            .history
+            .direct_get_last_for_subject(subject)
+            .await
+        {
+            Ok(last) => serde_json::from_slice::<Turn>(&last.payload)
+                .is_ok_and(|turn| turn.message_id == id),
+            Err(_) => false,
+        }
+    }
+
     async fn process(&self) -> Result<Report, JobError> {
         let ctx = &self.ctx;
         let id = self.message_id();
         let guard = ctx.cancels.register(id);
 
-        match sessions::load(&ctx.layout.sessions, self.request.session_id).await {
-            Ok(Some(v)) if v.record.is_finished(id) => {
-                ack(&self.message).await;
-                return Ok(Report {
-                    outcome: None,
-                    detail: "already answered",
-                    chunks: 0,
-                    tokens: 0,
-                });
-            }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "reading the session record"),
+        if self.already_answered().await {
+            ack(&self.message).await;
+            return Ok(Report {
+                outcome: None,
+                detail: "already answered",
+                chunks: 0,
+                tokens: 0,
+            });
+        }
+        // Tell any other worker still running this message (it lost its
+        // lease without knowing) to stop: the job is ours now.
+        let claim = guard.claim_notice().to_payload();
+        if let Err(e) = ctx
+            .js
+            .client()
+            .publish(subjects::cancel(self.request.session_id), claim)
+            .await
+        {
+            tracing::debug!(error = %e, "announcing the claim");
         }
 
         if guard.token().is_cancelled() || cancel::flag_set(&ctx.layout.sessions, id).await {
@@ -363,6 +397,7 @@ impl Job {
             .generate(
                 &mut publisher,
                 guard.token(),
+                guard.superseded(),
                 Generation {
                     prompt: self.request.content.clone(),
                     history,
@@ -477,6 +512,12 @@ impl Job {
                 hand_back(&self.message, None).await;
                 Ok(report(Outcome::Redelivered, "shutdown"))
             }
+            Ending::Superseded => Ok(Report {
+                outcome: None,
+                detail: "taken over by another worker",
+                chunks,
+                tokens,
+            }),
         }
     }
 
@@ -486,6 +527,7 @@ impl Job {
         &self,
         publisher: &mut EventPublisher,
         cancelled: &CancellationToken,
+        superseded: &CancellationToken,
         generation: Generation,
     ) -> Produced {
         let ctx = &self.ctx;
@@ -515,6 +557,7 @@ impl Job {
                     break Ending::Cancelled;
                 }
                 _ = ctx.abort.cancelled() => break Ending::Aborted,
+                _ = superseded.cancelled() => break Ending::Superseded,
                 _ = sleep_until(due) => chunker.flush(),
                 _ = progress.tick() => {
                     if let Err(e) = self.message.ack_with(AckKind::Progress).await {
@@ -623,36 +666,75 @@ pub async fn record_turn(
         usage,
         user_seq: request.user_seq,
     };
-    let payload = serde_json::to_vec(&turn).map_err(|e| PublishFailed(e.to_string()))?;
-    ctx.js
-        .send_publish(
-            subjects::history(request.session_id),
-            PublishMessage::build()
-                .payload(payload.into())
-                .message_id(subjects::dedup_id(request.message_id)),
-        )
-        .await
+    let payload: bytes::Bytes = serde_json::to_vec(&turn)
         .map_err(|e| PublishFailed(e.to_string()))?
-        .await
-        .map_err(|e| PublishFailed(e.to_string()))?;
+        .into();
+    // The answer's terminal event is stored already: ride out a NATS blip
+    // rather than hand the job back to be answered twice. Deduplicated on
+    // the message id, so a retry of a write that did land stores nothing.
+    let deadline = Instant::now() + RECORD_RETRY_FOR;
+    let mut pause = Duration::from_millis(100);
+    loop {
+        let stored = async {
+            ctx.js
+                .send_publish(
+                    subjects::history(request.session_id),
+                    PublishMessage::build()
+                        .payload(payload.clone())
+                        .message_id(subjects::dedup_id(request.message_id)),
+                )
+                .await
+                .map_err(|e| PublishFailed(e.to_string()))?
+                .await
+                .map_err(|e| PublishFailed(e.to_string()))
+        }
+        .await;
+        match stored {
+            Ok(_) => break,
+            Err(e) if Instant::now() < deadline => {
+                tracing::debug!(error = %e, "storing the turn; retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
+            Err(e) => return Err(e),
+        }
+    }
     finish_session(ctx, request).await;
     Ok(())
 }
+
+/// How long the writes after an answer (history turn, session record) are
+/// retried: longer than a nats-server restart takes.
+const RECORD_RETRY_FOR: Duration = Duration::from_secs(15);
 
 /// Marks the message finished in its session record. A failure is logged,
 /// not fatal: the turn is stored, and the record's stale entries expire.
 pub async fn finish_session(ctx: &JobContext, request: &ChatRequest) {
     let id = request.message_id;
-    let result = sessions::update(&ctx.layout.sessions, request.session_id, |r| {
-        Ok::<_, Infallible>(r.finish(id))
-    })
-    .await;
-    match result {
-        Ok(_) => {}
-        Err(sessions::SessionStoreError::NotFound) => {
-            tracing::debug!("session record gone; nothing to finish")
+    let deadline = Instant::now() + RECORD_RETRY_FOR;
+    let mut pause = Duration::from_millis(100);
+    loop {
+        let result = sessions::update(&ctx.layout.sessions, request.session_id, |r| {
+            Ok::<_, Infallible>(r.finish(id))
+        })
+        .await;
+        match result {
+            Ok(_) => return,
+            Err(sessions::SessionStoreError::NotFound) => {
+                tracing::debug!("session record gone; nothing to finish");
+                return;
+            }
+            Err(e) if Instant::now() < deadline => {
+                tracing::debug!(error = %e, "finishing the session record; retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
+            // Not fatal: the history turn marks the message answered too.
+            Err(e) => {
+                tracing::warn!(error = %e, "finishing the session record");
+                return;
+            }
         }
-        Err(e) => tracing::warn!(error = %e, "finishing the session record"),
     }
 }
 

@@ -154,7 +154,11 @@ pub async fn spawn(config: WorkerConfig) -> anyhow::Result<RunningWorker> {
         backend,
         chunk_window: config.chunk_window(),
         chunk_max_bytes: config.chunk_max_bytes,
-        cancels: cancel::CancelRegistry::default(),
+        cancels: {
+            let registry = cancel::CancelRegistry::default();
+            registry.set_node(&config.node);
+            registry
+        },
         abort: abort.clone(),
         node: config.node.clone(),
     });

@@ -186,3 +186,49 @@ async fn shutdown_hands_a_running_job_to_another_worker_at_once() {
     h.wait_queue_empty().await;
     other.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_worker_whose_job_was_claimed_by_another_stops_silently() {
+    // The job is redelivered while this worker still runs it (its lease was
+    // lost unnoticed): the new claimant's notice must stop it, with no
+    // terminal event and no ack, so two answers never stream at once.
+    let h = Harness::start(3000, 3).await;
+    let session = h.new_session().await;
+    let mut live = h.live(session).await;
+    let id = h.submit(session, "a slow answer to take over").await;
+    let worker = h
+        .spawn_worker(&["--demo-tokens-per-sec", "20", "--demo-answer-tokens", "200"])
+        .await;
+    live.until(|e| matches!(e, Event::Chunk { .. })).await;
+    let claim = protocol::CancelNotice {
+        message_id: id,
+        claimed_by: Some("another-worker/1/0".into()),
+    };
+    h.client
+        .publish(subjects::cancel(session), claim.to_payload())
+        .await
+        .unwrap();
+    h.client.flush().await.unwrap();
+    // Within a few chunk intervals the stream goes quiet, and stays so.
+    let quiet = tokio::time::timeout(Duration::from_millis(400), async {
+        loop {
+            let (event, _) = live.next().await;
+            assert!(
+                !event.is_terminal(),
+                "a superseded attempt stored {event:?}"
+            );
+        }
+    });
+    let _ = quiet.await;
+    let after = tokio::time::timeout(Duration::from_millis(800), live.next()).await;
+    assert!(
+        after.is_err(),
+        "the superseded worker kept publishing: {after:?}"
+    );
+    assert_eq!(
+        h.queued_jobs().await,
+        1,
+        "the job was not acked: it belongs to the claimant"
+    );
+    worker.shutdown().await.unwrap();
+}

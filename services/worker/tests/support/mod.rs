@@ -152,7 +152,11 @@ impl Harness {
         self.client
             .publish(
                 subjects::cancel(session),
-                CancelNotice { message_id }.to_payload(),
+                CancelNotice {
+                    message_id,
+                    claimed_by: None,
+                }
+                .to_payload(),
             )
             .await
             .unwrap();
