@@ -5,6 +5,8 @@
 //! Regenerate the JSON files after changing a default with
 //! `UPDATE_NATS_JSON=1 cargo test -p protocol --test layout`.
 
+#![allow(clippy::unwrap_used)] // a test fails loudly on what it did not expect
+
 use std::path::PathBuf;
 
 use async_nats::jetstream;

@@ -1,5 +1,7 @@
 //! Concurrent compare-and-set updates of a session record lose nothing.
 
+#![allow(clippy::unwrap_used)] // a test fails loudly on what it did not expect
+
 use async_nats::jetstream;
 use protocol::records::{ActiveMessage, SessionRecord};
 use protocol::sessions::{self, SessionStoreError};

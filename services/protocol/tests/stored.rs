@@ -1,6 +1,8 @@
 //! Reading a session's stored events back, and the republish headers the
 //! gateway's gap detection relies on, on a real nats-server.
 
+#![allow(clippy::unwrap_used)] // a test fails loudly on what it did not expect
+
 use async_nats::jetstream;
 use futures::StreamExt;
 use protocol::setup::{ensure, LayoutConfig};
