@@ -63,7 +63,7 @@ async fn sessions_chat_end_to_end_without_loss() {
     .unwrap();
     assert!(outcome.problems.is_empty(), "{:?}", outcome.problems);
     assert!(outcome.chunks_per_sec > 0.0);
-    assert!(outcome.ttft.len() > 0 && outcome.chunk_latency.len() > 0);
+    assert!(!outcome.ttft.is_empty() && !outcome.chunk_latency.is_empty());
     assert_eq!(outcome.sessions.len(), 3);
     assert!(outcome.sessions.iter().all(|s| s.complete && s.turns > 0));
     let problems = load::verify_against_stream(&endpoint, &outcome.sessions, 3).await;

@@ -11,6 +11,7 @@ use async_nats::jetstream;
 use axum::extract::{DefaultBodyLimit, Query, State, WebSocketUpgrade};
 use axum::response::Response;
 use axum::routing::{get, post};
+use axum::serve::ListenerExt;
 use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
 use protocol::setup::Layout;
@@ -60,11 +61,18 @@ async fn ws_chat(
 ) -> Response {
     let max = state.config.max_frame_bytes;
     let tracker = state.sockets.clone();
+    // Small socket buffers: a chat frame is small, and axum's 128 KiB
+    // defaults would dominate the memory of an idle connection.
     upgrade
+        .read_buffer_size(SOCKET_READ_BUFFER)
+        .write_buffer_size(0)
         .max_message_size(max)
         .max_frame_size(max)
         .on_upgrade(move |socket| tracker.track_future(socket::serve(socket, state, query)))
 }
+
+/// Bytes a socket reads at a time; larger frames still arrive whole.
+const SOCKET_READ_BUFFER: usize = 4 * 1024;
 
 /// A gateway that is running.
 pub struct RunningGateway {
@@ -140,6 +148,12 @@ pub async fn spawn(config: GatewayConfig) -> anyhow::Result<RunningGateway> {
     let app = router(state.clone());
     let stop = state.shutdown.clone();
     let server = tokio::spawn(async move {
+        // Every chunk is a small write that must leave at once: no Nagle delay.
+        let listener = listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "setting TCP_NODELAY");
+            }
+        });
         let serve = axum::serve(
             listener,
             app.into_make_service_with_connect_info::<SocketAddr>(),

@@ -43,8 +43,9 @@ pub struct GatewayConfig {
     #[arg(long, env = "GATEWAY_FRAME_BURST", default_value_t = 40.0)]
     pub frame_burst: f64,
     /// Live events buffered for one socket before it is closed as too slow
-    /// (1013): a slow client never slows its session's other sockets.
-    #[arg(long, env = "GATEWAY_OUTBOUND_QUEUE", default_value_t = 1024)]
+    /// (1013): a slow client never slows its session's other sockets. The
+    /// ring is allocated per attached session, so it is kept modest.
+    #[arg(long, env = "GATEWAY_OUTBOUND_QUEUE", default_value_t = 256)]
     pub outbound_queue: usize,
     /// Longest one write to a socket may block before it is closed as too slow.
     #[arg(long, env = "GATEWAY_WRITE_TIMEOUT_MS", default_value_t = 5_000)]

@@ -85,8 +85,10 @@ pub async fn pull(
                 }
             }
         };
-        // The request stays open until it expires or is filled; jobs that
-        // arrive after a stop are handed straight back.
+        // The request stays open until it expires or is filled. A job that
+        // arrives after a stop still runs here, inside the shutdown grace:
+        // handing it back would cost it one of its `max_deliver` attempts
+        // (a rolling restart of every worker could exhaust them).
         while let Some(next) = messages.next().await {
             let message = match next {
                 Ok(message) => message,
@@ -95,12 +97,10 @@ pub async fn pull(
                     break;
                 }
             };
-            let permit = match permits.pop() {
-                Some(permit) if !stop.is_cancelled() => permit,
-                _ => {
-                    hand_back(&message, None).await;
-                    continue;
-                }
+            let Some(permit) = permits.pop() else {
+                // More than was asked for: cannot happen, but never hold it.
+                hand_back(&message, None).await;
+                continue;
             };
             let ctx = ctx.clone();
             jobs.spawn(async move {

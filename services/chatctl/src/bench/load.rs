@@ -40,6 +40,8 @@ pub struct LoadOutcome {
     pub chunk_latency: Samples,
     /// `chat` sent → first chunk received, measured window only.
     pub ttft: Samples,
+    /// `chat` sent → `accepted` received (the gateway's part of the first chunk's wait).
+    pub accepted: Samples,
     pub sessions: Vec<SessionLog>,
     pub problems: Vec<String>,
     pub restarts: u64,
@@ -114,6 +116,7 @@ pub async fn run(endpoint: &Endpoint, spec: &LoadSpec) -> anyhow::Result<LoadOut
             Ok(run) => {
                 outcome.chunk_latency.extend(run.chunk_latency);
                 outcome.ttft.extend(run.ttft);
+                outcome.accepted.extend(run.accepted);
                 outcome.problems.extend(run.problems);
                 outcome.restarts += run.restarts;
                 outcome.sessions.push(run.log);
@@ -148,6 +151,7 @@ struct SessionRun {
     log: SessionLog,
     chunk_latency: Samples,
     ttft: Samples,
+    accepted: Samples,
     problems: Vec<String>,
     restarts: u64,
 }
@@ -170,6 +174,7 @@ async fn chat_loop(
         },
         chunk_latency: Samples::default(),
         ttft: Samples::default(),
+        accepted: Samples::default(),
         problems: Vec::new(),
         restarts: 0,
     };
@@ -237,6 +242,9 @@ async fn turn(
                     }
                 }
             }
+            "accepted" if shared.measuring.load(Ordering::Relaxed) => {
+                run.accepted.push(sent.elapsed());
+            }
             "restart" => check.restart(&frame)?,
             "done" => {
                 check.done(&frame, spec.answer_tokens)?;
@@ -244,7 +252,7 @@ async fn turn(
                 return Ok(());
             }
             "error" | "cancelled" => return Err(format!("refused or failed: {text}")),
-            // accepted, user_message (ours), pong
+            // user_message (ours), pong
             _ => {}
         }
     }

@@ -359,6 +359,12 @@ async fn common_phases(
                 .target(format!("p50 < {TARGET_TTFT_P50_MS} ms"), met),
             );
         }
+        if let Some(sum) = outcome.accepted.summary() {
+            report.push(Row::latency(
+                "`chat` sent → `accepted` (gateway: session record, user message, queue)",
+                &sum,
+            ));
+        }
         check(report, endpoint, args, std::mem::take(&mut outcome)).await;
     }
     if args.runs(Phase::Replay) {
