@@ -3,7 +3,8 @@
 //! session is attached, and fanned out to those sockets through a bounded
 //! broadcast. The frame is built once per event (sequence spliced in, no
 //! JSON parse) and shared by every socket; the fan-out never waits for a
-//! socket: one that falls `outbound_queue` events behind is closed as slow.
+//! socket: one that falls `outbound_queue` events behind misses them here
+//! and reads them from the stream instead (see `socket`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

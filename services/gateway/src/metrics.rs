@@ -13,6 +13,7 @@ pub const REPLAYS: &str = "chat_gateway_replays_total";
 pub const REPLAYED_EVENTS: &str = "chat_gateway_replayed_events_total";
 pub const GAP_REPAIRS: &str = "chat_gateway_gap_repairs_total";
 pub const SLOW_CLIENT_CLOSES: &str = "chat_gateway_slow_client_closes_total";
+pub const CATCH_UPS: &str = "chat_gateway_catch_ups_total";
 pub const NATS_CONNECTED: &str = "chat_gateway_nats_connected";
 
 pub fn register() {
@@ -23,6 +24,7 @@ pub fn register() {
     metrics::counter!(REPLAYED_EVENTS).absolute(0);
     metrics::counter!(GAP_REPAIRS).absolute(0);
     metrics::counter!(SLOW_CLIENT_CLOSES).absolute(0);
+    metrics::counter!(CATCH_UPS).absolute(0);
     metrics::counter!(ERRORS, "code" => "internal").absolute(0);
     for kind in ["chat", "cancel", "resume", "ping"] {
         metrics::counter!(FRAMES_IN, "type" => kind).absolute(0);
@@ -59,6 +61,12 @@ pub fn connection_closed() {
 
 pub fn slow_client_closed() {
     metrics::counter!(SLOW_CLIENT_CLOSES).increment(1);
+}
+
+/// A socket fell `outbound_queue` events behind its live feed and reads
+/// the events it skipped from the stream.
+pub fn caught_up_from_stream() {
+    metrics::counter!(CATCH_UPS).increment(1);
 }
 
 pub fn replay_started() {

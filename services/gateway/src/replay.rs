@@ -71,6 +71,7 @@ pub async fn frames(
         return Ok(Vec::new());
     }
     let stored = stored::read_range(
+        &state.client,
         &state.layout.events,
         &subjects::events(session),
         from,
@@ -93,7 +94,7 @@ pub async fn expired_notice(
     session: SessionId,
     last_seq: u64,
 ) -> Result<[ControlFrame; 2], ApiError> {
-    let turns = stored::read_turns(&state.layout.history, session, HISTORY_TURNS)
+    let turns = stored::read_turns(&state.client, &state.layout.history, session, HISTORY_TURNS)
         .await
         .map_err(ApiError::nats)?;
     crate::metrics::error(ErrorCode::ReplayExpired);

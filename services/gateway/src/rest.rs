@@ -126,7 +126,7 @@ pub async fn get_history(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let session = session(&state, &params, &headers).await?;
-    let turns = stored::read_turns(&state.layout.history, session, 1_000)
+    let turns = stored::read_turns(&state.client, &state.layout.history, session, 1_000)
         .await
         .map_err(ApiError::nats)?;
     let last_seq = replay::position(&state, session, None).await?.last_seq;

@@ -1,7 +1,8 @@
 //! One WebSocket connection: authentication, `ready`, replay, live events
 //! with gap repair, the client's frames, and the ways a socket ends (bad
-//! token 1008, invalid UTF-8 1007, oversize 1009, shutdown 1012, slow
-//! client 1013).
+//! token 1008, invalid UTF-8 1007, oversize 1009, shutdown 1012, a client
+//! whose writes block for the write timeout 1013). A client that merely
+//! falls behind the live feed is caught up from the stream, not closed.
 //!
 //! Choices for bad input: a bad `after_seq` query parameter (not a number,
 //! negative, beyond the stream) gets an `error bad_request` frame and close
@@ -42,6 +43,11 @@ pub const CLOSE_TRY_LATER: u16 = 1013;
 
 /// The close reason of a socket that fell too far behind.
 const SLOW_CONSUMER: &str = "slow consumer";
+
+/// Reads of a known hole before the socket is given up, and the pause
+/// before each retry (times the attempt).
+const REPAIR_ATTEMPTS: u32 = 4;
+const REPAIR_RETRY: Duration = Duration::from_millis(20);
 
 /// Commands from the reader to the relay. Bounded: a client that floods
 /// while its socket is slow waits on itself, never on anyone else.
@@ -422,10 +428,14 @@ impl Relay {
                         tail_check = Some(Instant::now() + quiet);
                     }
                     // Fell `outbound_queue` events behind: the fan-out does
-                    // not wait for anyone, so this socket is let go; the
-                    // client comes back with `after_seq`.
-                    Err(broadcast::error::RecvError::Lagged(_)) => {
-                        return End::Close(CLOSE_TRY_LATER, SLOW_CONSUMER);
+                    // not wait for anyone, so the ring moved on without this
+                    // socket. The next event's `prev` shows the hole, which
+                    // `live` fills from the stream at the socket's own pace.
+                    // A client that stops reading altogether is closed by
+                    // the write timeout instead.
+                    Err(broadcast::error::RecvError::Lagged(skipped)) => {
+                        tracing::debug!(skipped, "socket fell behind its live feed; catching up from the stream");
+                        metrics::caught_up_from_stream();
                     }
                     Err(broadcast::error::RecvError::Closed) => {
                         return End::Close(CLOSE_TRY_LATER, "live feed ended");
@@ -441,11 +451,11 @@ impl Relay {
             return Ok(());
         }
         if event.prev > self.last_sent {
-            // A live message went missing (a slow-consumer drop between NATS
-            // and this gateway): fill the hole before anything after it.
+            // Live messages went missing (a slow-consumer drop between NATS
+            // and this gateway, or this socket fell a ring behind): fill the
+            // hole before anything after it.
             metrics::gap_repaired();
-            let from = self.last_sent + 1;
-            self.replay(from, event.seq - 1).await?;
+            self.repair_through(event.prev).await?;
         }
         self.send_text(event.frame.clone(), event.kind).await?;
         if event.kind == "chunk" {
@@ -453,6 +463,27 @@ impl Relay {
         }
         self.last_sent = event.seq;
         Ok(())
+    }
+
+    /// Sends every stored event up to `through`, which is known to exist.
+    /// A direct get may reach a replica that has not applied it yet, so a
+    /// short read is retried; if it stays short the socket is closed and
+    /// the client resumes, rather than skipping anything.
+    async fn repair_through(&mut self, through: u64) -> Result<(), End> {
+        for attempt in 0..REPAIR_ATTEMPTS {
+            if attempt > 0 {
+                tokio::time::sleep(REPAIR_RETRY * attempt).await;
+            }
+            let from = self.last_sent + 1;
+            self.replay(from, through).await?;
+            if self.last_sent >= through {
+                return Ok(());
+            }
+        }
+        Err(End::Close(
+            CLOSE_TRY_LATER,
+            "replay incomplete; reconnect with after_seq",
+        ))
     }
 
     /// Once live events go quiet: anything stored after `last_sent` was

@@ -1,6 +1,7 @@
 //! No gap, no duplicate, in order: reconnects with `after_seq` mid-answer,
-//! the `resume` frame, gap repair after a lost live message, and a slow
-//! client that is let go without slowing anyone else.
+//! the `resume` frame, gap repair after a lost live message, a client that
+//! falls behind and catches up from the stream, and one that stops reading
+//! and is let go without slowing anyone else.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -124,6 +125,52 @@ async fn a_lost_live_message_is_repaired_from_the_stream() {
     assert_eq!(events.len(), 42);
     let after = app.metric("chat_gateway_gap_repairs_total").await;
     assert!(after > before, "gap repairs {before} -> {after}");
+}
+
+#[tokio::test]
+async fn a_client_that_falls_behind_catches_up_from_the_stream_without_a_close() {
+    // A ring of 8 live events and a 16 MiB answer in 2,000 chunks published
+    // at once: a client that pauses before reading, and then now and again,
+    // falls far behind (more than the kernel's socket buffers hold).
+    let app = TestApp::start_with(&["--outbound-queue", "8"]).await;
+    let body = "y".repeat(8 * 1024);
+    let script = Script {
+        chunks: (0..2_000).map(|i| format!("{i}:{body}")).collect(),
+        delay: Duration::ZERO,
+    };
+    let _worker = ScriptedWorker::start(&app, script).await;
+    let (session, token) = app.new_session().await;
+    let catch_ups = app.metric("chat_gateway_catch_ups_total").await;
+    let closes = app.metric("chat_gateway_slow_client_closes_total").await;
+    let mut ws = app.connect(session, &token, None).await;
+    ws.ready().await;
+    let (id, _, mut events) = ws.chat("flood me slowly").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    while !events
+        .last()
+        .is_some_and(|e| e.event.is_terminal() && e.event.message_id() == Some(id))
+    {
+        match ws.recv().await {
+            Received::Frame(ServerFrame::Event(e)) => events.push(e),
+            Received::Frame(_) => {}
+            Received::Closed(code) => panic!("a slow reader was closed ({code:?})"),
+        }
+        if events.len() % 50 == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    assert_strictly_increasing(&events);
+    let (stored, _) = app.events(session, &token, 0).await;
+    assert_eq!(events, stored, "every event, once, in order");
+    assert_eq!(events.len(), 2_002);
+    assert!(
+        app.metric("chat_gateway_catch_ups_total").await > catch_ups,
+        "the reader never fell a ring behind, so this test proves nothing"
+    );
+    assert_eq!(
+        app.metric("chat_gateway_slow_client_closes_total").await,
+        closes
+    );
 }
 
 #[tokio::test]

@@ -4,12 +4,11 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use async_nats::jetstream::{
-    consumer::{pull::OrderedConfig, DeliverPolicy},
-    stream::Stream,
-};
+use async_nats::jetstream::stream::Stream;
+use async_nats::Client;
 use bytes::Bytes;
 use futures::StreamExt;
+use serde::Serialize;
 
 use crate::ids::SessionId;
 use crate::records::Turn;
@@ -46,9 +45,21 @@ pub async fn last_seq(stream: &Stream, subject: &str) -> Result<u64, ReadError> 
     }
 }
 
+/// Messages asked for in one direct-get batch.
+const BATCH: u64 = 512;
+/// Bytes the server may send in reply to one batch request.
+const BATCH_MAX_BYTES: usize = 4 << 20;
+
 /// Every message on `subject` with `from_seq <= seq <= until_seq`, in order,
-/// through a short-lived ordered consumer (deleted when it drops).
+/// through batched direct gets (ADR-31): no consumer is created, so
+/// thousands of sockets catching up at once cost the server reads, not
+/// JetStream API calls. The stream needs `allow_direct`.
+///
+/// A direct get may be answered by a replica that has not applied the
+/// newest writes yet, so the result can end early; callers that know a
+/// sequence must be there check for it (see the gateway's gap repair).
 pub async fn read_range(
+    client: &Client,
     stream: &Stream,
     subject: &str,
     from_seq: u64,
@@ -58,47 +69,86 @@ pub async fn read_range(
         subject: subject.into(),
         source: e,
     };
-    let from_seq = from_seq.max(1);
-    if until_seq < from_seq {
-        return Ok(Vec::new());
-    }
-    let consumer = stream
-        .create_consumer(OrderedConfig {
-            filter_subject: subject.to_string(),
-            deliver_policy: DeliverPolicy::ByStartSequence {
-                start_sequence: from_seq,
-            },
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| fail(e.into()))?;
-    let mut messages = consumer.messages().await.map_err(|e| fail(e.into()))?;
+    let api = subjects::direct_get(&stream.cached_info().config.name);
     let mut out = Vec::new();
-    loop {
-        let next = tokio::time::timeout(READ_TIMEOUT, messages.next())
+    let mut next = from_seq.max(1);
+    while next <= until_seq {
+        let batch = Batch {
+            seq: next,
+            next_by_subj: subject,
+            batch: (until_seq - next + 1).min(BATCH),
+            max_bytes: BATCH_MAX_BYTES,
+        };
+        let request = serde_json::to_vec(&batch).map_err(|e| fail(e.into()))?;
+        let inbox = client.new_inbox();
+        // Subscribing first: the server sees the SUB before the request.
+        let mut replies = client
+            .subscribe(inbox.clone())
             .await
             .map_err(|e| fail(e.into()))?;
-        let Some(message) = next else { break };
-        let message = message.map_err(|e| fail(e.into()))?;
-        let info = message.info().map_err(fail)?;
-        let seq = info.stream_sequence;
-        let pending = info.pending;
-        if seq > until_seq {
-            break;
+        client
+            .publish_with_reply(api.clone(), inbox, request.into())
+            .await
+            .map_err(|e| fail(e.into()))?;
+        let mut more = false;
+        let mut received = 0u64;
+        loop {
+            let reply = tokio::time::timeout(READ_TIMEOUT, replies.next())
+                .await
+                .map_err(|e| fail(e.into()))?
+                .ok_or_else(|| fail("direct get replies ended early".into()))?;
+            match reply.status.map(u16::from) {
+                None => {
+                    let seq = header_u64(&reply, subjects::HEADER_SEQUENCE)
+                        .ok_or_else(|| fail("direct get reply without Nats-Sequence".into()))?;
+                    received += 1;
+                    if seq > until_seq {
+                        // Past the range: nothing after it is wanted.
+                        next = u64::MAX;
+                        continue;
+                    }
+                    out.push(Stored {
+                        seq,
+                        payload: reply.payload,
+                    });
+                    next = seq + 1;
+                }
+                // End of batch: more match if it says some are pending.
+                Some(204) => {
+                    more = header_u64(&reply, subjects::HEADER_NUM_PENDING).unwrap_or(0) > 0;
+                    break;
+                }
+                // Nothing (more) on the subject from `seq` on.
+                Some(404) => break,
+                Some(code) => {
+                    return Err(fail(
+                        format!("direct get of {subject} answered with status {code}").into(),
+                    ))
+                }
+            }
         }
-        out.push(Stored {
-            seq,
-            payload: message.payload.clone(),
-        });
-        if seq == until_seq || pending == 0 {
+        if !more || received == 0 {
             break;
         }
     }
     Ok(out)
 }
 
+#[derive(Serialize)]
+struct Batch<'a> {
+    seq: u64,
+    next_by_subj: &'a str,
+    batch: u64,
+    max_bytes: usize,
+}
+
+fn header_u64(message: &async_nats::Message, name: &str) -> Option<u64> {
+    message.headers.as_ref()?.get(name)?.as_str().parse().ok()
+}
+
 /// The last `max_turns` finished turns of a session, oldest first.
 pub async fn read_turns(
+    client: &Client,
     history: &Stream,
     session: SessionId,
     max_turns: usize,
@@ -109,7 +159,7 @@ pub async fn read_turns(
         return Ok(Vec::new());
     }
     let mut turns = VecDeque::with_capacity(max_turns.min(256));
-    for stored in read_range(history, &subject, 1, last).await? {
+    for stored in read_range(client, history, &subject, 1, last).await? {
         // A record this version cannot read is skipped, not fatal: history
         // is for display and context, and the rest of it is still good.
         if let Ok(turn) = serde_json::from_slice::<Turn>(&stored.payload) {

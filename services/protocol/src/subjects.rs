@@ -49,6 +49,9 @@ pub const HEADER_SEQUENCE: &str = "Nats-Sequence";
 /// (0 when the event is the subject's first). A live subscriber that has not
 /// seen that sequence has a gap to fill from the stream.
 pub const HEADER_LAST_SEQUENCE: &str = "Nats-Last-Sequence";
+/// On the end-of-batch reply of a batched direct get: matching messages the
+/// batch did not include.
+pub const HEADER_NUM_PENDING: &str = "Nats-Num-Pending";
 
 pub fn requests(session: SessionId) -> String {
     format!("chat.requests.{session}")
@@ -72,6 +75,12 @@ pub fn dead(session: SessionId) -> String {
 
 pub fn cancel(session: SessionId) -> String {
     format!("chat.cancel.{session}")
+}
+
+/// The Direct Get API of a stream (ADR-31): batched reads served by any
+/// replica without creating a consumer.
+pub fn direct_get(stream: &str) -> String {
+    format!("$JS.API.DIRECT.GET.{stream}")
 }
 
 /// The advisory the server publishes when a job of the workers consumer hit

@@ -72,17 +72,71 @@ async fn republish_chains_each_event_to_the_previous_one_of_its_session() {
             .unwrap(),
         0
     );
-    let range = read_range(&layout.events, &subjects::events(a), 2, 6)
+    let range = read_range(&client, &layout.events, &subjects::events(a), 2, 6)
         .await
         .unwrap();
     assert_eq!(range.iter().map(|s| s.seq).collect::<Vec<_>>(), vec![3, 6]);
-    let until = read_range(&layout.events, &subjects::events(b), 1, 4)
+    let until = read_range(&client, &layout.events, &subjects::events(b), 1, 4)
         .await
         .unwrap();
     assert_eq!(until.iter().map(|s| s.seq).collect::<Vec<_>>(), vec![2, 4]);
-    assert!(read_range(&layout.events, &subjects::events(a), 7, 6)
+    assert!(
+        read_range(&client, &layout.events, &subjects::events(a), 7, 6)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(read_turns(&client, &layout.history, a, 10)
         .await
         .unwrap()
         .is_empty());
-    assert!(read_turns(&layout.history, a, 10).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn ranges_longer_than_a_batch_read_every_message_of_the_subject_once() {
+    let server = NatsServer::start().unwrap();
+    let client = server.connect().await.unwrap();
+    let js = jetstream::new(client.clone());
+    let layout = ensure(&js, &LayoutConfig::default()).await.unwrap();
+    let (a, b) = (SessionId::new(), SessionId::new());
+    let mut acks = Vec::new();
+    let mut a_seqs = Vec::new();
+    // 1,500 events of `a` (three batches) interleaved with 500 of `b`.
+    for i in 0..2_000u32 {
+        let session = if i % 4 == 3 { b } else { a };
+        let ev = Event::Chunk {
+            message_id: MessageId::new(),
+            attempt: 1,
+            index: i,
+            text: "z".repeat(64),
+            published_at_us: None,
+        };
+        acks.push((
+            session,
+            js.publish(subjects::events(session), ev.to_payload())
+                .await
+                .unwrap(),
+        ));
+    }
+    for (session, ack) in acks {
+        let seq = ack.await.unwrap().sequence;
+        if session == a {
+            a_seqs.push(seq);
+        }
+    }
+    let all = read_range(&client, &layout.events, &subjects::events(a), 1, 2_000)
+        .await
+        .unwrap();
+    assert_eq!(all.iter().map(|s| s.seq).collect::<Vec<_>>(), a_seqs);
+    // A window inside: from and until are inclusive, other subjects skipped.
+    let (from, until) = (a_seqs[100], a_seqs[1_300]);
+    let window = read_range(&client, &layout.events, &subjects::events(a), from, until)
+        .await
+        .unwrap();
+    assert_eq!(
+        window.iter().map(|s| s.seq).collect::<Vec<_>>(),
+        a_seqs[100..=1_300].to_vec()
+    );
+    let first: Event = serde_json::from_slice(&window[0].payload).unwrap();
+    assert!(matches!(first, Event::Chunk { index, .. } if index == (from - 1) as u32));
 }

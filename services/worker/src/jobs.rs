@@ -361,7 +361,13 @@ impl Job {
         let history = match ctx.backend.context_turns() {
             0 => Vec::new(),
             turns => {
-                match stored::read_turns(&ctx.layout.history, self.request.session_id, turns).await
+                match stored::read_turns(
+                    &ctx.js.client(),
+                    &ctx.layout.history,
+                    self.request.session_id,
+                    turns,
+                )
+                .await
                 {
                     Ok(history) => history,
                     Err(e) => {

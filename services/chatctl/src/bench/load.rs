@@ -45,6 +45,9 @@ pub struct LoadOutcome {
     pub sessions: Vec<SessionLog>,
     pub problems: Vec<String>,
     pub restarts: u64,
+    /// Sockets the server closed mid-run that the client reopened with
+    /// `after_seq` (as a browser does).
+    pub reconnects: u64,
 }
 
 /// One session's record, for the check against the stream.
@@ -89,7 +92,7 @@ pub async fn run(endpoint: &Endpoint, spec: &LoadSpec) -> anyhow::Result<LoadOut
     for (i, (socket, ready)) in sockets.into_iter().enumerate() {
         let shared = shared.clone();
         let spec = spec.clone();
-        tasks.spawn(chat_loop(socket, ready, i, shared, spec));
+        tasks.spawn(chat_loop(endpoint.clone(), socket, ready, i, shared, spec));
     }
     tokio::time::sleep(spec.warmup).await;
     let (c0, t0) = (
@@ -119,6 +122,7 @@ pub async fn run(endpoint: &Endpoint, spec: &LoadSpec) -> anyhow::Result<LoadOut
                 outcome.accepted.extend(run.accepted);
                 outcome.problems.extend(run.problems);
                 outcome.restarts += run.restarts;
+                outcome.reconnects += run.reconnects;
                 outcome.sessions.push(run.log);
             }
             Err(e) => outcome.problems.push(format!("a session task failed: {e}")),
@@ -154,9 +158,15 @@ struct SessionRun {
     accepted: Samples,
     problems: Vec<String>,
     restarts: u64,
+    reconnects: u64,
 }
 
+/// Times a session may lose its socket in one run before the bench calls
+/// it failed: a healthy stack closes one only on restart or a stuck write.
+const MAX_RECONNECTS: u64 = 20;
+
 async fn chat_loop(
+    endpoint: Endpoint,
     mut socket: Socket,
     ready: Ready,
     index: usize,
@@ -177,13 +187,14 @@ async fn chat_loop(
         accepted: Samples::default(),
         problems: Vec::new(),
         restarts: 0,
+        reconnects: 0,
     };
     while !shared.stop.load(Ordering::Relaxed) && spec.max_turns.is_none_or(|m| run.log.turns < m) {
         let prompt = format!(
             "bench session {index} turn {}: how does a replay window work?",
             run.log.turns
         );
-        match turn(&mut socket, &mut run, &shared, &spec, prompt).await {
+        match turn(&endpoint, &mut socket, &mut run, &shared, &spec, prompt).await {
             Ok(()) => {
                 run.log.turns += 1;
                 shared.turns.fetch_add(1, Ordering::Relaxed);
@@ -200,8 +211,11 @@ async fn chat_loop(
     run
 }
 
-/// One question and its whole answer.
+/// One question and its whole answer. A socket the server closes is
+/// reopened with `after_seq` = the last event received, and the answer
+/// continues from the replay.
 async fn turn(
+    endpoint: &Endpoint,
     socket: &mut Socket,
     run: &mut SessionRun,
     shared: &Shared,
@@ -219,7 +233,10 @@ async fn turn(
     loop {
         let text = match socket.next_text(FRAME_TIMEOUT).await {
             Ok(Some(t)) => t,
-            Ok(None) => return Err("the server closed the socket mid-answer".into()),
+            Ok(None) => {
+                reconnect(endpoint, socket, run).await?;
+                continue;
+            }
             Err(e) => return Err(format!("{e:#}")),
         };
         let frame = Frame::parse(&text).map_err(|e| format!("{e:#}"))?;
@@ -258,6 +275,31 @@ async fn turn(
     }
 }
 
+/// Reopens a session's socket after the server closed it, replaying from
+/// the last event this client received.
+async fn reconnect(
+    endpoint: &Endpoint,
+    socket: &mut Socket,
+    run: &mut SessionRun,
+) -> Result<(), String> {
+    if run.reconnects >= MAX_RECONNECTS {
+        return Err(format!(
+            "the server closed the socket {} times",
+            run.reconnects + 1
+        ));
+    }
+    run.reconnects += 1;
+    let attach = Attach {
+        session: Some((run.log.session_id.clone(), run.log.token.clone())),
+        after_seq: Some(run.log.seqs.last()),
+    };
+    let (fresh, _) = Socket::connect(endpoint, &attach)
+        .await
+        .map_err(|e| format!("reconnecting: {e:#}"))?;
+    *socket = fresh;
+    Ok(())
+}
+
 /// One session that sends `turns` questions one after the other and
 /// receives every answer: the material for the replay measure.
 pub async fn converse(
@@ -274,7 +316,15 @@ pub async fn converse(
         answer_tokens,
         max_turns: Some(turns),
     };
-    let run = chat_loop(socket, ready, 0, Arc::new(Shared::default()), spec).await;
+    let run = chat_loop(
+        endpoint.clone(),
+        socket,
+        ready,
+        0,
+        Arc::new(Shared::default()),
+        spec,
+    )
+    .await;
     if let Some(problem) = run.problems.first() {
         anyhow::bail!("preparing a session: {problem}");
     }

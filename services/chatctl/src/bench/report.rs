@@ -20,6 +20,9 @@ pub struct Report {
     pub skipped: Vec<String>,
     /// Lost, doubled or refused events: any entry fails the run.
     pub problems: Vec<String>,
+    /// What happened that is not a failure but matters for reading the
+    /// numbers (e.g. sockets the server closed and the clients reopened).
+    pub notes: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -130,6 +133,12 @@ impl Report {
         self.skipped.push(what);
     }
 
+    pub fn note(&mut self, what: impl Into<String>) {
+        let what = what.into();
+        println!("  note: {what}");
+        self.notes.push(what);
+    }
+
     pub fn problem(&mut self, what: impl Into<String>) {
         let what = what.into();
         eprintln!("  PROBLEM: {what}");
@@ -167,6 +176,9 @@ impl Report {
         );
         for s in &self.skipped {
             let _ = writeln!(out, "\n- skipped: {s}");
+        }
+        for n in &self.notes {
+            let _ = writeln!(out, "\n- {n}");
         }
         if self.problems.is_empty() {
             let _ = writeln!(out, "\nNo event lost, doubled or out of order.");

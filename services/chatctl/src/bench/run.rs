@@ -459,6 +459,12 @@ async fn check(report: &mut Report, endpoint: &Endpoint, args: &BenchArgs, outco
     for p in outcome.problems {
         report.problem(p);
     }
+    if outcome.reconnects > 0 {
+        report.note(format!(
+            "{} sockets closed by the server mid-answer were reopened with after_seq",
+            outcome.reconnects
+        ));
+    }
     if outcome.restarts > 0 {
         report.problem(format!(
             "{} answers restarted (a worker lost its job)",

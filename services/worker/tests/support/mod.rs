@@ -179,7 +179,7 @@ impl Harness {
         let last = stored::last_seq(&self.layout.events, &subject)
             .await
             .unwrap();
-        stored::read_range(&self.layout.events, &subject, 1, last)
+        stored::read_range(&self.client, &self.layout.events, &subject, 1, last)
             .await
             .unwrap()
             .into_iter()
@@ -188,7 +188,7 @@ impl Harness {
     }
 
     pub async fn turns(&self, session: SessionId) -> Vec<Turn> {
-        stored::read_turns(&self.layout.history, session, 100)
+        stored::read_turns(&self.client, &self.layout.history, session, 100)
             .await
             .unwrap()
     }
