@@ -398,6 +398,8 @@ impl Relay {
         let quiet = self.state.config.tail_check();
         // Armed by each live event, fired once when they go quiet.
         let mut tail_check: Option<Instant> = None;
+        // A stored sequence this socket had not sent at the last tail check.
+        let mut tail_suspect: Option<u64> = None;
         loop {
             let check_at = tail_check.unwrap_or_else(|| Instant::now() + quiet);
             tokio::select! {
@@ -405,8 +407,13 @@ impl Relay {
                 _ = shutdown.cancelled() => return End::Close(CLOSE_RESTART, "service restart"),
                 _ = tokio::time::sleep_until(check_at), if tail_check.is_some() => {
                     tail_check = None;
-                    if let Err(end) = self.check_tail().await {
-                        return end;
+                    match self.check_tail(tail_suspect.take()).await {
+                        Ok(None) => {}
+                        Ok(Some(suspect)) => {
+                            tail_suspect = Some(suspect);
+                            tail_check = Some(Instant::now() + quiet);
+                        }
+                        Err(end) => return end,
                     }
                 }
                 command = inbox.recv() => {
@@ -486,25 +493,34 @@ impl Relay {
         ))
     }
 
-    /// Once live events go quiet: anything stored after `last_sent` was
-    /// lost on the way (the last event of an answer has no successor whose
-    /// `Nats-Last-Sequence` would reveal it), so it is read from the stream.
-    /// One read per quiet period, never per event.
-    async fn check_tail(&mut self) -> Result<(), End> {
+    /// Once live events go quiet: anything stored after `last_sent` may
+    /// have been lost on the way (the last event of an answer has no
+    /// successor whose `Nats-Last-Sequence` would reveal it). Under load it
+    /// is more often still on its way, so the first sighting only returns
+    /// it as a suspect; if the next quiet period ends with it still unsent,
+    /// it is read from the stream. One cheap read per quiet period, never
+    /// per event.
+    async fn check_tail(&mut self, suspect: Option<u64>) -> Result<Option<u64>, End> {
         let subject = protocol::subjects::events(self.session);
         let last = match protocol::stored::last_seq(&self.state.layout.events, &subject).await {
             Ok(last) => last,
             Err(e) => {
                 tracing::debug!(error = %e, "tail check failed");
-                return Ok(());
+                return Ok(None);
             }
         };
-        if last > self.last_sent {
-            metrics::gap_repaired();
-            let from = self.last_sent + 1;
-            self.replay(from, last).await?;
+        if last <= self.last_sent {
+            return Ok(None);
         }
-        Ok(())
+        match suspect {
+            Some(seen) if seen > self.last_sent => {
+                metrics::gap_repaired();
+                let from = self.last_sent + 1;
+                self.replay(from, last).await?;
+                Ok(None)
+            }
+            _ => Ok(Some(last)),
+        }
     }
 
     /// The `resume` frame: replay everything after `after`, even what this

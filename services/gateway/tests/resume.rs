@@ -141,7 +141,6 @@ async fn a_client_that_falls_behind_catches_up_from_the_stream_without_a_close()
     let _worker = ScriptedWorker::start(&app, script).await;
     let (session, token) = app.new_session().await;
     let catch_ups = app.metric("chat_gateway_catch_ups_total").await;
-    let closes = app.metric("chat_gateway_slow_client_closes_total").await;
     let mut ws = app.connect(session, &token, None).await;
     ws.ready().await;
     let (id, _, mut events) = ws.chat("flood me slowly").await;
@@ -163,13 +162,11 @@ async fn a_client_that_falls_behind_catches_up_from_the_stream_without_a_close()
     let (stored, _) = app.events(session, &token, 0).await;
     assert_eq!(events, stored, "every event, once, in order");
     assert_eq!(events.len(), 2_002);
+    // (Metrics are per process and tests run side by side: this can only
+    // show that catch-ups happened, the loop above that none closed us.)
     assert!(
         app.metric("chat_gateway_catch_ups_total").await > catch_ups,
         "the reader never fell a ring behind, so this test proves nothing"
-    );
-    assert_eq!(
-        app.metric("chat_gateway_slow_client_closes_total").await,
-        closes
     );
 }
 

@@ -195,7 +195,17 @@ async fn own_stacks(args: &BenchArgs, s: &Settings, report: &mut Report) -> anyh
         let pids: Vec<u32> = (0..stack.gateway_count())
             .filter_map(|i| stack.gateway_pid(i))
             .collect();
-        common_phases(args, s, report, &endpoint, &stack.nats_url(), &pids).await?;
+        let metrics = gateway_metrics_urls(&stack);
+        common_phases(
+            args,
+            s,
+            report,
+            &endpoint,
+            &stack.nats_url(),
+            &pids,
+            &metrics,
+        )
+        .await?;
         if args.runs(Phase::Scaling) {
             scaling(args, s, report, &endpoint, &mut stack).await?;
         }
@@ -215,7 +225,7 @@ async fn own_stacks(args: &BenchArgs, s: &Settings, report: &mut Report) -> anyh
         .await
         .context("starting the paced stack")?;
         let endpoint = Endpoint::parse(&stack.nginx_url())?;
-        paced(args, s, report, &endpoint).await?;
+        paced(args, s, report, &endpoint, &gateway_metrics_urls(&stack)).await?;
     }
     Ok(())
 }
@@ -231,7 +241,7 @@ async fn attached(
     report.skip(format!(
         "attached to {url}: the workers' settings (pacing, chunk window) are whatever that stack runs"
     ));
-    common_phases(args, s, report, &endpoint, &args.nats_url, &pids).await?;
+    common_phases(args, s, report, &endpoint, &args.nats_url, &pids, &[]).await?;
     if args.runs(Phase::Scaling) {
         report.skip("worker scaling: needs to stop workers (no --url)");
     }
@@ -250,6 +260,7 @@ async fn common_phases(
     endpoint: &Endpoint,
     nats_url: &str,
     gateway_pids: &[u32],
+    gateway_metrics: &[String],
 ) -> anyhow::Result<Option<f64>> {
     let mut js_rate = None;
     if args.runs(Phase::Raw) {
@@ -309,7 +320,10 @@ async fn common_phases(
             "end to end: {} sessions, {:?} + {:?}",
             s.sessions, s.warmup, s.measure
         );
+        let before = RepairCounters::read(gateway_metrics).await;
         let outcome = load::run(endpoint, &spec(args, s, s.sessions, s.measure)).await?;
+        let after = RepairCounters::read(gateway_metrics).await;
+        RepairCounters::note(before, after, "end-to-end run", report);
         let row = Row::rate(
             format!(
                 "end-to-end chunks/s to clients via Nginx, {} sessions, demo model at zero delay",
@@ -511,13 +525,17 @@ async fn paced(
     s: &Settings,
     report: &mut Report,
     endpoint: &Endpoint,
+    gateway_metrics: &[String],
 ) -> anyhow::Result<()> {
     for &streams in &s.paced_loads {
         println!(
             "paced: {streams} streams at {} tokens/s",
             args.paced_tokens_per_sec
         );
+        let before = RepairCounters::read(gateway_metrics).await;
         let mut outcome = load::run(endpoint, &spec(args, s, streams, s.paced)).await?;
+        let after = RepairCounters::read(gateway_metrics).await;
+        RepairCounters::note(before, after, &format!("{streams} paced streams"), report);
         if let Some(sum) = outcome.chunk_latency.summary() {
             let mut row = Row::latency(
                 format!(
@@ -540,4 +558,60 @@ async fn paced(
         check(report, endpoint, args, std::mem::take(&mut outcome)).await;
     }
     Ok(())
+}
+
+fn gateway_metrics_urls(stack: &Stack) -> Vec<String> {
+    (0..stack.gateway_count())
+        .map(|i| format!("{}/metrics", stack.gateway_url(i)))
+        .collect()
+}
+
+/// How often the gateways had to read the stream instead of forwarding a
+/// live event, summed over the gateways: what a load cost beyond the
+/// fan-out.
+#[derive(Debug, Default, Clone, Copy)]
+struct RepairCounters {
+    gap_repairs: f64,
+    catch_ups: f64,
+    replayed_events: f64,
+    slow_closes: f64,
+}
+
+impl RepairCounters {
+    async fn read(urls: &[String]) -> Option<Self> {
+        if urls.is_empty() {
+            return None;
+        }
+        let mut sum = Self::default();
+        for url in urls {
+            let (status, text) = stack::processes::http_get(url).await.ok()?;
+            if status != 200 {
+                return None;
+            }
+            let value = |name: &str| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
+                    .unwrap_or(0.0)
+            };
+            sum.gap_repairs += value("chat_gateway_gap_repairs_total");
+            sum.catch_ups += value("chat_gateway_catch_ups_total");
+            sum.replayed_events += value("chat_gateway_replayed_events_total");
+            sum.slow_closes += value("chat_gateway_slow_client_closes_total");
+        }
+        Some(sum)
+    }
+
+    /// Notes what changed from `before` to `after` (when both were read).
+    fn note(before: Option<Self>, after: Option<Self>, run: &str, report: &mut Report) {
+        let (Some(after), Some(before)) = (after, before) else {
+            return;
+        };
+        report.note(format!(
+            "{run}: gateways filled {} gaps, caught {} lagging sockets up, read {} events from the stream, closed {} stuck sockets",
+            thousands(after.gap_repairs - before.gap_repairs),
+            thousands(after.catch_ups - before.catch_ups),
+            thousands(after.replayed_events - before.replayed_events),
+            thousands(after.slow_closes - before.slow_closes),
+        ));
+    }
 }
