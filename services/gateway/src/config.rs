@@ -42,9 +42,11 @@ pub struct GatewayConfig {
     /// Frames one connection may send in a burst.
     #[arg(long, env = "GATEWAY_FRAME_BURST", default_value_t = 40.0)]
     pub frame_burst: f64,
-    /// Live events buffered for one socket before it is closed as too slow
-    /// (1013): a slow client never slows its session's other sockets. The
-    /// ring is allocated per attached session, so it is kept modest.
+    /// Live events a session keeps for its sockets on this gateway: one
+    /// that falls this far behind the fan-out takes what it missed from
+    /// here, and only from the stream beyond it; a slow client never slows
+    /// its session's other sockets. Grows with use only, so idle sessions
+    /// cost nothing.
     #[arg(long, env = "GATEWAY_OUTBOUND_QUEUE", default_value_t = 256)]
     pub outbound_queue: usize,
     /// Longest one write to a socket may block before it is closed as too slow.

@@ -3,10 +3,13 @@
 //! session is attached, and fanned out to those sockets through a bounded
 //! broadcast. The frame is built once per event (sequence spliced in, no
 //! JSON parse) and shared by every socket; the fan-out never waits for a
-//! socket: one that falls `outbound_queue` events behind misses them here
-//! and reads them from the stream instead (see `socket`).
+//! socket. The broadcast ring is small (it is allocated for every attached
+//! session, busy or idle); a socket that falls behind it takes what it
+//! missed from the session's recent events, a buffer of up to
+//! `outbound_queue` events that grows only with use, and from the stream
+//! beyond that (see `socket`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use axum::extract::ws::Utf8Bytes;
@@ -30,8 +33,17 @@ pub struct LiveEvent {
     pub kind: &'static str,
 }
 
+/// Slots of a session's broadcast ring: enough to hand over a burst
+/// between two polls of a socket, small enough for ten thousand idle
+/// sessions.
+const RING: usize = 32;
+
+/// The last events of a session, for sockets that fell behind the ring.
+type Recent = Arc<Mutex<VecDeque<Arc<LiveEvent>>>>;
+
 struct Feed {
     sender: broadcast::Sender<Arc<LiveEvent>>,
+    recent: Recent,
     sockets: usize,
     task: tokio::task::JoinHandle<()>,
 }
@@ -49,8 +61,26 @@ pub struct LiveHub {
 /// A socket's place in a session's feed; dropping the last one unsubscribes.
 pub struct Attachment {
     pub receiver: broadcast::Receiver<Arc<LiveEvent>>,
+    recent: Recent,
     hub: LiveHub,
     session: SessionId,
+}
+
+impl Attachment {
+    /// The session's recent events after `seq`, oldest first. The first
+    /// one's `prev` tells whether they reach back to `seq`; if not, the
+    /// caller fills the rest from the stream.
+    pub fn recent_after(&self, seq: u64) -> Vec<Arc<LiveEvent>> {
+        let Ok(recent) = self.recent.lock() else {
+            return Vec::new();
+        };
+        events_after(&recent, seq)
+    }
+}
+
+fn events_after(recent: &VecDeque<Arc<LiveEvent>>, seq: u64) -> Vec<Arc<LiveEvent>> {
+    let start = recent.partition_point(|e| e.seq <= seq);
+    recent.range(start..).cloned().collect()
 }
 
 impl Drop for Attachment {
@@ -87,6 +117,7 @@ impl LiveHub {
         feed.sockets += 1;
         Some(Attachment {
             receiver: feed.sender.subscribe(),
+            recent: feed.recent.clone(),
             hub: self.clone(),
             session,
         })
@@ -110,16 +141,25 @@ impl LiveHub {
             feed.sockets += 1;
             return Ok(Attachment {
                 receiver: feed.sender.subscribe(),
+                recent: feed.recent.clone(),
                 hub: self.clone(),
                 session,
             });
         }
-        let (sender, receiver) = broadcast::channel(self.capacity);
-        let task = tokio::spawn(forward(subscriber, sender.clone(), self.drop_every));
+        let (sender, receiver) = broadcast::channel(RING.min(self.capacity));
+        let recent = Recent::default();
+        let task = tokio::spawn(forward(
+            subscriber,
+            sender.clone(),
+            recent.clone(),
+            self.capacity,
+            self.drop_every,
+        ));
         feeds.insert(
             session,
             Feed {
                 sender,
+                recent: recent.clone(),
                 sockets: 1,
                 task,
             },
@@ -127,6 +167,7 @@ impl LiveHub {
         metrics::sessions_attached(feeds.len());
         Ok(Attachment {
             receiver,
+            recent,
             hub: self.clone(),
             session,
         })
@@ -160,11 +201,13 @@ pub fn event_kind(payload: &[u8]) -> &'static str {
         .unwrap_or("event")
 }
 
-/// The per-event hot path: headers, splice, one broadcast send. No KV, no
-/// parse, nothing awaited but the next message.
+/// The per-event hot path: headers, splice, remember, one broadcast send.
+/// No KV, no parse, nothing awaited but the next message.
 async fn forward(
     mut subscriber: async_nats::Subscriber,
     sender: broadcast::Sender<Arc<LiveEvent>>,
+    recent: Recent,
+    keep: usize,
     drop_every: u64,
 ) {
     let mut received = 0u64;
@@ -183,13 +226,20 @@ async fn forward(
             continue;
         };
         let kind = event_kind(&message.payload);
-        // No receiver at this instant is fine: sockets come and go.
-        let _ = sender.send(Arc::new(LiveEvent {
+        let event = Arc::new(LiveEvent {
             seq,
             prev,
             frame: frame.into(),
             kind,
-        }));
+        });
+        if let Ok(mut recent) = recent.lock() {
+            if recent.len() >= keep {
+                recent.pop_front();
+            }
+            recent.push_back(event.clone());
+        }
+        // No receiver at this instant is fine: sockets come and go.
+        let _ = sender.send(event);
     }
 }
 
@@ -197,6 +247,31 @@ async fn forward(
 mod tests {
     use super::*;
     use protocol::{Event, MessageId};
+
+    #[test]
+    fn recent_events_after_a_sequence_come_in_order() {
+        let recent: VecDeque<Arc<LiveEvent>> = [(7, 3), (9, 7), (12, 9)]
+            .into_iter()
+            .map(|(seq, prev)| {
+                Arc::new(LiveEvent {
+                    seq,
+                    prev,
+                    frame: Utf8Bytes::from_static("{}"),
+                    kind: "chunk",
+                })
+            })
+            .collect();
+        let seqs = |after| {
+            events_after(&recent, after)
+                .iter()
+                .map(|e| e.seq)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(seqs(0), vec![7, 9, 12]);
+        assert_eq!(seqs(7), vec![9, 12]);
+        assert_eq!(seqs(8), vec![9, 12]);
+        assert_eq!(seqs(12), Vec::<u64>::new());
+    }
 
     #[test]
     fn event_kinds_are_read_without_parsing() {

@@ -49,6 +49,10 @@ const SLOW_CONSUMER: &str = "slow consumer";
 const REPAIR_ATTEMPTS: u32 = 4;
 const REPAIR_RETRY: Duration = Duration::from_millis(20);
 
+/// Live events queued for one write at most, before the relay looks at
+/// its other inputs again.
+const DRAIN_AT_ONCE: usize = 64;
+
 /// Commands from the reader to the relay. Bounded: a client that floods
 /// while its socket is slow waits on itself, never on anyone else.
 const COMMAND_QUEUE: usize = 64;
@@ -81,7 +85,10 @@ pub async fn serve(socket: WebSocket, state: AppState, query: HashMap<String, St
 async fn run(socket: WebSocket, state: AppState, query: HashMap<String, String>) {
     let (mut sink, stream) = socket.split();
     let write_timeout = state.config.write_timeout();
-    let attached = match attach(&state, &query).await {
+    // Cold paths are boxed: an async fn's future is as large as the largest
+    // future it awaits inline, and ten thousand idle sockets would each
+    // carry the room that only attaching, replaying or submitting need.
+    let attached = match Box::pin(attach(&state, &query)).await {
         Ok(attached) => attached,
         Err((error, close)) => {
             // The error frame says why; the close code is what a client acts on.
@@ -92,7 +99,7 @@ async fn run(socket: WebSocket, state: AppState, query: HashMap<String, String>)
         }
     };
     tracing::Span::current().record("session_id", tracing::field::display(attached.session));
-    sessions::touch(&state, attached.session).await;
+    Box::pin(sessions::touch(&state, attached.session)).await;
 
     let (commands, inbox) = mpsc::channel(COMMAND_QUEUE);
     let reader =
@@ -259,9 +266,7 @@ async fn read(
                     content,
                     model,
                 };
-                match chat::submit(&state, session, input)
-                    .instrument(span.clone())
-                    .await
+                match Box::pin(chat::submit(&state, session, input).instrument(span.clone())).await
                 {
                     Ok(accepted) => {
                         span.record("message_id", tracing::field::display(accepted.message_id));
@@ -274,7 +279,7 @@ async fn read(
                 }
             }
             ClientFrame::Cancel { message_id } => {
-                match chat::cancel(&state, session, message_id).await {
+                match Box::pin(chat::cancel(&state, session, message_id)).await {
                     // A cancel is answered by the `cancelled` event, not a frame.
                     Ok(()) => continue,
                     Err(e) => Command::Control(e.frame(Some(message_id))),
@@ -344,7 +349,11 @@ struct Relay {
 
 impl Relay {
     async fn run(mut self, attached: Attached, mut inbox: mpsc::Receiver<Command>) {
-        let end = match self.start(&attached).await {
+        let started = match Box::pin(self.start(&attached)).await {
+            Ok(()) => self.flush().await,
+            Err(end) => Err(end),
+        };
+        let end = match started {
             Ok(()) => self.forward(attached.attachment, &mut inbox).await,
             Err(end) => end,
         };
@@ -402,54 +411,78 @@ impl Relay {
         let mut tail_suspect: Option<u64> = None;
         loop {
             let check_at = tail_check.unwrap_or_else(|| Instant::now() + quiet);
-            tokio::select! {
+            let step = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => return End::Close(CLOSE_RESTART, "service restart"),
                 _ = tokio::time::sleep_until(check_at), if tail_check.is_some() => {
                     tail_check = None;
-                    match self.check_tail(tail_suspect.take()).await {
-                        Ok(None) => {}
+                    match Box::pin(self.check_tail(tail_suspect.take())).await {
+                        Ok(None) => Ok(()),
                         Ok(Some(suspect)) => {
                             tail_suspect = Some(suspect);
                             tail_check = Some(Instant::now() + quiet);
+                            Ok(())
                         }
-                        Err(end) => return end,
+                        Err(end) => Err(end),
                     }
                 }
-                command = inbox.recv() => {
-                    let step = match command {
-                        None => return End::Closed,
-                        Some(Command::Close(code, reason)) => return End::Close(code, reason),
-                        Some(Command::Control(frame)) => self.send_control(&frame).await,
-                        Some(Command::Resume(after)) => self.resume(after).await,
-                    };
-                    if let Err(end) = step {
-                        return end;
-                    }
-                }
-                event = attachment.receiver.recv() => match event {
-                    Ok(event) => {
-                        if let Err(end) = self.live(&event).await {
-                            return end;
-                        }
-                        tail_check = Some(Instant::now() + quiet);
-                    }
-                    // Fell `outbound_queue` events behind: the fan-out does
-                    // not wait for anyone, so the ring moved on without this
-                    // socket. The next event's `prev` shows the hole, which
-                    // `live` fills from the stream at the socket's own pace.
-                    // A client that stops reading altogether is closed by
-                    // the write timeout instead.
-                    Err(broadcast::error::RecvError::Lagged(skipped)) => {
-                        tracing::debug!(skipped, "socket fell behind its live feed; catching up from the stream");
-                        metrics::caught_up_from_stream();
-                    }
-                    Err(broadcast::error::RecvError::Closed) => {
-                        return End::Close(CLOSE_TRY_LATER, "live feed ended");
-                    }
+                command = inbox.recv() => match command {
+                    None => return End::Closed,
+                    Some(Command::Close(code, reason)) => return End::Close(code, reason),
+                    Some(Command::Control(frame)) => self.send_control(&frame).await,
+                    Some(Command::Resume(after)) => Box::pin(self.resume(after)).await,
                 },
+                event = attachment.receiver.recv() => {
+                    tail_check = Some(Instant::now() + quiet);
+                    match event {
+                        Ok(event) => match self.live(&event).await {
+                            Ok(()) => self.drain_ready(&mut attachment).await,
+                            Err(end) => Err(end),
+                        },
+                        Err(broadcast::error::RecvError::Lagged(skipped)) => {
+                            fell_behind(skipped);
+                            self.catch_up(&attachment).await
+                        }
+                        Err(broadcast::error::RecvError::Closed) => {
+                            return End::Close(CLOSE_TRY_LATER, "live feed ended");
+                        }
+                    }
+                }
+            };
+            // Everything this step queued leaves in as few writes as it takes.
+            if let Err(end) = step {
+                return end;
+            }
+            if let Err(end) = self.flush().await {
+                return end;
             }
         }
+    }
+
+    /// After falling behind the ring: the session's recent events after
+    /// `last_sent` (`live` reads the stream for any older hole). The ring's
+    /// copies of them, still to come, are then dropped as duplicates.
+    async fn catch_up(&mut self, attachment: &Attachment) -> Result<(), End> {
+        for event in attachment.recent_after(self.last_sent) {
+            self.live(&event).await?;
+        }
+        Ok(())
+    }
+
+    /// Queues the live events already waiting behind the one just sent (up
+    /// to a bound, so commands and shutdown are not starved), for one flush.
+    async fn drain_ready(&mut self, attachment: &mut Attachment) -> Result<(), End> {
+        for _ in 0..DRAIN_AT_ONCE {
+            match attachment.receiver.try_recv() {
+                Ok(event) => self.live(&event).await?,
+                Err(broadcast::error::TryRecvError::Lagged(skipped)) => {
+                    fell_behind(skipped);
+                    self.catch_up(attachment).await?;
+                }
+                Err(_) => break,
+            }
+        }
+        Ok(())
     }
 
     /// One live event: drop a duplicate, fill a gap from the stream, send.
@@ -462,7 +495,7 @@ impl Relay {
             // and this gateway, or this socket fell a ring behind): fill the
             // hole before anything after it.
             metrics::gap_repaired();
-            self.repair_through(event.prev).await?;
+            Box::pin(self.repair_through(event.prev)).await?;
         }
         self.send_text(event.frame.clone(), event.kind).await?;
         if event.kind == "chunk" {
@@ -587,16 +620,45 @@ impl Relay {
         self.send_text(frame.to_json().into(), kind).await
     }
 
+    /// Queues a frame: it leaves with the next [`Self::flush`], or earlier
+    /// when the socket's write buffer fills. Bounded in time like a send.
     async fn send_text(&mut self, text: Utf8Bytes, kind: &'static str) -> Result<(), End> {
-        match send_text(&mut self.sink, text, self.state.config.write_timeout()).await {
-            Ok(()) => {
+        let queued = tokio::time::timeout(
+            self.state.config.write_timeout(),
+            self.sink.feed(Message::Text(text)),
+        )
+        .await;
+        match queued {
+            Ok(Ok(())) => {
                 metrics::frames_out(kind, 1);
                 Ok(())
             }
-            Err(SendFailed::TimedOut) => Err(End::Close(CLOSE_TRY_LATER, SLOW_CONSUMER)),
-            Err(SendFailed::Gone) => Err(End::Closed),
+            Ok(Err(_)) => Err(End::Closed),
+            Err(_) => Err(End::Close(CLOSE_TRY_LATER, SLOW_CONSUMER)),
         }
     }
+
+    /// Writes out every queued frame.
+    async fn flush(&mut self) -> Result<(), End> {
+        match tokio::time::timeout(self.state.config.write_timeout(), self.sink.flush()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(End::Closed),
+            Err(_) => Err(End::Close(CLOSE_TRY_LATER, SLOW_CONSUMER)),
+        }
+    }
+}
+
+/// The socket fell behind its session's ring: the fan-out does not wait for
+/// anyone, so the ring moved on without it. What it missed comes from the
+/// session's recent events, or the stream (see `Relay::catch_up`), at the
+/// socket's own pace. A client that stops reading altogether is closed by
+/// the write timeout instead.
+fn fell_behind(skipped: u64) {
+    tracing::debug!(
+        skipped,
+        "socket fell behind its live feed; catching up from the stream"
+    );
+    metrics::caught_up_from_stream();
 }
 
 enum SendFailed {

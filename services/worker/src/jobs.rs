@@ -285,21 +285,40 @@ impl Job {
     async fn already_answered(&self) -> bool {
         let ctx = &self.ctx;
         let id = self.message_id();
-        match sessions::load(&ctx.layout.sessions, self.request.session_id).await {
+        let subject = subjects::history(self.request.session_id);
+        // Both reads at once: they sit before the first chunk.
+        let (record, last_turn) = tokio::join!(
+            sessions::load(&ctx.layout.sessions, self.request.session_id),
+            ctx.layout.history.direct_get_last_for_subject(subject),
+        );
+        match record {
             Ok(Some(v)) if v.record.is_finished(id) => return true,
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "reading the session record"),
         }
-        let subject = subjects::history(self.request.session_id);
-        match ctx
-            .layout
-            .history
-            .direct_get_last_for_subject(subject)
-            .await
-        {
+        match last_turn {
             Ok(last) => serde_json::from_slice::<Turn>(&last.payload)
                 .is_ok_and(|turn| turn.message_id == id),
             Err(_) => false,
+        }
+    }
+
+    /// The finished turns the model gets as context (none if it takes none).
+    async fn context(&self) -> Vec<Turn> {
+        let ctx = &self.ctx;
+        let turns = ctx.backend.context_turns();
+        if turns == 0 {
+            return Vec::new();
+        }
+        let client = ctx.js.client();
+        match stored::read_turns(&client, &ctx.layout.history, self.request.session_id, turns).await
+        {
+            Ok(history) => history,
+            Err(e) => {
+                // Context is a nicety; an answer without it beats none.
+                tracing::warn!(error = %e, "reading history for context");
+                Vec::new()
+            }
         }
     }
 
@@ -308,7 +327,14 @@ impl Job {
         let id = self.message_id();
         let guard = ctx.cancels.register(id);
 
-        if self.already_answered().await {
+        // What decides whether and how this job runs, read at once: every
+        // round trip here is added to the time to the first chunk.
+        let (answered, cancel_flagged, history) = tokio::join!(
+            self.already_answered(),
+            cancel::flag_set(&ctx.layout.sessions, id),
+            self.context(),
+        );
+        if answered {
             ack(&self.message).await;
             return Ok(Report {
                 outcome: None,
@@ -329,7 +355,7 @@ impl Job {
             tracing::debug!(error = %e, "announcing the claim");
         }
 
-        if guard.token().is_cancelled() || cancel::flag_set(&ctx.layout.sessions, id).await {
+        if guard.token().is_cancelled() || cancel_flagged {
             publish_now(
                 ctx,
                 self.request.session_id,
@@ -357,27 +383,6 @@ impl Job {
                 return Ok(Report::new(Outcome::Failed, "unknown model"));
             }
         }
-
-        let history = match ctx.backend.context_turns() {
-            0 => Vec::new(),
-            turns => {
-                match stored::read_turns(
-                    &ctx.js.client(),
-                    &ctx.layout.history,
-                    self.request.session_id,
-                    turns,
-                )
-                .await
-                {
-                    Ok(history) => history,
-                    Err(e) => {
-                        // Context is a nicety; an answer without it beats none.
-                        tracing::warn!(error = %e, "reading history for context");
-                        Vec::new()
-                    }
-                }
-            }
-        };
 
         let mut publisher =
             EventPublisher::start(ctx.js.clone(), subjects::events(self.request.session_id));

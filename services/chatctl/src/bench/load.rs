@@ -3,6 +3,7 @@
 //! latency measures all come from here. Every frame is checked as it
 //! arrives (see [`super::ledger`]).
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,6 +11,7 @@ use std::time::{Duration, Instant};
 use futures::{StreamExt, TryStreamExt};
 use protocol::MessageId;
 
+use super::cpu::CpuSnapshot;
 use super::ledger::{self, MessageCheck, SeqLog};
 use super::socket::{chat_frame, Attach, Endpoint, Frame, Ready, Socket, FRAME_TIMEOUT};
 use super::stats::{now_us, Samples};
@@ -42,6 +44,10 @@ pub struct LoadOutcome {
     pub ttft: Samples,
     /// `chat` sent → `accepted` received (the gateway's part of the first chunk's wait).
     pub accepted: Samples,
+    /// CPU seconds per component during the measured window.
+    pub cpu: BTreeMap<String, f64>,
+    /// Chunks delivered during the measured window.
+    pub measured_chunks: u64,
     pub sessions: Vec<SessionLog>,
     pub problems: Vec<String>,
     pub restarts: u64,
@@ -100,6 +106,7 @@ pub async fn run(endpoint: &Endpoint, spec: &LoadSpec) -> anyhow::Result<LoadOut
         shared.turns.load(Ordering::Relaxed),
     );
     let started = Instant::now();
+    let cpu_before = CpuSnapshot::take();
     shared.measuring.store(true, Ordering::Relaxed);
     tokio::time::sleep(spec.measure).await;
     shared.measuring.store(false, Ordering::Relaxed);
@@ -108,10 +115,13 @@ pub async fn run(endpoint: &Endpoint, spec: &LoadSpec) -> anyhow::Result<LoadOut
         shared.chunks.load(Ordering::Relaxed),
         shared.turns.load(Ordering::Relaxed),
     );
+    let cpu = CpuSnapshot::take().since(&cpu_before);
     shared.stop.store(true, Ordering::Relaxed);
     let mut outcome = LoadOutcome {
         chunks_per_sec: (c1 - c0) as f64 / elapsed,
         turns_per_sec: (t1 - t0) as f64 / elapsed,
+        cpu,
+        measured_chunks: c1 - c0,
         ..Default::default()
     };
     while let Some(joined) = tasks.join_next().await {

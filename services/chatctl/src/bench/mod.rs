@@ -8,6 +8,7 @@
 //! with paced streams for chunk latency. With `--url` it attaches to a
 //! running stack instead and skips what needs process control.
 
+pub mod cpu;
 pub mod idle;
 pub mod ledger;
 pub mod load;
@@ -103,7 +104,8 @@ pub struct BenchArgs {
     /// heaviest case: every token is a stored, replayable event).
     #[arg(long, default_value_t = 0)]
     pub chunk_window_ms: u64,
-    /// Sessions in the time-to-first-chunk run (light load).
+    /// Sessions in the time-to-first-chunk run, each asking turn after turn
+    /// (default 1: a quiet system; the e2e run reports it under full load).
     #[arg(long)]
     pub ttft_sessions: Option<usize>,
     /// Seconds counted in the time-to-first-chunk run.

@@ -5,6 +5,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use stack::processes::{Stack, StackOptions};
 
+use super::cpu::CpuSnapshot;
 use super::idle;
 use super::load::{self, LoadOutcome, LoadSpec};
 use super::raw_nats;
@@ -59,7 +60,7 @@ impl Settings {
             sessions: a.sessions.unwrap_or(if full { 1_000 } else { 200 }),
             warmup: secs(a.warmup_secs, pick(2.0, 3.0)),
             measure: secs(a.measure_secs, pick(8.0, 20.0)),
-            ttft_sessions: a.ttft_sessions.unwrap_or(4),
+            ttft_sessions: a.ttft_sessions.unwrap_or(1),
             ttft: secs(a.ttft_secs, pick(4.0, 10.0)),
             paced_loads: if a.paced_loads.is_empty() {
                 if full {
@@ -277,6 +278,7 @@ async fn common_phases(
                 .push_str(&format!(" ({} of {} arrived)", core.received, core.sent));
         }
         report.push(row);
+        let cpu_before = CpuSnapshot::take();
         let js = raw_nats::jetstream_pipelined(
             nats_url,
             s.js_messages,
@@ -284,6 +286,7 @@ async fn common_phases(
             args.js_window,
         )
         .await?;
+        let cpu = CpuSnapshot::take().since(&cpu_before);
         report.push(Row::rate(
             format!(
                 "JetStream publish, file storage, pipelined ({} in flight), {} B",
@@ -292,6 +295,20 @@ async fn common_phases(
             "msgs_per_sec",
             js,
             "msg/s",
+        ));
+        let per_message_us =
+            |name: &str| cpu.get(name).copied().unwrap_or(0.0) * 1e6 / s.js_messages.max(1) as f64;
+        report.push(Row::text(
+            "CPU per pipelined JetStream publish, µs",
+            vec![
+                ("nats_server_us".into(), per_message_us("nats-server")),
+                ("bench_us".into(), per_message_us("bench")),
+            ],
+            format!(
+                "nats-server {:.1}, publisher {:.1}",
+                per_message_us("nats-server"),
+                per_message_us("bench")
+            ),
         ));
         js_rate = Some(js);
     }
@@ -315,91 +332,8 @@ async fn common_phases(
             ));
         }
     }
-    if args.runs(Phase::E2e) {
-        println!(
-            "end to end: {} sessions, {:?} + {:?}",
-            s.sessions, s.warmup, s.measure
-        );
-        let before = RepairCounters::read(gateway_metrics).await;
-        let outcome = load::run(endpoint, &spec(args, s, s.sessions, s.measure)).await?;
-        let after = RepairCounters::read(gateway_metrics).await;
-        RepairCounters::note(before, after, "end-to-end run", report);
-        let row = Row::rate(
-            format!(
-                "end-to-end chunks/s to clients via Nginx, {} sessions, demo model at zero delay",
-                s.sessions
-            ),
-            "chunks_per_sec",
-            outcome.chunks_per_sec,
-            "chunks/s",
-        )
-        .target(
-            format!("≥ {}", thousands(TARGET_E2E_CHUNKS)),
-            outcome.chunks_per_sec >= TARGET_E2E_CHUNKS,
-        );
-        report.push(row);
-        report.push(Row::rate(
-            "answers completed (e2e run)",
-            "turns_per_sec",
-            outcome.turns_per_sec,
-            "answers/s",
-        ));
-        if let Some(js) = js_rate {
-            let ratio = outcome.chunks_per_sec / js;
-            report.push(
-                Row::text(
-                    "end-to-end ÷ raw JetStream pipelined",
-                    vec![("ratio".into(), ratio)],
-                    format!("{ratio:.2}"),
-                )
-                .target(format!("≥ {TARGET_E2E_RATIO}"), ratio >= TARGET_E2E_RATIO),
-            );
-        }
-        check(report, endpoint, args, outcome).await;
-    }
-    if args.runs(Phase::Ttft) {
-        println!("time to first chunk: {} sessions", s.ttft_sessions);
-        let mut outcome = load::run(endpoint, &spec(args, s, s.ttft_sessions, s.ttft)).await?;
-        if let Some(sum) = outcome.ttft.summary() {
-            let met = sum.p50_ms < TARGET_TTFT_P50_MS;
-            report.push(
-                Row::latency(
-                    format!(
-                        "time to first chunk from `chat` sent, {} sessions, zero delay",
-                        s.ttft_sessions
-                    ),
-                    &sum,
-                )
-                .target(format!("p50 < {TARGET_TTFT_P50_MS} ms"), met),
-            );
-        }
-        if let Some(sum) = outcome.accepted.summary() {
-            report.push(Row::latency(
-                "`chat` sent → `accepted` (gateway: session record, user message, queue)",
-                &sum,
-            ));
-        }
-        check(report, endpoint, args, std::mem::take(&mut outcome)).await;
-    }
-    if args.runs(Phase::Replay) {
-        println!("replay of {} events", args.replay_events);
-        let session = replay::prepare(endpoint, args.replay_events, args.answer_tokens).await?;
-        let mut timings =
-            replay::measure(endpoint, &session, args.replay_events, s.replay_samples).await?;
-        if let Some(sum) = timings.summary() {
-            let met = sum.p99_ms < TARGET_REPLAY_P99_MS;
-            report.push(
-                Row::latency(
-                    format!(
-                        "reconnect with after_seq replaying {} events (connect → last event)",
-                        args.replay_events
-                    ),
-                    &sum,
-                )
-                .target(format!("p99 < {TARGET_REPLAY_P99_MS} ms"), met),
-            );
-        }
-    }
+    // Idle memory first, on gateways no load has run through yet: memory a
+    // load freed would otherwise be reused and flatter the figure.
     if args.runs(Phase::Idle) {
         if gateway_pids.is_empty() {
             report.skip("idle memory: no gateway process found");
@@ -451,6 +385,103 @@ async fn common_phases(
                     ),
                     outcome.connections >= TARGET_IDLE_CONNECTIONS && per < TARGET_IDLE_BYTES,
                 ),
+            );
+        }
+    }
+    if args.runs(Phase::E2e) {
+        println!(
+            "end to end: {} sessions, {:?} + {:?}",
+            s.sessions, s.warmup, s.measure
+        );
+        let before = RepairCounters::read(gateway_metrics).await;
+        let mut outcome = load::run(endpoint, &spec(args, s, s.sessions, s.measure)).await?;
+        let after = RepairCounters::read(gateway_metrics).await;
+        RepairCounters::note(before, after, "end-to-end run", report);
+        let row = Row::rate(
+            format!(
+                "end-to-end chunks/s to clients via Nginx, {} sessions, demo model at zero delay",
+                s.sessions
+            ),
+            "chunks_per_sec",
+            outcome.chunks_per_sec,
+            "chunks/s",
+        )
+        .target(
+            format!("≥ {}", thousands(TARGET_E2E_CHUNKS)),
+            outcome.chunks_per_sec >= TARGET_E2E_CHUNKS,
+        );
+        report.push(row);
+        report.push(Row::rate(
+            "answers completed (e2e run)",
+            "turns_per_sec",
+            outcome.turns_per_sec,
+            "answers/s",
+        ));
+        if let Some(row) = cpu_row(&outcome) {
+            report.push(row);
+        }
+        if let Some(sum) = outcome.ttft.summary() {
+            report.push(Row::latency(
+                format!(
+                    "time to first chunk during the e2e run ({} sessions, saturated)",
+                    s.sessions
+                ),
+                &sum,
+            ));
+        }
+        if let Some(js) = js_rate {
+            let ratio = outcome.chunks_per_sec / js;
+            report.push(
+                Row::text(
+                    "end-to-end ÷ raw JetStream pipelined",
+                    vec![("ratio".into(), ratio)],
+                    format!("{ratio:.2}"),
+                )
+                .target(format!("≥ {TARGET_E2E_RATIO}"), ratio >= TARGET_E2E_RATIO),
+            );
+        }
+        check(report, endpoint, args, outcome).await;
+    }
+    if args.runs(Phase::Ttft) {
+        println!("time to first chunk: {} sessions", s.ttft_sessions);
+        let mut outcome = load::run(endpoint, &spec(args, s, s.ttft_sessions, s.ttft)).await?;
+        if let Some(sum) = outcome.ttft.summary() {
+            let met = sum.p50_ms < TARGET_TTFT_P50_MS;
+            report.push(
+                Row::latency(
+                    format!(
+                        "time to first chunk from `chat` sent, zero delay, {} session(s) asking turn after turn",
+                        s.ttft_sessions
+                    ),
+                    &sum,
+                )
+                .target(format!("p50 < {TARGET_TTFT_P50_MS} ms"), met),
+            );
+        }
+        if let Some(sum) = outcome.accepted.summary() {
+            report.push(Row::latency(
+                "`chat` sent → `accepted` (gateway: session record, user message, queue)",
+                &sum,
+            ));
+        }
+        check(report, endpoint, args, std::mem::take(&mut outcome)).await;
+    }
+    if args.runs(Phase::Replay) {
+        println!("replay of {} events", args.replay_events);
+        let session = replay::prepare(endpoint, args.replay_events, args.answer_tokens).await?;
+        let mut timings =
+            replay::measure(endpoint, &session, args.replay_events, s.replay_samples).await?;
+        if let Some(sum) = timings.summary() {
+            let met = sum.p99_ms < TARGET_REPLAY_P99_MS;
+            report.push(
+                Row::latency(
+                    format!(
+                        "reconnect with after_seq replaying {} events (connect → last event)",
+                        args.replay_events
+                    ),
+                    &sum,
+                )
+                .target(format!("p99 < {TARGET_REPLAY_P99_MS} ms"), met),
             );
         }
     }
@@ -614,4 +645,26 @@ impl RepairCounters {
             thousands(after.slow_closes - before.slow_closes),
         ));
     }
+}
+
+/// CPU per delivered chunk, per component, in the measured window: where
+/// the end-to-end rate goes on a machine whose cores everything shares.
+fn cpu_row(outcome: &LoadOutcome) -> Option<Row> {
+    if outcome.measured_chunks == 0 || outcome.cpu.is_empty() {
+        return None;
+    }
+    let chunks = outcome.measured_chunks as f64;
+    let per_chunk_us = |secs: f64| secs * 1e6 / chunks;
+    let total: f64 = outcome.cpu.values().sum();
+    let mut values = vec![("total_us_per_chunk".to_string(), per_chunk_us(total))];
+    let mut parts = Vec::new();
+    for (name, secs) in &outcome.cpu {
+        values.push((format!("{name}_us_per_chunk"), per_chunk_us(*secs)));
+        parts.push(format!("{name} {:.1}", per_chunk_us(*secs)));
+    }
+    Some(Row::text(
+        "CPU per delivered chunk (e2e run), µs",
+        values,
+        format!("{:.1} in all: {}", per_chunk_us(total), parts.join(", ")),
+    ))
 }
