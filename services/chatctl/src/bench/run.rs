@@ -64,7 +64,7 @@ impl Settings {
             ttft: secs(a.ttft_secs, pick(4.0, 10.0)),
             paced_loads: if a.paced_loads.is_empty() {
                 if full {
-                    vec![10, 100, 1_000]
+                    vec![10, 100, 250, 500, 1_000]
                 } else {
                     vec![10, 100, 500]
                 }
@@ -417,7 +417,7 @@ async fn common_phases(
             outcome.turns_per_sec,
             "answers/s",
         ));
-        if let Some(row) = cpu_row(&outcome) {
+        if let Some(row) = cpu_row(&outcome, "e2e run") {
             report.push(row);
         }
         if let Some(sum) = outcome.ttft.summary() {
@@ -586,6 +586,9 @@ async fn paced(
             }
             report.push(row);
         }
+        if let Some(row) = cpu_row(&outcome, &format!("{streams} paced streams")) {
+            report.push(row);
+        }
         check(report, endpoint, args, std::mem::take(&mut outcome)).await;
     }
     Ok(())
@@ -649,7 +652,7 @@ impl RepairCounters {
 
 /// CPU per delivered chunk, per component, in the measured window: where
 /// the end-to-end rate goes on a machine whose cores everything shares.
-fn cpu_row(outcome: &LoadOutcome) -> Option<Row> {
+fn cpu_row(outcome: &LoadOutcome, run: &str) -> Option<Row> {
     if outcome.measured_chunks == 0 || outcome.cpu.is_empty() {
         return None;
     }
@@ -663,7 +666,7 @@ fn cpu_row(outcome: &LoadOutcome) -> Option<Row> {
         parts.push(format!("{name} {:.1}", per_chunk_us(*secs)));
     }
     Some(Row::text(
-        "CPU per delivered chunk (e2e run), µs",
+        format!("CPU per delivered chunk ({run}), µs"),
         values,
         format!("{:.1} in all: {}", per_chunk_us(total), parts.join(", ")),
     ))
