@@ -85,9 +85,11 @@ impl RunningWorker {
         if !jobs_done {
             // Hand jobs back only once no pull request of ours is open, or
             // the server would deliver them straight back to us.
-            if tokio::time::timeout(PULLER_WAIT, &mut puller)
-                .await
-                .is_err()
+            // (A finished puller must not be polled again.)
+            if !puller_done
+                && tokio::time::timeout(PULLER_WAIT, &mut puller)
+                    .await
+                    .is_err()
             {
                 puller.abort();
             }
