@@ -42,9 +42,6 @@ async fn sessions_chat_end_to_end_without_loss() {
             ("CHUNK_WINDOW_MS".into(), "0".into()),
             ("GATEWAY_FRAMES_PER_SEC".into(), "10000".into()),
             ("GATEWAY_FRAME_BURST".into(), "10000".into()),
-            // As in the bench's stacks: a turn sent the moment `done` arrives
-            // can find the previous message not yet released by the worker.
-            ("CHAT_MAX_IN_FLIGHT_PER_SESSION".into(), "8".into()),
         ],
         ..Default::default()
     })

@@ -8,7 +8,7 @@ mod support;
 use protocol::frames::{ControlFrame, ServerFrame};
 use protocol::Event;
 use serde_json::json;
-use support::{answer, assert_strictly_increasing, TestApp, ANSWER_TOKENS};
+use support::{answer, assert_strictly_increasing, Options, TestApp, ANSWER_TOKENS};
 
 #[tokio::test]
 async fn a_websocket_chat_streams_the_demo_answer_in_order() {
@@ -60,6 +60,29 @@ async fn a_websocket_chat_streams_the_demo_answer_in_order() {
     // The same events, from the stream, through REST.
     let stored = app.events(&session.to_string(), &token, 0).await;
     assert_eq!(stored, events);
+}
+
+#[tokio::test]
+async fn a_question_sent_the_moment_done_arrives_is_never_refused() {
+    // One message in flight per session: the worker frees the slot before it
+    // stores `done`, so the next question, sent on `done`, always fits.
+    let app = TestApp::start_with(Options {
+        gateway_args: vec!["--max-in-flight-per-session".into(), "1".into()],
+        ..Default::default()
+    })
+    .await;
+    let (session, token) = app.new_session().await;
+    let mut ws = app.connect(&session, &token, None).await;
+    ws.ready().await;
+    for turn in 0..15 {
+        // `chat` panics on an error frame such as `rate_limited`.
+        let (id, _) = ws.chat(&format!("turn {turn}")).await;
+        let events = ws.until_terminal(id).await;
+        assert!(matches!(
+            events.last().map(|e| &e.event),
+            Some(Event::Done { .. })
+        ));
+    }
 }
 
 #[tokio::test]

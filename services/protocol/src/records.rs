@@ -48,6 +48,14 @@ impl SessionRecord {
         self.recent.contains(&message)
     }
 
+    /// Stops counting a message as in flight without marking it answered;
+    /// true when it changed anything.
+    pub fn release(&mut self, message: MessageId) -> bool {
+        let before = self.active.len();
+        self.active.retain(|m| m.message_id != message);
+        before != self.active.len()
+    }
+
     /// Moves a message from `active` to `recent`; true when it changed anything.
     pub fn finish(&mut self, message: MessageId) -> bool {
         let before = self.active.len();
@@ -121,6 +129,24 @@ pub struct DeadLetter {
 mod tests {
     use super::*;
     use crate::ids::SessionToken;
+
+    #[test]
+    fn release_frees_the_slot_without_marking_the_message_answered() {
+        let (a, b) = (MessageId::new(), MessageId::new());
+        let mut record = SessionRecord::new(SessionToken::generate().hash(), "n".into(), 0);
+        for id in [a, b] {
+            record.active.push(ActiveMessage {
+                message_id: id,
+                accepted_at_ms: 1,
+            });
+        }
+        assert!(record.release(a));
+        assert!(!record.is_active(a) && !record.is_finished(a));
+        assert!(record.is_active(b));
+        assert!(!record.release(a));
+        assert!(record.finish(a), "finishing later still records it");
+        assert!(record.is_finished(a));
+    }
 
     #[test]
     fn finish_moves_active_to_recent_and_bounds_it() {

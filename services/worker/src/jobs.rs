@@ -447,12 +447,15 @@ impl Job {
                 usage,
             } => {
                 publisher
-                    .finish_with(&Event::Done {
-                        message_id: id,
-                        attempt: self.attempt,
-                        finish_reason: finish_reason.clone(),
-                        usage,
-                    })
+                    .finish_with(
+                        &Event::Done {
+                            message_id: id,
+                            attempt: self.attempt,
+                            finish_reason: finish_reason.clone(),
+                            usage,
+                        },
+                        release_slot(ctx, &self.request),
+                    )
                     .await?;
                 self.record_turn(TurnStatus::Done, text, Some(finish_reason), usage)
                     .await?;
@@ -466,7 +469,10 @@ impl Job {
             }
             Ending::Cancelled => {
                 publisher
-                    .finish_with(&Event::Cancelled { message_id: id })
+                    .finish_with(
+                        &Event::Cancelled { message_id: id },
+                        release_slot(ctx, &self.request),
+                    )
                     .await?;
                 self.record_turn(TurnStatus::Cancelled, text, None, None)
                     .await?;
@@ -476,11 +482,14 @@ impl Job {
             }
             Ending::Backend(BackendError::Rejected(reason)) => {
                 publisher
-                    .finish_with(&Event::Error {
-                        message_id: Some(id),
-                        code: ErrorCode::ModelFailed,
-                        message: reason,
-                    })
+                    .finish_with(
+                        &Event::Error {
+                            message_id: Some(id),
+                            code: ErrorCode::ModelFailed,
+                            message: reason,
+                        },
+                        release_slot(ctx, &self.request),
+                    )
                     .await?;
                 self.record_turn(TurnStatus::Failed, text, None, None)
                     .await?;
@@ -746,6 +755,22 @@ pub async fn finish_session(ctx: &JobContext, request: &ChatRequest) {
                 return;
             }
         }
+    }
+}
+
+/// Frees the message's in-flight slot in the session record before its
+/// terminal event is stored, so a client that sends its next question the
+/// moment `done` arrives is never refused for a message that has ended.
+/// It stays out of `recent` until [`record_turn`] (what marks it answered
+/// for a redelivery), and a failed write is left to `finish_session`.
+async fn release_slot(ctx: &JobContext, request: &ChatRequest) {
+    let id = request.message_id;
+    let released = sessions::update(&ctx.layout.sessions, request.session_id, |r| {
+        Ok::<_, Infallible>(r.release(id))
+    })
+    .await;
+    if let Err(e) = released {
+        tracing::debug!(error = %e, "releasing the in-flight slot early");
     }
 }
 

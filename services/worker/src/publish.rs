@@ -87,11 +87,17 @@ impl EventPublisher {
     /// only once every event before it is acknowledged, and waits for its
     /// own ack: a lost chunk then fails the attempt (it is retried with
     /// `restart`) instead of leaving a complete-looking answer with a hole
-    /// followed by a second terminal event.
-    pub async fn finish_with(self, terminal: &Event) -> Result<(), PublishFailed> {
+    /// followed by a second terminal event. `meanwhile` runs while the acks
+    /// are awaited and is done before the terminal event is stored.
+    pub async fn finish_with(
+        self,
+        terminal: &Event,
+        meanwhile: impl std::future::Future<Output = ()>,
+    ) -> Result<(), PublishFailed> {
         let js = self.js.clone();
         let subject = self.subject.clone();
-        self.finish().await?;
+        let (acked, ()) = tokio::join!(self.finish(), meanwhile);
+        acked?;
         js.send_publish(
             subject,
             PublishMessage::build().payload(terminal.to_payload()),

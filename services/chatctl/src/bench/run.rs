@@ -159,10 +159,6 @@ fn common_env(jobs: usize) -> Vec<(String, String)> {
             "CHAT_MAX_ACK_PENDING".into(),
             (jobs * 2).max(1024).to_string(),
         ),
-        // A client that sends its next question the moment `done` arrives
-        // can still find the previous one unfinished in the session record
-        // (the worker finishes the record after publishing `done`).
-        ("CHAT_MAX_IN_FLIGHT_PER_SESSION".into(), "8".into()),
         ("GATEWAY_FRAMES_PER_SEC".into(), "100000".into()),
         ("GATEWAY_FRAME_BURST".into(), "100000".into()),
     ]
