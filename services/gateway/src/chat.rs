@@ -87,12 +87,13 @@ pub async fn submit(
             // answers with the first sequence.
             return Ok(false);
         }
-        if record.active.len() >= limit {
+        if record.in_flight() >= limit {
             return Err(InFlightLimit);
         }
         record.active.push(ActiveMessage {
             message_id,
             accepted_at_ms: now,
+            ending: false,
         });
         Ok(true)
     })

@@ -48,12 +48,21 @@ impl SessionRecord {
         self.recent.contains(&message)
     }
 
-    /// Stops counting a message as in flight without marking it answered;
-    /// true when it changed anything.
+    /// Stops counting a message against the in-flight limit once its
+    /// answer is ending, without marking it answered (that is `finish`): it
+    /// stays active for a late cancel; true when it changed anything.
     pub fn release(&mut self, message: MessageId) -> bool {
-        let before = self.active.len();
-        self.active.retain(|m| m.message_id != message);
-        before != self.active.len()
+        let mut changed = false;
+        for m in self.active.iter_mut().filter(|m| m.message_id == message) {
+            changed |= !m.ending;
+            m.ending = true;
+        }
+        changed
+    }
+
+    /// Messages that count against the session's in-flight limit.
+    pub fn in_flight(&self) -> usize {
+        self.active.iter().filter(|m| !m.ending).count()
     }
 
     /// Moves a message from `active` to `recent`; true when it changed anything.
@@ -83,6 +92,9 @@ impl SessionRecord {
 pub struct ActiveMessage {
     pub message_id: MessageId,
     pub accepted_at_ms: u64,
+    /// Its terminal event is being stored: no longer counted as in flight.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ending: bool,
 }
 
 /// How a turn ended.
@@ -138,11 +150,16 @@ mod tests {
             record.active.push(ActiveMessage {
                 message_id: id,
                 accepted_at_ms: 1,
+                ending: false,
             });
         }
+        assert_eq!(record.in_flight(), 2);
         assert!(record.release(a));
-        assert!(!record.is_active(a) && !record.is_finished(a));
-        assert!(record.is_active(b));
+        assert_eq!(record.in_flight(), 1);
+        assert!(
+            record.is_active(a) && !record.is_finished(a),
+            "a late cancel still finds it"
+        );
         assert!(!record.release(a));
         assert!(record.finish(a), "finishing later still records it");
         assert!(record.is_finished(a));
@@ -158,6 +175,7 @@ mod tests {
             r.active.push(ActiveMessage {
                 message_id: *id,
                 accepted_at_ms: 0,
+                ending: false,
             });
         }
         assert!(r.finish(ids[0]));
@@ -177,10 +195,12 @@ mod tests {
         r.active.push(ActiveMessage {
             message_id: MessageId::new(),
             accepted_at_ms: 100,
+            ending: false,
         });
         r.active.push(ActiveMessage {
             message_id: MessageId::new(),
             accepted_at_ms: 900,
+            ending: false,
         });
         r.expire_active(1_000, 500);
         assert_eq!(r.active.len(), 1);

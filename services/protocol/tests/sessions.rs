@@ -31,6 +31,7 @@ async fn concurrent_updates_all_land_and_limits_abort() {
                 r.active.push(ActiveMessage {
                     message_id: MessageId::new(),
                     accepted_at_ms: 1,
+                    ending: false,
                 });
                 Ok::<_, ()>(true)
             })

@@ -98,6 +98,7 @@ impl Harness {
             r.active.push(ActiveMessage {
                 message_id,
                 accepted_at_ms: now,
+                ending: false,
             });
             Ok::<_, ()>(true)
         })
