@@ -5,6 +5,7 @@
 //! session is stored; on a passing failure it is handed back (nak).
 
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -174,7 +175,7 @@ async fn run(ctx: Arc<JobContext>, message: jetstream::Message) {
         ctx,
         message,
         request,
-        attempt,
+        attempt: AtomicU32::new(attempt),
         started,
     };
     job.run().instrument(span).await;
@@ -233,11 +234,40 @@ struct Job {
     ctx: Arc<JobContext>,
     message: jetstream::Message,
     request: ChatRequest,
-    attempt: u32,
+    /// The delivery count, raised when the stream shows an earlier run of
+    /// this message that the count does not (see `Job::process`).
+    attempt: AtomicU32,
     started: Instant,
 }
 
 impl Job {
+    fn attempt(&self) -> u32 {
+        self.attempt.load(Ordering::Relaxed)
+    }
+
+    /// A delivery count can undercount: a job handed back while NATS
+    /// restarted may come back as delivery 1 again. If the session's last
+    /// stored event is an unfinished run of this message with an attempt
+    /// number at or above ours, this run is the next one (and announces
+    /// `restart`), so a client never sees one attempt's chunks twice.
+    fn continue_after(&self, last: Option<&Event>) {
+        let id = self.message_id();
+        let earlier = match last {
+            Some(Event::Chunk {
+                message_id,
+                attempt,
+                ..
+            })
+            | Some(Event::Restart {
+                message_id,
+                attempt,
+            }) if *message_id == id => *attempt,
+            _ => return,
+        };
+        if earlier >= self.attempt() {
+            self.attempt.store(earlier + 1, Ordering::Relaxed);
+        }
+    }
     async fn run(self) {
         let report = match self.process().await {
             Ok(report) => report,
@@ -275,7 +305,7 @@ impl Job {
 
     /// A growing pause before a job that failed for a passing reason is tried again.
     fn retry_delay(&self) -> Duration {
-        let exp = self.attempt.saturating_sub(1).min(6);
+        let exp = self.attempt().saturating_sub(1).min(6);
         (Duration::from_millis(500) * (1 << exp)).min(Duration::from_secs(30))
     }
 
@@ -329,11 +359,18 @@ impl Job {
 
         // What decides whether and how this job runs, read at once: every
         // round trip here is added to the time to the first chunk.
-        let (answered, cancel_flagged, history) = tokio::join!(
+        let (answered, cancel_flagged, history, last_event) = tokio::join!(
             self.already_answered(),
             cancel::flag_set(&ctx.layout.sessions, id),
             self.context(),
+            ctx.layout
+                .events
+                .direct_get_last_for_subject(subjects::events(self.request.session_id)),
         );
+        let last_event = last_event
+            .ok()
+            .and_then(|m| serde_json::from_slice::<Event>(&m.payload).ok());
+        self.continue_after(last_event.as_ref());
         if answered {
             ack(&self.message).await;
             return Ok(Report {
@@ -386,11 +423,11 @@ impl Job {
 
         let mut publisher =
             EventPublisher::start(ctx.js.clone(), subjects::events(self.request.session_id));
-        if self.attempt > 1 {
+        if self.attempt() > 1 {
             publisher
                 .publish(&Event::Restart {
                     message_id: id,
-                    attempt: self.attempt,
+                    attempt: self.attempt(),
                 })
                 .await?;
         }
@@ -400,7 +437,7 @@ impl Job {
             otel.name = "chat.model",
             backend = ctx.backend.name(),
             model = self.request.model.as_deref().unwrap_or("default"),
-            attempt = self.attempt,
+            attempt = self.attempt(),
             tokens = tracing::field::Empty,
             finish_reason = tracing::field::Empty,
         );
@@ -450,7 +487,7 @@ impl Job {
                     .finish_with(
                         &Event::Done {
                             message_id: id,
-                            attempt: self.attempt,
+                            attempt: self.attempt(),
                             finish_reason: finish_reason.clone(),
                             usage,
                         },
@@ -503,7 +540,7 @@ impl Job {
                 if let Err(e) = publisher.finish().await {
                     tracing::debug!(error = %e, "events of a failed attempt");
                 }
-                if i64::from(self.attempt) < ctx.layout_config.max_deliver {
+                if i64::from(self.attempt()) < ctx.layout_config.max_deliver {
                     tracing::info!(error = %message, "model unavailable; retrying later");
                     hand_back(
                         &self.message,
@@ -514,10 +551,15 @@ impl Job {
                 } else {
                     let reason = format!(
                         "the model stayed unavailable for {} attempts: {message}",
-                        self.attempt
+                        self.attempt()
                     );
-                    dead_letter::dead_letter(ctx, &self.request, &reason, u64::from(self.attempt))
-                        .await?;
+                    dead_letter::dead_letter(
+                        ctx,
+                        &self.request,
+                        &reason,
+                        u64::from(self.attempt()),
+                    )
+                    .await?;
                     term(&self.message).await;
                     Ok(report(Outcome::DeadLettered, "retries exhausted"))
                 }
@@ -628,7 +670,7 @@ impl Job {
         publisher
             .publish(&Event::Chunk {
                 message_id: self.message_id(),
-                attempt: self.attempt,
+                attempt: self.attempt(),
                 index: produced.chunks,
                 text,
                 published_at_us: Some(now_us()),
@@ -652,7 +694,7 @@ impl Job {
         record_turn(
             &self.ctx,
             &self.request,
-            self.attempt,
+            self.attempt(),
             status,
             assistant,
             finish_reason,
