@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use axum::extract::ws::Utf8Bytes;
 use futures::StreamExt;
+use protocol::stored::header_u64;
 use protocol::{subjects, SessionId};
 use tokio::sync::broadcast;
 
@@ -172,10 +173,6 @@ impl LiveHub {
             session,
         })
     }
-}
-
-fn header_u64(message: &async_nats::Message, name: &str) -> Option<u64> {
-    message.headers.as_ref()?.get(name)?.as_str().parse().ok()
 }
 
 /// The `type` of a stored event, read from its first bytes: the event's tag

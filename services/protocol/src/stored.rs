@@ -142,7 +142,8 @@ struct Batch<'a> {
     max_bytes: usize,
 }
 
-fn header_u64(message: &async_nats::Message, name: &str) -> Option<u64> {
+/// A numeric header of a message (`Nats-Sequence`, `Nats-Last-Sequence`, …).
+pub fn header_u64(message: &async_nats::Message, name: &str) -> Option<u64> {
     message.headers.as_ref()?.get(name)?.as_str().parse().ok()
 }
 

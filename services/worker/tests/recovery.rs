@@ -82,6 +82,48 @@ async fn a_job_abandoned_by_a_dead_worker_is_restarted_and_answered() {
 }
 
 #[tokio::test]
+async fn a_run_after_an_unfinished_run_with_an_undercounted_delivery_announces_restart() {
+    // What a NATS restart can leave: chunks of attempt 1 in the stream, and
+    // the job back in the queue as delivery 1 again. The new run must not
+    // stream "attempt 1" from index 0 a second time.
+    let h = Harness::start(3000, 3).await;
+    let session = h.new_session().await;
+    let prompt = "What survives a restart?";
+    let id = h.submit(session, prompt).await;
+    for index in 0..3 {
+        let earlier = Event::Chunk {
+            message_id: id,
+            attempt: 1,
+            index,
+            text: format!("lost{index} "),
+            published_at_us: None,
+        };
+        h.js.publish(subjects::events(session), earlier.to_payload())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let mut live = h.live(session).await;
+    let worker = h.spawn_worker(FAST).await;
+    let events = live.until(|e| e.is_terminal()).await;
+    assert_eq!(
+        events.first(),
+        Some(&Event::Restart {
+            message_id: id,
+            attempt: 2
+        }),
+        "{events:?}"
+    );
+    assert_eq!(answer_of(&events, id, 2), demo::answer(prompt, 40));
+    assert!(matches!(
+        events.last().unwrap(),
+        Event::Done { attempt: 2, .. }
+    ));
+    worker.shutdown().await.unwrap();
+}
+
+#[tokio::test]
 async fn a_job_that_exhausts_its_deliveries_is_dead_lettered_once() {
     let h = Harness::start(1000, 2).await;
     let session = h.new_session().await;
