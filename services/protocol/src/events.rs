@@ -107,7 +107,66 @@ pub enum Event {
     },
 }
 
+/// The `type` of a stored event: metrics labels and frame routing use this
+/// instead of spelling the strings again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    UserMessage,
+    Chunk,
+    Restart,
+    Done,
+    Cancelled,
+    Error,
+}
+
+impl EventKind {
+    pub const ALL: [EventKind; 6] = [
+        EventKind::UserMessage,
+        EventKind::Chunk,
+        EventKind::Restart,
+        EventKind::Done,
+        EventKind::Cancelled,
+        EventKind::Error,
+    ];
+
+    /// The wire spelling, as in `{"type": ...}`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            EventKind::UserMessage => "user_message",
+            EventKind::Chunk => "chunk",
+            EventKind::Restart => "restart",
+            EventKind::Done => "done",
+            EventKind::Cancelled => "cancelled",
+            EventKind::Error => "error",
+        }
+    }
+
+    pub fn parse(kind: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == kind)
+    }
+
+    /// Whether an event of this kind ends its message's answer.
+    pub const fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            EventKind::Done | EventKind::Cancelled | EventKind::Error
+        )
+    }
+}
+
 impl Event {
+    pub fn kind(&self) -> EventKind {
+        match self {
+            Event::UserMessage { .. } => EventKind::UserMessage,
+            Event::Chunk { .. } => EventKind::Chunk,
+            Event::Restart { .. } => EventKind::Restart,
+            Event::Done { .. } => EventKind::Done,
+            Event::Cancelled { .. } => EventKind::Cancelled,
+            Event::Error { .. } => EventKind::Error,
+        }
+    }
+
     pub fn message_id(&self) -> Option<MessageId> {
         match self {
             Event::UserMessage { message_id, .. }
@@ -121,10 +180,7 @@ impl Event {
 
     /// Whether this event ends its message's answer.
     pub fn is_terminal(&self) -> bool {
-        matches!(
-            self,
-            Event::Done { .. } | Event::Cancelled { .. } | Event::Error { .. }
-        )
+        self.kind().is_terminal()
     }
 
     /// The JSON stored in the stream.
@@ -167,5 +223,46 @@ mod tests {
         assert_eq!(serde_json::from_str::<Event>(&json).unwrap(), done);
         let stop: FinishReason = serde_json::from_str("\"stop\"").unwrap();
         assert_eq!(stop, FinishReason::Stop);
+    }
+
+    #[test]
+    fn event_kinds_are_the_serialised_type_tags() {
+        let id = MessageId::new();
+        let events = [
+            Event::UserMessage {
+                message_id: id,
+                content: "q".into(),
+            },
+            Event::Chunk {
+                message_id: id,
+                attempt: 1,
+                index: 0,
+                text: "a".into(),
+                published_at_us: None,
+            },
+            Event::Restart {
+                message_id: id,
+                attempt: 2,
+            },
+            Event::Done {
+                message_id: id,
+                attempt: 1,
+                finish_reason: FinishReason::Stop,
+                usage: None,
+            },
+            Event::Cancelled { message_id: id },
+            Event::Error {
+                message_id: None,
+                code: ErrorCode::Internal,
+                message: "x".into(),
+            },
+        ];
+        assert_eq!(events.len(), EventKind::ALL.len());
+        for event in events {
+            let json: serde_json::Value = serde_json::from_slice(&event.to_payload()).unwrap();
+            assert_eq!(json["type"], event.kind().as_str());
+            assert_eq!(EventKind::parse(event.kind().as_str()), Some(event.kind()));
+            assert_eq!(event.is_terminal(), event.kind().is_terminal());
+        }
     }
 }

@@ -6,6 +6,7 @@
 //! Nothing else in the workspace spells a subject, a stream name or a wire
 //! type: it comes from here.
 
+pub mod close;
 pub mod events;
 pub mod frames;
 pub mod ids;
@@ -15,7 +16,8 @@ pub mod setup;
 pub mod stored;
 pub mod subjects;
 
-pub use events::{CancelNotice, ChatRequest, Event, FinishReason, Usage};
+pub use close::CloseCode;
+pub use events::{CancelNotice, ChatRequest, Event, EventKind, FinishReason, Usage};
 pub use frames::{ClientFrame, ErrorCode, ServerFrame};
 pub use ids::{MessageId, SessionId, SessionToken, TokenHash};
 

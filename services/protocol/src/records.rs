@@ -51,7 +51,7 @@ impl SessionRecord {
     /// Stops counting a message against the in-flight limit once its
     /// answer is ending, without marking it answered (that is `finish`): it
     /// stays active for a late cancel; true when it changed anything.
-    pub fn release(&mut self, message: MessageId) -> bool {
+    pub fn mark_ending(&mut self, message: MessageId) -> bool {
         let mut changed = false;
         for m in self.active.iter_mut().filter(|m| m.message_id == message) {
             changed |= !m.ending;
@@ -143,7 +143,7 @@ mod tests {
     use crate::ids::SessionToken;
 
     #[test]
-    fn release_frees_the_slot_without_marking_the_message_answered() {
+    fn mark_ending_frees_the_slot_without_marking_the_message_answered() {
         let (a, b) = (MessageId::new(), MessageId::new());
         let mut record = SessionRecord::new(SessionToken::generate().hash(), "n".into(), 0);
         for id in [a, b] {
@@ -154,13 +154,13 @@ mod tests {
             });
         }
         assert_eq!(record.in_flight(), 2);
-        assert!(record.release(a));
+        assert!(record.mark_ending(a));
         assert_eq!(record.in_flight(), 1);
         assert!(
             record.is_active(a) && !record.is_finished(a),
             "a late cancel still finds it"
         );
-        assert!(!record.release(a));
+        assert!(!record.mark_ending(a));
         assert!(record.finish(a), "finishing later still records it");
         assert!(record.is_finished(a));
     }

@@ -1,4 +1,5 @@
-//! Logging, tracing and metrics for every binary, set up in one place.
+//! Logging, tracing, metrics and the shutdown signal for every binary, set up
+//! in one place.
 //!
 //! Logs are human-readable by default and JSON with `LOG_FORMAT=json`; the
 //! level comes from `RUST_LOG` (default `info`). Metrics are recorded with
@@ -12,6 +13,7 @@ use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_subscriber::{fmt, prelude::*, EnvFilter};
 
+pub mod shutdown;
 pub mod trace_context;
 
 static TRACER_PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();

@@ -808,7 +808,7 @@ pub async fn finish_session(ctx: &JobContext, request: &ChatRequest) {
 async fn release_slot(ctx: &JobContext, request: &ChatRequest) {
     let id = request.message_id;
     let released = sessions::update(&ctx.layout.sessions, request.session_id, |r| {
-        Ok::<_, Infallible>(r.release(id))
+        Ok::<_, Infallible>(r.mark_ending(id))
     })
     .await;
     if let Err(e) = released {
