@@ -120,16 +120,16 @@ async fn rest_input_errors_are_json_with_the_right_status() {
     let (session, token) = app.new_session().await;
     let chat = |session: &str| app.url(&format!("/api/chat?session={session}"));
     let events = |after: &str| app.url(&format!("/api/events?session={session}&after_seq={after}"));
+    let own = chat(&session.to_string());
+    let unknown = chat(&SessionId::new().to_string());
     let cases = [
         (
-            app.http.post(chat(&session.to_string())).body("{nope"),
+            app.http.post(&own).body("{nope"),
             400,
             ErrorCode::BadRequest,
         ),
         (
-            app.http
-                .post(chat(&session.to_string()))
-                .body("x".repeat(5000)),
+            app.http.post(&own).body("x".repeat(5000)),
             413,
             ErrorCode::TooLarge,
         ),
@@ -138,13 +138,7 @@ async fn rest_input_errors_are_json_with_the_right_status() {
             400,
             ErrorCode::BadRequest,
         ),
-        (
-            app.http
-                .post(chat(&SessionId::new().to_string()))
-                .body("{}"),
-            404,
-            ErrorCode::NotFound,
-        ),
+        (app.http.post(unknown).body("{}"), 404, ErrorCode::NotFound),
         (app.http.get(events("-1")), 400, ErrorCode::BadRequest),
         (app.http.get(events("x")), 400, ErrorCode::BadRequest),
     ];

@@ -10,7 +10,7 @@ use std::time::Duration;
 use protocol::frames::{ControlFrame, SequencedEvent, ServerFrame};
 use protocol::{CloseCode, ErrorCode, EventKind};
 use rand::{Rng, SeedableRng};
-use support::{assert_strictly_increasing, eventually, Script, TestApp, WAIT};
+use support::{assert_strictly_increasing, count, eventually, Script, TestApp, WAIT};
 
 #[tokio::test]
 async fn reconnecting_with_after_seq_mid_answer_loses_and_repeats_nothing() {
@@ -155,7 +155,12 @@ async fn a_client_that_stops_reading_is_closed_and_slows_no_one() {
     })
     .await;
     // Draining the slow socket now: what was buffered, then the close.
-    slow.expect_close(CloseCode::TryAgainLater).await;
+    let drained = slow.expect_close(CloseCode::TryAgainLater).await;
+    assert_eq!(
+        count(&drained, EventKind::Done),
+        0,
+        "it cannot have had all"
+    );
     assert!(started.elapsed() < 2 * WAIT);
     // The session and the gateway carry on.
     reader.ping().await;

@@ -165,12 +165,18 @@ impl Ws {
         }
     }
 
-    /// Reads until the socket closes and expects `code`.
-    pub async fn expect_close(&mut self, code: CloseCode) {
+    /// Reads until the socket closes and expects `code`; returns the stream
+    /// events that came before the close.
+    pub async fn expect_close(&mut self, code: CloseCode) -> Vec<SequencedEvent> {
+        let mut events: Vec<SequencedEvent> = self.pending.drain(..).collect();
         loop {
-            if let Received::Closed(got) = self.recv().await {
-                assert_eq!(got, Some(code.code()), "expected close {code:?}");
-                return;
+            match self.recv().await {
+                Received::Frame(ServerFrame::Event(event)) => events.push(event),
+                Received::Frame(ServerFrame::Control(_)) => {}
+                Received::Closed(got) => {
+                    assert_eq!(got, Some(code.code()), "expected close {code:?}");
+                    return events;
+                }
             }
         }
     }
