@@ -3,9 +3,9 @@
 
 mod support;
 
-use protocol::CloseCode;
+use protocol::{CloseCode, ErrorCode};
 use serde_json::Value;
-use support::{eventually, TestApp, Ws};
+use support::{assert_rest_error, eventually, TestApp, Ws};
 
 #[tokio::test]
 async fn shutdown_closes_every_socket_with_1012() {
@@ -37,6 +37,15 @@ async fn health_follows_the_nats_connection() {
         app.http.get(&url).send().await.unwrap().status() == 503
     })
     .await;
+    // While NATS is gone, what needs it is refused as `internal` (503), not hung.
+    let refused = app
+        .http
+        .post(app.url("/api/sessions"))
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_rest_error(refused, 503, ErrorCode::Internal).await;
     let metrics = app.http.get(app.url("/metrics")).send().await.unwrap();
     assert_eq!(metrics.status(), 200);
     let text = metrics.text().await.unwrap();

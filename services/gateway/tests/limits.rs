@@ -112,6 +112,22 @@ async fn bad_input_gets_clear_errors_and_neighbours_chat_on() {
 }
 
 #[tokio::test]
+async fn a_websocket_protocol_violation_closes_with_1002() {
+    let app = TestApp::start().await;
+    let (session, token) = app.new_session().await;
+    let mut neighbour = app.connect(session, &token, None).await;
+    neighbour.ready().await;
+    let mut ws = app.connect(session, &token, None).await;
+    ws.ready().await;
+    // A reserved bit set with no extension negotiated: RFC 6455 §5.2 forbids it.
+    let mut frame = Frame::message(b"{}".to_vec(), OpCode::Data(Data::Text), true);
+    frame.header_mut().rsv1 = true;
+    ws.send(Message::Frame(frame)).await;
+    ws.expect_close(CloseCode::ProtocolError).await;
+    neighbour.ping().await;
+}
+
+#[tokio::test]
 async fn rest_input_errors_are_json_with_the_right_status() {
     let app = TestApp::builder()
         .gateway_args(&["--max-body-bytes", "1024"])
