@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::context::JobContext;
 use crate::metrics::{self, Outcome};
-use crate::publish::{publish_and_wait, PublishFailed};
+use crate::publish::{once_per_message, publish_and_wait, PublishFailed};
 use crate::turns::{self, Answer};
 
 /// Tells the session the answer failed for good, stores the dead letter and
@@ -69,9 +69,7 @@ pub async fn store(
     publish_and_wait(
         &ctx.js,
         subjects::dead(request.session_id),
-        PublishMessage::build()
-            .payload(payload.into())
-            .message_id(subjects::dedup_id(request.message_id)),
+        once_per_message(payload.into(), request.message_id),
     )
     .await
 }
@@ -96,14 +94,7 @@ pub async fn listen(
         )
         .await?;
     Ok(tokio::spawn(async move {
-        loop {
-            let message = tokio::select! {
-                _ = stop.cancelled() => break,
-                m = advisories.next() => match m {
-                    Some(m) => m,
-                    None => break,
-                },
-            };
+        while let Some(Some(message)) = stop.run_until_cancelled(advisories.next()).await {
             match serde_json::from_slice::<MaxDeliveries>(&message.payload) {
                 Ok(advisory) => exhausted(&ctx, advisory).await,
                 Err(e) => tracing::warn!(error = %e, "unreadable max-deliveries advisory"),

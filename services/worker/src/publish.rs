@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use async_nats::jetstream::{self, context::PublishAckFuture, message::PublishMessage};
-use protocol::{Event, EventKind};
+use protocol::{subjects, Event, EventKind, MessageId};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -37,6 +37,14 @@ impl From<serde_json::Error> for PublishFailed {
     fn from(e: serde_json::Error) -> Self {
         Self(e.to_string())
     }
+}
+
+/// A message JetStream stores once per chat message (within the dedup
+/// window), however often a repeated attempt sends it.
+pub fn once_per_message(payload: bytes::Bytes, message: MessageId) -> PublishMessage {
+    PublishMessage::build()
+        .payload(payload)
+        .message_id(subjects::dedup_id(message))
 }
 
 /// Publishes one message and waits until JetStream has stored it.

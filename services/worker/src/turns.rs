@@ -12,13 +12,12 @@ use std::fmt::Display;
 use std::future::Future;
 use std::time::Duration;
 
-use async_nats::jetstream::message::PublishMessage;
 use protocol::records::{Turn, TurnStatus};
 use protocol::{sessions, subjects, ChatRequest, FinishReason, Usage};
 use tokio::time::Instant;
 
 use crate::context::JobContext;
-use crate::publish::{publish_and_wait, PublishFailed};
+use crate::publish::{once_per_message, publish_and_wait, PublishFailed};
 
 /// How long the writes after an answer (history turn, session record) are
 /// retried: longer than a nats-server restart takes.
@@ -74,9 +73,7 @@ pub(crate) async fn record(
         publish_and_wait(
             &ctx.js,
             subjects::history(request.session_id),
-            PublishMessage::build()
-                .payload(payload.clone())
-                .message_id(subjects::dedup_id(request.message_id)),
+            once_per_message(payload.clone(), request.message_id),
         )
     })
     .await?;

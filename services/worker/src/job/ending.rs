@@ -347,13 +347,14 @@ mod tests {
         }
     }
 
-    fn generated(stop: Stop) -> Generated {
-        Generated {
+    fn after(stop: Stop, number: u32) -> Ending {
+        let generated = Generated {
             stop,
             text: "partial answer".into(),
             chunks: 4,
             tokens: 9,
-        }
+        };
+        Ending::after_generation(generated, attempt(number))
     }
 
     fn unavailable(retry_after: Option<Duration>) -> Stop {
@@ -363,169 +364,204 @@ mod tests {
         })
     }
 
-    /// The columns a reader checks: terminal event kind, turn status, ack,
-    /// cancel flag, outcome.
-    fn row(
-        ending: &Ending,
-    ) -> (
-        Option<EventKind>,
-        Option<TurnStatus>,
-        QueueReply,
-        CancelFlag,
-        Option<Outcome>,
-    ) {
-        (
-            ending.terminal.as_ref().map(Event::kind),
-            ending.turn.as_ref().map(|t| t.status),
-            ending.ack,
-            ending.cancel_flag,
-            ending.report.outcome,
-        )
+    /// One row of the endings table: what a reader checks for each ending.
+    #[derive(Debug, PartialEq, Eq)]
+    struct Row {
+        terminal: Option<EventKind>,
+        turn: Option<TurnStatus>,
+        ack: QueueReply,
+        cancel_flag: CancelFlag,
+        outcome: Option<Outcome>,
+        outstanding: Outstanding,
+        free_slot_early: bool,
+        dead_letter: bool,
     }
 
+    impl From<&Ending> for Row {
+        fn from(ending: &Ending) -> Self {
+            Row {
+                terminal: ending.terminal.as_ref().map(Event::kind),
+                turn: ending.turn.as_ref().map(|t| t.status),
+                ack: ending.ack,
+                cancel_flag: ending.cancel_flag,
+                outcome: ending.report.outcome,
+                outstanding: ending.outstanding,
+                free_slot_early: ending.free_slot_early,
+                dead_letter: ending.dead_letter.is_some(),
+            }
+        }
+    }
+
+    /// An ending that closes the answer after chunks were published.
+    fn closes(terminal: EventKind, turn: TurnStatus, ack: QueueReply, outcome: Outcome) -> Row {
+        Row {
+            terminal: Some(terminal),
+            turn: Some(turn),
+            ack,
+            cancel_flag: CancelFlag::Keep,
+            outcome: Some(outcome),
+            outstanding: Outstanding::MustBeStored,
+            free_slot_early: true,
+            dead_letter: false,
+        }
+    }
+
+    /// An ending that stores nothing.
+    fn quiet(ack: QueueReply, outcome: Option<Outcome>) -> Row {
+        Row {
+            terminal: None,
+            turn: None,
+            ack,
+            cancel_flag: CancelFlag::Keep,
+            outcome,
+            outstanding: Outstanding::Abandon,
+            free_slot_early: false,
+            dead_letter: false,
+        }
+    }
+
+    /// Each ending, named by its log line's `detail`, against what it does.
     #[test]
-    fn endings_before_generation() {
-        let a = attempt(1);
-        assert_eq!(
-            row(&Ending::already_answered()),
-            (None, None, QueueReply::Ack, CancelFlag::Keep, None)
-        );
-        assert_eq!(
-            row(&Ending::cancelled_before_start(a)),
+    fn every_ending_maps_to_its_event_turn_ack_and_outcome() {
+        use EventKind as E;
+        use QueueReply::{Ack, Leave, Nak, Term};
+        use TurnStatus as T;
+        let before_start = |row: Row| Row {
+            free_slot_early: false,
+            ..row
+        };
+        let table = [
             (
-                Some(EventKind::Cancelled),
-                Some(TurnStatus::Cancelled),
-                QueueReply::Ack,
-                CancelFlag::Clear,
-                Some(Outcome::Cancelled)
-            )
-        );
-        let unknown = Ending::unknown_model(a, "gpt-9");
-        assert_eq!(
-            row(&unknown),
+                "already answered",
+                Ending::already_answered(),
+                quiet(Ack, None),
+            ),
             (
-                Some(EventKind::Error),
-                Some(TurnStatus::Failed),
-                QueueReply::Term,
-                CancelFlag::Keep,
-                Some(Outcome::Failed)
-            )
-        );
-        assert!(matches!(
-            unknown.terminal,
-            Some(Event::Error { code: ErrorCode::BadRequest, ref message, .. }) if message.contains("gpt-9")
-        ));
-        // Nothing was generated: no slot to free early, empty turns.
-        for ending in [Ending::cancelled_before_start(a), unknown] {
-            assert!(!ending.free_slot_early);
-            assert_eq!(ending.turn.unwrap().text, "");
+                "cancelled before start",
+                Ending::cancelled_before_start(attempt(1)),
+                Row {
+                    cancel_flag: CancelFlag::Clear,
+                    ..before_start(closes(E::Cancelled, T::Cancelled, Ack, Outcome::Cancelled))
+                },
+            ),
+            (
+                "unknown model",
+                Ending::unknown_model(attempt(1), "gpt-9"),
+                before_start(closes(E::Error, T::Failed, Term, Outcome::Failed)),
+            ),
+            (
+                "answered",
+                after(
+                    Stop::Finished {
+                        finish_reason: FinishReason::Stop,
+                        usage: None,
+                    },
+                    1,
+                ),
+                Row {
+                    cancel_flag: CancelFlag::ClearIfCancelled,
+                    ..closes(E::Done, T::Done, Ack, Outcome::Done)
+                },
+            ),
+            (
+                "cancelled while generating",
+                after(Stop::Cancelled, 1),
+                Row {
+                    cancel_flag: CancelFlag::Clear,
+                    ..closes(E::Cancelled, T::Cancelled, Ack, Outcome::Cancelled)
+                },
+            ),
+            (
+                "model refused",
+                after(Stop::Backend(BackendError::Rejected("no".into())), 1),
+                closes(E::Error, T::Failed, Term, Outcome::Failed),
+            ),
+            (
+                "model unavailable",
+                after(unavailable(None), 2),
+                Row {
+                    outstanding: Outstanding::Settle,
+                    ..quiet(
+                        Nak(Some(Duration::from_secs(1))),
+                        Some(Outcome::Redelivered),
+                    )
+                },
+            ),
+            (
+                "retries exhausted",
+                after(unavailable(None), 3),
+                Row {
+                    outstanding: Outstanding::Settle,
+                    free_slot_early: false,
+                    dead_letter: true,
+                    ..closes(E::Error, T::Failed, Term, Outcome::DeadLettered)
+                },
+            ),
+            (
+                "publish failed",
+                after(Stop::Publish(PublishFailed("gone".into())), 1),
+                quiet(
+                    Nak(Some(Duration::from_millis(500))),
+                    Some(Outcome::Redelivered),
+                ),
+            ),
+            (
+                "shutdown",
+                after(Stop::Aborted, 1),
+                quiet(Nak(None), Some(Outcome::Redelivered)),
+            ),
+            (
+                "taken over by another worker",
+                after(Stop::Superseded, 1),
+                quiet(Leave, None),
+            ),
+        ];
+        for (name, ending, expected) in table {
+            assert_eq!(Row::from(&ending), expected, "{name}");
+            assert_eq!(ending.report.detail, name);
         }
     }
 
     #[test]
-    fn a_finished_answer_is_done_recorded_and_acked() {
-        let ending = Ending::after_generation(
-            generated(Stop::Finished {
+    fn the_events_and_turns_carry_what_the_attempt_produced() {
+        let done = after(
+            Stop::Finished {
                 finish_reason: FinishReason::Length,
                 usage: None,
-            }),
-            attempt(2),
-        );
-        assert_eq!(
-            row(&ending),
-            (
-                Some(EventKind::Done),
-                Some(TurnStatus::Done),
-                QueueReply::Ack,
-                CancelFlag::ClearIfCancelled,
-                Some(Outcome::Done)
-            )
+            },
+            2,
         );
         assert!(matches!(
-            ending.terminal,
+            done.terminal,
             Some(Event::Done {
                 attempt: 2,
                 finish_reason: FinishReason::Length,
                 ..
             })
         ));
-        let turn = ending.turn.unwrap();
+        let turn = done.turn.unwrap();
         assert_eq!(turn.text, "partial answer");
         assert_eq!(turn.finish_reason, Some(FinishReason::Length));
-        assert_eq!(ending.outstanding, Outstanding::MustBeStored);
-        assert!(ending.free_slot_early);
-        assert_eq!((ending.report.chunks, ending.report.tokens), (4, 9));
-    }
+        assert_eq!((done.report.chunks, done.report.tokens), (4, 9));
 
-    #[test]
-    fn cancelled_and_refused_answers_keep_their_text() {
-        let cancelled = Ending::after_generation(generated(Stop::Cancelled), attempt(1));
-        assert_eq!(
-            row(&cancelled),
-            (
-                Some(EventKind::Cancelled),
-                Some(TurnStatus::Cancelled),
-                QueueReply::Ack,
-                CancelFlag::Clear,
-                Some(Outcome::Cancelled)
-            )
-        );
-        let refused = Ending::after_generation(
-            generated(Stop::Backend(BackendError::Rejected("bad model".into()))),
-            attempt(1),
-        );
-        assert_eq!(
-            row(&refused),
-            (
-                Some(EventKind::Error),
-                Some(TurnStatus::Failed),
-                QueueReply::Term,
-                CancelFlag::Keep,
-                Some(Outcome::Failed)
-            )
-        );
+        let refused = after(Stop::Backend(BackendError::Rejected("bad model".into())), 1);
         assert!(matches!(
             refused.terminal,
             Some(Event::Error { code: ErrorCode::ModelFailed, ref message, .. }) if message == "bad model"
         ));
-        for ending in [cancelled, refused] {
-            assert_eq!(ending.outstanding, Outstanding::MustBeStored);
-            assert!(ending.free_slot_early);
-            assert_eq!(ending.turn.unwrap().text, "partial answer");
-        }
+        assert_eq!(refused.turn.unwrap().text, "partial answer");
+
+        let unknown = Ending::unknown_model(attempt(1), "gpt-9");
+        assert!(matches!(
+            unknown.terminal,
+            Some(Event::Error { code: ErrorCode::BadRequest, ref message, .. }) if message.contains("gpt-9")
+        ));
+        assert_eq!(unknown.turn.unwrap().text, "", "nothing was generated");
     }
 
     #[test]
-    fn an_unavailable_model_is_retried_until_the_last_delivery_then_dead_lettered() {
-        let retried = Ending::after_generation(generated(unavailable(None)), attempt(2));
-        assert_eq!(
-            row(&retried),
-            (
-                None,
-                None,
-                QueueReply::Nak(Some(Duration::from_secs(1))),
-                CancelFlag::Keep,
-                Some(Outcome::Redelivered)
-            )
-        );
-        assert_eq!(retried.outstanding, Outstanding::Settle);
-        let told = Ending::after_generation(
-            generated(unavailable(Some(Duration::from_secs(7)))),
-            attempt(1),
-        );
-        assert_eq!(told.ack, QueueReply::Nak(Some(Duration::from_secs(7))));
-
-        let last = Ending::after_generation(generated(unavailable(None)), attempt(3));
-        assert_eq!(
-            row(&last),
-            (
-                Some(EventKind::Error),
-                Some(TurnStatus::Failed),
-                QueueReply::Term,
-                CancelFlag::Keep,
-                Some(Outcome::DeadLettered)
-            )
-        );
+    fn the_last_delivery_dead_letters_with_the_reason_and_no_text() {
+        let last = after(unavailable(None), 3);
         assert!(matches!(
             last.terminal,
             Some(Event::Error {
@@ -534,43 +570,13 @@ mod tests {
             })
         ));
         assert!(last.dead_letter.unwrap().contains("3 attempts: 503"));
-        assert_eq!(last.turn.unwrap().text, "", "a dead letter stores no text");
-        assert_eq!(last.outstanding, Outstanding::Settle);
-        assert!(!last.free_slot_early);
-    }
-
-    #[test]
-    fn endings_that_hand_the_job_on_publish_nothing() {
-        let publish = Ending::after_generation(
-            generated(Stop::Publish(PublishFailed("gone".into()))),
-            attempt(1),
-        );
-        let aborted = Ending::after_generation(generated(Stop::Aborted), attempt(1));
-        let superseded = Ending::after_generation(generated(Stop::Superseded), attempt(1));
+        assert_eq!(last.turn.unwrap().text, "");
+        let told = after(unavailable(Some(Duration::from_secs(7))), 1);
         assert_eq!(
-            publish.ack,
-            QueueReply::Nak(Some(Duration::from_millis(500)))
+            told.ack,
+            QueueReply::Nak(Some(Duration::from_secs(7))),
+            "a backend's retry-after wins over our own delay"
         );
-        assert_eq!(
-            aborted.ack,
-            QueueReply::Nak(None),
-            "a shutdown hands back at once"
-        );
-        assert_eq!(
-            superseded.ack,
-            QueueReply::Leave,
-            "the job is another worker's"
-        );
-        assert_eq!(publish.report.outcome, Some(Outcome::Redelivered));
-        assert_eq!(aborted.report.outcome, Some(Outcome::Redelivered));
-        assert_eq!(superseded.report.outcome, None);
-        for ending in [publish, aborted, superseded] {
-            assert_eq!(ending.outstanding, Outstanding::Abandon);
-            assert!(!ending.free_slot_early);
-            assert_eq!((ending.terminal, ending.turn), (None, None));
-            assert_eq!(ending.dead_letter, None);
-            assert_eq!(ending.report.chunks, 4);
-        }
     }
 
     #[test]
