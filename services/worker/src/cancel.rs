@@ -162,14 +162,7 @@ pub async fn listen(
 ) -> Result<JoinHandle<()>, async_nats::SubscribeError> {
     let mut notices = client.subscribe(subjects::CANCEL_ALL).await?;
     Ok(tokio::spawn(async move {
-        loop {
-            let message = tokio::select! {
-                _ = stop.cancelled() => break,
-                m = notices.next() => match m {
-                    Some(m) => m,
-                    None => break,
-                },
-            };
+        while let Some(Some(message)) = stop.run_until_cancelled(notices.next()).await {
             match serde_json::from_slice::<CancelNotice>(&message.payload) {
                 Ok(CancelNotice {
                     message_id,

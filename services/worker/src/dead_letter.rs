@@ -1,5 +1,6 @@
 //! Jobs that will not be tried again. Two ways in: a job that fails on its
-//! last attempt (the job path calls [`dead_letter`] and terms it), and a job
+//! last attempt (the job's ending stores [`exhausted_event`], the letter
+//! ([`store`]) and the failed turn, then terms it), and a job
 //! whose last holder died, which the server reports with the max-deliveries
 //! advisory ([`listen`]). The advisory goes to one worker of the queue group,
 //! which deletes the job after dead-lettering it, so nothing is
@@ -10,14 +11,15 @@ use std::sync::Arc;
 use async_nats::jetstream::message::PublishMessage;
 use futures::StreamExt;
 use protocol::records::{DeadLetter, TurnStatus};
-use protocol::{sessions, subjects, ChatRequest, ErrorCode, Event};
+use protocol::{sessions, subjects, ChatRequest, ErrorCode, Event, MessageId};
 use serde::Deserialize;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::jobs::{publish_now, record_turn, JobContext};
+use crate::context::JobContext;
 use crate::metrics::{self, Outcome};
-use crate::publish::PublishFailed;
+use crate::publish::{once_per_message, publish_and_wait, PublishFailed};
+use crate::turns::{self, Answer};
 
 /// Tells the session the answer failed for good, stores the dead letter and
 /// the failed turn, and finishes the session record. The caller removes the
@@ -28,39 +30,46 @@ pub async fn dead_letter(
     reason: &str,
     deliveries: u64,
 ) -> Result<(), PublishFailed> {
-    let event = Event::Error {
-        message_id: Some(request.message_id),
+    let event = exhausted_event(request.message_id, deliveries);
+    publish_and_wait(
+        &ctx.js,
+        subjects::events(request.session_id),
+        PublishMessage::build().payload(event.to_payload()),
+    )
+    .await?;
+    store(ctx, request, reason, deliveries).await?;
+    let attempt = u32::try_from(deliveries).unwrap_or(u32::MAX);
+    let answer = Answer::unfinished(TurnStatus::Failed, String::new());
+    turns::record(ctx, request, attempt, answer).await
+}
+
+/// The event that tells a session its answer failed for good.
+pub fn exhausted_event(message: MessageId, deliveries: u64) -> Event {
+    Event::Error {
+        message_id: Some(message),
         code: ErrorCode::RetriesExhausted,
         message: format!("the answer failed after {deliveries} attempts"),
-    };
-    publish_now(ctx, request.session_id, &event).await?;
+    }
+}
+
+/// Stores the dead letter, deduplicated on the message id.
+pub async fn store(
+    ctx: &JobContext,
+    request: &ChatRequest,
+    reason: &str,
+    deliveries: u64,
+) -> Result<(), PublishFailed> {
     let letter = DeadLetter {
         request: request.clone(),
         reason: reason.to_string(),
         deliveries,
         failed_at_ms: protocol::now_ms(),
     };
-    let payload = serde_json::to_vec(&letter).map_err(|e| PublishFailed(e.to_string()))?;
-    ctx.js
-        .send_publish(
-            subjects::dead(request.session_id),
-            PublishMessage::build()
-                .payload(payload.into())
-                .message_id(subjects::dedup_id(request.message_id)),
-        )
-        .await
-        .map_err(|e| PublishFailed(e.to_string()))?
-        .await
-        .map_err(|e| PublishFailed(e.to_string()))?;
-    let attempt = u32::try_from(deliveries).unwrap_or(u32::MAX);
-    record_turn(
-        ctx,
-        request,
-        attempt,
-        TurnStatus::Failed,
-        String::new(),
-        None,
-        None,
+    let payload = serde_json::to_vec(&letter)?;
+    publish_and_wait(
+        &ctx.js,
+        subjects::dead(request.session_id),
+        once_per_message(payload.into(), request.message_id),
     )
     .await
 }
@@ -85,14 +94,7 @@ pub async fn listen(
         )
         .await?;
     Ok(tokio::spawn(async move {
-        loop {
-            let message = tokio::select! {
-                _ = stop.cancelled() => break,
-                m = advisories.next() => match m {
-                    Some(m) => m,
-                    None => break,
-                },
-            };
+        while let Some(Some(message)) = stop.run_until_cancelled(advisories.next()).await {
             match serde_json::from_slice::<MaxDeliveries>(&message.payload) {
                 Ok(advisory) => exhausted(&ctx, advisory).await,
                 Err(e) => tracing::warn!(error = %e, "unreadable max-deliveries advisory"),

@@ -21,19 +21,22 @@ pub mod backends;
 pub mod cancel;
 pub mod chunking;
 pub mod config;
+pub mod context;
 pub mod dead_letter;
 mod http;
-pub mod jobs;
+mod job;
 pub mod metrics;
 pub mod publish;
+mod queue;
 pub mod queue_depth;
+mod turns;
 
 pub use config::{BackendKind, WorkerConfig};
 
 use backends::demo::{DemoBackend, DemoConfig};
 use backends::openai::OpenAiBackend;
 use backends::ModelBackend;
-use jobs::JobContext;
+use context::JobContext;
 
 /// How long, after the grace, jobs handed back get to send their nak.
 const ABORT_WAIT: Duration = Duration::from_secs(5);
@@ -187,7 +190,7 @@ pub async fn spawn(config: WorkerConfig) -> anyhow::Result<RunningWorker> {
 
     let jobs = TaskTracker::new();
     let slots = Arc::new(Semaphore::new(config.concurrency.max(1)));
-    let puller = tokio::spawn(jobs::pull(
+    let puller = tokio::spawn(queue::pull(
         ctx,
         consumer,
         slots,

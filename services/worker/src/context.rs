@@ -1,0 +1,28 @@
+//! What every job of this worker shares. A module of its own so that the job
+//! steps, turn recording and dead-lettering all read it without importing
+//! one another.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use protocol::setup::{Layout, LayoutConfig};
+use tokio_util::sync::CancellationToken;
+
+use crate::backends::ModelBackend;
+use crate::cancel::CancelRegistry;
+
+/// What every job of this worker shares.
+pub struct JobContext {
+    pub js: jetstream::Context,
+    pub layout: Layout,
+    pub layout_config: LayoutConfig,
+    pub backend: Arc<dyn ModelBackend>,
+    pub chunk_window: Duration,
+    pub chunk_max_bytes: usize,
+    pub cancels: CancelRegistry,
+    /// Fires when the shutdown grace is over: running jobs are handed back.
+    pub abort: CancellationToken,
+    /// This worker's name, on every job span.
+    pub node: String,
+}

@@ -1,0 +1,139 @@
+//! The admit step: before its first chunk, an attempt reads what decides
+//! whether and how it runs, claims the job from any other worker still
+//! running it, and ends at once when there is nothing to generate.
+
+use std::sync::atomic::Ordering;
+
+use protocol::records::Turn;
+use protocol::{sessions, stored, subjects, Event};
+
+use super::ending::Ending;
+use super::Job;
+use crate::cancel::{self, CancelGuard};
+
+/// Whether an attempt generates, decided before its first chunk.
+pub(super) enum Admission {
+    /// It generates, with these finished turns as the model's context.
+    Run { history: Vec<Turn> },
+    /// It ends without generating: answered already, cancelled, or asking
+    /// for a model this worker does not serve.
+    End(Ending),
+}
+
+impl Job {
+    pub(super) async fn admit(&self, guard: &CancelGuard) -> Admission {
+        let ctx = &self.ctx;
+        let id = self.message_id();
+        // What decides whether and how this job runs, read at once: every
+        // round trip here is added to the time to the first chunk.
+        let (answered, cancel_flagged, history, last_event) = tokio::join!(
+            self.already_answered(),
+            cancel::flag_set(&ctx.layout.sessions, id),
+            self.context(),
+            ctx.layout
+                .events
+                .direct_get_last_for_subject(subjects::events(self.request.session_id)),
+        );
+        let last_event = last_event
+            .ok()
+            .and_then(|m| serde_json::from_slice::<Event>(&m.payload).ok());
+        self.continue_after(last_event.as_ref());
+        if answered {
+            return Admission::End(Ending::already_answered());
+        }
+        self.claim(guard).await;
+        // The guard registered before the flag was read: a cancel is seen
+        // through one or the other.
+        if guard.token().is_cancelled() || cancel_flagged {
+            return Admission::End(Ending::cancelled_before_start(self.attempt_facts()));
+        }
+        match self.request.model.as_deref() {
+            Some(model) if !ctx.backend.serves_model(model) => {
+                Admission::End(Ending::unknown_model(self.attempt_facts(), model))
+            }
+            _ => Admission::Run { history },
+        }
+    }
+
+    /// Tells any other worker still running this message (it lost its lease
+    /// without knowing) to stop: the job is ours now.
+    async fn claim(&self, guard: &CancelGuard) {
+        let claim = guard.claim_notice().to_payload();
+        if let Err(e) = self
+            .ctx
+            .js
+            .client()
+            .publish(subjects::cancel(self.request.session_id), claim)
+            .await
+        {
+            tracing::debug!(error = %e, "announcing the claim");
+        }
+    }
+
+    /// A delivery count can undercount: a job handed back while NATS
+    /// restarted may come back as delivery 1 again. If the session's last
+    /// stored event is an unfinished run of this message with an attempt
+    /// number at or above ours, this run is the next one (and announces
+    /// `restart`), so a client never sees one attempt's chunks twice.
+    fn continue_after(&self, last: Option<&Event>) {
+        let id = self.message_id();
+        let earlier = match last {
+            Some(Event::Chunk {
+                message_id,
+                attempt,
+                ..
+            })
+            | Some(Event::Restart {
+                message_id,
+                attempt,
+            }) if *message_id == id => *attempt,
+            _ => return,
+        };
+        if earlier >= self.attempt() {
+            self.attempt.store(earlier + 1, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether this message already has its answer: the session record says
+    /// so, or (the record's update may have been lost when NATS went away
+    /// between the two writes) the session's last history turn is it.
+    async fn already_answered(&self) -> bool {
+        let ctx = &self.ctx;
+        let id = self.message_id();
+        let subject = subjects::history(self.request.session_id);
+        // Both reads at once: they sit before the first chunk.
+        let (record, last_turn) = tokio::join!(
+            sessions::load(&ctx.layout.sessions, self.request.session_id),
+            ctx.layout.history.direct_get_last_for_subject(subject),
+        );
+        match record {
+            Ok(Some(v)) if v.record.is_finished(id) => return true,
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "reading the session record"),
+        }
+        match last_turn {
+            Ok(last) => serde_json::from_slice::<Turn>(&last.payload)
+                .is_ok_and(|turn| turn.message_id == id),
+            Err(_) => false,
+        }
+    }
+
+    /// The finished turns the model gets as context (none if it takes none).
+    async fn context(&self) -> Vec<Turn> {
+        let ctx = &self.ctx;
+        let turns = ctx.backend.context_turns();
+        if turns == 0 {
+            return Vec::new();
+        }
+        let client = ctx.js.client();
+        match stored::read_turns(&client, &ctx.layout.history, self.request.session_id, turns).await
+        {
+            Ok(history) => history,
+            Err(e) => {
+                // Context is a nicety; an answer without it beats none.
+                tracing::warn!(error = %e, "reading history for context");
+                Vec::new()
+            }
+        }
+    }
+}

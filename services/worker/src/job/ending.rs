@@ -1,0 +1,589 @@
+//! How an attempt ends, as data: every way a job can stop is mapped here to
+//! what the conclude step does with it, in one table a reader can check
+//! without a server (see the tests at the bottom).
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, AckKind};
+use protocol::records::TurnStatus;
+use protocol::{ErrorCode, Event, FinishReason, MessageId, Usage};
+
+use crate::backends::BackendError;
+use crate::dead_letter;
+use crate::metrics::Outcome;
+use crate::publish::PublishFailed;
+use crate::turns::Answer;
+
+/// Everything the conclude step does to end an attempt, in its order:
+/// settle the outstanding chunks (freeing the in-flight slot meanwhile),
+/// store the terminal event, the dead letter, the turn and session record,
+/// answer the work-queue, clear the cancel flag, report.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Ending {
+    pub(crate) outstanding: Outstanding,
+    /// Frees the message's in-flight slot in the session record while the
+    /// outstanding chunks are acknowledged (see `turns::mark_ending`).
+    pub(crate) free_slot_early: bool,
+    /// The event that closes the answer for the session's clients.
+    pub(crate) terminal: Option<Event>,
+    /// The reason stored in a dead letter, after the terminal event.
+    pub(crate) dead_letter: Option<String>,
+    /// The turn stored in history (then the session record is finished).
+    pub(crate) turn: Option<Answer>,
+    pub(crate) ack: QueueReply,
+    pub(crate) cancel_flag: CancelFlag,
+    pub(crate) report: Report,
+}
+
+/// What becomes of the chunks an attempt published whose acks are still
+/// outstanding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Outstanding {
+    /// Each must be stored before the terminal event: a lost one fails the
+    /// attempt (it is retried with `restart`) instead of leaving a
+    /// complete-looking answer with a hole.
+    MustBeStored,
+    /// Awaited, a failure only logged: this attempt is over either way.
+    Settle,
+    /// Not awaited: nothing more is published for this attempt.
+    Abandon,
+}
+
+/// How the job is answered on the work-queue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum QueueReply {
+    /// Done with: the answer and everything it owes the session are stored.
+    Ack,
+    /// Never to be tried again (a failure retrying cannot fix).
+    Term,
+    /// Handed back to be tried again after the delay.
+    Nak(Option<Duration>),
+    /// Not answered at all: another worker holds the job now.
+    Leave,
+}
+
+impl QueueReply {
+    /// Sends the answer; a failure is logged (the server's `ack_wait` and the
+    /// "already answered" check cover a lost one).
+    pub(crate) async fn send(self, message: &jetstream::Message) {
+        let (sent, consequence) = match self {
+            QueueReply::Ack => (
+                message.double_ack().await,
+                "ack failed; the job may be redelivered and recognised as finished",
+            ),
+            QueueReply::Term => (message.ack_with(AckKind::Term).await, "term failed"),
+            QueueReply::Nak(delay) => (
+                message.ack_with(AckKind::Nak(delay)).await,
+                "nak failed; the job comes back after ack_wait",
+            ),
+            QueueReply::Leave => return,
+        };
+        if let Err(e) = sent {
+            tracing::warn!(error = %e, "{consequence}");
+        }
+    }
+}
+
+/// What becomes of the message's KV cancel flag once the job is answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum CancelFlag {
+    Keep,
+    /// The cancel was handled: the flag is ours to remove.
+    Clear,
+    /// Removed if a cancel notice came after the answer was complete (a
+    /// no-op, but its flag is ours to remove).
+    ClearIfCancelled,
+}
+
+/// What a job did, for its metrics and its one log line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Report {
+    /// `None`: the job was skipped, not finished, on this worker.
+    pub(crate) outcome: Option<Outcome>,
+    pub(crate) detail: &'static str,
+    pub(crate) chunks: u32,
+    pub(crate) tokens: u64,
+}
+
+impl Report {
+    pub(crate) fn new(outcome: Option<Outcome>, detail: &'static str) -> Self {
+        Self {
+            outcome,
+            detail,
+            chunks: 0,
+            tokens: 0,
+        }
+    }
+}
+
+/// How a generation stopped.
+#[derive(Debug)]
+pub(crate) enum Stop {
+    Finished {
+        finish_reason: FinishReason,
+        usage: Option<Usage>,
+    },
+    Cancelled,
+    Backend(BackendError),
+    Publish(PublishFailed),
+    /// The shutdown grace is over.
+    Aborted,
+    /// Another worker took the job over (a redelivery while this one still
+    /// ran): stop without a word; the job is theirs.
+    Superseded,
+}
+
+/// What a generation produced.
+#[derive(Debug)]
+pub(crate) struct Generated {
+    pub(crate) stop: Stop,
+    pub(crate) text: String,
+    pub(crate) chunks: u32,
+    pub(crate) tokens: u64,
+}
+
+/// The attempt being ended: what the endings name in their events.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Attempt {
+    pub(crate) message_id: MessageId,
+    pub(crate) number: u32,
+    /// The work-queue's delivery limit: the last attempt dead-letters.
+    pub(crate) max_deliver: i64,
+}
+
+impl Attempt {
+    /// A growing pause before a job that failed for a passing reason is
+    /// tried again.
+    pub(crate) fn retry_delay(&self) -> Duration {
+        let exp = self.number.saturating_sub(1).min(6);
+        (Duration::from_millis(500) * (1 << exp)).min(Duration::from_secs(30))
+    }
+}
+
+impl Ending {
+    /// An ending that stores nothing and publishes nothing.
+    fn quiet(ack: QueueReply, report: Report) -> Self {
+        Self {
+            outstanding: Outstanding::Abandon,
+            free_slot_early: false,
+            terminal: None,
+            dead_letter: None,
+            turn: None,
+            ack,
+            cancel_flag: CancelFlag::Keep,
+            report,
+        }
+    }
+
+    /// An ending that closes the answer: terminal event, then the turn.
+    fn closing(terminal: Event, turn: Answer, ack: QueueReply, report: Report) -> Self {
+        Self {
+            outstanding: Outstanding::MustBeStored,
+            free_slot_early: true,
+            terminal: Some(terminal),
+            dead_letter: None,
+            turn: Some(turn),
+            ack,
+            cancel_flag: CancelFlag::Keep,
+            report,
+        }
+    }
+
+    /// The session already has this message's answer (an earlier attempt
+    /// stored it, and its ack was lost): ack it, publish nothing.
+    pub(crate) fn already_answered() -> Self {
+        Self::quiet(QueueReply::Ack, Report::new(None, "already answered"))
+    }
+
+    /// A cancel came before the first chunk.
+    pub(crate) fn cancelled_before_start(attempt: Attempt) -> Self {
+        Self {
+            free_slot_early: false,
+            cancel_flag: CancelFlag::Clear,
+            ..Self::closing(
+                Event::Cancelled {
+                    message_id: attempt.message_id,
+                },
+                Answer::unfinished(TurnStatus::Cancelled, String::new()),
+                QueueReply::Ack,
+                Report::new(Some(Outcome::Cancelled), "cancelled before start"),
+            )
+        }
+    }
+
+    /// The request names a model this worker's backend does not serve.
+    pub(crate) fn unknown_model(attempt: Attempt, model: &str) -> Self {
+        Self {
+            free_slot_early: false,
+            ..Self::closing(
+                Event::Error {
+                    message_id: Some(attempt.message_id),
+                    code: ErrorCode::BadRequest,
+                    message: format!("this service does not serve the model {model:?}"),
+                },
+                Answer::unfinished(TurnStatus::Failed, String::new()),
+                QueueReply::Term,
+                Report::new(Some(Outcome::Failed), "unknown model"),
+            )
+        }
+    }
+
+    /// How an attempt that generated ends, from how its generation stopped.
+    pub(crate) fn after_generation(generated: Generated, attempt: Attempt) -> Self {
+        let Generated {
+            stop,
+            text,
+            chunks,
+            tokens,
+        } = generated;
+        let id = attempt.message_id;
+        let report = |outcome, detail| Report {
+            outcome,
+            detail,
+            chunks,
+            tokens,
+        };
+        match stop {
+            Stop::Finished {
+                finish_reason,
+                usage,
+            } => Self {
+                cancel_flag: CancelFlag::ClearIfCancelled,
+                ..Self::closing(
+                    Event::Done {
+                        message_id: id,
+                        attempt: attempt.number,
+                        finish_reason: finish_reason.clone(),
+                        usage,
+                    },
+                    Answer {
+                        status: TurnStatus::Done,
+                        text,
+                        finish_reason: Some(finish_reason),
+                        usage,
+                    },
+                    QueueReply::Ack,
+                    report(Some(Outcome::Done), "answered"),
+                )
+            },
+            Stop::Cancelled => Self {
+                cancel_flag: CancelFlag::Clear,
+                ..Self::closing(
+                    Event::Cancelled { message_id: id },
+                    Answer::unfinished(TurnStatus::Cancelled, text),
+                    QueueReply::Ack,
+                    report(Some(Outcome::Cancelled), "cancelled while generating"),
+                )
+            },
+            Stop::Backend(BackendError::Rejected(reason)) => Self::closing(
+                Event::Error {
+                    message_id: Some(id),
+                    code: ErrorCode::ModelFailed,
+                    message: reason,
+                },
+                Answer::unfinished(TurnStatus::Failed, text),
+                QueueReply::Term,
+                report(Some(Outcome::Failed), "model refused"),
+            ),
+            Stop::Backend(BackendError::Unavailable {
+                message,
+                retry_after,
+            }) if i64::from(attempt.number) < attempt.max_deliver => {
+                tracing::info!(error = %message, "model unavailable; retrying later");
+                Self {
+                    outstanding: Outstanding::Settle,
+                    ..Self::quiet(
+                        QueueReply::Nak(Some(retry_after.unwrap_or_else(|| attempt.retry_delay()))),
+                        report(Some(Outcome::Redelivered), "model unavailable"),
+                    )
+                }
+            }
+            Stop::Backend(BackendError::Unavailable { message, .. }) => Self {
+                outstanding: Outstanding::Settle,
+                free_slot_early: false,
+                terminal: Some(dead_letter::exhausted_event(id, u64::from(attempt.number))),
+                dead_letter: Some(format!(
+                    "the model stayed unavailable for {} attempts: {message}",
+                    attempt.number
+                )),
+                turn: Some(Answer::unfinished(TurnStatus::Failed, String::new())),
+                ack: QueueReply::Term,
+                cancel_flag: CancelFlag::Keep,
+                report: report(Some(Outcome::DeadLettered), "retries exhausted"),
+            },
+            Stop::Publish(e) => {
+                tracing::warn!(error = %e, "events not stored; handing the job back");
+                Self::quiet(
+                    QueueReply::Nak(Some(attempt.retry_delay())),
+                    report(Some(Outcome::Redelivered), "publish failed"),
+                )
+            }
+            // Nothing is published: the next attempt announces `restart`.
+            Stop::Aborted => Self::quiet(
+                QueueReply::Nak(None),
+                report(Some(Outcome::Redelivered), "shutdown"),
+            ),
+            Stop::Superseded => Self::quiet(
+                QueueReply::Leave,
+                report(None, "taken over by another worker"),
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use protocol::EventKind;
+
+    use super::*;
+
+    const MAX_DELIVER: i64 = 3;
+
+    fn attempt(number: u32) -> Attempt {
+        Attempt {
+            message_id: "7d3f0a3e-3c1b-4d55-9a43-2f4b52c1a0de".parse().unwrap(),
+            number,
+            max_deliver: MAX_DELIVER,
+        }
+    }
+
+    fn after(stop: Stop, number: u32) -> Ending {
+        let generated = Generated {
+            stop,
+            text: "partial answer".into(),
+            chunks: 4,
+            tokens: 9,
+        };
+        Ending::after_generation(generated, attempt(number))
+    }
+
+    fn unavailable(retry_after: Option<Duration>) -> Stop {
+        Stop::Backend(BackendError::Unavailable {
+            message: "503".into(),
+            retry_after,
+        })
+    }
+
+    /// One row of the endings table: what a reader checks for each ending.
+    #[derive(Debug, PartialEq, Eq)]
+    struct Row {
+        terminal: Option<EventKind>,
+        turn: Option<TurnStatus>,
+        ack: QueueReply,
+        cancel_flag: CancelFlag,
+        outcome: Option<Outcome>,
+        outstanding: Outstanding,
+        free_slot_early: bool,
+        dead_letter: bool,
+    }
+
+    impl From<&Ending> for Row {
+        fn from(ending: &Ending) -> Self {
+            Row {
+                terminal: ending.terminal.as_ref().map(Event::kind),
+                turn: ending.turn.as_ref().map(|t| t.status),
+                ack: ending.ack,
+                cancel_flag: ending.cancel_flag,
+                outcome: ending.report.outcome,
+                outstanding: ending.outstanding,
+                free_slot_early: ending.free_slot_early,
+                dead_letter: ending.dead_letter.is_some(),
+            }
+        }
+    }
+
+    /// An ending that closes the answer after chunks were published.
+    fn closes(terminal: EventKind, turn: TurnStatus, ack: QueueReply, outcome: Outcome) -> Row {
+        Row {
+            terminal: Some(terminal),
+            turn: Some(turn),
+            ack,
+            cancel_flag: CancelFlag::Keep,
+            outcome: Some(outcome),
+            outstanding: Outstanding::MustBeStored,
+            free_slot_early: true,
+            dead_letter: false,
+        }
+    }
+
+    /// An ending that stores nothing.
+    fn quiet(ack: QueueReply, outcome: Option<Outcome>) -> Row {
+        Row {
+            terminal: None,
+            turn: None,
+            ack,
+            cancel_flag: CancelFlag::Keep,
+            outcome,
+            outstanding: Outstanding::Abandon,
+            free_slot_early: false,
+            dead_letter: false,
+        }
+    }
+
+    /// Each ending, named by its log line's `detail`, against what it does.
+    #[test]
+    fn every_ending_maps_to_its_event_turn_ack_and_outcome() {
+        use EventKind as E;
+        use QueueReply::{Ack, Leave, Nak, Term};
+        use TurnStatus as T;
+        let before_start = |row: Row| Row {
+            free_slot_early: false,
+            ..row
+        };
+        let table = [
+            (
+                "already answered",
+                Ending::already_answered(),
+                quiet(Ack, None),
+            ),
+            (
+                "cancelled before start",
+                Ending::cancelled_before_start(attempt(1)),
+                Row {
+                    cancel_flag: CancelFlag::Clear,
+                    ..before_start(closes(E::Cancelled, T::Cancelled, Ack, Outcome::Cancelled))
+                },
+            ),
+            (
+                "unknown model",
+                Ending::unknown_model(attempt(1), "gpt-9"),
+                before_start(closes(E::Error, T::Failed, Term, Outcome::Failed)),
+            ),
+            (
+                "answered",
+                after(
+                    Stop::Finished {
+                        finish_reason: FinishReason::Stop,
+                        usage: None,
+                    },
+                    1,
+                ),
+                Row {
+                    cancel_flag: CancelFlag::ClearIfCancelled,
+                    ..closes(E::Done, T::Done, Ack, Outcome::Done)
+                },
+            ),
+            (
+                "cancelled while generating",
+                after(Stop::Cancelled, 1),
+                Row {
+                    cancel_flag: CancelFlag::Clear,
+                    ..closes(E::Cancelled, T::Cancelled, Ack, Outcome::Cancelled)
+                },
+            ),
+            (
+                "model refused",
+                after(Stop::Backend(BackendError::Rejected("no".into())), 1),
+                closes(E::Error, T::Failed, Term, Outcome::Failed),
+            ),
+            (
+                "model unavailable",
+                after(unavailable(None), 2),
+                Row {
+                    outstanding: Outstanding::Settle,
+                    ..quiet(
+                        Nak(Some(Duration::from_secs(1))),
+                        Some(Outcome::Redelivered),
+                    )
+                },
+            ),
+            (
+                "retries exhausted",
+                after(unavailable(None), 3),
+                Row {
+                    outstanding: Outstanding::Settle,
+                    free_slot_early: false,
+                    dead_letter: true,
+                    ..closes(E::Error, T::Failed, Term, Outcome::DeadLettered)
+                },
+            ),
+            (
+                "publish failed",
+                after(Stop::Publish(PublishFailed("gone".into())), 1),
+                quiet(
+                    Nak(Some(Duration::from_millis(500))),
+                    Some(Outcome::Redelivered),
+                ),
+            ),
+            (
+                "shutdown",
+                after(Stop::Aborted, 1),
+                quiet(Nak(None), Some(Outcome::Redelivered)),
+            ),
+            (
+                "taken over by another worker",
+                after(Stop::Superseded, 1),
+                quiet(Leave, None),
+            ),
+        ];
+        for (name, ending, expected) in table {
+            assert_eq!(Row::from(&ending), expected, "{name}");
+            assert_eq!(ending.report.detail, name);
+        }
+    }
+
+    #[test]
+    fn the_events_and_turns_carry_what_the_attempt_produced() {
+        let done = after(
+            Stop::Finished {
+                finish_reason: FinishReason::Length,
+                usage: None,
+            },
+            2,
+        );
+        assert!(matches!(
+            done.terminal,
+            Some(Event::Done {
+                attempt: 2,
+                finish_reason: FinishReason::Length,
+                ..
+            })
+        ));
+        let turn = done.turn.unwrap();
+        assert_eq!(turn.text, "partial answer");
+        assert_eq!(turn.finish_reason, Some(FinishReason::Length));
+        assert_eq!((done.report.chunks, done.report.tokens), (4, 9));
+
+        let refused = after(Stop::Backend(BackendError::Rejected("bad model".into())), 1);
+        assert!(matches!(
+            refused.terminal,
+            Some(Event::Error { code: ErrorCode::ModelFailed, ref message, .. }) if message == "bad model"
+        ));
+        assert_eq!(refused.turn.unwrap().text, "partial answer");
+
+        let unknown = Ending::unknown_model(attempt(1), "gpt-9");
+        assert!(matches!(
+            unknown.terminal,
+            Some(Event::Error { code: ErrorCode::BadRequest, ref message, .. }) if message.contains("gpt-9")
+        ));
+        assert_eq!(unknown.turn.unwrap().text, "", "nothing was generated");
+    }
+
+    #[test]
+    fn the_last_delivery_dead_letters_with_the_reason_and_no_text() {
+        let last = after(unavailable(None), 3);
+        assert!(matches!(
+            last.terminal,
+            Some(Event::Error {
+                code: ErrorCode::RetriesExhausted,
+                ..
+            })
+        ));
+        assert!(last.dead_letter.unwrap().contains("3 attempts: 503"));
+        assert_eq!(last.turn.unwrap().text, "");
+        let told = after(unavailable(Some(Duration::from_secs(7))), 1);
+        assert_eq!(
+            told.ack,
+            QueueReply::Nak(Some(Duration::from_secs(7))),
+            "a backend's retry-after wins over our own delay"
+        );
+    }
+
+    #[test]
+    fn the_retry_delay_doubles_from_half_a_second_up_to_thirty() {
+        let delays: Vec<_> = [1, 2, 3, 7, 8, 50]
+            .map(|n| attempt(n).retry_delay().as_millis())
+            .into();
+        assert_eq!(delays, [500, 1000, 2000, 30_000, 30_000, 30_000]);
+    }
+}

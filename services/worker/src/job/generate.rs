@@ -1,0 +1,200 @@
+//! The generate step: announce a restart, stream the model's answer as
+//! chunks until it ends, is cancelled, fails, is taken over, or the
+//! worker's shutdown grace is over, and say how it stopped.
+
+use futures::StreamExt;
+use protocol::records::Turn;
+use protocol::{Event, FinishReason};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use async_nats::jetstream::AckKind;
+
+use super::ending::{Generated, Stop};
+use super::{Job, JobError};
+use crate::backends::{BackendError, Generation, ModelOutput};
+use crate::cancel::CancelGuard;
+use crate::chunking::Chunker;
+use crate::metrics;
+use crate::publish::{EventPublisher, PublishFailed};
+
+impl Job {
+    /// Starts this attempt's event publisher; a redelivered job first tells
+    /// the session to drop the partial answer of the attempt before.
+    pub(super) async fn start_publishing(&self) -> Result<EventPublisher, JobError> {
+        let ctx = &self.ctx;
+        let mut publisher = EventPublisher::start(
+            ctx.js.clone(),
+            protocol::subjects::events(self.request.session_id),
+        );
+        if self.attempt() > 1 {
+            publisher
+                .publish(&Event::Restart {
+                    message_id: self.message_id(),
+                    attempt: self.attempt(),
+                })
+                .await?;
+        }
+        Ok(publisher)
+    }
+
+    /// Generates the answer under its own `model` span, with `history` as
+    /// the model's context, and records how long it took.
+    pub(super) async fn generate(
+        &self,
+        publisher: &mut EventPublisher,
+        guard: &CancelGuard,
+        history: Vec<Turn>,
+    ) -> Generated {
+        let ctx = &self.ctx;
+        let started = Instant::now();
+        let model_span = tracing::info_span!(
+            "model",
+            otel.name = "chat.model",
+            backend = ctx.backend.name(),
+            model = self.request.model.as_deref().unwrap_or("default"),
+            attempt = self.attempt(),
+            tokens = tracing::field::Empty,
+            finish_reason = tracing::field::Empty,
+        );
+        let generation = Generation {
+            prompt: self.request.content.clone(),
+            history,
+            model: self.request.model.clone(),
+        };
+        let generated = self
+            .stream_chunks(publisher, guard.token(), guard.superseded(), generation)
+            .instrument(model_span.clone())
+            .await;
+        model_span.record("tokens", generated.tokens);
+        if let Stop::Finished { finish_reason, .. } = &generated.stop {
+            let reason = finish_reason_label(finish_reason);
+            model_span.record("finish_reason", reason);
+            tracing::Span::current().record("finish_reason", reason);
+        }
+        metrics::generation(started.elapsed(), ctx.backend.name(), generated.tokens);
+        generated
+    }
+
+    /// Streams the backend's answer as chunks until it stops.
+    async fn stream_chunks(
+        &self,
+        publisher: &mut EventPublisher,
+        cancelled: &CancellationToken,
+        superseded: &CancellationToken,
+        generation: Generation,
+    ) -> Generated {
+        let ctx = &self.ctx;
+        let mut stream = ctx.backend.generate(generation);
+        let mut chunker = Chunker::new(ctx.chunk_window, ctx.chunk_max_bytes);
+        let progress_every = ctx.layout_config.progress_interval();
+        let mut progress =
+            tokio::time::interval_at(Instant::now() + progress_every, progress_every);
+        let mut generated = Generated {
+            stop: Stop::Aborted,
+            text: String::new(),
+            chunks: 0,
+            tokens: 0,
+        };
+
+        let stop = loop {
+            let due = chunker.deadline();
+            let chunk = tokio::select! {
+                biased;
+                _ = cancelled.cancelled() => {
+                    drop(stream);
+                    if let Some(text) = chunker.flush() {
+                        if let Err(e) = self.publish_chunk(publisher, &mut generated, text).await {
+                            break Stop::Publish(e);
+                        }
+                    }
+                    break Stop::Cancelled;
+                }
+                _ = ctx.abort.cancelled() => break Stop::Aborted,
+                _ = superseded.cancelled() => break Stop::Superseded,
+                _ = sleep_until(due) => chunker.flush(),
+                _ = progress.tick() => {
+                    if let Err(e) = self.message.ack_with(AckKind::Progress).await {
+                        tracing::warn!(error = %e, "progress ack failed");
+                    }
+                    None
+                }
+                item = stream.next() => match item {
+                    Some(Ok(ModelOutput::Token(token))) => {
+                        // A backend that is always ready (the zero-delay
+                        // demo) must not starve the other jobs of its thread.
+                        tokio::task::consume_budget().await;
+                        generated.tokens += 1;
+                        generated.text.push_str(&token);
+                        chunker.push(&token, Instant::now())
+                    }
+                    Some(Ok(ModelOutput::Finished { finish_reason, usage })) => {
+                        if let Some(text) = chunker.flush() {
+                            if let Err(e) = self.publish_chunk(publisher, &mut generated, text).await {
+                                break Stop::Publish(e);
+                            }
+                        }
+                        break Stop::Finished { finish_reason, usage };
+                    }
+                    Some(Err(e)) => break Stop::Backend(e),
+                    None => break Stop::Backend(BackendError::Unavailable {
+                        message: "the model's stream ended before the answer was complete".into(),
+                        retry_after: None,
+                    }),
+                },
+            };
+            if let Some(text) = chunk {
+                if let Err(e) = self.publish_chunk(publisher, &mut generated, text).await {
+                    break Stop::Publish(e);
+                }
+            }
+        };
+        generated.stop = stop;
+        generated
+    }
+
+    async fn publish_chunk(
+        &self,
+        publisher: &mut EventPublisher,
+        generated: &mut Generated,
+        text: String,
+    ) -> Result<(), PublishFailed> {
+        publisher
+            .publish(&Event::Chunk {
+                message_id: self.message_id(),
+                attempt: self.attempt(),
+                index: generated.chunks,
+                text,
+                published_at_us: Some(now_us()),
+            })
+            .await?;
+        if generated.chunks == 0 {
+            metrics::first_chunk(self.started.elapsed());
+        }
+        generated.chunks += 1;
+        Ok(())
+    }
+}
+
+async fn sleep_until(due: Option<Instant>) {
+    match due {
+        Some(due) => tokio::time::sleep_until(due).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+fn finish_reason_label(reason: &FinishReason) -> &str {
+    match reason {
+        FinishReason::Stop => "stop",
+        FinishReason::Length => "length",
+        FinishReason::Other(other) => other,
+    }
+}

@@ -1,0 +1,158 @@
+//! One job's lifecycle, in named steps: [`admit`] (is there anything to
+//! generate? claim the job), [`generate`] (stream the answer as chunks),
+//! and [`conclude`] (store what the session is owed, then answer the
+//! work-queue). Every way a job can end is an [`ending::Ending`], data the
+//! conclude step carries out in one place.
+
+mod admit;
+mod conclude;
+mod ending;
+mod generate;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use async_nats::jetstream;
+use protocol::{subjects, ChatRequest, MessageId};
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use crate::context::JobContext;
+use crate::metrics::{self, Outcome};
+use crate::publish::PublishFailed;
+use admit::Admission;
+use ending::{Attempt, Ending, Report};
+
+pub(crate) use ending::QueueReply;
+
+/// Runs one pulled job to its end.
+pub(crate) async fn run(ctx: Arc<JobContext>, message: jetstream::Message) {
+    let _in_flight = metrics::InFlight::start();
+    let started = Instant::now();
+    let (attempt, stream_seq) = match message.info() {
+        Ok(info) => (
+            u32::try_from(info.delivered.max(1)).unwrap_or(u32::MAX),
+            info.stream_sequence,
+        ),
+        Err(e) => {
+            tracing::warn!(error = %e, "a job without JetStream metadata; dropped");
+            QueueReply::Term.send(&message).await;
+            return;
+        }
+    };
+    let request: ChatRequest = match serde_json::from_slice(&message.payload) {
+        Ok(request) => request,
+        Err(e) => {
+            tracing::warn!(stream_seq, error = %e, "unreadable job; dropped");
+            QueueReply::Term.send(&message).await;
+            metrics::job_finished(Outcome::Failed);
+            return;
+        }
+    };
+    // One span per attempt; a redelivery is a new child of the same
+    // gateway span (the `traceparent` travels with the job). No prompt text.
+    let span = tracing::info_span!(
+        "job",
+        otel.name = "chat.job",
+        messaging.system = "nats",
+        messaging.destination.name = subjects::REQUESTS_STREAM,
+        message_id = %request.message_id,
+        session_id = %request.session_id,
+        attempt,
+        node = %ctx.node,
+        model = request.model.as_deref().unwrap_or("default"),
+        chunks = tracing::field::Empty,
+        finish_reason = tracing::field::Empty,
+        outcome = tracing::field::Empty,
+    );
+    telemetry::trace_context::adopt(&span, message.headers.as_ref());
+    let job = Job {
+        ctx,
+        message,
+        request,
+        attempt: AtomicU32::new(attempt),
+        started,
+    };
+    job.run().instrument(span).await;
+}
+
+#[derive(Debug, thiserror::Error)]
+enum JobError {
+    #[error(transparent)]
+    Publish(#[from] PublishFailed),
+}
+
+struct Job {
+    ctx: Arc<JobContext>,
+    message: jetstream::Message,
+    request: ChatRequest,
+    /// The delivery count, raised when the stream shows an earlier run of
+    /// this message that the count does not (see `Job::admit`).
+    attempt: AtomicU32,
+    started: Instant,
+}
+
+impl Job {
+    /// The steps of one attempt. Each ending, whether before or after
+    /// generating, goes through `conclude`.
+    async fn process(&self) -> Result<Report, JobError> {
+        let guard = self.ctx.cancels.register(self.message_id());
+        let history = match self.admit(&guard).await {
+            Admission::Run { history } => history,
+            Admission::End(ending) => return self.conclude(ending, None, &guard).await,
+        };
+        let mut publisher = self.start_publishing().await?;
+        let generated = self.generate(&mut publisher, &guard, history).await;
+        let ending = Ending::after_generation(generated, self.attempt_facts());
+        self.conclude(ending, Some(publisher), &guard).await
+    }
+
+    /// Processes the job, hands it back if that failed, and reports.
+    async fn run(self) {
+        let report = match self.process().await {
+            Ok(report) => report,
+            Err(e) => {
+                tracing::warn!(error = %e, "job attempt failed; handing it back");
+                QueueReply::Nak(Some(self.attempt_facts().retry_delay()))
+                    .send(&self.message)
+                    .await;
+                Report::new(Some(Outcome::Redelivered), "internal error")
+            }
+        };
+        let elapsed_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let span = tracing::Span::current();
+        span.record("chunks", report.chunks);
+        match report.outcome {
+            Some(outcome) => {
+                span.record("outcome", outcome.as_str());
+                metrics::job_finished(outcome);
+                tracing::info!(
+                    outcome = outcome.as_str(),
+                    detail = report.detail,
+                    chunks = report.chunks,
+                    tokens = report.tokens,
+                    elapsed_ms,
+                    "job finished"
+                );
+            }
+            None => tracing::info!(detail = report.detail, elapsed_ms, "job skipped"),
+        }
+    }
+
+    fn message_id(&self) -> MessageId {
+        self.request.message_id
+    }
+
+    fn attempt(&self) -> u32 {
+        self.attempt.load(Ordering::Relaxed)
+    }
+
+    /// This attempt, as the endings need it.
+    fn attempt_facts(&self) -> Attempt {
+        Attempt {
+            message_id: self.message_id(),
+            number: self.attempt(),
+            max_deliver: self.ctx.layout_config.max_deliver,
+        }
+    }
+}

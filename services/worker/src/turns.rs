@@ -1,0 +1,144 @@
+//! Recording an answered message: the turn in the session's history
+//! (`CHAT_HISTORY`) and the message's entry in the session record (KV).
+//! Both the job steps and dead-lettering end a message this way.
+//!
+//! The record moves in two writes: [`mark_ending`] frees the message's
+//! in-flight slot before its terminal event is stored, and [`record`] moves it
+//! from `active` to `recent` once its turn is stored. A redelivery reads
+//! either write as "already answered", never the slot alone.
+
+use std::convert::Infallible;
+use std::fmt::Display;
+use std::future::Future;
+use std::time::Duration;
+
+use protocol::records::{Turn, TurnStatus};
+use protocol::{sessions, subjects, ChatRequest, FinishReason, Usage};
+use tokio::time::Instant;
+
+use crate::context::JobContext;
+use crate::publish::{once_per_message, publish_and_wait, PublishFailed};
+
+/// How long the writes after an answer (history turn, session record) are
+/// retried: longer than a nats-server restart takes.
+const RECORD_RETRY_FOR: Duration = Duration::from_secs(15);
+
+/// The worker's half of a turn: how the answer ended and what it said.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Answer {
+    pub(crate) status: TurnStatus,
+    pub(crate) text: String,
+    pub(crate) finish_reason: Option<FinishReason>,
+    pub(crate) usage: Option<Usage>,
+}
+
+impl Answer {
+    /// An answer that ended without finishing (cancelled or failed).
+    pub(crate) fn unfinished(status: TurnStatus, text: String) -> Self {
+        Self {
+            status,
+            text,
+            finish_reason: None,
+            usage: None,
+        }
+    }
+}
+
+/// Publishes a finished turn to the session's history (deduplicated on the
+/// message id, so a repeated attempt cannot store two) and moves the message
+/// from `active` to `recent` in the session record.
+pub(crate) async fn record(
+    ctx: &JobContext,
+    request: &ChatRequest,
+    attempt: u32,
+    answer: Answer,
+) -> Result<(), PublishFailed> {
+    let turn = Turn {
+        message_id: request.message_id,
+        user: request.content.clone(),
+        assistant: answer.text,
+        status: answer.status,
+        created_at: request.accepted_at_ms,
+        finished_at: protocol::now_ms(),
+        attempt,
+        finish_reason: answer.finish_reason,
+        usage: answer.usage,
+        user_seq: request.user_seq,
+    };
+    let payload: bytes::Bytes = serde_json::to_vec(&turn)?.into();
+    // The answer's terminal event is stored already: ride out a NATS blip
+    // rather than hand the job back to be answered twice. Deduplicated on
+    // the message id, so a retry of a write that did land stores nothing.
+    retry_for_a_while("storing the turn", || {
+        publish_and_wait(
+            &ctx.js,
+            subjects::history(request.session_id),
+            once_per_message(payload.clone(), request.message_id),
+        )
+    })
+    .await?;
+    finish_session(ctx, request).await;
+    Ok(())
+}
+
+/// Marks the message finished in its session record. A failure is logged,
+/// not fatal: the turn is stored (it marks the message answered too), and
+/// the record's stale entries expire.
+async fn finish_session(ctx: &JobContext, request: &ChatRequest) {
+    let id = request.message_id;
+    let finished = retry_for_a_while("finishing the session record", || async {
+        let result = sessions::update(&ctx.layout.sessions, request.session_id, |r| {
+            Ok::<_, Infallible>(r.finish(id))
+        })
+        .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(sessions::SessionStoreError::NotFound) => {
+                tracing::debug!("session record gone; nothing to finish");
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    })
+    .await;
+    if let Err(e) = finished {
+        tracing::warn!(error = %e, "finishing the session record");
+    }
+}
+
+/// Frees the message's in-flight slot in the session record before its
+/// terminal event is stored, so a client that sends its next question the
+/// moment `done` arrives is never refused for a message that has ended.
+/// It stays out of `recent` until [`record`] (what marks it answered for a
+/// redelivery), and a failed write is left to [`record`] too.
+pub(crate) async fn mark_ending(ctx: &JobContext, request: &ChatRequest) {
+    let id = request.message_id;
+    let marked = sessions::update(&ctx.layout.sessions, request.session_id, |r| {
+        Ok::<_, Infallible>(r.mark_ending(id))
+    })
+    .await;
+    if let Err(e) = marked {
+        tracing::debug!(error = %e, "releasing the in-flight slot early");
+    }
+}
+
+/// Runs `write` until it succeeds or [`RECORD_RETRY_FOR`] has passed, with a
+/// pause growing from 100 ms to 1 s between tries; returns the last error.
+async fn retry_for_a_while<E: Display, F: Future<Output = Result<(), E>>>(
+    what: &'static str,
+    mut write: impl FnMut() -> F,
+) -> Result<(), E> {
+    let deadline = Instant::now() + RECORD_RETRY_FOR;
+    let mut pause = Duration::from_millis(100);
+    loop {
+        match write().await {
+            Ok(()) => return Ok(()),
+            Err(e) if Instant::now() < deadline => {
+                tracing::debug!(error = %e, "{what}; retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
