@@ -14,7 +14,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context};
 use futures::{SinkExt, StreamExt};
 use protocol::frames::{ControlFrame, SequencedEvent, ServerFrame};
-use protocol::{ClientFrame, ErrorCode, MessageId, SessionId};
+use protocol::{ClientFrame, CloseCode, ErrorCode, MessageId, SessionId};
 use serde::Deserialize;
 use tokio::net::TcpStream;
 use tokio::sync::{watch, Notify};
@@ -230,7 +230,9 @@ pub struct SessionLog {
     pub attachments: Vec<Attachment>,
     /// Connections lost for any reason (drop, close, error, stall).
     pub reconnects: u32,
-    /// Closes with 1012 (gateway restarting) or 1013 (try again later).
+    /// Closes with [`CloseCode::ServiceRestart`] (1012) or
+    /// [`CloseCode::TryAgainLater`] (1013): the server ended the socket and
+    /// expects the client back with `after_seq`.
     pub restart_closes: u32,
 }
 
@@ -501,15 +503,19 @@ impl ChatClient {
                 Err(e) => bail!("session {}: unreadable frame {text}: {e}", self.session),
             },
             Some(Ok(Message::Close(frame))) => {
-                let code = frame.as_ref().map(|f| u16::from(f.code));
-                if matches!(code, Some(1012 | 1013)) {
-                    self.log.restart_closes += 1;
-                }
-                if code == Some(1008) {
-                    bail!(
-                        "session {}: closed with 1008 (policy): {frame:?}",
-                        self.session
-                    );
+                let code = frame
+                    .as_ref()
+                    .and_then(|f| CloseCode::from_code(u16::from(f.code)));
+                match code {
+                    Some(CloseCode::ServiceRestart | CloseCode::TryAgainLater) => {
+                        self.log.restart_closes += 1;
+                    }
+                    Some(CloseCode::PolicyViolation) => bail!(
+                        "session {}: closed with {} (policy): {frame:?}",
+                        self.session,
+                        CloseCode::PolicyViolation.code()
+                    ),
+                    _ => {}
                 }
                 self.drop_socket();
                 Ok(Read::Lost)

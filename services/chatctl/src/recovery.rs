@@ -125,7 +125,8 @@ pub struct Report {
     pub messages: usize,
     pub events_checked: usize,
     pub reconnects: u64,
-    /// Closes with 1012/1013 the clients got.
+    /// Closes with 1012/1013 the clients got
+    /// ([`protocol::CloseCode::ServiceRestart`], [`protocol::CloseCode::TryAgainLater`]).
     pub restart_closes: u64,
     pub faults_injected: BTreeMap<FaultKind, usize>,
     pub faults: Vec<Injected>,

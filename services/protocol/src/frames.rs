@@ -1,4 +1,5 @@
-//! The WebSocket frames between a client and a gateway (PROTOCOL.md).
+//! The WebSocket frames between a client and a gateway (docs/PROTOCOL.md,
+//! "WebSocket"), and the error codes of frames and REST bodies.
 
 use serde::{Deserialize, Serialize};
 
@@ -31,6 +32,9 @@ pub enum ClientFrame {
 }
 
 impl ClientFrame {
+    /// Every client frame `type`, as the wire spells it.
+    pub const KINDS: [&'static str; 4] = ["chat", "cancel", "resume", "ping"];
+
     /// Parses a text frame, turning every way it can be wrong into a message
     /// fit for a `bad_request` error frame.
     pub fn parse(text: &str) -> Result<Self, String> {
@@ -41,7 +45,7 @@ impl ClientFrame {
         };
         match object.get("type").and_then(|t| t.as_str()) {
             None => return Err("a frame needs a string field \"type\"".into()),
-            Some("chat" | "cancel" | "resume" | "ping") => {}
+            Some(kind) if Self::KINDS.contains(&kind) => {}
             Some(other) => return Err(format!("unknown frame type {:?}", truncate(other, 32))),
         }
         serde_json::from_value(value).map_err(|e| format!("invalid frame: {e}"))
@@ -62,7 +66,8 @@ fn truncate(s: &str, max: usize) -> String {
     s.chars().take(max).collect()
 }
 
-/// Error codes of `error` frames and of REST error bodies.
+/// Error codes of `error` frames and of REST error bodies (docs/PROTOCOL.md,
+/// "Error codes", says when each is sent).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
@@ -80,6 +85,20 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code, for documents and for tests that mirror the list elsewhere.
+    pub const ALL: [ErrorCode; 10] = [
+        ErrorCode::BadRequest,
+        ErrorCode::Unauthorized,
+        ErrorCode::NotFound,
+        ErrorCode::TooLarge,
+        ErrorCode::RateLimited,
+        ErrorCode::Overloaded,
+        ErrorCode::ModelFailed,
+        ErrorCode::RetriesExhausted,
+        ErrorCode::ReplayExpired,
+        ErrorCode::Internal,
+    ];
+
     pub fn as_str(&self) -> &'static str {
         match self {
             ErrorCode::BadRequest => "bad_request",
@@ -129,7 +148,54 @@ pub enum ControlFrame {
     Pong,
 }
 
+/// The `type` of a frame a gateway makes itself: tools and metrics labels
+/// use this instead of spelling the strings again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ControlKind {
+    Ready,
+    Accepted,
+    Error,
+    History,
+    Pong,
+}
+
+impl ControlKind {
+    pub const ALL: [ControlKind; 5] = [
+        ControlKind::Ready,
+        ControlKind::Accepted,
+        ControlKind::Error,
+        ControlKind::History,
+        ControlKind::Pong,
+    ];
+
+    /// The wire spelling, as in `{"type": ...}`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ControlKind::Ready => "ready",
+            ControlKind::Accepted => "accepted",
+            ControlKind::Error => "error",
+            ControlKind::History => "history",
+            ControlKind::Pong => "pong",
+        }
+    }
+
+    pub fn parse(kind: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == kind)
+    }
+}
+
 impl ControlFrame {
+    pub fn kind(&self) -> ControlKind {
+        match self {
+            ControlFrame::Ready { .. } => ControlKind::Ready,
+            ControlFrame::Accepted { .. } => ControlKind::Accepted,
+            ControlFrame::Error { .. } => ControlKind::Error,
+            ControlFrame::History { .. } => ControlKind::History,
+            ControlFrame::Pong => ControlKind::Pong,
+        }
+    }
+
     pub fn error(code: ErrorCode, message: impl Into<String>) -> Self {
         ControlFrame::Error {
             message_id: None,
@@ -231,6 +297,75 @@ mod tests {
         ] {
             let err = ClientFrame::parse(bad).unwrap_err();
             assert!(err.contains(expect), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn client_frames_with_unknown_fields_are_refused() {
+        for bad in [
+            r#"{"type":"chat","content":"hi","colour":"red"}"#,
+            r#"{"type":"cancel","message_id":"7d3f0a3e-3c1b-4d55-9a43-2f4b52c1a0de","why":1}"#,
+            r#"{"type":"resume","after_seq":1,"from":0}"#,
+        ] {
+            let err = ClientFrame::parse(bad).unwrap_err();
+            assert!(err.contains("unknown field"), "{bad}: {err}");
+        }
+        // `ping` has no fields for serde to check: extras are ignored.
+        assert_eq!(
+            ClientFrame::parse(r#"{"type":"ping","now":1}"#).unwrap(),
+            ClientFrame::Ping
+        );
+    }
+
+    #[test]
+    fn kinds_are_the_serialised_type_tags() {
+        let client = [
+            ClientFrame::Chat {
+                message_id: None,
+                content: "q".into(),
+                model: None,
+            },
+            ClientFrame::Cancel {
+                message_id: MessageId::new(),
+            },
+            ClientFrame::Resume { after_seq: 0 },
+            ClientFrame::Ping,
+        ];
+        assert_eq!(client.len(), ClientFrame::KINDS.len());
+        for frame in client {
+            let json = serde_json::to_value(&frame).unwrap();
+            assert_eq!(json["type"], frame.kind());
+            assert!(ClientFrame::KINDS.contains(&frame.kind()));
+        }
+        let control = [
+            ControlFrame::Ready {
+                session_id: SessionId::new(),
+                token: None,
+                node: "n".into(),
+                last_seq: 0,
+            },
+            ControlFrame::Accepted {
+                message_id: MessageId::new(),
+                seq: 1,
+            },
+            ControlFrame::error(ErrorCode::Internal, "x"),
+            ControlFrame::History {
+                turns: Vec::new(),
+                last_seq: 0,
+            },
+            ControlFrame::Pong,
+        ];
+        assert_eq!(control.len(), ControlKind::ALL.len());
+        for frame in control {
+            let json: serde_json::Value = serde_json::from_str(&frame.to_json()).unwrap();
+            assert_eq!(json["type"], frame.kind().as_str());
+            assert_eq!(
+                ControlKind::parse(frame.kind().as_str()),
+                Some(frame.kind())
+            );
+        }
+        for code in ErrorCode::ALL {
+            assert_eq!(serde_json::to_value(code).unwrap(), code.as_str());
         }
     }
 

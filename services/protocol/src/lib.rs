@@ -18,7 +18,7 @@ pub mod subjects;
 
 pub use close::CloseCode;
 pub use events::{CancelNotice, ChatRequest, Event, EventKind, FinishReason, Usage};
-pub use frames::{ClientFrame, ErrorCode, ServerFrame};
+pub use frames::{ClientFrame, ControlKind, ErrorCode, ServerFrame};
 pub use ids::{MessageId, SessionId, SessionToken, TokenHash};
 
 /// Milliseconds since the Unix epoch: the timestamp format of every stored record.

@@ -1,4 +1,5 @@
-//! The JetStream layout (DESIGN.md, "NATS layout") and the one idempotent
+//! The JetStream layout (README.md, "Architecture"; `nats/*.json` is the same
+//! layout as files for the `nats` CLI) and the one idempotent
 //! function that creates or updates it. Gateways and workers both call
 //! [`ensure`] at start, with the same [`LayoutConfig`] read from the same
 //! flags and environment variables, so whichever starts first builds it.
@@ -15,7 +16,8 @@ use async_nats::jetstream::{
 use crate::subjects;
 
 /// Everything tunable about the layout. Defaults suit one machine; every
-/// value has a flag and an environment variable.
+/// value has a flag and an environment variable, and its default is written
+/// only in its `default_value_t` (`Default` reads them from there).
 #[derive(Clone, Debug, PartialEq, Eq, clap::Args)]
 pub struct LayoutConfig {
     /// How long `CHAT_EVENTS` keeps events: the window in which a client can
@@ -54,21 +56,20 @@ pub struct LayoutConfig {
     pub replicas: usize,
 }
 
+/// The defaults are the flags' `default_value_t`s, read through clap with
+/// the environment ignored: written once, so what a binary gets without
+/// flags and what tests (and `nats/*.json`) are built from cannot drift.
 impl Default for LayoutConfig {
     fn default() -> Self {
-        Self {
-            replay_window_secs: 3600,
-            events_max_bytes: 1 << 30,
-            history_max_age_secs: 7 * 24 * 3600,
-            session_ttl_secs: 7 * 24 * 3600,
-            queue_max_msgs: 10_000,
-            queue_max_bytes: 64 << 20,
-            dedup_window_secs: 600,
-            ack_wait_ms: 10_000,
-            max_deliver: 4,
-            max_ack_pending: 1024,
-            replicas: 1,
-        }
+        use clap::{Args, FromArgMatches};
+        let command =
+            Self::augment_args(clap::Command::new("layout-defaults")).mut_args(|arg| arg.env(None));
+        command
+            .try_get_matches_from(["layout-defaults"])
+            .and_then(|matches| Self::from_arg_matches(&matches))
+            // Every field has a `default_value_t` of its own type, so an
+            // empty command line always parses (the unit tests run this).
+            .expect("the layout flags' defaults parse")
     }
 }
 
@@ -273,6 +274,40 @@ pub async fn workers_consumer(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::{Args, FromArgMatches};
+
+    /// The layout from a command line, the environment ignored.
+    fn parse(args: &[&str]) -> LayoutConfig {
+        let command =
+            LayoutConfig::augment_args(clap::Command::new("chat")).mut_args(|a| a.env(None));
+        let matches = command
+            .try_get_matches_from(std::iter::once("chat").chain(args.iter().copied()))
+            .unwrap();
+        LayoutConfig::from_arg_matches(&matches).unwrap()
+    }
+
+    #[test]
+    fn default_is_the_flags_defaults_and_a_flag_changes_its_field_only() {
+        let d = LayoutConfig::default();
+        assert_eq!(d, parse(&[]));
+        assert_eq!(
+            (
+                d.replay_window_secs,
+                d.dedup_window_secs,
+                d.max_deliver,
+                d.replicas
+            ),
+            (3600, 600, 4, 1)
+        );
+        assert_eq!(
+            parse(&["--replay-window-secs", "60", "--replicas", "3"]),
+            LayoutConfig {
+                replay_window_secs: 60,
+                replicas: 3,
+                ..LayoutConfig::default()
+            }
+        );
+    }
 
     #[test]
     fn backoff_starts_at_ack_wait_and_fits_max_deliver() {

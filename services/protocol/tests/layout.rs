@@ -2,6 +2,8 @@
 //! idempotent and is exactly what `nats/*.json` describes, so operators can
 //! create it with `nats stream add --config` / `nats consumer add --config`.
 //!
+//! `LayoutConfig::default()` is the flags' defaults (see its `Default`), so
+//! these files describe what the binaries build when given no flags.
 //! Regenerate the JSON files after changing a default with
 //! `UPDATE_NATS_JSON=1 cargo test -p protocol --test layout`.
 

@@ -1,5 +1,6 @@
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { ChatConnection, type ConnectionStatus } from './connection';
+import { CloseCode } from './protocol';
 import type { ServerFrame } from './types';
 
 /** A stand-in socket that records its URL and lets the test drive events. */
@@ -91,7 +92,7 @@ describe('connection', () => {
     const seq = { value: 5 };
     const { conn } = connect(seq);
     last().open();
-    last().drop(1012, 'restart');
+    last().drop(CloseCode.SERVICE_RESTART, 'restart');
     expect(FakeSocket.all).toHaveLength(2);
     expect(afterSeqOf(last())).toBe('5');
     conn.stop();
@@ -99,7 +100,7 @@ describe('connection', () => {
 
   it('stops on 1008 and reports the session invalid', () => {
     const { statuses } = connect({ value: 0 });
-    last().drop(1008, 'bad token');
+    last().drop(CloseCode.POLICY_VIOLATION, 'bad token');
     expect(statuses.at(-1)).toEqual({ kind: 'invalid', reason: 'bad token' });
     vi.advanceTimersByTime(60_000);
     expect(FakeSocket.all).toHaveLength(1);

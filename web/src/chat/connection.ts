@@ -3,6 +3,7 @@
 // applied, so the gateway replays exactly what was missed.
 
 import { backoffDelay, DEFAULT_BACKOFF, type BackoffPolicy } from './backoff';
+import { CloseCode } from './protocol';
 import { parseServerFrame, type ClientFrame, type ServerFrame } from './types';
 
 export type ConnectionStatus =
@@ -30,10 +31,8 @@ export interface ConnectionOptions {
   WebSocketImpl?: typeof WebSocket;
 }
 
-/** Close codes from PROTOCOL.md. */
-export const CLOSE_POLICY = 1008;
-export const CLOSE_TOO_BIG = 1009;
-export const CLOSE_RESTART = 1012;
+/** A close this client makes itself when the socket went silent (4000-4999: private use). */
+const CLOSE_SILENT = 4000;
 
 export function chatUrl(base: string, sessionId: string, token: string, afterSeq: number): string {
   const q = new URLSearchParams({ session: sessionId, token, after_seq: String(afterSeq) });
@@ -148,8 +147,8 @@ export class ChatConnection {
     if (ws !== this.ws || ws.readyState !== 1) return;
     if (Date.now() - this.lastHeard > this.opts.pingEveryMs * 3) {
       // Nothing heard for a long time: the path is dead even if TCP has not noticed.
-      ws.close(4000, 'silent');
-      this.closed(ws, 4000, 'no answer to pings');
+      ws.close(CLOSE_SILENT, 'silent');
+      this.closed(ws, CLOSE_SILENT, 'no answer to pings');
       return;
     }
     ws.send(JSON.stringify({ type: 'ping' }));
@@ -165,18 +164,25 @@ export class ChatConnection {
     this.clearTimers();
     this.opts.onDisconnect?.();
     if (this.stopped) return;
-    if (code === CLOSE_POLICY || this.refusal) {
+    // The close codes and what a client does about each: docs/PROTOCOL.md, "Close codes".
+    if (code === CloseCode.POLICY_VIOLATION || this.refusal) {
       this.opts.onStatus({ kind: 'invalid', reason: this.refusal ?? (reason || 'the session is not valid') });
       return;
     }
-    if (code === CLOSE_RESTART && wasReady && this.restartsInARow < 3) {
+    if (code === CloseCode.SERVICE_RESTART && wasReady && this.restartsInARow < 3) {
       // The gateway is shutting down on purpose: go to another one at once.
       this.restartsInARow += 1;
       this.open();
       return;
     }
     if (wasReady) this.restartsInARow = 0;
-    this.scheduleRetry(code === CLOSE_RESTART ? 'gateway restarting' : code === CLOSE_TOO_BIG ? 'frame too large' : 'connection lost');
+    this.scheduleRetry(
+      code === CloseCode.SERVICE_RESTART
+        ? 'gateway restarting'
+        : code === CloseCode.TOO_BIG
+          ? 'frame too large'
+          : 'connection lost',
+    );
   }
 
   private scheduleRetry(reason: string): void {

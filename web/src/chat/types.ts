@@ -1,18 +1,18 @@
-// The wire frames of the gateway (PROTOCOL.md; services/protocol/src/frames.rs,
-// events.rs, records.rs). Field names are the wire's snake_case on purpose.
+// The wire frames of the gateway (docs/PROTOCOL.md; services/protocol/src/frames.rs,
+// events.rs, records.rs). Field names are the wire's snake_case on purpose. The
+// names of frame types and codes come from ./protocol, generated from the Rust types.
 
-export type ErrorCode =
-  | 'bad_request'
-  | 'unauthorized'
-  | 'not_found'
-  | 'too_large'
-  | 'rate_limited'
-  | 'overloaded'
-  | 'model_failed'
-  | 'retries_exhausted'
-  | 'replay_expired'
-  | 'internal'
-  | (string & {});
+import {
+  CONTROL_FRAME_TYPES,
+  EVENT_KINDS,
+  type ClientFrameType,
+  type ControlFrameType,
+  type EventKind,
+  type KnownErrorCode,
+} from './protocol';
+
+/** A code the server may add later is still a string: a client treats it as a failure. */
+export type ErrorCode = KnownErrorCode | (string & {});
 
 export type TurnStatusWire = 'done' | 'cancelled' | 'failed';
 
@@ -78,10 +78,19 @@ export type ClientFrame =
   | { type: 'resume'; after_seq: number }
   | { type: 'ping' };
 
-const KNOWN = new Set([
-  'user_message', 'chunk', 'restart', 'done', 'cancelled', 'error',
-  'ready', 'accepted', 'history', 'pong',
-]);
+// The frame types above are the generated names, no more and no fewer: an event
+// kind or frame type added in Rust without its type here fails `tsc`.
+type Same<A, B> = [A] extends [B] ? ([B] extends [A] ? true : false) : false;
+type StreamFrameType = (UserMessageFrame | ChunkFrame | RestartFrame | DoneFrame | CancelledFrame | ErrorFrame)['type'];
+type GatewayFrameType = (ReadyFrame | AcceptedFrame | ErrorFrame | HistoryFrame | PongFrame)['type'];
+type Assert<T extends true> = T;
+export type FrameTypesMatchTheProtocol = [
+  Assert<Same<StreamFrameType, EventKind>>,
+  Assert<Same<GatewayFrameType, ControlFrameType>>,
+  Assert<Same<ClientFrame['type'], ClientFrameType>>,
+];
+
+const KNOWN: ReadonlySet<string> = new Set<string>([...EVENT_KINDS, ...CONTROL_FRAME_TYPES]);
 
 /** Parses a text frame; `null` for anything that is not a frame we know. */
 export function parseServerFrame(text: string): ServerFrame | null {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt};
-use protocol::MessageId;
+use protocol::{ControlKind, EventKind, MessageId};
 
 use super::cpu::CpuSnapshot;
 use super::ledger::{self, MessageCheck, SeqLog};
@@ -252,11 +252,11 @@ async fn turn(
         let frame = Frame::parse(&text).map_err(|e| format!("{e:#}"))?;
         // `accepted` repeats the seq of the user message it stored; only
         // stream events count.
-        if let (Some(seq), false) = (frame.seq, frame.kind == "accepted") {
+        if let (Some(seq), false) = (frame.seq, frame.is(ControlKind::Accepted)) {
             run.log.seqs.push(seq)?;
         }
-        match frame.kind.as_ref() {
-            "chunk" => {
+        match EventKind::parse(&frame.kind) {
+            Some(EventKind::Chunk) => {
                 let first = check.chunk(&frame)?;
                 shared.chunks.fetch_add(1, Ordering::Relaxed);
                 if shared.measuring.load(Ordering::Relaxed) {
@@ -269,18 +269,21 @@ async fn turn(
                     }
                 }
             }
-            "accepted" if shared.measuring.load(Ordering::Relaxed) => {
+            None if frame.is(ControlKind::Accepted) && shared.measuring.load(Ordering::Relaxed) => {
                 run.accepted.push(sent.elapsed());
             }
-            "restart" => check.restart(&frame)?,
-            "done" => {
+            Some(EventKind::Restart) => check.restart(&frame)?,
+            Some(EventKind::Done) => {
                 check.done(&frame, spec.answer_tokens)?;
                 run.restarts += u64::from(check.restarts);
                 return Ok(());
             }
-            "error" | "cancelled" => return Err(format!("refused or failed: {text}")),
-            // user_message (ours), pong
-            _ => {}
+            // `error` is both a stored event and a refused frame: either fails.
+            Some(EventKind::Error | EventKind::Cancelled) => {
+                return Err(format!("refused or failed: {text}"))
+            }
+            // user_message (ours), pong, and frames this tool does not know
+            Some(EventKind::UserMessage) | None => {}
         }
     }
 }

@@ -8,6 +8,8 @@ use anyhow::{bail, Context};
 
 use super::ledger::SeqLog;
 use super::load::{self, SessionLog};
+use protocol::ControlKind;
+
 use super::socket::{Attach, Endpoint, Frame, Socket, FRAME_TIMEOUT};
 use super::stats::Samples;
 
@@ -71,7 +73,7 @@ pub async fn measure(
                 bail!("replay {i}: closed after {} events", got.seqs.len());
             };
             let frame = Frame::parse(&text)?;
-            if let (Some(seq), false) = (frame.seq, frame.kind == "accepted") {
+            if let (Some(seq), false) = (frame.seq, frame.is(ControlKind::Accepted)) {
                 got.push(seq)
                     .map_err(|e| anyhow::anyhow!("replay {i}: {e}"))?;
             }

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 use futures::{SinkExt, StreamExt};
+use protocol::ControlKind;
 use serde::Deserialize;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -95,7 +96,7 @@ impl Socket {
             .await?
             .ok_or_else(|| anyhow!("closed before ready"))?;
         let frame = Frame::parse(&text)?;
-        if frame.kind != "ready" {
+        if !frame.is(ControlKind::Ready) {
             bail!("expected ready, got {text}");
         }
         let session_id = frame
@@ -179,6 +180,11 @@ pub(crate) struct UsageFields {
 impl<'a> Frame<'a> {
     pub(crate) fn parse(text: &'a str) -> anyhow::Result<Self> {
         serde_json::from_str(text).with_context(|| format!("unreadable frame {text:?}"))
+    }
+
+    /// Whether this is a frame the gateway makes itself of that kind.
+    pub(crate) fn is(&self, kind: ControlKind) -> bool {
+        self.kind == kind.as_str()
     }
 }
 
