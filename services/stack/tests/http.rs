@@ -42,7 +42,10 @@ async fn a_chunked_error_answer_comes_whole_with_its_headers() {
     assert_eq!(response.header("x-node"), Some("gw-1"));
     let request = server.await.unwrap().to_ascii_lowercase();
     assert!(request.starts_with("get /health http/1.1\r\n"), "{request}");
-    assert!(request.contains("\r\nauthorization: bearer t0k\r\n"), "{request}");
+    assert!(
+        request.contains("\r\nauthorization: bearer t0k\r\n"),
+        "{request}"
+    );
 }
 
 #[tokio::test]
