@@ -1,8 +1,32 @@
-//! Real processes of the system, started and stopped for tests and tools:
-//! a nats-server with JetStream in a temporary store on a free loopback port
-//! ([`nats::NatsServer`]), and (in [`processes`]) gateways, workers and Nginx.
+//! Real processes of the system, started and stopped for tests and tools.
 //! Everything started here is killed when its handle drops.
+//!
+//! - [`stack`]: the whole system ([`Stack`]): nats-server, N gateways, M
+//!   workers and Nginx, each on a free loopback port.
+//! - [`nats`]: one nats-server with JetStream in a temporary store.
+//! - [`nginx`]: Nginx from the project's template in front of some upstreams.
+//! - `services` (inside): our `gateway` and `worker` binaries as processes.
+//! - `process` (inside): a child process's lifecycle: ready line, SIGTERM,
+//!   SIGKILL, kill on drop.
+//! - [`http`]: GETs on loopback URLs (health, metrics, REST) with reqwest.
+//! - [`otlp`]: an OTLP/gRPC receiver keeping the spans services export.
+//! - [`project`], [`ports`]: where the binaries and project files are; free ports.
+//!
+//! [`processes`] keeps the paths callers used before the crate was split.
 
+pub mod http;
 pub mod nats;
+pub mod nginx;
 pub mod otlp;
+pub mod ports;
+mod process;
 pub mod processes;
+pub mod project;
+mod services;
+pub mod stack;
+
+pub use crate::http::{http_get, http_get_full, wait_healthy, HttpResponse};
+pub use crate::nats::NatsServer;
+pub use crate::nginx::{Nginx, NginxConfig, NginxLimits};
+pub use crate::process::send_signal;
+pub use crate::stack::{Stack, StackOptions};

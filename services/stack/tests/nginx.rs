@@ -9,7 +9,9 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::process::Command;
 
-use stack::processes::{http_get, project_dir, render_nginx, Nginx, NginxConfig, NginxLimits};
+use stack::http::http_get;
+use stack::nginx::{render_nginx, Nginx, NginxConfig, NginxLimits};
+use stack::project::project_dir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;

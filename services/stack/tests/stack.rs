@@ -1,4 +1,4 @@
-//! The whole system as processes (`stack::processes::Stack`): nats-server,
+//! The whole system as processes (`stack::Stack`): nats-server,
 //! 3 gateways, 3 workers and Nginx come up and answer `/health`; a killed
 //! gateway's traffic goes to the others; restarts keep their ports; SIGTERM
 //! ends a gateway and a worker cleanly. Needs `cargo build --workspace`
@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use stack::processes::{http_get, Stack, StackOptions};
+use stack::{http_get, Stack, StackOptions};
 
 #[tokio::test]
 async fn three_gateways_and_three_workers_behind_nginx() {

@@ -1,0 +1,130 @@
+//! Our own binaries, `gateway` and `worker`, as processes of a stack: the
+//! flags each gets, its node name, the ready line it prints and the address
+//! that line gives.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{anyhow, Context};
+
+use crate::process::Process;
+
+/// Which binary a [`Service`] runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Role {
+    Gateway,
+    Worker,
+}
+
+impl Role {
+    pub(crate) fn binary(self) -> &'static str {
+        match self {
+            Role::Gateway => "gateway",
+            Role::Worker => "worker",
+        }
+    }
+
+    pub(crate) fn marker(self) -> &'static str {
+        match self {
+            Role::Gateway => "listening on",
+            Role::Worker => "metrics on",
+        }
+    }
+
+    pub(crate) fn node(self, index: usize) -> String {
+        match self {
+            Role::Gateway => format!("gw-{index}"),
+            Role::Worker => format!("w-{index}"),
+        }
+    }
+}
+
+/// One gateway or worker: its process and the address it serves, kept
+/// across restarts.
+pub(crate) struct Service {
+    pub(crate) process: Process,
+    pub(crate) addr: SocketAddr,
+}
+
+/// Everything needed to (re)start a gateway or worker.
+pub(crate) struct Launcher {
+    pub(crate) bin_dir: PathBuf,
+    pub(crate) logs: PathBuf,
+    pub(crate) env: Vec<(String, String)>,
+}
+
+impl Launcher {
+    /// Starts one service; `port` 0 lets it choose, a restart passes the old one.
+    pub(crate) async fn start(
+        &self,
+        role: Role,
+        index: usize,
+        nats_url: &str,
+        port: u16,
+    ) -> anyhow::Result<Service> {
+        let node = role.node(index);
+        let listen = format!("127.0.0.1:{port}");
+        let listen_flag = match role {
+            Role::Gateway => "--listen",
+            Role::Worker => "--metrics-listen",
+        };
+        let args: Vec<String> = vec![
+            "--nats-url".into(),
+            nats_url.into(),
+            "--node".into(),
+            node.clone(),
+            listen_flag.into(),
+            listen,
+        ];
+        let log = self.logs.join(format!("{node}.log"));
+        let (process, line) = Process::start(
+            &self.bin_dir.join(role.binary()),
+            &args,
+            &self.env,
+            log,
+            role.marker(),
+        )
+        .await
+        .with_context(|| format!("starting {node}"))?;
+        let addr = addr_after(&line, role.marker())?;
+        Ok(Service { process, addr })
+    }
+}
+
+/// The `gw-<i>`/`w-<i>` service `i` of `list`, or an error naming how many
+/// there are.
+pub(crate) fn service(list: &mut [Service], role: Role, i: usize) -> anyhow::Result<&mut Service> {
+    let count = list.len();
+    list.get_mut(i)
+        .ok_or_else(|| anyhow!("there is no {} {i} (the stack has {count})", role.binary()))
+}
+
+/// Parses `http://127.0.0.1:PORT` out of a ready line, after `marker`.
+fn addr_after(line: &str, marker: &str) -> anyhow::Result<SocketAddr> {
+    line.split(marker)
+        .nth(1)
+        .and_then(|rest| rest.trim_start().strip_prefix("http://"))
+        .and_then(|rest| rest.split(|c: char| c.is_whitespace() || c == '/').next())
+        .and_then(|addr| addr.parse().ok())
+        .ok_or_else(|| anyhow!("no address after {marker:?} in {line:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_lines_give_their_address() {
+        let line = "gateway gw-1 listening on http://127.0.0.1:3001 nats=nats://127.0.0.1:4222";
+        assert_eq!(
+            addr_after(line, "listening on").unwrap(),
+            "127.0.0.1:3001".parse().unwrap()
+        );
+        let line = "worker w-1 metrics on http://127.0.0.1:9101/metrics backend=demo";
+        assert_eq!(
+            addr_after(line, "metrics on").unwrap(),
+            "127.0.0.1:9101".parse().unwrap()
+        );
+        assert!(addr_after("listening on nothing", "listening on").is_err());
+    }
+}

@@ -1,0 +1,316 @@
+//! The real system as separate processes, for tests and `chatctl`: one
+//! nats-server, N `gateway` and M `worker` binaries, and Nginx in front,
+//! each on a free loopback port, their output in log files of a temporary
+//! run directory. Everything is killed when the [`Stack`] drops.
+//!
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! use stack::{Stack, StackOptions};
+//! let mut stack = Stack::start(StackOptions {
+//!     gateways: 3,
+//!     workers: 2,
+//!     env: vec![("CHAT_ACK_WAIT_MS".into(), "2000".into())],
+//!     ..Default::default()
+//! })
+//! .await?;
+//! let entry = stack.nginx_url(); // http://127.0.0.1:PORT
+//! stack.kill_gateway(0)?; // SIGKILL
+//! stack.restart_gateway(0).await?; // same port, so Nginx still routes to it
+//! # Ok(()) }
+//! ```
+//!
+//! The binaries come from `CHAT_BIN_DIR`, or from the folder of the running
+//! executable (`target/debug` for a test): run `cargo build --workspace` first.
+
+use std::path::PathBuf;
+use std::process::ExitStatus;
+
+use anyhow::Context;
+
+use crate::http::wait_healthy;
+use crate::nats::NatsServer;
+use crate::nginx::{Nginx, NginxConfig, NginxLimits};
+use crate::process::{READY_TIMEOUT, TERMINATE_TIMEOUT};
+use crate::project::{bin_dir, project_dir};
+use crate::services::{service, Launcher, Role, Service};
+
+/// What to start. Build it with `..Default::default()`: fields may be added.
+#[derive(Clone, Debug)]
+pub struct StackOptions {
+    pub gateways: usize,
+    pub workers: usize,
+    /// Extra environment for every gateway and worker (e.g.
+    /// `CHAT_ACK_WAIT_MS`, `DEMO_TOKENS_PER_SEC`, `RUST_LOG`).
+    pub env: Vec<(String, String)>,
+    /// Start Nginx in front of the gateways.
+    pub nginx: bool,
+    pub nginx_limits: NginxLimits,
+}
+
+impl Default for StackOptions {
+    fn default() -> Self {
+        Self {
+            gateways: 3,
+            workers: 3,
+            env: Vec::new(),
+            nginx: true,
+            nginx_limits: NginxLimits::default(),
+        }
+    }
+}
+
+/// The running system. Dropping it kills every process and deletes the run
+/// directory (kept, and its path printed, when a test is panicking).
+pub struct Stack {
+    launcher: Launcher,
+    gateways: Vec<Service>,
+    workers: Vec<Service>,
+    nginx: Option<Nginx>,
+    nats: NatsServer,
+    run_dir: Option<tempfile::TempDir>,
+}
+
+impl Stack {
+    /// Starts nats-server, the gateways and workers (in parallel), then
+    /// Nginx with the gateways as upstreams, and returns once `/health`
+    /// answers 200 through Nginx (or through every gateway without Nginx).
+    pub async fn start(options: StackOptions) -> anyhow::Result<Self> {
+        let bin_dir = bin_dir()?;
+        let run_dir = tempfile::Builder::new().prefix("chat-stack-").tempdir()?;
+        let logs = run_dir.path().join("logs");
+        std::fs::create_dir_all(&logs)?;
+        let nats = NatsServer::start().context("starting nats-server")?;
+        let mut env = vec![
+            ("RUST_LOG".to_string(), "info".to_string()),
+            ("NO_COLOR".to_string(), "1".to_string()),
+        ];
+        env.extend(options.env.iter().cloned());
+        let launcher = Launcher {
+            bin_dir,
+            logs: logs.clone(),
+            env,
+        };
+        let url = nats.url();
+        let gateways = futures::future::try_join_all(
+            (0..options.gateways).map(|i| launcher.start(Role::Gateway, i, &url, 0)),
+        );
+        let workers = futures::future::try_join_all(
+            (0..options.workers).map(|i| launcher.start(Role::Worker, i, &url, 0)),
+        );
+        let (gateways, workers) = futures::future::try_join(gateways, workers).await?;
+        let mut stack = Stack {
+            launcher,
+            gateways,
+            workers,
+            nginx: None,
+            nats,
+            run_dir: Some(run_dir),
+        };
+        for i in 0..stack.gateways.len() {
+            wait_healthy(&format!("{}/health", stack.gateway_url(i)), READY_TIMEOUT).await?;
+        }
+        if options.nginx && !stack.gateways.is_empty() {
+            let web_dist = project_dir().join("web/dist");
+            let web_root = if web_dist.is_dir() {
+                web_dist
+            } else {
+                let empty = stack.run_dir().join("www");
+                std::fs::create_dir_all(&empty)?;
+                empty
+            };
+            let nginx = Nginx::start(NginxConfig {
+                port: 0,
+                run_dir: stack.run_dir().join("nginx"),
+                log_dir: logs,
+                web_root,
+                upstreams: stack.gateways.iter().map(|g| g.addr.port()).collect(),
+                limits: options.nginx_limits,
+            })
+            .await?;
+            wait_healthy(&format!("{}/health", nginx.url()), READY_TIMEOUT).await?;
+            stack.nginx = Some(nginx);
+        }
+        Ok(stack)
+    }
+
+    /// The entry point clients use: Nginx's `http://127.0.0.1:PORT`, or
+    /// the first gateway's when the stack runs without Nginx.
+    pub fn nginx_url(&self) -> String {
+        match &self.nginx {
+            Some(nginx) => nginx.url(),
+            None => self.gateway_url(0),
+        }
+    }
+
+    /// `http://127.0.0.1:PORT` of gateway `i` (0-based), also after restarts.
+    pub fn gateway_url(&self, i: usize) -> String {
+        self.gateways
+            .get(i)
+            .map(|g| format!("http://{}", g.addr))
+            .unwrap_or_default()
+    }
+
+    /// The `--node` name of gateway `i`: `gw-<i>` (what `ready.node` says).
+    pub fn gateway_node(&self, i: usize) -> String {
+        Role::Gateway.node(i)
+    }
+
+    /// `http://127.0.0.1:PORT` serving worker `i`'s `/metrics` and `/health`.
+    pub fn worker_metrics_url(&self, i: usize) -> String {
+        self.workers
+            .get(i)
+            .map(|w| format!("http://{}", w.addr))
+            .unwrap_or_default()
+    }
+
+    /// The `--node` name of worker `i`: `w-<i>`.
+    pub fn worker_node(&self, i: usize) -> String {
+        Role::Worker.node(i)
+    }
+
+    pub fn nats_url(&self) -> String {
+        self.nats.url()
+    }
+
+    /// nats-server's monitoring base URL (`/jsz`, `/varz`); it changes
+    /// after [`Stack::restart_nats`].
+    pub fn monitor_url(&self) -> String {
+        self.nats.monitor_url()
+    }
+
+    pub fn nats(&self) -> &NatsServer {
+        &self.nats
+    }
+
+    pub fn gateway_count(&self) -> usize {
+        self.gateways.len()
+    }
+
+    pub fn worker_count(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// The temporary folder with `logs/<node>.log`, `logs/nginx-*.log`.
+    pub fn run_dir(&self) -> PathBuf {
+        self.run_dir
+            .as_ref()
+            .map(|d| d.path().to_path_buf())
+            .unwrap_or_default()
+    }
+
+    /// The log file of gateway `gw-<i>` or worker `w-<i>` (by node name).
+    pub fn log_path(&self, node: &str) -> PathBuf {
+        self.launcher.logs.join(format!("{node}.log"))
+    }
+
+    /// Whether gateway `i`'s process is running.
+    pub fn gateway_running(&mut self, i: usize) -> bool {
+        self.gateways
+            .get_mut(i)
+            .is_some_and(|g| g.process.is_running())
+    }
+
+    /// Whether worker `i`'s process is running.
+    pub fn worker_running(&mut self, i: usize) -> bool {
+        self.workers
+            .get_mut(i)
+            .is_some_and(|w| w.process.is_running())
+    }
+
+    pub fn gateway_pid(&self, i: usize) -> Option<u32> {
+        self.gateways.get(i).and_then(|g| g.process.pid())
+    }
+
+    pub fn worker_pid(&self, i: usize) -> Option<u32> {
+        self.workers.get(i).and_then(|w| w.process.pid())
+    }
+
+    /// SIGKILL gateway `i`: its WebSockets drop without a close frame.
+    pub fn kill_gateway(&mut self, i: usize) -> anyhow::Result<()> {
+        service(&mut self.gateways, Role::Gateway, i)?
+            .process
+            .kill();
+        Ok(())
+    }
+
+    /// SIGTERM gateway `i` and wait for it to exit (graceful: 1012 closes).
+    pub async fn terminate_gateway(&mut self, i: usize) -> anyhow::Result<ExitStatus> {
+        let g = service(&mut self.gateways, Role::Gateway, i)?;
+        g.process
+            .terminate(TERMINATE_TIMEOUT)
+            .await
+            .with_context(|| format!("terminating {}", Role::Gateway.node(i)))
+    }
+
+    /// Starts gateway `i` again on its old port (killing it first if it
+    /// still runs), so Nginx's upstream list stays right.
+    pub async fn restart_gateway(&mut self, i: usize) -> anyhow::Result<()> {
+        self.restart(Role::Gateway, i).await
+    }
+
+    /// SIGKILL worker `i`: its jobs come back after `ack_wait`.
+    pub fn kill_worker(&mut self, i: usize) -> anyhow::Result<()> {
+        service(&mut self.workers, Role::Worker, i)?.process.kill();
+        Ok(())
+    }
+
+    /// SIGTERM worker `i` and wait for it to exit.
+    pub async fn terminate_worker(&mut self, i: usize) -> anyhow::Result<ExitStatus> {
+        let w = service(&mut self.workers, Role::Worker, i)?;
+        w.process
+            .terminate(TERMINATE_TIMEOUT)
+            .await
+            .with_context(|| format!("terminating {}", Role::Worker.node(i)))
+    }
+
+    /// Starts worker `i` again (same metrics port), killing it first if it
+    /// still runs.
+    pub async fn restart_worker(&mut self, i: usize) -> anyhow::Result<()> {
+        self.restart(Role::Worker, i).await
+    }
+
+    /// Kills nats-server and starts it again on the same port with the same
+    /// store, as an operator's restart would. Blocks while it starts.
+    pub fn restart_nats(&mut self) -> anyhow::Result<()> {
+        self.nats.restart()
+    }
+
+    /// SIGKILL nats-server, keeping its store ([`Stack::restart_nats`] brings it back).
+    pub fn kill_nats(&mut self) {
+        self.nats.kill();
+    }
+
+    async fn restart(&mut self, role: Role, i: usize) -> anyhow::Result<()> {
+        let list = match role {
+            Role::Gateway => &mut self.gateways,
+            Role::Worker => &mut self.workers,
+        };
+        let old = service(list, role, i)?;
+        old.process.kill();
+        let port = old.addr.port();
+        let fresh = self.launcher.start(role, i, &self.nats.url(), port).await?;
+        if let Some(slot) = list.get_mut(i) {
+            *slot = fresh;
+        }
+        if role == Role::Gateway {
+            wait_healthy(&format!("{}/health", self.gateway_url(i)), READY_TIMEOUT).await?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        if let Some(mut nginx) = self.nginx.take() {
+            nginx.stop();
+        }
+        for s in self.gateways.iter_mut().chain(self.workers.iter_mut()) {
+            s.process.kill();
+        }
+        if std::thread::panicking() {
+            if let Some(dir) = self.run_dir.take() {
+                eprintln!("stack: logs kept in {}", dir.keep().display());
+            }
+        }
+    }
+}
