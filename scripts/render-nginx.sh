@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Renders nginx/nginx.conf.template to stdout: every @@NAME@@ placeholder is
-# replaced (the same rendering as stack::processes in Rust).
+# replaced (the same rendering as stack::nginx::render_nginx in Rust).
 #
 #   scripts/render-nginx.sh RUN_DIR WEB_ROOT PORT GATEWAY_PORT... > RUN_DIR/nginx.conf
 #

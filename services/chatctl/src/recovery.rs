@@ -15,7 +15,7 @@ use protocol::SessionId;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
-use stack::processes::{Stack, StackOptions};
+use stack::{Stack, StackOptions};
 use tokio::time::Instant;
 
 use crate::client::{Api, ChatClient, ClientOptions, SessionLog, SocketDropper};

@@ -8,7 +8,7 @@ use chatctl::bench::load::{self, LoadSpec};
 use chatctl::bench::raw_nats;
 use chatctl::bench::socket::Endpoint;
 use stack::nats::NatsServer;
-use stack::processes::{Stack, StackOptions};
+use stack::{Stack, StackOptions};
 
 #[tokio::test]
 async fn raw_nats_rates_are_measured() {

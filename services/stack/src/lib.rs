@@ -11,8 +11,6 @@
 //! - [`http`]: GETs on loopback URLs (health, metrics, REST) with reqwest.
 //! - [`otlp`]: an OTLP/gRPC receiver keeping the spans services export.
 //! - [`project`], [`ports`]: where the binaries and project files are; free ports.
-//!
-//! [`processes`] keeps the paths callers used before the crate was split.
 
 pub mod http;
 pub mod nats;
@@ -20,7 +18,6 @@ pub mod nginx;
 pub mod otlp;
 pub mod ports;
 mod process;
-pub mod processes;
 pub mod project;
 mod services;
 pub mod stack;

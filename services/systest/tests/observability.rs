@@ -10,7 +10,7 @@ use protocol::frames::{SequencedEvent, ServerFrame};
 use protocol::Event;
 use serde_json::{json, Value};
 use stack::otlp::{OtlpReceiver, ReceivedSpan};
-use stack::processes::{Stack, StackOptions};
+use stack::{Stack, StackOptions};
 
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CLIENT_SPAN: &str = "00f067aa0ba902b7";

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::json;
-use stack::processes::{Stack, StackOptions};
+use stack::{Stack, StackOptions};
 
 fn ops_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../ops")

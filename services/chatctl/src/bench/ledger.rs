@@ -184,7 +184,7 @@ pub(crate) async fn stored_seqs(
             "{}/api/events?session={session}&after_seq={after}",
             endpoint.http()
         );
-        let response = stack::processes::http_get_full(&url, &[("Authorization", &auth)]).await?;
+        let response = stack::http_get_full(&url, &[("Authorization", &auth)]).await?;
         if response.status != 200 {
             bail!("GET {url}: {} {}", response.status, response.body);
         }

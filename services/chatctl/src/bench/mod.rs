@@ -2,7 +2,7 @@
 //! of the same NATS server, measured in one run and printed as a markdown
 //! table (and JSON). See `chatctl bench --help` for every parameter.
 //!
-//! The bench starts its own stacks through [`stack::processes`] (release
+//! The bench starts its own stacks through [`stack`] (release
 //! binaries from `CHAT_BIN_DIR`): one with the demo model at zero delay for
 //! throughput, first-chunk, connection, replay and idle measures, then one
 //! with paced streams for chunk latency. With `--url` it attaches to a

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use stack::processes::{Stack, StackOptions};
+use stack::{Stack, StackOptions};
 
 use super::cpu::CpuSnapshot;
 use super::idle;
@@ -614,7 +614,7 @@ impl RepairCounters {
         }
         let mut sum = Self::default();
         for url in urls {
-            let (status, text) = stack::processes::http_get(url).await.ok()?;
+            let (status, text) = stack::http_get(url).await.ok()?;
             if status != 200 {
                 return None;
             }

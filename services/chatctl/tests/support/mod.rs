@@ -8,7 +8,7 @@ use std::time::Duration;
 use chatctl::client::{Api, ChatClient, ClientOptions, Progress};
 use chatctl::verify::{self, ExpectedAnswer, Violation};
 use protocol::frames::SequencedEvent;
-use stack::processes::{Stack, StackOptions};
+use stack::{Stack, StackOptions};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -132,10 +132,9 @@ pub(crate) fn metric(text: &str, name: &str, label: &str) -> f64 {
 
 /// Worker `i`'s `/metrics` text.
 pub(crate) async fn worker_metrics(stack: &Stack, i: usize) -> String {
-    let (status, body) =
-        stack::processes::http_get(&format!("{}/metrics", stack.worker_metrics_url(i)))
-            .await
-            .unwrap();
+    let (status, body) = stack::http_get(&format!("{}/metrics", stack.worker_metrics_url(i)))
+        .await
+        .unwrap();
     assert_eq!(status, 200, "{body}");
     body
 }
