@@ -194,7 +194,7 @@ impl<S: Sink<Message> + Unpin, R: StoredEvents> Relay<S, R> {
         let last = match self.stored.position(None).await {
             Ok(position) => position.last_seq,
             Err(e) => {
-                tracing::debug!(error = %e, "tail check failed");
+                tracing::debug!(error = ?e, "tail check failed");
                 return Ok(None);
             }
         };
