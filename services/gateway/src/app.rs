@@ -1,14 +1,13 @@
 //! The gateway as a whole: shared state, the router, and starting and
 //! stopping it (`spawn` / `RunningGateway`), used by `main` and by tests.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use async_nats::jetstream;
-use axum::extract::{DefaultBodyLimit, Query, State, WebSocketUpgrade};
+use axum::extract::{DefaultBodyLimit, State, WebSocketUpgrade};
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::serve::ListenerExt;
@@ -19,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::GatewayConfig;
+use crate::extract::ApiQuery;
 use crate::live::LiveHub;
 use crate::{metrics, rest, socket};
 
@@ -68,7 +68,7 @@ pub fn router(state: AppState) -> Router {
 
 async fn ws_chat(
     State(state): State<AppState>,
-    Query(query): Query<HashMap<String, String>>,
+    ApiQuery(query): ApiQuery<socket::SocketQuery>,
     upgrade: WebSocketUpgrade,
 ) -> Response {
     let max = state.config.max_frame_bytes;
@@ -146,7 +146,7 @@ pub async fn spawn(config: GatewayConfig) -> anyhow::Result<RunningGateway> {
     let grace = config.shutdown_grace();
     let hub = LiveHub::new(
         client.clone(),
-        config.outbound_queue,
+        config.recent_events,
         config.test_drop_live_every,
     );
     let state = AppState(Arc::new(Shared {

@@ -126,7 +126,7 @@ pub async fn submit(
     {
         Ok(seq) => seq,
         Err(e) => {
-            release(state, session, message_id).await;
+            forget_refused(state, session, message_id).await;
             return Err(ApiError::nats(e));
         }
     };
@@ -190,7 +190,7 @@ async fn refused(
     if let Err(e) = stored {
         tracing::warn!(error = %e, "storing the refusal");
     }
-    release(state, session, message_id).await;
+    forget_refused(state, session, message_id).await;
     error
 }
 
@@ -229,8 +229,9 @@ async fn publish(
     Ok(ack.sequence)
 }
 
-/// Takes a refused message out of the session's in-flight list.
-async fn release(state: &AppState, session: SessionId, message_id: MessageId) {
+/// Takes a refused message out of the session's in-flight list, so it no
+/// longer counts against the session's limit.
+async fn forget_refused(state: &AppState, session: SessionId, message_id: MessageId) {
     let result = sessions::update(&state.layout.sessions, session, |record| {
         let before = record.active.len();
         record.active.retain(|m| m.message_id != message_id);
@@ -238,7 +239,7 @@ async fn release(state: &AppState, session: SessionId, message_id: MessageId) {
     })
     .await;
     if let Err(e) = result {
-        tracing::warn!(error = %e, "releasing a refused message");
+        tracing::warn!(error = %e, "forgetting a refused message");
     }
 }
 

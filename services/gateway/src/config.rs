@@ -42,13 +42,19 @@ pub struct GatewayConfig {
     /// Frames one connection may send in a burst.
     #[arg(long, env = "GATEWAY_FRAME_BURST", default_value_t = 40.0)]
     pub frame_burst: f64,
-    /// Live events a session keeps for its sockets on this gateway: one
-    /// that falls this far behind the fan-out takes what it missed from
-    /// here, and only from the stream beyond it; a slow client never slows
-    /// its session's other sockets. Grows with use only, so idle sessions
-    /// cost nothing.
-    #[arg(long, env = "GATEWAY_OUTBOUND_QUEUE", default_value_t = 256)]
-    pub outbound_queue: usize,
+    /// Recent live events a session keeps for its sockets on this gateway:
+    /// one that falls behind the fan-out takes what it missed from here, and
+    /// only from the stream beyond it; a slow client never slows its
+    /// session's other sockets. Grows with use only, so idle sessions cost
+    /// nothing. Deprecated names, still read: --outbound-queue and
+    /// GATEWAY_OUTBOUND_QUEUE.
+    #[arg(
+        long,
+        alias = "outbound-queue",
+        env = recent_events_env(),
+        default_value_t = 256
+    )]
+    pub recent_events: usize,
     /// Longest one write to a socket may block before it is closed as too slow.
     #[arg(long, env = "GATEWAY_WRITE_TIMEOUT_MS", default_value_t = 5_000)]
     pub write_timeout_ms: u64,
@@ -74,6 +80,19 @@ pub struct GatewayConfig {
     pub layout: LayoutConfig,
 }
 
+/// The variable `--recent-events` is read from: `GATEWAY_RECENT_EVENTS`, or
+/// the deprecated `GATEWAY_OUTBOUND_QUEUE` when only that one is set (so
+/// deployments that set it keep their value until they rename it).
+fn recent_events_env() -> &'static str {
+    const CURRENT: &str = "GATEWAY_RECENT_EVENTS";
+    const DEPRECATED: &str = "GATEWAY_OUTBOUND_QUEUE";
+    if std::env::var_os(CURRENT).is_none() && std::env::var_os(DEPRECATED).is_some() {
+        DEPRECATED
+    } else {
+        CURRENT
+    }
+}
+
 impl GatewayConfig {
     pub fn node(&self) -> String {
         self.node
@@ -95,5 +114,53 @@ impl GatewayConfig {
 
     pub fn allows_model(&self, model: &str) -> bool {
         self.models.iter().any(|m| m == model)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::*;
+
+    fn recent_events(args: &[&str]) -> usize {
+        let args = std::iter::once("gateway").chain(args.iter().copied());
+        GatewayConfig::try_parse_from(args).unwrap().recent_events
+    }
+
+    /// One test for every source of the value: the process environment is
+    /// shared by the tests of this binary, so they must not run in parallel.
+    #[test]
+    fn recent_events_is_read_under_its_name_and_its_deprecated_ones() {
+        std::env::remove_var("GATEWAY_RECENT_EVENTS");
+        std::env::remove_var("GATEWAY_OUTBOUND_QUEUE");
+        assert_eq!(recent_events(&[]), 256);
+        assert_eq!(recent_events(&["--recent-events", "9"]), 9);
+        assert_eq!(recent_events(&["--outbound-queue", "8"]), 8);
+
+        std::env::set_var("GATEWAY_OUTBOUND_QUEUE", "7");
+        assert_eq!(recent_events(&[]), 7, "the deprecated variable alone");
+        assert_eq!(recent_events(&["--recent-events", "9"]), 9, "a flag wins");
+        std::env::set_var("GATEWAY_RECENT_EVENTS", "6");
+        assert_eq!(recent_events(&[]), 6, "the new variable wins over the old");
+        std::env::remove_var("GATEWAY_OUTBOUND_QUEUE");
+        assert_eq!(recent_events(&[]), 6, "the new variable alone");
+        std::env::remove_var("GATEWAY_RECENT_EVENTS");
+
+        std::env::set_var("GATEWAY_OUTBOUND_QUEUE", "many");
+        assert!(
+            GatewayConfig::try_parse_from(["gateway"]).is_err(),
+            "a bad deprecated value is refused, not ignored"
+        );
+        std::env::remove_var("GATEWAY_OUTBOUND_QUEUE");
+
+        let help = GatewayConfig::command().render_long_help().to_string();
+        assert!(help.contains("--recent-events"), "{help}");
+        assert!(
+            help.contains(
+                "Deprecated names, still read: --outbound-queue and GATEWAY_OUTBOUND_QUEUE"
+            ),
+            "{help}"
+        );
     }
 }

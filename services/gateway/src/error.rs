@@ -1,5 +1,5 @@
 //! The gateway's one error type: every failure a client can cause or see,
-//! mapped to a status code and `{"error":{"code","message"}}` (PROTOCOL.md),
+//! mapped to a status code and `{"error":{"code","message"}}` (docs/PROTOCOL.md),
 //! or to an `error` frame on a socket.
 
 use std::time::Duration;

@@ -6,14 +6,15 @@
 //! [`spawn`] starts it from a [`GatewayConfig`]; `main` is a few lines.
 
 pub mod app;
+pub mod auth;
 pub mod chat;
 pub mod config;
 pub mod error;
+pub mod extract;
 pub mod live;
 pub mod metrics;
 pub mod replay;
 pub mod rest;
-pub mod sessions;
 pub mod socket;
 
 pub use app::{spawn, RunningGateway};

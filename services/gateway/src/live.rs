@@ -6,7 +6,7 @@
 //! socket. The broadcast ring is small (it is allocated for every attached
 //! session, busy or idle); a socket that falls behind it takes what it
 //! missed from the session's recent events, a buffer of up to
-//! `outbound_queue` events that grows only with use, and from the stream
+//! `--recent-events` events that grows only with use, and from the stream
 //! beyond that (see `socket`).
 
 use std::collections::{HashMap, VecDeque};
@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use axum::extract::ws::Utf8Bytes;
 use futures::StreamExt;
 use protocol::stored::header_u64;
-use protocol::{subjects, SessionId};
+use protocol::{subjects, EventKind, SessionId};
 use tokio::sync::broadcast;
 
 use crate::metrics;
@@ -30,8 +30,9 @@ pub struct LiveEvent {
     pub prev: u64,
     /// The client frame, `seq` included.
     pub frame: Utf8Bytes,
-    /// The frame's `type`, for metrics.
-    pub kind: &'static str,
+    /// The frame's `type` (`None` for one this gateway does not know), for
+    /// metrics.
+    pub kind: Option<EventKind>,
 }
 
 /// Slots of a session's broadcast ring: enough to hand over a burst
@@ -53,8 +54,9 @@ struct Feed {
 pub struct LiveHub {
     client: async_nats::Client,
     feeds: Arc<Mutex<HashMap<SessionId, Feed>>>,
-    /// Events buffered per socket before it counts as too slow.
-    capacity: usize,
+    /// Live events each attached session keeps for its sockets that fell
+    /// behind the ring (`--recent-events`); the ring is no larger.
+    recent_events: usize,
     /// Test hook: drop every n-th live message before fan-out. 0 = never.
     drop_every: u64,
 }
@@ -103,11 +105,11 @@ impl Drop for Attachment {
 }
 
 impl LiveHub {
-    pub fn new(client: async_nats::Client, capacity: usize, drop_every: u64) -> Self {
+    pub fn new(client: async_nats::Client, recent_events: usize, drop_every: u64) -> Self {
         Self {
             client,
             feeds: Arc::default(),
-            capacity: capacity.max(1),
+            recent_events: recent_events.max(1),
             drop_every,
         }
     }
@@ -147,13 +149,13 @@ impl LiveHub {
                 session,
             });
         }
-        let (sender, receiver) = broadcast::channel(RING.min(self.capacity));
+        let (sender, receiver) = broadcast::channel(RING.min(self.recent_events));
         let recent = Recent::default();
         let task = tokio::spawn(forward(
             subscriber,
             sender.clone(),
             recent.clone(),
-            self.capacity,
+            self.recent_events,
             self.drop_every,
         ));
         feeds.insert(
@@ -177,25 +179,10 @@ impl LiveHub {
 
 /// The `type` of a stored event, read from its first bytes: the event's tag
 /// is serialised first, so no parse is needed.
-pub fn event_kind(payload: &[u8]) -> &'static str {
-    const KINDS: [&str; 6] = [
-        "chunk",
-        "user_message",
-        "done",
-        "restart",
-        "cancelled",
-        "error",
-    ];
-    let Some(rest) = payload.strip_prefix(b"{\"type\":\"") else {
-        return "event";
-    };
-    KINDS
-        .into_iter()
-        .find(|kind| {
-            rest.strip_prefix(kind.as_bytes())
-                .is_some_and(|after| after.first() == Some(&b'"'))
-        })
-        .unwrap_or("event")
+pub fn event_kind(payload: &[u8]) -> Option<EventKind> {
+    let rest = payload.strip_prefix(b"{\"type\":\"")?;
+    let end = rest.iter().position(|&b| b == b'"')?;
+    EventKind::parse(std::str::from_utf8(&rest[..end]).ok()?)
 }
 
 /// The per-event hot path: headers, splice, remember, one broadcast send.
@@ -254,7 +241,7 @@ mod tests {
                     seq,
                     prev,
                     frame: Utf8Bytes::from_static("{}"),
-                    kind: "chunk",
+                    kind: Some(EventKind::Chunk),
                 })
             })
             .collect();
@@ -280,12 +267,13 @@ mod tests {
             text: "x".into(),
             published_at_us: None,
         };
-        assert_eq!(event_kind(&chunk.to_payload()), "chunk");
+        assert_eq!(event_kind(&chunk.to_payload()), Some(EventKind::Chunk));
         assert_eq!(
             event_kind(&Event::Cancelled { message_id: id }.to_payload()),
-            "cancelled"
+            Some(EventKind::Cancelled)
         );
-        assert_eq!(event_kind(b"{\"type\":\"chunky\"}"), "event");
-        assert_eq!(event_kind(b"[]"), "event");
+        assert_eq!(event_kind(b"{\"type\":\"chunky\"}"), None);
+        assert_eq!(event_kind(b"{\"type\":\"chunk"), None);
+        assert_eq!(event_kind(b"[]"), None);
     }
 }

@@ -63,9 +63,10 @@ pub fn slow_client_closed() {
     metrics::counter!(SLOW_CLIENT_CLOSES).increment(1);
 }
 
-/// A socket fell `outbound_queue` events behind its live feed and reads
-/// the events it skipped from the stream.
-pub fn caught_up_from_stream() {
+/// A socket fell behind its session's broadcast ring and catches up on
+/// what it skipped from the session's recent events (`--recent-events`),
+/// and from the stream for anything older.
+pub fn caught_up() {
     metrics::counter!(CATCH_UPS).increment(1);
 }
 

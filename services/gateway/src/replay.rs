@@ -1,6 +1,10 @@
 //! Replay: the stored events a client missed, read from `CHAT_EVENTS`
 //! filtered to its session, as client frames; and what a client gets when
-//! what it missed is older than the replay window.
+//! what it missed is older than the replay window. [`StoredEvents`] is what
+//! a socket's relay reads (so it can be tested against a fake stream);
+//! [`SessionEvents`] is the real one, also used by REST.
+
+use std::future::Future;
 
 use protocol::frames::{with_seq, ControlFrame};
 use protocol::{stored, subjects, ErrorCode, SessionId};
@@ -8,11 +12,12 @@ use protocol::{stored, subjects, ErrorCode, SessionId};
 use crate::app::AppState;
 use crate::error::ApiError;
 
-/// Turns sent in the `history` frame after `replay_expired`.
-const HISTORY_TURNS: usize = 1_000;
+/// Turns in `GET /api/history` and in the `history` frame after
+/// `replay_expired`.
+pub const HISTORY_TURNS: usize = 1_000;
 
 /// Where a session's stream stands when a client (re)attaches.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Position {
     /// The session's last stored event (0 = none).
     pub last_seq: u64,
@@ -22,87 +27,129 @@ pub struct Position {
     pub first_available: u64,
 }
 
-/// Finds the session's last event and checks `after_seq` against the stream:
-/// beyond the stream's end is `bad_request`; before its start is `expired`.
-pub async fn position(
-    state: &AppState,
-    session: SessionId,
-    after_seq: Option<u64>,
-) -> Result<Position, ApiError> {
-    let subject = subjects::events(session);
-    let last_seq = stored::last_seq(&state.layout.events, &subject)
-        .await
-        .map_err(ApiError::nats)?;
-    let Some(after) = after_seq else {
-        return Ok(Position {
-            last_seq,
-            expired: false,
-            first_available: 1,
-        });
-    };
-    let info = state
-        .layout
-        .events
-        .get_info()
-        .await
-        .map_err(ApiError::nats)?;
-    let stream_last = info.state.last_sequence.max(last_seq);
-    if after > stream_last {
-        return Err(ApiError::BadRequest(format!(
-            "after_seq {after} is beyond the end of the stream ({stream_last})"
-        )));
-    }
-    let first_available = info.state.first_sequence.max(1);
-    Ok(Position {
-        last_seq,
-        expired: after.saturating_add(1) < first_available,
-        first_available,
+/// Parses the `after_seq` a client sent in a URL (a socket's or
+/// `GET /api/events`'s query).
+pub fn parse_after_seq(raw: &str) -> Result<u64, ApiError> {
+    raw.parse().map_err(|_| {
+        ApiError::BadRequest(format!(
+            "after_seq must be a non-negative integer, not {:?}",
+            raw.chars().take(32).collect::<String>()
+        ))
     })
 }
 
-/// The session's stored events with `from <= seq <= until`, as frames.
-pub async fn frames(
-    state: &AppState,
-    session: SessionId,
-    from: u64,
-    until: u64,
-) -> Result<Vec<(u64, String)>, ApiError> {
-    if until < from {
-        return Ok(Vec::new());
-    }
-    let stored = stored::read_range(
-        &state.client,
-        &state.layout.events,
-        &subjects::events(session),
-        from,
-        until,
-    )
-    .await
-    .map_err(ApiError::nats)?;
-    let frames: Vec<(u64, String)> = stored
-        .into_iter()
-        .filter_map(|s| with_seq(&s.payload, s.seq).map(|f| (s.seq, f)))
-        .collect();
-    crate::metrics::replayed(frames.len());
-    Ok(frames)
+/// A session's stored events, as a socket's relay and REST read them.
+pub trait StoredEvents {
+    /// Finds the session's last event and checks `after_seq` against the
+    /// stream: beyond the stream's end is `bad_request`; before its start
+    /// is `expired`.
+    fn position(
+        &self,
+        after_seq: Option<u64>,
+    ) -> impl Future<Output = Result<Position, ApiError>> + Send;
+
+    /// The session's stored events with `from <= seq <= until`, as frames.
+    /// May come back short (a replica behind); callers that know a sequence
+    /// exists check for it.
+    fn frames(
+        &self,
+        from: u64,
+        until: u64,
+    ) -> impl Future<Output = Result<Vec<(u64, String)>, ApiError>> + Send;
+
+    /// What a client gets when its `after_seq` is older than the replay
+    /// window: the `replay_expired` error, then the finished turns to
+    /// rebuild from.
+    fn expired_notice(
+        &self,
+        last_seq: u64,
+    ) -> impl Future<Output = Result<[ControlFrame; 2], ApiError>> + Send;
 }
 
-/// What a client gets when its `after_seq` is older than the replay window:
-/// the `replay_expired` error, then the finished turns to rebuild from.
-pub async fn expired_notice(
-    state: &AppState,
+/// One session's events in `CHAT_EVENTS` and turns in `CHAT_HISTORY`.
+#[derive(Clone)]
+pub struct SessionEvents {
+    state: AppState,
     session: SessionId,
-    last_seq: u64,
-) -> Result<[ControlFrame; 2], ApiError> {
-    let turns = stored::read_turns(&state.client, &state.layout.history, session, HISTORY_TURNS)
+}
+
+impl SessionEvents {
+    pub fn new(state: AppState, session: SessionId) -> Self {
+        Self { state, session }
+    }
+}
+
+impl StoredEvents for SessionEvents {
+    async fn position(&self, after_seq: Option<u64>) -> Result<Position, ApiError> {
+        let subject = subjects::events(self.session);
+        let last_seq = stored::last_seq(&self.state.layout.events, &subject)
+            .await
+            .map_err(ApiError::nats)?;
+        let Some(after) = after_seq else {
+            return Ok(Position {
+                last_seq,
+                expired: false,
+                first_available: 1,
+            });
+        };
+        let info = self
+            .state
+            .layout
+            .events
+            .get_info()
+            .await
+            .map_err(ApiError::nats)?;
+        let stream_last = info.state.last_sequence.max(last_seq);
+        if after > stream_last {
+            return Err(ApiError::BadRequest(format!(
+                "after_seq {after} is beyond the end of the stream ({stream_last})"
+            )));
+        }
+        let first_available = info.state.first_sequence.max(1);
+        Ok(Position {
+            last_seq,
+            expired: after.saturating_add(1) < first_available,
+            first_available,
+        })
+    }
+
+    async fn frames(&self, from: u64, until: u64) -> Result<Vec<(u64, String)>, ApiError> {
+        if until < from {
+            return Ok(Vec::new());
+        }
+        let stored = stored::read_range(
+            &self.state.client,
+            &self.state.layout.events,
+            &subjects::events(self.session),
+            from,
+            until,
+        )
         .await
         .map_err(ApiError::nats)?;
-    crate::metrics::error(ErrorCode::ReplayExpired);
-    Ok([
-        ControlFrame::error(
-            ErrorCode::ReplayExpired,
-            "events after after_seq are no longer kept; the conversation's history follows",
-        ),
-        ControlFrame::History { turns, last_seq },
-    ])
+        let frames: Vec<(u64, String)> = stored
+            .into_iter()
+            .filter_map(|s| with_seq(&s.payload, s.seq).map(|f| (s.seq, f)))
+            .collect();
+        crate::metrics::replayed(frames.len());
+        Ok(frames)
+    }
+
+    async fn expired_notice(&self, last_seq: u64) -> Result<[ControlFrame; 2], ApiError> {
+        let turns = stored::read_turns(
+            &self.state.client,
+            &self.state.layout.history,
+            self.session,
+            HISTORY_TURNS,
+        )
+        .await
+        .map_err(ApiError::nats)?;
+        crate::metrics::error(ErrorCode::ReplayExpired);
+        Ok([
+            ControlFrame::error(
+                ErrorCode::ReplayExpired,
+                "events after after_seq are no longer kept; the conversation's history follows",
+            ),
+            ControlFrame::History { turns, last_seq },
+        ])
+    }
 }

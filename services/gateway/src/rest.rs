@@ -1,65 +1,29 @@
-//! The REST endpoints of PROTOCOL.md: thin handlers that parse, check the
-//! token, and hand off to `sessions`, `chat` and `replay`.
+//! The REST endpoints of docs/PROTOCOL.md: each handler is its business
+//! logic; the extractors check the session's token
+//! ([`AuthenticatedSession`]) and parse the query and the body, with the
+//! same error bodies as everything else.
 
-use std::collections::HashMap;
-
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use protocol::{stored, MessageId, SessionId};
+use protocol::{stored, MessageId};
 use serde::Deserialize;
 use serde_json::json;
 use tracing::Instrument;
 
 use crate::app::AppState;
+use crate::auth::{self, AuthenticatedSession};
 use crate::chat::{self, ChatInput};
 use crate::error::ApiError;
-use crate::{replay, sessions};
+use crate::extract::{ApiQuery, JsonBody};
+use crate::replay::{self, SessionEvents, StoredEvents};
 
 /// Most events one `GET /api/events` returns.
 const EVENTS_PAGE: usize = 10_000;
 
-type Params = Query<HashMap<String, String>>;
-
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(header::AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .strip_prefix("Bearer ")
-        .map(str::trim)
-}
-
-/// The session of `?session=` after its token was checked.
-async fn session(
-    state: &AppState,
-    params: &HashMap<String, String>,
-    headers: &HeaderMap,
-) -> Result<SessionId, ApiError> {
-    let session = sessions::parse_id(params.get("session").map(String::as_str))?;
-    sessions::authenticate(state, session, bearer(headers)).await?;
-    Ok(session)
-}
-
-fn json_body<T: for<'de> Deserialize<'de>>(
-    body: Result<Bytes, BytesRejection>,
-) -> Result<T, ApiError> {
-    let body = body.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::TooLarge("request body too large".into())
-        } else {
-            ApiError::BadRequest(e.body_text())
-        }
-    })?;
-    serde_json::from_slice(&body)
-        .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
-}
-
 pub async fn create_session(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let (session, token) = sessions::create(&state).await?;
+    let (session, token) = auth::create_session(&state).await?;
     Ok((
         StatusCode::CREATED,
         Json(json!({"session_id": session, "token": token.as_str()})),
@@ -69,7 +33,7 @@ pub async fn create_session(State(state): State<AppState>) -> Result<Response, A
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ChatBody {
+pub struct ChatBody {
     message_id: Option<MessageId>,
     content: String,
     #[serde(default)]
@@ -78,12 +42,11 @@ struct ChatBody {
 
 pub async fn post_chat(
     State(state): State<AppState>,
-    Query(params): Params,
+    session: AuthenticatedSession,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    JsonBody(body): JsonBody<ChatBody>,
 ) -> Result<Response, ApiError> {
-    let session = session(&state, &params, &headers).await?;
-    let body: ChatBody = json_body(body)?;
+    let session = session.id;
     let span = tracing::info_span!("chat.submit", otel.name = "chat.submit", session_id = %session, message_id = tracing::field::Empty);
     if let Some(parent) = headers.get("traceparent").and_then(|v| v.to_str().ok()) {
         let state_header = headers.get("tracestate").and_then(|v| v.to_str().ok());
@@ -103,52 +66,57 @@ pub async fn post_chat(
 }
 
 #[derive(Deserialize)]
-struct CancelBody {
+pub struct CancelBody {
     message_id: MessageId,
 }
 
 pub async fn post_cancel(
     State(state): State<AppState>,
-    Query(params): Params,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    session: AuthenticatedSession,
+    JsonBody(body): JsonBody<CancelBody>,
 ) -> Result<Response, ApiError> {
-    let session = session(&state, &params, &headers).await?;
-    let body: CancelBody = json_body(body)?;
     crate::metrics::frame_in("cancel");
-    chat::cancel(&state, session, body.message_id).await?;
+    chat::cancel(&state, session.id, body.message_id).await?;
     Ok((StatusCode::ACCEPTED, Json(json!({}))).into_response())
 }
 
 pub async fn get_history(
     State(state): State<AppState>,
-    Query(params): Params,
-    headers: HeaderMap,
+    session: AuthenticatedSession,
 ) -> Result<Response, ApiError> {
-    let session = session(&state, &params, &headers).await?;
-    let turns = stored::read_turns(&state.client, &state.layout.history, session, 1_000)
-        .await
-        .map_err(ApiError::nats)?;
-    let last_seq = replay::position(&state, session, None).await?.last_seq;
+    let turns = stored::read_turns(
+        &state.client,
+        &state.layout.history,
+        session.id,
+        replay::HISTORY_TURNS,
+    )
+    .await
+    .map_err(ApiError::nats)?;
+    let events = SessionEvents::new(state, session.id);
+    let last_seq = events.position(None).await?.last_seq;
     Ok(Json(json!({"turns": turns, "last_seq": last_seq})).into_response())
+}
+
+/// `GET /api/events?after_seq=`: the events after it (0 when absent).
+#[derive(Debug, Deserialize)]
+pub struct EventsQuery {
+    pub after_seq: Option<String>,
 }
 
 pub async fn get_events(
     State(state): State<AppState>,
-    Query(params): Params,
-    headers: HeaderMap,
+    session: AuthenticatedSession,
+    ApiQuery(query): ApiQuery<EventsQuery>,
 ) -> Result<Response, ApiError> {
-    let session = session(&state, &params, &headers).await?;
-    let after = match params.get("after_seq") {
-        None => 0,
-        Some(raw) => raw.parse::<u64>().map_err(|_| {
-            ApiError::BadRequest(format!(
-                "after_seq must be a non-negative integer, not {raw:?}"
-            ))
-        })?,
-    };
-    let position = replay::position(&state, session, Some(after)).await?;
-    let mut frames = replay::frames(&state, session, after + 1, position.last_seq).await?;
+    let after = query
+        .after_seq
+        .as_deref()
+        .map(replay::parse_after_seq)
+        .transpose()?
+        .unwrap_or(0);
+    let events = SessionEvents::new(state, session.id);
+    let position = events.position(Some(after)).await?;
+    let mut frames = events.frames(after + 1, position.last_seq).await?;
     frames.truncate(EVENTS_PAGE);
     let last_seq = frames.last().map_or(position.last_seq, |(seq, _)| *seq);
     // The frames are JSON already: join them, no re-serialisation.

@@ -1,15 +1,22 @@
-//! Sessions: creating one (random id, token shown once, only its hash
-//! stored) and proving a client owns one.
+//! Who a client is: creating a session (random id, token shown once, only
+//! its hash stored), proving a client owns one, and the REST extractor that
+//! does it for every endpoint ([`AuthenticatedSession`]). The KV record
+//! itself is `protocol::sessions`.
 
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap};
 use protocol::records::SessionRecord;
 use protocol::sessions::{self, SessionStoreError};
 use protocol::{now_ms, SessionId, SessionToken};
+use serde::Deserialize;
 
 use crate::app::AppState;
 use crate::error::ApiError;
+use crate::extract::ApiQuery;
 
 /// A new session and the token that unlocks it (returned once, never stored).
-pub async fn create(state: &AppState) -> Result<(SessionId, SessionToken), ApiError> {
+pub async fn create_session(state: &AppState) -> Result<(SessionId, SessionToken), ApiError> {
     let session = SessionId::new();
     let token = SessionToken::generate();
     let record = SessionRecord::new(token.hash(), state.node.clone(), now_ms());
@@ -20,7 +27,7 @@ pub async fn create(state: &AppState) -> Result<(SessionId, SessionToken), ApiEr
 }
 
 /// Parses a session id a client sent.
-pub fn parse_id(raw: Option<&str>) -> Result<SessionId, ApiError> {
+pub fn parse_session_id(raw: Option<&str>) -> Result<SessionId, ApiError> {
     let raw = raw.ok_or_else(|| ApiError::BadRequest("the session parameter is missing".into()))?;
     raw.parse()
         .map_err(|e| ApiError::BadRequest(format!("session: {e}")))
@@ -28,7 +35,7 @@ pub fn parse_id(raw: Option<&str>) -> Result<SessionId, ApiError> {
 
 /// Checks that `token` opens `session`. Unknown or expired sessions are
 /// `not_found`; a wrong token is `unauthorized` (and reveals nothing else).
-pub async fn authenticate(
+pub async fn check_token(
     state: &AppState,
     session: SessionId,
     token: Option<&str>,
@@ -52,7 +59,7 @@ pub async fn authenticate(
 
 /// Records that this node serves the session now (on attach, not per frame),
 /// which also renews the session's time to live.
-pub async fn touch(state: &AppState, session: SessionId) {
+pub async fn record_attach(state: &AppState, session: SessionId) {
     let node = state.node.clone();
     let result = sessions::update(&state.layout.sessions, session, |record| {
         record.last_seen_ms = now_ms();
@@ -65,4 +72,38 @@ pub async fn touch(state: &AppState, session: SessionId) {
             tracing::debug!(error = %e, "recording the session's node");
         }
     }
+}
+
+/// `?session=` of a REST call.
+#[derive(Debug, Deserialize)]
+pub struct SessionQuery {
+    pub session: Option<String>,
+}
+
+/// The session of a REST call, after its `Authorization: Bearer` token was
+/// checked against the session's record: a handler that takes one only runs
+/// for the session's owner.
+#[derive(Debug, Clone, Copy)]
+pub struct AuthenticatedSession {
+    pub id: SessionId,
+}
+
+impl FromRequestParts<AppState> for AuthenticatedSession {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let ApiQuery(query) = ApiQuery::<SessionQuery>::from_request_parts(parts, state).await?;
+        let id = parse_session_id(query.session.as_deref())?;
+        check_token(state, id, bearer(&parts.headers)).await?;
+        Ok(Self { id })
+    }
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
 }

@@ -1,0 +1,290 @@
+//! One WebSocket connection: authentication, `ready`, replay, live events
+//! with gap repair, the client's frames, and the ways a socket ends (bad
+//! token 1008, invalid UTF-8 1007, oversize 1009, shutdown 1012, a client
+//! whose writes block for the write timeout 1013). A client that merely
+//! falls behind the live feed is caught up from the stream, not closed.
+//!
+//! Choices for bad input: a bad `after_seq` query parameter (not a number,
+//! negative, beyond the stream) gets an `error bad_request` frame and close
+//! 1008 — the client asked for a replay that cannot be honoured, so it is not
+//! attached at all; the same in a `resume` frame gets the error frame and the
+//! connection carries on. Invalid UTF-8 in a text frame closes with 1007
+//! (tungstenite reports it, this module sends the close). Binary frames get
+//! `bad_request` and the connection carries on.
+//!
+//! Two tasks per socket: a reader ([`reader`]) that parses and rate-limits
+//! the client's frames, and this module's loop, which owns the write half
+//! through the [`relay`] (the sequence bookkeeping), so the order of frames
+//! and what counts as sent live in one place.
+
+mod outbox;
+mod reader;
+mod relay;
+
+use axum::extract::ws::{Message, WebSocket};
+use futures::stream::SplitSink;
+use futures::StreamExt;
+use protocol::frames::ControlFrame;
+use protocol::{CloseCode, SessionId, SessionToken};
+use serde::Deserialize;
+use tokio::sync::{broadcast, mpsc};
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use self::outbox::Outbox;
+use self::reader::Command;
+use self::relay::Relay;
+use crate::app::AppState;
+use crate::error::ApiError;
+use crate::live::Attachment;
+use crate::replay::{self, Position, SessionEvents, StoredEvents};
+use crate::{auth, metrics};
+
+/// Live events queued for one write at most, before the loop looks at its
+/// other inputs again.
+const DRAIN_AT_ONCE: usize = 64;
+
+/// Commands from the reader to the relay. Bounded: a client that floods
+/// while its socket is slow waits on itself, never on anyone else.
+const COMMAND_QUEUE: usize = 64;
+
+/// How a socket ended.
+#[derive(Debug)]
+enum End {
+    /// The client went away (or closed): nothing more to send.
+    Closed,
+    Close(CloseCode, &'static str),
+}
+
+/// The query of `/ws/chat`: no session creates one; a session needs its
+/// token; `after_seq` asks for a replay of what came after it.
+#[derive(Debug, Deserialize)]
+pub struct SocketQuery {
+    pub session: Option<String>,
+    pub token: Option<String>,
+    pub after_seq: Option<String>,
+}
+
+type SocketRelay = Relay<SplitSink<WebSocket, Message>, SessionEvents>;
+
+/// Serves one upgraded socket until it ends.
+pub async fn serve(socket: WebSocket, state: AppState, query: SocketQuery) {
+    metrics::connection_opened();
+    let span = tracing::info_span!(
+        "ws.connection",
+        node = %state.node,
+        session_id = tracing::field::Empty
+    );
+    run(socket, state, query).instrument(span).await;
+    metrics::connection_closed();
+}
+
+async fn run(socket: WebSocket, state: AppState, query: SocketQuery) {
+    let (sink, stream) = socket.split();
+    let mut outbox = Outbox::new(sink, state.config.write_timeout());
+    // Cold paths are boxed: an async fn's future is as large as the largest
+    // future it awaits inline, and ten thousand idle sockets would each
+    // carry the room that only attaching, replaying or submitting need.
+    let attached = match Box::pin(attach(&state, &query)).await {
+        Ok(attached) => attached,
+        Err((error, close)) => {
+            // The error frame says why; the close code is what a client acts on.
+            let frame = error.frame(None).to_json();
+            let _ = outbox.feed(frame.into()).await;
+            outbox.close(close, "refused").await;
+            return;
+        }
+    };
+    tracing::Span::current().record("session_id", tracing::field::display(attached.session));
+    Box::pin(auth::record_attach(&state, attached.session)).await;
+
+    let (commands, inbox) = mpsc::channel(COMMAND_QUEUE);
+    let reader = tokio::spawn(
+        reader::read(stream, state.clone(), attached.session, commands).in_current_span(),
+    );
+    let start_after = attached.after_seq.unwrap_or(attached.position.last_seq);
+    let mut relay = Relay::new(outbox, attached.events.clone(), start_after);
+    let started = match Box::pin(start(&mut relay, &state, &attached)).await {
+        Ok(()) => relay.flush().await,
+        Err(end) => Err(end),
+    };
+    let end = match started {
+        Ok(()) => forward(&mut relay, &state, attached.attachment, inbox).await,
+        Err(end) => end,
+    };
+    relay.end(end).await;
+    reader.abort();
+}
+
+struct Attached {
+    session: SessionId,
+    created_token: Option<SessionToken>,
+    events: SessionEvents,
+    attachment: Attachment,
+    after_seq: Option<u64>,
+    position: Position,
+}
+
+/// The close code for a refused attach: the client's fault is a policy
+/// violation (1008); NATS trouble is "try again later" (1013).
+fn refusal(e: ApiError) -> (ApiError, CloseCode) {
+    let code = if matches!(e, ApiError::Unavailable(_)) {
+        CloseCode::TryAgainLater
+    } else {
+        CloseCode::PolicyViolation
+    };
+    (e, code)
+}
+
+/// Authenticates (or creates) the session, subscribes to its live events,
+/// then finds where replay starts: subscribing first means every event stored
+/// after the replay read still arrives live.
+async fn attach(state: &AppState, query: &SocketQuery) -> Result<Attached, (ApiError, CloseCode)> {
+    let after_seq = query
+        .after_seq
+        .as_deref()
+        .map(replay::parse_after_seq)
+        .transpose()
+        .map_err(refusal)?;
+    let (session, created_token) = match query.session.as_deref() {
+        None => {
+            let (session, token) = auth::create_session(state).await.map_err(refusal)?;
+            (session, Some(token))
+        }
+        Some(raw) => {
+            let session = auth::parse_session_id(Some(raw)).map_err(refusal)?;
+            auth::check_token(state, session, query.token.as_deref())
+                .await
+                .map_err(refusal)?;
+            (session, None)
+        }
+    };
+    let attachment = state
+        .hub
+        .attach(session)
+        .await
+        .map_err(|e| refusal(ApiError::nats(e)))?;
+    let events = SessionEvents::new(state.clone(), session);
+    let position = events.position(after_seq).await.map_err(refusal)?;
+    Ok(Attached {
+        session,
+        created_token,
+        events,
+        attachment,
+        after_seq,
+        position,
+    })
+}
+
+/// `ready`, then what the client missed.
+async fn start(relay: &mut SocketRelay, state: &AppState, attached: &Attached) -> Result<(), End> {
+    let ready = ControlFrame::Ready {
+        session_id: attached.session,
+        token: attached
+            .created_token
+            .as_ref()
+            .map(|t| t.as_str().to_string()),
+        node: state.node.clone(),
+        last_seq: attached.position.last_seq,
+    };
+    relay.send_control(&ready).await?;
+    if let Some(after) = attached.after_seq {
+        relay.start_after(after, attached.position).await?;
+    }
+    Ok(())
+}
+
+/// The socket's loop: shutdown, the tail check, the reader's commands and
+/// live events, each step ending with one flush.
+async fn forward(
+    relay: &mut SocketRelay,
+    state: &AppState,
+    mut attachment: Attachment,
+    mut inbox: mpsc::Receiver<Command>,
+) -> End {
+    let shutdown = state.shutdown.clone();
+    let quiet = state.config.tail_check();
+    // Armed by each live event, fired once when they go quiet.
+    let mut tail_check: Option<Instant> = None;
+    // A stored sequence this socket had not sent at the last tail check.
+    let mut tail_suspect: Option<u64> = None;
+    loop {
+        let check_at = tail_check.unwrap_or_else(|| Instant::now() + quiet);
+        let step = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return End::Close(CloseCode::ServiceRestart, "service restart"),
+            _ = tokio::time::sleep_until(check_at), if tail_check.is_some() => {
+                tail_check = None;
+                match Box::pin(relay.check_tail(tail_suspect.take())).await {
+                    Ok(None) => Ok(()),
+                    Ok(Some(suspect)) => {
+                        tail_suspect = Some(suspect);
+                        tail_check = Some(Instant::now() + quiet);
+                        Ok(())
+                    }
+                    Err(end) => Err(end),
+                }
+            }
+            command = inbox.recv() => match command {
+                None => return End::Closed,
+                Some(Command::Close(code, reason)) => return End::Close(code, reason),
+                Some(Command::Control(frame)) => relay.send_control(&frame).await,
+                Some(Command::Resume(after)) => Box::pin(relay.resume(after)).await,
+            },
+            event = attachment.receiver.recv() => {
+                tail_check = Some(Instant::now() + quiet);
+                match event {
+                    Ok(event) => match relay.live(&event).await {
+                        Ok(()) => drain_ready(relay, &mut attachment).await,
+                        Err(end) => Err(end),
+                    },
+                    Err(broadcast::error::RecvError::Lagged(skipped)) => {
+                        fell_behind(skipped);
+                        relay.catch_up(attachment.recent_after(relay.last_sent())).await
+                    }
+                    Err(broadcast::error::RecvError::Closed) => {
+                        return End::Close(CloseCode::TryAgainLater, "live feed ended");
+                    }
+                }
+            }
+        };
+        // Everything this step queued leaves in as few writes as it takes.
+        if let Err(end) = step {
+            return end;
+        }
+        if let Err(end) = relay.flush().await {
+            return end;
+        }
+    }
+}
+
+/// Queues the live events already waiting behind the one just sent (up to
+/// a bound, so commands and shutdown are not starved), for one flush.
+async fn drain_ready(relay: &mut SocketRelay, attachment: &mut Attachment) -> Result<(), End> {
+    for _ in 0..DRAIN_AT_ONCE {
+        match attachment.receiver.try_recv() {
+            Ok(event) => relay.live(&event).await?,
+            Err(broadcast::error::TryRecvError::Lagged(skipped)) => {
+                fell_behind(skipped);
+                relay
+                    .catch_up(attachment.recent_after(relay.last_sent()))
+                    .await?;
+            }
+            Err(_) => break,
+        }
+    }
+    Ok(())
+}
+
+/// The socket fell behind its session's ring: the fan-out does not wait for
+/// anyone, so the ring moved on without it. What it missed comes from the
+/// session's recent events, or the stream (see `Relay::catch_up`), at the
+/// socket's own pace. A client that stops reading altogether is closed by
+/// the write timeout instead.
+fn fell_behind(skipped: u64) {
+    tracing::debug!(
+        skipped,
+        "socket fell behind its live feed; catching up from its recent events"
+    );
+    metrics::caught_up();
+}
