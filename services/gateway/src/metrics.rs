@@ -26,7 +26,7 @@ pub fn register() {
     metrics::counter!(SLOW_CLIENT_CLOSES).absolute(0);
     metrics::counter!(CATCH_UPS).absolute(0);
     metrics::counter!(ERRORS, "code" => "internal").absolute(0);
-    for kind in ["chat", "cancel", "resume", "ping"] {
+    for kind in protocol::ClientFrame::KINDS {
         metrics::counter!(FRAMES_IN, "type" => kind).absolute(0);
     }
 }

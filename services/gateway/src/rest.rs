@@ -52,7 +52,7 @@ pub async fn post_chat(
         let state_header = headers.get("tracestate").and_then(|v| v.to_str().ok());
         telemetry::trace_context::adopt_w3c(&span, parent, state_header);
     }
-    crate::metrics::frame_in("chat");
+    crate::metrics::frame_in(protocol::ClientFrame::CHAT);
     let input = ChatInput {
         message_id: body.message_id,
         content: body.content,
@@ -75,7 +75,7 @@ pub async fn post_cancel(
     session: AuthenticatedSession,
     JsonBody(body): JsonBody<CancelBody>,
 ) -> Result<Response, ApiError> {
-    crate::metrics::frame_in("cancel");
+    crate::metrics::frame_in(protocol::ClientFrame::CANCEL);
     chat::cancel(&state, session.id, body.message_id).await?;
     Ok((StatusCode::ACCEPTED, Json(json!({}))).into_response())
 }

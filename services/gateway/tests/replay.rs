@@ -110,7 +110,7 @@ async fn a_client_that_falls_behind_catches_up_from_the_stream_without_a_close()
     // that reads only once the whole answer is stored is far behind (more
     // than the kernel's socket buffers hold), yet within the write timeout.
     let app = TestApp::builder()
-        .gateway_args(&["--outbound-queue", "8", "--write-timeout-ms", "60000"])
+        .gateway_args(&["--recent-events", "8", "--write-timeout-ms", "60000"])
         .start()
         .await;
     let worker = app.scripted_worker(Script::flood(2_000, 8 * 1024)).await;
@@ -135,7 +135,7 @@ async fn a_client_that_falls_behind_catches_up_from_the_stream_without_a_close()
 #[tokio::test]
 async fn a_client_that_stops_reading_is_closed_and_slows_no_one() {
     let app = TestApp::builder()
-        .gateway_args(&["--outbound-queue", "256", "--write-timeout-ms", "2000"])
+        .gateway_args(&["--recent-events", "256", "--write-timeout-ms", "2000"])
         .scripted_worker(Script::flood(2_000, 8 * 1024))
         .start()
         .await;

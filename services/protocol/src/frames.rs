@@ -33,7 +33,12 @@ pub enum ClientFrame {
 
 impl ClientFrame {
     /// Every client frame `type`, as the wire spells it.
-    pub const KINDS: [&'static str; 4] = ["chat", "cancel", "resume", "ping"];
+    pub const CHAT: &'static str = "chat";
+    pub const CANCEL: &'static str = "cancel";
+    pub const RESUME: &'static str = "resume";
+    pub const PING: &'static str = "ping";
+    /// Every client frame `type`, as spelled on the wire.
+    pub const KINDS: [&'static str; 4] = [Self::CHAT, Self::CANCEL, Self::RESUME, Self::PING];
 
     /// Parses a text frame, turning every way it can be wrong into a message
     /// fit for a `bad_request` error frame.
@@ -54,10 +59,10 @@ impl ClientFrame {
     /// The frame's `type`, for metrics labels.
     pub fn kind(&self) -> &'static str {
         match self {
-            ClientFrame::Chat { .. } => "chat",
-            ClientFrame::Cancel { .. } => "cancel",
-            ClientFrame::Resume { .. } => "resume",
-            ClientFrame::Ping => "ping",
+            ClientFrame::Chat { .. } => Self::CHAT,
+            ClientFrame::Cancel { .. } => Self::CANCEL,
+            ClientFrame::Resume { .. } => Self::RESUME,
+            ClientFrame::Ping => Self::PING,
         }
     }
 }

@@ -235,14 +235,8 @@ impl<S: Sink<Message> + Unpin, R: StoredEvents> Relay<S, R> {
     }
 
     pub(super) async fn send_control(&mut self, frame: &ControlFrame) -> Result<(), End> {
-        let kind = match frame {
-            ControlFrame::Ready { .. } => "ready",
-            ControlFrame::Accepted { .. } => "accepted",
-            ControlFrame::Error { .. } => "error",
-            ControlFrame::History { .. } => "history",
-            ControlFrame::Pong => "pong",
-        };
-        self.send_text(frame.to_json().into(), kind).await
+        self.send_text(frame.to_json().into(), frame.kind().as_str())
+            .await
     }
 
     async fn send_text(&mut self, text: Utf8Bytes, kind: &'static str) -> Result<(), End> {
