@@ -186,10 +186,12 @@ async fn shutdown_hands_a_running_job_to_another_worker_at_once() {
     let session = h.new_session().await;
     let mut live = h.live(session).await;
     let prompt = "Explain graceful shutdown";
+    // 2 tokens/s: the answer takes 20 s, so however loaded the machine,
+    // the shutdown below lands mid-answer.
     let slow = h
         .spawn_worker(&[
             "--demo-tokens-per-sec",
-            "20",
+            "2",
             "--demo-first-token-ms",
             "0",
             "--demo-answer-tokens",
