@@ -118,7 +118,9 @@ impl Clock {
     fn timed_out(&self) -> BackendError {
         let message = match (self.answering, self.limits.first_token, self.limits.idle) {
             (false, Some(first), _) => format!("no first token within {first:?}"),
-            (_, _, idle) => format!("no token for {idle:?} (idle timeout)"),
+            (_, _, Some(idle)) => format!("no token for {idle:?} (idle timeout)"),
+            // No deadline is set without a timeout.
+            (_, _, None) => "timed out".to_string(),
         };
         BackendError::Unavailable {
             message,
