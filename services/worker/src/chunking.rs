@@ -1,6 +1,9 @@
 //! Coalescing a model's tokens into chunks (DESIGN.md, "Chunks are not
 //! tokens"): what is buffered is flushed when the window since its first
-//! token has passed, when it reaches the size bound, and at the end.
+//! token has passed, when it reaches the size bound, and at the end. No
+//! chunk is longer than the bound: a longer token is split across chunks
+//! (at character boundaries), so one huge token cannot make an event over
+//! NATS's message limit.
 
 use std::time::Duration;
 
@@ -18,29 +21,42 @@ pub struct Chunker {
 }
 
 impl Chunker {
-    /// `window` zero = a chunk per token; `max_bytes` is a soft bound (a
-    /// single token longer than it is one chunk of its own, never split).
+    /// `window` zero = a chunk per token; `max_bytes` bounds every chunk
+    /// (at least 4, so that any character fits).
     pub fn new(window: Duration, max_bytes: usize) -> Self {
         Self {
             window,
-            max_bytes: max_bytes.max(1),
+            max_bytes: max_bytes.max(4),
             buffer: String::new(),
             due: None,
         }
     }
 
-    /// Adds a token; returns a chunk when one is due now.
-    pub fn push(&mut self, token: &str, now: Instant) -> Option<String> {
+    /// Adds a token; returns the chunks due now, in order: the full ones
+    /// (`max_bytes` each, or a character less), then the rest when its
+    /// window is over. A rest left after full chunks starts a new window.
+    pub fn push(&mut self, token: &str, now: Instant) -> Vec<String> {
         if token.is_empty() {
-            return None;
+            return Vec::new();
         }
         self.buffer.push_str(token);
-        let due = *self.due.get_or_insert(now + self.window);
-        if self.window.is_zero() || self.buffer.len() >= self.max_bytes || now >= due {
-            self.flush()
-        } else {
-            None
+        let mut chunks = Vec::new();
+        while self.buffer.len() >= self.max_bytes {
+            let mut end = self.max_bytes;
+            while !self.buffer.is_char_boundary(end) {
+                end -= 1;
+            }
+            let rest = self.buffer.split_off(end);
+            chunks.push(std::mem::replace(&mut self.buffer, rest));
+            self.due = None;
         }
+        let due = *self.due.get_or_insert(now + self.window);
+        if self.window.is_zero() || now >= due {
+            chunks.extend(self.flush());
+        } else if self.buffer.is_empty() {
+            self.due = None;
+        }
+        chunks
     }
 
     /// When the buffered text is due (`None` when nothing is buffered).
@@ -67,9 +83,9 @@ mod tests {
     fn zero_window_is_a_chunk_per_token() {
         let mut c = Chunker::new(Duration::ZERO, 512);
         let now = Instant::now();
-        assert_eq!(c.push("Hello ", now).as_deref(), Some("Hello "));
-        assert_eq!(c.push("world", now).as_deref(), Some("world"));
-        assert_eq!(c.push("", now), None);
+        assert_eq!(c.push("Hello ", now), ["Hello "]);
+        assert_eq!(c.push("world", now), ["world"]);
+        assert!(c.push("", now).is_empty());
         assert_eq!(c.flush(), None);
     }
 
@@ -84,16 +100,16 @@ mod tests {
         ];
         // Three tokens inside one window stay buffered (16 bytes < 20).
         for t in &tokens[..3] {
-            assert_eq!(c.push(t, start), None);
+            assert!(c.push(t, start).is_empty());
         }
         assert_eq!(c.deadline(), Some(start + window));
         // The size bound flushes: 16 + 4 bytes >= 20.
-        chunks.push(c.push(tokens[3], start).unwrap());
+        chunks.extend(c.push(tokens[3], start));
         assert_eq!(chunks[0], "The quick brown fox ");
         assert_eq!(c.deadline(), None);
         // A token arriving after the window of the buffered one flushes both.
-        assert_eq!(c.push(tokens[4], start), None);
-        chunks.push(c.push(tokens[5], start + window).unwrap());
+        assert!(c.push(tokens[4], start).is_empty());
+        chunks.extend(c.push(tokens[5], start + window));
         assert_eq!(chunks[1], "jumps over ");
         // The timer flush, then the end flush.
         c.push(tokens[6], start);
@@ -107,9 +123,28 @@ mod tests {
     }
 
     #[test]
-    fn an_oversize_token_is_one_chunk() {
-        let mut c = Chunker::new(Duration::from_secs(1), 4);
-        let long = "extraordinarily ";
-        assert_eq!(c.push(long, Instant::now()).as_deref(), Some(long));
+    fn a_token_longer_than_the_bound_is_split_at_character_boundaries() {
+        let start = Instant::now();
+        let mut c = Chunker::new(Duration::from_secs(1), 8);
+        assert!(c.push("abc", start).is_empty());
+        // 17 bytes: the first "ö" (2 bytes) would cross the bound at 8, so
+        // the first chunk is a byte short; then four "ö" fill the second.
+        let chunks = c.push("defgööööö", start);
+        assert_eq!(chunks, ["abcdefg", "öööö"]);
+        assert_eq!(c.deadline(), Some(start + Duration::from_secs(1)));
+        assert_eq!(c.flush().as_deref(), Some("ö"));
+
+        // A token many times the bound, with a zero window: all of it now.
+        let mut c = Chunker::new(Duration::ZERO, 8);
+        let long = "0123456789".repeat(5);
+        let chunks = c.push(&long, start);
+        assert!(chunks.iter().all(|c| c.len() <= 8), "{chunks:?}");
+        assert_eq!(chunks.concat(), long);
+        assert_eq!(c.flush(), None);
+
+        // A window still open keeps the rest buffered for it.
+        let mut c = Chunker::new(Duration::from_secs(1), 8);
+        assert_eq!(c.push("0123456789", start), ["01234567"]);
+        assert_eq!(c.flush().as_deref(), Some("89"));
     }
 }

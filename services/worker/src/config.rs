@@ -65,7 +65,8 @@ pub struct WorkerConfig {
     /// Tokens are coalesced into one chunk for this long (0 = a chunk per token).
     #[arg(long, env = "CHUNK_WINDOW_MS", default_value_t = 20)]
     pub chunk_window_ms: u64,
-    /// A chunk is flushed when it holds this many bytes.
+    /// A chunk is flushed when it holds this many bytes; a longer token is
+    /// split across chunks.
     #[arg(long, env = "CHUNK_MAX_BYTES", default_value_t = 512)]
     pub chunk_max_bytes: usize,
     /// How long running jobs may finish after SIGTERM before they are handed

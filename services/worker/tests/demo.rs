@@ -29,6 +29,7 @@ async fn stream_all(backend: &DemoBackend, prompt: &str) -> (Vec<String>, bool) 
                 assert!(!finished, "nothing after finished");
                 tokens.push(t)
             }
+            ModelOutput::Reasoning(r) => panic!("the demo does not reason: {r:?}"),
             ModelOutput::Finished { .. } => finished = true,
         }
     }

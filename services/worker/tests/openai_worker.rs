@@ -7,27 +7,48 @@ mod support;
 
 use std::time::Duration;
 
-use openai_support::{Script, ScriptedServer};
+use openai_support::{sse, Script, ScriptedServer, Step};
 use protocol::records::TurnStatus;
 use protocol::{ErrorCode, Event, FinishReason, MessageId};
 use serde_json::json;
 use support::{answer_of, wait_until, Harness};
 
 async fn openai_worker(h: &Harness, server: &ScriptedServer) -> worker::RunningWorker {
+    openai_worker_with(h, server, &["--openai-first-token-timeout-secs", "5"]).await
+}
+
+/// A worker on the scripted server with `extra` flags (flags may not repeat).
+async fn openai_worker_with(
+    h: &Harness,
+    server: &ScriptedServer,
+    extra: &[&str],
+) -> worker::RunningWorker {
     let base_url = server.base_url();
-    h.spawn_worker(&[
+    let mut args = vec![
         "--backend",
         "openai",
         "--openai-base-url",
         &base_url,
         "--openai-model",
         "test-model",
-        "--openai-first-token-timeout-secs",
-        "5",
         "--chunk-window-ms",
         "0",
-    ])
-    .await
+    ];
+    args.extend_from_slice(extra);
+    h.spawn_worker(&args).await
+}
+
+/// The chunk texts of one message, in order.
+fn chunks_of(events: &[Event], id: MessageId) -> Vec<String> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Chunk {
+                message_id, text, ..
+            } if *message_id == id => Some(text.clone()),
+            _ => None,
+        })
+        .collect()
 }
 
 fn is_terminal_of(id: MessageId) -> impl FnMut(&Event) -> bool {
@@ -205,5 +226,133 @@ async fn earlier_turns_of_the_session_are_sent_as_context() {
         server.requests()[2].body["messages"],
         json!([{"role": "user", "content": "Hi"}])
     );
+    worker.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_model_that_thinks_past_the_first_token_timeout_answers_once_without_its_reasoning() {
+    let h = Harness::start(1500, 3).await;
+    // 1.5 s of reasoning with a 1 s first-token timeout, then the answer
+    // with its thinking inline as well.
+    let mut steps = Vec::new();
+    for i in 0..6 {
+        steps.push(Step::Pause(Duration::from_millis(250)));
+        steps.push(Step::Send(sse::reasoning_content(&format!(
+            "thought {i}. "
+        ))));
+    }
+    steps.extend([
+        Step::Send(sse::content("<think>more thinking</think>")),
+        Step::Send(sse::content("The answer.")),
+        Step::Send(sse::finish("stop")),
+        Step::Send(sse::done()),
+    ]);
+    let server = ScriptedServer::start(vec![
+        Script::Raw(steps),
+        Script::answer(&["A retry would say this."]),
+    ])
+    .await;
+    let worker = openai_worker_with(
+        &h,
+        &server,
+        &[
+            "--openai-first-token-timeout-secs",
+            "1",
+            "--openai-timeout-secs",
+            "1",
+        ],
+    )
+    .await;
+    let session = h.new_session().await;
+    let mut live = h.live(session).await;
+    let id = h.submit(session, "Think first").await;
+
+    let events = live.until(is_terminal_of(id)).await;
+    assert!(
+        !events.iter().any(|e| matches!(e, Event::Restart { .. })),
+        "{events:?}"
+    );
+    assert_eq!(answer_of(&events, id, 1), "The answer.");
+    assert!(
+        matches!(events.last(), Some(Event::Done { attempt: 1, .. })),
+        "{events:?}"
+    );
+    assert_eq!(server.requests().len(), 1);
+    wait_until(|| async { h.turns(session).await.len() == 1 }).await;
+    assert_eq!(h.turns(session).await[0].assistant, "The answer.");
+    worker.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn bounds_a_model_server_breaks_end_the_answer_at_once() {
+    let h = Harness::start(1500, 3).await;
+    let big_token = "0123456789".repeat(70);
+    let server = ScriptedServer::start(vec![
+        // A line with no end: refused at 1 MiB, not retried.
+        Script::Raw(vec![
+            Step::Send(sse::content("Starting ")),
+            Step::Send("data: ".into()),
+            Step::Flood { bytes: 8 << 20 },
+        ]),
+        // Answers the next question (or a wrong retry, which the request
+        // count catches).
+        Script::answer(&[&big_token, &big_token, "never"]),
+    ])
+    .await;
+    let worker = openai_worker_with(
+        &h,
+        &server,
+        &[
+            "--openai-max-answer-bytes",
+            "1000",
+            "--chunk-max-bytes",
+            "64",
+        ],
+    )
+    .await;
+    let session = h.new_session().await;
+    let mut live = h.live(session).await;
+
+    let flooded = h.submit(session, "Flood me").await;
+    let events = live.until(is_terminal_of(flooded)).await;
+    match events.last().unwrap() {
+        Event::Error { code, message, .. } => {
+            assert_eq!(*code, ErrorCode::ModelFailed);
+            assert!(message.contains("over 1048576 bytes"), "{message}");
+        }
+        other => panic!("expected error, got {other:?}"),
+    }
+    assert!(
+        !events.iter().any(|e| matches!(e, Event::Restart { .. })),
+        "{events:?}"
+    );
+    assert_eq!(server.requests().len(), 1, "not retried");
+    wait_until(|| async { h.turns(session).await.len() == 1 }).await;
+
+    // Tokens of 700 bytes, over a 1000-byte answer bound, in 64-byte
+    // chunks: the first token is split, the second cut, `done` says
+    // `length`, and the turn keeps the answer so far.
+    let long = h.submit(session, "Talk at length").await;
+    let events = live.until(is_terminal_of(long)).await;
+    let chunks = chunks_of(&events, long);
+    assert!(chunks.iter().all(|c| c.len() <= 64), "{chunks:?}");
+    let answer = answer_of(&events, long, 1);
+    assert_eq!(answer, big_token.repeat(2)[..1000]);
+    match events.last().unwrap() {
+        Event::Done {
+            finish_reason,
+            usage,
+            ..
+        } => {
+            assert_eq!(*finish_reason, FinishReason::Length);
+            assert_eq!(*usage, None, "the server's count was never read");
+        }
+        other => panic!("expected done, got {other:?}"),
+    }
+    h.wait_queue_empty().await;
+    wait_until(|| async { h.turns(session).await.len() == 2 }).await;
+    let turn = &h.turns(session).await[1];
+    assert_eq!(turn.status, TurnStatus::Done);
+    assert_eq!(turn.assistant, answer);
     worker.shutdown().await.unwrap();
 }

@@ -30,6 +30,9 @@ pub struct Generation {
 pub enum ModelOutput {
     /// The next token (or any piece of text) of the answer.
     Token(String),
+    /// The next piece of a reasoning model's thinking, before its answer.
+    /// Not part of the answer: it is not sent back to the model as context.
+    Reasoning(String),
     /// The answer is complete. Always the last item of a successful stream.
     Finished {
         finish_reason: FinishReason,
@@ -40,8 +43,10 @@ pub enum ModelOutput {
 /// Why a backend failed, and whether trying again may help.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum BackendError {
-    /// The request itself is wrong (a 4xx other than 429): retrying gives the
-    /// same answer, so the job fails with `model_failed`.
+    /// The request itself is wrong (a 4xx other than 429), or the server
+    /// gave up on the answer (an `error` inside the stream) or broke a bound
+    /// (an event too large): retrying gives the same answer, so the job
+    /// fails with `model_failed` at once.
     #[error("model refused the request: {0}")]
     Rejected(String),
     /// A passing failure (429, 5xx, refused connection, timeout): the job is

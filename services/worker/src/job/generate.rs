@@ -98,9 +98,13 @@ impl Job {
             tokens: 0,
         };
 
-        let stop = loop {
+        // Reasoning is counted, not published yet: issue 15's `reasoning`
+        // event will carry it. It is never part of the answer's text.
+        let mut reasoning_tokens = 0u64;
+
+        let stop = 'generating: loop {
             let due = chunker.deadline();
-            let chunk = tokio::select! {
+            let chunks: Vec<String> = tokio::select! {
                 biased;
                 _ = cancelled.cancelled() => {
                     drop(stream);
@@ -113,12 +117,12 @@ impl Job {
                 }
                 _ = ctx.abort.cancelled() => break Stop::Aborted,
                 _ = superseded.cancelled() => break Stop::Superseded,
-                _ = sleep_until(due) => chunker.flush(),
+                _ = sleep_until(due) => chunker.flush().into_iter().collect(),
                 _ = progress.tick() => {
                     if let Err(e) = self.message.ack_with(AckKind::Progress).await {
                         tracing::warn!(error = %e, "progress ack failed");
                     }
-                    None
+                    Vec::new()
                 }
                 item = stream.next() => match item {
                     Some(Ok(ModelOutput::Token(token))) => {
@@ -128,6 +132,11 @@ impl Job {
                         generated.tokens += 1;
                         generated.text.push_str(&token);
                         chunker.push(&token, Instant::now())
+                    }
+                    Some(Ok(ModelOutput::Reasoning(_))) => {
+                        tokio::task::consume_budget().await;
+                        reasoning_tokens += 1;
+                        Vec::new()
                     }
                     Some(Ok(ModelOutput::Finished { finish_reason, usage })) => {
                         if let Some(text) = chunker.flush() {
@@ -144,12 +153,18 @@ impl Job {
                     }),
                 },
             };
-            if let Some(text) = chunk {
+            for text in chunks {
                 if let Err(e) = self.publish_chunk(publisher, &mut generated, text).await {
-                    break Stop::Publish(e);
+                    break 'generating Stop::Publish(e);
                 }
             }
         };
+        if reasoning_tokens > 0 {
+            tracing::debug!(
+                reasoning_tokens,
+                "reasoning not published (no reasoning event yet)"
+            );
+        }
         generated.stop = stop;
         generated
     }

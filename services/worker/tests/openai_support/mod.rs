@@ -1,13 +1,15 @@
 //! A scripted OpenAI-compatible server on a loopback port: it answers
 //! `POST /v1/chat/completions` with the next scripted response, records
 //! every request (body and `Authorization`), and counts its open TCP
-//! connections and open response streams so tests see a cancel reach it.
+//! connections, open response streams and the body bytes it handed over,
+//! so tests see a cancel (or a refusal) reach it.
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -47,12 +49,73 @@ pub enum Script {
     Endless { pace: Duration },
     /// `200 text/event-stream` with keep-alive comments only, forever.
     Silent,
+    /// `200 text/event-stream` with exactly these steps: the bytes of the
+    /// shapes real servers send (see [`sse`]), pauses, floods.
+    Raw(Vec<Step>),
     /// A plain error answer.
     Status {
         status: u16,
         body: String,
         retry_after: Option<String>,
     },
+}
+
+/// One step of a [`Script::Raw`] body.
+#[derive(Clone, Debug)]
+pub enum Step {
+    /// These bytes, as they are.
+    Send(String),
+    Pause(Duration),
+    /// `bytes` of `x`, in 64 KiB writes, with no line end: one endless line.
+    Flood {
+        bytes: usize,
+    },
+}
+
+/// The bytes real servers send, to build [`Script::Raw`] bodies with.
+pub mod sse {
+    use serde_json::{json, Value};
+
+    /// `data: {json}` and a blank line.
+    pub fn data(value: &Value) -> String {
+        format!("data: {value}\n\n")
+    }
+
+    /// A chunk whose delta is `delta`.
+    pub fn delta(delta: Value) -> String {
+        data(&json!({"choices":[{"index":0,"delta":delta,"finish_reason":null}]}))
+    }
+
+    pub fn content(text: &str) -> String {
+        delta(json!({"content": text}))
+    }
+
+    /// vLLM, llama.cpp's server, DeepSeek.
+    pub fn reasoning_content(text: &str) -> String {
+        delta(json!({"reasoning_content": text, "content": null}))
+    }
+
+    /// Ollama, OpenRouter.
+    pub fn reasoning(text: &str) -> String {
+        delta(json!({"reasoning": text, "content": ""}))
+    }
+
+    pub fn finish(reason: &str) -> String {
+        data(&json!({"choices":[{"index":0,"delta":{},"finish_reason":reason}]}))
+    }
+
+    /// The finish reason and the usage in the same, last chunk (llama.cpp,
+    /// Ollama), rather than a usage chunk of its own (OpenAI).
+    pub fn finish_with_usage(reason: &str, prompt: u32, completion: u32) -> String {
+        data(
+            &json!({"choices":[{"index":0,"delta":{},"finish_reason":reason}],
+            "usage":{"prompt_tokens":prompt,"completion_tokens":completion}}),
+        )
+    }
+
+    pub fn done() -> String {
+        "data: [DONE]\n\n".into()
+    }
 }
 
 impl Script {
@@ -89,6 +152,9 @@ struct Shared {
     requests: Arc<Mutex<Vec<Recorded>>>,
     /// Response bodies (streams) not yet dropped by the server.
     streams: watch::Sender<usize>,
+    /// Body bytes handed to the HTTP server (not all may have reached the
+    /// client: the sockets buffer some).
+    sent: Arc<AtomicUsize>,
 }
 
 pub struct ScriptedServer {
@@ -113,6 +179,7 @@ impl ScriptedServer {
             scripts: Arc::new(Mutex::new(scripts.into())),
             requests: Arc::default(),
             streams: watch::Sender::new(0),
+            sent: Arc::default(),
         };
         let connections = watch::Sender::new(0);
         let accepted = Arc::new(Mutex::new(0));
@@ -161,6 +228,11 @@ impl ScriptedServer {
         *self.shared.streams.borrow()
     }
 
+    /// Body bytes the server handed over so far, all answers together.
+    pub fn bytes_sent(&self) -> usize {
+        self.shared.sent.load(Ordering::SeqCst)
+    }
+
     /// Waits until the server has no open connection and no response stream
     /// left; fails the test after `within`.
     pub async fn wait_all_closed(&self, within: Duration) {
@@ -206,7 +278,7 @@ async fn completions(State(shared): State<Shared>, headers: HeaderMap, body: Byt
     let Some(script) = script else {
         return (StatusCode::INTERNAL_SERVER_ERROR, "no script left").into_response();
     };
-    let events: futures::stream::BoxStream<'static, String> = match script {
+    let events: futures::stream::BoxStream<'static, Bytes> = match script {
         Script::Status {
             status,
             body,
@@ -253,27 +325,50 @@ async fn completions(State(shared): State<Shared>, headers: HeaderMap, body: Byt
                     if !pace.is_zero() && item.starts_with("data") {
                         tokio::time::sleep(pace).await;
                     }
-                    item
+                    Bytes::from(item)
                 })
                 .boxed()
         }
         Script::Endless { pace } => futures::stream::iter(0u64..)
             .then(move |i| async move {
                 tokio::time::sleep(pace).await;
-                data(&json!({"choices":[{"index":0,"delta":{"content":format!("t{i} ")}}]}))
+                Bytes::from(data(
+                    &json!({"choices":[{"index":0,"delta":{"content":format!("t{i} ")}}]}),
+                ))
             })
             .boxed(),
         Script::Silent => futures::stream::repeat(())
             .then(|()| async {
                 tokio::time::sleep(Duration::from_millis(100)).await;
-                ": keep-alive\n\n".to_string()
+                Bytes::from_static(b": keep-alive\n\n")
             })
+            .boxed(),
+        Script::Raw(steps) => futures::stream::iter(steps)
+            .flat_map(|step| match step {
+                Step::Send(text) => futures::stream::iter(vec![Bytes::from(text)]).boxed(),
+                Step::Pause(pause) => futures::stream::once(async move {
+                    tokio::time::sleep(pause).await;
+                    Bytes::new()
+                })
+                .boxed(),
+                Step::Flood { bytes } => {
+                    let writes = bytes.div_ceil(FLOOD.len());
+                    futures::stream::iter((0..writes).map(move |i| {
+                        let size = (bytes - i * FLOOD.len()).min(FLOOD.len());
+                        Bytes::from_static(&FLOOD[..size])
+                    }))
+                    .boxed()
+                }
+            })
+            .filter(|bytes| std::future::ready(!bytes.is_empty()))
             .boxed(),
     };
     let guard = StreamGuard::new(shared.streams.clone());
+    let sent = shared.sent.clone();
     let body = events.map(move |item| {
         let _alive = &guard;
-        Ok::<_, std::convert::Infallible>(Bytes::from(item))
+        sent.fetch_add(item.len(), Ordering::SeqCst);
+        Ok::<_, std::convert::Infallible>(item)
     });
     Response::builder()
         .header("content-type", "text/event-stream")
@@ -283,8 +378,11 @@ async fn completions(State(shared): State<Shared>, headers: HeaderMap, body: Byt
 }
 
 fn data(value: &Value) -> String {
-    format!("data: {value}\n\n")
+    sse::data(value)
 }
+
+/// What a [`Step::Flood`] sends: `x`, and never a line end.
+static FLOOD: [u8; 64 * 1024] = [b'x'; 64 * 1024];
 
 /// Counts a response stream as open until the server drops it.
 struct StreamGuard(watch::Sender<usize>);
@@ -381,17 +479,36 @@ pub fn args(base_url: &str) -> OpenAiArgs {
         api_key_file: None,
         temperature: None,
         max_tokens: None,
-        timeout_secs: 30,
+        idle_timeout_secs: 30,
         first_token_timeout_secs: 10,
+        max_event_bytes: 1 << 20,
+        max_answer_bytes: 256 << 10,
         system_prompt: None,
         context_turns: 20,
         context_chars: 24_000,
     }
 }
 
-/// Everything a backend stream yields until it ends: the tokens, and the
-/// last item (`Finished` or the error).
-pub async fn collect(mut stream: OutputStream) -> (Vec<String>, Result<ModelOutput, BackendError>) {
+/// Everything a backend stream yields until it ends: the answer's tokens,
+/// and the last item (`Finished` or the error). Reasoning is left out; see
+/// [`collect_all`].
+pub async fn collect(stream: OutputStream) -> (Vec<String>, Result<ModelOutput, BackendError>) {
+    let (outputs, last) = collect_all(stream).await;
+    let tokens = outputs
+        .into_iter()
+        .filter_map(|output| match output {
+            ModelOutput::Token(token) => Some(token),
+            _ => None,
+        })
+        .collect();
+    (tokens, last)
+}
+
+/// Everything a backend stream yields until it ends: the tokens and the
+/// reasoning in order, and the last item (`Finished` or the error).
+pub async fn collect_all(
+    mut stream: OutputStream,
+) -> (Vec<ModelOutput>, Result<ModelOutput, BackendError>) {
     let mut tokens = Vec::new();
     loop {
         let item = tokio::time::timeout(WAIT, stream.next())
@@ -399,7 +516,7 @@ pub async fn collect(mut stream: OutputStream) -> (Vec<String>, Result<ModelOutp
             .expect("the backend stream stalled")
             .expect("the backend stream ended without a last item");
         match item {
-            Ok(ModelOutput::Token(token)) => tokens.push(token),
+            Ok(output @ (ModelOutput::Token(_) | ModelOutput::Reasoning(_))) => tokens.push(output),
             last => {
                 assert!(
                     stream.next().await.is_none(),

@@ -9,27 +9,38 @@
 //! stream: nothing is spawned, so dropping the stream drops the body and the
 //! HTTP connection closes — that is how a cancel reaches the model server.
 //!
-//! Failures are sorted for the worker: a 4xx (other than 408 and 429) is the
-//! request's fault and is not retried ([`BackendError::Rejected`]); 429,
-//! 5xx, refused connections, timeouts and a stream cut short are passing
-//! ([`BackendError::Unavailable`], with the server's `Retry-After`).
+//! A reasoning model's thinking comes as
+//! [`ModelOutput::Reasoning`](super::ModelOutput::Reasoning), apart
+//! from the answer's tokens, in each of the three shapes servers send it
+//! (`delta.reasoning_content`, `delta.reasoning`, or `<think>…</think>` at
+//! the start of `content`).
+//!
+//! Failures are sorted for the worker: a 4xx (other than 408 and 429), an
+//! `error` object inside the stream, and an event over
+//! `--openai-max-event-bytes` are the request's or the server's fault and
+//! are not retried ([`BackendError::Rejected`](super::BackendError::Rejected));
+//! 429, 5xx, refused
+//! connections, timeouts and a stream cut short are passing
+//! ([`BackendError::Unavailable`](super::BackendError::Unavailable), with
+//! the server's `Retry-After`).
+
+mod answer;
+mod sse;
+mod think;
 
 use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use eventsource_stream::{EventStreamError, Eventsource as _};
-use futures::stream::BoxStream;
 use futures::StreamExt;
 use protocol::records::{Turn, TurnStatus};
-use protocol::{FinishReason, Usage};
-use reqwest::header::RETRY_AFTER;
-use reqwest::{StatusCode, Url};
-use serde::{Deserialize, Serialize};
-use tokio::time::Instant;
+use reqwest::Url;
+use serde::Serialize;
 
-use super::{BackendError, Generation, ModelBackend, ModelOutput, OutputStream};
+use answer::{Answer, Limits};
+
+use super::{Generation, ModelBackend, OutputStream};
 
 /// Flags and environment variables of the `openai` backend.
 #[derive(Clone, clap::Args)]
@@ -66,21 +77,45 @@ pub struct OpenAiArgs {
     pub temperature: Option<f32>,
     #[arg(long = "openai-max-tokens", env = "OPENAI_MAX_TOKENS")]
     pub max_tokens: Option<u32>,
-    /// Whole-request timeout, seconds (0 = none).
+    /// Idle timeout, seconds: an attempt with no token (and no data at all)
+    /// for this long fails and is tried again. An answer whose tokens keep
+    /// flowing is never cut, however long it runs:
+    /// `--openai-max-answer-bytes` and `--openai-max-tokens` bound it
+    /// instead (0 = no idle timeout).
     #[arg(
         long = "openai-timeout-secs",
         env = "OPENAI_TIMEOUT_SECS",
         default_value_t = 120
     )]
-    pub timeout_secs: u64,
-    /// How long to wait for the first token, from the start of the request,
-    /// seconds (0 = only the whole-request timeout).
+    pub idle_timeout_secs: u64,
+    /// How long to wait for the first token, of the answer or of the
+    /// model's reasoning, from the start of the request, seconds (0 = the
+    /// idle timeout runs from the start instead).
     #[arg(
         long = "openai-first-token-timeout-secs",
         env = "OPENAI_FIRST_TOKEN_TIMEOUT_SECS",
         default_value_t = 30
     )]
     pub first_token_timeout_secs: u64,
+    /// The longest server-sent line or event accepted, bytes; a longer one
+    /// fails the answer with `model_failed` (it is not retried), and is
+    /// never held in memory whole.
+    #[arg(
+        long = "openai-max-event-bytes",
+        env = "OPENAI_MAX_EVENT_BYTES",
+        default_value_t = 1 << 20
+    )]
+    pub max_event_bytes: usize,
+    /// The longest answer kept, bytes (the model's reasoning is bounded
+    /// the same, apart); a longer answer ends there with `finish_reason`
+    /// `length`. The default, about 64k tokens, keeps a turn (answer and
+    /// question) well within NATS's 1 MiB message limit.
+    #[arg(
+        long = "openai-max-answer-bytes",
+        env = "OPENAI_MAX_ANSWER_BYTES",
+        default_value_t = 256 << 10
+    )]
+    pub max_answer_bytes: usize,
     /// Optional system prompt sent first.
     #[arg(long = "openai-system-prompt", env = "OPENAI_SYSTEM_PROMPT")]
     pub system_prompt: Option<String>,
@@ -111,8 +146,10 @@ impl fmt::Debug for OpenAiArgs {
             .field("api_key_file", &self.api_key_file)
             .field("temperature", &self.temperature)
             .field("max_tokens", &self.max_tokens)
-            .field("timeout_secs", &self.timeout_secs)
+            .field("idle_timeout_secs", &self.idle_timeout_secs)
             .field("first_token_timeout_secs", &self.first_token_timeout_secs)
+            .field("max_event_bytes", &self.max_event_bytes)
+            .field("max_answer_bytes", &self.max_answer_bytes)
             .field("system_prompt", &self.system_prompt)
             .field("context_turns", &self.context_turns)
             .field("context_chars", &self.context_chars)
@@ -120,10 +157,11 @@ impl fmt::Debug for OpenAiArgs {
     }
 }
 
-/// How much of an error body is read to find the server's message.
-const ERROR_BODY_LIMIT: usize = 16 * 1024;
 /// How much of the server's error message is passed on to the client.
 const ERROR_MESSAGE_LIMIT: usize = 500;
+/// A bound below this would refuse ordinary chunks (each carries JSON
+/// around its token).
+const MIN_EVENT_BYTES: usize = 1024;
 
 pub struct OpenAiBackend {
     args: OpenAiArgs,
@@ -136,6 +174,14 @@ impl OpenAiBackend {
     /// Checks the base URL, reads the key file, and builds the HTTP client.
     pub fn new(args: OpenAiArgs) -> anyhow::Result<Self> {
         let endpoint = endpoint(&args.base_url)?;
+        anyhow::ensure!(
+            args.max_event_bytes >= MIN_EVENT_BYTES,
+            "--openai-max-event-bytes must be at least {MIN_EVENT_BYTES}"
+        );
+        anyhow::ensure!(
+            args.max_answer_bytes > 0,
+            "--openai-max-answer-bytes must be more than 0"
+        );
         let api_key = api_key(&args)?;
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
@@ -222,15 +268,13 @@ impl ModelBackend for OpenAiBackend {
             // reqwest marks the header sensitive: it is never printed.
             request = request.bearer_auth(key);
         }
-        if let Some(timeout) = secs(self.args.timeout_secs) {
-            request = request.timeout(timeout);
-        }
-        let first_token = secs(self.args.first_token_timeout_secs);
-        futures::stream::unfold(
-            Answer::Starting(Box::new(request), first_token),
-            Answer::step,
-        )
-        .boxed()
+        let limits = Limits {
+            first_token: secs(self.args.first_token_timeout_secs),
+            idle: secs(self.args.idle_timeout_secs),
+            max_event_bytes: self.args.max_event_bytes,
+            max_answer_bytes: self.args.max_answer_bytes,
+        };
+        futures::stream::unfold(Answer::Starting(Box::new(request), limits), Answer::step).boxed()
     }
 }
 
@@ -322,175 +366,6 @@ struct StreamOptions {
     include_usage: bool,
 }
 
-/// One `data:` payload of the stream. Every field is optional: servers
-/// differ in what they send (and a mid-stream `error` object is possible).
-#[derive(Deserialize)]
-struct Chunk {
-    #[serde(default)]
-    choices: Vec<Choice>,
-    #[serde(default)]
-    usage: Option<ChunkUsage>,
-    #[serde(default)]
-    error: Option<ErrorDetail>,
-}
-
-#[derive(Deserialize)]
-struct Choice {
-    #[serde(default)]
-    delta: Option<Delta>,
-    #[serde(default)]
-    finish_reason: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct Delta {
-    #[serde(default)]
-    content: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct ChunkUsage {
-    #[serde(default)]
-    prompt_tokens: u64,
-    #[serde(default)]
-    completion_tokens: u64,
-}
-
-#[derive(Deserialize)]
-struct ErrorBody {
-    error: ErrorDetail,
-}
-
-/// `{"error": {"message": ...}}` (OpenAI, vLLM, llama.cpp) or
-/// `{"error": "..."}` (Ollama).
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum ErrorDetail {
-    Object { message: String },
-    Text(String),
-}
-
-impl ErrorDetail {
-    fn message(self) -> String {
-        match self {
-            ErrorDetail::Object { message } | ErrorDetail::Text(message) => message,
-        }
-    }
-}
-
-type SseStream =
-    BoxStream<'static, Result<eventsource_stream::Event, EventStreamError<reqwest::Error>>>;
-
-/// The state of one answer, driven by [`futures::stream::unfold`].
-enum Answer {
-    /// Not sent yet (the request runs only when the stream is first polled).
-    Starting(Box<reqwest::RequestBuilder>, Option<Duration>),
-    Streaming(Box<Streaming>),
-    /// `Finished` or an error was the last item.
-    Ended,
-}
-
-struct Streaming {
-    events: SseStream,
-    /// Until the first token (or the finish) arrives.
-    first_token_deadline: Option<Instant>,
-    first_token_timeout: Option<Duration>,
-    finish_reason: Option<FinishReason>,
-    usage: Option<Usage>,
-}
-
-impl Answer {
-    async fn step(self) -> Option<(Result<ModelOutput, BackendError>, Answer)> {
-        let mut streaming = match self {
-            Answer::Ended => return None,
-            Answer::Streaming(streaming) => streaming,
-            Answer::Starting(request, first_token_timeout) => {
-                let deadline = first_token_timeout.map(|t| Instant::now() + t);
-                match send(*request, deadline, first_token_timeout).await {
-                    Ok(events) => Box::new(Streaming {
-                        events,
-                        first_token_deadline: deadline,
-                        first_token_timeout,
-                        finish_reason: None,
-                        usage: None,
-                    }),
-                    Err(e) => return Some((Err(e), Answer::Ended)),
-                }
-            }
-        };
-        match streaming.next().await {
-            Ok(output @ ModelOutput::Token(_)) => Some((Ok(output), Answer::Streaming(streaming))),
-            Ok(finished @ ModelOutput::Finished { .. }) => Some((Ok(finished), Answer::Ended)),
-            Err(e) => Some((Err(e), Answer::Ended)),
-        }
-    }
-}
-
-/// Sends the request and checks its status: the events of a 2xx answer, or
-/// the error a failed one means.
-async fn send(
-    request: reqwest::RequestBuilder,
-    deadline: Option<Instant>,
-    first_token_timeout: Option<Duration>,
-) -> Result<SseStream, BackendError> {
-    let sent = match deadline {
-        Some(deadline) => match tokio::time::timeout_at(deadline, request.send()).await {
-            Ok(sent) => sent,
-            Err(_) => return Err(no_first_token(first_token_timeout)),
-        },
-        None => request.send().await,
-    };
-    let response = sent.map_err(|e| BackendError::Unavailable {
-        message: format!("request failed: {}", error_chain(&e)),
-        retry_after: None,
-    })?;
-    let status = response.status();
-    if status.is_success() {
-        return Ok(response.bytes_stream().eventsource().boxed());
-    }
-    let retry_after = response
-        .headers()
-        .get(RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(Duration::from_secs);
-    let message = error_message(response).await;
-    let message = format!("{status}: {message}");
-    if status.is_client_error()
-        && status != StatusCode::TOO_MANY_REQUESTS
-        && status != StatusCode::REQUEST_TIMEOUT
-    {
-        Err(BackendError::Rejected(message))
-    } else {
-        Err(BackendError::Unavailable {
-            message,
-            retry_after,
-        })
-    }
-}
-
-/// The server's own words from an error body: `error.message` when it is
-/// JSON, else the start of the text.
-async fn error_message(mut response: reqwest::Response) -> String {
-    let mut body = Vec::new();
-    while body.len() < ERROR_BODY_LIMIT {
-        match response.chunk().await {
-            Ok(Some(bytes)) => body.extend_from_slice(&bytes),
-            Ok(None) | Err(_) => break,
-        }
-    }
-    let text = match serde_json::from_slice::<ErrorBody>(&body) {
-        Ok(parsed) => parsed.error.message(),
-        Err(_) => String::from_utf8_lossy(&body).trim().to_string(),
-    };
-    let text = if text.is_empty() {
-        "no error message".to_string()
-    } else {
-        text
-    };
-    truncate(text, ERROR_MESSAGE_LIMIT)
-}
-
 fn truncate(mut text: String, max: usize) -> String {
     if text.len() > max {
         let mut end = max;
@@ -514,105 +389,6 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
-}
-
-fn no_first_token(timeout: Option<Duration>) -> BackendError {
-    BackendError::Unavailable {
-        message: format!("no first token within {timeout:?}"),
-        retry_after: None,
-    }
-}
-
-impl Streaming {
-    /// The next token, or the end of the answer.
-    async fn next(&mut self) -> Result<ModelOutput, BackendError> {
-        loop {
-            let event = match self.first_token_deadline {
-                Some(deadline) => tokio::time::timeout_at(deadline, self.events.next())
-                    .await
-                    .map_err(|_| no_first_token(self.first_token_timeout))?,
-                None => self.events.next().await,
-            };
-            let event = match event {
-                Some(Ok(event)) => event,
-                Some(Err(e)) => {
-                    let message = match e {
-                        EventStreamError::Transport(e) => {
-                            format!("reading the stream: {}", error_chain(&e))
-                        }
-                        other => format!("malformed event stream: {other}"),
-                    };
-                    return Err(BackendError::Unavailable {
-                        message,
-                        retry_after: None,
-                    });
-                }
-                None => {
-                    // Some servers close without `[DONE]` after the finish.
-                    return match self.finish_reason.take() {
-                        Some(finish_reason) => Ok(self.finished(finish_reason)),
-                        None => Err(BackendError::Unavailable {
-                            message: "stream ended early".into(),
-                            retry_after: None,
-                        }),
-                    };
-                }
-            };
-            let data = event.data.trim();
-            if data == "[DONE]" {
-                let finish_reason = self.finish_reason.take().unwrap_or(FinishReason::Stop);
-                return Ok(self.finished(finish_reason));
-            }
-            if data.is_empty() {
-                continue;
-            }
-            let chunk: Chunk =
-                serde_json::from_str(data).map_err(|e| BackendError::Unavailable {
-                    message: format!("malformed chunk: {e}"),
-                    retry_after: None,
-                })?;
-            if let Some(error) = chunk.error {
-                return Err(BackendError::Unavailable {
-                    message: truncate(error.message(), ERROR_MESSAGE_LIMIT),
-                    retry_after: None,
-                });
-            }
-            if let Some(usage) = chunk.usage {
-                self.usage = Some(Usage {
-                    prompt_tokens: u32::try_from(usage.prompt_tokens).unwrap_or(u32::MAX),
-                    completion_tokens: u32::try_from(usage.completion_tokens).unwrap_or(u32::MAX),
-                });
-            }
-            let Some(choice) = chunk.choices.into_iter().next() else {
-                continue;
-            };
-            if let Some(reason) = choice.finish_reason {
-                self.first_token_deadline = None;
-                self.finish_reason = Some(finish_reason(&reason));
-            }
-            if let Some(content) = choice.delta.and_then(|d| d.content) {
-                if !content.is_empty() {
-                    self.first_token_deadline = None;
-                    return Ok(ModelOutput::Token(content));
-                }
-            }
-        }
-    }
-
-    fn finished(&mut self, finish_reason: FinishReason) -> ModelOutput {
-        ModelOutput::Finished {
-            finish_reason,
-            usage: self.usage.take(),
-        }
-    }
-}
-
-fn finish_reason(reason: &str) -> FinishReason {
-    match reason {
-        "stop" => FinishReason::Stop,
-        "length" => FinishReason::Length,
-        other => FinishReason::Other(other.to_string()),
-    }
 }
 
 #[cfg(test)]
