@@ -1,6 +1,7 @@
-//! Coalescing a model's tokens into chunks (DESIGN.md, "Chunks are not
-//! tokens"): what is buffered is flushed when the window since its first
-//! token has passed, when it reaches the size bound, and at the end. No
+//! Coalescing a model's tokens into chunks: a chunk per token would cost a
+//! publish, a store and a frame per token, so what is buffered is flushed
+//! when the window since its first token has passed, when it reaches the
+//! size bound, and at the end. No
 //! chunk is longer than the bound: a longer token is split across chunks
 //! (at character boundaries), so one huge token cannot make an event over
 //! NATS's message limit.
