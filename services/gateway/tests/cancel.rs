@@ -62,9 +62,7 @@ async fn cancel_stops_a_running_answer_within_200ms_exactly_once() {
         .real_worker_with(&SLOW_ANSWER)
         .start()
         .await;
-    let (session, token) = app.new_session().await;
-    let mut ws = app.connect(session, &token, None).await;
-    ws.ready().await;
+    let (session, token, mut ws) = app.attach().await;
     let (id, _) = ws.chat("a slow answer").await;
     ws.until_kind(EventKind::Chunk).await;
     let sent = Instant::now();
@@ -92,9 +90,7 @@ async fn a_cancel_sent_to_another_gateway_still_stops_the_answer() {
         .await;
     // A second gateway on the same NATS: the cancel goes there.
     let other = app.another_gateway("gw-other").await;
-    let (session, token) = app.new_session().await;
-    let mut ws = app.connect(session, &token, None).await;
-    ws.ready().await;
+    let (session, token, mut ws) = app.attach().await;
     let (id, _) = ws.chat("cancel me from elsewhere").await;
     ws.until_kind(EventKind::Chunk).await;
     let sent = Instant::now();

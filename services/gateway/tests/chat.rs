@@ -95,9 +95,7 @@ async fn a_retried_post_with_the_same_message_id_is_queued_once() {
 #[tokio::test]
 async fn history_returns_the_turns_and_events_returns_what_follows_after_seq() {
     let app = TestApp::builder().real_worker().start().await;
-    let (session, token) = app.new_session().await;
-    let mut ws = app.connect(session, &token, None).await;
-    ws.ready().await;
+    let (session, token, mut ws) = app.attach().await;
     let mut all = Vec::new();
     for prompt in ["first question", "second question"] {
         let (id, _) = ws.chat(prompt).await;
@@ -142,9 +140,7 @@ async fn a_question_sent_the_moment_done_arrives_is_never_refused() {
         .real_worker()
         .start()
         .await;
-    let (session, token) = app.new_session().await;
-    let mut ws = app.connect(session, &token, None).await;
-    ws.ready().await;
+    let (_, _, mut ws) = app.attach().await;
     for turn in 0..15 {
         // `chat` panics on an error frame such as `rate_limited`.
         let (id, _) = ws.chat(&format!("turn {turn}")).await;

@@ -22,9 +22,7 @@ async fn bad_input_gets_clear_errors_and_neighbours_chat_on() {
         .scripted_worker(Script::words(&["fine", "."]))
         .start()
         .await;
-    let (session, token) = app.new_session().await;
-    let mut ws = app.connect(session, &token, None).await;
-    ws.ready().await;
+    let (session, token, mut ws) = app.attach().await;
     let id = MessageId::new();
     let bad_request = [
         "{not json",
@@ -114,9 +112,7 @@ async fn bad_input_gets_clear_errors_and_neighbours_chat_on() {
 #[tokio::test]
 async fn a_websocket_protocol_violation_closes_with_1002() {
     let app = TestApp::start().await;
-    let (session, token) = app.new_session().await;
-    let mut neighbour = app.connect(session, &token, None).await;
-    neighbour.ready().await;
+    let (session, token, mut neighbour) = app.attach().await;
     let mut ws = app.connect(session, &token, None).await;
     ws.ready().await;
     // A reserved bit set with no extension negotiated: RFC 6455 §5.2 forbids it.
@@ -171,19 +167,9 @@ async fn in_flight_and_frame_rate_limits_refuse_without_killing() {
         .gateway_args(&["--frames-per-sec", "20", "--frame-burst", "40"])
         .start()
         .await;
-    let (session, token) = app.new_session().await;
-    let mut ws = app.connect(session, &token, None).await;
-    ws.ready().await;
+    let (session, token, mut ws) = app.attach().await;
     // No worker: two messages stay in flight, the third is refused.
-    ws.chat("one").await;
-    ws.chat("two").await;
-    ws.send_json(json!({"type": "chat", "content": "three"}))
-        .await;
-    ws.expect_error(ErrorCode::RateLimited).await;
-    let path = format!("/api/chat?session={session}");
-    let response = app.post(&path, &token, json!({"content": "four"})).await;
-    assert!(response.headers().contains_key("retry-after"));
-    assert_rest_error(response, 429, ErrorCode::RateLimited).await;
+    two_accepted_then_refused(&app, session, &token, &mut ws, ErrorCode::RateLimited).await;
 
     // A burst of 1,000 frames: the burst allowance is served, the rest refused.
     for _ in 0..1_000 {
@@ -214,18 +200,8 @@ async fn a_full_queue_is_refused_as_overloaded_and_keeps_what_it_accepted() {
         .layout_args(&["--queue-max-msgs", "2"])
         .start()
         .await;
-    let (session, token) = app.new_session().await;
-    let mut ws = app.connect(session, &token, None).await;
-    ws.ready().await;
-    ws.chat("one").await;
-    ws.chat("two").await;
-    ws.send_json(json!({"type": "chat", "content": "three"}))
-        .await;
-    ws.expect_error(ErrorCode::Overloaded).await;
-    let path = format!("/api/chat?session={session}");
-    let response = app.post(&path, &token, json!({"content": "four"})).await;
-    assert!(response.headers().contains_key("retry-after"));
-    assert_rest_error(response, 429, ErrorCode::Overloaded).await;
+    let (session, token, mut ws) = app.attach().await;
+    two_accepted_then_refused(&app, session, &token, &mut ws, ErrorCode::Overloaded).await;
     let queued = app.queued_jobs().await;
     assert_eq!(queued, 2, "the accepted jobs are still queued");
     // The refusals are in the session's stream, so a reconnect shows why.
@@ -252,4 +228,24 @@ async fn a_full_queue_is_refused_as_overloaded_and_keeps_what_it_accepted() {
     assert_eq!(events.last().unwrap().event.kind(), EventKind::Done);
     // The worker counts a job after its ack, which can trail the `done`.
     eventually("three jobs served", || async { worker.jobs() >= 3 }).await;
+}
+
+/// Two chats are accepted; a third on the socket and a fourth by REST are
+/// refused with `code` (REST: 429 with `Retry-After`).
+async fn two_accepted_then_refused(
+    app: &TestApp,
+    session: SessionId,
+    token: &str,
+    ws: &mut Ws,
+    code: ErrorCode,
+) {
+    ws.chat("one").await;
+    ws.chat("two").await;
+    ws.send_json(json!({"type": "chat", "content": "three"}))
+        .await;
+    ws.expect_error(code).await;
+    let path = format!("/api/chat?session={session}");
+    let response = app.post(&path, token, json!({"content": "four"})).await;
+    assert!(response.headers().contains_key("retry-after"));
+    assert_rest_error(response, 429, code).await;
 }

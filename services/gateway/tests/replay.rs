@@ -16,9 +16,7 @@ use support::{assert_strictly_increasing, count, eventually, Script, TestApp, WA
 async fn reconnecting_with_after_seq_mid_answer_loses_and_repeats_nothing() {
     let script = Script::numbered(300, Duration::from_millis(8));
     let app = TestApp::builder().scripted_worker(script).start().await;
-    let (session, token) = app.new_session().await;
-    let mut ws = app.connect(session, &token, None).await;
-    ws.ready().await;
+    let (session, token, mut ws) = app.attach().await;
     let (id, _) = ws.chat("a long answer, please").await;
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     let mut received: Vec<SequencedEvent> = Vec::new();
@@ -49,9 +47,7 @@ async fn reconnecting_with_after_seq_mid_answer_loses_and_repeats_nothing() {
 async fn the_resume_frame_replays_then_continues_live_without_duplicates() {
     let script = Script::numbered(60, Duration::from_millis(5));
     let app = TestApp::builder().scripted_worker(script).start().await;
-    let (session, token) = app.new_session().await;
-    let mut ws = app.connect(session, &token, None).await;
-    ws.ready().await;
+    let (session, token, mut ws) = app.attach().await;
 
     // After an answer: resume from the middle replays exactly what follows.
     let (id, _) = ws.chat("first").await;
@@ -173,9 +169,7 @@ async fn after_seq_beyond_the_replay_window_says_so_and_sends_history() {
         .real_worker()
         .start()
         .await;
-    let (session, token) = app.new_session().await;
-    let mut ws = app.connect(session, &token, None).await;
-    ws.ready().await;
+    let (session, token, mut ws) = app.attach().await;
     let (first, _) = ws.chat("soon forgotten").await;
     ws.until_terminal(first).await;
     eventually("the stream to expire the first answer", || async {

@@ -195,6 +195,14 @@ impl TestApp {
         )
     }
 
+    /// A new session and a socket attached to it (`ready` read).
+    pub async fn attach(&self) -> (SessionId, String, Ws) {
+        let (session, token) = self.new_session().await;
+        let mut ws = self.connect(session, &token, None).await;
+        ws.ready().await;
+        (session, token, ws)
+    }
+
     /// A socket on an existing session, `ready` not yet read.
     pub async fn connect(&self, session: SessionId, token: &str, after_seq: Option<u64>) -> Ws {
         let mut query = format!("?session={session}&token={token}");
