@@ -4,80 +4,18 @@
 
 #![allow(clippy::unwrap_used)] // a test fails loudly on what it did not expect
 
+mod support;
+
 use std::time::Duration;
 
-use protocol::frames::{SequencedEvent, ServerFrame};
 use protocol::Event;
 use serde_json::{json, Value};
 use stack::otlp::{OtlpReceiver, ReceivedSpan};
 use stack::{Stack, StackOptions};
+use support::{new_session, wait_for_events};
 
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CLIENT_SPAN: &str = "00f067aa0ba902b7";
-
-struct Session {
-    id: String,
-    token: String,
-}
-
-async fn new_session(http: &reqwest::Client, base: &str) -> Session {
-    let body: Value = http
-        .post(format!("{base}/api/sessions"))
-        .json(&json!({}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    Session {
-        id: body["session_id"].as_str().unwrap().to_string(),
-        token: body["token"].as_str().unwrap().to_string(),
-    }
-}
-
-async fn events(http: &reqwest::Client, base: &str, s: &Session) -> Vec<Event> {
-    let body: Value = http
-        .get(format!("{base}/api/events?session={}&after_seq=0", s.id))
-        .bearer_auth(&s.token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    body["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(
-            |e| match serde_json::from_value::<ServerFrame>(e.clone()).unwrap() {
-                ServerFrame::Event(SequencedEvent { event, .. }) => event,
-                other => panic!("not an event: {other:?}"),
-            },
-        )
-        .collect()
-}
-
-async fn wait_for_events(
-    http: &reqwest::Client,
-    base: &str,
-    s: &Session,
-    done: impl Fn(&[Event]) -> bool,
-) -> Vec<Event> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let seen = events(http, base, s).await;
-        if done(&seen) {
-            return seen;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "events never arrived: {seen:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 fn otel_env(receiver: &OtlpReceiver) -> Vec<(String, String)> {
     vec![

@@ -4,12 +4,15 @@
 
 #![allow(clippy::unwrap_used)] // a test fails loudly on what it did not expect
 
+mod support;
+
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::json;
 use stack::{Stack, StackOptions};
+use support::new_session;
 
 fn ops_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../ops")
@@ -71,19 +74,8 @@ async fn dashboard_and_alerts_use_only_metrics_the_stack_exports() {
     let base = stack.gateway_url(0);
     let http = reqwest::Client::new();
     // One chat (plus a refused frame) so labelled counters exist.
-    let session: serde_json::Value = http
-        .post(format!("{base}/api/sessions"))
-        .json(&json!({}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let (id, token) = (
-        session["session_id"].as_str().unwrap(),
-        session["token"].as_str().unwrap(),
-    );
+    let session = new_session(&http, &base).await;
+    let (id, token) = (session.id.as_str(), session.token.as_str());
     let url = format!("{base}/api/chat?session={id}");
     let status = http
         .post(&url)
