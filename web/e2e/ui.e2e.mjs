@@ -110,6 +110,46 @@ describe('UI against a scripted gateway', () => {
     await clean(page);
   });
 
+  it('a thinking model: the Thinking section streams, collapses when the answer begins, says how long', async () => {
+    const M = 'ffffffff-0000-4000-8000-00000000000f';
+    const at = 1_700_000_000_000_000; // published_at_us of the first piece of reasoning
+    const reasoning = (index, text, us) => ({ type: 'reasoning', message_id: M, attempt: 1, index, text, published_at_us: us, seq: 2 + index });
+    let gw;
+    const { page } = await open((ws) => {
+      gw = ws;
+      ready(ws);
+      ws.send({ type: 'user_message', message_id: M, content: 'Why is the sky blue?', seq: 1 });
+      ws.send(reasoning(0, 'Let me think', at));
+    });
+    const section = page.getByTestId('thinking');
+    await page.locator('[data-testid=thinking][data-state=thinking][data-open=true]').waitFor();
+    assert.equal(await page.getByTestId('thinking-label').innerText(), 'Thinking…');
+    assert.equal(await page.getByTestId('thinking-text').innerText(), 'Let me think');
+    assert.equal(await page.getByTestId('answer-text').count(), 0);
+
+    // More thinking streams into the open section.
+    gw.send(reasoning(1, ' about scattering.', at + 3_000_000));
+    await waitFor(async () => (await page.getByTestId('thinking-text').innerText()) === 'Let me think about scattering.', {
+      what: 'the reasoning to stream',
+    });
+
+    // The answer begins: the section collapses and says how long the model thought.
+    gw.send({ type: 'chunk', message_id: M, attempt: 1, index: 0, text: 'Rayleigh scattering.', seq: 4 });
+    await page.locator('[data-testid=thinking][data-state=thought][data-open=false]').waitFor();
+    assert.equal(await page.getByTestId('thinking-label').innerText(), 'Thought for 3 s');
+    assert.equal(await page.getByTestId('thinking-text').count(), 0);
+    assert.equal(await answerOf(page), 'Rayleigh scattering.');
+    gw.send({ type: 'done', message_id: M, attempt: 1, finish_reason: 'stop', seq: 5 });
+    await page.locator('[data-testid=turn][data-status=done]').waitFor();
+
+    // A click opens it again; the reasoning is never part of the answer.
+    await page.getByTestId('thinking-toggle').click();
+    assert.equal(await section.getAttribute('data-open'), 'true');
+    assert.equal(await page.getByTestId('thinking-text').innerText(), 'Let me think about scattering.');
+    assert.equal(await answerOf(page), 'Rayleigh scattering.');
+    await clean(page);
+  });
+
   it('a refused question shows plain words and Try again sends it anew', async () => {
     const { page, received } = await open((ws) => {
       ready(ws);

@@ -253,24 +253,32 @@ pub fn check_answers(
             .map_or(0, |i| i + 1);
         let mut text = String::new();
         let mut bad = Vec::new();
-        let mut next_index = 0;
+        // The answer's chunks and the reasoning each count from 0 in the
+        // final attempt, with no holes, in their own sequence.
+        let (mut next_chunk, mut next_reasoning) = (0, 0);
         for e in &body[last_restart..] {
-            if let Event::Chunk {
-                attempt: a,
-                index,
-                text: piece,
-                ..
-            } = &e.event
-            {
-                if *a != attempt || *index != next_index {
-                    bad.push(format!(
-                        "seq {}: attempt {a} index {index}, expected attempt {attempt} index {next_index}",
-                        e.seq
-                    ));
+            let (kind, a, index, next) = match &e.event {
+                Event::Chunk {
+                    attempt: a,
+                    index,
+                    text: piece,
+                    ..
+                } => {
+                    text.push_str(piece);
+                    ("chunk", a, index, &mut next_chunk)
                 }
-                next_index = index.saturating_add(1);
-                text.push_str(piece);
+                Event::Reasoning {
+                    attempt: a, index, ..
+                } => ("reasoning", a, index, &mut next_reasoning),
+                _ => continue,
+            };
+            if *a != attempt || *index != *next {
+                bad.push(format!(
+                    "seq {}: {kind} attempt {a} index {index}, expected attempt {attempt} index {next}",
+                    e.seq
+                ));
             }
+            *next = index.saturating_add(1);
         }
         if !bad.is_empty() {
             push(
@@ -297,30 +305,38 @@ pub fn check_answers(
     violations
 }
 
-/// A message's events in short, runs of chunks folded:
-/// `user@5, chunk a1 #0..=14 @8..=60, done a1@63, restart a2@70, …`.
+/// A message's events in short, runs of chunks (and of reasoning) folded:
+/// `user@5, reasoning a1 #0..=3 @6..=7, chunk a1 #0..=14 @8..=60, done a1@63, …`.
 pub fn timeline(events: &[&SequencedEvent]) -> String {
     let mut parts: Vec<String> = Vec::new();
-    // (attempt, first index, last index, first seq, last seq) of the open run.
-    let mut run: Option<(u32, u32, u32, u64, u64)> = None;
-    let close = |run: &mut Option<(u32, u32, u32, u64, u64)>, parts: &mut Vec<String>| {
-        if let Some((a, i0, i1, s0, s1)) = run.take() {
-            parts.push(format!("chunk a{a} #{i0}..={i1} @{s0}..={s1}"));
+    // (kind, attempt, first index, last index, first seq, last seq) of the open run.
+    type Run = (&'static str, u32, u32, u32, u64, u64);
+    let mut run: Option<Run> = None;
+    let close = |run: &mut Option<Run>, parts: &mut Vec<String>| {
+        if let Some((kind, a, i0, i1, s0, s1)) = run.take() {
+            parts.push(format!("{kind} a{a} #{i0}..={i1} @{s0}..={s1}"));
         }
     };
     for e in events {
-        match &e.event {
-            Event::Chunk { attempt, index, .. } => match &mut run {
-                Some((a, _, last, _, s1)) if a == attempt && *index == *last + 1 => {
+        let piece = match &e.event {
+            Event::Chunk { attempt, index, .. } => Some(("chunk", attempt, index)),
+            Event::Reasoning { attempt, index, .. } => Some(("reasoning", attempt, index)),
+            _ => None,
+        };
+        match (piece, &e.event) {
+            (Some((kind, attempt, index)), _) => match &mut run {
+                Some((k, a, _, last, _, s1))
+                    if *k == kind && a == attempt && *index == *last + 1 =>
+                {
                     *last = *index;
                     *s1 = e.seq;
                 }
                 _ => {
                     close(&mut run, &mut parts);
-                    run = Some((*attempt, *index, *index, e.seq, e.seq));
+                    run = Some((kind, *attempt, *index, *index, e.seq, e.seq));
                 }
             },
-            other => {
+            (None, other) => {
                 close(&mut run, &mut parts);
                 parts.push(match other {
                     Event::UserMessage { .. } => format!("user@{}", e.seq),
@@ -328,7 +344,7 @@ pub fn timeline(events: &[&SequencedEvent]) -> String {
                     Event::Done { attempt, .. } => format!("done a{attempt}@{}", e.seq),
                     Event::Cancelled { .. } => format!("cancelled@{}", e.seq),
                     Event::Error { code, .. } => format!("error {}@{}", code.as_str(), e.seq),
-                    Event::Chunk { .. } => String::new(),
+                    Event::Chunk { .. } | Event::Reasoning { .. } => String::new(),
                 });
             }
         }
@@ -407,6 +423,16 @@ mod tests {
                 published_at_us: None,
             })
         }
+        fn reasoning(&mut self, attempt: u32, index: u32, text: &str) -> &mut Self {
+            let id = self.id;
+            self.push(Event::Reasoning {
+                message_id: id,
+                attempt,
+                index,
+                text: text.into(),
+                published_at_us: None,
+            })
+        }
         fn restart(&mut self, attempt: u32) -> &mut Self {
             let id = self.id;
             self.push(Event::Restart {
@@ -443,6 +469,46 @@ mod tests {
         assert!(check_stream(session, &s.events, &s.events).is_empty());
         assert!(check_answers(session, &s.events, &s.expect("Hello")).is_empty());
         assert_eq!(final_answer(&s.events, s.id).as_deref(), Some("Hello"));
+    }
+
+    #[test]
+    fn reasoning_has_its_own_index_and_is_not_the_answer() {
+        let session = SessionId::new();
+        let mut s = Story::new();
+        s.ask()
+            .reasoning(1, 0, "Let me")
+            .reasoning(1, 1, " think")
+            .restart(2)
+            .reasoning(2, 0, "Let me think.")
+            .chunk(2, 0, "Hel")
+            .chunk(2, 1, "lo")
+            .done(2);
+        assert!(check_stream(session, &s.events, &s.events).is_empty());
+        assert!(check_answers(session, &s.events, &s.expect("Hello")).is_empty());
+        assert_eq!(final_answer(&s.events, s.id).as_deref(), Some("Hello"));
+        let mine: Vec<&SequencedEvent> = s.events.iter().collect();
+        assert!(
+            timeline(&mine).contains("reasoning a1 #0..=1"),
+            "{}",
+            timeline(&mine)
+        );
+
+        // A hole in the reasoning, or reasoning of another attempt than
+        // the one that finished, is bad.
+        for (attempt, index) in [(2, 2), (1, 1), (3, 1)] {
+            let mut s = Story::new();
+            s.ask()
+                .reasoning(2, 0, "a")
+                .reasoning(attempt, index, "b")
+                .chunk(2, 0, "x")
+                .done(2);
+            let found = check_answers(session, &s.events, &s.expect("x"));
+            assert_eq!(
+                kinds(&found),
+                vec![ViolationKind::BadChunks],
+                "a{attempt} #{index}: {found:?}"
+            );
+        }
     }
 
     #[test]

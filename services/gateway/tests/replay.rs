@@ -8,9 +8,11 @@ mod support;
 use std::time::Duration;
 
 use protocol::frames::{ControlFrame, SequencedEvent, ServerFrame};
-use protocol::{CloseCode, ErrorCode, EventKind};
+use protocol::{CloseCode, ErrorCode, Event, EventKind};
 use rand::{Rng, SeedableRng};
-use support::{assert_strictly_increasing, count, eventually, Script, TestApp, WAIT};
+use support::{
+    answer, assert_strictly_increasing, count, eventually, Script, TestApp, ANSWER_TOKENS, WAIT,
+};
 
 #[tokio::test]
 async fn reconnecting_with_after_seq_mid_answer_loses_and_repeats_nothing() {
@@ -192,4 +194,79 @@ async fn after_seq_beyond_the_replay_window_says_so_and_sends_history() {
     // Then what the stream still holds: the second turn.
     let rest = late.until_terminal(second).await;
     assert_eq!(rest[0].event.kind(), EventKind::UserMessage);
+}
+
+#[tokio::test]
+async fn reasoning_is_replayed_like_chunks_across_reconnects_mid_thought() {
+    // The real worker's demo thinks first: 30 reasoning events (a chunk per
+    // token), then the answer. The client drops its connection every few
+    // events, the first time in the middle of the reasoning.
+    let app = TestApp::builder()
+        .real_worker_with(&[
+            "--demo-tokens-per-sec",
+            "100",
+            "--demo-reasoning-tokens",
+            "30",
+            "--chunk-window-ms",
+            "0",
+        ])
+        .start()
+        .await;
+    let (session, token, mut ws) = app.attach().await;
+    let (id, _) = ws.chat("think before you answer").await;
+    let mut received: Vec<SequencedEvent> = Vec::new();
+    let mut first_reconnect_after: Option<Event> = None;
+    'answer: loop {
+        for _ in 0..7 {
+            let event = ws.event().await;
+            let done = event.event.is_terminal() && event.event.message_id() == Some(id);
+            received.push(event);
+            if done {
+                break 'answer;
+            }
+        }
+        first_reconnect_after.get_or_insert_with(|| received.last().unwrap().event.clone());
+        let after = received.last().map_or(0, |e| e.seq);
+        ws = app.connect(session, &token, Some(after)).await;
+        assert!(ws.ready().await.last_seq >= after);
+    }
+    assert!(
+        matches!(
+            first_reconnect_after,
+            Some(Event::Reasoning { index, .. }) if index < 29
+        ),
+        "the first reconnect is mid-reasoning: {first_reconnect_after:?}"
+    );
+    assert_strictly_increasing(&received);
+    let (stored, _) = app.events(session, &token, 0).await;
+    assert_eq!(received, stored, "no gap, no duplicate");
+    let indexes = |kind: EventKind| -> Vec<u32> {
+        received
+            .iter()
+            .filter_map(|e| match &e.event {
+                Event::Reasoning { index, .. } if kind == EventKind::Reasoning => Some(*index),
+                Event::Chunk { index, .. } if kind == EventKind::Chunk => Some(*index),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(indexes(EventKind::Reasoning), (0..30).collect::<Vec<u32>>());
+    assert_eq!(
+        indexes(EventKind::Chunk),
+        (0..ANSWER_TOKENS as u32).collect::<Vec<u32>>()
+    );
+    let last_thought = received
+        .iter()
+        .rposition(|e| e.event.kind() == EventKind::Reasoning)
+        .unwrap();
+    let first_chunk = received
+        .iter()
+        .position(|e| e.event.kind() == EventKind::Chunk)
+        .unwrap();
+    assert!(last_thought < first_chunk, "reasoning, then the answer");
+    assert_eq!(
+        answer(&received, id),
+        worker::backends::demo::answer("think before you answer", ANSWER_TOKENS),
+        "the reasoning is not part of the answer"
+    );
 }

@@ -86,7 +86,21 @@ pub enum Event {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         published_at_us: Option<u64>,
     },
-    /// A worker died mid-answer; drop the partial answer, attempt `attempt` follows.
+    /// The next piece of a reasoning model's thinking, before its answer:
+    /// shown apart from the answer, never part of it. `index` counts from 0
+    /// within an attempt, separately from the chunks'.
+    Reasoning {
+        message_id: MessageId,
+        attempt: u32,
+        index: u32,
+        text: String,
+        /// As on a chunk: when the worker published it (microseconds since
+        /// the epoch), so a client can tell how long the model thought.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        published_at_us: Option<u64>,
+    },
+    /// A worker died mid-answer; drop the partial answer (and its
+    /// reasoning), attempt `attempt` follows.
     Restart { message_id: MessageId, attempt: u32 },
     /// The answer is complete.
     Done {
@@ -114,6 +128,7 @@ pub enum Event {
 pub enum EventKind {
     UserMessage,
     Chunk,
+    Reasoning,
     Restart,
     Done,
     Cancelled,
@@ -121,9 +136,10 @@ pub enum EventKind {
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 6] = [
+    pub const ALL: [EventKind; 7] = [
         EventKind::UserMessage,
         EventKind::Chunk,
+        EventKind::Reasoning,
         EventKind::Restart,
         EventKind::Done,
         EventKind::Cancelled,
@@ -135,6 +151,7 @@ impl EventKind {
         match self {
             EventKind::UserMessage => "user_message",
             EventKind::Chunk => "chunk",
+            EventKind::Reasoning => "reasoning",
             EventKind::Restart => "restart",
             EventKind::Done => "done",
             EventKind::Cancelled => "cancelled",
@@ -160,6 +177,7 @@ impl Event {
         match self {
             Event::UserMessage { .. } => EventKind::UserMessage,
             Event::Chunk { .. } => EventKind::Chunk,
+            Event::Reasoning { .. } => EventKind::Reasoning,
             Event::Restart { .. } => EventKind::Restart,
             Event::Done { .. } => EventKind::Done,
             Event::Cancelled { .. } => EventKind::Cancelled,
@@ -171,6 +189,7 @@ impl Event {
         match self {
             Event::UserMessage { message_id, .. }
             | Event::Chunk { message_id, .. }
+            | Event::Reasoning { message_id, .. }
             | Event::Restart { message_id, .. }
             | Event::Done { message_id, .. }
             | Event::Cancelled { message_id } => Some(*message_id),
@@ -209,6 +228,18 @@ mod tests {
             String::from_utf8(chunk.to_payload().to_vec()).unwrap(),
             r#"{"type":"chunk","message_id":"7d3f0a3e-3c1b-4d55-9a43-2f4b52c1a0de","attempt":1,"index":0,"text":"Hello"}"#
         );
+        let reasoning = Event::Reasoning {
+            message_id: id,
+            attempt: 1,
+            index: 0,
+            text: "Let me think".into(),
+            published_at_us: None,
+        };
+        assert_eq!(
+            String::from_utf8(reasoning.to_payload().to_vec()).unwrap(),
+            r#"{"type":"reasoning","message_id":"7d3f0a3e-3c1b-4d55-9a43-2f4b52c1a0de","attempt":1,"index":0,"text":"Let me think"}"#
+        );
+        assert!(!reasoning.is_terminal());
         let done = Event::Done {
             message_id: id,
             attempt: 2,
@@ -239,6 +270,13 @@ mod tests {
                 index: 0,
                 text: "a".into(),
                 published_at_us: None,
+            },
+            Event::Reasoning {
+                message_id: id,
+                attempt: 1,
+                index: 0,
+                text: "hmm".into(),
+                published_at_us: Some(1),
             },
             Event::Restart {
                 message_id: id,

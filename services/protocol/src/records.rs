@@ -126,6 +126,15 @@ pub struct Turn {
     /// Sequence in `CHAT_EVENTS` of the user-message event.
     #[serde(default)]
     pub user_seq: u64,
+    /// Characters of reasoning the model streamed before `assistant` (its
+    /// text is in the stored `reasoning` events, never in the answer, and
+    /// never sent back to the model); absent when it did not reason.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub reasoning_chars: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// A job that will not be tried again, in `CHAT_DEAD`.
@@ -187,6 +196,21 @@ mod tests {
         assert_eq!(r.recent.len(), RECENT_MESSAGES_KEPT);
         assert!(!r.is_finished(ids[0]));
         assert!(r.is_finished(*ids.last().unwrap()));
+    }
+
+    #[test]
+    fn a_turn_names_its_reasoning_only_when_there_was_some() {
+        let old = r#"{"message_id":"7d3f0a3e-3c1b-4d55-9a43-2f4b52c1a0de","user":"q","assistant":"a","status":"done","created_at":1}"#;
+        let mut turn: Turn = serde_json::from_str(old).unwrap();
+        assert_eq!(
+            turn.reasoning_chars, 0,
+            "a turn stored before reasoning reads"
+        );
+        assert!(!serde_json::to_string(&turn).unwrap().contains("reasoning"));
+        turn.reasoning_chars = 42;
+        let json = serde_json::to_string(&turn).unwrap();
+        assert!(json.contains(r#""reasoning_chars":42"#), "{json}");
+        assert_eq!(serde_json::from_str::<Turn>(&json).unwrap(), turn);
     }
 
     #[test]

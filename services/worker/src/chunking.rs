@@ -5,6 +5,11 @@
 //! chunk is longer than the bound: a longer token is split across chunks
 //! (at character boundaries), so one huge token cannot make an event over
 //! NATS's message limit.
+//!
+//! A reasoning model's thinking is coalesced the same way, apart from its
+//! answer ([`AnswerChunker`]): the two never share a chunk, and what one has
+//! buffered goes out before the other's next piece, so the stored events
+//! keep the model's order (its reasoning, then its answer).
 
 use std::time::Duration;
 
@@ -76,9 +81,103 @@ impl Chunker {
     }
 }
 
+/// A piece of an answer ready to be published: a `chunk` or a `reasoning` event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Piece {
+    Answer(String),
+    Reasoning(String),
+}
+
+/// Two [`Chunker`]s with the same window and bound, one for the answer and
+/// one for the reasoning. At most one of them holds text at any time.
+#[derive(Debug)]
+pub struct AnswerChunker {
+    answer: Chunker,
+    reasoning: Chunker,
+}
+
+impl AnswerChunker {
+    pub fn new(window: Duration, max_bytes: usize) -> Self {
+        Self {
+            answer: Chunker::new(window, max_bytes),
+            reasoning: Chunker::new(window, max_bytes),
+        }
+    }
+
+    /// Adds a token of the answer; the buffered reasoning goes out first.
+    pub fn push_answer(&mut self, token: &str, now: Instant) -> Vec<Piece> {
+        let mut pieces: Vec<Piece> = self
+            .reasoning
+            .flush()
+            .map(Piece::Reasoning)
+            .into_iter()
+            .collect();
+        pieces.extend(self.answer.push(token, now).into_iter().map(Piece::Answer));
+        pieces
+    }
+
+    /// Adds a token of reasoning; the buffered answer goes out first.
+    pub fn push_reasoning(&mut self, token: &str, now: Instant) -> Vec<Piece> {
+        let mut pieces: Vec<Piece> = self.answer.flush().map(Piece::Answer).into_iter().collect();
+        pieces.extend(
+            self.reasoning
+                .push(token, now)
+                .into_iter()
+                .map(Piece::Reasoning),
+        );
+        pieces
+    }
+
+    /// When the buffered text is due (`None` when nothing is buffered).
+    pub fn deadline(&self) -> Option<Instant> {
+        self.answer.deadline().or(self.reasoning.deadline())
+    }
+
+    /// Takes whatever is buffered (at the window's end, or the answer's).
+    pub fn flush(&mut self) -> Option<Piece> {
+        self.reasoning
+            .flush()
+            .map(Piece::Reasoning)
+            .or_else(|| self.answer.flush().map(Piece::Answer))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reasoning_and_answer_are_coalesced_apart_in_the_models_order() {
+        let window = Duration::from_millis(20);
+        let start = Instant::now();
+        let mut c = AnswerChunker::new(window, 16);
+        assert!(c.push_reasoning("Let me ", start).is_empty());
+        assert!(c.push_reasoning("think. ", start).is_empty());
+        assert_eq!(c.deadline(), Some(start + window));
+        // The size bound splits reasoning as it splits an answer.
+        assert_eq!(
+            c.push_reasoning("Hmm, yes.", start),
+            [Piece::Reasoning("Let me think. Hm".into())]
+        );
+        // The first answer token sends the buffered reasoning out first.
+        assert_eq!(
+            c.push_answer("Blue", start),
+            [Piece::Reasoning("m, yes.".into())]
+        );
+        assert_eq!(c.deadline(), Some(start + window));
+        assert_eq!(
+            c.push_answer(" sky.", start + window),
+            [Piece::Answer("Blue sky.".into())]
+        );
+        assert_eq!(c.deadline(), None);
+        assert!(c.push_answer(" More", start + window).is_empty());
+        assert_eq!(c.flush(), Some(Piece::Answer(" More".into())));
+        assert_eq!(c.flush(), None);
+        // Zero window: a piece per token, each of its own kind.
+        let mut c = AnswerChunker::new(Duration::ZERO, 512);
+        assert_eq!(c.push_reasoning("a", start), [Piece::Reasoning("a".into())]);
+        assert_eq!(c.push_answer("b", start), [Piece::Answer("b".into())]);
+    }
 
     #[test]
     fn zero_window_is_a_chunk_per_token() {

@@ -58,6 +58,10 @@ pub struct WorkerConfig {
     /// Tokens in every demo answer.
     #[arg(long, env = "DEMO_ANSWER_TOKENS", default_value_t = 80)]
     pub demo_answer_tokens: usize,
+    /// Tokens the demo "thinks" (as `reasoning` events) before every
+    /// answer, to try the reasoning display without a reasoning model; 0 = off.
+    #[arg(long, env = "DEMO_REASONING_TOKENS", default_value_t = 0)]
+    pub demo_reasoning_tokens: usize,
     /// Model names the demo backend answers for, besides `demo` (the same
     /// list the gateways allow, so any model a client may name is served).
     #[arg(long = "models", env = "CHAT_MODELS", value_delimiter = ',')]

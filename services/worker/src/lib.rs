@@ -125,6 +125,7 @@ fn backend(config: &WorkerConfig) -> anyhow::Result<Arc<dyn ModelBackend>> {
             tokens_per_sec: config.demo_tokens_per_sec,
             first_token: Duration::from_millis(config.demo_first_token_ms),
             answer_tokens: config.demo_answer_tokens,
+            reasoning_tokens: config.demo_reasoning_tokens,
             models: config.demo_models.clone(),
         })),
         BackendKind::Openai => Arc::new(OpenAiBackend::new(config.openai.clone())?),

@@ -30,6 +30,8 @@ pub(crate) struct Answer {
     pub(crate) text: String,
     pub(crate) finish_reason: Option<FinishReason>,
     pub(crate) usage: Option<Usage>,
+    /// Characters of the model's reasoning (not part of `text`).
+    pub(crate) reasoning_chars: u64,
 }
 
 impl Answer {
@@ -40,6 +42,14 @@ impl Answer {
             text,
             finish_reason: None,
             usage: None,
+            reasoning_chars: 0,
+        }
+    }
+
+    pub(crate) fn with_reasoning(self, reasoning_chars: u64) -> Self {
+        Self {
+            reasoning_chars,
+            ..self
         }
     }
 }
@@ -64,6 +74,7 @@ pub(crate) async fn record(
         finish_reason: answer.finish_reason,
         usage: answer.usage,
         user_seq: request.user_seq,
+        reasoning_chars: answer.reasoning_chars,
     };
     let payload: bytes::Bytes = serde_json::to_vec(&turn)?.into();
     // The answer's terminal event is stored already: ride out a NATS blip

@@ -4,7 +4,9 @@
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use worker::backends::demo::{answer, answer_tokens, DemoBackend, DemoConfig};
+use worker::backends::demo::{
+    answer, answer_tokens, reasoning, reasoning_tokens, DemoBackend, DemoConfig,
+};
 use worker::backends::{Generation, ModelBackend, ModelOutput};
 
 fn backend(tokens_per_sec: f64, first_token_ms: u64, answer_tokens: usize) -> DemoBackend {
@@ -12,6 +14,7 @@ fn backend(tokens_per_sec: f64, first_token_ms: u64, answer_tokens: usize) -> De
         tokens_per_sec,
         first_token: Duration::from_millis(first_token_ms),
         answer_tokens,
+        reasoning_tokens: 0,
         models: vec!["gpt-demo".into()],
     })
 }
@@ -97,4 +100,56 @@ async fn pacing_respects_first_token_delay_and_rate() {
         "{:?}",
         started.elapsed()
     );
+}
+
+#[tokio::test]
+async fn a_thinking_demo_reasons_first_and_its_answer_is_unchanged() {
+    let b = DemoBackend::new(DemoConfig {
+        tokens_per_sec: 0.0,
+        first_token: Duration::ZERO,
+        answer_tokens: 12,
+        reasoning_tokens: 9,
+        models: Vec::new(),
+    });
+    let mut stream = b.generate(Generation {
+        prompt: "Why is the sky blue?".into(),
+        history: Vec::new(),
+        model: None,
+    });
+    let mut outputs = Vec::new();
+    while let Some(item) = stream.next().await {
+        outputs.push(item.unwrap());
+    }
+    let thinking: Vec<String> = outputs
+        .iter()
+        .take_while(|o| matches!(o, ModelOutput::Reasoning(_)))
+        .map(|o| match o {
+            ModelOutput::Reasoning(r) => r.clone(),
+            _ => unreachable!(),
+        })
+        .collect();
+    assert_eq!(thinking, reasoning_tokens("Why is the sky blue?", 9));
+    assert_eq!(thinking.concat(), reasoning("Why is the sky blue?", 9));
+    assert_ne!(
+        reasoning("Why is the sky blue?", 9),
+        reasoning("How do I bake bread?", 9)
+    );
+    let answer_text: String = outputs[9..]
+        .iter()
+        .filter_map(|o| match o {
+            ModelOutput::Token(t) => Some(t.as_str()),
+            ModelOutput::Reasoning(r) => panic!("reasoning after the answer began: {r:?}"),
+            ModelOutput::Finished { .. } => None,
+        })
+        .collect();
+    assert_eq!(
+        answer_text,
+        answer("Why is the sky blue?", 12),
+        "thinking does not change the answer"
+    );
+    assert!(matches!(
+        outputs.last(),
+        Some(ModelOutput::Finished { usage: Some(u), .. }) if u.completion_tokens == 12
+    ));
+    assert!(reasoning_tokens("anything", 0).is_empty());
 }

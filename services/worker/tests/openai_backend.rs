@@ -34,6 +34,7 @@ fn turn(user: &str, assistant: &str, status: TurnStatus) -> Turn {
         attempt: 1,
         finish_reason: None,
         usage: None,
+        reasoning_chars: 0,
         user_seq: 1,
     }
 }

@@ -11,7 +11,7 @@ use openai_support::{sse, Script, ScriptedServer, Step};
 use protocol::records::TurnStatus;
 use protocol::{ErrorCode, Event, FinishReason, MessageId};
 use serde_json::json;
-use support::{answer_of, wait_until, Harness};
+use support::{answer_of, kinds_of, reasoning_of, wait_until, Harness};
 
 async fn openai_worker(h: &Harness, server: &ScriptedServer) -> worker::RunningWorker {
     openai_worker_with(h, server, &["--openai-first-token-timeout-secs", "5"]).await
@@ -272,14 +272,44 @@ async fn a_model_that_thinks_past_the_first_token_timeout_answers_once_without_i
         !events.iter().any(|e| matches!(e, Event::Restart { .. })),
         "{events:?}"
     );
+    // Its thinking is published as `reasoning` events (the inline
+    // `<think>` too), all before the answer's chunks, each sequence from 0.
+    use protocol::EventKind as K;
+    assert_eq!(
+        kinds_of(&events, id),
+        [K::UserMessage, K::Reasoning, K::Chunk, K::Done],
+        "{events:?}"
+    );
+    let thought = "thought 0. thought 1. thought 2. thought 3. thought 4. thought 5. more thinking";
+    assert_eq!(reasoning_of(&events, id, 1), thought);
     assert_eq!(answer_of(&events, id, 1), "The answer.");
     assert!(
         matches!(events.last(), Some(Event::Done { attempt: 1, .. })),
         "{events:?}"
     );
+    assert_eq!(
+        h.stored_events(session).await,
+        events,
+        "replayed as published"
+    );
     assert_eq!(server.requests().len(), 1);
     wait_until(|| async { h.turns(session).await.len() == 1 }).await;
-    assert_eq!(h.turns(session).await[0].assistant, "The answer.");
+    let turn = &h.turns(session).await[0];
+    assert_eq!(turn.assistant, "The answer.", "no reasoning in the answer");
+    assert_eq!(turn.reasoning_chars, thought.chars().count() as u64);
+
+    // The next question's context holds the answer, not the reasoning.
+    server.push(Script::answer(&["Yes."]));
+    let next = h.submit(session, "Sure?").await;
+    live.until(is_terminal_of(next)).await;
+    assert_eq!(
+        server.requests()[1].body["messages"],
+        json!([
+            {"role": "user", "content": "Think first"},
+            {"role": "assistant", "content": "The answer."},
+            {"role": "user", "content": "Sure?"},
+        ])
+    );
     worker.shutdown().await.unwrap();
 }
 

@@ -19,13 +19,14 @@ export type CloseCode = (typeof CloseCode)[keyof typeof CloseCode];
 export const EventKind = {
   USER_MESSAGE: 'user_message',
   CHUNK: 'chunk',
+  REASONING: 'reasoning',
   RESTART: 'restart',
   DONE: 'done',
   CANCELLED: 'cancelled',
   ERROR: 'error',
 } as const;
 export type EventKind = (typeof EventKind)[keyof typeof EventKind];
-export const EVENT_KINDS: readonly EventKind[] = ['user_message', 'chunk', 'restart', 'done', 'cancelled', 'error'];
+export const EVENT_KINDS: readonly EventKind[] = ['user_message', 'chunk', 'reasoning', 'restart', 'done', 'cancelled', 'error'];
 
 /** The `type` of each frame a gateway makes itself (none carries a `seq` of its own). */
 export const CONTROL_FRAME_TYPES = ['ready', 'accepted', 'error', 'history', 'pong'] as const;

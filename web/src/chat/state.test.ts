@@ -207,3 +207,73 @@ describe('sending', () => {
     expect(isReplaying(s)).toBe(false);
   });
 });
+
+describe('thinking (reasoning events)', () => {
+  const thought = (id: string, seq: number, index: number, text: string, attempt = 1, atMs?: number): ServerFrame => ({
+    type: 'reasoning',
+    message_id: id,
+    attempt,
+    index,
+    text,
+    seq,
+    ...(atMs === undefined ? {} : { published_at_us: atMs * 1000 }),
+  });
+
+  it('keeps the reasoning apart from the answer, in its own index sequence', () => {
+    const s = run([
+      user(A, 1),
+      thought(A, 2, 0, 'Let me ', 1, 10_000),
+      thought(A, 3, 1, 'think.', 1, 13_200),
+      chunk(A, 4, 0, 'Hel'),
+      chunk(A, 5, 1, 'lo'),
+      done(A, 6),
+    ]);
+    expect(s.turns[0]).toMatchObject({ answer: 'Hello', status: 'done' });
+    expect(s.turns[0].thinking).toEqual({ text: 'Let me think.', nextIndex: 2, startedAtMs: 10_000, lastAtMs: 13_200 });
+  });
+
+  it('a thinking turn is streaming before its first chunk', () => {
+    const s = run([user(A, 1), thought(A, 2, 0, 'hmm')]);
+    expect(s.turns[0]).toMatchObject({ status: 'streaming', answer: '' });
+    expect(inFlight(s)).toBe(1);
+  });
+
+  it('drops reasoning a replay delivers again, by seq and by index', () => {
+    const live = [user(A, 1), thought(A, 2, 0, 'a'), thought(A, 3, 1, 'b')];
+    const s = run([...live, ...live, thought(A, 4, 2, 'c'), { ...thought(A, 9, 1, 'b') }]);
+    expect(s.turns[0].thinking?.text).toBe('abc');
+    expect(s.lastSeq).toBe(9);
+  });
+
+  it('a restart resets the reasoning with the answer; older attempts are ignored', () => {
+    const s = run([
+      user(A, 1),
+      thought(A, 2, 0, 'first thought'),
+      chunk(A, 3, 0, 'first answer'),
+      { type: 'restart', message_id: A, attempt: 2, seq: 4 },
+      thought(A, 5, 1, 'stale', 1),
+    ]);
+    expect(s.turns[0]).toMatchObject({ answer: '', attempt: 2, thinking: null, status: 'queued' });
+    const t = run([thought(A, 6, 0, 'second thought', 2), chunk(A, 7, 0, 'second answer', 2)], s);
+    expect(t.turns[0]).toMatchObject({ answer: 'second answer', thinking: { text: 'second thought' } });
+  });
+
+  it('a chunk or reasoning of a newer attempt without a restart event starts both over', () => {
+    const s = run([user(A, 1), thought(A, 2, 0, 'old'), chunk(A, 3, 0, 'old'), thought(A, 4, 0, 'new', 2)]);
+    expect(s.turns[0]).toMatchObject({ answer: '', attempt: 2, thinking: { text: 'new' } });
+    const t = run([user(B, 10), thought(B, 11, 0, 'old'), chunk(B, 12, 0, 'new', 2)]);
+    expect(t.turns.find((x) => x.messageId === B)).toMatchObject({ answer: 'new', thinking: null });
+  });
+
+  it('times the thinking by arrival when the event does not say when it was published', () => {
+    let s = run([user(A, 1)]);
+    s = reduce(s, { type: 'frame', frame: thought(A, 2, 0, 'a'), receivedAtMs: 5_000 });
+    s = reduce(s, { type: 'frame', frame: thought(A, 3, 1, 'b'), receivedAtMs: 7_500 });
+    expect(s.turns[0].thinking).toMatchObject({ startedAtMs: 5_000, lastAtMs: 7_500 });
+  });
+
+  it('reasoning after the end changes nothing', () => {
+    const s = run([user(A, 1), chunk(A, 2, 0, 'a'), done(A, 3), thought(A, 4, 0, 'late')]);
+    expect(s.turns[0].thinking).toBeNull();
+  });
+});

@@ -3,14 +3,15 @@
 // rule of "no gap, no duplicate, show only the last attempt" lives here and is
 // unit-tested in state.test.ts.
 
-import type { ErrorCode, HistoryTurn, ServerFrame } from './types';
+import { addReasoning, type Thinking } from './thinking';
+import type { ErrorCode, HistoryTurn, ReasoningFrame, ServerFrame } from './types';
 
 /**
  * Where a turn stands.
  * - `local`: written here, not yet sent (no connection, or no free slot).
  * - `sent`: sent on a socket, the server has not confirmed it yet.
  * - `queued`: the server stored the question; no piece of the answer yet.
- * - `streaming`: pieces of the answer are arriving.
+ * - `streaming`: pieces of the answer (or of the model's thinking) are arriving.
  * - `done` / `cancelled` / `failed`: final.
  */
 export type TurnStatus = 'local' | 'sent' | 'queued' | 'streaming' | 'done' | 'cancelled' | 'failed';
@@ -39,6 +40,8 @@ export interface Turn {
   /** A Stop was asked for and not yet confirmed. */
   stopping: boolean;
   finishReason: string | null;
+  /** The model's reasoning in `attempt`, before its answer (null when it did not think). */
+  thinking: Thinking | null;
 }
 
 export interface ChatState {
@@ -54,7 +57,8 @@ export interface ChatState {
 }
 
 export type ChatAction =
-  | { type: 'frame'; frame: ServerFrame }
+  /** `receivedAtMs`: when the frame arrived (times the model's thinking when the event does not say). */
+  | { type: 'frame'; frame: ServerFrame; receivedAtMs?: number }
   | { type: 'ask'; messageId: string; content: string }
   | { type: 'sent'; messageId: string }
   | { type: 'stop_requested'; messageId: string }
@@ -111,6 +115,7 @@ function newTurn(messageId: string): Turn {
     restarts: 0,
     stopping: false,
     finishReason: null,
+    thinking: null,
   };
 }
 
@@ -154,12 +159,16 @@ function ordered(turns: Turn[]): Turn[] {
     .map((x) => x.t);
 }
 
-type StreamEvent = Extract<ServerFrame, { type: 'user_message' | 'chunk' | 'restart' | 'done' | 'cancelled' | 'error' }> & { seq: number };
+type StreamEvent = Extract<
+  ServerFrame,
+  { type: 'user_message' | 'chunk' | 'reasoning' | 'restart' | 'done' | 'cancelled' | 'error' }
+> & { seq: number };
 
 function isStreamEvent(frame: ServerFrame): frame is StreamEvent {
   switch (frame.type) {
     case 'user_message':
     case 'chunk':
+    case 'reasoning':
     case 'restart':
     case 'done':
     case 'cancelled':
@@ -205,7 +214,7 @@ export function reduce(state: ChatState, action: ChatAction): ChatState {
     case 'dismiss_notice':
       return { ...state, notice: null };
     case 'frame':
-      return applyFrame(state, action.frame);
+      return applyFrame(state, action.frame, action.receivedAtMs ?? 0);
   }
 }
 
@@ -222,11 +231,12 @@ function applyHistory(state: ChatState, history: HistoryTurn[], lastSeq: number)
   };
 }
 
-function applyFrame(state: ChatState, frame: ServerFrame): ChatState {
+function applyFrame(state: ChatState, frame: ServerFrame, receivedAtMs: number): ChatState {
   if (isStreamEvent(frame)) {
     // A duplicate (e.g. a replay overlapping what live delivery already
     // gave us) is dropped whole: the seq is the one order that counts.
     if (frame.seq <= state.lastSeq) return state;
+    if (frame.type === 'reasoning') return applyReasoning({ ...state, lastSeq: frame.seq }, frame, receivedAtMs);
     return applyEvent({ ...state, lastSeq: frame.seq }, frame);
   }
   switch (frame.type) {
@@ -287,7 +297,7 @@ function applyEvent(state: ChatState, frame: StreamEvent): ChatState {
         turns: upsert(state.turns, frame.message_id, (t) => {
           if (isFinal(t) || frame.attempt < t.attempt) return t;
           const fresh = frame.attempt > t.attempt;
-          const base = fresh ? { ...t, attempt: frame.attempt, answer: '', nextIndex: 0 } : t;
+          const base = fresh ? { ...t, attempt: frame.attempt, answer: '', nextIndex: 0, thinking: null } : t;
           if (frame.index < base.nextIndex) return base; // already have it
           return { ...base, answer: base.answer + frame.text, nextIndex: frame.index + 1, status: 'streaming' };
         }),
@@ -297,7 +307,15 @@ function applyEvent(state: ChatState, frame: StreamEvent): ChatState {
         ...state,
         turns: upsert(state.turns, frame.message_id, (t) => {
           if (isFinal(t) || frame.attempt < t.attempt) return t;
-          return { ...t, attempt: frame.attempt, answer: '', nextIndex: 0, restarts: t.restarts + 1, status: 'queued' };
+          return {
+            ...t,
+            attempt: frame.attempt,
+            answer: '',
+            nextIndex: 0,
+            thinking: null,
+            restarts: t.restarts + 1,
+            status: 'queued',
+          };
         }),
       };
     case 'done':
@@ -325,4 +343,20 @@ function applyEvent(state: ChatState, frame: StreamEvent): ChatState {
     default:
       return state;
   }
+}
+
+/** A piece of the model's thinking: kept apart from the answer, in its own index sequence; a
+ * newer attempt's starts the turn over, as its chunks do. */
+function applyReasoning(state: ChatState, frame: ReasoningFrame, receivedAtMs: number): ChatState {
+  return {
+    ...state,
+    turns: upsert(state.turns, frame.message_id, (t) => {
+      if (isFinal(t) || frame.attempt < t.attempt) return t;
+      const fresh = frame.attempt > t.attempt;
+      const base = fresh ? { ...t, attempt: frame.attempt, answer: '', nextIndex: 0, thinking: null } : t;
+      const thinking = addReasoning(base.thinking, frame, receivedAtMs);
+      if (thinking === base.thinking) return base; // already have it
+      return { ...base, thinking, status: 'streaming' };
+    }),
+  };
 }

@@ -35,7 +35,7 @@ export class ConversationStore {
       sessionId: this.sessionId,
       token: this.token,
       afterSeq: () => this.state.lastSeq,
-      onFrame: (frame) => this.dispatch({ type: 'frame', frame }),
+      onFrame: (frame) => this.dispatch({ type: 'frame', frame, receivedAtMs: Date.now() }),
       onDisconnect: () => this.dispatch({ type: 'connection_lost' }),
       onStatus: (status) => {
         if (status.kind === 'connected') this.everConnected = true;

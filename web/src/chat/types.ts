@@ -27,12 +27,24 @@ export interface HistoryTurn {
   attempt?: number;
   finish_reason?: string;
   user_seq?: number;
+  /** Characters of reasoning before the answer (its text is not kept in the turn). */
+  reasoning_chars?: number;
 }
 
 // Frames that come from the session's event stream: they carry `seq`.
 export type UserMessageFrame = { type: 'user_message'; message_id: string; content: string; seq: number };
 export type ChunkFrame = {
   type: 'chunk';
+  message_id: string;
+  attempt: number;
+  index: number;
+  text: string;
+  seq: number;
+  published_at_us?: number;
+};
+/** A piece of a reasoning model's thinking: its own `index` sequence, not part of the answer. */
+export type ReasoningFrame = {
+  type: 'reasoning';
   message_id: string;
   attempt: number;
   index: number;
@@ -63,6 +75,7 @@ export type PongFrame = { type: 'pong' };
 export type ServerFrame =
   | UserMessageFrame
   | ChunkFrame
+  | ReasoningFrame
   | RestartFrame
   | DoneFrame
   | CancelledFrame
@@ -81,7 +94,7 @@ export type ClientFrame =
 // The frame types above are the generated names, no more and no fewer: an event
 // kind or frame type added in Rust without its type here fails `tsc`.
 type Same<A, B> = [A] extends [B] ? ([B] extends [A] ? true : false) : false;
-type StreamFrameType = (UserMessageFrame | ChunkFrame | RestartFrame | DoneFrame | CancelledFrame | ErrorFrame)['type'];
+type StreamFrameType = (UserMessageFrame | ChunkFrame | ReasoningFrame | RestartFrame | DoneFrame | CancelledFrame | ErrorFrame)['type'];
 type GatewayFrameType = (ReadyFrame | AcceptedFrame | ErrorFrame | HistoryFrame | PongFrame)['type'];
 type Assert<T extends true> = T;
 export type FrameTypesMatchTheProtocol = [

@@ -2,6 +2,7 @@ import { memo, useMemo } from 'react';
 import { isRetryable, plainWords } from '../chat/errors';
 import type { Turn } from '../chat/state';
 import { renderMarkdown } from '../markdown';
+import { Thinking } from './Thinking';
 
 interface Props {
   turn: Turn;
@@ -49,6 +50,7 @@ export const TurnView = memo(function TurnView({ turn, onStop, onRetry }: Props)
               The answer is being written again (attempt {turn.attempt}).
             </p>
           )}
+          {turn.thinking && <Thinking thinking={turn.thinking} active={inFlight && !turn.answer} />}
           {turn.answer ? (
             <Answer text={turn.answer} streaming={streaming} />
           ) : waiting ? (

@@ -1,5 +1,6 @@
 //! Loss is an error: what each client received is checked as it arrives
-//! (sequence strictly rising, chunk indexes contiguous from 0, exactly one
+//! (sequence strictly rising, chunk indexes contiguous from 0 and reasoning
+//! indexes too, in their own sequence, exactly one
 //! `done`, the answer's whole text equal to the demo backend's) and, at the
 //! end, against what the session's stream stored (`GET /api/events`).
 
@@ -13,9 +14,10 @@ use super::socket::{Endpoint, Frame};
 pub(crate) struct MessageCheck {
     pub message_id: String,
     prompt: String,
-    /// 0 until the first chunk.
+    /// 0 until the first chunk (or reasoning).
     attempt: u32,
     next_index: u32,
+    next_reasoning: u32,
     text: String,
     pub restarts: u32,
 }
@@ -27,6 +29,7 @@ impl MessageCheck {
             prompt,
             attempt: 0,
             next_index: 0,
+            next_reasoning: 0,
             text: String::new(),
             restarts: 0,
         }
@@ -45,12 +48,37 @@ impl MessageCheck {
     /// Whether this chunk is the first of the answer.
     pub(crate) fn chunk(&mut self, frame: &Frame<'_>) -> Result<bool, String> {
         self.is_ours(frame)?;
-        let attempt = frame.attempt.unwrap_or(1);
         let index = frame.index.ok_or("chunk without index")?;
+        self.enter_attempt(frame)?;
+        Self::next_in_order(&self.message_id, "chunk", &mut self.next_index, index)?;
+        if let Some(text) = &frame.text {
+            self.text.push_str(text);
+        }
+        Ok(index == 0)
+    }
+
+    /// A piece of the model's reasoning: contiguous in its own sequence,
+    /// not part of the answer's text.
+    pub(crate) fn reasoning(&mut self, frame: &Frame<'_>) -> Result<(), String> {
+        self.is_ours(frame)?;
+        let index = frame.index.ok_or("reasoning without index")?;
+        self.enter_attempt(frame)?;
+        Self::next_in_order(
+            &self.message_id,
+            "reasoning",
+            &mut self.next_reasoning,
+            index,
+        )
+    }
+
+    /// A chunk or reasoning of a newer attempt starts that attempt over
+    /// (counted as a restart); one of an older attempt is an error.
+    fn enter_attempt(&mut self, frame: &Frame<'_>) -> Result<(), String> {
+        let attempt = frame.attempt.unwrap_or(1);
         if attempt < self.attempt {
             return Err(format!(
-                "chunk of attempt {attempt} after attempt {}",
-                self.attempt
+                "{} of attempt {attempt} after attempt {}",
+                frame.kind, self.attempt
             ));
         }
         if attempt > self.attempt {
@@ -59,21 +87,24 @@ impl MessageCheck {
             }
             self.start_attempt(attempt);
         }
-        if index != self.next_index {
-            return Err(if index < self.next_index {
-                format!("message {}: chunk {index} twice", self.message_id)
+        Ok(())
+    }
+
+    fn next_in_order(
+        message_id: &str,
+        kind: &str,
+        next: &mut u32,
+        index: u32,
+    ) -> Result<(), String> {
+        if index != *next {
+            return Err(if index < *next {
+                format!("message {message_id}: {kind} {index} twice")
             } else {
-                format!(
-                    "message {}: chunks {}..{index} missing",
-                    self.message_id, self.next_index
-                )
+                format!("message {message_id}: {kind}s {next}..{index} missing")
             });
         }
-        self.next_index += 1;
-        if let Some(text) = &frame.text {
-            self.text.push_str(text);
-        }
-        Ok(index == 0)
+        *next += 1;
+        Ok(())
     }
 
     pub(crate) fn restart(&mut self, frame: &Frame<'_>) -> Result<(), String> {
@@ -93,6 +124,7 @@ impl MessageCheck {
     fn start_attempt(&mut self, attempt: u32) {
         self.attempt = attempt;
         self.next_index = 0;
+        self.next_reasoning = 0;
         self.text.clear();
     }
 
@@ -266,6 +298,41 @@ mod tests {
             .chunk(&Frame::parse(&chunk("other", 1, 1, "b")).unwrap())
             .unwrap_err();
         assert!(err.contains("while receiving"), "{err}");
+    }
+
+    #[test]
+    fn reasoning_is_checked_in_its_own_sequence_and_is_not_the_answer() {
+        let tokens = worker::backends::demo::answer_tokens("why?", 4);
+        let reasoning = |attempt: u32, index: u32| {
+            chunk("m", attempt, index, "hmm").replace("\"chunk\"", "\"reasoning\"")
+        };
+        let mut m = MessageCheck::new("m".into(), "why?".into());
+        for i in 0..3 {
+            m.reasoning(&Frame::parse(&reasoning(1, i)).unwrap())
+                .unwrap();
+        }
+        for (i, t) in tokens.iter().enumerate() {
+            let text = chunk("m", 1, i as u32, t);
+            assert_eq!(m.chunk(&Frame::parse(&text).unwrap()), Ok(i == 0));
+        }
+        m.done(&Frame::parse(&done("m", 4)).unwrap(), 0).unwrap();
+        assert_eq!(m.restarts, 0);
+
+        let mut gap = MessageCheck::new("m".into(), "why?".into());
+        gap.reasoning(&Frame::parse(&reasoning(1, 0)).unwrap())
+            .unwrap();
+        let err = gap
+            .reasoning(&Frame::parse(&reasoning(1, 2)).unwrap())
+            .unwrap_err();
+        assert!(err.contains("reasonings 1..2 missing"), "{err}");
+        // A newer attempt's reasoning starts over from 0.
+        gap.reasoning(&Frame::parse(&reasoning(2, 0)).unwrap())
+            .unwrap();
+        assert_eq!(gap.restarts, 1);
+        let err = gap
+            .reasoning(&Frame::parse(&reasoning(1, 1)).unwrap())
+            .unwrap_err();
+        assert!(err.contains("after attempt 2"), "{err}");
     }
 
     #[test]

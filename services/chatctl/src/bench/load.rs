@@ -272,6 +272,7 @@ async fn turn(
             None if frame.is(ControlKind::Accepted) && shared.measuring.load(Ordering::Relaxed) => {
                 run.accepted.push(sent.elapsed());
             }
+            Some(EventKind::Reasoning) => check.reasoning(&frame)?,
             Some(EventKind::Restart) => check.restart(&frame)?,
             Some(EventKind::Done) => {
                 check.done(&frame, spec.answer_tokens)?;

@@ -8,6 +8,12 @@
 //! short lists and inline `code` from a fixed vocabulary into paragraphs.
 //! A token is a word with the whitespace that follows it.
 //!
+//! Thinking: with `reasoning_tokens` above 0 the demo "thinks" first, like a
+//! reasoning model: that many tokens of deterministic reasoning (from the
+//! prompt's hash too, and its own vocabulary), paced like the answer, then
+//! the answer. Off by default; it exercises the `reasoning` event without a
+//! real reasoning model. `usage.completion_tokens` counts the answer alone.
+//!
 //! Models: the demo serves a request that names no model, the name `demo`,
 //! and any name in its configured list (`--models` / `CHAT_MODELS`, the same
 //! list the gateways allow); the text does not depend on the model.
@@ -30,6 +36,8 @@ pub struct DemoConfig {
     pub tokens_per_sec: f64,
     pub first_token: Duration,
     pub answer_tokens: usize,
+    /// Tokens of reasoning before every answer; 0 = the demo does not think.
+    pub reasoning_tokens: usize,
     /// Model names served besides [`DEMO_MODEL`].
     pub models: Vec<String>,
 }
@@ -64,9 +72,11 @@ impl ModelBackend for DemoBackend {
             finish_reason: FinishReason::Stop,
             usage: Some(usage),
         };
-        let items = tokens
+        let thinking = reasoning_tokens(&generation.prompt, self.config.reasoning_tokens);
+        let items = thinking
             .into_iter()
-            .map(ModelOutput::Token)
+            .map(ModelOutput::Reasoning)
+            .chain(tokens.into_iter().map(ModelOutput::Token))
             .chain(std::iter::once(finished))
             .map(Ok);
         let tps = self.config.tokens_per_sec;
@@ -80,7 +90,7 @@ impl ModelBackend for DemoBackend {
         futures::stream::iter(items.enumerate())
             .then(move |(i, item)| async move {
                 let offset = interval.saturating_mul(u32::try_from(i).unwrap_or(u32::MAX));
-                if matches!(item, Ok(ModelOutput::Token(_))) {
+                if matches!(item, Ok(ModelOutput::Token(_) | ModelOutput::Reasoning(_))) {
                     tokio::time::sleep_until(start + offset).await;
                 }
                 item
@@ -123,6 +133,37 @@ pub fn answer_tokens(prompt: &str, tokens: usize) -> Vec<String> {
     if let Some(last) = out.last_mut() {
         end_cleanly(last);
     }
+    out
+}
+
+/// The exact reasoning the demo streams for `prompt` before its answer.
+pub fn reasoning(prompt: &str, tokens: usize) -> String {
+    reasoning_tokens(prompt, tokens).concat()
+}
+
+/// The reasoning as its tokens: exactly `tokens` of them, words with the
+/// whitespace that follows them, as the answer's.
+pub fn reasoning_tokens(prompt: &str, tokens: usize) -> Vec<String> {
+    if tokens == 0 {
+        return Vec::new();
+    }
+    // Its own stream of choices, so thinking does not change the answer.
+    let mut rng = Rng(fnv1a(prompt.as_bytes()) ^ 0x7468_696e_6b69_6e67);
+    let topic: Vec<&str> = prompt.split_whitespace().take(6).collect();
+    let mut text = if topic.is_empty() {
+        String::from("The user has not asked anything yet.")
+    } else {
+        format!("The user asks \"{}\".", topic.join(" "))
+    };
+    let mut words = word_count(&text);
+    while words < tokens {
+        let start = text.len();
+        text.push(' ');
+        text.push_str(rng.pick(THOUGHTS));
+        words += word_count(&text[start..]);
+    }
+    let mut out = split_tokens(&text);
+    out.truncate(tokens);
     out
 }
 
@@ -254,6 +295,19 @@ fn code_paragraph(rng: &mut Rng, text: &mut String) {
     let n = 1 + rng.below(2);
     prose(rng, text, n);
 }
+
+const THOUGHTS: &[&str] = &[
+    "Let me think about what they actually need.",
+    "First, what do I know for sure?",
+    "Hmm, there may be more than one reading of this.",
+    "I should keep the answer short and concrete.",
+    "Maybe an example would make it clearer.",
+    "Wait, let me check that assumption again.",
+    "A list might help here, or maybe just prose.",
+    "The simplest explanation is probably the right one.",
+    "I will start with the main point, then the details.",
+    "Is there a common mistake worth mentioning?",
+];
 
 const OPENERS: &[&str] = &[
     "That is a good question, and the short answer is that it depends on what you value most.",

@@ -83,6 +83,11 @@ impl Job {
                 attempt,
                 ..
             })
+            | Some(Event::Reasoning {
+                message_id,
+                attempt,
+                ..
+            })
             | Some(Event::Restart {
                 message_id,
                 attempt,

@@ -140,6 +140,10 @@ pub(crate) struct Generated {
     pub(crate) text: String,
     pub(crate) chunks: u32,
     pub(crate) tokens: u64,
+    /// `reasoning` events published (the next one's `index`).
+    pub(crate) reasoning: u32,
+    /// Characters of reasoning: recorded in the turn, not in its text.
+    pub(crate) reasoning_chars: u64,
 }
 
 /// The attempt being ended: what the endings name in their events.
@@ -235,6 +239,8 @@ impl Ending {
             text,
             chunks,
             tokens,
+            reasoning: _,
+            reasoning_chars,
         } = generated;
         let id = attempt.message_id;
         let report = |outcome, detail| Report {
@@ -261,6 +267,7 @@ impl Ending {
                         text,
                         finish_reason: Some(finish_reason),
                         usage,
+                        reasoning_chars,
                     },
                     QueueReply::Ack,
                     report(Some(Outcome::Done), "answered"),
@@ -270,7 +277,7 @@ impl Ending {
                 cancel_flag: CancelFlag::Clear,
                 ..Self::closing(
                     Event::Cancelled { message_id: id },
-                    Answer::unfinished(TurnStatus::Cancelled, text),
+                    Answer::unfinished(TurnStatus::Cancelled, text).with_reasoning(reasoning_chars),
                     QueueReply::Ack,
                     report(Some(Outcome::Cancelled), "cancelled while generating"),
                 )
@@ -281,7 +288,7 @@ impl Ending {
                     code: ErrorCode::ModelFailed,
                     message: reason,
                 },
-                Answer::unfinished(TurnStatus::Failed, text),
+                Answer::unfinished(TurnStatus::Failed, text).with_reasoning(reasoning_chars),
                 QueueReply::Term,
                 report(Some(Outcome::Failed), "model refused"),
             ),
@@ -353,6 +360,8 @@ mod tests {
             text: "partial answer".into(),
             chunks: 4,
             tokens: 9,
+            reasoning: 2,
+            reasoning_chars: 30,
         };
         Ending::after_generation(generated, attempt(number))
     }
@@ -541,6 +550,10 @@ mod tests {
         ));
         let turn = done.turn.unwrap();
         assert_eq!(turn.text, "partial answer");
+        assert_eq!(
+            turn.reasoning_chars, 30,
+            "the turn counts the reasoning, apart"
+        );
         assert_eq!(turn.finish_reason, Some(FinishReason::Length));
         assert_eq!((done.report.chunks, done.report.tokens), (4, 9));
 

@@ -1,5 +1,5 @@
 //! The generate step: announce a restart, stream the model's answer as
-//! chunks until it ends, is cancelled, fails, is taken over, or the
+//! chunks (and its thinking as `reasoning` events) until it ends, is cancelled, fails, is taken over, or the
 //! worker's shutdown grace is over, and say how it stopped.
 
 use futures::StreamExt;
@@ -15,7 +15,7 @@ use super::ending::{Generated, Stop};
 use super::{Job, JobError};
 use crate::backends::{BackendError, Generation, ModelOutput};
 use crate::cancel::CancelGuard;
-use crate::chunking::Chunker;
+use crate::chunking::{AnswerChunker, Piece};
 use crate::metrics;
 use crate::publish::{EventPublisher, PublishFailed};
 
@@ -77,7 +77,8 @@ impl Job {
         generated
     }
 
-    /// Streams the backend's answer as chunks until it stops.
+    /// Streams the backend's answer as chunks (and its reasoning, if it
+    /// thinks, as `reasoning` events) until it stops.
     async fn stream_chunks(
         &self,
         publisher: &mut EventPublisher,
@@ -87,7 +88,7 @@ impl Job {
     ) -> Generated {
         let ctx = &self.ctx;
         let mut stream = ctx.backend.generate(generation);
-        let mut chunker = Chunker::new(ctx.chunk_window, ctx.chunk_max_bytes);
+        let mut chunker = AnswerChunker::new(ctx.chunk_window, ctx.chunk_max_bytes);
         let progress_every = ctx.layout_config.progress_interval();
         let mut progress =
             tokio::time::interval_at(Instant::now() + progress_every, progress_every);
@@ -96,20 +97,18 @@ impl Job {
             text: String::new(),
             chunks: 0,
             tokens: 0,
+            reasoning: 0,
+            reasoning_chars: 0,
         };
-
-        // Reasoning is counted, not published yet: issue 15's `reasoning`
-        // event will carry it. It is never part of the answer's text.
-        let mut reasoning_tokens = 0u64;
 
         let stop = 'generating: loop {
             let due = chunker.deadline();
-            let chunks: Vec<String> = tokio::select! {
+            let pieces: Vec<Piece> = tokio::select! {
                 biased;
                 _ = cancelled.cancelled() => {
                     drop(stream);
-                    if let Some(text) = chunker.flush() {
-                        if let Err(e) = self.publish_chunk(publisher, &mut generated, text).await {
+                    if let Some(piece) = chunker.flush() {
+                        if let Err(e) = self.publish_piece(publisher, &mut generated, piece).await {
                             break Stop::Publish(e);
                         }
                     }
@@ -131,16 +130,18 @@ impl Job {
                         tokio::task::consume_budget().await;
                         generated.tokens += 1;
                         generated.text.push_str(&token);
-                        chunker.push(&token, Instant::now())
+                        chunker.push_answer(&token, Instant::now())
                     }
-                    Some(Ok(ModelOutput::Reasoning(_))) => {
+                    // Published, never part of the answer's text (nor of the
+                    // context sent back to the model): the turn keeps its length.
+                    Some(Ok(ModelOutput::Reasoning(token))) => {
                         tokio::task::consume_budget().await;
-                        reasoning_tokens += 1;
-                        Vec::new()
+                        generated.reasoning_chars += token.chars().count() as u64;
+                        chunker.push_reasoning(&token, Instant::now())
                     }
                     Some(Ok(ModelOutput::Finished { finish_reason, usage })) => {
-                        if let Some(text) = chunker.flush() {
-                            if let Err(e) = self.publish_chunk(publisher, &mut generated, text).await {
+                        if let Some(piece) = chunker.flush() {
+                            if let Err(e) = self.publish_piece(publisher, &mut generated, piece).await {
                                 break Stop::Publish(e);
                             }
                         }
@@ -153,20 +154,40 @@ impl Job {
                     }),
                 },
             };
-            for text in chunks {
-                if let Err(e) = self.publish_chunk(publisher, &mut generated, text).await {
+            for piece in pieces {
+                if let Err(e) = self.publish_piece(publisher, &mut generated, piece).await {
                     break 'generating Stop::Publish(e);
                 }
             }
         };
-        if reasoning_tokens > 0 {
-            tracing::debug!(
-                reasoning_tokens,
-                "reasoning not published (no reasoning event yet)"
-            );
-        }
         generated.stop = stop;
         generated
+    }
+
+    /// Publishes a piece as its event: a `chunk` of the answer or a
+    /// `reasoning` event, each numbered in its own sequence.
+    async fn publish_piece(
+        &self,
+        publisher: &mut EventPublisher,
+        generated: &mut Generated,
+        piece: Piece,
+    ) -> Result<(), PublishFailed> {
+        match piece {
+            Piece::Answer(text) => self.publish_chunk(publisher, generated, text).await,
+            Piece::Reasoning(text) => {
+                publisher
+                    .publish(&Event::Reasoning {
+                        message_id: self.message_id(),
+                        attempt: self.attempt(),
+                        index: generated.reasoning,
+                        text,
+                        published_at_us: Some(now_us()),
+                    })
+                    .await?;
+                generated.reasoning += 1;
+                Ok(())
+            }
+        }
     }
 
     async fn publish_chunk(
@@ -184,6 +205,7 @@ impl Job {
                 published_at_us: Some(now_us()),
             })
             .await?;
+        // The first token's time is the answer's: reasoning does not count.
         if generated.chunks == 0 {
             metrics::first_chunk(self.started.elapsed());
         }

@@ -282,3 +282,44 @@ pub fn answer_of(events: &[Event], message: MessageId, attempt: u32) -> String {
     }
     text
 }
+
+/// Reasoning texts of one attempt of one message, concatenated, after
+/// checking their indexes count from 0 without a gap (apart from the chunks').
+pub fn reasoning_of(events: &[Event], message: MessageId, attempt: u32) -> String {
+    let mut text = String::new();
+    let mut expected = 0;
+    for event in events {
+        if let Event::Reasoning {
+            message_id,
+            attempt: a,
+            index,
+            text: t,
+            published_at_us,
+        } = event
+        {
+            if *message_id == message && *a == attempt {
+                assert_eq!(
+                    *index, expected,
+                    "reasoning indexes count from 0 per attempt"
+                );
+                assert!(published_at_us.is_some());
+                assert!(!t.is_empty());
+                expected += 1;
+                text.push_str(t);
+            }
+        }
+    }
+    text
+}
+
+/// The kinds of one message's events in their stored order, runs of the
+/// same kind folded into one: `[user_message, reasoning, chunk, done]`.
+pub fn kinds_of(events: &[Event], message: MessageId) -> Vec<protocol::EventKind> {
+    let mut kinds: Vec<protocol::EventKind> = events
+        .iter()
+        .filter(|e| e.message_id() == Some(message))
+        .map(Event::kind)
+        .collect();
+    kinds.dedup();
+    kinds
+}

@@ -407,6 +407,7 @@ mod tests {
             attempt: 1,
             finish_reason: None,
             usage: None,
+            reasoning_chars: 0,
             user_seq: 0,
         }
     }
