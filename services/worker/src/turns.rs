@@ -64,6 +64,7 @@ pub(crate) async fn record(
         finish_reason: answer.finish_reason,
         usage: answer.usage,
         user_seq: request.user_seq,
+        replaces: request.replaces,
     };
     let payload: bytes::Bytes = serde_json::to_vec(&turn)?.into();
     // The answer's terminal event is stored already: ride out a NATS blip

@@ -35,6 +35,7 @@ fn turn(user: &str, assistant: &str, status: TurnStatus) -> Turn {
         finish_reason: None,
         usage: None,
         user_seq: 1,
+        replaces: None,
     }
 }
 

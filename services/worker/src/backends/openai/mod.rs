@@ -408,6 +408,7 @@ mod tests {
             finish_reason: None,
             usage: None,
             user_seq: 0,
+            replaces: None,
         }
     }
 
