@@ -256,11 +256,19 @@ mod tests {
         use protocol::ErrorCode::{BadRequest, NotFound};
         let mut r = record();
         let new = MessageId::new();
-        assert_eq!(code(choose_target(&r, new, None)), NotFound, "nothing asked yet");
+        assert_eq!(
+            code(choose_target(&r, new, None)),
+            NotFound,
+            "nothing asked yet"
+        );
         let first = asked(&mut r, None);
         r.finish(first);
         let last = asked(&mut r, None);
-        assert_eq!(code(choose_target(&r, new, None)), BadRequest, "still running");
+        assert_eq!(
+            code(choose_target(&r, new, None)),
+            BadRequest,
+            "still running"
+        );
         r.mark_ending(last);
         let ending = choose_target(&r, new, None).unwrap();
         assert!(ending.ending && !ending.retry && ending.replaces == last);
@@ -268,10 +276,25 @@ mod tests {
         let t = choose_target(&r, new, None).unwrap();
         assert_eq!((t.replaces, t.ending, t.retry), (last, false, false));
         assert_eq!(choose_target(&r, new, Some(last)).unwrap(), t);
-        assert_eq!(code(choose_target(&r, new, Some(first))), BadRequest, "older");
-        assert_eq!(code(choose_target(&r, new, Some(MessageId::new()))), NotFound);
-        assert_eq!(code(choose_target(&r, first, None)), BadRequest, "id reused");
-        assert_eq!(code(choose_target(&r, last, None)), BadRequest, "a chat's id");
+        assert_eq!(
+            code(choose_target(&r, new, Some(first))),
+            BadRequest,
+            "older"
+        );
+        assert_eq!(
+            code(choose_target(&r, new, Some(MessageId::new()))),
+            NotFound
+        );
+        assert_eq!(
+            code(choose_target(&r, first, None)),
+            BadRequest,
+            "id reused"
+        );
+        assert_eq!(
+            code(choose_target(&r, last, None)),
+            BadRequest,
+            "a chat's id"
+        );
     }
 
     #[test]

@@ -16,8 +16,8 @@ use crate::app::AppState;
 use crate::auth::{self, AuthenticatedSession};
 use crate::chat::{self, ChatInput};
 use crate::error::ApiError;
-use crate::regenerate::{self, RegenerateInput};
 use crate::extract::{ApiQuery, JsonBody};
+use crate::regenerate::{self, RegenerateInput};
 use crate::replay::{self, SessionEvents, StoredEvents};
 
 /// Most events one `GET /api/events` returns.
