@@ -39,6 +39,8 @@ export interface Turn {
   /** A Stop was asked for and not yet confirmed. */
   stopping: boolean;
   finishReason: string | null;
+  /** Set on a regeneration: the message whose answer this turn replaces (see versions.ts). */
+  replaces: string | null;
 }
 
 export interface ChatState {
@@ -55,7 +57,8 @@ export interface ChatState {
 
 export type ChatAction =
   | { type: 'frame'; frame: ServerFrame }
-  | { type: 'ask'; messageId: string; content: string }
+  /** A question to send; with `replaces`, a regeneration of that message's question. */
+  | { type: 'ask'; messageId: string; content: string; replaces?: string }
   | { type: 'sent'; messageId: string }
   | { type: 'stop_requested'; messageId: string }
   | { type: 'remove'; messageId: string }
@@ -111,6 +114,7 @@ function newTurn(messageId: string): Turn {
     restarts: 0,
     stopping: false,
     finishReason: null,
+    replaces: null,
   };
 }
 
@@ -125,6 +129,7 @@ function fromHistory(h: HistoryTurn): Turn {
     userSeq: h.user_seq ? h.user_seq : null,
     error: status === 'failed' ? { code: 'model_failed', message: 'The answer failed.' } : null,
     finishReason: h.finish_reason ?? null,
+    replaces: h.replaces ?? null,
   };
 }
 
@@ -177,7 +182,7 @@ export function reduce(state: ChatState, action: ChatAction): ChatState {
   switch (action.type) {
     case 'ask': {
       if (state.turns.some((t) => t.messageId === action.messageId)) return state;
-      const turn = { ...newTurn(action.messageId), user: action.content, status: 'local' as const };
+      const turn = { ...newTurn(action.messageId), user: action.content, status: 'local' as const, replaces: action.replaces ?? null };
       return { ...state, turns: [...state.turns, turn] };
     }
     case 'sent':
@@ -277,6 +282,7 @@ function applyEvent(state: ChatState, frame: StreamEvent): ChatState {
             ...t,
             user: frame.content,
             userSeq: frame.seq,
+            replaces: frame.replaces ?? t.replaces,
             status: t.status === 'local' || t.status === 'sent' ? 'queued' : t.status,
           })),
         ),
