@@ -6,27 +6,13 @@
 
 mod support;
 
-use protocol::records::{ActiveMessage, Turn};
+use protocol::records::ActiveMessage;
 use protocol::{sessions, subjects, ErrorCode, Event, EventKind, MessageId, SessionId};
 use serde_json::{json, Value};
-use support::{answer, assert_rest_error, count, eventually, TestApp, Ws, ANSWER_TOKENS};
+use support::{answer, assert_rest_error, count, eventually, TestApp, ANSWER_TOKENS};
 
 fn regenerate_path(session: SessionId) -> String {
     format!("/api/regenerate?session={session}")
-}
-
-async fn history(app: &TestApp, session: SessionId, token: &str) -> Vec<Turn> {
-    let path = format!("/api/history?session={session}");
-    let body: Value = app.get(&path, token).await.json().await.unwrap();
-    serde_json::from_value(body["turns"].clone()).unwrap()
-}
-
-/// A chat answered to the end; its id.
-async fn answered(ws: &mut Ws, prompt: &str) -> MessageId {
-    let (id, _) = ws.chat(prompt).await;
-    let events = ws.until_terminal(id).await;
-    assert_eq!(events.last().unwrap().event.kind(), EventKind::Done);
-    id
 }
 
 #[tokio::test]
@@ -36,7 +22,7 @@ async fn a_regenerate_answers_the_last_question_again_and_every_tab_sees_it() {
     let mut other_tab = app.connect(session, &token, None).await;
     other_tab.ready().await;
     let prompt = "Why is the sky blue?";
-    let question = answered(&mut ws, prompt).await;
+    let question = ws.answered(prompt).await;
     other_tab.until_terminal(question).await;
 
     // Sent the moment `done` arrives, while the worker records the turn.
@@ -58,10 +44,10 @@ async fn a_regenerate_answers_the_last_question_again_and_every_tab_sees_it() {
 
     // The history keeps both turns; the later one names the earlier.
     eventually("both turns in the history", || async {
-        history(&app, session, &token).await.len() == 2
+        app.history(session, &token).await.len() == 2
     })
     .await;
-    let turns = history(&app, session, &token).await;
+    let turns = app.history(session, &token).await;
     assert_eq!((turns[0].message_id, turns[0].replaces), (question, None));
     assert_eq!(
         (turns[1].message_id, turns[1].replaces),
@@ -90,7 +76,7 @@ async fn a_regenerate_answers_the_last_question_again_and_every_tab_sees_it() {
 async fn a_regenerate_over_rest_is_queued_once_per_message_id() {
     let app = TestApp::builder().real_worker().start().await;
     let (session, token, mut ws) = app.attach().await;
-    let question = answered(&mut ws, "What is a monad?").await;
+    let question = ws.answered("What is a monad?").await;
 
     let id = MessageId::new();
     let mut answers = Vec::new();
@@ -153,8 +139,8 @@ async fn only_the_sessions_own_last_finished_question_is_replaced() {
         .await;
     ws.expect_error(ErrorCode::NotFound).await;
 
-    let first = answered(&mut ws, "first").await;
-    let last = answered(&mut ws, "second").await;
+    let first = ws.answered("first").await;
+    let last = ws.answered("second").await;
     let refusals = [
         (json!({"replaces": first}), 400, ErrorCode::BadRequest),
         (
@@ -196,7 +182,7 @@ async fn only_the_sessions_own_last_finished_question_is_replaced() {
     // Another session's last question is unknown here, and that session
     // is left as it was.
     let (theirs_session, theirs_token, mut theirs_ws) = app.attach().await;
-    let theirs = answered(&mut theirs_ws, "theirs").await;
+    let theirs = theirs_ws.answered("theirs").await;
     let (before, _) = app.events(theirs_session, &theirs_token, 0).await;
     let body = json!({"replaces": theirs});
     assert_rest_error(
@@ -250,7 +236,7 @@ async fn a_regenerate_counts_against_the_in_flight_limit() {
         .start()
         .await;
     let (session, token, mut ws) = app.attach().await;
-    answered(&mut ws, "a question").await;
+    ws.answered("a question").await;
     // Another answer of the session still running (an earlier question of
     // another tab whose job is slow) holds the one slot.
     let js = app.js().await;

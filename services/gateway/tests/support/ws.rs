@@ -203,6 +203,17 @@ impl Ws {
         }
     }
 
+    /// Sends a chat and reads its events up to its `done`; returns its id.
+    pub async fn answered(&mut self, content: &str) -> MessageId {
+        let (id, _) = self.chat(content).await;
+        let events = self.until_terminal(id).await;
+        assert_eq!(
+            events.last().map(|e| e.event.kind()),
+            Some(protocol::EventKind::Done)
+        );
+        id
+    }
+
     /// Sends a regenerate with a new id (`replaces` as given); returns the id
     /// and the `accepted` seq.
     pub async fn regenerate(&mut self, replaces: Option<MessageId>) -> (MessageId, u64) {
