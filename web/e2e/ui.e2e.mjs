@@ -175,6 +175,51 @@ describe('UI against a scripted gateway', () => {
     await clean(page);
   });
 
+  it('regenerate: the last answer gets a new version, and ‹ 1 / 2 › moves between them', async () => {
+    const Q = 'ffffffff-0000-4000-8000-00000000000f';
+    const { page, received } = await open((ws) => {
+      ready(ws);
+      ws.send({ type: 'user_message', message_id: Q, content: 'Tell me a fact', seq: 1 });
+      ws.send({ type: 'chunk', message_id: Q, attempt: 1, index: 0, text: 'Bees can dance.', seq: 2 });
+      ws.send({ type: 'done', message_id: Q, attempt: 1, finish_reason: 'stop', seq: 3 });
+      ws.onMessage((f) => {
+        if (f.type !== 'regenerate') return;
+        ws.send({ type: 'accepted', message_id: f.message_id, seq: 4 });
+        ws.send({ type: 'user_message', message_id: f.message_id, content: 'Tell me a fact', replaces: f.replaces, seq: 4 });
+        ws.send({ type: 'chunk', message_id: f.message_id, attempt: 1, index: 0, text: 'Octopuses have three hearts.', seq: 5 });
+        ws.send({ type: 'done', message_id: f.message_id, attempt: 1, finish_reason: 'stop', seq: 6 });
+      });
+    });
+    await page.locator('[data-testid=turn][data-status=done]').waitFor();
+    assert.equal(await page.getByTestId('version-label').count(), 0, 'one version: no navigation');
+    await page.getByTestId('regenerate').click();
+    const frame = await waitFor(() => received.find((f) => f.type === 'regenerate'), { what: 'a regenerate frame' });
+    assert.equal(frame.replaces, Q);
+    assert.match(frame.message_id, /^[0-9a-f-]{36}$/);
+    assert.notEqual(frame.message_id, Q);
+    const label = page.getByTestId('version-label');
+    await page.locator(`[data-testid=turn][data-message-id="${frame.message_id}"][data-status=done]`).waitFor();
+    assert.equal(await label.innerText(), '2 / 2');
+    assert.equal(await page.getByTestId('turn').count(), 1, 'both versions in one place');
+    assert.equal(await answerOf(page), 'Octopuses have three hearts.');
+    assert.equal(await page.getByTestId('question').innerText(), 'Tell me a fact');
+
+    await page.getByTestId('version-prev').click();
+    await page.locator(`[data-testid=turn][data-message-id="${Q}"]`).waitFor();
+    assert.equal(await label.innerText(), '1 / 2');
+    assert.equal(await answerOf(page), 'Bees can dance.');
+    assert.ok(await page.getByTestId('version-prev').isDisabled());
+    // Regenerate replaces the latest version even while an older one is shown.
+    assert.equal(await page.getByTestId('regenerate').count(), 1);
+
+    await page.getByTestId('version-next').click();
+    await page.locator(`[data-testid=turn][data-message-id="${frame.message_id}"]`).waitFor();
+    assert.equal(await label.innerText(), '2 / 2');
+    assert.equal(await answerOf(page), 'Octopuses have three hearts.');
+    assert.ok(await page.getByTestId('version-next').isDisabled());
+    await clean(page);
+  });
+
   it('close 1008 shows the session as invalid and offers a new conversation', async () => {
     const { page, urls } = await open((ws) => ws.close(1008, 'bad token'));
     await page.getByTestId('session-invalid').waitFor();

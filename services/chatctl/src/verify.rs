@@ -411,6 +411,7 @@ mod tests {
             self.push(Event::UserMessage {
                 message_id: id,
                 content: "q".into(),
+                replaces: None,
             })
         }
         fn chunk(&mut self, attempt: u32, index: u32, text: &str) -> &mut Self {

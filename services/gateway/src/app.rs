@@ -55,6 +55,7 @@ pub fn router(state: AppState) -> Router {
         .route("/ws/chat", get(ws_chat))
         .route("/api/sessions", post(rest::create_session))
         .route("/api/chat", post(rest::post_chat))
+        .route("/api/regenerate", post(rest::post_regenerate))
         .route("/api/cancel", post(rest::post_cancel))
         .route("/api/history", get(rest::get_history))
         .route("/api/events", get(rest::get_events))

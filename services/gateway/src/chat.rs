@@ -7,7 +7,7 @@
 use async_nats::jetstream::context::{PublishError, PublishErrorKind};
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::HeaderMap;
-use protocol::records::ActiveMessage;
+use protocol::records::{ActiveMessage, LastQuestion};
 use protocol::sessions::{self, SessionStoreError};
 use protocol::{now_ms, subjects, ChatRequest, ErrorCode, Event, MessageId, SessionId};
 
@@ -17,7 +17,7 @@ use crate::error::ApiError;
 /// How long an accepted message may count as "in flight" in the session
 /// record, whatever happened to its job: a job lost outside the work-queue's
 /// guarantees must not block its session for ever.
-const ACTIVE_MAX_AGE_MS: u64 = 30 * 60 * 1000;
+pub(crate) const ACTIVE_MAX_AGE_MS: u64 = 30 * 60 * 1000;
 
 /// A chat as a client sends it.
 #[derive(Debug, Clone)]
@@ -57,7 +57,12 @@ fn validate(state: &AppState, input: &ChatInput) -> Result<(), ApiError> {
             "content has control characters (only \\n, \\r and \\t are allowed)".into(),
         ));
     }
-    if let Some(model) = &input.model {
+    validate_model(state, input.model.as_deref())
+}
+
+/// A `model` the gateway does not list is refused before anything is stored.
+pub(crate) fn validate_model(state: &AppState, model: Option<&str>) -> Result<(), ApiError> {
+    if let Some(model) = model {
         if !state.config.allows_model(model) {
             let shown: String = model.chars().take(64).collect();
             return Err(ApiError::BadRequest(format!("unknown model {shown:?}")));
@@ -95,6 +100,10 @@ pub async fn submit(
             accepted_at_ms: now,
             ending: false,
         });
+        record.last_question = Some(LastQuestion {
+            message_id,
+            replaces: None,
+        });
         Ok(true)
     })
     .await;
@@ -111,9 +120,43 @@ pub async fn submit(
         Err(e) => return Err(ApiError::nats(e)),
     }
 
+    queue(
+        state,
+        session,
+        Question {
+            message_id,
+            content: input.content,
+            model: input.model,
+            replaces: None,
+            accepted_at_ms: now,
+        },
+    )
+    .await
+}
+
+/// An admitted question, ready to be stored and queued.
+pub(crate) struct Question {
+    pub(crate) message_id: MessageId,
+    pub(crate) content: String,
+    pub(crate) model: Option<String>,
+    /// Set on a regeneration: the message whose answer it replaces.
+    pub(crate) replaces: Option<MessageId>,
+    pub(crate) accepted_at_ms: u64,
+}
+
+/// Stores the question's echo, then queues its job, both deduplicated on
+/// the message id. The message is in the session record's `active` list
+/// already; a refusal takes it out again.
+pub(crate) async fn queue(
+    state: &AppState,
+    session: SessionId,
+    question: Question,
+) -> Result<Accepted, ApiError> {
+    let message_id = question.message_id;
     let echo = Event::UserMessage {
         message_id,
-        content: input.content.clone(),
+        content: question.content.clone(),
+        replaces: question.replaces,
     };
     let seq = match publish(
         state,
@@ -133,10 +176,11 @@ pub async fn submit(
     let request = ChatRequest {
         session_id: session,
         message_id,
-        content: input.content,
+        content: question.content,
         user_seq: seq,
-        model: input.model,
-        accepted_at_ms: now,
+        replaces: question.replaces,
+        model: question.model,
+        accepted_at_ms: question.accepted_at_ms,
     };
     let payload = serde_json::to_vec(&request).map_err(ApiError::nats)?;
     let mut headers = HeaderMap::new();

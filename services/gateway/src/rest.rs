@@ -17,6 +17,7 @@ use crate::auth::{self, AuthenticatedSession};
 use crate::chat::{self, ChatInput};
 use crate::error::ApiError;
 use crate::extract::{ApiQuery, JsonBody};
+use crate::regenerate::{self, RegenerateInput};
 use crate::replay::{self, SessionEvents, StoredEvents};
 
 /// Most events one `GET /api/events` returns.
@@ -62,6 +63,36 @@ pub async fn post_chat(
         .instrument(span.clone())
         .await?;
     span.record("message_id", tracing::field::display(accepted.message_id));
+    Ok((StatusCode::ACCEPTED, Json(accepted)).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegenerateBody {
+    #[serde(default)]
+    message_id: Option<MessageId>,
+    #[serde(default)]
+    replaces: Option<MessageId>,
+    #[serde(default)]
+    model: Option<String>,
+}
+
+pub async fn post_regenerate(
+    State(state): State<AppState>,
+    session: AuthenticatedSession,
+    JsonBody(body): JsonBody<RegenerateBody>,
+) -> Result<Response, ApiError> {
+    let session = session.id;
+    let span = tracing::info_span!("chat.regenerate", otel.name = "chat.regenerate", session_id = %session);
+    crate::metrics::frame_in(protocol::ClientFrame::REGENERATE);
+    let input = RegenerateInput {
+        message_id: body.message_id,
+        replaces: body.replaces,
+        model: body.model,
+    };
+    let accepted = regenerate::regenerate(&state, session, input)
+        .instrument(span)
+        .await?;
     Ok((StatusCode::ACCEPTED, Json(accepted)).into_response())
 }
 

@@ -28,6 +28,7 @@ async fn a_websocket_chat_streams_the_whole_answer_in_order() {
     let echo = Event::UserMessage {
         message_id: id,
         content: prompt.into(),
+        replaces: None,
     };
     assert_eq!(events[0].event, echo);
     assert_strictly_increasing(&events);

@@ -18,6 +18,10 @@ pub struct ChatRequest {
     pub content: String,
     /// Sequence of the `user_message` event in `CHAT_EVENTS`.
     pub user_seq: u64,
+    /// Set on a regeneration: the earlier message whose answer this one
+    /// replaces. Its turn is left out of the model's context.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaces: Option<MessageId>,
     /// The model the client asked for; `None` means the workers' default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
@@ -74,6 +78,11 @@ pub enum Event {
     UserMessage {
         message_id: MessageId,
         content: String,
+        /// Set when the question is a regeneration: the earlier message (of
+        /// the same question) whose answer this one replaces. Absent on
+        /// ordinary questions.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        replaces: Option<MessageId>,
     },
     /// The next piece of an answer; `index` counts from 0 within an attempt.
     Chunk {
@@ -263,6 +272,7 @@ mod tests {
             Event::UserMessage {
                 message_id: id,
                 content: "q".into(),
+                replaces: None,
             },
             Event::Chunk {
                 message_id: id,

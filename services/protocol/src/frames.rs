@@ -20,6 +20,18 @@ pub enum ClientFrame {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         model: Option<String>,
     },
+    /// Ask for a new answer to the session's last question; answered by
+    /// `accepted`. A new message (`message_id`) that names the one it
+    /// replaces (`replaces`, by default the session's last question).
+    Regenerate {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        message_id: Option<MessageId>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        replaces: Option<MessageId>,
+        /// As in `Chat`: `None` = the workers' default.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        model: Option<String>,
+    },
     /// Stop that answer.
     Cancel {
         message_id: MessageId,
@@ -34,11 +46,18 @@ pub enum ClientFrame {
 impl ClientFrame {
     /// Every client frame `type`, as the wire spells it.
     pub const CHAT: &'static str = "chat";
+    pub const REGENERATE: &'static str = "regenerate";
     pub const CANCEL: &'static str = "cancel";
     pub const RESUME: &'static str = "resume";
     pub const PING: &'static str = "ping";
     /// Every client frame `type`, as spelled on the wire.
-    pub const KINDS: [&'static str; 4] = [Self::CHAT, Self::CANCEL, Self::RESUME, Self::PING];
+    pub const KINDS: [&'static str; 5] = [
+        Self::CHAT,
+        Self::REGENERATE,
+        Self::CANCEL,
+        Self::RESUME,
+        Self::PING,
+    ];
 
     /// Parses a text frame, turning every way it can be wrong into a message
     /// fit for a `bad_request` error frame.
@@ -60,6 +79,7 @@ impl ClientFrame {
     pub fn kind(&self) -> &'static str {
         match self {
             ClientFrame::Chat { .. } => Self::CHAT,
+            ClientFrame::Regenerate { .. } => Self::REGENERATE,
             ClientFrame::Cancel { .. } => Self::CANCEL,
             ClientFrame::Resume { .. } => Self::RESUME,
             ClientFrame::Ping => Self::PING,
@@ -286,6 +306,14 @@ mod tests {
             ClientFrame::Ping
         );
         assert_eq!(
+            ClientFrame::parse(r#"{"type":"regenerate"}"#).unwrap(),
+            ClientFrame::Regenerate {
+                message_id: None,
+                replaces: None,
+                model: None
+            }
+        );
+        assert_eq!(
             ClientFrame::parse(r#"{"type":"resume","after_seq":7}"#).unwrap(),
             ClientFrame::Resume { after_seq: 7 }
         );
@@ -311,6 +339,7 @@ mod tests {
             r#"{"type":"chat","content":"hi","colour":"red"}"#,
             r#"{"type":"cancel","message_id":"7d3f0a3e-3c1b-4d55-9a43-2f4b52c1a0de","why":1}"#,
             r#"{"type":"resume","after_seq":1,"from":0}"#,
+            r#"{"type":"regenerate","content":"a new question"}"#,
         ] {
             let err = ClientFrame::parse(bad).unwrap_err();
             assert!(err.contains("unknown field"), "{bad}: {err}");
@@ -328,6 +357,11 @@ mod tests {
             ClientFrame::Chat {
                 message_id: None,
                 content: "q".into(),
+                model: None,
+            },
+            ClientFrame::Regenerate {
+                message_id: None,
+                replaces: None,
                 model: None,
             },
             ClientFrame::Cancel {

@@ -23,6 +23,21 @@ pub struct SessionRecord {
     /// cancel of a finished message is recognised instead of being unknown.
     #[serde(default)]
     pub recent: Vec<MessageId>,
+    /// The question accepted last: the one a `regenerate` may replace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_question: Option<LastQuestion>,
+}
+
+/// The session's most recently accepted question (an ordinary one or a
+/// regeneration), so a regenerate knows what it replaces without reading
+/// the history.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastQuestion {
+    pub message_id: MessageId,
+    /// Set when it is itself a regeneration: the message it replaces (a
+    /// retried regenerate finds its question again through it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaces: Option<MessageId>,
 }
 
 /// How many finished message ids a session record remembers.
@@ -37,6 +52,7 @@ impl SessionRecord {
             node,
             active: Vec::new(),
             recent: Vec::new(),
+            last_question: None,
         }
     }
 
@@ -46,6 +62,14 @@ impl SessionRecord {
 
     pub fn is_finished(&self, message: MessageId) -> bool {
         self.recent.contains(&message)
+    }
+
+    /// Whether the message's answer is ending: its terminal event is being
+    /// stored (or is stored), its turn not yet recorded.
+    pub fn is_ending(&self, message: MessageId) -> bool {
+        self.active
+            .iter()
+            .any(|m| m.message_id == message && m.ending)
     }
 
     /// Stops counting a message against the in-flight limit once its
@@ -131,10 +155,30 @@ pub struct Turn {
     /// never sent back to the model); absent when it did not reason.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub reasoning_chars: u64,
+    /// Set on a regeneration's turn: the message whose answer it replaces.
+    /// Both turns stay in the history; the later one is the current version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaces: Option<MessageId>,
 }
 
 fn is_zero(n: &u64) -> bool {
     *n == 0
+}
+
+/// The conversation as it stands now: the turns no later turn replaces, in
+/// their order, without `regenerating` (the message a running regeneration
+/// replaces). What a model is given as context: each question once, with
+/// its latest answer.
+pub fn current_turns(turns: Vec<Turn>, regenerating: Option<MessageId>) -> Vec<Turn> {
+    let replaced: std::collections::HashSet<MessageId> = turns
+        .iter()
+        .filter_map(|t| t.replaces)
+        .chain(regenerating)
+        .collect();
+    turns
+        .into_iter()
+        .filter(|t| !replaced.contains(&t.message_id))
+        .collect()
 }
 
 /// A job that will not be tried again, in `CHAT_DEAD`.
@@ -196,6 +240,52 @@ mod tests {
         assert_eq!(r.recent.len(), RECENT_MESSAGES_KEPT);
         assert!(!r.is_finished(ids[0]));
         assert!(r.is_finished(*ids.last().unwrap()));
+    }
+
+    fn turn(user: &str, replaces: Option<MessageId>) -> Turn {
+        Turn {
+            message_id: MessageId::new(),
+            user: user.into(),
+            assistant: format!("answer to {user}"),
+            status: TurnStatus::Done,
+            created_at: 0,
+            finished_at: 0,
+            attempt: 1,
+            finish_reason: None,
+            usage: None,
+            user_seq: 0,
+            reasoning_chars: 0,
+            replaces,
+        }
+    }
+
+    #[test]
+    fn current_turns_keep_each_question_once_with_its_latest_answer() {
+        let first = turn("q1", None);
+        let asked = turn("q2", None);
+        let again = turn("q2", Some(asked.message_id));
+        let third = turn("q2", Some(again.message_id));
+        let later = turn("q3", None);
+        let all = vec![
+            first.clone(),
+            asked.clone(),
+            again.clone(),
+            third.clone(),
+            later.clone(),
+        ];
+        let ids = |turns: Vec<Turn>| turns.iter().map(|t| t.message_id).collect::<Vec<_>>();
+        assert_eq!(
+            ids(current_turns(all.clone(), None)),
+            [first.message_id, third.message_id, later.message_id]
+        );
+        // The job regenerating q3 sees the conversation without q3's answer.
+        assert_eq!(
+            ids(current_turns(all, Some(later.message_id))),
+            [first.message_id, third.message_id]
+        );
+        // Without regenerations nothing is left out.
+        let plain = vec![first.clone(), later.clone()];
+        assert_eq!(current_turns(plain.clone(), None), plain);
     }
 
     #[test]

@@ -172,3 +172,35 @@ pub async fn read_turns(
     }
     Ok(turns.into())
 }
+
+/// The finished turn of `message` in the session's history, if it is there.
+/// The last turn is read first: a regenerate names the session's last
+/// question, whose turn is nearly always the last one recorded.
+pub async fn find_turn(
+    client: &Client,
+    history: &Stream,
+    session: SessionId,
+    message: crate::ids::MessageId,
+    max_turns: usize,
+) -> Result<Option<Turn>, ReadError> {
+    use async_nats::jetstream::stream::DirectGetErrorKind;
+    let subject = subjects::history(session);
+    match history.direct_get_last_for_subject(&subject).await {
+        Ok(last) => {
+            if let Ok(turn) = serde_json::from_slice::<Turn>(&last.payload) {
+                if turn.message_id == message {
+                    return Ok(Some(turn));
+                }
+            }
+        }
+        Err(e) if e.kind() == DirectGetErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(ReadError {
+                subject,
+                source: e.into(),
+            })
+        }
+    }
+    let turns = read_turns(client, history, session, max_turns).await?;
+    Ok(turns.into_iter().rev().find(|t| t.message_id == message))
+}

@@ -75,6 +75,7 @@ pub(crate) async fn record(
         usage: answer.usage,
         user_seq: request.user_seq,
         reasoning_chars: answer.reasoning_chars,
+        replaces: request.replaces,
     };
     let payload: bytes::Bytes = serde_json::to_vec(&turn)?.into();
     // The answer's terminal event is stored already: ride out a NATS blip

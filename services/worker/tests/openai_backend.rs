@@ -36,6 +36,7 @@ fn turn(user: &str, assistant: &str, status: TurnStatus) -> Turn {
         usage: None,
         reasoning_chars: 0,
         user_seq: 1,
+        replaces: None,
     }
 }
 

@@ -217,13 +217,45 @@ async fn earlier_turns_of_the_session_are_sent_as_context() {
         ])
     );
 
+    // A regeneration of the second question: the model sees the question
+    // without the answer it replaces ...
+    server.push(Script::answer(&["Over ", "2 million."]));
+    wait_until(|| async { h.turns(session).await.len() == 2 }).await;
+    let again = h
+        .submit_regeneration(session, "How many people live there?", second)
+        .await;
+    let events = live.until(is_terminal_of(again)).await;
+    assert_eq!(answer_of(&events, again, 1), "Over 2 million.");
+    assert_eq!(
+        server.requests()[2].body["messages"],
+        requests[1].body["messages"]
+    );
+    // ... and the next question sees that question once, with its latest answer.
+    server.push(Script::answer(&["Yes."]));
+    wait_until(|| async { h.turns(session).await.len() == 3 }).await;
+    let next = h.submit(session, "Is it big?").await;
+    live.until(is_terminal_of(next)).await;
+    assert_eq!(
+        server.requests()[3].body["messages"],
+        json!([
+            {"role": "user", "content": "Capital of France?"},
+            {"role": "assistant", "content": "Paris."},
+            {"role": "user", "content": "How many people live there?"},
+            {"role": "assistant", "content": "Over 2 million."},
+            {"role": "user", "content": "Is it big?"},
+        ])
+    );
+    let turns = h.turns(session).await;
+    assert_eq!(turns.len(), 4, "the history keeps both answers");
+    assert_eq!(turns[2].replaces, Some(second));
+
     // Another session's conversation is not this one's context.
     server.push(Script::answer(&["Hello."]));
     let mut other_live = h.live(other_session).await;
     let third = h.submit(other_session, "Hi").await;
     other_live.until(is_terminal_of(third)).await;
     assert_eq!(
-        server.requests()[2].body["messages"],
+        server.requests()[4].body["messages"],
         json!([{"role": "user", "content": "Hi"}])
     );
     worker.shutdown().await.unwrap();

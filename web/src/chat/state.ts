@@ -42,6 +42,8 @@ export interface Turn {
   finishReason: string | null;
   /** The model's reasoning in `attempt`, before its answer (null when it did not think). */
   thinking: Thinking | null;
+  /** Set on a regeneration: the message whose answer this turn replaces (see versions.ts). */
+  replaces: string | null;
 }
 
 export interface ChatState {
@@ -59,7 +61,8 @@ export interface ChatState {
 export type ChatAction =
   /** `receivedAtMs`: when the frame arrived (times the model's thinking when the event does not say). */
   | { type: 'frame'; frame: ServerFrame; receivedAtMs?: number }
-  | { type: 'ask'; messageId: string; content: string }
+  /** A question to send; with `replaces`, a regeneration of that message's question. */
+  | { type: 'ask'; messageId: string; content: string; replaces?: string }
   | { type: 'sent'; messageId: string }
   | { type: 'stop_requested'; messageId: string }
   | { type: 'remove'; messageId: string }
@@ -116,6 +119,7 @@ function newTurn(messageId: string): Turn {
     stopping: false,
     finishReason: null,
     thinking: null,
+    replaces: null,
   };
 }
 
@@ -130,6 +134,7 @@ function fromHistory(h: HistoryTurn): Turn {
     userSeq: h.user_seq ? h.user_seq : null,
     error: status === 'failed' ? { code: 'model_failed', message: 'The answer failed.' } : null,
     finishReason: h.finish_reason ?? null,
+    replaces: h.replaces ?? null,
   };
 }
 
@@ -186,7 +191,7 @@ export function reduce(state: ChatState, action: ChatAction): ChatState {
   switch (action.type) {
     case 'ask': {
       if (state.turns.some((t) => t.messageId === action.messageId)) return state;
-      const turn = { ...newTurn(action.messageId), user: action.content, status: 'local' as const };
+      const turn = { ...newTurn(action.messageId), user: action.content, status: 'local' as const, replaces: action.replaces ?? null };
       return { ...state, turns: [...state.turns, turn] };
     }
     case 'sent':
@@ -287,6 +292,7 @@ function applyEvent(state: ChatState, frame: StreamEvent): ChatState {
             ...t,
             user: frame.content,
             userSeq: frame.seq,
+            replaces: frame.replaces ?? t.replaces,
             status: t.status === 'local' || t.status === 'sent' ? 'queued' : t.status,
           })),
         ),

@@ -72,6 +72,19 @@ export class ConversationStore {
     return messageId;
   }
 
+  /**
+   * Asks for a new answer to the question of `replaces` (the conversation's
+   * last, finished turn): a new message sent as a `regenerate` frame, shown
+   * as the next version of that question (versions.ts).
+   */
+  regenerate(replaces: string): string | null {
+    const turn = this.state.turns.find((t) => t.messageId === replaces);
+    if (!turn) return null;
+    const messageId = newMessageId();
+    this.dispatch({ type: 'ask', messageId, content: turn.user, replaces });
+    return messageId;
+  }
+
   stopAnswer(messageId: string): void {
     const turn = this.state.turns.find((t) => t.messageId === messageId);
     if (!turn) return;
@@ -89,6 +102,12 @@ export class ConversationStore {
     const turn = this.state.turns.find((t) => t.messageId === messageId);
     if (!turn) return;
     if (turn.refused) this.dispatch({ type: 'remove', messageId });
+    if (turn.replaces) {
+      // A failed regeneration is regenerated again: in place of the version
+      // the server never stored, or after the one it stored (now the last).
+      this.regenerate(turn.refused ? turn.replaces : turn.messageId);
+      return;
+    }
     // A stored question keeps its id in the server's memory (a resend would
     // be a no-op), so a retry is a new question with the same words.
     this.ask(turn.user);
@@ -99,7 +118,10 @@ export class ConversationStore {
     this.pumping = true;
     try {
       for (const turn of sendable(this.state)) {
-        if (!this.connection.send({ type: 'chat', message_id: turn.messageId, content: turn.user })) break;
+        const frame = turn.replaces
+          ? ({ type: 'regenerate', message_id: turn.messageId, replaces: turn.replaces } as const)
+          : ({ type: 'chat', message_id: turn.messageId, content: turn.user } as const);
+        if (!this.connection.send(frame)) break;
         this.state = reduce(this.state, { type: 'sent', messageId: turn.messageId });
       }
     } finally {

@@ -29,10 +29,13 @@ export interface HistoryTurn {
   user_seq?: number;
   /** Characters of reasoning before the answer (its text is not kept in the turn). */
   reasoning_chars?: number;
+  /** Set on a regeneration's turn: the message whose answer it replaces. */
+  replaces?: string;
 }
 
 // Frames that come from the session's event stream: they carry `seq`.
-export type UserMessageFrame = { type: 'user_message'; message_id: string; content: string; seq: number };
+/** `replaces` only on a regeneration: the earlier message (same question) whose answer this one replaces. */
+export type UserMessageFrame = { type: 'user_message'; message_id: string; content: string; replaces?: string; seq: number };
 export type ChunkFrame = {
   type: 'chunk';
   message_id: string;
@@ -87,6 +90,7 @@ export type ServerFrame =
 
 export type ClientFrame =
   | { type: 'chat'; message_id: string; content: string; model?: string }
+  | { type: 'regenerate'; message_id: string; replaces?: string; model?: string }
   | { type: 'cancel'; message_id: string }
   | { type: 'resume'; after_seq: number }
   | { type: 'ping' };

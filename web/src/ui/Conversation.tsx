@@ -6,6 +6,8 @@ import { plainWords } from '../chat/errors';
 import { Composer } from './Composer';
 import { ConnectionBadge } from './ConnectionBadge';
 import { TurnView } from './TurnView';
+import { VersionBar } from './VersionBar';
+import { regenerable, shownVersion, slots } from '../chat/versions';
 
 interface Props {
   session: StoredSession;
@@ -50,6 +52,11 @@ export function Conversation({ session, onMenu, onFirstQuestion, onNewConversati
     const el = scroller.current;
     if (el && pinned.current) el.scrollTop = el.scrollHeight;
   }, [state.turns]);
+
+  // The version of each regenerated question the reader chose (by the slot's
+  // key); none chosen shows the latest.
+  const [chosen, setChosen] = useState<Record<string, string>>({});
+  const conversation = useMemo(() => slots(state.turns), [state.turns]);
 
   const busy = inFlight(state);
   const active = [...state.turns].reverse().find((t) => t.status === 'queued' || t.status === 'streaming' || t.status === 'sent');
@@ -113,9 +120,36 @@ export function Conversation({ session, onMenu, onFirstQuestion, onNewConversati
               <p className="muted">Answers stream in as they are written. You can stop one at any time, and they survive a reload.</p>
             </div>
           )}
-          {state.turns.map((t) => (
-            <TurnView key={t.messageId} turn={t} onStop={() => store.stopAnswer(t.messageId)} onRetry={() => store.retry(t.messageId)} />
-          ))}
+          {conversation.map((slot) => {
+            const shown = shownVersion(slot, chosen[slot.key]);
+            const t = slot.versions[shown];
+            const replaceable = regenerable(conversation, slot);
+            const footer = (
+              <VersionBar
+                slot={slot}
+                shown={shown}
+                onShow={(i) => setChosen((c) => ({ ...c, [slot.key]: slot.versions[i].messageId }))}
+                onRegenerate={
+                  replaceable
+                    ? () => {
+                        pinned.current = true;
+                        setChosen(({ [slot.key]: _, ...rest }) => rest);
+                        store.regenerate(replaceable.messageId);
+                      }
+                    : null
+                }
+              />
+            );
+            return (
+              <TurnView
+                key={slot.key}
+                turn={t}
+                onStop={() => store.stopAnswer(t.messageId)}
+                onRetry={() => store.retry(t.messageId)}
+                footer={footer}
+              />
+            );
+          })}
         </div>
       </div>
       {showJump && (

@@ -1,4 +1,4 @@
-import { memo, useMemo } from 'react';
+import { memo, useMemo, type ReactNode } from 'react';
 import { isRetryable, plainWords } from '../chat/errors';
 import type { Turn } from '../chat/state';
 import { renderMarkdown } from '../markdown';
@@ -8,6 +8,8 @@ interface Props {
   turn: Turn;
   onStop: () => void;
   onRetry: () => void;
+  /** Shown under the answer (the versions of a regenerated answer, Regenerate). */
+  footer?: ReactNode;
 }
 
 function Answer({ text, streaming }: { text: string; streaming: boolean }) {
@@ -22,7 +24,7 @@ function Answer({ text, streaming }: { text: string; streaming: boolean }) {
   );
 }
 
-export const TurnView = memo(function TurnView({ turn, onStop, onRetry }: Props) {
+export const TurnView = memo(function TurnView({ turn, onStop, onRetry, footer }: Props) {
   const waiting = turn.status === 'local' || turn.status === 'sent' || turn.status === 'queued';
   const streaming = turn.status === 'streaming';
   const inFlight = waiting || streaming;
@@ -85,6 +87,7 @@ export const TurnView = memo(function TurnView({ turn, onStop, onRetry }: Props)
               )}
             </div>
           )}
+          {footer}
         </div>
       </div>
     </article>

@@ -15,6 +15,7 @@ use crate::app::AppState;
 use crate::chat::{self, ChatInput};
 use crate::error::ApiError;
 use crate::metrics;
+use crate::regenerate::{self, RegenerateInput};
 
 /// What the reader asks of the relay.
 pub(super) enum Command {
@@ -104,6 +105,31 @@ pub(super) async fn read(
                             seq: accepted.seq,
                         })
                     }
+                    Err(e) => Command::Control(e.frame(message_id)),
+                }
+            }
+            ClientFrame::Regenerate {
+                message_id,
+                replaces,
+                model,
+            } => {
+                let span = tracing::info_span!(
+                    "chat.regenerate",
+                    otel.name = "chat.regenerate",
+                    session_id = %session
+                );
+                let input = RegenerateInput {
+                    message_id,
+                    replaces,
+                    model,
+                };
+                match Box::pin(regenerate::regenerate(&state, session, input).instrument(span))
+                    .await
+                {
+                    Ok(accepted) => Command::Control(ControlFrame::Accepted {
+                        message_id: accepted.message_id,
+                        seq: accepted.seq,
+                    }),
                     Err(e) => Command::Control(e.frame(message_id)),
                 }
             }

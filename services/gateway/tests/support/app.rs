@@ -224,6 +224,13 @@ impl TestApp {
         request.send().await.unwrap()
     }
 
+    /// `GET /api/history`: the session's finished turns.
+    pub async fn history(&self, session: SessionId, token: &str) -> Vec<protocol::records::Turn> {
+        let path = format!("/api/history?session={session}");
+        let body: Value = self.get(&path, token).await.json().await.unwrap();
+        serde_json::from_value(body["turns"].clone()).unwrap()
+    }
+
     /// `GET /api/events`: the stored events after `after_seq`, and `last_seq`.
     pub async fn events(
         &self,

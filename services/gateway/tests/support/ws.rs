@@ -203,6 +203,35 @@ impl Ws {
         }
     }
 
+    /// Sends a chat and reads its events up to its `done`; returns its id.
+    pub async fn answered(&mut self, content: &str) -> MessageId {
+        let (id, _) = self.chat(content).await;
+        let events = self.until_terminal(id).await;
+        assert_eq!(
+            events.last().map(|e| e.event.kind()),
+            Some(protocol::EventKind::Done)
+        );
+        id
+    }
+
+    /// Sends a regenerate with a new id (`replaces` as given); returns the id
+    /// and the `accepted` seq.
+    pub async fn regenerate(&mut self, replaces: Option<MessageId>) -> (MessageId, u64) {
+        let id = MessageId::new();
+        let mut frame = json!({"type": "regenerate", "message_id": id});
+        if let Some(replaces) = replaces {
+            frame["replaces"] = json!(replaces);
+        }
+        self.send_json(frame).await;
+        match self.control().await {
+            ControlFrame::Accepted { message_id, seq } => {
+                assert_eq!(message_id, id);
+                (id, seq)
+            }
+            other => panic!("regenerate not accepted: {other:?}"),
+        }
+    }
+
     pub async fn cancel(&mut self, message: MessageId) {
         self.send_json(json!({"type": "cancel", "message_id": message}))
             .await;

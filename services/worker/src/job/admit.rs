@@ -4,7 +4,7 @@
 
 use std::sync::atomic::Ordering;
 
-use protocol::records::Turn;
+use protocol::records::{self, Turn};
 use protocol::{sessions, stored, subjects, Event};
 
 use super::ending::Ending;
@@ -123,7 +123,9 @@ impl Job {
         }
     }
 
-    /// The finished turns the model gets as context (none if it takes none).
+    /// The finished turns the model gets as context (none if it takes none):
+    /// the conversation as it stands, each regenerated question once with
+    /// its latest answer, and without the answer this job replaces.
     async fn context(&self) -> Vec<Turn> {
         let ctx = &self.ctx;
         let turns = ctx.backend.context_turns();
@@ -133,7 +135,7 @@ impl Job {
         let client = ctx.js.client();
         match stored::read_turns(&client, &ctx.layout.history, self.request.session_id, turns).await
         {
-            Ok(history) => history,
+            Ok(history) => records::current_turns(history, self.request.replaces),
             Err(e) => {
                 // Context is a nicety; an answer without it beats none.
                 tracing::warn!(error = %e, "reading history for context");

@@ -92,6 +92,28 @@ impl Harness {
         content: &str,
         model: Option<&str>,
     ) -> MessageId {
+        self.submit_question(session, content, model, None).await
+    }
+
+    /// Does what a gateway does on `regenerate`: the same question again as a
+    /// new message that names the one it replaces.
+    pub async fn submit_regeneration(
+        &self,
+        session: SessionId,
+        content: &str,
+        replaces: MessageId,
+    ) -> MessageId {
+        self.submit_question(session, content, None, Some(replaces))
+            .await
+    }
+
+    async fn submit_question(
+        &self,
+        session: SessionId,
+        content: &str,
+        model: Option<&str>,
+        replaces: Option<MessageId>,
+    ) -> MessageId {
         let message_id = MessageId::new();
         let now = protocol::now_ms();
         sessions::update(&self.layout.sessions, session, |r| {
@@ -108,6 +130,7 @@ impl Harness {
         let echo = Event::UserMessage {
             message_id,
             content: content.into(),
+            replaces,
         };
         let ack = self
             .js
@@ -126,6 +149,7 @@ impl Harness {
             message_id,
             content: content.into(),
             user_seq: ack.sequence,
+            replaces,
             model: model.map(str::to_string),
             accepted_at_ms: now,
         };

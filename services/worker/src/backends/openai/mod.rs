@@ -409,6 +409,7 @@ mod tests {
             usage: None,
             reasoning_chars: 0,
             user_seq: 0,
+            replaces: None,
         }
     }
 
