@@ -13,10 +13,10 @@ default:
 install-deps *args:
     scripts/install-deps.sh {{args}}
 
-# Build and start nats-server, gateways, workers and Nginx on http://127.0.0.1:8080
-up gateways="3" workers="3":
+# Build and start nats-server, gateways, workers and Nginx on http://127.0.0.1:8080: just up [GATEWAYS] [WORKERS] [--model local]
+up *args:
     scripts/install-deps.sh
-    NATS_SERVER_BIN="$(scripts/nats-server-path.sh)" scripts/up.sh {{gateways}} {{workers}}
+    NATS_SERVER_BIN="$(scripts/nats-server-path.sh)" scripts/up.sh {{args}}
 
 # Stop exactly what `just up` started (SIGTERM, then SIGKILL after a timeout)
 down:
@@ -41,9 +41,10 @@ test: prerequisites && test-web
     cargo build --workspace
     NATS_SERVER_BIN="$(scripts/nats-server-path.sh)" cargo test --workspace
 
-# Install the prerequisites of `just test` (browser included)
+# Install the prerequisites of `just test` (browser and the local model server included)
 prerequisites:
     scripts/install-deps.sh --browser
+    scripts/local-model.sh install
 
 # The web UI's tests: Vitest, the UI in headless Chromium, and end to end against a real stack
 test-web:

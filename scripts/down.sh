@@ -2,7 +2,8 @@
 # Stops exactly the processes `scripts/up.sh` (or `scripts/cluster.sh up`)
 # started: the pids in run/*.pid (and run/cluster/*.pid), never anything
 # found by name. Nginx first, then gateways (they close WebSockets with 1012),
-# then workers (they hand unfinished jobs back), NATS last. SIGTERM, then
+# then workers (they hand unfinished jobs back), then NATS and the local
+# model server (`just up --model local`). SIGTERM, then
 # SIGKILL after DOWN_TIMEOUT_SECS (default 15). Removes the pid files.
 #
 #   scripts/down.sh [--cluster]   (--cluster: only the 3-node cluster)
@@ -23,6 +24,7 @@ expected() {
         nats | n[0-9]*) echo nats-server ;;
         gateway-*) echo gateway ;;
         worker-*) echo worker ;;
+        local-model) echo python ;;
         *) echo "" ;;
     esac
 }

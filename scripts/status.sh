@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # What is running and how the queues look: each process of run/*.pid (alive
-# or not, pid, port), each gateway's /health, and from the NATS monitoring
-# port (/jsz) every stream's messages, bytes and sequences, the workers
-# consumer's pending / ack-pending / redelivered counts and the sessions
-# bucket's key count.
+# or not, pid, port), each gateway's /health (the local model's /v1/models),
+# and from the NATS monitoring port (/jsz) every stream's messages, bytes and
+# sequences, the workers consumer's pending / ack-pending / redelivered
+# counts and the sessions bucket's key count.
 #
 #   scripts/status.sh     (NATS_MONITOR_URL overrides the monitoring address)
 set -euo pipefail
@@ -31,6 +31,12 @@ for f in "${files[@]}"; do
         gateway-* | nginx | worker-*)
             if [ "$state" = alive ] && [ "$port" != - ]; then
                 health="$(curl -sS --max-time 2 -w ' [%{http_code}]' "http://127.0.0.1:$port/health" 2>&1 || true)"
+            fi
+            ;;
+        local-model)
+            if [ "$state" = alive ] && [ "$port" != - ]; then
+                health="$(curl -sS --max-time 2 -o /dev/null -w 'GET /v1/models [%{http_code}]' \
+                    "http://127.0.0.1:$port/v1/models" 2>&1 || true)"
             fi
             ;;
     esac

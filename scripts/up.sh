@@ -4,7 +4,14 @@
 # workers and Nginx in front, then waits until http://127.0.0.1:NGINX_PORT/health
 # answers. Already up: says so and exits 0.
 #
-#   scripts/up.sh [GATEWAYS] [WORKERS]
+#   scripts/up.sh [GATEWAYS] [WORKERS] [--model demo|local]
+#
+# --model local (or MODEL=local): also a real language model on the CPU
+# (scripts/local-model.sh: llama-cpp-python's OpenAI-compatible server with
+# SmolLM2-135M, built from source the first time) as the process
+# local-model on LOCAL_MODEL_PORT (8090), and the workers pointed at it
+# (WORKER_BACKEND=openai, OPENAI_BASE_URL, OPENAI_MODEL). The default, demo,
+# is the built-in demo model.
 #
 # Environment (defaults): GATEWAYS=3 WORKERS=3 NGINX_PORT=8080
 # GATEWAY_BASE_PORT=3001 WORKER_METRICS_BASE_PORT=9101 NATS_PORT=4222
@@ -19,8 +26,26 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 run="${RUN_DIR:-$root/run}"
 logs="$run/logs"
-gateways="${1:-${GATEWAYS:-3}}"
-workers="${2:-${WORKERS:-3}}"
+model="${MODEL:-demo}"
+numbers=()
+while [ "$#" -gt 0 ]; do
+    case "$1" in
+        --model) model="${2:-}"; shift 2 || { echo "up: --model needs demo or local" >&2; exit 2; } ;;
+        --model=*) model="${1#--model=}"; shift ;;
+        *) numbers+=("$1"); shift ;;
+    esac
+done
+case "$model" in
+    demo | local) ;;
+    *) echo "up: unknown model '$model' (demo or local)" >&2; exit 2 ;;
+esac
+if [ "${#numbers[@]}" -gt 2 ]; then
+    echo "usage: scripts/up.sh [GATEWAYS] [WORKERS] [--model demo|local]" >&2
+    exit 2
+fi
+gateways="${numbers[0]:-${GATEWAYS:-3}}"
+workers="${numbers[1]:-${WORKERS:-3}}"
+model_port="${LOCAL_MODEL_PORT:-8090}"
 nginx_port="${NGINX_PORT:-8080}"
 gateway_base="${GATEWAY_BASE_PORT:-3001}"
 worker_base="${WORKER_METRICS_BASE_PORT:-9101}"
@@ -32,7 +57,7 @@ url="http://127.0.0.1:$nginx_port"
 
 say() { echo "up: $*"; }
 
-for n in "$gateways" "$workers" "$nginx_port" "$gateway_base" "$worker_base"; do
+for n in "$gateways" "$workers" "$nginx_port" "$gateway_base" "$worker_base" "$model_port"; do
     case "$n" in '' | *[!0-9]*) echo "up: not a number: '$n'" >&2; exit 2 ;; esac
 done
 if [ "$gateways" -lt 1 ]; then
@@ -83,6 +108,7 @@ ports=("$nginx_port")
 for ((i = 0; i < gateways; i++)); do ports+=("$((gateway_base + i))"); done
 for ((i = 0; i < workers; i++)); do ports+=("$((worker_base + i))"); done
 [ -n "$nats_bin" ] && ports+=("$nats_port" "$nats_monitor_port")
+[ "$model" = local ] && ports+=("$model_port")
 for p in "${ports[@]}"; do
     if port_taken "$p"; then
         echo "up: port $p is already in use on 127.0.0.1 (set the *_PORT variables to move)" >&2
@@ -91,6 +117,10 @@ for p in "${ports[@]}"; do
 done
 
 # Build.
+if [ "$model" = local ]; then
+    # Says when it builds, and how long that takes; later a quick check.
+    "$root/scripts/local-model.sh" install
+fi
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
     packages=()
     members="$(cd "$root" && cargo metadata --no-deps --format-version 1 |
@@ -153,6 +183,15 @@ wait_ready() {
         sleep 0.2
     done
 }
+
+if [ "$model" = local ]; then
+    model_url="http://127.0.0.1:$model_port"
+    model_name="$("$root/scripts/local-model.sh" name)"
+    start local-model "$model_port" "$logs/local-model.log" "$root/scripts/local-model.sh" serve "$model_port"
+    wait_ready local-model "$model_url/v1/models" "$logs/local-model.log"
+    say "local model $model_name on $model_url (OpenAI-compatible; the workers use it)"
+    export WORKER_BACKEND=openai OPENAI_BASE_URL="$model_url" OPENAI_MODEL="$model_name"
+fi
 
 if [ -n "$nats_bin" ]; then
     nats_url="nats://127.0.0.1:$nats_port"

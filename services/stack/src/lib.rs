@@ -5,6 +5,8 @@
 //!   workers and Nginx, each on a free loopback port.
 //! - [`nats`]: one nats-server with JetStream in a temporary store.
 //! - [`nginx`]: Nginx from the project's template in front of some upstreams.
+//! - [`local_model`]: a real language model server (`scripts/local-model.sh`)
+//!   the workers can be pointed at.
 //! - `services` (inside): our `gateway` and `worker` binaries as processes.
 //! - `process` (inside): a child process's lifecycle: ready line, SIGTERM,
 //!   SIGKILL, kill on drop.
@@ -13,6 +15,7 @@
 //! - [`project`], [`ports`]: where the binaries and project files are; free ports.
 
 pub mod http;
+pub mod local_model;
 pub mod nats;
 pub mod nginx;
 pub mod otlp;
@@ -23,6 +26,7 @@ mod services;
 pub mod stack;
 
 pub use crate::http::{http_get, http_get_full, wait_healthy, HttpResponse};
+pub use crate::local_model::LocalModel;
 pub use crate::nats::NatsServer;
 pub use crate::nginx::{Nginx, NginxConfig, NginxLimits};
 pub use crate::process::send_signal;
