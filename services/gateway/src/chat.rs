@@ -7,7 +7,6 @@
 use async_nats::jetstream::context::{PublishError, PublishErrorKind};
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::HeaderMap;
-use protocol::records::{ActiveMessage, LastQuestion};
 use protocol::sessions::{self, SessionStoreError};
 use protocol::{now_ms, subjects, ChatRequest, ErrorCode, Event, MessageId, SessionId};
 
@@ -95,15 +94,7 @@ pub async fn submit(
         if record.in_flight() >= limit {
             return Err(InFlightLimit);
         }
-        record.active.push(ActiveMessage {
-            message_id,
-            accepted_at_ms: now,
-            ending: false,
-        });
-        record.last_question = Some(LastQuestion {
-            message_id,
-            replaces: None,
-        });
+        record.admit(message_id, now, None);
         Ok(true)
     })
     .await;

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use protocol::records::{ActiveMessage, LastQuestion, SessionRecord};
+use protocol::records::SessionRecord;
 use protocol::sessions::{self, SessionStoreError};
 use protocol::{now_ms, stored, MessageId, SessionId};
 use tokio::time::Instant;
@@ -78,15 +78,7 @@ pub async fn regenerate(
                 "at most {limit} messages may be in flight per session"
             )));
         }
-        record.active.push(ActiveMessage {
-            message_id,
-            accepted_at_ms: now,
-            ending: false,
-        });
-        record.last_question = Some(LastQuestion {
-            message_id,
-            replaces: Some(target.replaces),
-        });
+        record.admit(message_id, now, Some(target.replaces));
         Ok(true)
     })
     .await;
@@ -235,15 +227,7 @@ mod tests {
 
     fn asked(record: &mut SessionRecord, replaces: Option<MessageId>) -> MessageId {
         let id = MessageId::new();
-        record.active.push(ActiveMessage {
-            message_id: id,
-            accepted_at_ms: 0,
-            ending: false,
-        });
-        record.last_question = Some(LastQuestion {
-            message_id: id,
-            replaces,
-        });
+        record.admit(id, 0, replaces);
         id
     }
 

@@ -84,6 +84,20 @@ impl SessionRecord {
         changed
     }
 
+    /// Counts a newly accepted message in flight from `now_ms` and makes it
+    /// the session's last question (`replaces`: the one it regenerates).
+    pub fn admit(&mut self, message_id: MessageId, now_ms: u64, replaces: Option<MessageId>) {
+        self.active.push(ActiveMessage {
+            message_id,
+            accepted_at_ms: now_ms,
+            ending: false,
+        });
+        self.last_question = Some(LastQuestion {
+            message_id,
+            replaces,
+        });
+    }
+
     /// Messages that count against the session's in-flight limit.
     pub fn in_flight(&self) -> usize {
         self.active.iter().filter(|m| !m.ending).count()

@@ -11,13 +11,16 @@
 
 #![allow(clippy::unwrap_used)] // a test fails loudly on what it did not expect
 
+mod support;
+
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use protocol::frames::{ControlFrame, SequencedEvent, ServerFrame};
 use protocol::{Event, MessageId};
-use serde_json::{json, Value};
+use serde_json::json;
 use stack::{LocalModel, Stack, StackOptions};
+use support::{stored_events, Session};
 use tokio_tungstenite::tungstenite::Message;
 
 type Socket =
@@ -134,18 +137,10 @@ async fn a_real_local_model_answers_through_the_whole_system_and_the_answer_repl
     assert_eq!(replayed, live, "the reconnect replays the answer exactly");
 
     // …and so does GET /api/events.
-    let page: Value = reqwest::Client::new()
-        .get(format!(
-            "{}/api/events?session={session_id}&after_seq=0",
-            stack.nginx_url()
-        ))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let stored: Vec<SequencedEvent> = serde_json::from_value(page["events"].clone()).unwrap();
+    let session = Session {
+        id: session_id.to_string(),
+        token,
+    };
+    let stored = stored_events(&reqwest::Client::new(), &stack.nginx_url(), &session).await;
     assert_eq!(stored, live, "GET /api/events returns the answer exactly");
 }

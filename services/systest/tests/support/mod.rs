@@ -30,7 +30,8 @@ pub async fn new_session(http: &reqwest::Client, base: &str) -> Session {
     }
 }
 
-pub async fn events(http: &reqwest::Client, base: &str, s: &Session) -> Vec<Event> {
+/// Every stored event of the session, as `GET /api/events?after_seq=0` gives them.
+pub async fn stored_events(http: &reqwest::Client, base: &str, s: &Session) -> Vec<SequencedEvent> {
     let body: Value = http
         .get(format!("{base}/api/events?session={}&after_seq=0", s.id))
         .bearer_auth(&s.token)
@@ -46,11 +47,16 @@ pub async fn events(http: &reqwest::Client, base: &str, s: &Session) -> Vec<Even
         .iter()
         .map(
             |e| match serde_json::from_value::<ServerFrame>(e.clone()).unwrap() {
-                ServerFrame::Event(SequencedEvent { event, .. }) => event,
+                ServerFrame::Event(event) => event,
                 other => panic!("not an event: {other:?}"),
             },
         )
         .collect()
+}
+
+pub async fn events(http: &reqwest::Client, base: &str, s: &Session) -> Vec<Event> {
+    let stored = stored_events(http, base, s).await;
+    stored.into_iter().map(|e| e.event).collect()
 }
 
 pub async fn wait_for_events(
