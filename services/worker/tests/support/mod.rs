@@ -9,6 +9,7 @@ use clap::Parser;
 use futures::StreamExt;
 use protocol::records::{ActiveMessage, SessionRecord, Turn};
 use protocol::setup::{ensure, Layout, LayoutConfig};
+use protocol::EventKind;
 use protocol::{
     sessions, stored, subjects, CancelNotice, ChatRequest, Event, MessageId, SessionId,
     SessionToken,
@@ -285,52 +286,46 @@ impl Live {
 /// Chunk texts of one attempt of one message, concatenated, after checking
 /// their indexes count from 0 without a gap.
 pub fn answer_of(events: &[Event], message: MessageId, attempt: u32) -> String {
-    let mut text = String::new();
-    let mut expected = 0;
-    for event in events {
-        if let Event::Chunk {
-            message_id,
-            attempt: a,
-            index,
-            text: t,
-            published_at_us,
-        } = event
-        {
-            if *message_id == message && *a == attempt {
-                assert_eq!(*index, expected, "chunk indexes count from 0 per attempt");
-                assert!(published_at_us.is_some());
-                expected += 1;
-                text.push_str(t);
-            }
-        }
-    }
-    text
+    pieces_of(events, message, attempt, EventKind::Chunk)
 }
 
 /// Reasoning texts of one attempt of one message, concatenated, after
 /// checking their indexes count from 0 without a gap (apart from the chunks').
 pub fn reasoning_of(events: &[Event], message: MessageId, attempt: u32) -> String {
+    pieces_of(events, message, attempt, EventKind::Reasoning)
+}
+
+/// The texts of `kind` (chunk or reasoning) of one attempt, in order.
+fn pieces_of(events: &[Event], message: MessageId, attempt: u32, kind: EventKind) -> String {
     let mut text = String::new();
     let mut expected = 0;
-    for event in events {
-        if let Event::Reasoning {
+    for event in events.iter().filter(|e| e.kind() == kind) {
+        let (Event::Chunk {
             message_id,
             attempt: a,
             index,
             text: t,
             published_at_us,
-        } = event
-        {
-            if *message_id == message && *a == attempt {
-                assert_eq!(
-                    *index, expected,
-                    "reasoning indexes count from 0 per attempt"
-                );
-                assert!(published_at_us.is_some());
-                assert!(!t.is_empty());
-                expected += 1;
-                text.push_str(t);
-            }
+        }
+        | Event::Reasoning {
+            message_id,
+            attempt: a,
+            index,
+            text: t,
+            published_at_us,
+        }) = event
+        else {
+            continue;
+        };
+        if *message_id == message && *a == attempt {
+            assert_eq!(
+                *index, expected,
+                "{kind:?} indexes count from 0 per attempt"
+            );
+            assert!(published_at_us.is_some());
+            assert!(!t.is_empty());
+            expected += 1;
+            text.push_str(t);
         }
     }
     text
