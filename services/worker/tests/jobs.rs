@@ -195,6 +195,43 @@ async fn cancel_stops_a_running_answer_within_200_ms() {
 }
 
 #[tokio::test]
+async fn a_cancel_whose_notice_was_lost_is_found_through_its_flag() {
+    // Progress acks every 500 ms (ack_wait / 3); the answer would take 10 s.
+    let h = Harness::start(1500, 3).await;
+    let worker = h
+        .spawn_worker(&[
+            "--demo-tokens-per-sec",
+            "20",
+            "--demo-first-token-ms",
+            "0",
+            "--demo-answer-tokens",
+            "200",
+        ])
+        .await;
+    let session = h.new_session().await;
+    let mut live = h.live(session).await;
+    let id = h.submit(session, "a long story, please").await;
+    live.until(|e| matches!(e, Event::Chunk { .. })).await;
+    // The gateway's flag, without its core notice (lost in a reconnect).
+    h.layout
+        .sessions
+        .put(protocol::subjects::cancel_flag_key(id), "1".into())
+        .await
+        .unwrap();
+    let events = live.until(|e| e.is_terminal()).await;
+    assert_eq!(
+        events.last(),
+        Some(&Event::Cancelled { message_id: id }),
+        "the answer stopped as cancelled, not finished"
+    );
+    h.wait_queue_empty().await;
+    let stored = h.stored_events(session).await;
+    assert_eq!(stored.iter().filter(|e| e.is_terminal()).count(), 1);
+    assert_eq!(h.turns(session).await[0].status, TurnStatus::Cancelled);
+    worker.shutdown().await.unwrap();
+}
+
+#[tokio::test]
 async fn a_queued_job_with_a_cancel_flag_never_starts() {
     let h = Harness::start(1500, 3).await;
     let session = h.new_session().await;

@@ -14,7 +14,7 @@ use async_nats::jetstream::AckKind;
 use super::ending::{Generated, Stop};
 use super::{Job, JobError};
 use crate::backends::{BackendError, Generation, ModelOutput};
-use crate::cancel::CancelGuard;
+use crate::cancel::{self, CancelGuard};
 use crate::chunking::{AnswerChunker, Piece};
 use crate::metrics;
 use crate::publish::{EventPublisher, PublishFailed};
@@ -120,6 +120,14 @@ impl Job {
                 _ = progress.tick() => {
                     if let Err(e) = self.message.ack_with(AckKind::Progress).await {
                         tracing::warn!(error = %e, "progress ack failed");
+                    }
+                    // The cancel notice is core NATS: one lost while a
+                    // connection was down would leave a cancel the client saw
+                    // accepted (202) unheeded. The KV flag is stored, so it is
+                    // read again with each progress ack.
+                    if cancel::flag_set(&ctx.layout.sessions, self.message_id()).await {
+                        tracing::info!("cancel flag found while generating");
+                        cancelled.cancel();
                     }
                     Vec::new()
                 }
