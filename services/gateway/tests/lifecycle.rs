@@ -37,7 +37,21 @@ async fn health_follows_the_nats_connection() {
         app.http.get(&url).send().await.unwrap().status() == 503
     })
     .await;
-    // While NATS is gone, what needs it is refused as `internal` (503), not hung.
+    let metrics = app.http.get(app.url("/metrics")).send().await.unwrap();
+    assert_eq!(metrics.status(), 200);
+    let text = metrics.text().await.unwrap();
+    assert!(text.contains("chat_gateway_connections_open"));
+}
+
+#[tokio::test]
+async fn a_failing_jetstream_is_refused_as_503_internal() {
+    let app = TestApp::start().await;
+    // The sessions bucket gone under the gateway: every session write fails.
+    app.js()
+        .await
+        .delete_key_value(protocol::subjects::SESSIONS_BUCKET)
+        .await
+        .unwrap();
     let refused = app
         .http
         .post(app.url("/api/sessions"))
@@ -45,9 +59,6 @@ async fn health_follows_the_nats_connection() {
         .send()
         .await
         .unwrap();
+    assert!(refused.headers().contains_key("retry-after"));
     assert_rest_error(refused, 503, ErrorCode::Internal).await;
-    let metrics = app.http.get(app.url("/metrics")).send().await.unwrap();
-    assert_eq!(metrics.status(), 200);
-    let text = metrics.text().await.unwrap();
-    assert!(text.contains("chat_gateway_connections_open"));
 }
