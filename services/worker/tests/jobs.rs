@@ -11,6 +11,19 @@ use protocol::{Event, FinishReason};
 use support::{answer_of, wait_until, Harness};
 use worker::backends::demo;
 
+/// A 10 s answer (200 tokens at 20 tokens/s), a chunk per token: long
+/// enough for a cancel to land mid-answer on any machine.
+const LONG_ANSWER: &[&str] = &[
+    "--demo-tokens-per-sec",
+    "20",
+    "--demo-first-token-ms",
+    "0",
+    "--demo-answer-tokens",
+    "200",
+    "--chunk-window-ms",
+    "0",
+];
+
 #[tokio::test]
 async fn a_job_streams_chunks_then_done_and_is_recorded() {
     let h = Harness::start(1500, 3).await;
@@ -138,18 +151,7 @@ async fn never_more_jobs_in_flight_than_the_concurrency() {
 #[tokio::test]
 async fn cancel_stops_a_running_answer_within_200_ms() {
     let h = Harness::start(1500, 3).await;
-    let worker = h
-        .spawn_worker(&[
-            "--demo-tokens-per-sec",
-            "20",
-            "--demo-first-token-ms",
-            "0",
-            "--demo-answer-tokens",
-            "200",
-            "--chunk-window-ms",
-            "0",
-        ])
-        .await;
+    let worker = h.spawn_worker(LONG_ANSWER).await;
     let session = h.new_session().await;
     let mut live = h.live(session).await;
     let prompt = "Tell me a long story";
@@ -198,16 +200,7 @@ async fn cancel_stops_a_running_answer_within_200_ms() {
 async fn a_cancel_whose_notice_was_lost_is_found_through_its_flag() {
     // Progress acks every 500 ms (ack_wait / 3); the answer would take 10 s.
     let h = Harness::start(1500, 3).await;
-    let worker = h
-        .spawn_worker(&[
-            "--demo-tokens-per-sec",
-            "20",
-            "--demo-first-token-ms",
-            "0",
-            "--demo-answer-tokens",
-            "200",
-        ])
-        .await;
+    let worker = h.spawn_worker(LONG_ANSWER).await;
     let session = h.new_session().await;
     let mut live = h.live(session).await;
     let id = h.submit(session, "a long story, please").await;
