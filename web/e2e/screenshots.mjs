@@ -93,3 +93,33 @@ await shoot('error', {
     ws.send({ type: 'error', message_id: M3, code: 'retries_exhausted', message: 'job failed 5 times', seq: ++seq });
   },
 });
+// A reasoning model: its thinking streams, then folds away when the answer begins.
+await shoot('thinking', {
+  script: (ws) => {
+    let seq = conversation(ws, { streaming: false });
+    const thought = [
+      'The user wants the file read lazily. ',
+      'BufReader::lines allocates a String per line; ',
+      'read_line into one reused buffer avoids that. ',
+      'Mention the I/O error per line too.',
+    ];
+    ws.send({ type: 'user_message', message_id: M2, content: Q2, seq: ++seq });
+    const t0 = 1_700_000_000_000_000;
+    thought.forEach((text, index) =>
+      ws.send({ type: 'reasoning', message_id: M2, attempt: 1, index, text, published_at_us: t0 + index * 1_400_000, seq: ++seq }),
+    );
+    for (const c of chunks(M2, A2, seq + 1)) ws.send(c), (seq = c.seq);
+  },
+});
+// A regenerated answer: the second version, with ‹ 2 / 2 › to go back to the first.
+await shoot('regenerated', {
+  script: (ws) => {
+    let seq = conversation(ws, { streaming: false });
+    ws.send({ type: 'user_message', message_id: M2, content: Q2, seq: ++seq });
+    for (const c of chunks(M2, 'Read it in blocks with a `BufReader`.', seq + 1)) ws.send(c), (seq = c.seq);
+    ws.send({ type: 'done', message_id: M2, attempt: 1, finish_reason: 'stop', seq: ++seq });
+    ws.send({ type: 'user_message', message_id: M3, content: Q2, replaces: M2, seq: ++seq });
+    for (const c of chunks(M3, A2 + ' allocations stay flat.', seq + 1)) ws.send(c), (seq = c.seq);
+    ws.send({ type: 'done', message_id: M3, attempt: 1, finish_reason: 'stop', seq: ++seq });
+  },
+});
