@@ -13,7 +13,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use protocol::records::{Turn, TurnStatus};
-use protocol::{sessions, subjects, ChatRequest, FinishReason, Usage};
+use protocol::{sessions, subjects, ChatRequest, Event, FinishReason, Usage};
 use tokio::time::Instant;
 
 use crate::context::JobContext;
@@ -51,6 +51,60 @@ impl Answer {
             reasoning_chars,
             ..self
         }
+    }
+
+    /// The answer one message's stored events hold, if they end in a
+    /// terminal event, with the attempt it belongs to: the last attempt's
+    /// chunks (a `restart` drops the earlier ones), its reasoning's length,
+    /// and the terminal event's status.
+    pub(crate) fn from_stored(events: &[Event]) -> Option<(u32, Self)> {
+        let terminal = events.iter().rev().find(|e| e.is_terminal())?;
+        let attempt = events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Chunk { attempt, .. }
+                | Event::Reasoning { attempt, .. }
+                | Event::Restart { attempt, .. }
+                | Event::Done { attempt, .. } => Some(*attempt),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(1);
+        let mut text = String::new();
+        let mut reasoning_chars = 0u64;
+        for event in events {
+            match event {
+                Event::Chunk {
+                    attempt: a,
+                    text: t,
+                    ..
+                } if *a == attempt => text.push_str(t),
+                Event::Reasoning {
+                    attempt: a,
+                    text: t,
+                    ..
+                } if *a == attempt => {
+                    reasoning_chars += t.chars().count() as u64;
+                }
+                _ => {}
+            }
+        }
+        let answer = match terminal {
+            Event::Done {
+                finish_reason,
+                usage,
+                ..
+            } => Self {
+                status: TurnStatus::Done,
+                text,
+                finish_reason: Some(finish_reason.clone()),
+                usage: *usage,
+                reasoning_chars: 0,
+            },
+            Event::Cancelled { .. } => Self::unfinished(TurnStatus::Cancelled, text),
+            _ => Self::unfinished(TurnStatus::Failed, text),
+        };
+        Some((attempt, answer.with_reasoning(reasoning_chars)))
     }
 }
 
@@ -152,5 +206,62 @@ async fn retry_for_a_while<E: Display, F: Future<Output = Result<(), E>>>(
             }
             Err(e) => return Err(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protocol::MessageId;
+
+    fn chunk(id: MessageId, attempt: u32, index: u32, text: &str) -> Event {
+        Event::Chunk {
+            message_id: id,
+            attempt,
+            index,
+            text: text.into(),
+            published_at_us: None,
+        }
+    }
+
+    #[test]
+    fn a_stored_answer_is_its_last_attempts_text_with_the_terminal_status() {
+        let id = MessageId::new();
+        let mut events = vec![
+            chunk(id, 1, 0, "half an "),
+            Event::Restart {
+                message_id: id,
+                attempt: 2,
+            },
+            Event::Reasoning {
+                message_id: id,
+                attempt: 2,
+                index: 0,
+                text: "hmm".into(),
+                published_at_us: None,
+            },
+            chunk(id, 2, 0, "whole "),
+            chunk(id, 2, 1, "answer"),
+        ];
+        assert!(
+            Answer::from_stored(&events).is_none(),
+            "no terminal, no answer"
+        );
+        events.push(Event::Done {
+            message_id: id,
+            attempt: 2,
+            finish_reason: FinishReason::Stop,
+            usage: None,
+        });
+        let (attempt, answer) = Answer::from_stored(&events).unwrap();
+        assert_eq!(attempt, 2);
+        assert_eq!(answer.status, TurnStatus::Done);
+        assert_eq!(answer.text, "whole answer");
+        assert_eq!(answer.reasoning_chars, 3);
+        events.pop();
+        events.push(Event::Cancelled { message_id: id });
+        let (_, cancelled) = Answer::from_stored(&events).unwrap();
+        assert_eq!(cancelled.status, TurnStatus::Cancelled);
+        assert_eq!(cancelled.text, "whole answer");
     }
 }

@@ -277,3 +277,58 @@ async fn a_worker_whose_job_was_claimed_by_another_stops_silently() {
     );
     worker.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_message_whose_answer_is_stored_is_never_generated_again() {
+    // An earlier attempt stored its chunks and `done`, then lost its history
+    // turn, its session-record update and its ack (NATS went away between
+    // the writes): the job is still queued. The stream is the truth.
+    let h = Harness::start(1500, 3).await;
+    let session = h.new_session().await;
+    let id = h
+        .submit(session, "answered before the lights went out")
+        .await;
+    let stored_answer = [
+        Event::Chunk {
+            message_id: id,
+            attempt: 1,
+            index: 0,
+            text: "Already ".into(),
+            published_at_us: Some(1),
+        },
+        Event::Chunk {
+            message_id: id,
+            attempt: 1,
+            index: 1,
+            text: "answered.".into(),
+            published_at_us: Some(2),
+        },
+        Event::Done {
+            message_id: id,
+            attempt: 1,
+            finish_reason: protocol::FinishReason::Stop,
+            usage: None,
+        },
+    ];
+    for event in &stored_answer {
+        h.js.publish(subjects::events(session), event.to_payload())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let worker = h.spawn_worker(FAST).await;
+    h.wait_queue_empty().await;
+    let turns = h.turns(session).await;
+    assert_eq!(turns.len(), 1, "{turns:?}");
+    assert_eq!(turns[0].status, TurnStatus::Done);
+    assert_eq!(turns[0].assistant, "Already answered.");
+    assert!(h.record(session).await.is_finished(id));
+    let events = h.stored_events(session).await;
+    assert_eq!(
+        events[1..],
+        stored_answer,
+        "nothing published after the stored answer: no second run, no second done"
+    );
+    worker.shutdown().await.unwrap();
+}

@@ -10,6 +10,7 @@ use protocol::{sessions, stored, subjects, Event};
 use super::ending::Ending;
 use super::Job;
 use crate::cancel::{self, CancelGuard};
+use crate::turns::Answer;
 
 /// Whether an attempt generates, decided before its first chunk.
 pub(super) enum Admission {
@@ -34,12 +35,19 @@ impl Job {
                 .events
                 .direct_get_last_for_subject(subjects::events(self.request.session_id)),
         );
-        let last_event = last_event
-            .ok()
-            .and_then(|m| serde_json::from_slice::<Event>(&m.payload).ok());
+        let (last_seq, last_event) = match last_event {
+            Ok(m) => (m.sequence, serde_json::from_slice::<Event>(&m.payload).ok()),
+            Err(_) => (0, None),
+        };
         self.continue_after(last_event.as_ref());
         if answered {
             return Admission::End(Ending::already_answered());
+        }
+        if let Some(answer) = self
+            .answer_already_stored(last_event.as_ref(), last_seq)
+            .await
+        {
+            return Admission::End(Ending::answer_already_stored(answer));
         }
         self.claim(guard).await;
         // The guard registered before the flag was read: a cancel is seen
@@ -97,6 +105,41 @@ impl Job {
         if earlier >= self.attempt() {
             self.attempt.store(earlier + 1, Ordering::Relaxed);
         }
+    }
+
+    /// The stream is the truth: an earlier attempt may have stored this
+    /// message's terminal event and then lost its history turn, its session
+    /// record update and its ack (NATS went away in between). Generating
+    /// again would send a second answer, and bill it twice; the turn is
+    /// rebuilt from the stored events instead. The stream is read only when
+    /// the session's last event is neither this message's question nor an
+    /// unfinished run of it (then nothing of this message can be finished).
+    async fn answer_already_stored(&self, last: Option<&Event>, last_seq: u64) -> Option<Answer> {
+        let id = self.message_id();
+        match last {
+            None => return None,
+            Some(event) if event.message_id() == Some(id) && !event.is_terminal() => return None,
+            Some(_) => {}
+        }
+        let ctx = &self.ctx;
+        let subject = subjects::events(self.request.session_id);
+        let client = ctx.js.client();
+        let from = self.request.user_seq + 1;
+        let read = stored::read_range(&client, &ctx.layout.events, &subject, from, last_seq).await;
+        let events: Vec<Event> = match read {
+            Ok(stored) => stored
+                .iter()
+                .filter_map(|s| serde_json::from_slice::<Event>(&s.payload).ok())
+                .filter(|e| e.message_id() == Some(id))
+                .collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the message's stored events");
+                return None;
+            }
+        };
+        let (attempt, answer) = Answer::from_stored(&events)?;
+        self.attempt.store(attempt, Ordering::Relaxed);
+        Some(answer)
     }
 
     /// Whether this message already has its answer: the session record says

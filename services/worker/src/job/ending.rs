@@ -199,6 +199,16 @@ impl Ending {
         Self::quiet(QueueReply::Ack, Report::new(None, "already answered"))
     }
 
+    /// An earlier attempt stored this message's terminal event but not its
+    /// turn (nor its ack): record the turn it stored, publish nothing.
+    pub(crate) fn answer_already_stored(answer: Answer) -> Self {
+        Self {
+            turn: Some(answer),
+            cancel_flag: CancelFlag::Clear,
+            ..Self::quiet(QueueReply::Ack, Report::new(None, "answer already stored"))
+        }
+    }
+
     /// A cancel came before the first chunk.
     pub(crate) fn cancelled_before_start(attempt: Attempt) -> Self {
         Self {
