@@ -6,7 +6,6 @@
 //! and how long each kind of fault kept clients waiting.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -14,13 +13,17 @@ use futures::StreamExt;
 use protocol::SessionId;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use serde::Serialize;
 use stack::{Stack, StackOptions};
 use tokio::time::Instant;
 
 use crate::client::{Api, ChatClient, ClientOptions, SessionLog, SocketDropper};
 use crate::faults::{self, Fault, FaultKind, FaultPlan, Schedule};
 use crate::verify::{self, ExpectedAnswer, Violation, ViolationKind};
+
+mod report;
+
+use report::{millis, VIOLATIONS_LISTED};
+pub use report::{recovery_times, Injected, RecoveryTimes, Report};
 
 /// Flags of `chatctl recovery`.
 #[derive(Clone, Debug, clap::Args)]
@@ -90,138 +93,6 @@ impl RecoveryArgs {
 struct RecoveryCli {
     #[command(flatten)]
     args: RecoveryArgs,
-}
-
-/// How long faults kept the clients they hit waiting.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct RecoveryTimes {
-    pub faults: usize,
-    /// Clients with a question in flight that the faults hit.
-    pub affected_clients: usize,
-    /// From a fault to the first event an affected client received after it.
-    pub longest_ms: u64,
-}
-
-/// A fault as it was injected.
-#[derive(Clone, Debug, Serialize)]
-pub struct Injected {
-    #[serde(flatten)]
-    pub fault: Fault,
-    /// From the start of the run to the injection (later than planned when
-    /// an earlier restart took long).
-    pub injected_at_ms: u64,
-    /// How long the kill + restart took.
-    pub took_ms: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
-
-/// The summary of a run.
-#[derive(Clone, Debug, Serialize)]
-pub struct Report {
-    pub seed: u64,
-    pub sessions: usize,
-    pub turns: usize,
-    pub messages: usize,
-    pub events_checked: usize,
-    pub reconnects: u64,
-    /// Closes with 1012/1013 the clients got
-    /// ([`protocol::CloseCode::ServiceRestart`], [`protocol::CloseCode::TryAgainLater`]).
-    pub restart_closes: u64,
-    pub faults_injected: BTreeMap<FaultKind, usize>,
-    pub faults: Vec<Injected>,
-    pub violations_by_kind: BTreeMap<ViolationKind, usize>,
-    /// The first violations in full.
-    pub violations: Vec<Violation>,
-    pub recovery: BTreeMap<FaultKind, RecoveryTimes>,
-    pub elapsed_ms: u64,
-}
-
-/// How many violations a report lists in full.
-const VIOLATIONS_LISTED: usize = 25;
-
-impl Report {
-    pub fn violation_count(&self) -> usize {
-        self.violations_by_kind.values().sum()
-    }
-
-    pub fn failed_faults(&self) -> usize {
-        self.faults.iter().filter(|f| f.error.is_some()).count()
-    }
-
-    /// No violation and every fault injected.
-    pub fn passed(&self) -> bool {
-        self.violation_count() == 0 && self.failed_faults() == 0
-    }
-
-    pub fn to_json(&self) -> String {
-        serde_json::to_string_pretty(self).unwrap_or_default()
-    }
-
-    pub fn to_markdown(&self) -> String {
-        let mut md = String::new();
-        let verdict = if self.passed() { "PASS" } else { "FAIL" };
-        let _ = writeln!(md, "## chatctl recovery: {verdict} (seed {})\n", self.seed);
-        let _ = writeln!(md, "| what | value |\n| --- | --- |");
-        for (what, value) in [
-            ("sessions", self.sessions.to_string()),
-            ("turns per session", self.turns.to_string()),
-            ("messages", self.messages.to_string()),
-            ("events checked", self.events_checked.to_string()),
-            ("client reconnects", self.reconnects.to_string()),
-            ("1012/1013 closes", self.restart_closes.to_string()),
-            ("violations", self.violation_count().to_string()),
-            (
-                "faults that failed to inject",
-                self.failed_faults().to_string(),
-            ),
-            (
-                "elapsed",
-                format!("{:.1} s", self.elapsed_ms as f64 / 1000.0),
-            ),
-        ] {
-            let _ = writeln!(md, "| {what} | {value} |");
-        }
-        let _ = writeln!(
-            md,
-            "\n| fault | injected | affected clients | longest recovery |\n| --- | --- | --- | --- |"
-        );
-        for kind in FaultKind::ALL {
-            let injected = self.faults_injected.get(&kind).copied().unwrap_or(0);
-            let times = self.recovery.get(&kind).cloned().unwrap_or_default();
-            let longest = if times.affected_clients == 0 {
-                "–".to_string()
-            } else {
-                format!("{} ms", times.longest_ms)
-            };
-            let _ = writeln!(
-                md,
-                "| {kind} | {injected} | {} | {longest} |",
-                times.affected_clients
-            );
-        }
-        let _ = writeln!(md, "\n| violation | count |\n| --- | --- |");
-        if self.violations_by_kind.is_empty() {
-            let _ = writeln!(md, "| none | 0 |");
-        }
-        for (kind, count) in &self.violations_by_kind {
-            let _ = writeln!(md, "| {kind} | {count} |");
-        }
-        if !self.violations.is_empty() {
-            let _ = writeln!(md, "\nFirst violations:");
-            for v in &self.violations {
-                let _ = writeln!(md, "- {v}");
-            }
-        }
-        let failed: Vec<&Injected> = self.faults.iter().filter(|f| f.error.is_some()).collect();
-        if !failed.is_empty() {
-            let _ = writeln!(md, "\nFaults that failed:");
-            for f in failed {
-                let _ = writeln!(md, "- {}: {}", f.fault, f.error.as_deref().unwrap_or(""));
-            }
-        }
-        md
-    }
 }
 
 /// What one session task hands back.
@@ -463,10 +334,6 @@ pub async fn run(args: &RecoveryArgs) -> anyhow::Result<Report> {
     })
 }
 
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
 async fn inject(
     fault: &Fault,
     stack: Option<&mut Stack>,
@@ -571,149 +438,9 @@ async fn check_session(
     (violations, truth.len())
 }
 
-/// For each fault kind: the longest wait, from a fault to the first event
-/// an affected client received after it. Affected: clients with a question
-/// in flight at the fault and, for a socket drop, among the targets; for a
-/// gateway kill, attached to that gateway; for a worker kill or a NATS
-/// restart, all of them (the longest wait is that of the ones it hit).
-pub fn recovery_times(
-    injected: &[(Injected, Instant)],
-    logs: &[SessionLog],
-    gateway_nodes: &[String],
-) -> BTreeMap<FaultKind, RecoveryTimes> {
-    let mut out: BTreeMap<FaultKind, RecoveryTimes> = BTreeMap::new();
-    for (fault, at) in injected {
-        if fault.error.is_some() {
-            continue;
-        }
-        let kind = fault.fault.kind;
-        let entry = out.entry(kind).or_default();
-        entry.faults += 1;
-        for (index, log) in logs.iter().enumerate() {
-            if !log.in_flight_at(*at) {
-                continue;
-            }
-            let hit = match kind {
-                FaultKind::Drop => fault.fault.targets.contains(&index),
-                FaultKind::Gateway => fault
-                    .fault
-                    .targets
-                    .first()
-                    .and_then(|i| gateway_nodes.get(*i))
-                    .is_some_and(|node| log.node_at(*at) == Some(node.as_str())),
-                FaultKind::Worker | FaultKind::Nats => true,
-            };
-            if !hit {
-                continue;
-            }
-            if let Some(next) = log.first_event_after(*at) {
-                entry.affected_clients += 1;
-                entry.longest_ms = entry.longest_ms.max(millis(next - *at));
-            }
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::client::{Asked, Attachment, Received};
-    use protocol::frames::SequencedEvent;
-    use protocol::{Event, MessageId};
-
-    fn log(t0: Instant, node: &str, events_ms: &[u64]) -> SessionLog {
-        let at = |ms| t0 + Duration::from_millis(ms);
-        let id = MessageId::new();
-        SessionLog {
-            received: events_ms
-                .iter()
-                .map(|ms| Received {
-                    at: at(*ms),
-                    event: SequencedEvent {
-                        seq: *ms,
-                        event: Event::Cancelled { message_id: id },
-                    },
-                })
-                .collect(),
-            asked: vec![Asked {
-                message_id: id,
-                prompt: "p".into(),
-                sent_at: at(0),
-                finished_at: events_ms.last().map(|ms| at(*ms)),
-            }],
-            attachments: vec![Attachment {
-                at: at(0),
-                node: node.into(),
-            }],
-            ..Default::default()
-        }
-    }
-
-    fn fault(kind: FaultKind, targets: Vec<usize>) -> Injected {
-        Injected {
-            fault: Fault {
-                at: Duration::ZERO,
-                kind,
-                targets,
-            },
-            injected_at_ms: 0,
-            took_ms: 0,
-            error: None,
-        }
-    }
-
-    #[test]
-    fn recovery_counts_only_the_clients_a_fault_hit() {
-        let t0 = Instant::now();
-        let logs = vec![
-            log(t0, "gw-0", &[100, 900, 1000]),
-            log(t0, "gw-1", &[100, 300, 1000]),
-        ];
-        let nodes = vec!["gw-0".to_string(), "gw-1".to_string()];
-        let at = t0 + Duration::from_millis(200);
-        let times = recovery_times(
-            &[
-                (fault(FaultKind::Gateway, vec![1]), at),
-                (fault(FaultKind::Drop, vec![0]), at),
-                (fault(FaultKind::Nats, vec![]), at),
-            ],
-            &logs,
-            &nodes,
-        );
-        assert_eq!(times[&FaultKind::Gateway].affected_clients, 1);
-        assert_eq!(times[&FaultKind::Gateway].longest_ms, 100);
-        assert_eq!(times[&FaultKind::Drop].longest_ms, 700);
-        assert_eq!(times[&FaultKind::Nats].affected_clients, 2);
-        assert_eq!(times[&FaultKind::Nats].longest_ms, 700);
-    }
-
-    #[test]
-    fn the_report_renders_and_fails_on_violations() {
-        let mut report = Report {
-            seed: 1,
-            sessions: 2,
-            turns: 1,
-            messages: 2,
-            events_checked: 10,
-            reconnects: 0,
-            restart_closes: 0,
-            faults_injected: BTreeMap::new(),
-            faults: Vec::new(),
-            violations_by_kind: BTreeMap::new(),
-            violations: Vec::new(),
-            recovery: BTreeMap::new(),
-            elapsed_ms: 5,
-        };
-        assert!(report.passed());
-        assert!(report.to_markdown().contains("PASS"));
-        report.violations_by_kind.insert(ViolationKind::Gap, 2);
-        assert!(!report.passed());
-        let md = report.to_markdown();
-        assert!(md.contains("FAIL") && md.contains("| gap | 2 |"), "{md}");
-        let json: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
-        assert_eq!(json["violations_by_kind"]["gap"], 2);
-    }
 
     #[test]
     fn default_flags_parse() {
