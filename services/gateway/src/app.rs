@@ -8,7 +8,8 @@ use std::time::Duration;
 use anyhow::Context;
 use async_nats::jetstream;
 use axum::extract::{DefaultBodyLimit, State, WebSocketUpgrade};
-use axum::response::Response;
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::serve::ListenerExt;
 use axum::Router;
@@ -20,7 +21,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::GatewayConfig;
 use crate::extract::ApiQuery;
 use crate::live::LiveHub;
-use crate::{metrics, rest, socket};
+use crate::{metrics, origin, rest, socket};
 
 /// What every handler and socket shares: one pointer, because every
 /// socket's tasks hold a copy and the streams' cached info alone is
@@ -70,8 +71,12 @@ pub fn router(state: AppState) -> Router {
 async fn ws_chat(
     State(state): State<AppState>,
     ApiQuery(query): ApiQuery<socket::SocketQuery>,
+    headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
+    if let Err(refused) = origin::check(&headers, &state.config.allowed_origins) {
+        return refused.into_response();
+    }
     let max = state.config.max_frame_bytes;
     let tracker = state.sockets.clone();
     // Small socket buffers: a chat frame is small, and axum's 128 KiB

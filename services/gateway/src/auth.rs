@@ -33,8 +33,9 @@ pub fn parse_session_id(raw: Option<&str>) -> Result<SessionId, ApiError> {
         .map_err(|e| ApiError::BadRequest(format!("session: {e}")))
 }
 
-/// Checks that `token` opens `session`. Unknown or expired sessions are
-/// `not_found`; a wrong token is `unauthorized` (and reveals nothing else).
+/// Checks that `token` opens `session`. A wrong token and an unknown or
+/// expired session are the same `unauthorized`, so the answer tells a
+/// stranger nothing about which session ids exist.
 pub async fn check_token(
     state: &AppState,
     session: SessionId,
@@ -46,7 +47,7 @@ pub async fn check_token(
     let stored = sessions::load(&state.layout.sessions, session)
         .await
         .map_err(ApiError::nats)?
-        .ok_or_else(|| ApiError::NotFound("unknown or expired session".into()))?;
+        .ok_or(ApiError::Unauthorized)?;
     if !stored
         .record
         .token_hash

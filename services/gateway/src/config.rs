@@ -55,6 +55,11 @@ pub struct GatewayConfig {
         default_value_t = 256
     )]
     pub recent_events: usize,
+    /// Sites (`scheme://host[:port]`) whose pages may open `/ws/chat` besides
+    /// the gateway's own origin (the `Host` a handshake came to). A
+    /// handshake without `Origin` (not a browser) is always let through.
+    #[arg(long, env = "GATEWAY_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
     /// Longest one write to a socket may block before it is closed as too slow.
     #[arg(long, env = "GATEWAY_WRITE_TIMEOUT_MS", default_value_t = 5_000)]
     pub write_timeout_ms: u64,

@@ -1,6 +1,7 @@
-//! Only a session's token opens it: REST answers 401/404/400 with a JSON
+//! Only a session's token opens it: REST answers 401/400 with a JSON
 //! error, a socket gets an error frame and a policy close, and neither
-//! ever sees the session's events.
+//! ever sees the session's events. A page of another site cannot open a
+//! socket at all.
 
 mod support;
 
@@ -39,9 +40,11 @@ async fn a_wrong_or_missing_token_is_refused_and_never_sees_events() {
         }
         // GET on a POST route is 405; check the GETs only.
         if !post {
+            // An unknown session is the same 401 as a wrong token: no
+            // oracle of which session ids exist.
             let unknown = format!("{path}?session={}", SessionId::new());
             let response = app.get(&unknown, &token).await;
-            assert_rest_error(response, 404, ErrorCode::NotFound).await;
+            assert_rest_error(response, 401, ErrorCode::Unauthorized).await;
             let response = app.get(&format!("{path}?session=not-a-uuid"), &token).await;
             assert_rest_error(response, 400, ErrorCode::BadRequest).await;
         }
@@ -68,13 +71,14 @@ async fn a_wrong_or_missing_token_is_refused_and_never_sees_events() {
         loop {
             match ws.recv().await {
                 Received::Frame(ServerFrame::Control(ControlFrame::Error { code, .. })) => {
-                    assert!(
-                        matches!(
-                            code,
-                            ErrorCode::Unauthorized | ErrorCode::NotFound | ErrorCode::BadRequest
-                        ),
-                        "{query}: {code:?}"
-                    );
+                    // Only a malformed id is told apart; an unknown
+                    // session looks like a wrong token.
+                    let expected = if query.contains("session=nope") {
+                        ErrorCode::BadRequest
+                    } else {
+                        ErrorCode::Unauthorized
+                    };
+                    assert_eq!(code, expected, "{query}");
                     saw_error = true;
                 }
                 Received::Frame(other) => panic!("{query}: an intruder got {other:?}"),
@@ -86,4 +90,43 @@ async fn a_wrong_or_missing_token_is_refused_and_never_sees_events() {
         }
         assert!(saw_error, "{query}: an error frame before the close");
     }
+}
+
+/// Opens `/ws/chat` with an `Origin` header: the handshake's HTTP status.
+async fn handshake_status(app: &TestApp, origin: &str) -> u16 {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Error;
+    let mut request = app.ws_url("").into_client_request().expect("a ws URL");
+    let origin = origin.parse().expect("an Origin value");
+    request.headers_mut().insert("origin", origin);
+    match tokio_tungstenite::connect_async(request).await {
+        Ok((_, response)) => response.status().as_u16(),
+        Err(Error::Http(response)) => {
+            let body = response.body().clone().unwrap_or_default();
+            let body: serde_json::Value = serde_json::from_slice(&body).expect("a JSON error");
+            assert_eq!(body["error"]["code"], ErrorCode::Forbidden.as_str());
+            response.status().as_u16()
+        }
+        Err(other) => panic!("{other}"),
+    }
+}
+
+#[tokio::test]
+async fn a_page_of_another_site_cannot_open_a_socket() {
+    let app = TestApp::builder()
+        .gateway_args(&["--allowed-origins", "https://app.example.com"])
+        .start()
+        .await;
+    let own = format!("http://{}", app.addr);
+    assert_eq!(handshake_status(&app, &own).await, 101, "same origin");
+    assert_eq!(
+        handshake_status(&app, "https://app.example.com").await,
+        101,
+        "allowed by the list"
+    );
+    for foreign in ["https://evil.example", "null", "http://127.0.0.1:1"] {
+        assert_eq!(handshake_status(&app, foreign).await, 403, "{foreign}");
+    }
+    // Without an Origin (not a browser) the token decides, as before.
+    Ws::connect(&app.ws_url("")).await.ready().await;
 }

@@ -150,7 +150,11 @@ async fn rest_input_errors_are_json_with_the_right_status() {
             400,
             ErrorCode::BadRequest,
         ),
-        (app.http.post(unknown).body("{}"), 404, ErrorCode::NotFound),
+        (
+            app.http.post(unknown).body("{}"),
+            401,
+            ErrorCode::Unauthorized,
+        ),
         (app.http.get(events("-1")), 400, ErrorCode::BadRequest),
         (app.http.get(events("x")), 400, ErrorCode::BadRequest),
     ];

@@ -98,6 +98,8 @@ fn truncate(s: &str, max: usize) -> String {
 pub enum ErrorCode {
     BadRequest,
     Unauthorized,
+    /// Refused whoever asks: a WebSocket opened by a page of another site.
+    Forbidden,
     NotFound,
     TooLarge,
     RateLimited,
@@ -111,9 +113,10 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for documents and for tests that mirror the list elsewhere.
-    pub const ALL: [ErrorCode; 10] = [
+    pub const ALL: [ErrorCode; 11] = [
         ErrorCode::BadRequest,
         ErrorCode::Unauthorized,
+        ErrorCode::Forbidden,
         ErrorCode::NotFound,
         ErrorCode::TooLarge,
         ErrorCode::RateLimited,
@@ -128,6 +131,7 @@ impl ErrorCode {
         match self {
             ErrorCode::BadRequest => "bad_request",
             ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Forbidden => "forbidden",
             ErrorCode::NotFound => "not_found",
             ErrorCode::TooLarge => "too_large",
             ErrorCode::RateLimited => "rate_limited",

@@ -40,6 +40,7 @@ export type ClientFrameType = (typeof CLIENT_FRAME_TYPES)[number];
 export const ERROR_CODES = [
   'bad_request',
   'unauthorized',
+  'forbidden',
   'not_found',
   'too_large',
   'rate_limited',
