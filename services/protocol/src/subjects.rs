@@ -96,15 +96,24 @@ pub fn session_key(session: SessionId) -> String {
 }
 
 /// KV key of the cancel flag of one message, read by the worker that pulls a
-/// job still waiting in the queue.
-pub fn cancel_flag_key(message: MessageId) -> String {
-    format!("cancel.{message}")
+/// job still waiting in the queue. Message ids are the client's choice, so
+/// the key holds the session too: one session cannot flag another's message.
+pub fn cancel_flag_key(session: SessionId, message: MessageId) -> String {
+    format!("cancel.{session}.{message}")
 }
 
-/// The `Nats-Msg-Id` of a request and of its user-message event: the message
-/// id, so a retried send is deduplicated by JetStream.
-pub fn dedup_id(message: MessageId) -> String {
-    message.to_string()
+/// The `Nats-Msg-Id` of a request and of its user-message event (and of the
+/// turn and dead letter a worker stores once per message): session and
+/// message id, so a retried send is deduplicated by JetStream, and a message
+/// id another session chose is a different message.
+pub fn dedup_id(session: SessionId, message: MessageId) -> String {
+    format!("{session}.{message}")
+}
+
+/// The session a cancel notice was published for: the last token of
+/// [`cancel`]'s subject.
+pub fn session_of_cancel(subject: &str) -> Option<SessionId> {
+    subject.strip_prefix("chat.cancel.")?.parse().ok()
 }
 
 #[cfg(test)]
@@ -126,5 +135,14 @@ mod tests {
             assert_eq!(subject.split('.').count(), pattern.split('.').count());
         }
         assert_eq!(live(s).replace("live", "events"), events(s));
+        assert_eq!(session_of_cancel(&cancel(s)), Some(s));
+        assert_eq!(session_of_cancel("chat.cancel.nope"), None);
+    }
+
+    #[test]
+    fn keys_of_one_message_id_differ_between_sessions() {
+        let (a, b, m) = (SessionId::new(), SessionId::new(), MessageId::new());
+        assert_ne!(dedup_id(a, m), dedup_id(b, m));
+        assert_ne!(cancel_flag_key(a, m), cancel_flag_key(b, m));
     }
 }
