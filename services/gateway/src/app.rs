@@ -154,6 +154,7 @@ pub async fn spawn(config: GatewayConfig) -> anyhow::Result<RunningGateway> {
         client.clone(),
         config.recent_events,
         config.test_drop_live_every,
+        config.max_sockets_per_session,
     );
     let state = AppState(Arc::new(Shared {
         client: client.clone(),

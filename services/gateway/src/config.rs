@@ -60,6 +60,10 @@ pub struct GatewayConfig {
     /// handshake without `Origin` (not a browser) is always let through.
     #[arg(long, env = "GATEWAY_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
+    /// Sockets one session may have open on this gateway; one more is
+    /// refused (`rate_limited`, close 1013).
+    #[arg(long, env = "GATEWAY_MAX_SOCKETS_PER_SESSION", default_value_t = 16)]
+    pub max_sockets_per_session: usize,
     /// Longest one write to a socket may block before it is closed as too slow.
     #[arg(long, env = "GATEWAY_WRITE_TIMEOUT_MS", default_value_t = 5_000)]
     pub write_timeout_ms: u64,

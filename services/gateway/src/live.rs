@@ -59,6 +59,20 @@ pub struct LiveHub {
     recent_events: usize,
     /// Test hook: drop every n-th live message before fan-out. 0 = never.
     drop_every: u64,
+    /// Sockets one session may have attached here (`--max-sockets-per-session`).
+    /// A session's sockets all reach the same gateway (Nginx hashes on the
+    /// session), so this bounds a session's sockets, and one stolen token
+    /// cannot hold thousands of connections.
+    max_sockets: usize,
+}
+
+/// Why a socket could not attach.
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    #[error("this session already has {0} sockets open")]
+    TooManySockets(usize),
+    #[error(transparent)]
+    Nats(#[from] async_nats::Error),
 }
 
 /// A socket's place in a session's feed; dropping the last one unsubscribes.
@@ -104,21 +118,41 @@ impl Drop for Attachment {
     }
 }
 
+fn poisoned() -> AttachError {
+    AttachError::Nats("live feeds lock poisoned".into())
+}
+
 impl LiveHub {
-    pub fn new(client: async_nats::Client, recent_events: usize, drop_every: u64) -> Self {
+    pub fn new(
+        client: async_nats::Client,
+        recent_events: usize,
+        drop_every: u64,
+        max_sockets: usize,
+    ) -> Self {
         Self {
             client,
             feeds: Arc::default(),
             recent_events: recent_events.max(1),
             drop_every,
+            max_sockets: max_sockets.max(1),
         }
     }
 
-    fn join(&self, session: SessionId) -> Option<Attachment> {
-        let mut feeds = self.feeds.lock().ok()?;
-        let feed = feeds.get_mut(&session)?;
+    /// Joins the session's feed if it has one here.
+    fn join(&self, session: SessionId) -> Result<Option<Attachment>, AttachError> {
+        let mut feeds = self.feeds.lock().map_err(|_| poisoned())?;
+        match feeds.get_mut(&session) {
+            Some(feed) => self.join_feed(feed, session).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn join_feed(&self, feed: &mut Feed, session: SessionId) -> Result<Attachment, AttachError> {
+        if feed.sockets >= self.max_sockets {
+            return Err(AttachError::TooManySockets(feed.sockets));
+        }
         feed.sockets += 1;
-        Some(Attachment {
+        Ok(Attachment {
             receiver: feed.sender.subscribe(),
             recent: feed.recent.clone(),
             hub: self.clone(),
@@ -129,25 +163,23 @@ impl LiveHub {
     /// Attaches a socket to the session's live events. When this returns the
     /// server has the subscription, so any event stored from now on arrives:
     /// a replay read afterwards leaves no hole.
-    pub async fn attach(&self, session: SessionId) -> Result<Attachment, async_nats::Error> {
-        if let Some(attachment) = self.join(session) {
+    pub async fn attach(&self, session: SessionId) -> Result<Attachment, AttachError> {
+        if let Some(attachment) = self.join(session)? {
             return Ok(attachment);
         }
-        let subscriber = self.client.subscribe(subjects::live(session)).await?;
+        let subscriber = self
+            .client
+            .subscribe(subjects::live(session))
+            .await
+            .map_err(async_nats::Error::from)?;
         // The flush is a round trip: once it returns, the server has
         // processed the SUB.
-        self.client.flush().await?;
-        let mut feeds = self.feeds.lock().map_err(|_| "live feeds lock poisoned")?;
+        self.client.flush().await.map_err(async_nats::Error::from)?;
+        let mut feeds = self.feeds.lock().map_err(|_| poisoned())?;
         if let Some(feed) = feeds.get_mut(&session) {
             // Another socket of the session got there first: join its feed
             // (ours unsubscribes as it drops).
-            feed.sockets += 1;
-            return Ok(Attachment {
-                receiver: feed.sender.subscribe(),
-                recent: feed.recent.clone(),
-                hub: self.clone(),
-                session,
-            });
+            return self.join_feed(feed, session);
         }
         let (sender, receiver) = broadcast::channel(RING.min(self.recent_events));
         let recent = Recent::default();

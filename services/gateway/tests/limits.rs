@@ -253,3 +253,33 @@ async fn two_accepted_then_refused(
     assert!(response.headers().contains_key("retry-after"));
     assert_rest_error(response, 429, code).await;
 }
+
+#[tokio::test]
+async fn a_session_opens_at_most_its_cap_of_sockets() {
+    let app = TestApp::builder()
+        .gateway_args(&["--max-sockets-per-session", "2"])
+        .start()
+        .await;
+    let (session, token) = app.new_session().await;
+    let mut first = app.connect(session, &token, None).await;
+    first.ready().await;
+    let mut second = app.connect(session, &token, None).await;
+    second.ready().await;
+
+    let mut third = app.connect(session, &token, None).await;
+    third.expect_error(ErrorCode::RateLimited).await;
+    third.expect_close(CloseCode::TryAgainLater).await;
+    // Another session is not affected.
+    app.attach().await;
+
+    // One closes: the session has room again.
+    drop(first);
+    eventually("a socket of the session attaches again", || async {
+        let mut again = app.connect(session, &token, None).await;
+        matches!(
+            again.recv().await,
+            Received::Frame(ServerFrame::Control(ControlFrame::Ready { .. }))
+        )
+    })
+    .await;
+}

@@ -36,7 +36,7 @@ use self::reader::Command;
 use self::relay::Relay;
 use crate::app::AppState;
 use crate::error::ApiError;
-use crate::live::Attachment;
+use crate::live::{AttachError, Attachment};
 use crate::replay::{self, Position, SessionEvents, StoredEvents};
 use crate::{auth, metrics};
 
@@ -126,9 +126,10 @@ struct Attached {
 }
 
 /// The close code for a refused attach: the client's fault is a policy
-/// violation (1008); NATS trouble is "try again later" (1013).
+/// violation (1008); NATS trouble, and a session with all its sockets open,
+/// are "try again later" (1013).
 fn refusal(e: ApiError) -> (ApiError, CloseCode) {
-    let code = if matches!(e, ApiError::Unavailable(_)) {
+    let code = if matches!(e, ApiError::Unavailable(_) | ApiError::RateLimited(_)) {
         CloseCode::TryAgainLater
     } else {
         CloseCode::PolicyViolation
@@ -159,11 +160,12 @@ async fn attach(state: &AppState, query: &SocketQuery) -> Result<Attached, (ApiE
             (session, None)
         }
     };
-    let attachment = state
-        .hub
-        .attach(session)
-        .await
-        .map_err(|e| refusal(ApiError::nats(e)))?;
+    let attachment = state.hub.attach(session).await.map_err(|e| {
+        refusal(match e {
+            AttachError::TooManySockets(_) => ApiError::RateLimited(e.to_string()),
+            AttachError::Nats(e) => ApiError::nats(e),
+        })
+    })?;
     let events = SessionEvents::new(state.clone(), session);
     let position = events.position(after_seq).await.map_err(refusal)?;
     Ok(Attached {
