@@ -36,9 +36,13 @@ const clean = async (page) => {
 
 describe('UI against a scripted gateway', () => {
   it('Enter sends a chat frame with a client message id; Shift+Enter adds a line', async () => {
-    const { page, received } = await open((ws) => ready(ws));
+    const { page, received, urls } = await open((ws) => ready(ws));
     await page.locator('[data-testid=connection][data-state=connected]').waitFor();
     assert.equal(await page.getByTestId('node').innerText(), 'gw-a');
+    // The token is the socket's first frame, never part of its URL.
+    assert.equal(urls[0].searchParams.has('token'), false);
+    await waitFor(() => received.length > 0, { what: 'a first frame' });
+    assert.deepEqual(received[0], { type: 'auth', token: SESSION.token });
     const input = page.getByTestId('composer-input');
     await input.type('line one');
     await input.press('Shift+Enter');

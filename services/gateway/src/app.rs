@@ -10,7 +10,7 @@ use async_nats::jetstream;
 use axum::extract::{DefaultBodyLimit, State, WebSocketUpgrade};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::serve::ListenerExt;
 use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -55,6 +55,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/ws/chat", get(ws_chat))
         .route("/api/sessions", post(rest::create_session))
+        .route("/api/sessions/{id}", delete(rest::delete_session))
         .route("/api/chat", post(rest::post_chat))
         .route("/api/regenerate", post(rest::post_regenerate))
         .route("/api/cancel", post(rest::post_cancel))
@@ -64,7 +65,19 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(rest::metrics))
         .fallback(rest::not_found)
         .layer(DefaultBodyLimit::max(body_limit))
-        .layer(tower_http::trace::TraceLayer::new_for_http())
+        // The path only, never the query: an old client's `?token=` must not
+        // reach a log at any level.
+        .layer(
+            tower_http::trace::TraceLayer::new_for_http().make_span_with(
+                |request: &axum::http::Request<axum::body::Body>| {
+                    tracing::debug_span!(
+                        "request",
+                        method = %request.method(),
+                        path = %request.uri().path(),
+                    )
+                },
+            ),
+        )
         .with_state(state)
 }
 
@@ -167,6 +180,11 @@ pub async fn spawn(config: GatewayConfig) -> anyhow::Result<RunningGateway> {
         sockets: TaskTracker::new(),
         metrics: metrics_handle,
     }));
+    state
+        .hub
+        .listen_for_revocations()
+        .await
+        .context("subscribing to revocations")?;
     watch_nats(client, state.shutdown.clone());
     let app = router(state.clone());
     let stop = state.shutdown.clone();

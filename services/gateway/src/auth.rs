@@ -8,7 +8,7 @@ use axum::http::request::Parts;
 use axum::http::{header, HeaderMap};
 use protocol::records::SessionRecord;
 use protocol::sessions::{self, SessionStoreError};
-use protocol::{now_ms, SessionId, SessionToken};
+use protocol::{now_ms, subjects, SessionId, SessionToken};
 use serde::Deserialize;
 
 use crate::app::AppState;
@@ -58,6 +58,27 @@ pub async fn check_token(
     Ok(stored.record)
 }
 
+/// Revokes a session its owner no longer wants (`DELETE /api/sessions/{id}`,
+/// the UI's "remove"): the record goes, so the token opens nothing, and
+/// every gateway closes the session's sockets (1008).
+pub async fn revoke(
+    state: &AppState,
+    session: SessionId,
+    token: Option<&str>,
+) -> Result<(), ApiError> {
+    check_token(state, session, token).await?;
+    sessions::remove(&state.layout.sessions, session)
+        .await
+        .map_err(ApiError::nats)?;
+    state
+        .client
+        .publish(subjects::revoked(session), bytes::Bytes::new())
+        .await
+        .map_err(ApiError::nats)?;
+    state.client.flush().await.map_err(ApiError::nats)?;
+    Ok(())
+}
+
 /// Records that this node serves the session now (on attach, not per frame),
 /// which also renews the session's time to live.
 pub async fn record_attach(state: &AppState, session: SessionId) {
@@ -100,7 +121,8 @@ impl FromRequestParts<AppState> for AuthenticatedSession {
     }
 }
 
-fn bearer(headers: &HeaderMap) -> Option<&str> {
+/// The token of `Authorization: Bearer …`.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
     headers
         .get(header::AUTHORIZATION)?
         .to_str()

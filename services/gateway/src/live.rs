@@ -17,6 +17,7 @@ use futures::StreamExt;
 use protocol::stored::header_u64;
 use protocol::{subjects, EventKind, SessionId};
 use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
 
 use crate::metrics;
 
@@ -45,6 +46,8 @@ type Recent = Arc<Mutex<VecDeque<Arc<LiveEvent>>>>;
 
 struct Feed {
     sender: broadcast::Sender<Arc<LiveEvent>>,
+    /// Fires when the session is revoked: its sockets close.
+    revoked: CancellationToken,
     recent: Recent,
     sockets: usize,
     task: tokio::task::JoinHandle<()>,
@@ -78,6 +81,8 @@ pub enum AttachError {
 /// A socket's place in a session's feed; dropping the last one unsubscribes.
 pub struct Attachment {
     pub receiver: broadcast::Receiver<Arc<LiveEvent>>,
+    /// Fires when the session is revoked (`DELETE /api/sessions/{id}`).
+    pub revoked: CancellationToken,
     recent: Recent,
     hub: LiveHub,
     session: SessionId,
@@ -118,6 +123,32 @@ impl Drop for Attachment {
     }
 }
 
+impl LiveHub {
+    /// Closes every socket of `session` on this gateway (it was revoked).
+    pub fn revoke(&self, session: SessionId) {
+        if let Ok(feeds) = self.feeds.lock() {
+            if let Some(feed) = feeds.get(&session) {
+                feed.revoked.cancel();
+            }
+        }
+    }
+
+    /// Listens for revocations from every gateway until the connection ends.
+    pub async fn listen_for_revocations(
+        &self,
+    ) -> Result<tokio::task::JoinHandle<()>, async_nats::SubscribeError> {
+        let mut revocations = self.client.subscribe(subjects::REVOKED_ALL).await?;
+        let hub = self.clone();
+        Ok(tokio::spawn(async move {
+            while let Some(message) = revocations.next().await {
+                if let Some(session) = subjects::session_of_revoked(&message.subject) {
+                    hub.revoke(session);
+                }
+            }
+        }))
+    }
+}
+
 fn poisoned() -> AttachError {
     AttachError::Nats("live feeds lock poisoned".into())
 }
@@ -154,6 +185,7 @@ impl LiveHub {
         feed.sockets += 1;
         Ok(Attachment {
             receiver: feed.sender.subscribe(),
+            revoked: feed.revoked.clone(),
             recent: feed.recent.clone(),
             hub: self.clone(),
             session,
@@ -182,6 +214,7 @@ impl LiveHub {
             return self.join_feed(feed, session);
         }
         let (sender, receiver) = broadcast::channel(RING.min(self.recent_events));
+        let revoked = CancellationToken::new();
         let recent = Recent::default();
         let task = tokio::spawn(forward(
             subscriber,
@@ -194,6 +227,7 @@ impl LiveHub {
             session,
             Feed {
                 sender,
+                revoked: revoked.clone(),
                 recent: recent.clone(),
                 sockets: 1,
                 task,
@@ -202,6 +236,7 @@ impl LiveHub {
         metrics::sessions_attached(feeds.len());
         Ok(Attachment {
             receiver,
+            revoked,
             recent,
             hub: self.clone(),
             session,

@@ -93,8 +93,9 @@ async fn bad_input_gets_clear_errors_and_neighbours_chat_on() {
 
     // after_seq on connect: not a number, negative, beyond the stream.
     for after in ["abc", "-1", "1.5", "99999999"] {
-        let query = format!("?session={session}&token={token}&after_seq={after}");
+        let query = format!("?session={session}&after_seq={after}");
         let mut bad = Ws::connect(&app.ws_url(&query)).await;
+        bad.send_json(json!({"type": "auth", "token": token})).await;
         let message = bad.expect_error(ErrorCode::BadRequest).await;
         assert!(message.contains("after_seq"), "{after}: {message}");
         bad.expect_close(CloseCode::PolicyViolation).await;

@@ -31,6 +31,9 @@ pub const LIVE_REPUBLISH_SOURCE: &str = "chat.events.*";
 pub const LIVE_REPUBLISH_DESTINATION: &str = "chat.live.{{wildcard(1)}}";
 /// Cancel notices, a core subject per session; workers listen on all of them.
 pub const CANCEL_ALL: &str = "chat.cancel.*";
+/// Core subjects (not stored) on which a revoked session is announced: every
+/// gateway closes that session's sockets.
+pub const REVOKED_ALL: &str = "chat.revoked.*";
 /// Queue group of workers for the max-deliveries advisory, so one worker
 /// dead-letters each exhausted job.
 pub const DEAD_LETTER_QUEUE_GROUP: &str = "chat-dead-letter";
@@ -75,6 +78,15 @@ pub fn dead(session: SessionId) -> String {
 
 pub fn cancel(session: SessionId) -> String {
     format!("chat.cancel.{session}")
+}
+
+pub fn revoked(session: SessionId) -> String {
+    format!("chat.revoked.{session}")
+}
+
+/// The session a revocation was announced for.
+pub fn session_of_revoked(subject: &str) -> Option<SessionId> {
+    subject.strip_prefix("chat.revoked.")?.parse().ok()
 }
 
 /// The Direct Get API of a stream (ADR-31): batched reads served by any
@@ -137,6 +149,8 @@ mod tests {
         assert_eq!(live(s).replace("live", "events"), events(s));
         assert_eq!(session_of_cancel(&cancel(s)), Some(s));
         assert_eq!(session_of_cancel("chat.cancel.nope"), None);
+        assert_eq!(session_of_revoked(&revoked(s)), Some(s));
+        assert!(revoked(s).starts_with(REVOKED_ALL.trim_end_matches('*')));
     }
 
     #[test]

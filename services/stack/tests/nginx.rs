@@ -322,9 +322,11 @@ async fn one_address_creates_sessions_at_a_bounded_rate() {
     let nginx = nginx_for(&[up.port], dir.path(), limits).await;
     let base = nginx.url();
     // The rate (1/min) and its burst (2): three creations pass, then none.
+    let http = reqwest::Client::new();
     let mut statuses = Vec::new();
     for _ in 0..5 {
-        statuses.push(http_get(&format!("{base}/api/sessions")).await.unwrap().0);
+        let response = http.post(format!("{base}/api/sessions")).send().await;
+        statuses.push(response.unwrap().status().as_u16());
     }
     assert_eq!(statuses, [200, 200, 200, 429, 429]);
     // A socket without a session creates one: refused the same way.
@@ -337,8 +339,12 @@ async fn one_address_creates_sessions_at_a_bounded_rate() {
         "{}",
         refused.body
     );
-    // Requests that name a session are not session creations.
-    for path in ["/ws/chat?session=x", "/api/history?session=x"] {
+    // Requests that name a session, and other paths, are not creations.
+    for path in [
+        "/ws/chat?session=x",
+        "/api/history?session=x",
+        "/api/sessions/x",
+    ] {
         assert_eq!(
             http_get(&format!("{base}{path}")).await.unwrap().0,
             200,
