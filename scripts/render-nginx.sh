@@ -5,7 +5,8 @@
 #   scripts/render-nginx.sh RUN_DIR WEB_ROOT PORT GATEWAY_PORT... > RUN_DIR/nginx.conf
 #
 # Environment: NGINX_LOG_DIR (default RUN_DIR/../logs when that exists, else RUN_DIR),
-# NGINX_WS_CONN_LIMIT (20000), NGINX_API_RATE (200), NGINX_API_BURST (400).
+# NGINX_WS_CONN_LIMIT (20000), NGINX_API_RATE (200), NGINX_API_BURST (400),
+# NGINX_SESSION_RATE (sessions one IP creates per minute: 30), NGINX_SESSION_BURST (30).
 set -euo pipefail
 
 if [ "$#" -lt 4 ]; then
@@ -32,6 +33,8 @@ conf="${conf//@@UPSTREAMS@@/$upstreams}"
 conf="${conf//@@WS_CONN_LIMIT@@/${NGINX_WS_CONN_LIMIT:-20000}}"
 conf="${conf//@@API_RATE@@/${NGINX_API_RATE:-200}}"
 conf="${conf//@@API_BURST@@/${NGINX_API_BURST:-400}}"
+conf="${conf//@@SESSION_RATE@@/${NGINX_SESSION_RATE:-30}}"
+conf="${conf//@@SESSION_BURST@@/${NGINX_SESSION_BURST:-30}}"
 if [[ "$conf" == *@@*@@* ]]; then
     echo "render-nginx: a placeholder was left unreplaced" >&2
     exit 1

@@ -9,10 +9,14 @@ export default defineConfig({
   server: {
     proxy: {
       '/api': backend,
-      '/ws': { target: backend.replace(/^http/, 'ws'), ws: true },
+      // The gateways refuse a socket opened by a page of another origin;
+      // the dev server's page is one, so its proxy speaks as the backend's.
+      '/ws': { target: backend.replace(/^http/, 'ws'), ws: true, headers: { origin: backend } },
     },
   },
-  build: { outDir: 'dist', sourcemap: true },
+  // No source maps in the served build: the code is readable enough without
+  // handing out its sources.
+  build: { outDir: 'dist', sourcemap: false },
   test: {
     include: ['src/**/*.test.ts'],
     environment: 'node',

@@ -194,6 +194,23 @@ describe('chat in a real browser', () => {
     await two.close();
   });
 
+  it('remove revokes the conversation on the server: its token opens nothing more', async () => {
+    const { page } = await openChat();
+    await newConversation(page);
+    const id = await ask(page, 'Remember this for me');
+    await waitStatus(page, id, 'done');
+    const s = await page.evaluate(() => {
+      const current = localStorage.getItem('chat.current.v1');
+      return JSON.parse(localStorage.getItem('chat.sessions.v1') ?? '[]').find((x) => x.sessionId === current);
+    });
+    const history = async () =>
+      (await fetch(`${BASE}/api/history?session=${s.sessionId}`, { headers: { authorization: `Bearer ${s.token}` } })).status;
+    assert.equal(await history(), 200);
+    await page.getByRole('button', { name: /Remove “Remember this for me”/ }).click();
+    await waitFor(async () => (await history()) === 401, { what: 'the removed session’s token to stop working' });
+    await page.close();
+  });
+
   it('markup in a conversation stays inert', async () => {
     const { page, dialogs } = await openChat();
     await newConversation(page);

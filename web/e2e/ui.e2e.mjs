@@ -36,9 +36,13 @@ const clean = async (page) => {
 
 describe('UI against a scripted gateway', () => {
   it('Enter sends a chat frame with a client message id; Shift+Enter adds a line', async () => {
-    const { page, received } = await open((ws) => ready(ws));
+    const { page, received, urls } = await open((ws) => ready(ws));
     await page.locator('[data-testid=connection][data-state=connected]').waitFor();
     assert.equal(await page.getByTestId('node').innerText(), 'gw-a');
+    // The token is the socket's first frame, never part of its URL.
+    assert.equal(urls[0].searchParams.has('token'), false);
+    await waitFor(() => received.length > 0, { what: 'a first frame' });
+    assert.deepEqual(received[0], { type: 'auth', token: SESSION.token });
     const input = page.getByTestId('composer-input');
     await input.type('line one');
     await input.press('Shift+Enter');
@@ -245,6 +249,28 @@ describe('UI against a scripted gateway', () => {
     assert.equal(await answerOf(page), 'old answer');
     await page.locator('[data-testid=connection][data-state=connected]').waitFor();
     assert.equal(await page.getByTestId('notice').count(), 0);
+    await clean(page);
+  });
+
+  it('a remote image in an answer is shown as a link and never requested', async () => {
+    const M = 'ffffffff-0000-4000-8000-00000000000f';
+    const { page } = await open((ws) => {
+      ready(ws);
+      ws.send({ type: 'user_message', message_id: M, content: 'q', seq: 1 });
+      ws.send({ type: 'chunk', message_id: M, attempt: 1, index: 0, text: 'Here: ![chart](http://leak.test/pixel.png?q=secret)', seq: 2 });
+      ws.send({ type: 'done', message_id: M, attempt: 1, finish_reason: 'stop', seq: 3 });
+    });
+    const requested = [];
+    page.on('request', (request) => {
+      if (new URL(request.url()).hostname === 'leak.test') requested.push(request.url());
+    });
+    await page.locator('[data-testid=turn][data-status=done]').waitFor();
+    const link = page.locator('[data-testid=answer-text] a', { hasText: 'chart' });
+    assert.equal(await link.getAttribute('href'), 'http://leak.test/pixel.png?q=secret');
+    assert.equal(await page.locator('[data-testid=answer-text] img').count(), 0);
+    // The page is idle once the answer is drawn: any image load has started.
+    await page.waitForLoadState('networkidle');
+    assert.deepEqual(requested, []);
     await clean(page);
   });
 

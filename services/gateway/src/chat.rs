@@ -153,7 +153,7 @@ pub(crate) async fn queue(
         state,
         subjects::events(session),
         echo.to_payload(),
-        Some(message_id),
+        Some((session, message_id)),
         HeaderMap::new(),
     )
     .await
@@ -180,7 +180,7 @@ pub(crate) async fn queue(
         state,
         subjects::requests(session),
         payload.into(),
-        Some(message_id),
+        Some((session, message_id)),
         headers,
     )
     .await;
@@ -248,12 +248,12 @@ async fn publish(
     state: &AppState,
     subject: String,
     payload: bytes::Bytes,
-    dedup: Option<MessageId>,
+    dedup: Option<(SessionId, MessageId)>,
     headers: HeaderMap,
 ) -> Result<u64, PublishError> {
     let mut message = PublishMessage::build().payload(payload);
-    if let Some(id) = dedup {
-        message = message.message_id(subjects::dedup_id(id));
+    if let Some((session, id)) = dedup {
+        message = message.message_id(subjects::dedup_id(session, id));
     }
     for (name, values) in headers.iter() {
         for value in values {
@@ -302,7 +302,7 @@ pub async fn cancel(
     state
         .layout
         .sessions
-        .put(subjects::cancel_flag_key(message_id), "1".into())
+        .put(subjects::cancel_flag_key(session, message_id), "1".into())
         .await
         .map_err(ApiError::nats)?;
     let notice = protocol::CancelNotice {

@@ -55,6 +55,23 @@ pub struct GatewayConfig {
         default_value_t = 256
     )]
     pub recent_events: usize,
+    /// Sites (`scheme://host[:port]`) whose pages may open `/ws/chat` besides
+    /// the gateway's own origin (the `Host` a handshake came to). A
+    /// handshake without `Origin` (not a browser) is always let through.
+    #[arg(long, env = "GATEWAY_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+    /// Accept a session's token in the WebSocket URL (`?token=`), for old
+    /// clients. Off: the token comes in the first frame, `auth`, because
+    /// URLs end up in logs, proxies and browser history.
+    #[arg(long, env = "GATEWAY_ALLOW_URL_TOKEN", default_value_t = false)]
+    pub allow_url_token: bool,
+    /// How long a socket opened with `?session=` has to send its `auth` frame.
+    #[arg(long, env = "GATEWAY_AUTH_TIMEOUT_MS", default_value_t = 5_000)]
+    pub auth_timeout_ms: u64,
+    /// Sockets one session may have open on this gateway; one more is
+    /// refused (`rate_limited`, close 1013).
+    #[arg(long, env = "GATEWAY_MAX_SOCKETS_PER_SESSION", default_value_t = 16)]
+    pub max_sockets_per_session: usize,
     /// Longest one write to a socket may block before it is closed as too slow.
     #[arg(long, env = "GATEWAY_WRITE_TIMEOUT_MS", default_value_t = 5_000)]
     pub write_timeout_ms: u64,
@@ -102,6 +119,10 @@ impl GatewayConfig {
 
     pub fn shutdown_grace(&self) -> Duration {
         Duration::try_from_secs_f64(self.shutdown_grace_secs).unwrap_or(Duration::ZERO)
+    }
+
+    pub fn auth_timeout(&self) -> Duration {
+        Duration::from_millis(self.auth_timeout_ms.max(1))
     }
 
     pub fn write_timeout(&self) -> Duration {

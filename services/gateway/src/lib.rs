@@ -13,6 +13,7 @@ pub mod error;
 pub mod extract;
 pub mod live;
 pub mod metrics;
+pub mod origin;
 pub mod regenerate;
 pub mod replay;
 pub mod rest;

@@ -17,6 +17,7 @@ use futures::StreamExt;
 use protocol::stored::header_u64;
 use protocol::{subjects, EventKind, SessionId};
 use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
 
 use crate::metrics;
 
@@ -45,6 +46,8 @@ type Recent = Arc<Mutex<VecDeque<Arc<LiveEvent>>>>;
 
 struct Feed {
     sender: broadcast::Sender<Arc<LiveEvent>>,
+    /// Fires when the session is revoked: its sockets close.
+    revoked: CancellationToken,
     recent: Recent,
     sockets: usize,
     task: tokio::task::JoinHandle<()>,
@@ -59,11 +62,27 @@ pub struct LiveHub {
     recent_events: usize,
     /// Test hook: drop every n-th live message before fan-out. 0 = never.
     drop_every: u64,
+    /// Sockets one session may have attached here (`--max-sockets-per-session`).
+    /// A session's sockets all reach the same gateway (Nginx hashes on the
+    /// session), so this bounds a session's sockets, and one stolen token
+    /// cannot hold thousands of connections.
+    max_sockets: usize,
+}
+
+/// Why a socket could not attach.
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    #[error("this session already has {0} sockets open")]
+    TooManySockets(usize),
+    #[error(transparent)]
+    Nats(#[from] async_nats::Error),
 }
 
 /// A socket's place in a session's feed; dropping the last one unsubscribes.
 pub struct Attachment {
     pub receiver: broadcast::Receiver<Arc<LiveEvent>>,
+    /// Fires when the session is revoked (`DELETE /api/sessions/{id}`).
+    pub revoked: CancellationToken,
     recent: Recent,
     hub: LiveHub,
     session: SessionId,
@@ -105,21 +124,68 @@ impl Drop for Attachment {
 }
 
 impl LiveHub {
-    pub fn new(client: async_nats::Client, recent_events: usize, drop_every: u64) -> Self {
+    /// Closes every socket of `session` on this gateway (it was revoked).
+    pub fn revoke(&self, session: SessionId) {
+        if let Ok(feeds) = self.feeds.lock() {
+            if let Some(feed) = feeds.get(&session) {
+                feed.revoked.cancel();
+            }
+        }
+    }
+
+    /// Listens for revocations from every gateway until the connection ends.
+    pub async fn listen_for_revocations(
+        &self,
+    ) -> Result<tokio::task::JoinHandle<()>, async_nats::SubscribeError> {
+        let mut revocations = self.client.subscribe(subjects::REVOKED_ALL).await?;
+        let hub = self.clone();
+        Ok(tokio::spawn(async move {
+            while let Some(message) = revocations.next().await {
+                if let Some(session) = subjects::session_of_revoked(&message.subject) {
+                    hub.revoke(session);
+                }
+            }
+        }))
+    }
+}
+
+fn poisoned() -> AttachError {
+    AttachError::Nats("live feeds lock poisoned".into())
+}
+
+impl LiveHub {
+    pub fn new(
+        client: async_nats::Client,
+        recent_events: usize,
+        drop_every: u64,
+        max_sockets: usize,
+    ) -> Self {
         Self {
             client,
             feeds: Arc::default(),
             recent_events: recent_events.max(1),
             drop_every,
+            max_sockets: max_sockets.max(1),
         }
     }
 
-    fn join(&self, session: SessionId) -> Option<Attachment> {
-        let mut feeds = self.feeds.lock().ok()?;
-        let feed = feeds.get_mut(&session)?;
+    /// Joins the session's feed if it has one here.
+    fn join(&self, session: SessionId) -> Result<Option<Attachment>, AttachError> {
+        let mut feeds = self.feeds.lock().map_err(|_| poisoned())?;
+        match feeds.get_mut(&session) {
+            Some(feed) => self.join_feed(feed, session).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn join_feed(&self, feed: &mut Feed, session: SessionId) -> Result<Attachment, AttachError> {
+        if feed.sockets >= self.max_sockets {
+            return Err(AttachError::TooManySockets(feed.sockets));
+        }
         feed.sockets += 1;
-        Some(Attachment {
+        Ok(Attachment {
             receiver: feed.sender.subscribe(),
+            revoked: feed.revoked.clone(),
             recent: feed.recent.clone(),
             hub: self.clone(),
             session,
@@ -129,27 +195,26 @@ impl LiveHub {
     /// Attaches a socket to the session's live events. When this returns the
     /// server has the subscription, so any event stored from now on arrives:
     /// a replay read afterwards leaves no hole.
-    pub async fn attach(&self, session: SessionId) -> Result<Attachment, async_nats::Error> {
-        if let Some(attachment) = self.join(session) {
+    pub async fn attach(&self, session: SessionId) -> Result<Attachment, AttachError> {
+        if let Some(attachment) = self.join(session)? {
             return Ok(attachment);
         }
-        let subscriber = self.client.subscribe(subjects::live(session)).await?;
+        let subscriber = self
+            .client
+            .subscribe(subjects::live(session))
+            .await
+            .map_err(async_nats::Error::from)?;
         // The flush is a round trip: once it returns, the server has
         // processed the SUB.
-        self.client.flush().await?;
-        let mut feeds = self.feeds.lock().map_err(|_| "live feeds lock poisoned")?;
+        self.client.flush().await.map_err(async_nats::Error::from)?;
+        let mut feeds = self.feeds.lock().map_err(|_| poisoned())?;
         if let Some(feed) = feeds.get_mut(&session) {
             // Another socket of the session got there first: join its feed
             // (ours unsubscribes as it drops).
-            feed.sockets += 1;
-            return Ok(Attachment {
-                receiver: feed.sender.subscribe(),
-                recent: feed.recent.clone(),
-                hub: self.clone(),
-                session,
-            });
+            return self.join_feed(feed, session);
         }
         let (sender, receiver) = broadcast::channel(RING.min(self.recent_events));
+        let revoked = CancellationToken::new();
         let recent = Recent::default();
         let task = tokio::spawn(forward(
             subscriber,
@@ -162,6 +227,7 @@ impl LiveHub {
             session,
             Feed {
                 sender,
+                revoked: revoked.clone(),
                 recent: recent.clone(),
                 sockets: 1,
                 task,
@@ -170,6 +236,7 @@ impl LiveHub {
         metrics::sessions_attached(feeds.len());
         Ok(Attachment {
             receiver,
+            revoked,
             recent,
             hub: self.clone(),
             session,

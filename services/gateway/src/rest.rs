@@ -3,7 +3,7 @@
 //! ([`AuthenticatedSession`]) and parse the query and the body, with the
 //! same error bodies as everything else.
 
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -22,6 +22,17 @@ use crate::replay::{self, SessionEvents, StoredEvents};
 
 /// Most events one `GET /api/events` returns.
 const EVENTS_PAGE: usize = 10_000;
+
+/// `DELETE /api/sessions/{id}` with the session's token: revoked (204).
+pub async fn delete_session(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<StatusCode, ApiError> {
+    let session = auth::parse_session_id(Some(&id))?;
+    auth::revoke(&state, session, auth::bearer(&headers)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
 
 pub async fn create_session(State(state): State<AppState>) -> Result<Response, ApiError> {
     let (session, token) = auth::create_session(&state).await?;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use protocol::{subjects, CancelNotice, ErrorCode, EventKind, MessageId};
 use serde_json::json;
-use support::{assert_rest_error, count, TestApp, WAIT};
+use support::{assert_rest_error, count, eventually, TestApp, WAIT};
 
 /// A real worker slow enough (20 tokens/s, 400 tokens) to be cancelled mid-answer.
 const SLOW_ANSWER: [&str; 4] = ["--demo-tokens-per-sec", "20", "--demo-answer-tokens", "400"];
@@ -45,7 +45,10 @@ async fn cancel_sets_the_flag_and_notifies_workers_and_unknown_is_not_found() {
         let notice = tokio::time::timeout(WAIT, notices.next()).await.unwrap();
         let notice: CancelNotice = serde_json::from_slice(&notice.unwrap().payload).unwrap();
         assert_eq!(notice.message_id, id);
-        let flag = kv.get(subjects::cancel_flag_key(id)).await.unwrap();
+        let flag = kv
+            .get(subjects::cancel_flag_key(session, id))
+            .await
+            .unwrap();
         assert!(flag.is_some(), "the cancel flag of {id} is set");
     }
     ws.cancel(unknown).await;
@@ -115,4 +118,45 @@ async fn a_cancel_sent_to_another_gateway_still_stops_the_answer() {
     let last = events.last().unwrap().event.kind();
     assert_eq!(last, EventKind::Cancelled, "the answer ended otherwise");
     other.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_message_id_another_session_chose_is_its_own_message() {
+    let app = TestApp::builder()
+        .real_worker_with(&SLOW_ANSWER)
+        .start()
+        .await;
+    let (_, _, mut victim) = app.attach().await;
+    let (id, victim_seq) = victim.chat("my private answer").await;
+    victim.until_kind(EventKind::Chunk).await;
+
+    // Another session sends a question with the same (client-chosen) id.
+    let (intruder, token) = app.new_session().await;
+    let chat = format!("/api/chat?session={intruder}");
+    let response = app
+        .post(&chat, &token, json!({"message_id": id, "content": "mine"}))
+        .await;
+    assert_eq!(response.status(), 202);
+    let accepted: serde_json::Value = response.json().await.unwrap();
+    let intruder_seq = accepted["seq"].as_u64().unwrap();
+    assert_ne!(intruder_seq, victim_seq, "a new message, not the victim's");
+    let (stored, _) = app.events(intruder, &token, 0).await;
+    assert_eq!(stored[0].seq, intruder_seq, "its echo is in its own stream");
+
+    // Its cancel of that id stops its own answer only.
+    let cancel = format!("/api/cancel?session={intruder}");
+    let response = app.post(&cancel, &token, json!({"message_id": id})).await;
+    assert_eq!(response.status(), 202);
+    eventually("the intruder's own answer is cancelled", || async {
+        let (stored, _) = app.events(intruder, &token, 0).await;
+        count(&stored, EventKind::Cancelled) == 1
+    })
+    .await;
+    // The victim's answer goes on: more chunks, no terminal event.
+    let mut more = 0;
+    while more < 5 {
+        let event = victim.event().await;
+        assert_eq!(event.event.kind(), EventKind::Chunk, "{event:?}");
+        more += 1;
+    }
 }

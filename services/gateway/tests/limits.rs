@@ -93,8 +93,9 @@ async fn bad_input_gets_clear_errors_and_neighbours_chat_on() {
 
     // after_seq on connect: not a number, negative, beyond the stream.
     for after in ["abc", "-1", "1.5", "99999999"] {
-        let query = format!("?session={session}&token={token}&after_seq={after}");
+        let query = format!("?session={session}&after_seq={after}");
         let mut bad = Ws::connect(&app.ws_url(&query)).await;
+        bad.send_json(json!({"type": "auth", "token": token})).await;
         let message = bad.expect_error(ErrorCode::BadRequest).await;
         assert!(message.contains("after_seq"), "{after}: {message}");
         bad.expect_close(CloseCode::PolicyViolation).await;
@@ -150,7 +151,11 @@ async fn rest_input_errors_are_json_with_the_right_status() {
             400,
             ErrorCode::BadRequest,
         ),
-        (app.http.post(unknown).body("{}"), 404, ErrorCode::NotFound),
+        (
+            app.http.post(unknown).body("{}"),
+            401,
+            ErrorCode::Unauthorized,
+        ),
         (app.http.get(events("-1")), 400, ErrorCode::BadRequest),
         (app.http.get(events("x")), 400, ErrorCode::BadRequest),
     ];
@@ -248,4 +253,34 @@ async fn two_accepted_then_refused(
     let response = app.post(&path, token, json!({"content": "four"})).await;
     assert!(response.headers().contains_key("retry-after"));
     assert_rest_error(response, 429, code).await;
+}
+
+#[tokio::test]
+async fn a_session_opens_at_most_its_cap_of_sockets() {
+    let app = TestApp::builder()
+        .gateway_args(&["--max-sockets-per-session", "2"])
+        .start()
+        .await;
+    let (session, token) = app.new_session().await;
+    let mut first = app.connect(session, &token, None).await;
+    first.ready().await;
+    let mut second = app.connect(session, &token, None).await;
+    second.ready().await;
+
+    let mut third = app.connect(session, &token, None).await;
+    third.expect_error(ErrorCode::RateLimited).await;
+    third.expect_close(CloseCode::TryAgainLater).await;
+    // Another session is not affected.
+    app.attach().await;
+
+    // One closes: the session has room again.
+    drop(first);
+    eventually("a socket of the session attaches again", || async {
+        let mut again = app.connect(session, &token, None).await;
+        matches!(
+            again.recv().await,
+            Received::Frame(ServerFrame::Control(ControlFrame::Ready { .. }))
+        )
+    })
+    .await;
 }

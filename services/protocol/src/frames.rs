@@ -4,13 +4,19 @@
 use serde::{Deserialize, Serialize};
 
 use crate::events::Event;
-use crate::ids::{MessageId, SessionId};
+use crate::ids::{MessageId, SessionId, SessionToken};
 use crate::records::Turn;
 
 /// A frame a client sends.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ClientFrame {
+    /// The session's token, as the first frame of a socket opened with
+    /// `?session=`: a token never travels in a URL (URLs end up in logs,
+    /// proxies and browser history). Answered by `ready`.
+    Auth {
+        token: SessionToken,
+    },
     /// Ask a question; answered by `accepted`.
     Chat {
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -45,13 +51,15 @@ pub enum ClientFrame {
 
 impl ClientFrame {
     /// Every client frame `type`, as the wire spells it.
+    pub const AUTH: &'static str = "auth";
     pub const CHAT: &'static str = "chat";
     pub const REGENERATE: &'static str = "regenerate";
     pub const CANCEL: &'static str = "cancel";
     pub const RESUME: &'static str = "resume";
     pub const PING: &'static str = "ping";
     /// Every client frame `type`, as spelled on the wire.
-    pub const KINDS: [&'static str; 5] = [
+    pub const KINDS: [&'static str; 6] = [
+        Self::AUTH,
         Self::CHAT,
         Self::REGENERATE,
         Self::CANCEL,
@@ -78,6 +86,7 @@ impl ClientFrame {
     /// The frame's `type`, for metrics labels.
     pub fn kind(&self) -> &'static str {
         match self {
+            ClientFrame::Auth { .. } => Self::AUTH,
             ClientFrame::Chat { .. } => Self::CHAT,
             ClientFrame::Regenerate { .. } => Self::REGENERATE,
             ClientFrame::Cancel { .. } => Self::CANCEL,
@@ -98,6 +107,8 @@ fn truncate(s: &str, max: usize) -> String {
 pub enum ErrorCode {
     BadRequest,
     Unauthorized,
+    /// Refused whoever asks: a WebSocket opened by a page of another site.
+    Forbidden,
     NotFound,
     TooLarge,
     RateLimited,
@@ -111,9 +122,10 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for documents and for tests that mirror the list elsewhere.
-    pub const ALL: [ErrorCode; 10] = [
+    pub const ALL: [ErrorCode; 11] = [
         ErrorCode::BadRequest,
         ErrorCode::Unauthorized,
+        ErrorCode::Forbidden,
         ErrorCode::NotFound,
         ErrorCode::TooLarge,
         ErrorCode::RateLimited,
@@ -128,6 +140,7 @@ impl ErrorCode {
         match self {
             ErrorCode::BadRequest => "bad_request",
             ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Forbidden => "forbidden",
             ErrorCode::NotFound => "not_found",
             ErrorCode::TooLarge => "too_large",
             ErrorCode::RateLimited => "rate_limited",
@@ -354,6 +367,9 @@ mod tests {
     #[test]
     fn kinds_are_the_serialised_type_tags() {
         let client = [
+            ClientFrame::Auth {
+                token: SessionToken::presented("t"),
+            },
             ClientFrame::Chat {
                 message_id: None,
                 content: "q".into(),

@@ -98,8 +98,10 @@ uuid_v4_id!(
 );
 
 /// The secret that proves a client owns a session. Shown once, when the
-/// session is created; only its [`TokenHash`] is stored.
-#[derive(Clone, PartialEq, Eq)]
+/// session is created; only its [`TokenHash`] is stored. Its `Debug` never
+/// shows it, so a frame or a struct holding one can be logged.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
 pub struct SessionToken(String);
 
 impl SessionToken {

@@ -58,6 +58,15 @@ pub async fn create(
         .map_err(|e| SessionStoreError::Nats(e.into()))
 }
 
+/// Removes a session's record (revocation): its token opens nothing any
+/// more. Purged, not only deleted, so no earlier revision can be read.
+pub async fn remove(store: &kv::Store, session: SessionId) -> Result<(), SessionStoreError> {
+    store
+        .purge(subjects::session_key(session))
+        .await
+        .map_err(|e| SessionStoreError::Nats(e.into()))
+}
+
 /// How often a compare-and-set is retried before giving up: conflicts come
 /// from a handful of writers per session, never from many.
 const CAS_ATTEMPTS: usize = 16;

@@ -27,6 +27,16 @@ pub struct LayoutConfig {
     /// Upper bound on `CHAT_EVENTS` size; oldest events go first.
     #[arg(long, env = "CHAT_EVENTS_MAX_BYTES", default_value_t = 1 << 30)]
     pub events_max_bytes: i64,
+    /// Upper bound on `CHAT_HISTORY` size; oldest turns go first.
+    #[arg(long, env = "CHAT_HISTORY_MAX_BYTES", default_value_t = 2 << 30)]
+    pub history_max_bytes: i64,
+    /// Upper bound on `CHAT_DEAD` size; oldest letters go first.
+    #[arg(long, env = "CHAT_DEAD_MAX_BYTES", default_value_t = 256 << 20)]
+    pub dead_max_bytes: i64,
+    /// Upper bound on the `chat_sessions` bucket. When it is full a new
+    /// session is refused (`internal`) instead of evicting a live one.
+    #[arg(long, env = "CHAT_SESSIONS_MAX_BYTES", default_value_t = 1 << 30)]
+    pub sessions_max_bytes: i64,
     /// How long finished turns stay in `CHAT_HISTORY`.
     #[arg(long, env = "CHAT_HISTORY_MAX_AGE_SECS", default_value_t = 7 * 24 * 3600)]
     pub history_max_age_secs: u64,
@@ -144,6 +154,7 @@ impl LayoutConfig {
             retention: RetentionPolicy::Limits,
             storage: StorageType::File,
             max_age: Duration::from_secs(self.history_max_age_secs),
+            max_bytes: self.history_max_bytes,
             discard: DiscardPolicy::Old,
             duplicate_window: Duration::from_secs(
                 self.dedup_window_secs.min(self.history_max_age_secs),
@@ -162,6 +173,7 @@ impl LayoutConfig {
             retention: RetentionPolicy::Limits,
             storage: StorageType::File,
             max_age: Duration::from_secs(self.history_max_age_secs),
+            max_bytes: self.dead_max_bytes,
             discard: DiscardPolicy::Old,
             num_replicas: self.replicas,
             allow_direct: true,
@@ -190,6 +202,7 @@ impl LayoutConfig {
             description: "Sessions: token hash, node, messages in flight; cancel flags".into(),
             history: 1,
             max_age: Duration::from_secs(self.session_ttl_secs),
+            max_bytes: self.sessions_max_bytes,
             storage: StorageType::File,
             num_replicas: self.replicas,
             ..Default::default()

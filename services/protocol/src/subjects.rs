@@ -31,6 +31,9 @@ pub const LIVE_REPUBLISH_SOURCE: &str = "chat.events.*";
 pub const LIVE_REPUBLISH_DESTINATION: &str = "chat.live.{{wildcard(1)}}";
 /// Cancel notices, a core subject per session; workers listen on all of them.
 pub const CANCEL_ALL: &str = "chat.cancel.*";
+/// Core subjects (not stored) on which a revoked session is announced: every
+/// gateway closes that session's sockets.
+pub const REVOKED_ALL: &str = "chat.revoked.*";
 /// Queue group of workers for the max-deliveries advisory, so one worker
 /// dead-letters each exhausted job.
 pub const DEAD_LETTER_QUEUE_GROUP: &str = "chat-dead-letter";
@@ -77,6 +80,15 @@ pub fn cancel(session: SessionId) -> String {
     format!("chat.cancel.{session}")
 }
 
+pub fn revoked(session: SessionId) -> String {
+    format!("chat.revoked.{session}")
+}
+
+/// The session a revocation was announced for.
+pub fn session_of_revoked(subject: &str) -> Option<SessionId> {
+    subject.strip_prefix("chat.revoked.")?.parse().ok()
+}
+
 /// The Direct Get API of a stream (ADR-31): batched reads served by any
 /// replica without creating a consumer.
 pub fn direct_get(stream: &str) -> String {
@@ -96,15 +108,24 @@ pub fn session_key(session: SessionId) -> String {
 }
 
 /// KV key of the cancel flag of one message, read by the worker that pulls a
-/// job still waiting in the queue.
-pub fn cancel_flag_key(message: MessageId) -> String {
-    format!("cancel.{message}")
+/// job still waiting in the queue. Message ids are the client's choice, so
+/// the key holds the session too: one session cannot flag another's message.
+pub fn cancel_flag_key(session: SessionId, message: MessageId) -> String {
+    format!("cancel.{session}.{message}")
 }
 
-/// The `Nats-Msg-Id` of a request and of its user-message event: the message
-/// id, so a retried send is deduplicated by JetStream.
-pub fn dedup_id(message: MessageId) -> String {
-    message.to_string()
+/// The `Nats-Msg-Id` of a request and of its user-message event (and of the
+/// turn and dead letter a worker stores once per message): session and
+/// message id, so a retried send is deduplicated by JetStream, and a message
+/// id another session chose is a different message.
+pub fn dedup_id(session: SessionId, message: MessageId) -> String {
+    format!("{session}.{message}")
+}
+
+/// The session a cancel notice was published for: the last token of
+/// [`cancel`]'s subject.
+pub fn session_of_cancel(subject: &str) -> Option<SessionId> {
+    subject.strip_prefix("chat.cancel.")?.parse().ok()
 }
 
 #[cfg(test)]
@@ -126,5 +147,16 @@ mod tests {
             assert_eq!(subject.split('.').count(), pattern.split('.').count());
         }
         assert_eq!(live(s).replace("live", "events"), events(s));
+        assert_eq!(session_of_cancel(&cancel(s)), Some(s));
+        assert_eq!(session_of_cancel("chat.cancel.nope"), None);
+        assert_eq!(session_of_revoked(&revoked(s)), Some(s));
+        assert!(revoked(s).starts_with(REVOKED_ALL.trim_end_matches('*')));
+    }
+
+    #[test]
+    fn keys_of_one_message_id_differ_between_sessions() {
+        let (a, b, m) = (SessionId::new(), SessionId::new(), MessageId::new());
+        assert_ne!(dedup_id(a, m), dedup_id(b, m));
+        assert_ne!(cancel_flag_key(a, m), cancel_flag_key(b, m));
     }
 }

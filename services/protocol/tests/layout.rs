@@ -125,3 +125,60 @@ async fn ensure_updates_a_changed_layout_in_place() {
         2_000
     );
 }
+
+/// `max_file_store` of a nats-server config file, in bytes (`8GB`, `512MB`).
+fn max_file_store(conf: &str) -> Option<i64> {
+    let line = conf
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("max_file_store"))?;
+    let value = line.split([':', '=']).nth(1)?.trim().to_ascii_uppercase();
+    let digits: String = value.chars().take_while(char::is_ascii_digit).collect();
+    let unit = match value[digits.len()..].trim() {
+        "" | "B" => 1,
+        "K" | "KB" => 1 << 10,
+        "M" | "MB" => 1 << 20,
+        "G" | "GB" => 1 << 30,
+        "T" | "TB" => 1 << 40,
+        other => panic!("unknown unit {other} in {line}"),
+    };
+    Some(digits.parse::<i64>().ok()? * unit)
+}
+
+#[test]
+fn every_stream_and_the_bucket_are_bounded_below_the_file_store() {
+    let config = LayoutConfig::default();
+    let bounds = [
+        ("CHAT_REQUESTS", config.requests_stream().max_bytes),
+        ("CHAT_EVENTS", config.events_stream().max_bytes),
+        ("CHAT_HISTORY", config.history_stream().max_bytes),
+        ("CHAT_DEAD", config.dead_stream().max_bytes),
+        ("chat_sessions", config.sessions_bucket().max_bytes),
+    ];
+    for (name, max) in bounds {
+        assert!(
+            max > 0,
+            "{name} has no max_bytes: one client could fill the store"
+        );
+    }
+    let total: i64 = bounds.iter().map(|(_, max)| max).sum();
+    let mut confs = vec![nats_dir().join("nats-server.conf")];
+    if let Ok(dir) = std::fs::read_dir(nats_dir().join("cluster")) {
+        confs.extend(dir.flatten().map(|e| e.path()));
+    }
+    let mut checked = 0;
+    for path in confs {
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        if let Some(store) = max_file_store(&text) {
+            assert!(
+                total < store,
+                "{}: the layout may hold {total} bytes, the store {store}",
+                path.display()
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 1, "no nats config with max_file_store found");
+}

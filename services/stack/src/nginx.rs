@@ -23,6 +23,11 @@ pub struct NginxLimits {
     pub api_rate_per_sec: u32,
     /// REST requests above the rate accepted at once.
     pub api_burst: u32,
+    /// Sessions one IP may create per minute (`POST /api/sessions` and a
+    /// socket without `?session=`).
+    pub sessions_per_min: u32,
+    /// Sessions above that rate created at once.
+    pub session_burst: u32,
 }
 
 impl Default for NginxLimits {
@@ -31,6 +36,8 @@ impl Default for NginxLimits {
             ws_connections: 20_000,
             api_rate_per_sec: 10_000,
             api_burst: 20_000,
+            sessions_per_min: 1_000_000,
+            session_burst: 100_000,
         }
     }
 }
@@ -93,7 +100,15 @@ pub fn render_nginx(template: &str, config: &NginxConfig) -> anyhow::Result<Stri
             &config.limits.ws_connections.to_string(),
         )
         .replace("@@API_RATE@@", &config.limits.api_rate_per_sec.to_string())
-        .replace("@@API_BURST@@", &config.limits.api_burst.to_string());
+        .replace("@@API_BURST@@", &config.limits.api_burst.to_string())
+        .replace(
+            "@@SESSION_RATE@@",
+            &config.limits.sessions_per_min.to_string(),
+        )
+        .replace(
+            "@@SESSION_BURST@@",
+            &config.limits.session_burst.to_string(),
+        );
     if let Some(at) = text.find("@@") {
         let rest: String = text[at..].chars().take(40).collect();
         bail!("the Nginx template has a placeholder left: {rest}");

@@ -9,7 +9,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::process::Command;
 
-use stack::http::http_get;
+use stack::http::{http_get, http_get_full};
 use stack::nginx::{render_nginx, Nginx, NginxConfig, NginxLimits};
 use stack::project::project_dir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -185,6 +185,7 @@ async fn too_many_api_requests_from_one_ip_get_429() {
         ws_connections: 10,
         api_rate_per_sec: 1,
         api_burst: 2,
+        ..NginxLimits::default()
     };
     let nginx = nginx_for(&[up.port], dir.path(), limits).await;
     let mut statuses = Vec::new();
@@ -198,6 +199,16 @@ async fn too_many_api_requests_from_one_ip_get_429() {
     assert!(
         statuses.contains(&429),
         "no request was limited: {statuses:?}"
+    );
+    // Nginx's refusal speaks the protocol: JSON `rate_limited`.
+    let refused = http_get_full(&format!("{}/api/history?session=x", nginx.url()), &[])
+        .await
+        .unwrap();
+    assert_eq!(refused.status, 429);
+    assert!(
+        refused.body.contains(r#""code":"rate_limited""#),
+        "{}",
+        refused.body
     );
     // /health is not rate limited.
     for _ in 0..5 {
@@ -224,6 +235,8 @@ fn the_shell_and_rust_renderers_agree() {
             ws_connections: 77,
             api_rate_per_sec: 55,
             api_burst: 66,
+            sessions_per_min: 30,
+            session_burst: 30,
         },
     };
     let template =
@@ -239,6 +252,8 @@ fn the_shell_and_rust_renderers_agree() {
         .env("NGINX_WS_CONN_LIMIT", "77")
         .env("NGINX_API_RATE", "55")
         .env("NGINX_API_BURST", "66")
+        .env("NGINX_SESSION_RATE", "30")
+        .env("NGINX_SESSION_BURST", "30")
         .output()
         .unwrap();
     assert!(
@@ -293,4 +308,47 @@ async fn websockets_are_upgraded_and_stream_through() {
         assert_eq!(answer.into_text().unwrap().as_str(), format!("echo hi {i}"));
     }
     server.abort();
+}
+
+#[tokio::test]
+async fn one_address_creates_sessions_at_a_bounded_rate() {
+    let up = FakeUpstream::start("api").await;
+    let dir = tempfile::tempdir().unwrap();
+    let limits = NginxLimits {
+        sessions_per_min: 1,
+        session_burst: 2,
+        ..NginxLimits::default()
+    };
+    let nginx = nginx_for(&[up.port], dir.path(), limits).await;
+    let base = nginx.url();
+    // The rate (1/min) and its burst (2): three creations pass, then none.
+    let http = reqwest::Client::new();
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        let response = http.post(format!("{base}/api/sessions")).send().await;
+        statuses.push(response.unwrap().status().as_u16());
+    }
+    assert_eq!(statuses, [200, 200, 200, 429, 429]);
+    // A socket without a session creates one: refused the same way.
+    let refused = http_get_full(&format!("{base}/ws/chat"), &[])
+        .await
+        .unwrap();
+    assert_eq!(refused.status, 429);
+    assert!(
+        refused.body.contains(r#""code":"rate_limited""#),
+        "{}",
+        refused.body
+    );
+    // Requests that name a session, and other paths, are not creations.
+    for path in [
+        "/ws/chat?session=x",
+        "/api/history?session=x",
+        "/api/sessions/x",
+    ] {
+        assert_eq!(
+            http_get(&format!("{base}{path}")).await.unwrap().0,
+            200,
+            "{path}"
+        );
+    }
 }

@@ -131,8 +131,10 @@ async fn a_real_local_model_answers_through_the_whole_system_and_the_answer_repl
     }
 
     // Replay: a reconnect from the start gets the same events…
-    let url = format!("{ws_base}/ws/chat?session={session_id}&token={token}&after_seq=0");
+    let url = format!("{ws_base}/ws/chat?session={session_id}&after_seq=0");
     let (mut again, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let auth = json!({"type": "auth", "token": token}).to_string();
+    again.send(Message::Text(auth.into())).await.unwrap();
     let replayed = until_terminal(&mut again, id).await;
     assert_eq!(replayed, live, "the reconnect replays the answer exactly");
 

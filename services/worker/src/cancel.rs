@@ -1,6 +1,8 @@
 //! Cancelling jobs: one core subscription to every session's cancel subject
-//! feeds a map from message id to the cancellation token of the job running
-//! it; a job not yet started is stopped by its KV cancel flag instead.
+//! feeds a map from (session, message id) to the cancellation token of the
+//! job running it; a job not yet started is stopped by its KV cancel flag
+//! instead. Message ids are chosen by clients, so every key holds the
+//! session: a notice on one session's subject never touches another's job.
 //!
 //! A job registers its token *before* it reads the flag. The gateway puts the
 //! flag before it publishes the notice, so a notice that arrived before the
@@ -12,7 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use async_nats::jetstream::kv;
 use futures::StreamExt;
-use protocol::{subjects, CancelNotice, MessageId};
+use protocol::{subjects, CancelNotice, MessageId, SessionId};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -24,11 +26,14 @@ pub struct CancelRegistry {
 
 #[derive(Default)]
 struct Registry {
-    running: Mutex<HashMap<MessageId, Running>>,
+    running: Mutex<HashMap<JobKey, Running>>,
     serial: AtomicU64,
     /// Makes claims unique across workers (with the serial).
     node: Mutex<String>,
 }
+
+/// A job as cancels name it: its session and its message.
+type JobKey = (SessionId, MessageId);
 
 struct Running {
     serial: u64,
@@ -40,9 +45,10 @@ struct Running {
 }
 
 impl CancelRegistry {
-    /// Registers a job; the token fires on a cancel notice for `message`
-    /// until the returned guard drops.
-    pub fn register(&self, message: MessageId) -> CancelGuard {
+    /// Registers a job; the token fires on a cancel notice for `message` of
+    /// `session` until the returned guard drops.
+    pub fn register(&self, session: SessionId, message: MessageId) -> CancelGuard {
+        let key = (session, message);
         let serial = self.inner.serial.fetch_add(1, Ordering::Relaxed);
         let token = CancellationToken::new();
         let superseded = CancellationToken::new();
@@ -55,7 +61,7 @@ impl CancelRegistry {
         let claim = format!("{node}/{}/{serial}", std::process::id());
         if let Ok(mut running) = self.inner.running.lock() {
             running.insert(
-                message,
+                key,
                 Running {
                     serial,
                     cancel: token.clone(),
@@ -66,7 +72,7 @@ impl CancelRegistry {
         }
         CancelGuard {
             registry: self.clone(),
-            message,
+            key,
             serial,
             token,
             superseded,
@@ -81,11 +87,11 @@ impl CancelRegistry {
         }
     }
 
-    /// Another worker claimed `message`: stop ours unless the claim is ours.
-    pub fn superseded(&self, message: MessageId, claim: &str) -> bool {
+    /// Another worker claimed the job: stop ours unless the claim is ours.
+    pub fn superseded(&self, session: SessionId, message: MessageId, claim: &str) -> bool {
         let token = match self.inner.running.lock() {
             Ok(running) => running
-                .get(&message)
+                .get(&(session, message))
                 .filter(|r| r.claim != claim)
                 .map(|r| r.superseded.clone()),
             Err(_) => None,
@@ -93,10 +99,11 @@ impl CancelRegistry {
         token.map(|t| t.cancel()).is_some()
     }
 
-    /// Cancels the running job of `message`; false when none runs here.
-    pub fn cancel(&self, message: MessageId) -> bool {
+    /// Cancels the running job of `message` of `session`; false when none
+    /// runs here.
+    pub fn cancel(&self, session: SessionId, message: MessageId) -> bool {
         let token = match self.inner.running.lock() {
-            Ok(running) => running.get(&message).map(|r| r.cancel.clone()),
+            Ok(running) => running.get(&(session, message)).map(|r| r.cancel.clone()),
             Err(_) => None,
         };
         match token {
@@ -112,7 +119,7 @@ impl CancelRegistry {
 /// A registered job; unregisters it when dropped.
 pub struct CancelGuard {
     registry: CancelRegistry,
-    message: MessageId,
+    key: JobKey,
     serial: u64,
     token: CancellationToken,
     superseded: CancellationToken,
@@ -132,7 +139,7 @@ impl CancelGuard {
     /// The notice that tells every other worker this job is ours now.
     pub fn claim_notice(&self) -> CancelNotice {
         CancelNotice {
-            message_id: self.message,
+            message_id: self.key.1,
             claimed_by: Some(self.claim.clone()),
         }
     }
@@ -144,10 +151,10 @@ impl Drop for CancelGuard {
             // Only our own entry: a redelivery of the same message may have
             // registered after us.
             if running
-                .get(&self.message)
+                .get(&self.key)
                 .is_some_and(|r| r.serial == self.serial)
             {
-                running.remove(&self.message);
+                running.remove(&self.key);
             }
         }
     }
@@ -163,17 +170,21 @@ pub async fn listen(
     let mut notices = client.subscribe(subjects::CANCEL_ALL).await?;
     Ok(tokio::spawn(async move {
         while let Some(Some(message)) = stop.run_until_cancelled(notices.next()).await {
+            let Some(session) = subjects::session_of_cancel(&message.subject) else {
+                tracing::warn!(subject = %message.subject, "a cancel notice on a subject with no session");
+                continue;
+            };
             match serde_json::from_slice::<CancelNotice>(&message.payload) {
                 Ok(CancelNotice {
                     message_id,
                     claimed_by: Some(claim),
                 }) => {
-                    if registry.superseded(message_id, &claim) {
+                    if registry.superseded(session, message_id, &claim) {
                         tracing::info!(%message_id, %claim, "another worker took this job over; stopping ours");
                     }
                 }
                 Ok(notice) => {
-                    if registry.cancel(notice.message_id) {
+                    if registry.cancel(session, notice.message_id) {
                         tracing::debug!(message_id = %notice.message_id, "cancel notice for a running job");
                     }
                 }
@@ -186,10 +197,13 @@ pub async fn listen(
     }))
 }
 
-/// Whether a cancel flag is set for `message`. A read error counts as "not
-/// set": the job runs, and a cancel notice can still stop it.
-pub async fn flag_set(sessions: &kv::Store, message: MessageId) -> bool {
-    match sessions.get(subjects::cancel_flag_key(message)).await {
+/// Whether a cancel flag is set for `message` of `session`. A read error
+/// counts as "not set": the job runs, and a cancel notice can still stop it.
+pub async fn flag_set(sessions: &kv::Store, session: SessionId, message: MessageId) -> bool {
+    match sessions
+        .get(subjects::cancel_flag_key(session, message))
+        .await
+    {
         Ok(value) => value.is_some(),
         Err(e) => {
             tracing::warn!(message_id = %message, error = %e, "reading the cancel flag");
@@ -199,8 +213,11 @@ pub async fn flag_set(sessions: &kv::Store, message: MessageId) -> bool {
 }
 
 /// Removes a handled cancel flag (best effort: the bucket's TTL removes it anyway).
-pub async fn clear_flag(sessions: &kv::Store, message: MessageId) {
-    if let Err(e) = sessions.delete(subjects::cancel_flag_key(message)).await {
+pub async fn clear_flag(sessions: &kv::Store, session: SessionId, message: MessageId) {
+    if let Err(e) = sessions
+        .delete(subjects::cancel_flag_key(session, message))
+        .await
+    {
         tracing::debug!(message_id = %message, error = %e, "deleting the cancel flag");
     }
 }

@@ -69,7 +69,7 @@ pub async fn store(
     publish_and_wait(
         &ctx.js,
         subjects::dead(request.session_id),
-        once_per_message(payload.into(), request.message_id),
+        once_per_message(payload.into(), request.session_id, request.message_id),
     )
     .await
 }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use async_nats::jetstream::{self, context::PublishAckFuture, message::PublishMessage};
-use protocol::{subjects, Event, EventKind, MessageId};
+use protocol::{subjects, Event, EventKind, MessageId, SessionId};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -41,10 +41,14 @@ impl From<serde_json::Error> for PublishFailed {
 
 /// A message JetStream stores once per chat message (within the dedup
 /// window), however often a repeated attempt sends it.
-pub fn once_per_message(payload: bytes::Bytes, message: MessageId) -> PublishMessage {
+pub fn once_per_message(
+    payload: bytes::Bytes,
+    session: SessionId,
+    message: MessageId,
+) -> PublishMessage {
     PublishMessage::build()
         .payload(payload)
-        .message_id(subjects::dedup_id(message))
+        .message_id(subjects::dedup_id(session, message))
 }
 
 /// Publishes one message and waits until JetStream has stored it.

@@ -139,7 +139,7 @@ pub(crate) async fn record(
         publish_and_wait(
             &ctx.js,
             subjects::history(request.session_id),
-            once_per_message(payload.clone(), request.message_id),
+            once_per_message(payload.clone(), request.session_id, request.message_id),
         )
     })
     .await?;

@@ -191,7 +191,7 @@ async fn cancel_stops_a_running_answer_within_200_ms() {
     assert_eq!(turns[0].status, TurnStatus::Cancelled);
     assert_eq!(turns[0].assistant, text);
     assert!(h.record(session).await.is_finished(id));
-    let flag = protocol::subjects::cancel_flag_key(id);
+    let flag = protocol::subjects::cancel_flag_key(session, id);
     wait_until(|| async { h.layout.sessions.get(flag.clone()).await.unwrap().is_none() }).await;
     worker.shutdown().await.unwrap();
 }
@@ -208,7 +208,7 @@ async fn a_cancel_whose_notice_was_lost_is_found_through_its_flag() {
     // The gateway's flag, without its core notice (lost in a reconnect).
     h.layout
         .sessions
-        .put(protocol::subjects::cancel_flag_key(id), "1".into())
+        .put(protocol::subjects::cancel_flag_key(session, id), "1".into())
         .await
         .unwrap();
     let events = live.until(|e| e.is_terminal()).await;

@@ -8,6 +8,7 @@ class FakeSocket {
   static all: FakeSocket[] = [];
   readyState = 0;
   sent: string[] = [];
+  onopen: (() => void) | null = null;
   onmessage: ((ev: { data: unknown }) => void) | null = null;
   onclose: ((ev: { code: number; reason: string }) => void) | null = null;
   onerror: (() => void) | null = null;
@@ -22,6 +23,7 @@ class FakeSocket {
   }
   open(node = 'gw-1', lastSeq = 0) {
     this.readyState = 1;
+    this.onopen?.();
     this.receive({ type: 'ready', session_id: 's', node, last_seq: lastSeq });
   }
   receive(frame: object) {
@@ -66,8 +68,10 @@ describe('connection', () => {
   it('resumes after the highest seq seen, with backoff', () => {
     const seq = { value: 0 };
     const { conn, statuses } = connect(seq);
-    expect(last().url).toBe('ws://test/ws/chat?session=s&token=t&after_seq=0');
+    // The token is never in the URL: it is the socket's first frame.
+    expect(last().url).toBe('ws://test/ws/chat?session=s&after_seq=0');
     last().open();
+    expect(JSON.parse(last().sent[0])).toEqual({ type: 'auth', token: 't' });
     expect(conn.isReady).toBe(true);
     last().receive({ type: 'user_message', message_id: 'm', content: 'q', seq: 41 });
     last().receive({ type: 'chunk', message_id: 'm', attempt: 1, index: 0, text: 'x', seq: 42 });
@@ -112,7 +116,7 @@ describe('connection', () => {
     last().open();
     expect(conn.send({ type: 'cancel', message_id: 'm' })).toBe(true);
     vi.advanceTimersByTime(15_000);
-    expect(last().sent.map((s) => JSON.parse(s).type)).toEqual(['cancel', 'ping']);
+    expect(last().sent.map((s) => JSON.parse(s).type)).toEqual(['auth', 'cancel', 'ping']);
     conn.stop();
   });
 

@@ -34,9 +34,15 @@ export interface ConnectionOptions {
 /** A close this client makes itself when the socket went silent (4000-4999: private use). */
 const CLOSE_SILENT = 4000;
 
-export function chatUrl(base: string, sessionId: string, token: string, afterSeq: number): string {
-  const q = new URLSearchParams({ session: sessionId, token, after_seq: String(afterSeq) });
+/** The socket's URL: the session and where to resume, never the token (URLs are logged). */
+export function chatUrl(base: string, sessionId: string, afterSeq: number): string {
+  const q = new URLSearchParams({ session: sessionId, after_seq: String(afterSeq) });
   return `${base}/ws/chat?${q.toString()}`;
+}
+
+/** The first frame of every socket: the session's token. */
+export function authFrame(token: string): string {
+  return JSON.stringify({ type: 'auth', token });
 }
 
 export function defaultWsBase(loc: Location = window.location): string {
@@ -110,7 +116,7 @@ export class ChatConnection {
     this.ready = false;
     this.refusal = null;
     this.opts.onStatus({ kind: 'connecting', attempt: this.attempt });
-    const url = chatUrl(this.opts.base, this.opts.sessionId, this.opts.token, this.opts.afterSeq());
+    const url = chatUrl(this.opts.base, this.opts.sessionId, this.opts.afterSeq());
     let ws: WebSocket;
     try {
       ws = new this.opts.WebSocketImpl(url);
@@ -120,6 +126,9 @@ export class ChatConnection {
     }
     this.ws = ws;
     this.lastHeard = Date.now();
+    ws.onopen = () => {
+      if (ws === this.ws) ws.send(authFrame(this.opts.token));
+    };
     ws.onmessage = (ev) => {
       this.lastHeard = Date.now();
       if (typeof ev.data !== 'string') return;

@@ -33,13 +33,14 @@ export const CONTROL_FRAME_TYPES = ['ready', 'accepted', 'error', 'history', 'po
 export type ControlFrameType = (typeof CONTROL_FRAME_TYPES)[number];
 
 /** The `type` of each frame a client may send. */
-export const CLIENT_FRAME_TYPES = ['chat', 'regenerate', 'cancel', 'resume', 'ping'] as const;
+export const CLIENT_FRAME_TYPES = ['auth', 'chat', 'regenerate', 'cancel', 'resume', 'ping'] as const;
 export type ClientFrameType = (typeof CLIENT_FRAME_TYPES)[number];
 
 /** Codes of `error` frames and REST error bodies (docs/PROTOCOL.md, "Error codes"). */
 export const ERROR_CODES = [
   'bad_request',
   'unauthorized',
+  'forbidden',
   'not_found',
   'too_large',
   'rate_limited',

@@ -81,6 +81,19 @@ export async function createSession(base = ''): Promise<{ session_id: string; to
   return (await res.json()) as { session_id: string; token: string };
 }
 
+/**
+ * `DELETE /api/sessions/{id}`: revokes a conversation on the server, so its
+ * token stops working everywhere (other tabs' sockets close). One already
+ * gone (expired, revoked elsewhere: 401) counts as removed.
+ */
+export async function revokeSession(session: { sessionId: string; token: string }, base = ''): Promise<void> {
+  const res = await fetch(`${base}/api/sessions/${encodeURIComponent(session.sessionId)}`, {
+    method: 'DELETE',
+    headers: { authorization: `Bearer ${session.token}` },
+  });
+  if (!res.ok && res.status !== 401) throw await apiError(res);
+}
+
 /** A short title from the first question. */
 export function titleFrom(question: string): string {
   const line = question.trim().replace(/\s+/g, ' ');

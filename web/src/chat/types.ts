@@ -89,6 +89,7 @@ export type ServerFrame =
   | PongFrame;
 
 export type ClientFrame =
+  | { type: 'auth'; token: string }
   | { type: 'chat'; message_id: string; content: string; model?: string }
   | { type: 'regenerate'; message_id: string; replaces?: string; model?: string }
   | { type: 'cancel'; message_id: string }

@@ -2,6 +2,7 @@ import { useCallback, useEffect, useState } from 'react';
 import {
   createSession,
   loadCurrent,
+  revokeSession,
   loadSessions,
   saveCurrent,
   saveSessions,
@@ -61,6 +62,11 @@ export function App() {
   }, [current, creating, createError, newConversation]);
 
   const remove = (id: string) => {
+    // Revoked on the server too, so the token opens nothing any more. The
+    // local entry goes at once; a failure (offline) leaves the session to
+    // expire on its own.
+    const gone = sessions.find((s) => s.sessionId === id);
+    if (gone) revokeSession(gone).catch(() => undefined);
     setSessions((list) => list.filter((s) => s.sessionId !== id));
     if (id === currentId) setCurrentId(sessions.find((s) => s.sessionId !== id)?.sessionId ?? null);
   };

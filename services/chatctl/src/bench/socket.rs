@@ -72,8 +72,8 @@ impl Socket {
     pub async fn connect(endpoint: &Endpoint, attach: &Attach) -> anyhow::Result<(Self, Ready)> {
         let mut url = format!("ws://{}/ws/chat", endpoint.authority);
         let mut sep = '?';
-        if let Some((session, token)) = &attach.session {
-            url.push_str(&format!("?session={session}&token={token}"));
+        if let Some((session, _)) = &attach.session {
+            url.push_str(&format!("?session={session}"));
             sep = '&';
         }
         if let Some(after) = attach.after_seq {
@@ -91,6 +91,11 @@ impl Socket {
             .await
             .with_context(|| format!("WebSocket upgrade {url}"))?;
         let mut socket = Socket { ws };
+        // A session's token goes in the first frame, never in the URL.
+        if let Some((_, token)) = &attach.session {
+            let auth = serde_json::json!({"type": "auth", "token": token});
+            socket.send(auth.to_string()).await?;
+        }
         let text = socket
             .next_text(FRAME_TIMEOUT)
             .await?

@@ -22,9 +22,9 @@ mod reader;
 mod relay;
 
 use axum::extract::ws::{Message, WebSocket};
-use futures::stream::SplitSink;
+use futures::stream::{SplitSink, SplitStream};
 use futures::StreamExt;
-use protocol::frames::ControlFrame;
+use protocol::frames::{ClientFrame, ControlFrame};
 use protocol::{CloseCode, SessionId, SessionToken};
 use serde::Deserialize;
 use tokio::sync::{broadcast, mpsc};
@@ -36,7 +36,7 @@ use self::reader::Command;
 use self::relay::Relay;
 use crate::app::AppState;
 use crate::error::ApiError;
-use crate::live::Attachment;
+use crate::live::{AttachError, Attachment};
 use crate::replay::{self, Position, SessionEvents, StoredEvents};
 use crate::{auth, metrics};
 
@@ -56,14 +56,18 @@ enum End {
     Close(CloseCode, &'static str),
 }
 
-/// The query of `/ws/chat`: no session creates one; a session needs its
-/// token; `after_seq` asks for a replay of what came after it.
-#[derive(Debug, Deserialize)]
+/// The query of `/ws/chat`: no session creates one; a session's token comes
+/// in the first frame (`auth`), or with `--allow-url-token` as `token` here;
+/// `after_seq` asks for a replay of what came after it.
+#[derive(Deserialize)]
 pub struct SocketQuery {
     pub session: Option<String>,
-    pub token: Option<String>,
+    pub token: Option<SessionToken>,
     pub after_seq: Option<String>,
 }
+
+/// A refused socket: the error frame it gets, then the close and its reason.
+type Refusal = (ApiError, CloseCode, &'static str);
 
 type SocketRelay = Relay<SplitSink<WebSocket, Message>, SessionEvents>;
 
@@ -80,18 +84,24 @@ pub async fn serve(socket: WebSocket, state: AppState, query: SocketQuery) {
 }
 
 async fn run(socket: WebSocket, state: AppState, query: SocketQuery) {
-    let (sink, stream) = socket.split();
+    let (sink, mut stream) = socket.split();
     let mut outbox = Outbox::new(sink, state.config.write_timeout());
     // Cold paths are boxed: an async fn's future is as large as the largest
     // future it awaits inline, and ten thousand idle sockets would each
     // carry the room that only attaching, replaying or submitting need.
-    let attached = match Box::pin(attach(&state, &query)).await {
+    let attached = match Box::pin(authenticate(&state, query, &mut stream)).await {
+        Ok(query) => Box::pin(attach(&state, query))
+            .await
+            .map_err(|(error, close)| (error, close, "refused")),
+        Err(refused) => Err(refused),
+    };
+    let attached = match attached {
         Ok(attached) => attached,
-        Err((error, close)) => {
+        Err((error, close, reason)) => {
             // The error frame says why; the close code is what a client acts on.
             let frame = error.frame(None).to_json();
             let _ = outbox.feed(frame.into()).await;
-            outbox.close(close, "refused").await;
+            outbox.close(close, reason).await;
             return;
         }
     };
@@ -126,9 +136,10 @@ struct Attached {
 }
 
 /// The close code for a refused attach: the client's fault is a policy
-/// violation (1008); NATS trouble is "try again later" (1013).
+/// violation (1008); NATS trouble, and a session with all its sockets open,
+/// are "try again later" (1013).
 fn refusal(e: ApiError) -> (ApiError, CloseCode) {
-    let code = if matches!(e, ApiError::Unavailable(_)) {
+    let code = if matches!(e, ApiError::Unavailable(_) | ApiError::RateLimited(_)) {
         CloseCode::TryAgainLater
     } else {
         CloseCode::PolicyViolation
@@ -136,10 +147,73 @@ fn refusal(e: ApiError) -> (ApiError, CloseCode) {
     (e, code)
 }
 
-/// Authenticates (or creates) the session, subscribes to its live events,
+/// Reads the token of a socket opened with `?session=` from its first frame,
+/// `{"type":"auth","token":…}`, which must come within `--auth-timeout-ms`.
+/// A token in the URL is refused unless `--allow-url-token` (old clients).
+/// Returns the query with the token in it; a socket that creates its
+/// session has none to give.
+async fn authenticate(
+    state: &AppState,
+    mut query: SocketQuery,
+    stream: &mut SplitStream<WebSocket>,
+) -> Result<SocketQuery, Refusal> {
+    if query.session.is_none() {
+        return Ok(query);
+    }
+    if query.token.is_some() {
+        if state.config.allow_url_token {
+            return Ok(query);
+        }
+        let e = ApiError::NoAuthFrame(
+            "a token in the URL is refused: send {\"type\":\"auth\",\"token\":…} as the first frame".into(),
+        );
+        return Err((
+            e,
+            CloseCode::PolicyViolation,
+            "send the token in an auth frame",
+        ));
+    }
+    let no_auth = || {
+        let e =
+            ApiError::NoAuthFrame("the first frame must be {\"type\":\"auth\",\"token\":…}".into());
+        (
+            e,
+            CloseCode::PolicyViolation,
+            "expected an auth frame first",
+        )
+    };
+    let first_text = async {
+        while let Some(message) = stream.next().await {
+            match message {
+                Ok(Message::Text(text)) => return Some(text),
+                // The library answers pings; nothing else may come first.
+                Ok(Message::Ping(_) | Message::Pong(_)) => continue,
+                _ => return None,
+            }
+        }
+        None
+    };
+    let text = tokio::time::timeout(state.config.auth_timeout(), first_text)
+        .await
+        .map_err(|_| {
+            let e = ApiError::NoAuthFrame("no auth frame in time".into());
+            (e, CloseCode::PolicyViolation, "no auth frame in time")
+        })?
+        .ok_or_else(no_auth)?;
+    match ClientFrame::parse(&text) {
+        Ok(ClientFrame::Auth { token }) => {
+            metrics::frame_in(ClientFrame::AUTH);
+            query.token = Some(token);
+            Ok(query)
+        }
+        _ => Err(no_auth()),
+    }
+}
+
+/// Checks the token (or creates the session), subscribes to its live events,
 /// then finds where replay starts: subscribing first means every event stored
 /// after the replay read still arrives live.
-async fn attach(state: &AppState, query: &SocketQuery) -> Result<Attached, (ApiError, CloseCode)> {
+async fn attach(state: &AppState, query: SocketQuery) -> Result<Attached, (ApiError, CloseCode)> {
     let after_seq = query
         .after_seq
         .as_deref()
@@ -153,17 +227,19 @@ async fn attach(state: &AppState, query: &SocketQuery) -> Result<Attached, (ApiE
         }
         Some(raw) => {
             let session = auth::parse_session_id(Some(raw)).map_err(refusal)?;
-            auth::check_token(state, session, query.token.as_deref())
+            let token = query.token.as_ref().map(SessionToken::as_str);
+            auth::check_token(state, session, token)
                 .await
                 .map_err(refusal)?;
             (session, None)
         }
     };
-    let attachment = state
-        .hub
-        .attach(session)
-        .await
-        .map_err(|e| refusal(ApiError::nats(e)))?;
+    let attachment = state.hub.attach(session).await.map_err(|e| {
+        refusal(match e {
+            AttachError::TooManySockets(_) => ApiError::RateLimited(e.to_string()),
+            AttachError::Nats(e) => ApiError::nats(e),
+        })
+    })?;
     let events = SessionEvents::new(state.clone(), session);
     let position = events.position(after_seq).await.map_err(refusal)?;
     Ok(Attached {
@@ -213,6 +289,7 @@ async fn forward(
         let step = tokio::select! {
             biased;
             _ = shutdown.cancelled() => return End::Close(CloseCode::ServiceRestart, "service restart"),
+            _ = attachment.revoked.cancelled() => return End::Close(CloseCode::PolicyViolation, "session revoked"),
             _ = tokio::time::sleep_until(check_at), if tail_check.is_some() => {
                 tail_check = None;
                 match Box::pin(relay.check_tail(tail_suspect.take())).await {

@@ -79,6 +79,10 @@ pub(super) async fn read(
         metrics::frame_in(frame.kind());
         let reply = match frame {
             ClientFrame::Ping => Command::Control(ControlFrame::Pong),
+            ClientFrame::Auth { .. } => {
+                let e = ApiError::BadRequest("this socket is authenticated already".into());
+                Command::Control(e.frame(None))
+            }
             ClientFrame::Resume { after_seq } => Command::Resume(after_seq),
             ClientFrame::Chat {
                 message_id,

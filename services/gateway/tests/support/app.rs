@@ -205,11 +205,14 @@ impl TestApp {
 
     /// A socket on an existing session, `ready` not yet read.
     pub async fn connect(&self, session: SessionId, token: &str, after_seq: Option<u64>) -> Ws {
-        let mut query = format!("?session={session}&token={token}");
+        let mut query = format!("?session={session}");
         if let Some(after) = after_seq {
             query.push_str(&format!("&after_seq={after}"));
         }
-        Ws::connect(&self.ws_url(&query)).await
+        let mut ws = Ws::connect(&self.ws_url(&query)).await;
+        ws.send_json(serde_json::json!({"type": "auth", "token": token}))
+            .await;
+        ws
     }
 
     /// `POST {path}` with the session's bearer token and a JSON body.

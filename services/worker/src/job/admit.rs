@@ -29,7 +29,7 @@ impl Job {
         // round trip here is added to the time to the first chunk.
         let (answered, cancel_flagged, history, last_event) = tokio::join!(
             self.already_answered(),
-            cancel::flag_set(&ctx.layout.sessions, id),
+            cancel::flag_set(&ctx.layout.sessions, self.request.session_id, id),
             self.context(),
             ctx.layout
                 .events

@@ -54,7 +54,8 @@ impl Job {
             CancelFlag::ClearIfCancelled => guard.token().is_cancelled(),
         };
         if clear_flag {
-            cancel::clear_flag(&ctx.layout.sessions, self.message_id()).await;
+            let session = self.request.session_id;
+            cancel::clear_flag(&ctx.layout.sessions, session, self.message_id()).await;
         }
         Ok(ending.report)
     }

@@ -164,6 +164,11 @@ impl Attempt {
     }
 }
 
+/// What a user reads when the model server refuses an answer; the server's
+/// own text goes to the worker's log only.
+pub(crate) const MODEL_REFUSED: &str =
+    "The model could not answer this message. Try again or rephrase it.";
+
 impl Ending {
     /// An ending that stores nothing and publishes nothing.
     fn quiet(ack: QueueReply, report: Report) -> Self {
@@ -292,16 +297,21 @@ impl Ending {
                     report(Some(Outcome::Cancelled), "cancelled while generating"),
                 )
             },
-            Stop::Backend(BackendError::Rejected(reason)) => Self::closing(
-                Event::Error {
-                    message_id: Some(id),
-                    code: ErrorCode::ModelFailed,
-                    message: reason,
-                },
-                Answer::unfinished(TurnStatus::Failed, text).with_reasoning(reasoning_chars),
-                QueueReply::Term,
-                report(Some(Outcome::Failed), "model refused"),
-            ),
+            Stop::Backend(BackendError::Rejected(reason)) => {
+                // The server's words stay in the log: they can carry what the
+                // user must not see (OpenAI's 401 names a masked key suffix).
+                tracing::warn!(reason = %reason, "the model refused the request");
+                Self::closing(
+                    Event::Error {
+                        message_id: Some(id),
+                        code: ErrorCode::ModelFailed,
+                        message: MODEL_REFUSED.to_string(),
+                    },
+                    Answer::unfinished(TurnStatus::Failed, text).with_reasoning(reasoning_chars),
+                    QueueReply::Term,
+                    report(Some(Outcome::Failed), "model refused"),
+                )
+            }
             Stop::Backend(BackendError::Unavailable {
                 message,
                 retry_after,
@@ -568,10 +578,13 @@ mod tests {
         assert_eq!((done.report.chunks, done.report.tokens), (4, 9));
 
         let refused = after(Stop::Backend(BackendError::Rejected("bad model".into())), 1);
-        assert!(matches!(
-            refused.terminal,
-            Some(Event::Error { code: ErrorCode::ModelFailed, ref message, .. }) if message == "bad model"
-        ));
+        assert!(
+            matches!(
+                refused.terminal,
+                Some(Event::Error { code: ErrorCode::ModelFailed, ref message, .. }) if message == MODEL_REFUSED
+            ),
+            "the user gets a plain message, never the server's words"
+        );
         assert_eq!(refused.turn.unwrap().text, "partial answer");
 
         let unknown = Ending::unknown_model(attempt(1), "gpt-9");

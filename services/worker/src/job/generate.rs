@@ -125,7 +125,8 @@ impl Job {
                     // connection was down would leave a cancel the client saw
                     // accepted (202) unheeded. The KV flag is stored, so it is
                     // read again with each progress ack.
-                    if cancel::flag_set(&ctx.layout.sessions, self.message_id()).await {
+                    let (session, message) = (self.request.session_id, self.message_id());
+                    if cancel::flag_set(&ctx.layout.sessions, session, message).await {
                         tracing::info!("cancel flag found while generating");
                         cancelled.cancel();
                     }

@@ -96,7 +96,10 @@ impl Job {
     /// The steps of one attempt. Each ending, whether before or after
     /// generating, goes through `conclude`.
     async fn process(&self) -> Result<Report, JobError> {
-        let guard = self.ctx.cancels.register(self.message_id());
+        let guard = self
+            .ctx
+            .cancels
+            .register(self.request.session_id, self.message_id());
         let history = match self.admit(&guard).await {
             Admission::Run { history } => history,
             Admission::End(ending) => return self.conclude(ending, None, &guard).await,

@@ -139,7 +139,7 @@ impl Harness {
                 subjects::events(session),
                 PublishMessage::build()
                     .payload(echo.to_payload())
-                    .message_id(subjects::dedup_id(message_id)),
+                    .message_id(subjects::dedup_id(session, message_id)),
             )
             .await
             .unwrap()
@@ -159,7 +159,7 @@ impl Harness {
                 subjects::requests(session),
                 PublishMessage::build()
                     .payload(serde_json::to_vec(&request).unwrap().into())
-                    .message_id(subjects::dedup_id(message_id)),
+                    .message_id(subjects::dedup_id(session, message_id)),
             )
             .await
             .unwrap()
@@ -172,7 +172,7 @@ impl Harness {
     pub async fn cancel(&self, session: SessionId, message_id: MessageId) {
         self.layout
             .sessions
-            .put(subjects::cancel_flag_key(message_id), "1".into())
+            .put(subjects::cancel_flag_key(session, message_id), "1".into())
             .await
             .unwrap();
         self.client
