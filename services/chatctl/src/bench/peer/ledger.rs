@@ -128,12 +128,19 @@ mod tests {
     use super::*;
 
     fn event(i: usize, x: &str) -> String {
-        format!("data: {{\"i\":{i},\"t\":5,\"x\":{}}}\n\n", serde_json::json!(x))
+        format!(
+            "data: {{\"i\":{i},\"t\":5,\"x\":{}}}\n\n",
+            serde_json::json!(x)
+        )
     }
 
     #[test]
     fn events_split_across_reads_parse_once_and_count_utf16() {
-        let stream = format!("{}{}data: {{\"done\":2}}\n\n", event(0, "héllo "), event(1, "😀."));
+        let stream = format!(
+            "{}{}data: {{\"done\":2}}\n\n",
+            event(0, "héllo "),
+            event(1, "😀.")
+        );
         let bytes = stream.as_bytes();
         let mut reader = EventReader::default();
         let mut events = Vec::new();
@@ -162,14 +169,23 @@ mod tests {
         let mut reader = EventReader::default();
         let (first, second, third) = (event(0, "a "), event(1, "b "), event(2, "c."));
         reader.push(format!("{first}{second}{}", &third[..9]).as_bytes());
-        assert!(matches!(reader.next_event(), Ok(Some(PeerEvent::Token { i: 0, .. }))));
+        assert!(matches!(
+            reader.next_event(),
+            Ok(Some(PeerEvent::Token { i: 0, .. }))
+        ));
         assert_eq!(reader.consumed(), first.len());
         reader.drop_partial();
         assert_eq!(reader.next_event(), Ok(None));
         assert_eq!(reader.consumed(), first.len());
         reader.push(format!("{second}{third}").as_bytes());
-        assert!(matches!(reader.next_event(), Ok(Some(PeerEvent::Token { i: 1, .. }))));
-        assert!(matches!(reader.next_event(), Ok(Some(PeerEvent::Token { i: 2, .. }))));
+        assert!(matches!(
+            reader.next_event(),
+            Ok(Some(PeerEvent::Token { i: 1, .. }))
+        ));
+        assert!(matches!(
+            reader.next_event(),
+            Ok(Some(PeerEvent::Token { i: 2, .. }))
+        ));
     }
 
     #[test]

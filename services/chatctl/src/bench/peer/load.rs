@@ -160,8 +160,10 @@ impl Session {
             && self.spec.max_turns.is_none_or(|m| turn < m)
         {
             if let Err(problem) = self.answer(turn, &mut run).await {
-                run.problems
-                    .push(format!("peer session {} turn {turn}: {problem}", self.index));
+                run.problems.push(format!(
+                    "peer session {} turn {turn}: {problem}",
+                    self.index
+                ));
                 break;
             }
             turn += 1;
@@ -179,7 +181,7 @@ impl Session {
         );
         let tokens = worker::backends::demo::answer_tokens(&prompt, self.spec.answer_tokens);
         let stream_url = format!("{}/chat/r{}-s{}-t{turn}", self.url, self.run_id, self.index);
-        let drops = self.spec.resume_every > 0 && self.index % self.spec.resume_every == 0;
+        let drops = self.spec.resume_every > 0 && self.index.is_multiple_of(self.spec.resume_every);
         let drop_after = tokens.len() / 2;
         let body = serde_json::json!({
             "tokens": tokens,
@@ -196,7 +198,12 @@ impl Session {
         loop {
             let bytes = match tokio::time::timeout(FRAME_TIMEOUT, response.chunk()).await {
                 Ok(Ok(Some(bytes))) => bytes,
-                Ok(Ok(None)) => return Err(format!("the stream ended after {} tokens", check.received())),
+                Ok(Ok(None)) => {
+                    return Err(format!(
+                        "the stream ended after {} tokens",
+                        check.received()
+                    ))
+                }
                 Ok(Err(e)) => return Err(format!("reading: {e}")),
                 Err(_) => return Err(format!("nothing for {FRAME_TIMEOUT:?}")),
             };
@@ -228,6 +235,13 @@ impl Session {
                 }
             }
             if check.is_done() {
+                // Read the body to its end so the connection goes back to
+                // the pool (as a browser's would) instead of a new one per
+                // answer; nothing may follow `done`.
+                reader.push(&drain(&mut response).await?);
+                if let Some(extra) = reader.next_event()? {
+                    return Err(format!("{extra:?} after done"));
+                }
                 break;
             }
             if cut {
@@ -258,5 +272,18 @@ impl Session {
             return Err(format!("status {status}: {text}"));
         }
         Ok(response)
+    }
+}
+
+/// The rest of a response's body, up to its end.
+async fn drain(response: &mut reqwest::Response) -> Result<Vec<u8>, String> {
+    let mut rest = Vec::new();
+    loop {
+        match tokio::time::timeout(FRAME_TIMEOUT, response.chunk()).await {
+            Ok(Ok(Some(bytes))) => rest.extend_from_slice(&bytes),
+            Ok(Ok(None)) => return Ok(rest),
+            Ok(Err(e)) => return Err(format!("reading the end: {e}")),
+            Err(_) => return Err(format!("no end of the body in {FRAME_TIMEOUT:?}")),
+        }
     }
 }

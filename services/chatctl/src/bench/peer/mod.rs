@@ -103,9 +103,13 @@ pub async fn run(plan: &PeerPlan) -> anyhow::Result<PeerResults> {
     if plan.sessions > 0 {
         println!("peer: {} streams, zero delay", plan.sessions);
         let peer = PeerService::start(&plan.options).await?;
-        let outcome = load::run(&peer.url(), &peer.pids(), &spec(plan.sessions, plan.measure, 0.0))
-            .await
-            .with_context(|| format!("peer, unpaced; its logs:\n{}", peer.log_tail()))?;
+        let outcome = load::run(
+            &peer.url(),
+            &peer.pids(),
+            &spec(plan.sessions, plan.measure, 0.0),
+        )
+        .await
+        .with_context(|| format!("peer, unpaced; its logs:\n{}", peer.log_tail()))?;
         results.unpaced = Some((plan.sessions, outcome));
     }
     if !plan.paced_loads.is_empty() {
@@ -161,7 +165,11 @@ pub async fn hold_idle(
                 let response = tokio::time::timeout(FRAME_TIMEOUT, request.send())
                     .await
                     .context("no response")??;
-                anyhow::ensure!(response.status().is_success(), "status {}", response.status());
+                anyhow::ensure!(
+                    response.status().is_success(),
+                    "status {}",
+                    response.status()
+                );
                 Ok::<_, anyhow::Error>(response)
             }
         })
@@ -373,7 +381,10 @@ fn cpu_row(what: &str, outcome: &PeerLoadOutcome) -> Option<Row> {
     for (name, secs) in &outcome.cpu {
         let us = secs * 1e6 / tokens;
         values.push((format!("{name}_us_per_token"), us));
-        parts.push(format!("{} {us:.1}", if name == "bench" { "client" } else { name }));
+        parts.push(format!(
+            "{} {us:.1}",
+            if name == "bench" { "client" } else { name }
+        ));
     }
     Some(Row::text(
         format!("peer: CPU per delivered token ({what}), µs"),

@@ -72,7 +72,9 @@ impl PeerService {
         let node_bin = find_program("node")
             .context("node is not installed: run `scripts/install-deps.sh --bench`")?;
         ensure_packages().await?;
-        let dir = tempfile::Builder::new().prefix("chat-bench-peer-").tempdir()?;
+        let dir = tempfile::Builder::new()
+            .prefix("chat-bench-peer-")
+            .tempdir()?;
         let (redis, redis_port) = start_redis(&redis_bin, dir.path(), options).await?;
         let mut service = Self {
             node: None,
@@ -109,7 +111,11 @@ impl PeerService {
         let mut pids = Vec::new();
         if let Some(node) = &self.node {
             pids.push(("node".to_string(), node.id()));
-            pids.extend(children_of(node.id()).into_iter().map(|p| ("node".into(), p)));
+            pids.extend(
+                children_of(node.id())
+                    .into_iter()
+                    .map(|p| ("node".into(), p)),
+            );
         }
         if let Some(redis) = &self.redis {
             pids.push(("redis-server".into(), redis.id()));
@@ -229,7 +235,10 @@ async fn spawn_until(
 /// (a fresh checkout; `just bench` runs it first anyway).
 async fn ensure_packages() -> anyhow::Result<()> {
     let dir = peer_dir();
-    if dir.join("node_modules/resumable-stream/package.json").is_file() {
+    if dir
+        .join("node_modules/resumable-stream/package.json")
+        .is_file()
+    {
         return Ok(());
     }
     let npm = find_program("npm")
@@ -283,7 +292,10 @@ fn children_of(parent: u32) -> Vec<u32> {
 
 /// The installed version of an npm package of the peer.
 fn package_version(name: &str) -> Option<String> {
-    let path = peer_dir().join("node_modules").join(name).join("package.json");
+    let path = peer_dir()
+        .join("node_modules")
+        .join(name)
+        .join("package.json");
     let text = std::fs::read_to_string(path).ok()?;
     let json: serde_json::Value = serde_json::from_str(&text).ok()?;
     json.get("version")?.as_str().map(str::to_string)
