@@ -392,3 +392,46 @@ fn cpu_row(what: &str, outcome: &PeerLoadOutcome) -> Option<Row> {
         format!("{total:.1} in all: {}", parts.join(", ")),
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The ratios find our rows by the names run.rs gives them: a renamed
+    /// row would silently drop a comparison.
+    #[test]
+    fn ratios_set_our_rows_against_the_peers() {
+        let ours = vec![
+            Row::rate(
+                "end-to-end chunks/s to clients via Nginx, 200 sessions, demo model at zero delay",
+                "chunks_per_sec",
+                20_000.0,
+                "chunks/s",
+            ),
+            Row::text(
+                "CPU per delivered chunk (e2e run), µs",
+                vec![("total_us_per_chunk".into(), 60.0)],
+                String::new(),
+            ),
+        ];
+        let mut cpu = std::collections::BTreeMap::new();
+        cpu.insert("node".to_string(), 0.3);
+        let results = PeerResults {
+            unpaced: Some((
+                200,
+                PeerLoadOutcome {
+                    tokens_per_sec: 40_000.0,
+                    measured_tokens: 10_000,
+                    cpu,
+                    ..Default::default()
+                },
+            )),
+            ..Default::default()
+        };
+        let rows = results.ratios(&ours, true);
+        assert_eq!(rows.len(), 2, "{rows:?}");
+        assert_eq!(rows[0].value("ratio"), Some(0.5));
+        assert_eq!(rows[1].value("ratio"), Some(2.0));
+        assert!(results.ratios(&ours, false).is_empty());
+    }
+}

@@ -34,11 +34,17 @@ impl PeerOptions {
     /// The configuration, as the report states it.
     pub fn describe(&self) -> String {
         format!(
-            "resumable-stream {} + redis {} on Node.js {}, {} Node process(es) (node:cluster), Redis {}",
+            "resumable-stream {} + redis (npm) {} on Node.js {}, {} Node process(es) (node:cluster), Redis {} {}",
             package_version("resumable-stream").unwrap_or_else(|| "?".into()),
             package_version("redis").unwrap_or_else(|| "?".into()),
             command_version("node", &["--version"]).unwrap_or_else(|| "?".into()),
             self.processes,
+            command_version("redis-server", &["--version"])
+                .and_then(|v| {
+                    v.split_whitespace()
+                        .find_map(|w| w.strip_prefix("v=").map(str::to_string))
+                })
+                .unwrap_or_else(|| "?".into()),
             if self.appendonly {
                 "appendonly yes, appendfsync everysec"
             } else {
