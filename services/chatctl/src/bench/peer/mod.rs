@@ -234,6 +234,16 @@ impl PeerResults {
                     .push(("tokens_per_sec".into(), outcome.tokens_per_sec));
                 rows.push(row);
             }
+            // Where a paced run falls short of its offered load: the wait
+            // for an answer to start (the model's first-token wait included).
+            if let Some(sum) = outcome.ttft.summary() {
+                rows.push(Row::latency(
+                    format!(
+                        "peer: time to first token, {what} ({DEMO_FIRST_TOKEN_MS} ms first-token wait included)"
+                    ),
+                    &sum,
+                ));
+            }
             rows.extend(cpu_row(&what, outcome));
         }
         if let Some(idle) = &self.idle {
