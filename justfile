@@ -41,9 +41,9 @@ test: prerequisites && test-web
     cargo build --workspace
     NATS_SERVER_BIN="$(scripts/nats-server-path.sh)" cargo test --workspace
 
-# Install the prerequisites of `just test` (browser and the local model server included)
+# Install the prerequisites of `just test` (browser, Redis and the bench peer's npm packages, and the local model server included)
 prerequisites:
-    scripts/install-deps.sh --browser
+    scripts/install-deps.sh --browser --bench
     scripts/local-model.sh install
 
 # The web UI's tests: Vitest, the UI in headless Chromium, and end to end against a real stack
@@ -55,8 +55,9 @@ recovery *args:
     cargo build --release -p gateway -p worker -p chatctl
     NATS_SERVER_BIN="$(scripts/nats-server-path.sh)" CHAT_BIN_DIR="$PWD/target/release" target/release/chatctl recovery {{args}}
 
-# Run `chatctl bench` (arguments passed through; see its --help)
+# Run `chatctl bench` (arguments passed through; see its --help); installs Redis and the peer's npm packages first
 bench *args:
+    scripts/install-deps.sh --bench
     cargo build --release -p gateway -p worker -p chatctl
     NATS_SERVER_BIN="$(scripts/nats-server-path.sh)" CHAT_BIN_DIR="$PWD/target/release" target/release/chatctl bench {{args}}
 

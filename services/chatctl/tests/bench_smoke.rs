@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use chatctl::bench::load::{self, LoadSpec};
+use chatctl::bench::peer::{self, load as peer_load, PeerLoadSpec, PeerOptions, PeerService};
 use chatctl::bench::raw_nats;
 use chatctl::bench::socket::Endpoint;
 use stack::nats::NatsServer;
@@ -68,4 +69,43 @@ async fn sessions_chat_end_to_end_without_loss() {
     assert!(outcome.sessions.iter().all(|s| s.complete && s.turns > 0));
     let problems = load::verify_against_stream(&endpoint, &outcome.sessions, 3).await;
     assert!(problems.is_empty(), "{problems:?}");
+}
+
+/// The peer phase at tiny scale: resumable-stream on Redis delivers every
+/// token exactly once, to the clients that dropped their connection half
+/// way and resumed too, paced and unpaced. Needs `redis-server` and
+/// `npm` (`scripts/install-deps.sh --bench`): without them it fails.
+#[tokio::test]
+async fn the_peer_delivers_every_token_exactly_once_across_resumes() {
+    let peer = PeerService::start(&PeerOptions {
+        processes: 2,
+        appendonly: false,
+    })
+    .await
+    .unwrap();
+    for tokens_per_sec in [0.0, 200.0] {
+        let outcome = peer_load::run(
+            &peer.url(),
+            &peer.pids(),
+            &PeerLoadSpec {
+                sessions: 4,
+                warmup: Duration::from_millis(200),
+                measure: Duration::from_secs(1),
+                answer_tokens: 20,
+                tokens_per_sec,
+                first_token_ms: 20,
+                resume_every: 2,
+                max_turns: None,
+            },
+        )
+        .await
+        .unwrap();
+        assert!(outcome.problems.is_empty(), "{:?}", outcome.problems);
+        assert!(outcome.answers >= 4, "{outcome:?}");
+        assert!(outcome.resumed_answers >= 2, "{outcome:?}");
+        assert!(outcome.tokens_per_sec > 0.0 && !outcome.token_latency.is_empty());
+        assert!(outcome.cpu.contains_key("node") && outcome.cpu.contains_key("redis-server"));
+    }
+    let idle = peer::hold_idle(&peer, 20, 8).await.unwrap();
+    assert_eq!(idle.streams, 20);
 }

@@ -46,6 +46,24 @@ impl CpuSnapshot {
         Self(used)
     }
 
+    /// CPU seconds used so far by the given processes, summed by the name
+    /// given with each pid, and by this process as `bench`: for a system
+    /// the bench started itself and knows by pid (the peer), where a name
+    /// such as `node` could match someone else's process.
+    pub fn of_pids(pids: &[(String, u32)]) -> Self {
+        let mut used = BTreeMap::new();
+        let me = (String::from("bench"), std::process::id());
+        for (name, pid) in pids.iter().chain(std::iter::once(&me)) {
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            if let Some((_, secs)) = parse_stat(&stat) {
+                *used.entry(name.clone()).or_insert(0.0) += secs;
+            }
+        }
+        Self(used)
+    }
+
     /// CPU seconds per component between `earlier` and this snapshot.
     /// Processes that started or ended in between count what they had.
     pub fn since(&self, earlier: &CpuSnapshot) -> BTreeMap<String, f64> {

@@ -12,6 +12,7 @@ pub mod cpu;
 pub mod idle;
 pub mod ledger;
 pub mod load;
+pub mod peer;
 pub mod raw_nats;
 pub mod replay;
 pub mod report;
@@ -50,6 +51,9 @@ pub enum Phase {
     Scaling,
     /// Chunk latency with paced streams.
     Paced,
+    /// The peer (resumable-stream on Redis) under the e2e, paced and idle
+    /// workloads, after our stacks are stopped.
+    Peer,
 }
 
 /// `chatctl bench`: every parameter has a flag; unset ones come from the profile.
@@ -147,6 +151,17 @@ pub struct BenchArgs {
     /// Sessions whose received events are compared with the stream after a run.
     #[arg(long, default_value_t = 50)]
     pub verify_sessions: usize,
+    /// Node processes of the peer behind its one port (node:cluster).
+    #[arg(long, default_value_t = 2)]
+    pub peer_processes: usize,
+    /// Every n-th peer session drops its connection half way through every
+    /// answer and resumes it (0 = none).
+    #[arg(long, default_value_t = 10)]
+    pub peer_resume_every: usize,
+    /// The peer's Redis writes an append-only file (fsync every second)
+    /// instead of running without persistence.
+    #[arg(long)]
+    pub peer_redis_appendonly: bool,
 }
 
 impl BenchArgs {

@@ -8,6 +8,7 @@ use stack::{Stack, StackOptions};
 use super::cpu::CpuSnapshot;
 use super::idle;
 use super::load::{self, LoadOutcome, LoadSpec};
+use super::peer::{self, PeerOptions, PeerPlan};
 use super::raw_nats;
 use super::replay;
 use super::report::{thousands, Machine, Report, Row};
@@ -224,6 +225,42 @@ async fn own_stacks(args: &BenchArgs, s: &Settings, report: &mut Report) -> anyh
         let endpoint = Endpoint::parse(&stack.nginx_url())?;
         paced(args, s, report, &endpoint, &gateway_metrics_urls(&stack)).await?;
     }
+    if args.runs(Phase::Peer) {
+        peer_phase(args, s, report).await?;
+    }
+    Ok(())
+}
+
+/// The peer under our workloads, once our stacks are stopped; its rows,
+/// then ours ÷ its from this run.
+async fn peer_phase(args: &BenchArgs, s: &Settings, report: &mut Report) -> anyhow::Result<()> {
+    let plan = PeerPlan {
+        options: PeerOptions {
+            processes: args.peer_processes,
+            appendonly: args.peer_redis_appendonly,
+        },
+        sessions: s.sessions,
+        warmup: s.warmup,
+        measure: s.measure,
+        answer_tokens: args.answer_tokens,
+        paced_loads: s.paced_loads.clone(),
+        paced: s.paced,
+        paced_tokens_per_sec: args.paced_tokens_per_sec,
+        idle_streams: s.idle_connections,
+        open_concurrency: args.open_concurrency,
+        resume_every: args.peer_resume_every,
+    };
+    let mut results = peer::run(&plan).await.context("the peer")?;
+    report.note(format!("peer: {}", results.config));
+    for row in results.rows() {
+        report.push(row);
+    }
+    for row in results.ratios(&report.rows, args.chunk_window_ms == 0) {
+        report.push(row);
+    }
+    for p in results.problems() {
+        report.problem(p);
+    }
     Ok(())
 }
 
@@ -244,6 +281,9 @@ async fn attached(
     }
     if args.runs(Phase::Paced) {
         report.skip("paced chunk latency: needs workers at a paced setting (no --url)");
+    }
+    if args.runs(Phase::Peer) {
+        report.skip("the peer: measured only next to stacks this bench starts (no --url)");
     }
     Ok(())
 }
