@@ -44,6 +44,8 @@ pub struct Shared {
     pub config: Arc<GatewayConfig>,
     pub node: String,
     pub hub: LiveHub,
+    /// `CHAT_EVENTS`'s first and last sequence, shared by every replay.
+    pub stream_bounds: crate::replay::StreamBounds,
     /// Fires on shutdown: every socket closes with 1012.
     pub shutdown: CancellationToken,
     pub sockets: TaskTracker,
@@ -176,6 +178,7 @@ pub async fn spawn(config: GatewayConfig) -> anyhow::Result<RunningGateway> {
         config: Arc::new(config),
         node: node.clone(),
         hub,
+        stream_bounds: Default::default(),
         shutdown: CancellationToken::new(),
         sockets: TaskTracker::new(),
         metrics: metrics_handle,

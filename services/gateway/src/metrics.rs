@@ -15,6 +15,8 @@ pub const GAP_REPAIRS: &str = "chat_gateway_gap_repairs_total";
 pub const SLOW_CLIENT_CLOSES: &str = "chat_gateway_slow_client_closes_total";
 pub const CATCH_UPS: &str = "chat_gateway_catch_ups_total";
 pub const NATS_CONNECTED: &str = "chat_gateway_nats_connected";
+/// `STREAM.INFO` requests for the events stream's bounds (cached, see `replay`).
+pub const STREAM_INFO_REQUESTS: &str = "chat_gateway_stream_info_requests_total";
 
 pub fn register() {
     metrics::gauge!(CONNECTIONS_OPEN).set(0.0);
@@ -25,6 +27,7 @@ pub fn register() {
     metrics::counter!(GAP_REPAIRS).absolute(0);
     metrics::counter!(SLOW_CLIENT_CLOSES).absolute(0);
     metrics::counter!(CATCH_UPS).absolute(0);
+    metrics::counter!(STREAM_INFO_REQUESTS).absolute(0);
     metrics::counter!(ERRORS, "code" => "internal").absolute(0);
     for kind in protocol::ClientFrame::KINDS {
         metrics::counter!(FRAMES_IN, "type" => kind).absolute(0);
@@ -76,6 +79,10 @@ pub fn replay_started() {
 
 pub fn replayed(events: usize) {
     metrics::counter!(REPLAYED_EVENTS).increment(events as u64);
+}
+
+pub fn stream_info_asked() {
+    metrics::counter!(STREAM_INFO_REQUESTS).increment(1);
 }
 
 pub fn gap_repaired() {

@@ -5,6 +5,10 @@
 //! [`SessionEvents`] is the real one, also used by REST.
 
 use std::future::Future;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::stream::Stream;
 
 use protocol::frames::{with_seq, ControlFrame};
 use protocol::{stored, subjects, ErrorCode, SessionId};
@@ -38,6 +42,74 @@ pub fn parse_after_seq(raw: &str) -> Result<u64, ApiError> {
     })
 }
 
+/// How long the events stream's bounds are reused before the server is asked
+/// again.
+const BOUNDS_TTL: Duration = Duration::from_secs(1);
+
+/// The events stream's first and last sequence, as `STREAM.INFO` gave them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bounds {
+    pub first: u64,
+    pub last: u64,
+    /// Nothing can leave the stream for a while: its oldest event is far
+    /// from `max_age` and it is far from `max_bytes` and `max_msgs`.
+    far_from_limits: bool,
+}
+
+/// A stream this far from its age limit (or under nine tenths of its size
+/// limits) drops nothing within [`BOUNDS_TTL`].
+const AGE_HEADROOM: Duration = Duration::from_secs(30);
+
+/// The events stream's bounds, asked of the server at most once per
+/// [`BOUNDS_TTL`] however many clients attach with `after_seq`, resume or
+/// page through `GET /api/events`: a flood of those reads the cache, not the
+/// JetStream API. A cached first sequence can only be too low (the stream
+/// drops its oldest events), so it could call an `after_seq` whose
+/// successors just left the stream still replayable. It is used only when
+/// that cannot be: the stream was far from its limits when asked, or the
+/// `after_seq` is beyond the oldest tenth of the stream (a tenth of the
+/// replay window does not expire within a second). An `after_seq` beyond
+/// the cached end (the stream grew since) is asked again too.
+#[derive(Default)]
+pub struct StreamBounds {
+    cached: Mutex<Option<(Instant, Bounds)>>,
+}
+
+impl StreamBounds {
+    pub async fn for_after(&self, events: &Stream, after: u64) -> Result<Bounds, ApiError> {
+        let cached = self.cached.lock().ok().and_then(|c| *c);
+        if let Some((at, bounds)) = cached {
+            let oldest_tenth = bounds.first + bounds.last.saturating_sub(bounds.first) / 10;
+            let safe = bounds.far_from_limits || after >= oldest_tenth;
+            if at.elapsed() < BOUNDS_TTL && after <= bounds.last && safe {
+                return Ok(bounds);
+            }
+        }
+        let info = events.get_info().await.map_err(ApiError::nats)?;
+        let (config, state) = (&info.config, &info.state);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let oldest_age =
+            now.saturating_sub(u64::try_from(state.first_timestamp.unix_timestamp()).unwrap_or(0));
+        let under =
+            |used: u64, limit: i64| limit <= 0 || used < u64::try_from(limit).unwrap_or(0) / 10 * 9;
+        let bounds = Bounds {
+            first: state.first_sequence,
+            last: state.last_sequence,
+            far_from_limits: (config.max_age.is_zero()
+                || Duration::from_secs(oldest_age) + AGE_HEADROOM < config.max_age)
+                && under(state.bytes, config.max_bytes)
+                && under(state.messages, config.max_messages),
+        };
+        if let Ok(mut cached) = self.cached.lock() {
+            *cached = Some((Instant::now(), bounds));
+        }
+        crate::metrics::stream_info_asked();
+        Ok(bounds)
+    }
+}
+
 /// A session's stored events, as a socket's relay and REST read them.
 pub trait StoredEvents {
     /// Finds the session's last event and checks `after_seq` against the
@@ -48,13 +120,15 @@ pub trait StoredEvents {
         after_seq: Option<u64>,
     ) -> impl Future<Output = Result<Position, ApiError>> + Send;
 
-    /// The session's stored events with `from <= seq <= until`, as frames.
+    /// The session's stored events with `from <= seq <= until`, as frames,
+    /// at most `limit` of them (a page; the next starts after the last).
     /// May come back short (a replica behind); callers that know a sequence
     /// exists check for it.
     fn frames(
         &self,
         from: u64,
         until: u64,
+        limit: usize,
     ) -> impl Future<Output = Result<Vec<(u64, String)>, ApiError>> + Send;
 
     /// What a client gets when its `after_seq` is older than the replay
@@ -92,20 +166,18 @@ impl StoredEvents for SessionEvents {
                 first_available: 1,
             });
         };
-        let info = self
+        let bounds = self
             .state
-            .layout
-            .events
-            .get_info()
-            .await
-            .map_err(ApiError::nats)?;
-        let stream_last = info.state.last_sequence.max(last_seq);
+            .stream_bounds
+            .for_after(&self.state.layout.events, after)
+            .await?;
+        let stream_last = bounds.last.max(last_seq);
         if after > stream_last {
             return Err(ApiError::BadRequest(format!(
                 "after_seq {after} is beyond the end of the stream ({stream_last})"
             )));
         }
-        let first_available = info.state.first_sequence.max(1);
+        let first_available = bounds.first.max(1);
         Ok(Position {
             last_seq,
             expired: after.saturating_add(1) < first_available,
@@ -113,7 +185,12 @@ impl StoredEvents for SessionEvents {
         })
     }
 
-    async fn frames(&self, from: u64, until: u64) -> Result<Vec<(u64, String)>, ApiError> {
+    async fn frames(
+        &self,
+        from: u64,
+        until: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, String)>, ApiError> {
         if until < from {
             return Ok(Vec::new());
         }
@@ -123,6 +200,7 @@ impl StoredEvents for SessionEvents {
             &subjects::events(self.session),
             from,
             until,
+            limit,
         )
         .await
         .map_err(ApiError::nats)?;

@@ -20,8 +20,9 @@ use crate::extract::{ApiQuery, JsonBody};
 use crate::regenerate::{self, RegenerateInput};
 use crate::replay::{self, SessionEvents, StoredEvents};
 
-/// Most events one `GET /api/events` returns.
-const EVENTS_PAGE: usize = 10_000;
+/// Most events one `GET /api/events` returns; read as a page at the source,
+/// so a long session costs a request no more than this.
+const EVENTS_PAGE: usize = 1_000;
 
 /// `DELETE /api/sessions/{id}` with the session's token: revoked (204).
 pub async fn delete_session(
@@ -158,8 +159,9 @@ pub async fn get_events(
         .unwrap_or(0);
     let events = SessionEvents::new(state, session.id);
     let position = events.position(Some(after)).await?;
-    let mut frames = events.frames(after + 1, position.last_seq).await?;
-    frames.truncate(EVENTS_PAGE);
+    let frames = events
+        .frames(after + 1, position.last_seq, EVENTS_PAGE)
+        .await?;
     let last_seq = frames.last().map_or(position.last_seq, |(seq, _)| *seq);
     // The frames are JSON already: join them, no re-serialisation.
     let mut body =

@@ -37,6 +37,11 @@ pub struct LayoutConfig {
     /// session is refused (`internal`) instead of evicting a live one.
     #[arg(long, env = "CHAT_SESSIONS_MAX_BYTES", default_value_t = 1 << 30)]
     pub sessions_max_bytes: i64,
+    /// Finished turns `CHAT_HISTORY` keeps per session (the oldest go):
+    /// what the `history` frame and `GET /api/history` show at most, and a
+    /// bound on every read of a session's turns.
+    #[arg(long, env = "CHAT_HISTORY_MAX_TURNS", default_value_t = 1_000)]
+    pub history_max_turns: i64,
     /// How long finished turns stay in `CHAT_HISTORY`.
     #[arg(long, env = "CHAT_HISTORY_MAX_AGE_SECS", default_value_t = 7 * 24 * 3600)]
     pub history_max_age_secs: u64,
@@ -155,6 +160,7 @@ impl LayoutConfig {
             storage: StorageType::File,
             max_age: Duration::from_secs(self.history_max_age_secs),
             max_bytes: self.history_max_bytes,
+            max_messages_per_subject: self.history_max_turns,
             discard: DiscardPolicy::Old,
             duplicate_window: Duration::from_secs(
                 self.dedup_window_secs.min(self.history_max_age_secs),

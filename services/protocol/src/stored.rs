@@ -50,10 +50,14 @@ const BATCH: u64 = 512;
 /// Bytes the server may send in reply to one batch request.
 const BATCH_MAX_BYTES: usize = 4 << 20;
 
-/// Every message on `subject` with `from_seq <= seq <= until_seq`, in order,
-/// through batched direct gets (ADR-31): no consumer is created, so
-/// thousands of sockets catching up at once cost the server reads, not
-/// JetStream API calls. The stream needs `allow_direct`.
+/// The messages on `subject` with `from_seq <= seq <= until_seq`, in order,
+/// at most `limit` of them (a page: read the next one from the last
+/// sequence + 1), through batched direct gets (ADR-31): no consumer is
+/// created, so thousands of sockets catching up at once cost the server
+/// reads, not JetStream API calls. Each batch is bounded in messages and
+/// bytes, and no more than `limit` messages are asked for, so memory is
+/// bounded by the page, never by the session's length. The stream needs
+/// `allow_direct`.
 ///
 /// A direct get may be answered by a replica that has not applied the
 /// newest writes yet, so the result can end early; callers that know a
@@ -64,6 +68,7 @@ pub async fn read_range(
     subject: &str,
     from_seq: u64,
     until_seq: u64,
+    limit: usize,
 ) -> Result<Vec<Stored>, ReadError> {
     let fail = |e: async_nats::Error| ReadError {
         subject: subject.into(),
@@ -72,11 +77,12 @@ pub async fn read_range(
     let api = subjects::direct_get(&stream.cached_info().config.name);
     let mut out = Vec::new();
     let mut next = from_seq.max(1);
-    while next <= until_seq {
+    while next <= until_seq && out.len() < limit {
+        let wanted = u64::try_from(limit - out.len()).unwrap_or(u64::MAX);
         let batch = Batch {
             seq: next,
             next_by_subj: subject,
-            batch: (until_seq - next + 1).min(BATCH),
+            batch: (until_seq - next + 1).min(BATCH).min(wanted),
             max_bytes: BATCH_MAX_BYTES,
         };
         let request = serde_json::to_vec(&batch).map_err(|e| fail(e.into()))?;
@@ -147,7 +153,10 @@ pub fn header_u64(message: &async_nats::Message, name: &str) -> Option<u64> {
     message.headers.as_ref()?.get(name)?.as_str().parse().ok()
 }
 
-/// The last `max_turns` finished turns of a session, oldest first.
+/// The last `max_turns` finished turns of a session, oldest first. Read a
+/// page at a time, keeping only the last `max_turns`: memory is bounded by
+/// those and one page. `CHAT_HISTORY` keeps at most `CHAT_HISTORY_MAX_TURNS`
+/// turns per session, so the read itself is bounded too.
 pub async fn read_turns(
     client: &Client,
     history: &Stream,
@@ -160,18 +169,32 @@ pub async fn read_turns(
         return Ok(Vec::new());
     }
     let mut turns = VecDeque::with_capacity(max_turns.min(256));
-    for stored in read_range(client, history, &subject, 1, last).await? {
-        // A record this version cannot read is skipped, not fatal: history
-        // is for display and context, and the rest of it is still good.
-        if let Ok(turn) = serde_json::from_slice::<Turn>(&stored.payload) {
-            if turns.len() == max_turns {
-                turns.pop_front();
+    let mut from = 1;
+    loop {
+        let page = read_range(client, history, &subject, from, last, TURNS_PAGE).await?;
+        let Some(end) = page.last().map(|s| s.seq) else {
+            break;
+        };
+        for stored in &page {
+            // A record this version cannot read is skipped, not fatal:
+            // history is for display and context, and the rest is good.
+            if let Ok(turn) = serde_json::from_slice::<Turn>(&stored.payload) {
+                if turns.len() == max_turns {
+                    turns.pop_front();
+                }
+                turns.push_back(turn);
             }
-            turns.push_back(turn);
         }
+        if page.len() < TURNS_PAGE || end >= last {
+            break;
+        }
+        from = end + 1;
     }
     Ok(turns.into())
 }
+
+/// Turns read at a time by [`read_turns`].
+const TURNS_PAGE: usize = 64;
 
 /// The finished turn of `message` in the session's history, if it is there.
 /// The last turn is read first: a regenerate names the session's last

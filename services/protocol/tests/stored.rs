@@ -72,20 +72,39 @@ async fn republish_chains_each_event_to_the_previous_one_of_its_session() {
             .unwrap(),
         0
     );
-    let range = read_range(&client, &layout.events, &subjects::events(a), 2, 6)
-        .await
-        .unwrap();
+    let range = read_range(
+        &client,
+        &layout.events,
+        &subjects::events(a),
+        2,
+        6,
+        usize::MAX,
+    )
+    .await
+    .unwrap();
     assert_eq!(range.iter().map(|s| s.seq).collect::<Vec<_>>(), vec![3, 6]);
-    let until = read_range(&client, &layout.events, &subjects::events(b), 1, 4)
-        .await
-        .unwrap();
+    let until = read_range(
+        &client,
+        &layout.events,
+        &subjects::events(b),
+        1,
+        4,
+        usize::MAX,
+    )
+    .await
+    .unwrap();
     assert_eq!(until.iter().map(|s| s.seq).collect::<Vec<_>>(), vec![2, 4]);
-    assert!(
-        read_range(&client, &layout.events, &subjects::events(a), 7, 6)
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(read_range(
+        &client,
+        &layout.events,
+        &subjects::events(a),
+        7,
+        6,
+        usize::MAX
+    )
+    .await
+    .unwrap()
+    .is_empty());
     assert!(read_turns(&client, &layout.history, a, 10)
         .await
         .unwrap()
@@ -124,19 +143,55 @@ async fn ranges_longer_than_a_batch_read_every_message_of_the_subject_once() {
             a_seqs.push(seq);
         }
     }
-    let all = read_range(&client, &layout.events, &subjects::events(a), 1, 2_000)
-        .await
-        .unwrap();
+    let all = read_range(
+        &client,
+        &layout.events,
+        &subjects::events(a),
+        1,
+        2_000,
+        usize::MAX,
+    )
+    .await
+    .unwrap();
     assert_eq!(all.iter().map(|s| s.seq).collect::<Vec<_>>(), a_seqs);
     // A window inside: from and until are inclusive, other subjects skipped.
     let (from, until) = (a_seqs[100], a_seqs[1_300]);
-    let window = read_range(&client, &layout.events, &subjects::events(a), from, until)
-        .await
-        .unwrap();
+    let window = read_range(
+        &client,
+        &layout.events,
+        &subjects::events(a),
+        from,
+        until,
+        usize::MAX,
+    )
+    .await
+    .unwrap();
     assert_eq!(
         window.iter().map(|s| s.seq).collect::<Vec<_>>(),
         a_seqs[100..=1_300].to_vec()
     );
     let first: Event = serde_json::from_slice(&window[0].payload).unwrap();
     assert!(matches!(first, Event::Chunk { index, .. } if index == (from - 1) as u32));
+
+    // Pages: at most `limit` messages each, the next from the last + 1,
+    // together every message once.
+    let mut paged = Vec::new();
+    let mut next = 1;
+    loop {
+        let page = read_range(
+            &client,
+            &layout.events,
+            &subjects::events(a),
+            next,
+            2_000,
+            100,
+        )
+        .await
+        .unwrap();
+        assert!(page.len() <= 100, "a page of {}", page.len());
+        let Some(last) = page.last() else { break };
+        next = last.seq + 1;
+        paged.extend(page.iter().map(|s| s.seq));
+    }
+    assert_eq!(paged, a_seqs);
 }

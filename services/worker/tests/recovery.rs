@@ -152,13 +152,19 @@ async fn a_job_that_exhausts_its_deliveries_is_dead_lettered_once() {
     let last = stored::last_seq(&h.layout.dead, &dead_subject)
         .await
         .unwrap();
-    let letters: Vec<DeadLetter> =
-        stored::read_range(&h.client, &h.layout.dead, &dead_subject, 1, last)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|s| serde_json::from_slice(&s.payload).unwrap())
-            .collect();
+    let letters: Vec<DeadLetter> = stored::read_range(
+        &h.client,
+        &h.layout.dead,
+        &dead_subject,
+        1,
+        last,
+        usize::MAX,
+    )
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|s| serde_json::from_slice(&s.payload).unwrap())
+    .collect();
     assert_eq!(letters.len(), 1);
     assert_eq!(letters[0].request.message_id, id);
     assert_eq!(letters[0].deliveries, 2);

@@ -29,6 +29,12 @@ use crate::replay::{Position, StoredEvents};
 const REPAIR_ATTEMPTS: u32 = 4;
 const REPAIR_RETRY: Duration = Duration::from_millis(20);
 
+/// Stored events read and sent at a time by a replay or a repair: what one
+/// socket holds in memory at most, however long the session. Each page is
+/// written out before the next is read, so a slow client slows its own
+/// replay (the socket's backpressure), never the gateway's memory.
+pub(crate) const REPLAY_PAGE: usize = 512;
+
 /// The close reason when the stream could not be read mid-socket.
 const REPLAY_FAILED: &str = "replay failed; reconnect with after_seq";
 
@@ -115,14 +121,26 @@ impl<S: Sink<Message> + Unpin, R: StoredEvents> Relay<S, R> {
         } else {
             after.saturating_add(1)
         };
-        let frames = self
-            .stored
-            .frames(from, position.last_seq)
-            .await
-            .map_err(ReplayFailed::Events)?;
-        for (seq, frame) in frames {
-            self.send_stored(frame).await.map_err(ReplayFailed::Ended)?;
-            self.last_sent = self.last_sent.max(seq);
+        let mut next = from;
+        while next <= position.last_seq {
+            let page = self
+                .stored
+                .frames(next, position.last_seq, REPLAY_PAGE)
+                .await
+                .map_err(ReplayFailed::Events)?;
+            let full = page.len() == REPLAY_PAGE;
+            let Some(&(end, _)) = page.last() else {
+                break;
+            };
+            for (seq, frame) in page {
+                self.send_stored(frame).await.map_err(ReplayFailed::Ended)?;
+                self.last_sent = self.last_sent.max(seq);
+            }
+            self.flush().await.map_err(ReplayFailed::Ended)?;
+            if !full {
+                break;
+            }
+            next = end + 1;
         }
         Ok(())
     }
@@ -212,19 +230,32 @@ impl<S: Sink<Message> + Unpin, R: StoredEvents> Relay<S, R> {
         }
     }
 
-    /// Sends the stored events in `[from, until]` above `last_sent`.
+    /// Sends the stored events in `[from, until]` above `last_sent`, a
+    /// page at a time.
     async fn repair(&mut self, from: u64, until: u64) -> Result<(), End> {
-        let frames = self
-            .stored
-            .frames(from, until)
-            .await
-            .map_err(|_| End::Close(CloseCode::TryAgainLater, REPLAY_FAILED))?;
-        for (seq, frame) in frames {
-            if seq <= self.last_sent {
-                continue;
+        let mut next = from;
+        while next <= until {
+            let page = self
+                .stored
+                .frames(next, until, REPLAY_PAGE)
+                .await
+                .map_err(|_| End::Close(CloseCode::TryAgainLater, REPLAY_FAILED))?;
+            let full = page.len() == REPLAY_PAGE;
+            let Some(&(end, _)) = page.last() else {
+                break;
+            };
+            for (seq, frame) in page {
+                if seq <= self.last_sent {
+                    continue;
+                }
+                self.send_stored(frame).await?;
+                self.last_sent = seq;
             }
-            self.send_stored(frame).await?;
-            self.last_sent = seq;
+            if !full {
+                break;
+            }
+            self.flush().await?;
+            next = end + 1;
         }
         Ok(())
     }

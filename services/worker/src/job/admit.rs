@@ -125,7 +125,16 @@ impl Job {
         let subject = subjects::events(self.request.session_id);
         let client = ctx.js.client();
         let from = self.request.user_seq + 1;
-        let read = stored::read_range(&client, &ctx.layout.events, &subject, from, last_seq).await;
+        // One message's events: bounded by the answer's own size limit.
+        let read = stored::read_range(
+            &client,
+            &ctx.layout.events,
+            &subject,
+            from,
+            last_seq,
+            usize::MAX,
+        )
+        .await;
         let events: Vec<Event> = match read {
             Ok(stored) => stored
                 .iter()

@@ -205,12 +205,19 @@ impl Harness {
         let last = stored::last_seq(&self.layout.events, &subject)
             .await
             .unwrap();
-        stored::read_range(&self.client, &self.layout.events, &subject, 1, last)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|s| serde_json::from_slice(&s.payload).unwrap())
-            .collect()
+        stored::read_range(
+            &self.client,
+            &self.layout.events,
+            &subject,
+            1,
+            last,
+            usize::MAX,
+        )
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| serde_json::from_slice(&s.payload).unwrap())
+        .collect()
     }
 
     pub async fn turns(&self, session: SessionId) -> Vec<Turn> {

@@ -9,7 +9,7 @@ use axum::extract::ws::{Message, Utf8Bytes};
 use protocol::frames::{with_seq, ControlFrame};
 use protocol::{CloseCode, ErrorCode, Event, EventKind, MessageId};
 
-use super::{Relay, REPLAY_FAILED};
+use super::{Relay, REPLAY_FAILED, REPLAY_PAGE};
 use crate::error::ApiError;
 use crate::live::LiveEvent;
 use crate::replay::{Position, StoredEvents};
@@ -78,7 +78,12 @@ impl StoredEvents for Arc<FakeStream> {
         })
     }
 
-    async fn frames(&self, from: u64, until: u64) -> Result<Vec<(u64, String)>, ApiError> {
+    async fn frames(
+        &self,
+        from: u64,
+        until: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, String)>, ApiError> {
         self.reads.lock().unwrap().push((from, until));
         if self.fail_reads {
             return Err(ApiError::nats("no responders"));
@@ -91,6 +96,7 @@ impl StoredEvents for Arc<FakeStream> {
             .stored
             .range(from.max(self.first_available)..)
             .take_while(|(&seq, _)| seq <= until)
+            .take(limit)
             .map(|(&seq, frame)| (seq, frame.clone()))
             .collect())
     }
@@ -322,4 +328,31 @@ async fn a_lost_last_event_is_read_at_the_second_quiet_tail_check() {
     // Once it is sent, a quiet socket costs no read.
     assert_eq!(relay.check_tail(None).await.unwrap(), None);
     assert_eq!(stream.reads().len(), 1);
+}
+
+#[tokio::test]
+async fn a_long_replay_is_read_and_sent_a_page_at_a_time() {
+    // A session longer than three pages (every other sequence is another
+    // session's): the replay reads page after page, each starting after
+    // the last one sent, and sends every event once, in order.
+    let seqs: Vec<u64> = (1..=(REPLAY_PAGE as u64 * 3 + 100))
+        .map(|i| i * 2)
+        .collect();
+    let stream = Arc::new(FakeStream::holding(&seqs));
+    let mut relay = relay(&stream, 0);
+    relay.resume(0).await.unwrap();
+    assert_eq!(sent(&relay), self::seqs(&seqs));
+    let last = *seqs.last().unwrap();
+    let page_starts: Vec<u64> = [0, 1, 2, 3]
+        .iter()
+        .map(|page| {
+            if *page == 0 {
+                1
+            } else {
+                seqs[page * REPLAY_PAGE - 1] + 1
+            }
+        })
+        .collect();
+    let expected: Vec<(u64, u64)> = page_starts.iter().map(|&from| (from, last)).collect();
+    assert_eq!(stream.reads(), expected, "four reads of a page each");
 }
