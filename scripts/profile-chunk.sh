@@ -14,7 +14,14 @@
 # native run: compare runs of this script with each other, and take µs per
 # chunk at full speed from `just bench --only raw,e2e`.
 #
-#   scripts/profile-chunk.sh [SESSIONS] [WINDOW_SECS]     (default 50, 20)
+#   scripts/profile-chunk.sh [e2e|paced] [SESSIONS] [WINDOW_SECS]
+#
+# e2e (default: 50 sessions, 20 s): the saturated path. How many chunks
+# share a read, a wake-up or a write depends on timing, so its counts move
+# by up to ~20 % between runs (more when the machine is busy): run it a few
+# times. paced (default: 20 streams at 50 tokens/s, 20 s): a load the
+# valgrind-slowed processes keep up with, so each chunk travels alone; its
+# counts are the unbatched cost of a chunk and move much less.
 #
 # Needs valgrind and a release build (`cargo build --release -p gateway -p
 # worker -p chatctl`; CHAT_BIN_DIR overrides target/release). Leaves the
@@ -23,8 +30,14 @@
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
-sessions="${1:-50}"
-window="${2:-20}"
+mode="${1:-e2e}"
+case "$mode" in
+    e2e) default_sessions=50 ;;
+    paced) default_sessions=20 ;;
+    *) echo "usage: $0 [e2e|paced] [SESSIONS] [WINDOW_SECS]" >&2; exit 2 ;;
+esac
+sessions="${2:-$default_sessions}"
+window="${3:-20}"
 bin_dir="$(cd "${CHAT_BIN_DIR:-target/release}" && pwd)"
 out="$PWD/run/profile-chunk-$$"
 mkdir -p "$out/bin"
@@ -54,9 +67,13 @@ done
 # Long enough that the load is still running when the window closes; the
 # bench then verifies the sessions and stops its stack itself.
 measure=$((window + 20))
-CHAT_BIN_DIR="$out/bin" "$bin_dir/chatctl" bench --only e2e --gateways 1 --workers 1 \
-    --sessions "$sessions" --warmup-secs 5 --measure-secs "$measure" --verify-sessions 5 \
-    >"$out/bench.log" 2>&1 &
+if [ "$mode" = e2e ]; then
+    load=(--only e2e --sessions "$sessions" --warmup-secs 5 --measure-secs "$measure")
+else
+    load=(--only paced --paced-loads "$sessions" --warmup-secs 5 --paced-secs "$measure")
+fi
+CHAT_BIN_DIR="$out/bin" "$bin_dir/chatctl" bench "${load[@]}" --gateways 1 --workers 1 \
+    --verify-sessions 5 >"$out/bench.log" 2>&1 &
 bench=$!
 # The stack's processes, once known: stopped here too if the bench is
 # killed before it could stop them itself.
@@ -135,7 +152,7 @@ wk_url="$(metrics_url "$worker")"
 nats_varz="$(varz_url "$nats")"
 forwarded=chat_gateway_chunks_forwarded_total
 published=chat_worker_chunks_published_total
-chunks_flow() { [ "$(counter "$gw_url" "$forwarded")" -gt 1000 ]; }
+chunks_flow() { [ "$(counter "$gw_url" "$forwarded")" -gt 200 ]; }
 wait_for 300 chunks_flow
 sleep 2 # past the first turns' start-up
 
@@ -180,7 +197,7 @@ wk_ir="$(instructions "$out/callgrind.worker.$worker")"
 fw=$((fw1 - fw0))
 pb=$((pb1 - pb0))
 {
-    echo "profile-chunk: $sessions sessions, ${window}s window, one gateway and one worker under callgrind"
+    echo "profile-chunk $mode: $sessions sessions, ${window}s window, one gateway and one worker under callgrind ($bin_dir)"
     echo "chunks: gateway forwarded $fw, worker published $pb"
     awk -v ir="$gw_ir" -v n="$fw" 'BEGIN {printf "gateway instructions per chunk: %.0f (%s in all)\n", ir / n, ir}'
     awk -v ir="$wk_ir" -v n="$pb" 'BEGIN {printf "worker instructions per chunk:  %.0f (%s in all)\n", ir / n, ir}'
