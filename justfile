@@ -61,6 +61,11 @@ bench *args:
     cargo build --release -p gateway -p worker -p chatctl
     NATS_SERVER_BIN="$(scripts/nats-server-path.sh)" CHAT_BIN_DIR="$PWD/target/release" target/release/chatctl bench {{args}}
 
+# Instructions per chunk of gateway and worker under callgrind: just profile-chunk [e2e|paced] [SESSIONS] [WINDOW_SECS]
+profile-chunk *args:
+    cargo build --release -p gateway -p worker -p chatctl
+    NATS_SERVER_BIN="$(scripts/nats-server-path.sh)" scripts/profile-chunk.sh {{args}}
+
 # Take the UI screenshots (npm run screenshots in web/)
 screenshots:
     if [ -f web/package.json ]; then cd web && npm ci --no-audit --no-fund --loglevel=error && npm run screenshots; else echo "no web/package.json"; exit 1; fi

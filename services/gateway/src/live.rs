@@ -14,7 +14,6 @@ use std::sync::{Arc, Mutex};
 
 use axum::extract::ws::Utf8Bytes;
 use futures::StreamExt;
-use protocol::stored::header_u64;
 use protocol::{subjects, EventKind, SessionId};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
@@ -252,6 +251,28 @@ pub fn event_kind(payload: &[u8]) -> Option<EventKind> {
     EventKind::parse(std::str::from_utf8(&rest[..end]).ok()?)
 }
 
+/// The event's sequence and its subject's previous one, from the headers the
+/// republish adds, in one pass over them: two lookups by name would each
+/// parse the name and hash it (SipHash), which showed per chunk.
+fn republished_sequences(message: &async_nats::Message) -> (Option<u64>, Option<u64>) {
+    let (mut seq, mut prev) = (None, None);
+    let Some(headers) = &message.headers else {
+        return (seq, prev);
+    };
+    for (name, values) in headers.iter() {
+        let name: &[u8] = name.as_ref();
+        let slot = if name == subjects::HEADER_SEQUENCE.as_bytes() {
+            &mut seq
+        } else if name == subjects::HEADER_LAST_SEQUENCE.as_bytes() {
+            &mut prev
+        } else {
+            continue;
+        };
+        *slot = values.first().and_then(|v| v.as_str().parse().ok());
+    }
+    (seq, prev)
+}
+
 /// The per-event hot path: headers, splice, remember, one broadcast send.
 /// No KV, no parse, nothing awaited but the next message.
 async fn forward(
@@ -267,11 +288,11 @@ async fn forward(
         if drop_every > 0 && received.is_multiple_of(drop_every) {
             continue;
         }
-        let Some(seq) = header_u64(&message, subjects::HEADER_SEQUENCE) else {
+        let (Some(seq), prev) = republished_sequences(&message) else {
             tracing::debug!(subject = %message.subject, "live message without a sequence; ignored");
             continue;
         };
-        let prev = header_u64(&message, subjects::HEADER_LAST_SEQUENCE).unwrap_or(0);
+        let prev = prev.unwrap_or(0);
         let Some(frame) = protocol::frames::with_seq(&message.payload, seq) else {
             tracing::debug!(seq, "live payload is not a JSON object; ignored");
             continue;
@@ -322,6 +343,36 @@ mod tests {
         assert_eq!(seqs(7), vec![9, 12]);
         assert_eq!(seqs(8), vec![9, 12]);
         assert_eq!(seqs(12), Vec::<u64>::new());
+    }
+
+    #[test]
+    fn republished_sequences_come_from_their_headers() {
+        let message = |headers: &[(&'static str, &str)]| {
+            let mut map = async_nats::HeaderMap::new();
+            for (name, value) in headers {
+                map.insert(*name, *value);
+            }
+            async_nats::Message {
+                subject: "chat.live.x".into(),
+                reply: None,
+                payload: bytes::Bytes::new(),
+                headers: Some(map),
+                status: None,
+                description: None,
+                length: 0,
+            }
+        };
+        let republished = message(&[
+            ("Nats-Stream", "CHAT_EVENTS"),
+            (subjects::HEADER_SEQUENCE, "12"),
+            (subjects::HEADER_LAST_SEQUENCE, "9"),
+            ("Nats-Time-Stamp", "2026-11-29T04:00:00Z"),
+        ]);
+        assert_eq!(republished_sequences(&republished), (Some(12), Some(9)));
+        let first = message(&[(subjects::HEADER_SEQUENCE, "1")]);
+        assert_eq!(republished_sequences(&first), (Some(1), None));
+        let garbled = message(&[(subjects::HEADER_SEQUENCE, "x")]);
+        assert_eq!(republished_sequences(&garbled).0, None);
     }
 
     #[test]

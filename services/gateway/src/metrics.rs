@@ -1,7 +1,10 @@
 //! The gateway's Prometheus metrics. Every name is registered at start, so
 //! dashboards and alerts find them before the first event.
 
-use protocol::ErrorCode;
+use std::sync::OnceLock;
+
+use metrics::Counter;
+use protocol::{ErrorCode, EventKind};
 
 pub const CONNECTIONS_OPEN: &str = "chat_gateway_connections_open";
 pub const SESSIONS_ATTACHED: &str = "chat_gateway_sessions_attached";
@@ -31,6 +34,56 @@ pub fn register() {
     metrics::counter!(ERRORS, "code" => "internal").absolute(0);
     for kind in protocol::ClientFrame::KINDS {
         metrics::counter!(FRAMES_IN, "type" => kind).absolute(0);
+    }
+    EVENT_COUNTERS.get_or_init(EventCounters::new);
+}
+
+/// The counters every event frame sent touches, looked up once (after the
+/// recorder is installed, by [`register`]): a lookup by name and label
+/// hashes the key on every call, a few percent of the gateway's
+/// instructions per chunk.
+struct EventCounters {
+    /// `frames_out` per [`EventKind`], in the order of [`EventKind::ALL`].
+    frames_out: [Counter; EventKind::ALL.len()],
+    /// `frames_out` of a frame whose type this gateway does not know.
+    frames_out_other: Counter,
+    chunks_forwarded: Counter,
+}
+
+static EVENT_COUNTERS: OnceLock<EventCounters> = OnceLock::new();
+
+impl EventCounters {
+    fn new() -> Self {
+        Self {
+            frames_out: EventKind::ALL
+                .map(|kind| metrics::counter!(FRAMES_OUT, "type" => kind.as_str())),
+            frames_out_other: metrics::counter!(FRAMES_OUT, "type" => OTHER_EVENT),
+            chunks_forwarded: metrics::counter!(CHUNKS_FORWARDED),
+        }
+    }
+}
+
+/// The `frames_out` label of an event frame of unknown type.
+const OTHER_EVENT: &str = "event";
+
+/// An event frame (stored or live) went to a client; `live_chunk` when it
+/// is a chunk forwarded live.
+pub fn event_frame_out(kind: Option<EventKind>, live_chunk: bool) {
+    let Some(counters) = EVENT_COUNTERS.get() else {
+        // No recorder registered (unit tests): count through the lookup.
+        frames_out(kind.map_or(OTHER_EVENT, EventKind::as_str), 1);
+        if live_chunk {
+            chunk_forwarded();
+        }
+        return;
+    };
+    let frames = kind
+        .and_then(|kind| EventKind::ALL.iter().position(|k| *k == kind))
+        .and_then(|i| counters.frames_out.get(i))
+        .unwrap_or(&counters.frames_out_other);
+    frames.increment(1);
+    if live_chunk {
+        counters.chunks_forwarded.increment(1);
     }
 }
 

@@ -294,7 +294,7 @@ pub fn with_seq(payload: &[u8], seq: u64) -> Option<String> {
         frame.push(',');
     }
     frame.push_str("\"seq\":");
-    frame.push_str(&seq.to_string());
+    frame.push_str(itoa::Buffer::new().format(seq));
     frame.push('}');
     Some(frame)
 }

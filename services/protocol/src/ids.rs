@@ -72,9 +72,13 @@ macro_rules! uuid_v4_id {
             }
         }
 
+        /// Encoded into a stack buffer, not through `Display`: every event
+        /// carries a message id, and `collect_str`'s formatter machinery was
+        /// a visible share of the worker's instructions per chunk.
         impl Serialize for $name {
             fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                s.collect_str(&self.0.hyphenated())
+                let mut buffer = uuid::Uuid::encode_buffer();
+                s.serialize_str(self.0.hyphenated().encode_lower(&mut buffer))
             }
         }
 

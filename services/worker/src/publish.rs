@@ -6,15 +6,27 @@
 //! ack still fails the attempt, because the publisher reports it on the next
 //! publish and on [`EventPublisher::finish`].
 //!
+//! The acks of one attempt all come back to one reply subject of its own,
+//! subscribed once per attempt, instead of a new inbox per publish (what
+//! `jetstream::Context::send_publish` does): per chunk that saves the worker
+//! an inbox name, a request-map entry and an untagged JSON parse, and saves
+//! nats-server a subject-cache entry per ack (a cache it otherwise keeps
+//! sweeping). JetStream answers one connection's publishes to one stream in
+//! the order it stored them, so the n-th reply is the n-th event's ack; the
+//! attempt counts them, and any reply that is not a stored ack (an API
+//! error, no responders) or one missing for [`ACK_TIMEOUT`] fails it.
+//!
 //! Writes that must be stored before the job goes on (a terminal event, a
 //! history turn, a dead letter) use [`publish_and_wait`].
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, context::PublishAckFuture, message::PublishMessage};
+use async_nats::jetstream::{self, message::PublishMessage};
+use futures::StreamExt;
 use protocol::{subjects, Event, EventKind, MessageId, SessionId};
+use serde::Deserialize;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -22,6 +34,10 @@ use crate::metrics;
 
 /// Publishes not yet acked by the server, per attempt.
 pub const ACK_WINDOW: usize = 256;
+
+/// How long the oldest outstanding publish may wait for its ack before the
+/// attempt fails (async-nats's own request timeout).
+pub const ACK_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("publishing events: {0}")]
@@ -63,37 +79,59 @@ pub async fn publish_and_wait(
 
 /// Publishes one attempt's events to one session's subject, in order.
 pub struct EventPublisher {
-    js: jetstream::Context,
+    client: async_nats::Client,
     subject: async_nats::Subject,
-    acks: mpsc::Sender<(PublishAckFuture, Instant, bool)>,
+    /// The attempt's reply subject; subscribed by the first publish.
+    reply: async_nats::Subject,
+    /// Send time and kind of each publish whose ack is outstanding, oldest
+    /// first; bounded by [`ACK_WINDOW`].
+    sent: mpsc::Sender<(Instant, bool)>,
+    /// Until the first publish: the other end of `sent`.
+    unsent: Option<mpsc::Receiver<(Instant, bool)>>,
     failed: Arc<AtomicBool>,
-    acker: JoinHandle<Result<(), PublishFailed>>,
+    acker: Option<JoinHandle<Result<(), PublishFailed>>>,
+    metrics: metrics::ChunkMetrics,
 }
 
 impl EventPublisher {
     pub fn start(js: jetstream::Context, subject: String) -> Self {
-        let (acks, mut pending) = mpsc::channel::<(PublishAckFuture, Instant, bool)>(ACK_WINDOW);
-        let failed = Arc::new(AtomicBool::new(false));
-        let flag = failed.clone();
-        let acker = tokio::spawn(async move {
-            while let Some((ack, sent_at, is_chunk)) = pending.recv().await {
-                if let Err(e) = ack.await {
-                    flag.store(true, Ordering::Release);
-                    return Err(e.into());
-                }
-                if is_chunk {
-                    metrics::chunk_acked(sent_at.elapsed());
-                }
-            }
-            Ok(())
-        });
+        let client = js.client();
+        let reply = client.new_inbox().into();
+        let (sent, unsent) = mpsc::channel(ACK_WINDOW);
         Self {
-            js,
+            client,
             subject: subject.into(),
-            acks,
-            failed,
-            acker,
+            reply,
+            sent,
+            unsent: Some(unsent),
+            failed: Arc::new(AtomicBool::new(false)),
+            acker: None,
+            metrics: metrics::ChunkMetrics::new(),
         }
+    }
+
+    /// Subscribes to the attempt's reply subject and starts the task that
+    /// checks the acks. The subscription is sent before any publish on the
+    /// same connection, so the server has it when the first ack leaves.
+    async fn start_acker(&mut self) -> Result<(), PublishFailed> {
+        let Some(sent) = self.unsent.take() else {
+            return Ok(());
+        };
+        let acks = self
+            .client
+            .subscribe(self.reply.clone())
+            .await
+            .map_err(|e| PublishFailed(format!("subscribing to acks: {e}")))?;
+        let failed = self.failed.clone();
+        let metrics = self.metrics.clone();
+        self.acker = Some(tokio::spawn(async move {
+            let result = check_acks(acks, sent, metrics).await;
+            if result.is_err() {
+                failed.store(true, Ordering::Release);
+            }
+            result
+        }));
+        Ok(())
     }
 
     /// Sends an event; waits only when [`ACK_WINDOW`] acks are outstanding.
@@ -103,21 +141,27 @@ impl EventPublisher {
                 "an earlier publish was not acknowledged".into(),
             ));
         }
+        self.start_acker().await?;
         let is_chunk = event.kind() == EventKind::Chunk;
-        let ack = self
-            .js
-            .send_publish(
-                self.subject.clone(),
-                PublishMessage::build().payload(event.to_payload()),
-            )
-            .await?;
-        if is_chunk {
-            metrics::chunk_published();
-        }
-        self.acks
-            .send((ack, Instant::now(), is_chunk))
+        // Recorded before the publish, so the ack task never sees an ack
+        // it has no record for.
+        self.sent
+            .send((Instant::now(), is_chunk))
             .await
-            .map_err(|_| PublishFailed("the ack task stopped".into()))
+            .map_err(|_| PublishFailed("the ack task stopped".into()))?;
+        self.client
+            .publish_with_reply(self.subject.clone(), self.reply.clone(), event.to_payload())
+            .await
+            .map_err(|e| PublishFailed(e.to_string()))?;
+        if is_chunk {
+            self.metrics.published();
+        }
+        Ok(())
+    }
+
+    /// Publishes whose ack has not come back yet.
+    pub fn outstanding(&self) -> usize {
+        ACK_WINDOW - self.sent.capacity()
     }
 
     /// Waits for every outstanding ack: `Ok` means every event is stored.
@@ -125,10 +169,92 @@ impl EventPublisher {
     /// chunk fails the attempt (it is retried with `restart`) instead of
     /// leaving a complete-looking answer with a hole.
     pub async fn finish(self) -> Result<(), PublishFailed> {
-        drop(self.acks);
-        match self.acker.await {
-            Ok(result) => result,
-            Err(e) => Err(PublishFailed(format!("ack task: {e}"))),
+        drop(self.sent);
+        match self.acker {
+            None => Ok(()),
+            Some(acker) => match acker.await {
+                Ok(result) => result,
+                Err(e) => Err(PublishFailed(format!("ack task: {e}"))),
+            },
         }
+    }
+}
+
+/// Pairs each publish in `sent` with the next reply on the attempt's
+/// subscription, in order, until the publisher is finished and every
+/// publish is acked; the first failure ends it.
+async fn check_acks(
+    mut acks: async_nats::Subscriber,
+    mut sent: mpsc::Receiver<(Instant, bool)>,
+    metrics: metrics::ChunkMetrics,
+) -> Result<(), PublishFailed> {
+    while let Some((sent_at, is_chunk)) = sent.recv().await {
+        let reply = match tokio::time::timeout(ACK_TIMEOUT, acks.next()).await {
+            Ok(Some(reply)) => reply,
+            Ok(None) => return Err(PublishFailed("the ack subscription ended".into())),
+            Err(_) => return Err(PublishFailed(format!("no ack within {ACK_TIMEOUT:?}"))),
+        };
+        stored(&reply.payload)?;
+        if is_chunk {
+            metrics.acked(sent_at.elapsed());
+        }
+    }
+    Ok(())
+}
+
+/// JetStream's reply to a publish: a stored message's sequence, or an error.
+#[derive(Deserialize)]
+struct PublishReply {
+    #[serde(default)]
+    seq: Option<u64>,
+    #[serde(default)]
+    error: Option<PublishReplyError>,
+}
+
+#[derive(Deserialize)]
+struct PublishReplyError {
+    #[serde(default)]
+    code: u16,
+    #[serde(default)]
+    description: String,
+}
+
+/// `Ok` when `payload` is the ack of a stored message. Anything else (an
+/// API error, the empty reply of "no responders", garbage) is a failure.
+fn stored(payload: &[u8]) -> Result<(), PublishFailed> {
+    match serde_json::from_slice::<PublishReply>(payload) {
+        Ok(PublishReply {
+            error: Some(error), ..
+        }) => Err(PublishFailed(format!(
+            "JetStream refused the event ({}): {}",
+            error.code, error.description
+        ))),
+        Ok(PublishReply { seq: Some(_), .. }) => Ok(()),
+        Ok(PublishReply { seq: None, .. }) => {
+            Err(PublishFailed("a publish reply without a sequence".into()))
+        }
+        Err(_) if payload.is_empty() => Err(PublishFailed(
+            "no stream answered the publish (no responders)".into(),
+        )),
+        Err(e) => Err(PublishFailed(format!("an unreadable publish reply: {e}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_stored_ack_counts_as_stored() {
+        assert!(stored(br#"{"stream":"CHAT_EVENTS","seq":42}"#).is_ok());
+        assert!(stored(br#"{"stream":"CHAT_EVENTS","seq":42,"duplicate":true}"#).is_ok());
+        let refused = stored(
+            br#"{"error":{"code":503,"err_code":10077,"description":"resource limits exceeded"}}"#,
+        )
+        .unwrap_err();
+        assert!(refused.0.contains("resource limits"), "{refused}");
+        assert!(stored(b"").unwrap_err().0.contains("no responders"));
+        assert!(stored(br#"{"stream":"CHAT_EVENTS"}"#).is_err());
+        assert!(stored(b"+OK").is_err());
     }
 }

@@ -158,11 +158,8 @@ impl<S: Sink<Message> + Unpin, R: StoredEvents> Relay<S, R> {
             metrics::gap_repaired();
             Box::pin(self.repair_through(event.prev)).await?;
         }
-        self.send_text(event.frame.clone(), label(event.kind))
-            .await?;
-        if event.kind == Some(EventKind::Chunk) {
-            metrics::chunk_forwarded();
-        }
+        self.outbox.feed(event.frame.clone()).await?;
+        metrics::event_frame_out(event.kind, event.kind == Some(EventKind::Chunk));
         self.last_sent = event.seq;
         Ok(())
     }
@@ -262,7 +259,9 @@ impl<S: Sink<Message> + Unpin, R: StoredEvents> Relay<S, R> {
 
     async fn send_stored(&mut self, frame: String) -> Result<(), End> {
         let kind = live::event_kind(frame.as_bytes());
-        self.send_text(frame.into(), label(kind)).await
+        self.outbox.feed(frame.into()).await?;
+        metrics::event_frame_out(kind, false);
+        Ok(())
     }
 
     pub(super) async fn send_control(&mut self, frame: &ControlFrame) -> Result<(), End> {
@@ -291,11 +290,6 @@ impl<S: Sink<Message> + Unpin, R: StoredEvents> Relay<S, R> {
             self.outbox.close(code, reason).await;
         }
     }
-}
-
-/// The metrics label of an event frame.
-fn label(kind: Option<EventKind>) -> &'static str {
-    kind.map_or("event", EventKind::as_str)
 }
 
 #[cfg(test)]

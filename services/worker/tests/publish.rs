@@ -1,0 +1,84 @@
+//! The pipelined event publisher against a real nats-server: `finish` is
+//! `Ok` only when every event is stored, in order; a publish JetStream does
+//! not store fails the attempt.
+
+mod support;
+
+use protocol::{subjects, Event, MessageId, SessionId};
+use support::Harness;
+use worker::publish::{EventPublisher, ACK_WINDOW};
+
+fn chunk(message_id: MessageId, index: u32) -> Event {
+    Event::Chunk {
+        message_id,
+        attempt: 1,
+        index,
+        text: format!("token {index} "),
+        published_at_us: None,
+    }
+}
+
+#[tokio::test]
+async fn every_event_is_stored_in_order_before_finish_returns() {
+    let h = Harness::start(5_000, 4).await;
+    let session = SessionId::new();
+    let message_id = MessageId::new();
+    let mut publisher = EventPublisher::start(h.js.clone(), subjects::events(session));
+    // More than one window of acks, so the publisher waits for some.
+    let count = u32::try_from(ACK_WINDOW * 3 + 7).unwrap();
+    for index in 0..count {
+        publisher.publish(&chunk(message_id, index)).await.unwrap();
+    }
+    publisher.finish().await.unwrap();
+    let stored = h.stored_events(session).await;
+    let expected: Vec<Event> = (0..count).map(|i| chunk(message_id, i)).collect();
+    assert_eq!(stored, expected);
+}
+
+#[tokio::test]
+async fn a_publish_no_stream_stores_fails_the_attempt() {
+    let h = Harness::start(5_000, 4).await;
+    let message_id = MessageId::new();
+    // No stream captures this subject: the server answers "no responders".
+    let mut publisher = EventPublisher::start(h.js.clone(), "chat.nowhere.1".to_string());
+    let first = publisher.publish(&chunk(message_id, 0)).await;
+    let finished = match first {
+        Ok(()) => publisher.finish().await,
+        Err(e) => Err(e),
+    };
+    let error = finished.expect_err("an event no stream stored must fail the attempt");
+    assert!(error.0.contains("no responders"), "{error}");
+}
+
+#[tokio::test]
+async fn a_publish_the_stream_refuses_fails_the_attempt() {
+    let h = Harness::start(5_000, 4).await;
+    let message_id = MessageId::new();
+    let stream =
+        h.js.create_stream(async_nats::jetstream::stream::Config {
+            name: "PUBLISH_TEST_FULL".into(),
+            subjects: vec!["publish.full".into()],
+            max_messages: 2,
+            discard: async_nats::jetstream::stream::DiscardPolicy::New,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut publisher = EventPublisher::start(h.js.clone(), "publish.full".to_string());
+    let mut failed = None;
+    for index in 0..3 {
+        if let Err(e) = publisher.publish(&chunk(message_id, index)).await {
+            failed = Some(e);
+            break;
+        }
+    }
+    let error = match failed {
+        Some(e) => e,
+        None => publisher
+            .finish()
+            .await
+            .expect_err("the third event was refused"),
+    };
+    assert!(error.0.contains("refused"), "{error}");
+    drop(stream);
+}
