@@ -18,6 +18,7 @@ use protocol::{subjects, Event, EventKind, MessageId};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use crate::chunk_window::ChunkWindow;
 use crate::metrics;
 
 /// Publishes not yet acked by the server, per attempt.
@@ -67,7 +68,9 @@ pub struct EventPublisher {
 }
 
 impl EventPublisher {
-    pub fn start(js: jetstream::Context, subject: String) -> Self {
+    /// `window` learns each chunk's ack latency: the path's backlog, which
+    /// the coalescing window adapts to.
+    pub fn start(js: jetstream::Context, subject: String, window: Arc<ChunkWindow>) -> Self {
         let (acks, mut pending) = mpsc::channel::<(PublishAckFuture, Instant, bool)>(ACK_WINDOW);
         let failed = Arc::new(AtomicBool::new(false));
         let flag = failed.clone();
@@ -78,7 +81,9 @@ impl EventPublisher {
                     return Err(e.into());
                 }
                 if is_chunk {
-                    metrics::chunk_acked(sent_at.elapsed());
+                    let latency = sent_at.elapsed();
+                    metrics::chunk_acked(latency);
+                    window.observe_ack(latency);
                 }
             }
             Ok(())

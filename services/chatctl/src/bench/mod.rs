@@ -48,7 +48,7 @@ pub enum Phase {
     Idle,
     /// End-to-end chunks/s with 1, 2, 3 workers.
     Scaling,
-    /// Chunk latency with paced streams.
+    /// Token and chunk latency with paced streams.
     Paced,
 }
 
@@ -120,6 +120,11 @@ pub struct BenchArgs {
     /// CHUNK_WINDOW_MS of the paced stack (default: the workers' default).
     #[arg(long)]
     pub paced_chunk_window_ms: Option<u64>,
+    /// CHUNK_WINDOW_MAX_MS of the paced stack: the bound the window grows to
+    /// under load (default: the workers' default; at or below the window, a
+    /// fixed window, as before the window adapted).
+    #[arg(long)]
+    pub paced_chunk_window_max_ms: Option<u64>,
     /// Seconds counted per paced load.
     #[arg(long)]
     pub paced_secs: Option<f64>,

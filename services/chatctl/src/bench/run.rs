@@ -19,6 +19,8 @@ const TARGET_E2E_CHUNKS: f64 = 50_000.0;
 const TARGET_E2E_RATIO: f64 = 0.5;
 const TARGET_LATENCY_P99_MS: f64 = 5.0;
 const TARGET_LATENCY_AT_STREAMS: usize = 1_000;
+/// Token latency p99 (model yields → client receives), by paced streams.
+const TARGET_TOKEN_LATENCY_P99_MS: [(usize, f64); 2] = [(1_000, 250.0), (2_000, 500.0)];
 const TARGET_TTFT_P50_MS: f64 = 3.0;
 const TARGET_IDLE_CONNECTIONS: usize = 10_000;
 const TARGET_IDLE_BYTES: f64 = 20.0 * 1024.0;
@@ -64,7 +66,7 @@ impl Settings {
             ttft: secs(a.ttft_secs, pick(4.0, 10.0)),
             paced_loads: if a.paced_loads.is_empty() {
                 if full {
-                    vec![10, 100, 250, 500, 1_000]
+                    vec![10, 100, 500, 1_000, 2_000]
                 } else {
                     vec![10, 100, 500]
                 }
@@ -141,9 +143,13 @@ fn paced_env(args: &BenchArgs, s: &Settings) -> Vec<(String, String)> {
             args.paced_tokens_per_sec.to_string(),
         ),
         ("DEMO_ANSWER_TOKENS".into(), args.answer_tokens.to_string()),
+        ("DEMO_STAMP_TOKENS".into(), "true".into()),
     ]);
     if let Some(window) = args.paced_chunk_window_ms {
         env.push(("CHUNK_WINDOW_MS".into(), window.to_string()));
+    }
+    if let Some(max) = args.paced_chunk_window_max_ms {
+        env.push(("CHUNK_WINDOW_MAX_MS".into(), max.to_string()));
     }
     env
 }
@@ -390,7 +396,8 @@ async fn common_phases(
             s.sessions, s.warmup, s.measure
         );
         let before = RepairCounters::read(gateway_metrics).await;
-        let mut outcome = load::run(endpoint, &spec(args, s, s.sessions, s.measure)).await?;
+        let mut outcome =
+            load::run(endpoint, &spec(args, s, s.sessions, s.measure, false)).await?;
         let after = RepairCounters::read(gateway_metrics).await;
         RepairCounters::note(before, after, "end-to-end run", report);
         let row = Row::rate(
@@ -407,6 +414,7 @@ async fn common_phases(
             outcome.chunks_per_sec >= TARGET_E2E_CHUNKS,
         );
         report.push(row);
+        report.push(delivered_row(&outcome, "e2e run"));
         report.push(Row::rate(
             "answers completed (e2e run)",
             "turns_per_sec",
@@ -440,7 +448,8 @@ async fn common_phases(
     }
     if args.runs(Phase::Ttft) {
         println!("time to first chunk: {} sessions", s.ttft_sessions);
-        let mut outcome = load::run(endpoint, &spec(args, s, s.ttft_sessions, s.ttft)).await?;
+        let mut outcome =
+            load::run(endpoint, &spec(args, s, s.ttft_sessions, s.ttft, false)).await?;
         if let Some(sum) = outcome.ttft.summary() {
             let met = sum.p50_ms < TARGET_TTFT_P50_MS;
             report.push(
@@ -457,6 +466,12 @@ async fn common_phases(
         if let Some(sum) = outcome.accepted.summary() {
             report.push(Row::latency(
                 "`chat` sent → `accepted` (gateway: session record, user message, queue)",
+                &sum,
+            ));
+        }
+        if let Some(sum) = outcome.first_published.summary() {
+            report.push(Row::latency(
+                "`chat` sent → worker publishes the first chunk (gateway, queue, worker start)",
                 &sum,
             ));
         }
@@ -484,7 +499,13 @@ async fn common_phases(
     Ok(js_rate)
 }
 
-fn spec(args: &BenchArgs, s: &Settings, sessions: usize, measure: Duration) -> LoadSpec {
+fn spec(
+    args: &BenchArgs,
+    s: &Settings,
+    sessions: usize,
+    measure: Duration,
+    stamped_tokens: bool,
+) -> LoadSpec {
     LoadSpec {
         sessions,
         warmup: s.warmup,
@@ -492,6 +513,7 @@ fn spec(args: &BenchArgs, s: &Settings, sessions: usize, measure: Duration) -> L
         connect_concurrency: args.open_concurrency,
         answer_tokens: args.answer_tokens,
         max_turns: None,
+        stamped_tokens,
     }
 }
 
@@ -527,7 +549,7 @@ async fn scaling(
     let mut running = stack.worker_count();
     while running > 0 {
         println!("scaling: {running} workers, {} sessions", s.sessions);
-        let outcome = load::run(endpoint, &spec(args, s, s.sessions, s.scaling)).await?;
+        let outcome = load::run(endpoint, &spec(args, s, s.sessions, s.scaling, false)).await?;
         report.push(Row::rate(
             format!("scaling: {running} worker(s), {} sessions", s.sessions),
             "chunks_per_sec",
@@ -560,9 +582,27 @@ async fn paced(
             args.paced_tokens_per_sec
         );
         let before = RepairCounters::read(gateway_metrics).await;
-        let mut outcome = load::run(endpoint, &spec(args, s, streams, s.paced)).await?;
+        let mut outcome = load::run(endpoint, &spec(args, s, streams, s.paced, true)).await?;
         let after = RepairCounters::read(gateway_metrics).await;
         RepairCounters::note(before, after, &format!("{streams} paced streams"), report);
+        if let Some(sum) = outcome.token_latency.summary() {
+            let mut row = Row::latency(
+                format!(
+                    "token latency model yields → client receives, {streams} streams at {} tokens/s",
+                    args.paced_tokens_per_sec
+                ),
+                &sum,
+            );
+            row.values.push(("streams".into(), streams as f64));
+            if let Some((_, target)) = TARGET_TOKEN_LATENCY_P99_MS
+                .iter()
+                .find(|(at, _)| *at == streams)
+            {
+                row = row.target(format!("p99 < {target} ms"), sum.p99_ms < *target);
+            }
+            report.push(row);
+        }
+        report.push(delivered_row(&outcome, &format!("{streams} paced streams")));
         if let Some(sum) = outcome.chunk_latency.summary() {
             let mut row = Row::latency(
                 format!(
@@ -644,6 +684,33 @@ impl RepairCounters {
             thousands(after.slow_closes - before.slow_closes),
         ));
     }
+}
+
+/// What reached the clients in the measured window: tokens, text bytes and
+/// chunks per second (chunk counts change with the coalescing window; the
+/// tokens and bytes do not), and the CPU of every process per token.
+fn delivered_row(outcome: &LoadOutcome, run: &str) -> Row {
+    let tokens_per_chunk = outcome.tokens_per_sec / outcome.chunks_per_sec.max(f64::MIN_POSITIVE);
+    let cpu_us_per_token =
+        outcome.cpu.values().sum::<f64>() * 1e6 / outcome.measured_tokens.max(1) as f64;
+    Row::text(
+        format!("delivered to clients ({run})"),
+        vec![
+            ("tokens_per_sec".into(), outcome.tokens_per_sec),
+            ("bytes_per_sec".into(), outcome.bytes_per_sec),
+            ("chunks_per_sec".into(), outcome.chunks_per_sec),
+            ("tokens_per_chunk".into(), tokens_per_chunk),
+            ("cpu_us_per_token".into(), cpu_us_per_token),
+        ],
+        format!(
+            "{} tokens/s, {} KiB/s of text, {} chunks/s ({:.1} tokens each); CPU {:.1} µs per token",
+            thousands(outcome.tokens_per_sec),
+            thousands(outcome.bytes_per_sec / 1024.0),
+            thousands(outcome.chunks_per_sec),
+            tokens_per_chunk,
+            cpu_us_per_token
+        ),
+    )
 }
 
 /// CPU per delivered chunk, per component, in the measured window: where
