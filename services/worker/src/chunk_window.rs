@@ -22,7 +22,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-/// How many times the smoothed ack latency the window becomes under load.
+/// How many times the smoothed ack latency the window becomes under load
+/// (the default of `CHUNK_WINDOW_GAIN`).
 pub const GAIN: f64 = 4.0;
 /// Time constant of the smoothing while the ack latency rises.
 pub const RISE: Duration = Duration::from_millis(50);
@@ -34,6 +35,7 @@ pub const FALL: Duration = Duration::from_millis(500);
 pub struct WindowLaw {
     base: Duration,
     max: Duration,
+    gain: f64,
     /// Smoothed ack latency, seconds.
     smoothed: f64,
     last: Option<Instant>,
@@ -41,11 +43,17 @@ pub struct WindowLaw {
 
 impl WindowLaw {
     /// `base`: the window on a quiet path; `max`: its bound under load
-    /// (a `max` below `base` means a fixed window of `base`).
-    pub fn new(base: Duration, max: Duration) -> Self {
+    /// (a `max` below `base` means a fixed window of `base`); `gain`: the
+    /// window under load in smoothed ack latencies.
+    pub fn new(base: Duration, max: Duration, gain: f64) -> Self {
         Self {
             base,
             max: max.max(base),
+            gain: if gain.is_finite() {
+                gain.max(0.0)
+            } else {
+                GAIN
+            },
             smoothed: 0.0,
             last: None,
         }
@@ -77,7 +85,7 @@ impl WindowLaw {
             // chosen on purpose).
             return Duration::ZERO;
         }
-        let scaled = Duration::try_from_secs_f64(self.smoothed * GAIN).unwrap_or(self.max);
+        let scaled = Duration::try_from_secs_f64(self.smoothed * self.gain).unwrap_or(self.max);
         scaled.clamp(self.base, self.max)
     }
 }
@@ -90,15 +98,15 @@ pub struct ChunkWindow {
 }
 
 impl ChunkWindow {
-    pub fn new(base: Duration, max: Duration) -> Self {
+    pub fn new(base: Duration, max: Duration, gain: f64) -> Self {
         Self {
-            law: Mutex::new(WindowLaw::new(base, max)),
+            law: Mutex::new(WindowLaw::new(base, max, gain)),
         }
     }
 
     /// A window that never adapts.
     pub fn fixed(window: Duration) -> Self {
-        Self::new(window, window)
+        Self::new(window, window, GAIN)
     }
 
     pub fn observe_ack(&self, latency: Duration) {
@@ -138,7 +146,7 @@ mod tests {
     #[test]
     fn a_quiet_path_keeps_the_base_window() {
         let mut now = Instant::now();
-        let mut law = WindowLaw::new(BASE, MAX);
+        let mut law = WindowLaw::new(BASE, MAX, GAIN);
         assert_eq!(law.window(), BASE);
         feed(&mut law, &mut now, Duration::from_micros(300), 1_000);
         assert_eq!(law.window(), BASE);
@@ -150,14 +158,14 @@ mod tests {
     #[test]
     fn a_backlog_grows_the_window_up_to_the_bound() {
         let mut now = Instant::now();
-        let mut law = WindowLaw::new(BASE, MAX);
+        let mut law = WindowLaw::new(BASE, MAX, GAIN);
         feed(&mut law, &mut now, ms(1), 100);
         // Acks at 25 ms: the window settles at 4 × 25 = 100 ms.
         feed(&mut law, &mut now, ms(25), 500);
         let window = law.window();
         assert!(window > ms(95) && window <= ms(100), "{window:?}");
         // Rising is quick: within about three time constants.
-        let mut law = WindowLaw::new(BASE, MAX);
+        let mut law = WindowLaw::new(BASE, MAX, GAIN);
         feed(&mut law, &mut now, ms(1), 100);
         feed(&mut law, &mut now, ms(25), 3 * RISE.as_millis() as u64);
         assert!(law.window() > ms(90), "{:?}", law.window());
@@ -169,7 +177,7 @@ mod tests {
     #[test]
     fn the_window_falls_back_slowly_once_the_backlog_is_gone() {
         let mut now = Instant::now();
-        let mut law = WindowLaw::new(BASE, MAX);
+        let mut law = WindowLaw::new(BASE, MAX, GAIN);
         feed(&mut law, &mut now, ms(50), 1_000);
         assert_eq!(law.window(), MAX);
         // One quick ack amid a backlog barely moves it.
@@ -184,7 +192,7 @@ mod tests {
     #[test]
     fn many_acks_at_one_instant_weigh_as_one() {
         let mut now = Instant::now();
-        let mut law = WindowLaw::new(BASE, MAX);
+        let mut law = WindowLaw::new(BASE, MAX, GAIN);
         feed(&mut law, &mut now, ms(1), 100);
         let before = law.ack_latency();
         for _ in 0..10_000 {
@@ -196,12 +204,16 @@ mod tests {
     #[test]
     fn zero_base_is_a_chunk_per_token_and_a_low_bound_is_a_fixed_window() {
         let mut now = Instant::now();
-        let mut law = WindowLaw::new(Duration::ZERO, MAX);
+        let mut law = WindowLaw::new(Duration::ZERO, MAX, GAIN);
         feed(&mut law, &mut now, ms(100), 1_000);
         assert_eq!(law.window(), Duration::ZERO);
-        let mut law = WindowLaw::new(BASE, ms(5));
+        let mut law = WindowLaw::new(BASE, ms(5), GAIN);
         feed(&mut law, &mut now, ms(100), 1_000);
         assert_eq!(law.window(), BASE);
+        // The gain scales the window under load.
+        let mut law = WindowLaw::new(BASE, MAX, 2.0);
+        feed(&mut law, &mut now, ms(25), 1_000);
+        assert!(law.window() > ms(49) && law.window() <= ms(50));
         let shared = ChunkWindow::fixed(BASE);
         shared.observe_ack(ms(100));
         assert_eq!(shared.window(), BASE);

@@ -76,6 +76,10 @@ pub struct WorkerConfig {
     /// window is fixed.
     #[arg(long, env = "CHUNK_WINDOW_MAX_MS", default_value_t = 200)]
     pub chunk_window_max_ms: u64,
+    /// Under load the window is this many times the chunks' smoothed
+    /// publish-ack latency (between `CHUNK_WINDOW_MS` and `CHUNK_WINDOW_MAX_MS`).
+    #[arg(long, env = "CHUNK_WINDOW_GAIN", default_value_t = crate::chunk_window::GAIN)]
+    pub chunk_window_gain: f64,
     /// Demo tokens carry the time they were yielded (`⟦µs since the
     /// epoch⟧` before each token), so a client can measure each token's
     /// latency. For benchmarks: the text is no longer the plain answer.
@@ -104,6 +108,7 @@ impl WorkerConfig {
         ChunkWindow::new(
             Duration::from_millis(self.chunk_window_ms),
             Duration::from_millis(self.chunk_window_max_ms),
+            self.chunk_window_gain,
         )
     }
 }

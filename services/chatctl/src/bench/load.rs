@@ -120,13 +120,8 @@ pub async fn run(endpoint: &Endpoint, spec: &LoadSpec) -> anyhow::Result<LoadOut
     }
     tokio::time::sleep(spec.warmup).await;
     let counts = |shared: &Shared| {
-        [
-            &shared.chunks,
-            &shared.turns,
-            &shared.tokens,
-            &shared.bytes,
-        ]
-        .map(|c| c.load(Ordering::Relaxed))
+        [&shared.chunks, &shared.turns, &shared.tokens, &shared.bytes]
+            .map(|c| c.load(Ordering::Relaxed))
     };
     let [c0, t0, k0, b0] = counts(&shared);
     let started = Instant::now();
@@ -300,9 +295,7 @@ async fn turn(
                 };
                 shared.chunks.fetch_add(1, Ordering::Relaxed);
                 shared.tokens.fetch_add(tokens as u64, Ordering::Relaxed);
-                shared
-                    .bytes
-                    .fetch_add(text.len() as u64, Ordering::Relaxed);
+                shared.bytes.fetch_add(text.len() as u64, Ordering::Relaxed);
                 if shared.measuring.load(Ordering::Relaxed) {
                     if first {
                         run.ttft.push(sent.elapsed());

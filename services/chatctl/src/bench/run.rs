@@ -396,8 +396,7 @@ async fn common_phases(
             s.sessions, s.warmup, s.measure
         );
         let before = RepairCounters::read(gateway_metrics).await;
-        let mut outcome =
-            load::run(endpoint, &spec(args, s, s.sessions, s.measure, false)).await?;
+        let mut outcome = load::run(endpoint, &spec(args, s, s.sessions, s.measure, false)).await?;
         let after = RepairCounters::read(gateway_metrics).await;
         RepairCounters::note(before, after, "end-to-end run", report);
         let row = Row::rate(
