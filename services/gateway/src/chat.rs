@@ -5,9 +5,9 @@
 //! `seq` back and is never generated twice.
 
 use async_nats::jetstream::context::{PublishError, PublishErrorKind};
+use async_nats::jetstream::kv;
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::HeaderMap;
-use async_nats::jetstream::kv;
 use protocol::records::SessionRecord;
 use protocol::sessions::{self, SessionStoreError, Versioned};
 use protocol::{now_ms, subjects, ChatRequest, ErrorCode, Event, MessageId, SessionId};

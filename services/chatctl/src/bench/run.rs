@@ -14,13 +14,11 @@ use super::report::{thousands, Machine, Report, Row};
 use super::socket::Endpoint;
 use super::{BenchArgs, Phase, Profile};
 
+mod paced;
+
 /// The targets printed next to the results (never asserted).
 const TARGET_E2E_CHUNKS: f64 = 50_000.0;
 const TARGET_E2E_RATIO: f64 = 0.5;
-const TARGET_LATENCY_P99_MS: f64 = 5.0;
-const TARGET_LATENCY_AT_STREAMS: usize = 1_000;
-/// Token latency p99 (model yields → client receives), by paced streams.
-const TARGET_TOKEN_LATENCY_P99_MS: [(usize, f64); 2] = [(1_000, 250.0), (2_000, 500.0)];
 const TARGET_TTFT_P50_MS: f64 = 3.0;
 const TARGET_IDLE_CONNECTIONS: usize = 10_000;
 const TARGET_IDLE_BYTES: f64 = 20.0 * 1024.0;
@@ -214,21 +212,7 @@ async fn own_stacks(args: &BenchArgs, s: &Settings, report: &mut Report) -> anyh
         }
     }
     if args.runs(Phase::Paced) {
-        println!(
-            "starting the paced stack: {} tokens/s per stream",
-            args.paced_tokens_per_sec
-        );
-        let stack = Stack::start(StackOptions {
-            gateways: args.gateways,
-            workers: args.workers,
-            env: paced_env(args, s),
-            nginx: true,
-            ..Default::default()
-        })
-        .await
-        .context("starting the paced stack")?;
-        let endpoint = Endpoint::parse(&stack.nginx_url())?;
-        paced(args, s, report, &endpoint, &gateway_metrics_urls(&stack)).await?;
+        paced::own_stacks(args, s, report).await?;
     }
     Ok(())
 }
@@ -564,67 +548,6 @@ async fn scaling(
                 .await
                 .with_context(|| format!("stopping worker {running}"))?;
         }
-    }
-    Ok(())
-}
-
-async fn paced(
-    args: &BenchArgs,
-    s: &Settings,
-    report: &mut Report,
-    endpoint: &Endpoint,
-    gateway_metrics: &[String],
-) -> anyhow::Result<()> {
-    for &streams in &s.paced_loads {
-        println!(
-            "paced: {streams} streams at {} tokens/s",
-            args.paced_tokens_per_sec
-        );
-        let before = RepairCounters::read(gateway_metrics).await;
-        let mut outcome = load::run(endpoint, &spec(args, s, streams, s.paced, true)).await?;
-        let after = RepairCounters::read(gateway_metrics).await;
-        RepairCounters::note(before, after, &format!("{streams} paced streams"), report);
-        if let Some(sum) = outcome.token_latency.summary() {
-            let mut row = Row::latency(
-                format!(
-                    "token latency model yields → client receives, {streams} streams at {} tokens/s",
-                    args.paced_tokens_per_sec
-                ),
-                &sum,
-            );
-            row.values.push(("streams".into(), streams as f64));
-            if let Some((_, target)) = TARGET_TOKEN_LATENCY_P99_MS
-                .iter()
-                .find(|(at, _)| *at == streams)
-            {
-                row = row.target(format!("p99 < {target} ms"), sum.p99_ms < *target);
-            }
-            report.push(row);
-        }
-        report.push(delivered_row(&outcome, &format!("{streams} paced streams")));
-        if let Some(sum) = outcome.chunk_latency.summary() {
-            let mut row = Row::latency(
-                format!(
-                    "chunk latency worker publish → client, {streams} streams at {} tokens/s ({} chunks/s)",
-                    args.paced_tokens_per_sec,
-                    thousands(outcome.chunks_per_sec)
-                ),
-                &sum,
-            );
-            row.values
-                .push(("chunks_per_sec".into(), outcome.chunks_per_sec));
-            if streams == TARGET_LATENCY_AT_STREAMS {
-                row = row.target(
-                    format!("p99 < {TARGET_LATENCY_P99_MS} ms at 1,000 streams"),
-                    sum.p99_ms < TARGET_LATENCY_P99_MS,
-                );
-            }
-            report.push(row);
-        }
-        if let Some(row) = cpu_row(&outcome, &format!("{streams} paced streams")) {
-            report.push(row);
-        }
-        check(report, endpoint, args, std::mem::take(&mut outcome)).await;
     }
     Ok(())
 }
