@@ -41,6 +41,7 @@ async fn sessions_chat_end_to_end_without_loss() {
             ("DEMO_TOKENS_PER_SEC".into(), "0".into()),
             ("DEMO_ANSWER_TOKENS".into(), tokens.to_string()),
             ("CHUNK_WINDOW_MS".into(), "0".into()),
+            ("DEMO_STAMP_TOKENS".into(), "true".into()),
             ("GATEWAY_FRAMES_PER_SEC".into(), "10000".into()),
             ("GATEWAY_FRAME_BURST".into(), "10000".into()),
         ],
@@ -58,6 +59,7 @@ async fn sessions_chat_end_to_end_without_loss() {
             connect_concurrency: 3,
             answer_tokens: tokens,
             max_turns: None,
+            stamped_tokens: true,
         },
     )
     .await
@@ -65,6 +67,9 @@ async fn sessions_chat_end_to_end_without_loss() {
     assert!(outcome.problems.is_empty(), "{:?}", outcome.problems);
     assert!(outcome.chunks_per_sec > 0.0);
     assert!(!outcome.ttft.is_empty() && !outcome.chunk_latency.is_empty());
+    // Every stamped token was measured once: zero window, a chunk per token.
+    assert_eq!(outcome.token_latency.len(), outcome.chunk_latency.len());
+    assert!(outcome.tokens_per_sec > 0.0 && outcome.bytes_per_sec > 0.0);
     assert_eq!(outcome.sessions.len(), 3);
     assert!(outcome.sessions.iter().all(|s| s.complete && s.turns > 0));
     let problems = load::verify_against_stream(&endpoint, &outcome.sessions, 3).await;

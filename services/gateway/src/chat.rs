@@ -5,9 +5,11 @@
 //! `seq` back and is never generated twice.
 
 use async_nats::jetstream::context::{PublishError, PublishErrorKind};
+use async_nats::jetstream::kv;
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::HeaderMap;
-use protocol::sessions::{self, SessionStoreError};
+use protocol::records::SessionRecord;
+use protocol::sessions::{self, SessionStoreError, Versioned};
 use protocol::{now_ms, subjects, ChatRequest, ErrorCode, Event, MessageId, SessionId};
 
 use crate::app::AppState;
@@ -75,6 +77,15 @@ struct InFlightLimit;
 
 /// Queues a chat. Idempotent on `message_id`: the same id again returns the
 /// same `seq` and generates nothing new.
+///
+/// Every round trip here is part of the time to the first chunk, so the
+/// admission is decided on the record as read, and its write (a
+/// compare-and-set on that revision) goes out together with the question's
+/// echo. Nothing is stored for a refused question: the limit is checked
+/// before either write. When the compare-and-set loses to another writer
+/// (usually the worker finishing the previous answer), the admission is
+/// decided again on the fresh record; if that refuses, the echo stored
+/// meanwhile gets its refusal stored after it, as a full work-queue's does.
 pub async fn submit(
     state: &AppState,
     session: SessionId,
@@ -84,7 +95,7 @@ pub async fn submit(
     let message_id = input.message_id.unwrap_or_default();
     let limit = state.config.max_in_flight_per_session;
     let now = now_ms();
-    let admitted = sessions::update(&state.layout.sessions, session, |record| {
+    let admit = |record: &mut SessionRecord| {
         record.expire_active(now, ACTIVE_MAX_AGE_MS);
         if record.is_active(message_id) || record.is_finished(message_id) {
             // A retry: publish again below, JetStream deduplicates and
@@ -96,33 +107,65 @@ pub async fn submit(
         }
         record.admit(message_id, now, None);
         Ok(true)
-    })
-    .await;
-    match admitted {
-        Ok(Ok(_)) => {}
-        Ok(Err(InFlightLimit)) => {
-            return Err(ApiError::RateLimited(format!(
-                "at most {limit} messages may be in flight per session"
-            )))
-        }
-        Err(SessionStoreError::NotFound) => {
-            return Err(ApiError::NotFound("unknown or expired session".into()))
-        }
-        Err(e) => return Err(ApiError::nats(e)),
+    };
+    let refusal = |e: SessionStoreError| match e {
+        SessionStoreError::NotFound => ApiError::NotFound("unknown or expired session".into()),
+        e => ApiError::nats(e),
+    };
+    let at_limit = || {
+        ApiError::RateLimited(format!(
+            "at most {limit} messages may be in flight per session"
+        ))
+    };
+    let question = Question {
+        message_id,
+        content: input.content,
+        model: input.model,
+        replaces: None,
+        accepted_at_ms: now,
+    };
+    let store = &state.layout.sessions;
+    let Versioned {
+        mut record,
+        revision,
+    } = sessions::load(store, session)
+        .await
+        .map_err(refusal)?
+        .ok_or(SessionStoreError::NotFound)
+        .map_err(refusal)?;
+    match admit(&mut record) {
+        Err(InFlightLimit) => return Err(at_limit()),
+        Ok(false) => return queue(state, session, question).await,
+        Ok(true) => {}
     }
-
-    queue(
-        state,
-        session,
-        Question {
-            message_id,
-            content: input.content,
-            model: input.model,
-            replaces: None,
-            accepted_at_ms: now,
-        },
-    )
-    .await
+    let value = serde_json::to_vec(&record).map_err(ApiError::nats)?;
+    let write = store.update(subjects::session_key(session), value.into(), revision);
+    let (written, echoed) = tokio::join!(write, store_echo(state, session, &question));
+    if let Err(e) = written {
+        let error = if e.kind() == kv::UpdateErrorKind::WrongLastRevision {
+            match sessions::update(store, session, admit).await {
+                Ok(Ok(_)) => None,
+                Ok(Err(InFlightLimit)) => Some(at_limit()),
+                Err(e) => Some(refusal(e)),
+            }
+        } else {
+            Some(ApiError::nats(e))
+        };
+        if let Some(error) = error {
+            if echoed.is_ok() {
+                store_refusal(state, session, message_id, error.code(), &error).await;
+            }
+            return Err(error);
+        }
+    }
+    let seq = match echoed {
+        Ok(seq) => seq,
+        Err(e) => {
+            forget_refused(state, session, message_id).await;
+            return Err(ApiError::nats(e));
+        }
+    };
+    queue_job(state, session, question, seq).await
 }
 
 /// An admitted question, ready to be stored and queued.
@@ -144,26 +187,46 @@ pub(crate) async fn queue(
     question: Question,
 ) -> Result<Accepted, ApiError> {
     let message_id = question.message_id;
-    let echo = Event::UserMessage {
-        message_id,
-        content: question.content.clone(),
-        replaces: question.replaces,
-    };
-    let seq = match publish(
-        state,
-        subjects::events(session),
-        echo.to_payload(),
-        Some((session, message_id)),
-        HeaderMap::new(),
-    )
-    .await
-    {
+    let seq = match store_echo(state, session, &question).await {
         Ok(seq) => seq,
         Err(e) => {
             forget_refused(state, session, message_id).await;
             return Err(ApiError::nats(e));
         }
     };
+    queue_job(state, session, question, seq).await
+}
+
+/// Stores the question's echo (deduplicated on the message id); its
+/// sequence is the `seq` the client is told.
+async fn store_echo(
+    state: &AppState,
+    session: SessionId,
+    question: &Question,
+) -> Result<u64, PublishError> {
+    let echo = Event::UserMessage {
+        message_id: question.message_id,
+        content: question.content.clone(),
+        replaces: question.replaces,
+    };
+    publish(
+        state,
+        subjects::events(session),
+        echo.to_payload(),
+        Some((session, question.message_id)),
+        HeaderMap::new(),
+    )
+    .await
+}
+
+/// Queues the job of a question whose echo is stored at `seq`.
+async fn queue_job(
+    state: &AppState,
+    session: SessionId,
+    question: Question,
+    seq: u64,
+) -> Result<Accepted, ApiError> {
+    let message_id = question.message_id;
     let request = ChatRequest {
         session_id: session,
         message_id,
@@ -209,6 +272,19 @@ async fn refused(
         (ErrorCode::Internal, ApiError::nats(&e))
     };
     tracing::warn!(error = %e, %message_id, "the work-queue refused a job");
+    store_refusal(state, session, message_id, code, &error).await;
+    forget_refused(state, session, message_id).await;
+    error
+}
+
+/// Stores why a question whose echo is stored gets no answer, after it.
+async fn store_refusal(
+    state: &AppState,
+    session: SessionId,
+    message_id: MessageId,
+    code: ErrorCode,
+    error: &ApiError,
+) {
     let refusal = Event::Error {
         message_id: Some(message_id),
         code,
@@ -225,8 +301,6 @@ async fn refused(
     if let Err(e) = stored {
         tracing::warn!(error = %e, "storing the refusal");
     }
-    forget_refused(state, session, message_id).await;
-    error
 }
 
 /// Whether the work-queue refused because it is full (discard-new limits:

@@ -6,6 +6,7 @@ use std::time::Duration;
 use protocol::setup::LayoutConfig;
 
 use crate::backends::openai::OpenAiArgs;
+use crate::chunk_window::ChunkWindow;
 
 /// Which model backend answers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -66,9 +67,24 @@ pub struct WorkerConfig {
     /// list the gateways allow, so any model a client may name is served).
     #[arg(long = "models", env = "CHAT_MODELS", value_delimiter = ',')]
     pub demo_models: Vec<String>,
-    /// Tokens are coalesced into one chunk for this long (0 = a chunk per token).
+    /// Tokens are coalesced into one chunk for this long while the path to
+    /// NATS is quiet (0 = a chunk per token, always).
     #[arg(long, env = "CHUNK_WINDOW_MS", default_value_t = 20)]
     pub chunk_window_ms: u64,
+    /// The bound the window grows to when chunks' publish acks slow down
+    /// (fewer, larger chunks under load); at or below `CHUNK_WINDOW_MS` the
+    /// window is fixed.
+    #[arg(long, env = "CHUNK_WINDOW_MAX_MS", default_value_t = 200)]
+    pub chunk_window_max_ms: u64,
+    /// Under load the window is this many times the chunks' smoothed
+    /// publish-ack latency (between `CHUNK_WINDOW_MS` and `CHUNK_WINDOW_MAX_MS`).
+    #[arg(long, env = "CHUNK_WINDOW_GAIN", default_value_t = crate::chunk_window::GAIN)]
+    pub chunk_window_gain: f64,
+    /// Demo tokens carry the time they were yielded (`⟦µs since the
+    /// epoch⟧` before each token), so a client can measure each token's
+    /// latency. For benchmarks: the text is no longer the plain answer.
+    #[arg(long, env = "DEMO_STAMP_TOKENS", default_value_t = false)]
+    pub demo_stamp_tokens: bool,
     /// A chunk is flushed when it holds this many bytes; a longer token is
     /// split across chunks.
     #[arg(long, env = "CHUNK_MAX_BYTES", default_value_t = 512)]
@@ -88,7 +104,11 @@ impl WorkerConfig {
         Duration::try_from_secs_f64(self.shutdown_grace_secs).unwrap_or(Duration::ZERO)
     }
 
-    pub fn chunk_window(&self) -> Duration {
-        Duration::from_millis(self.chunk_window_ms)
+    pub fn chunk_window(&self) -> ChunkWindow {
+        ChunkWindow::new(
+            Duration::from_millis(self.chunk_window_ms),
+            Duration::from_millis(self.chunk_window_max_ms),
+            self.chunk_window_gain,
+        )
     }
 }

@@ -3,7 +3,6 @@
 //! one another.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_nats::jetstream;
 use protocol::setup::{Layout, LayoutConfig};
@@ -11,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backends::ModelBackend;
 use crate::cancel::CancelRegistry;
+use crate::chunk_window::ChunkWindow;
 
 /// What every job of this worker shares.
 pub struct JobContext {
@@ -18,7 +18,8 @@ pub struct JobContext {
     pub layout: Layout,
     pub layout_config: LayoutConfig,
     pub backend: Arc<dyn ModelBackend>,
-    pub chunk_window: Duration,
+    /// How long a chunk gathers tokens, adapting to the path's backlog.
+    pub chunk_window: Arc<ChunkWindow>,
     pub chunk_max_bytes: usize,
     pub cancels: CancelRegistry,
     /// Fires when the shutdown grace is over: running jobs are handed back.

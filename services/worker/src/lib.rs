@@ -19,6 +19,7 @@ use tokio_util::task::TaskTracker;
 
 pub mod backends;
 pub mod cancel;
+pub mod chunk_window;
 pub mod chunking;
 pub mod config;
 pub mod context;
@@ -127,6 +128,7 @@ fn backend(config: &WorkerConfig) -> anyhow::Result<Arc<dyn ModelBackend>> {
             answer_tokens: config.demo_answer_tokens,
             reasoning_tokens: config.demo_reasoning_tokens,
             models: config.demo_models.clone(),
+            stamp_tokens: config.demo_stamp_tokens,
         })),
         BackendKind::Openai => Arc::new(OpenAiBackend::new(config.openai.clone())?),
     })
@@ -158,7 +160,7 @@ pub async fn spawn(config: WorkerConfig) -> anyhow::Result<RunningWorker> {
         layout,
         layout_config: config.layout.clone(),
         backend,
-        chunk_window: config.chunk_window(),
+        chunk_window: Arc::new(config.chunk_window()),
         chunk_max_bytes: config.chunk_max_bytes,
         cancels: {
             let registry = cancel::CancelRegistry::default();

@@ -30,6 +30,7 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use crate::chunk_window::ChunkWindow;
 use crate::metrics;
 
 /// Publishes not yet acked by the server, per attempt.
@@ -91,10 +92,14 @@ pub struct EventPublisher {
     failed: Arc<AtomicBool>,
     acker: Option<JoinHandle<Result<(), PublishFailed>>>,
     metrics: metrics::ChunkMetrics,
+    /// The coalescing window, told each chunk's ack latency.
+    window: Arc<ChunkWindow>,
 }
 
 impl EventPublisher {
-    pub fn start(js: jetstream::Context, subject: String) -> Self {
+    /// `window` learns each chunk's ack latency: the path's backlog, which
+    /// the coalescing window adapts to.
+    pub fn start(js: jetstream::Context, subject: String, window: Arc<ChunkWindow>) -> Self {
         let client = js.client();
         let reply = client.new_inbox().into();
         let (sent, unsent) = mpsc::channel(ACK_WINDOW);
@@ -107,6 +112,7 @@ impl EventPublisher {
             failed: Arc::new(AtomicBool::new(false)),
             acker: None,
             metrics: metrics::ChunkMetrics::new(),
+            window,
         }
     }
 
@@ -124,8 +130,9 @@ impl EventPublisher {
             .map_err(|e| PublishFailed(format!("subscribing to acks: {e}")))?;
         let failed = self.failed.clone();
         let metrics = self.metrics.clone();
+        let window = self.window.clone();
         self.acker = Some(tokio::spawn(async move {
-            let result = check_acks(acks, sent, metrics).await;
+            let result = check_acks(acks, sent, metrics, window).await;
             if result.is_err() {
                 failed.store(true, Ordering::Release);
             }
@@ -187,6 +194,7 @@ async fn check_acks(
     mut acks: async_nats::Subscriber,
     mut sent: mpsc::Receiver<(Instant, bool)>,
     metrics: metrics::ChunkMetrics,
+    window: Arc<ChunkWindow>,
 ) -> Result<(), PublishFailed> {
     while let Some((sent_at, is_chunk)) = sent.recv().await {
         let reply = match tokio::time::timeout(ACK_TIMEOUT, acks.next()).await {
@@ -196,7 +204,9 @@ async fn check_acks(
         };
         stored(&reply.payload)?;
         if is_chunk {
-            metrics.acked(sent_at.elapsed());
+            let latency = sent_at.elapsed();
+            metrics.acked(latency);
+            window.observe_ack(latency);
         }
     }
     Ok(())

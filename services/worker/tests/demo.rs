@@ -16,6 +16,7 @@ fn backend(tokens_per_sec: f64, first_token_ms: u64, answer_tokens: usize) -> De
         answer_tokens,
         reasoning_tokens: 0,
         models: vec!["gpt-demo".into()],
+        stamp_tokens: false,
     })
 }
 
@@ -110,6 +111,7 @@ async fn a_thinking_demo_reasons_first_and_its_answer_is_unchanged() {
         answer_tokens: 12,
         reasoning_tokens: 9,
         models: Vec::new(),
+        stamp_tokens: false,
     });
     let mut stream = b.generate(Generation {
         prompt: "Why is the sky blue?".into(),

@@ -29,6 +29,10 @@ pub struct LoadSpec {
     pub answer_tokens: usize,
     /// Turns a session sends at most (`None`: until the run ends).
     pub max_turns: Option<usize>,
+    /// The demo stamps its tokens (`DEMO_STAMP_TOKENS`): each token's
+    /// latency is measured, and the stamps are taken off before the answer
+    /// is checked.
+    pub stamped_tokens: bool,
 }
 
 /// What a load run measured.
@@ -36,18 +40,30 @@ pub struct LoadSpec {
 pub struct LoadOutcome {
     /// Chunk frames received per second during the measured window.
     pub chunks_per_sec: f64,
+    /// Tokens of answers received per second during the measured window.
+    pub tokens_per_sec: f64,
+    /// Bytes of answer text (stamps not counted) received per second.
+    pub bytes_per_sec: f64,
     /// Answers completed per second during the measured window.
     pub turns_per_sec: f64,
     /// Worker publish → client receive, measured window only.
     pub chunk_latency: Samples,
+    /// Model yields a token → client receives the frame carrying it
+    /// (coalescing wait included), stamped runs and measured window only.
+    pub token_latency: Samples,
     /// `chat` sent → first chunk received, measured window only.
     pub ttft: Samples,
     /// `chat` sent → `accepted` received (the gateway's part of the first chunk's wait).
     pub accepted: Samples,
+    /// `chat` sent → the worker publishes the first chunk (gateway, queue,
+    /// worker start; the rest of the first chunk's wait is its delivery).
+    pub first_published: Samples,
     /// CPU seconds per component during the measured window.
     pub cpu: BTreeMap<String, f64>,
     /// Chunks delivered during the measured window.
     pub measured_chunks: u64,
+    /// Tokens delivered during the measured window.
+    pub measured_tokens: u64,
     pub sessions: Vec<SessionLog>,
     pub problems: Vec<String>,
     pub restarts: u64,
@@ -71,6 +87,8 @@ pub struct SessionLog {
 #[derive(Default)]
 struct Shared {
     chunks: AtomicU64,
+    tokens: AtomicU64,
+    bytes: AtomicU64,
     turns: AtomicU64,
     measuring: AtomicBool,
     stop: AtomicBool,
@@ -101,35 +119,38 @@ pub async fn run(endpoint: &Endpoint, spec: &LoadSpec) -> anyhow::Result<LoadOut
         tasks.spawn(chat_loop(endpoint.clone(), socket, ready, i, shared, spec));
     }
     tokio::time::sleep(spec.warmup).await;
-    let (c0, t0) = (
-        shared.chunks.load(Ordering::Relaxed),
-        shared.turns.load(Ordering::Relaxed),
-    );
+    let counts = |shared: &Shared| {
+        [&shared.chunks, &shared.turns, &shared.tokens, &shared.bytes]
+            .map(|c| c.load(Ordering::Relaxed))
+    };
+    let [c0, t0, k0, b0] = counts(&shared);
     let started = Instant::now();
     let cpu_before = CpuSnapshot::take();
     shared.measuring.store(true, Ordering::Relaxed);
     tokio::time::sleep(spec.measure).await;
     shared.measuring.store(false, Ordering::Relaxed);
     let elapsed = started.elapsed().as_secs_f64();
-    let (c1, t1) = (
-        shared.chunks.load(Ordering::Relaxed),
-        shared.turns.load(Ordering::Relaxed),
-    );
+    let [c1, t1, k1, b1] = counts(&shared);
     let cpu = CpuSnapshot::take().since(&cpu_before);
     shared.stop.store(true, Ordering::Relaxed);
     let mut outcome = LoadOutcome {
         chunks_per_sec: (c1 - c0) as f64 / elapsed,
         turns_per_sec: (t1 - t0) as f64 / elapsed,
+        tokens_per_sec: (k1 - k0) as f64 / elapsed,
+        bytes_per_sec: (b1 - b0) as f64 / elapsed,
         cpu,
         measured_chunks: c1 - c0,
+        measured_tokens: k1 - k0,
         ..Default::default()
     };
     while let Some(joined) = tasks.join_next().await {
         match joined {
             Ok(run) => {
                 outcome.chunk_latency.extend(run.chunk_latency);
+                outcome.token_latency.extend(run.token_latency);
                 outcome.ttft.extend(run.ttft);
                 outcome.accepted.extend(run.accepted);
+                outcome.first_published.extend(run.first_published);
                 outcome.problems.extend(run.problems);
                 outcome.restarts += run.restarts;
                 outcome.reconnects += run.reconnects;
@@ -164,8 +185,10 @@ pub async fn verify_against_stream(
 struct SessionRun {
     log: SessionLog,
     chunk_latency: Samples,
+    token_latency: Samples,
     ttft: Samples,
     accepted: Samples,
+    first_published: Samples,
     problems: Vec<String>,
     restarts: u64,
     reconnects: u64,
@@ -193,8 +216,10 @@ async fn chat_loop(
             complete: true,
         },
         chunk_latency: Samples::default(),
+        token_latency: Samples::default(),
         ttft: Samples::default(),
         accepted: Samples::default(),
+        first_published: Samples::default(),
         problems: Vec::new(),
         restarts: 0,
         reconnects: 0,
@@ -235,11 +260,13 @@ async fn turn(
     let message_id = MessageId::new().to_string();
     let frame = chat_frame(&message_id, &prompt);
     let sent = Instant::now();
+    let sent_us = now_us();
     socket
         .send(frame)
         .await
         .map_err(|e| format!("send: {e:#}"))?;
     let mut check = MessageCheck::new(message_id, prompt);
+    let mut stamps = Unstamper::new(spec.stamped_tokens);
     loop {
         let text = match socket.next_text(FRAME_TIMEOUT).await {
             Ok(Some(t)) => t,
@@ -249,7 +276,8 @@ async fn turn(
             }
             Err(e) => return Err(format!("{e:#}")),
         };
-        let frame = Frame::parse(&text).map_err(|e| format!("{e:#}"))?;
+        let mut frame = Frame::parse(&text).map_err(|e| format!("{e:#}"))?;
+        let received_us = now_us();
         // `accepted` repeats the seq of the user message it stored; only
         // stream events count.
         if let (Some(seq), false) = (frame.seq, frame.is(ControlKind::Accepted)) {
@@ -257,23 +285,46 @@ async fn turn(
         }
         match EventKind::parse(&frame.kind) {
             Some(EventKind::Chunk) => {
+                let stamps = stamps.answer(&mut frame);
                 let first = check.chunk(&frame)?;
+                let text = frame.text.as_deref().unwrap_or_default();
+                let tokens = if spec.stamped_tokens {
+                    stamps.len()
+                } else {
+                    token_starts(text)
+                };
                 shared.chunks.fetch_add(1, Ordering::Relaxed);
+                shared.tokens.fetch_add(tokens as u64, Ordering::Relaxed);
+                shared.bytes.fetch_add(text.len() as u64, Ordering::Relaxed);
                 if shared.measuring.load(Ordering::Relaxed) {
                     if first {
                         run.ttft.push(sent.elapsed());
+                        if let Some(published) = frame.published_at_us {
+                            run.first_published
+                                .push_micros(published.saturating_sub(sent_us));
+                        }
                     }
                     if let Some(published) = frame.published_at_us {
                         run.chunk_latency
-                            .push_micros(now_us().saturating_sub(published));
+                            .push_micros(received_us.saturating_sub(published));
+                    }
+                    for yielded in stamps {
+                        run.token_latency
+                            .push_micros(received_us.saturating_sub(yielded));
                     }
                 }
             }
             None if frame.is(ControlKind::Accepted) && shared.measuring.load(Ordering::Relaxed) => {
                 run.accepted.push(sent.elapsed());
             }
-            Some(EventKind::Reasoning) => check.reasoning(&frame)?,
-            Some(EventKind::Restart) => check.restart(&frame)?,
+            Some(EventKind::Reasoning) => {
+                stamps.reasoning(&mut frame);
+                check.reasoning(&frame)?
+            }
+            Some(EventKind::Restart) => {
+                stamps = Unstamper::new(spec.stamped_tokens);
+                check.restart(&frame)?
+            }
             Some(EventKind::Done) => {
                 check.done(&frame, spec.answer_tokens)?;
                 run.restarts += u64::from(check.restarts);
@@ -287,6 +338,68 @@ async fn turn(
             Some(EventKind::UserMessage) | None => {}
         }
     }
+}
+
+/// Takes the demo's stamps off one answer's frames (when the run is
+/// stamped), so the ledger checks the plain text, and gives their times. A
+/// stamp the chunk size bound cut in two waits for the rest of it in the
+/// next frame of its kind: its token arrives with that frame.
+struct Unstamper {
+    stamped: bool,
+    answer: String,
+    reasoning: String,
+}
+
+impl Unstamper {
+    fn new(stamped: bool) -> Self {
+        Self {
+            stamped,
+            answer: String::new(),
+            reasoning: String::new(),
+        }
+    }
+
+    fn answer(&mut self, frame: &mut Frame<'_>) -> Vec<u64> {
+        Self::unstamp(self.stamped, &mut self.answer, frame)
+    }
+
+    fn reasoning(&mut self, frame: &mut Frame<'_>) -> Vec<u64> {
+        Self::unstamp(self.stamped, &mut self.reasoning, frame)
+    }
+
+    fn unstamp(stamped: bool, carry: &mut String, frame: &mut Frame<'_>) -> Vec<u64> {
+        use worker::backends::demo::{strip_stamps, STAMP_CLOSE, STAMP_OPEN};
+        let Some(text) = frame.text.as_deref().filter(|_| stamped) else {
+            return Vec::new();
+        };
+        let mut joined = std::mem::take(carry);
+        joined.push_str(text);
+        if let Some(open) = joined.rfind(STAMP_OPEN) {
+            if !joined[open..].contains(STAMP_CLOSE) {
+                *carry = joined.split_off(open);
+            }
+        }
+        let mut plain = String::with_capacity(joined.len());
+        let stamps = strip_stamps(&joined, &mut plain);
+        frame.text = Some(plain.into());
+        stamps
+    }
+}
+
+/// Demo tokens in a chunk: a token is a word with the whitespace after it,
+/// and a chunk holds whole tokens (demo words are far below the chunk bound),
+/// so each token starts with the chunk or after whitespace.
+fn token_starts(text: &str) -> usize {
+    let mut after_space = true;
+    let mut starts = 0;
+    for c in text.chars() {
+        let space = c.is_whitespace();
+        if after_space && !space {
+            starts += 1;
+        }
+        after_space = space;
+    }
+    starts
 }
 
 /// Reopens a session's socket after the server closed it, replaying from
@@ -329,6 +442,7 @@ pub async fn converse(
         connect_concurrency: 1,
         answer_tokens,
         max_turns: Some(turns),
+        stamped_tokens: false,
     };
     let run = chat_loop(
         endpoint.clone(),
@@ -343,4 +457,48 @@ pub async fn converse(
         anyhow::bail!("preparing a session: {problem}");
     }
     Ok(run.log)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn demo_tokens_are_counted_by_their_starts() {
+        let tokens = worker::backends::demo::answer_tokens("why is the sky blue?", 120);
+        assert_eq!(token_starts(&tokens.concat()), 120);
+        // Whole tokens in any grouping count the same.
+        let grouped: usize = tokens.chunks(7).map(|c| token_starts(&c.concat())).sum();
+        assert_eq!(grouped, 120);
+        assert_eq!(token_starts(""), 0);
+    }
+
+    #[test]
+    fn stamps_come_off_before_the_ledger_sees_the_text_even_cut_in_two() {
+        let stamped = format!(
+            "{}{}{}",
+            worker::backends::demo::stamp("Hello "),
+            worker::backends::demo::stamp("big "),
+            worker::backends::demo::stamp("world.")
+        );
+        let frame_of = |text: &str| serde_json::json!({"type": "chunk", "text": text}).to_string();
+        // Cut inside the second stamp, at a character boundary.
+        let mut cut = 30;
+        while !stamped.is_char_boundary(cut) {
+            cut += 1;
+        }
+        let (first, second) = (frame_of(&stamped[..cut]), frame_of(&stamped[cut..]));
+        let mut stamps = Unstamper::new(true);
+        let mut frame = Frame::parse(&first).unwrap();
+        assert_eq!(stamps.answer(&mut frame).len(), 1);
+        assert_eq!(frame.text.as_deref(), Some("Hello "));
+        let mut frame = Frame::parse(&second).unwrap();
+        assert_eq!(stamps.answer(&mut frame).len(), 2);
+        assert_eq!(frame.text.as_deref(), Some("big world."));
+        // Not stamped: the text stays as it is.
+        let whole = frame_of(&stamped);
+        let mut frame = Frame::parse(&whole).unwrap();
+        assert!(Unstamper::new(false).answer(&mut frame).is_empty());
+        assert_eq!(frame.text.as_deref(), Some(stamped.as_str()));
+    }
 }

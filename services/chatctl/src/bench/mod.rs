@@ -5,7 +5,9 @@
 //! The bench starts its own stacks through [`stack`] (release
 //! binaries from `CHAT_BIN_DIR`): one with the demo model at zero delay for
 //! throughput, first-chunk, connection, replay and idle measures, then one
-//! with paced streams for chunk latency. With `--url` it attaches to a
+//! with paced streams for token latency (the demo stamps each token with
+//! the time it yielded it; the client measures to when the frame carrying
+//! it arrived) and chunk latency. With `--url` it attaches to a
 //! running stack instead and skips what needs process control.
 
 pub mod cpu;
@@ -49,7 +51,7 @@ pub enum Phase {
     Idle,
     /// End-to-end chunks/s with 1, 2, 3 workers.
     Scaling,
-    /// Chunk latency with paced streams.
+    /// Token and chunk latency with paced streams.
     Paced,
     /// The peer (resumable-stream on Redis) under the e2e, paced and idle
     /// workloads, after our stacks are stopped.
@@ -124,6 +126,15 @@ pub struct BenchArgs {
     /// CHUNK_WINDOW_MS of the paced stack (default: the workers' default).
     #[arg(long)]
     pub paced_chunk_window_ms: Option<u64>,
+    /// CHUNK_WINDOW_MAX_MS of the paced stack: the bound the window grows to
+    /// under load (default: the workers' default; at or below the window, a
+    /// fixed window, as before the window adapted).
+    #[arg(long)]
+    pub paced_chunk_window_max_ms: Option<u64>,
+    /// Runs the paced loads again on a stack whose window is fixed
+    /// (`CHUNK_WINDOW_MAX_MS=0`), as before it adapted: both in one run.
+    #[arg(long)]
+    pub paced_fixed_window_too: bool,
     /// Seconds counted per paced load.
     #[arg(long)]
     pub paced_secs: Option<f64>,

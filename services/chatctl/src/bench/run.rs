@@ -15,11 +15,11 @@ use super::report::{thousands, Machine, Report, Row};
 use super::socket::Endpoint;
 use super::{BenchArgs, Phase, Profile};
 
+mod paced;
+
 /// The targets printed next to the results (never asserted).
 const TARGET_E2E_CHUNKS: f64 = 50_000.0;
 const TARGET_E2E_RATIO: f64 = 0.5;
-const TARGET_LATENCY_P99_MS: f64 = 5.0;
-const TARGET_LATENCY_AT_STREAMS: usize = 1_000;
 const TARGET_TTFT_P50_MS: f64 = 3.0;
 const TARGET_IDLE_CONNECTIONS: usize = 10_000;
 const TARGET_IDLE_BYTES: f64 = 20.0 * 1024.0;
@@ -65,7 +65,7 @@ impl Settings {
             ttft: secs(a.ttft_secs, pick(4.0, 10.0)),
             paced_loads: if a.paced_loads.is_empty() {
                 if full {
-                    vec![10, 100, 250, 500, 1_000]
+                    vec![10, 100, 500, 1_000, 2_000]
                 } else {
                     vec![10, 100, 500]
                 }
@@ -142,9 +142,13 @@ fn paced_env(args: &BenchArgs, s: &Settings) -> Vec<(String, String)> {
             args.paced_tokens_per_sec.to_string(),
         ),
         ("DEMO_ANSWER_TOKENS".into(), args.answer_tokens.to_string()),
+        ("DEMO_STAMP_TOKENS".into(), "true".into()),
     ]);
     if let Some(window) = args.paced_chunk_window_ms {
         env.push(("CHUNK_WINDOW_MS".into(), window.to_string()));
+    }
+    if let Some(max) = args.paced_chunk_window_max_ms {
+        env.push(("CHUNK_WINDOW_MAX_MS".into(), max.to_string()));
     }
     env
 }
@@ -209,21 +213,7 @@ async fn own_stacks(args: &BenchArgs, s: &Settings, report: &mut Report) -> anyh
         }
     }
     if args.runs(Phase::Paced) {
-        println!(
-            "starting the paced stack: {} tokens/s per stream",
-            args.paced_tokens_per_sec
-        );
-        let stack = Stack::start(StackOptions {
-            gateways: args.gateways,
-            workers: args.workers,
-            env: paced_env(args, s),
-            nginx: true,
-            ..Default::default()
-        })
-        .await
-        .context("starting the paced stack")?;
-        let endpoint = Endpoint::parse(&stack.nginx_url())?;
-        paced(args, s, report, &endpoint, &gateway_metrics_urls(&stack)).await?;
+        paced::own_stacks(args, s, report).await?;
     }
     if args.runs(Phase::Peer) {
         peer_phase(args, s, report).await?;
@@ -430,7 +420,7 @@ async fn common_phases(
             s.sessions, s.warmup, s.measure
         );
         let before = RepairCounters::read(gateway_metrics).await;
-        let mut outcome = load::run(endpoint, &spec(args, s, s.sessions, s.measure)).await?;
+        let mut outcome = load::run(endpoint, &spec(args, s, s.sessions, s.measure, false)).await?;
         let after = RepairCounters::read(gateway_metrics).await;
         RepairCounters::note(before, after, "end-to-end run", report);
         let row = Row::rate(
@@ -447,6 +437,7 @@ async fn common_phases(
             outcome.chunks_per_sec >= TARGET_E2E_CHUNKS,
         );
         report.push(row);
+        report.push(delivered_row(&outcome, "e2e run"));
         report.push(Row::rate(
             "answers completed (e2e run)",
             "turns_per_sec",
@@ -480,7 +471,8 @@ async fn common_phases(
     }
     if args.runs(Phase::Ttft) {
         println!("time to first chunk: {} sessions", s.ttft_sessions);
-        let mut outcome = load::run(endpoint, &spec(args, s, s.ttft_sessions, s.ttft)).await?;
+        let mut outcome =
+            load::run(endpoint, &spec(args, s, s.ttft_sessions, s.ttft, false)).await?;
         if let Some(sum) = outcome.ttft.summary() {
             let met = sum.p50_ms < TARGET_TTFT_P50_MS;
             report.push(
@@ -497,6 +489,12 @@ async fn common_phases(
         if let Some(sum) = outcome.accepted.summary() {
             report.push(Row::latency(
                 "`chat` sent → `accepted` (gateway: session record, user message, queue)",
+                &sum,
+            ));
+        }
+        if let Some(sum) = outcome.first_published.summary() {
+            report.push(Row::latency(
+                "`chat` sent → worker publishes the first chunk (gateway, queue, worker start)",
                 &sum,
             ));
         }
@@ -524,7 +522,13 @@ async fn common_phases(
     Ok(js_rate)
 }
 
-fn spec(args: &BenchArgs, s: &Settings, sessions: usize, measure: Duration) -> LoadSpec {
+fn spec(
+    args: &BenchArgs,
+    s: &Settings,
+    sessions: usize,
+    measure: Duration,
+    stamped_tokens: bool,
+) -> LoadSpec {
     LoadSpec {
         sessions,
         warmup: s.warmup,
@@ -532,6 +536,7 @@ fn spec(args: &BenchArgs, s: &Settings, sessions: usize, measure: Duration) -> L
         connect_concurrency: args.open_concurrency,
         answer_tokens: args.answer_tokens,
         max_turns: None,
+        stamped_tokens,
     }
 }
 
@@ -567,7 +572,7 @@ async fn scaling(
     let mut running = stack.worker_count();
     while running > 0 {
         println!("scaling: {running} workers, {} sessions", s.sessions);
-        let outcome = load::run(endpoint, &spec(args, s, s.sessions, s.scaling)).await?;
+        let outcome = load::run(endpoint, &spec(args, s, s.sessions, s.scaling, false)).await?;
         report.push(Row::rate(
             format!("scaling: {running} worker(s), {} sessions", s.sessions),
             "chunks_per_sec",
@@ -583,49 +588,6 @@ async fn scaling(
                 .await
                 .with_context(|| format!("stopping worker {running}"))?;
         }
-    }
-    Ok(())
-}
-
-async fn paced(
-    args: &BenchArgs,
-    s: &Settings,
-    report: &mut Report,
-    endpoint: &Endpoint,
-    gateway_metrics: &[String],
-) -> anyhow::Result<()> {
-    for &streams in &s.paced_loads {
-        println!(
-            "paced: {streams} streams at {} tokens/s",
-            args.paced_tokens_per_sec
-        );
-        let before = RepairCounters::read(gateway_metrics).await;
-        let mut outcome = load::run(endpoint, &spec(args, s, streams, s.paced)).await?;
-        let after = RepairCounters::read(gateway_metrics).await;
-        RepairCounters::note(before, after, &format!("{streams} paced streams"), report);
-        if let Some(sum) = outcome.chunk_latency.summary() {
-            let mut row = Row::latency(
-                format!(
-                    "chunk latency worker publish → client, {streams} streams at {} tokens/s ({} chunks/s)",
-                    args.paced_tokens_per_sec,
-                    thousands(outcome.chunks_per_sec)
-                ),
-                &sum,
-            );
-            row.values
-                .push(("chunks_per_sec".into(), outcome.chunks_per_sec));
-            if streams == TARGET_LATENCY_AT_STREAMS {
-                row = row.target(
-                    format!("p99 < {TARGET_LATENCY_P99_MS} ms at 1,000 streams"),
-                    sum.p99_ms < TARGET_LATENCY_P99_MS,
-                );
-            }
-            report.push(row);
-        }
-        if let Some(row) = cpu_row(&outcome, &format!("{streams} paced streams")) {
-            report.push(row);
-        }
-        check(report, endpoint, args, std::mem::take(&mut outcome)).await;
     }
     Ok(())
 }
@@ -684,6 +646,33 @@ impl RepairCounters {
             thousands(after.slow_closes - before.slow_closes),
         ));
     }
+}
+
+/// What reached the clients in the measured window: tokens, text bytes and
+/// chunks per second (chunk counts change with the coalescing window; the
+/// tokens and bytes do not), and the CPU of every process per token.
+fn delivered_row(outcome: &LoadOutcome, run: &str) -> Row {
+    let tokens_per_chunk = outcome.tokens_per_sec / outcome.chunks_per_sec.max(f64::MIN_POSITIVE);
+    let cpu_us_per_token =
+        outcome.cpu.values().sum::<f64>() * 1e6 / outcome.measured_tokens.max(1) as f64;
+    Row::text(
+        format!("delivered to clients ({run})"),
+        vec![
+            ("tokens_per_sec".into(), outcome.tokens_per_sec),
+            ("bytes_per_sec".into(), outcome.bytes_per_sec),
+            ("chunks_per_sec".into(), outcome.chunks_per_sec),
+            ("tokens_per_chunk".into(), tokens_per_chunk),
+            ("cpu_us_per_token".into(), cpu_us_per_token),
+        ],
+        format!(
+            "{} tokens/s, {} KiB/s of text, {} chunks/s ({:.1} tokens each); CPU {:.1} µs per token",
+            thousands(outcome.tokens_per_sec),
+            thousands(outcome.bytes_per_sec / 1024.0),
+            thousands(outcome.chunks_per_sec),
+            tokens_per_chunk,
+            cpu_us_per_token
+        ),
+    )
 }
 
 /// CPU per delivered chunk, per component, in the measured window: where

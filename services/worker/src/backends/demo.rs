@@ -14,6 +14,12 @@
 //! the answer. Off by default; it exercises the `reasoning` event without a
 //! real reasoning model. `usage.completion_tokens` counts the answer alone.
 //!
+//! Stamps: with `stamp_tokens`, every token (answer and reasoning) starts
+//! with the time the demo yielded it, `⟦µs since the Unix epoch⟧`
+//! ([`stamp`]), so a client on the same machine measures each token's
+//! latency, coalescing wait included; [`strip_stamps`] gives the plain text
+//! back. `usage` counts the tokens as ever.
+//!
 //! Models: the demo serves a request that names no model, the name `demo`,
 //! and any name in its configured list (`--models` / `CHAT_MODELS`, the same
 //! list the gateways allow); the text does not depend on the model.
@@ -40,6 +46,8 @@ pub struct DemoConfig {
     pub reasoning_tokens: usize,
     /// Model names served besides [`DEMO_MODEL`].
     pub models: Vec<String>,
+    /// Every token starts with the time it was yielded (benchmarks).
+    pub stamp_tokens: bool,
 }
 
 pub struct DemoBackend {
@@ -79,9 +87,18 @@ impl ModelBackend for DemoBackend {
             .chain(tokens.into_iter().map(ModelOutput::Token))
             .chain(std::iter::once(finished))
             .map(Ok);
+        let stamped = self.config.stamp_tokens;
+        // Stamped as the stream yields the token: the time the worker has it.
+        let stamp_when_yielded = move |item: Result<ModelOutput, _>| match item {
+            Ok(ModelOutput::Token(token)) if stamped => Ok(ModelOutput::Token(stamp(&token))),
+            Ok(ModelOutput::Reasoning(token)) if stamped => {
+                Ok(ModelOutput::Reasoning(stamp(&token)))
+            }
+            other => other,
+        };
         let tps = self.config.tokens_per_sec;
         if !(tps.is_finite() && tps > 0.0) {
-            return futures::stream::iter(items).boxed();
+            return futures::stream::iter(items).map(stamp_when_yielded).boxed();
         }
         // Each token is due at a fixed time from the start, so pacing does
         // not drift with the time the consumer spends between tokens.
@@ -95,8 +112,49 @@ impl ModelBackend for DemoBackend {
                 }
                 item
             })
+            .map(stamp_when_yielded)
             .boxed()
     }
+}
+
+/// Opens a token's stamp.
+pub const STAMP_OPEN: char = '⟦';
+/// Closes a token's stamp.
+pub const STAMP_CLOSE: char = '⟧';
+
+/// `token` with the time now before it: `⟦µs since the Unix epoch⟧token`.
+pub fn stamp(token: &str) -> String {
+    let micros = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros());
+    format!("{STAMP_OPEN}{micros}{STAMP_CLOSE}{token}")
+}
+
+/// Appends `text` without its stamps to `plain`, and returns the stamps'
+/// times (µs since the Unix epoch), in order. A stamp cut in two (a token
+/// split across chunks, which demo words never are) stays in the text.
+pub fn strip_stamps(text: &str, plain: &mut String) -> Vec<u64> {
+    let mut stamps = Vec::new();
+    let mut rest = text;
+    while let Some(open) = rest.find(STAMP_OPEN) {
+        let after = &rest[open + STAMP_OPEN.len_utf8()..];
+        let parsed = after
+            .find(STAMP_CLOSE)
+            .and_then(|close| Some((after[..close].parse::<u64>().ok()?, close)));
+        match parsed {
+            Some((micros, close)) => {
+                plain.push_str(&rest[..open]);
+                stamps.push(micros);
+                rest = &after[close + STAMP_CLOSE.len_utf8()..];
+            }
+            None => {
+                plain.push_str(&rest[..open + STAMP_OPEN.len_utf8()]);
+                rest = after;
+            }
+        }
+    }
+    plain.push_str(rest);
+    stamps
 }
 
 /// The exact full text the demo backend streams for `prompt`.
@@ -432,6 +490,19 @@ mod tests {
     fn fnv1a_is_the_standard_one() {
         assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
         assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
+    }
+
+    #[test]
+    fn stamps_come_off_whole_and_give_their_times() {
+        let stamped = format!("{}{}", stamp("Hello "), stamp("world."));
+        let mut plain = String::new();
+        let times = strip_stamps(&stamped, &mut plain);
+        assert_eq!(plain, "Hello world.");
+        assert_eq!(times.len(), 2);
+        assert!(times[0] > 1_600_000_000_000_000 && times[0] <= times[1]);
+        let mut plain = String::from("x");
+        assert_eq!(strip_stamps("⟦12⟧a ⟦oops⟧b ⟦3", &mut plain), [12]);
+        assert_eq!(plain, "xa ⟦oops⟧b ⟦3");
     }
 
     #[test]

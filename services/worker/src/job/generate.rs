@@ -27,6 +27,7 @@ impl Job {
         let mut publisher = EventPublisher::start(
             ctx.js.clone(),
             protocol::subjects::events(self.request.session_id),
+            ctx.chunk_window.clone(),
         );
         if self.attempt() > 1 {
             publisher
@@ -88,7 +89,7 @@ impl Job {
     ) -> Generated {
         let ctx = &self.ctx;
         let mut stream = ctx.backend.generate(generation);
-        let mut chunker = AnswerChunker::new(ctx.chunk_window, ctx.chunk_max_bytes);
+        let mut chunker = AnswerChunker::new(ctx.chunk_max_bytes);
         let progress_every = ctx.layout_config.progress_interval();
         let mut progress =
             tokio::time::interval_at(Instant::now() + progress_every, progress_every);
@@ -101,8 +102,21 @@ impl Job {
             reasoning_chars: 0,
         };
 
+        // One timer for the open chunk's window, set again only when the
+        // chunk changes (not per token: a timer armed and dropped per token
+        // is a real share of a paced worker's CPU).
+        let window_end = tokio::time::sleep_until(Instant::now());
+        tokio::pin!(window_end);
+        let mut armed: Option<Instant> = None;
+
         let stop = 'generating: loop {
             let due = chunker.deadline();
+            if due != armed {
+                if let Some(due) = due {
+                    window_end.as_mut().reset(due);
+                }
+                armed = due;
+            }
             let pieces: Vec<Piece> = tokio::select! {
                 biased;
                 _ = cancelled.cancelled() => {
@@ -116,7 +130,7 @@ impl Job {
                 }
                 _ = ctx.abort.cancelled() => break Stop::Aborted,
                 _ = superseded.cancelled() => break Stop::Superseded,
-                _ = sleep_until(due) => chunker.flush().into_iter().collect(),
+                _ = &mut window_end, if armed.is_some() => chunker.flush().into_iter().collect(),
                 _ = progress.tick() => {
                     if let Err(e) = self.message.ack_with(AckKind::Progress).await {
                         tracing::warn!(error = %e, "progress ack failed");
@@ -139,14 +153,14 @@ impl Job {
                         tokio::task::consume_budget().await;
                         generated.tokens += 1;
                         generated.text.push_str(&token);
-                        chunker.push_answer(&token, Instant::now())
+                        chunker.push_answer(&token, Instant::now(), ctx.chunk_window.window())
                     }
                     // Published, never part of the answer's text (nor of the
                     // context sent back to the model): the turn keeps its length.
                     Some(Ok(ModelOutput::Reasoning(token))) => {
                         tokio::task::consume_budget().await;
                         generated.reasoning_chars += token.chars().count() as u64;
-                        chunker.push_reasoning(&token, Instant::now())
+                        chunker.push_reasoning(&token, Instant::now(), ctx.chunk_window.window())
                     }
                     Some(Ok(ModelOutput::Finished { finish_reason, usage })) => {
                         if let Some(piece) = chunker.flush() {
@@ -216,17 +230,18 @@ impl Job {
             .await?;
         // The first token's time is the answer's: reasoning does not count.
         if generated.chunks == 0 {
+            // Written out now, before the model's next tokens are published
+            // behind it: a model that is always ready (the zero-delay demo)
+            // would otherwise fill the connection's buffer with the whole
+            // answer before this job's task yields, and the first chunk
+            // would leave with the last.
+            if let Err(e) = self.ctx.js.client().flush().await {
+                tracing::debug!(error = %e, "flushing the first chunk");
+            }
             metrics::first_chunk(self.started.elapsed());
         }
         generated.chunks += 1;
         Ok(())
-    }
-}
-
-async fn sleep_until(due: Option<Instant>) {
-    match due {
-        Some(due) => tokio::time::sleep_until(due).await,
-        None => std::future::pending().await,
     }
 }
 

@@ -1,0 +1,150 @@
+//! The paced phase: streams at a model's pace, each token's latency from
+//! the model yielding it to the client receiving it, on a stack with the
+//! workers' window (adaptive by default) and, on request, again with a fixed
+//! window for the comparison.
+
+use anyhow::Context;
+use stack::{Stack, StackOptions};
+
+use super::super::load;
+use super::super::report::{millis, thousands, Report, Row};
+use super::super::socket::Endpoint;
+use super::{
+    check, cpu_row, delivered_row, gateway_metrics_urls, paced_env, spec, BenchArgs,
+    RepairCounters, Settings,
+};
+
+const TARGET_LATENCY_P99_MS: f64 = 5.0;
+const TARGET_LATENCY_AT_STREAMS: usize = 1_000;
+/// Token latency p99 (model yields → client receives), by paced streams.
+const TARGET_TOKEN_LATENCY_P99_MS: [(usize, f64); 2] = [(1_000, 250.0), (2_000, 500.0)];
+
+/// Starts the paced stack(s) and runs the paced loads on each.
+pub(super) async fn own_stacks(
+    args: &BenchArgs,
+    s: &Settings,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let mut windows = vec![PacedWindow::AsConfigured];
+    if args.paced_fixed_window_too {
+        windows.push(PacedWindow::Fixed);
+    }
+    for window in windows {
+        println!(
+            "starting the paced stack: {} tokens/s per stream{}",
+            args.paced_tokens_per_sec,
+            window.label()
+        );
+        let mut env = paced_env(args, s);
+        if window == PacedWindow::Fixed {
+            // Later entries win: the bound at the base window fixes it.
+            env.push(("CHUNK_WINDOW_MAX_MS".into(), "0".into()));
+        }
+        let stack = Stack::start(StackOptions {
+            gateways: args.gateways,
+            workers: args.workers,
+            env,
+            nginx: true,
+            ..Default::default()
+        })
+        .await
+        .context("starting the paced stack")?;
+        let endpoint = Endpoint::parse(&stack.nginx_url())?;
+        let metrics = gateway_metrics_urls(&stack);
+        paced(args, s, report, &endpoint, &metrics, window).await?;
+    }
+    Ok(())
+}
+
+/// The coalescing window of a paced stack.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PacedWindow {
+    /// The workers' settings (adaptive by default).
+    AsConfigured,
+    /// A fixed window, as before it adapted (`--paced-fixed-window-too`).
+    Fixed,
+}
+
+impl PacedWindow {
+    /// What the rows of this stack add to their names.
+    fn label(self) -> &'static str {
+        match self {
+            PacedWindow::AsConfigured => "",
+            PacedWindow::Fixed => ", fixed window",
+        }
+    }
+}
+
+async fn paced(
+    args: &BenchArgs,
+    s: &Settings,
+    report: &mut Report,
+    endpoint: &Endpoint,
+    gateway_metrics: &[String],
+    window: PacedWindow,
+) -> anyhow::Result<()> {
+    let label = window.label();
+    for &streams in &s.paced_loads {
+        println!(
+            "paced: {streams} streams at {} tokens/s{label}",
+            args.paced_tokens_per_sec
+        );
+        let run = format!("{streams} paced streams{label}");
+        let before = RepairCounters::read(gateway_metrics).await;
+        let mut outcome = load::run(endpoint, &spec(args, s, streams, s.paced, true)).await?;
+        let after = RepairCounters::read(gateway_metrics).await;
+        RepairCounters::note(before, after, &run, report);
+        if let Some(sum) = outcome.token_latency.summary() {
+            let mut row = Row::latency(
+                format!(
+                    "token latency model yields → client receives, {streams} streams at {} tokens/s{label}",
+                    args.paced_tokens_per_sec
+                ),
+                &sum,
+            );
+            row.values.push(("streams".into(), streams as f64));
+            row.values.push((
+                "fixed_window".into(),
+                f64::from(u8::from(window == PacedWindow::Fixed)),
+            ));
+            if let Some((_, target)) = TARGET_TOKEN_LATENCY_P99_MS
+                .iter()
+                .find(|(at, _)| *at == streams)
+            {
+                let met = sum.p99_ms < *target;
+                let by = if met {
+                    String::new()
+                } else {
+                    format!(" (missed by {} ms)", millis(sum.p99_ms - target))
+                };
+                row = row.target(format!("p99 < {target} ms{by}"), met);
+            }
+            report.push(row);
+        }
+        report.push(delivered_row(&outcome, &run));
+        if let Some(sum) = outcome.chunk_latency.summary() {
+            let mut row = Row::latency(
+                format!(
+                    "chunk latency worker publish → client, {streams} streams at {} tokens/s ({} chunks/s){label}",
+                    args.paced_tokens_per_sec,
+                    thousands(outcome.chunks_per_sec)
+                ),
+                &sum,
+            );
+            row.values
+                .push(("chunks_per_sec".into(), outcome.chunks_per_sec));
+            if streams == TARGET_LATENCY_AT_STREAMS && window == PacedWindow::AsConfigured {
+                row = row.target(
+                    format!("p99 < {TARGET_LATENCY_P99_MS} ms at 1,000 streams"),
+                    sum.p99_ms < TARGET_LATENCY_P99_MS,
+                );
+            }
+            report.push(row);
+        }
+        if let Some(row) = cpu_row(&outcome, &run) {
+            report.push(row);
+        }
+        check(report, endpoint, args, std::mem::take(&mut outcome)).await;
+    }
+    Ok(())
+}

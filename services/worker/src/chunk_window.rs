@@ -1,0 +1,221 @@
+//! The adaptive coalescing window: how long a chunk may gather tokens,
+//! from how backed up the path to NATS is.
+//!
+//! A fixed window sends as many chunks under overload as when idle (one per
+//! window per stream), so once the path is full its queues grow instead of
+//! its chunks, and every token waits in them. The window here follows the
+//! publish-ack latency of this worker's chunks (every job shares one NATS
+//! connection, so one job's acks speak for all): the base window while acks
+//! come back quickly, `gain` × the smoothed ack latency when they do not, up
+//! to a bound. Fewer, larger chunks then cost the path less, which brings
+//! the ack latency down again: the window settles where the path keeps up.
+//!
+//! The smoothing rises quickly (a backlog must be answered before it grows)
+//! and falls slowly (one quick ack amid a backlog says little); it is
+//! time-based, so it does not depend on how many chunks are in flight.
+//! [`WindowLaw`] is the pure arithmetic, fed latencies and instants by the
+//! caller so it is tested without a clock; [`ChunkWindow`] shares it between
+//! the jobs.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// How many times the smoothed ack latency the window becomes under load
+/// (the default of `CHUNK_WINDOW_GAIN`).
+pub const GAIN: f64 = 4.0;
+/// Time constant of the smoothing while the ack latency rises.
+pub const RISE: Duration = Duration::from_millis(50);
+/// Time constant of the smoothing while the ack latency falls.
+pub const FALL: Duration = Duration::from_millis(500);
+
+/// The window as a function of the ack latencies seen so far.
+#[derive(Clone, Debug)]
+pub struct WindowLaw {
+    base: Duration,
+    max: Duration,
+    gain: f64,
+    /// Smoothed ack latency, seconds.
+    smoothed: f64,
+    last: Option<Instant>,
+}
+
+impl WindowLaw {
+    /// `base`: the window on a quiet path; `max`: its bound under load
+    /// (a `max` below `base` means a fixed window of `base`); `gain`: the
+    /// window under load in smoothed ack latencies.
+    pub fn new(base: Duration, max: Duration, gain: f64) -> Self {
+        Self {
+            base,
+            max: max.max(base),
+            gain: if gain.is_finite() {
+                gain.max(0.0)
+            } else {
+                GAIN
+            },
+            smoothed: 0.0,
+            last: None,
+        }
+    }
+
+    /// Takes in one chunk's publish-ack latency, observed at `now`.
+    pub fn observe(&mut self, latency: Duration, now: Instant) {
+        let sample = latency.as_secs_f64();
+        let elapsed = self
+            .last
+            .map_or(Duration::MAX, |last| now.saturating_duration_since(last));
+        self.last = Some(now);
+        let tau = if sample > self.smoothed { RISE } else { FALL };
+        // The weight a sample gets grows with the time since the last one:
+        // a thousand acks in a millisecond weigh as much as one would.
+        let weight = 1.0 - (-elapsed.as_secs_f64() / tau.as_secs_f64()).exp();
+        self.smoothed += weight * (sample - self.smoothed);
+    }
+
+    /// The smoothed ack latency.
+    pub fn ack_latency(&self) -> Duration {
+        Duration::from_secs_f64(self.smoothed.max(0.0))
+    }
+
+    /// The window a chunk started now gets.
+    pub fn window(&self) -> Duration {
+        if self.base.is_zero() {
+            // Zero = a chunk per token, whatever the load (the heaviest case,
+            // chosen on purpose).
+            return Duration::ZERO;
+        }
+        let scaled = Duration::try_from_secs_f64(self.smoothed * self.gain).unwrap_or(self.max);
+        scaled.clamp(self.base, self.max)
+    }
+}
+
+/// [`WindowLaw`] shared by every job of a worker: the publishers feed it
+/// their chunks' ack latencies, the chunkers read the window from it.
+#[derive(Debug)]
+pub struct ChunkWindow {
+    law: Mutex<WindowLaw>,
+}
+
+impl ChunkWindow {
+    pub fn new(base: Duration, max: Duration, gain: f64) -> Self {
+        Self {
+            law: Mutex::new(WindowLaw::new(base, max, gain)),
+        }
+    }
+
+    /// A window that never adapts.
+    pub fn fixed(window: Duration) -> Self {
+        Self::new(window, window, GAIN)
+    }
+
+    pub fn observe_ack(&self, latency: Duration) {
+        let now = Instant::now();
+        if let Ok(mut law) = self.law.lock() {
+            law.observe(latency, now);
+        }
+    }
+
+    pub fn window(&self) -> Duration {
+        self.law
+            .lock()
+            .map(|law| law.window())
+            .unwrap_or(Duration::ZERO)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: Duration = Duration::from_millis(20);
+    const MAX: Duration = Duration::from_millis(200);
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    /// Feeds `latency` every millisecond for `for_ms` milliseconds.
+    fn feed(law: &mut WindowLaw, now: &mut Instant, latency: Duration, for_ms: u64) {
+        for _ in 0..for_ms {
+            *now += ms(1);
+            law.observe(latency, *now);
+        }
+    }
+
+    #[test]
+    fn a_quiet_path_keeps_the_base_window() {
+        let mut now = Instant::now();
+        let mut law = WindowLaw::new(BASE, MAX, GAIN);
+        assert_eq!(law.window(), BASE);
+        feed(&mut law, &mut now, Duration::from_micros(300), 1_000);
+        assert_eq!(law.window(), BASE);
+        // 4 ms acks are still quick enough for the base window (4 × 4 < 20).
+        feed(&mut law, &mut now, ms(4), 1_000);
+        assert_eq!(law.window(), BASE);
+    }
+
+    #[test]
+    fn a_backlog_grows_the_window_up_to_the_bound() {
+        let mut now = Instant::now();
+        let mut law = WindowLaw::new(BASE, MAX, GAIN);
+        feed(&mut law, &mut now, ms(1), 100);
+        // Acks at 25 ms: the window settles at 4 × 25 = 100 ms.
+        feed(&mut law, &mut now, ms(25), 500);
+        let window = law.window();
+        assert!(window > ms(95) && window <= ms(100), "{window:?}");
+        // Rising is quick: within about three time constants.
+        let mut law = WindowLaw::new(BASE, MAX, GAIN);
+        feed(&mut law, &mut now, ms(1), 100);
+        feed(&mut law, &mut now, ms(25), 3 * RISE.as_millis() as u64);
+        assert!(law.window() > ms(90), "{:?}", law.window());
+        // A saturated path: the bound, never more.
+        feed(&mut law, &mut now, ms(2_000), 1_000);
+        assert_eq!(law.window(), MAX);
+    }
+
+    #[test]
+    fn the_window_falls_back_slowly_once_the_backlog_is_gone() {
+        let mut now = Instant::now();
+        let mut law = WindowLaw::new(BASE, MAX, GAIN);
+        feed(&mut law, &mut now, ms(50), 1_000);
+        assert_eq!(law.window(), MAX);
+        // One quick ack amid a backlog barely moves it.
+        now += ms(1);
+        law.observe(Duration::ZERO, now);
+        assert!(law.window() > ms(190), "{:?}", law.window());
+        // A quiet path for a while: back to the base window.
+        feed(&mut law, &mut now, Duration::from_micros(200), 3_000);
+        assert_eq!(law.window(), BASE);
+    }
+
+    #[test]
+    fn many_acks_at_one_instant_weigh_as_one() {
+        let mut now = Instant::now();
+        let mut law = WindowLaw::new(BASE, MAX, GAIN);
+        feed(&mut law, &mut now, ms(1), 100);
+        let before = law.ack_latency();
+        for _ in 0..10_000 {
+            law.observe(ms(500), now);
+        }
+        assert_eq!(law.ack_latency(), before);
+    }
+
+    #[test]
+    fn zero_base_is_a_chunk_per_token_and_a_low_bound_is_a_fixed_window() {
+        let mut now = Instant::now();
+        let mut law = WindowLaw::new(Duration::ZERO, MAX, GAIN);
+        feed(&mut law, &mut now, ms(100), 1_000);
+        assert_eq!(law.window(), Duration::ZERO);
+        let mut law = WindowLaw::new(BASE, ms(5), GAIN);
+        feed(&mut law, &mut now, ms(100), 1_000);
+        assert_eq!(law.window(), BASE);
+        // The gain scales the window under load.
+        let mut law = WindowLaw::new(BASE, MAX, 2.0);
+        feed(&mut law, &mut now, ms(25), 1_000);
+        assert!(law.window() > ms(49) && law.window() <= ms(50));
+        let shared = ChunkWindow::fixed(BASE);
+        shared.observe_ack(ms(100));
+        assert_eq!(shared.window(), BASE);
+    }
+}
