@@ -4,19 +4,17 @@
 //! published with `Nats-Msg-Id` = message id, so a retried send gets the same
 //! `seq` back and is never generated twice.
 
+use std::time::Duration;
+
 use async_nats::jetstream::context::{PublishError, PublishErrorKind};
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::HeaderMap;
+use protocol::records::RECENT_MESSAGES_KEPT;
 use protocol::sessions::{self, SessionStoreError};
-use protocol::{now_ms, subjects, ChatRequest, ErrorCode, Event, MessageId, SessionId};
+use protocol::{now_ms, stored, subjects, ChatRequest, ErrorCode, Event, MessageId, SessionId};
 
 use crate::app::AppState;
 use crate::error::ApiError;
-
-/// How long an accepted message may count as "in flight" in the session
-/// record, whatever happened to its job: a job lost outside the work-queue's
-/// guarantees must not block its session for ever.
-pub(crate) const ACTIVE_MAX_AGE_MS: u64 = 30 * 60 * 1000;
 
 /// A chat as a client sends it.
 #[derive(Debug, Clone)]
@@ -84,9 +82,20 @@ pub async fn submit(
     let message_id = input.message_id.unwrap_or_default();
     let limit = state.config.max_in_flight_per_session;
     let now = now_ms();
-    let admitted = sessions::update(&state.layout.sessions, session, |record| {
-        record.expire_active(now, ACTIVE_MAX_AGE_MS);
-        if record.is_active(message_id) || record.is_finished(message_id) {
+    // An in-flight entry lives exactly as long as JetStream deduplicates
+    // its message (`in_flight_max_age_ms`), so publishing an active
+    // message again can never store or queue it twice.
+    let max_age = state.config.layout.in_flight_max_age_ms();
+    let mut settled = false;
+    let admission = sessions::update(&state.layout.sessions, session, |record| {
+        let expired_before = record.expired.len();
+        record.expire_active(now, max_age);
+        settled = record.is_finished(message_id) || record.is_expired(message_id);
+        if settled {
+            // Possibly older than the dedup window: never published again.
+            return Ok(record.expired.len() != expired_before);
+        }
+        if record.is_active(message_id) {
             // A retry: publish again below, JetStream deduplicates and
             // answers with the first sequence.
             return Ok(false);
@@ -96,9 +105,12 @@ pub async fn submit(
         }
         record.admit(message_id, now, None);
         Ok(true)
-    })
-    .await;
+    });
+    let admitted = unless_connection_lost(state, admission)
+        .await
+        .ok_or_else(|| ApiError::nats("the NATS connection was lost"))?;
     match admitted {
+        Ok(Ok(_)) if settled => return retried_late(state, session, message_id).await,
         Ok(Ok(_)) => {}
         Ok(Err(InFlightLimit)) => {
             return Err(ApiError::RateLimited(format!(
@@ -123,6 +135,38 @@ pub async fn submit(
         },
     )
     .await
+}
+
+/// A retry of a message that finished, or whose in-flight entry expired:
+/// JetStream may no longer deduplicate it, so nothing is published. Its
+/// turn gives the `seq` of its question; without a turn (it never finished)
+/// the id counts as used.
+async fn retried_late(
+    state: &AppState,
+    session: SessionId,
+    message_id: MessageId,
+) -> Result<Accepted, ApiError> {
+    let client = state.js.client();
+    let turn = stored::find_turn(
+        &client,
+        &state.layout.history,
+        session,
+        message_id,
+        RECENT_MESSAGES_KEPT,
+    )
+    .await
+    .map_err(ApiError::nats)?;
+    match turn {
+        Some(turn) => Ok(Accepted {
+            message_id,
+            seq: turn.user_seq,
+        }),
+        None => Err(ApiError::BadRequest(format!(
+            "message {message_id} was accepted earlier and is not queued again (a retry \
+             is recognised for {} s): send a new question with a new message_id",
+            state.config.layout.dedup_window_secs
+        ))),
+    }
 }
 
 /// An admitted question, ready to be stored and queued.
@@ -176,21 +220,77 @@ pub(crate) async fn queue(
     let payload = serde_json::to_vec(&request).map_err(ApiError::nats)?;
     let mut headers = HeaderMap::new();
     telemetry::trace_context::inject(&mut headers);
-    let queued = publish(
+    let queued = publish_job(
         state,
         subjects::requests(session),
         payload.into(),
-        Some(message_id),
+        message_id,
         headers,
     )
     .await;
-    if let Err(e) = queued {
-        return Err(refused(state, session, message_id, e).await);
+    match queued {
+        Ok(()) => Ok(Accepted { message_id, seq }),
+        Err(e) if is_uncertain(&e) => {
+            // The job may be queued (only its ack was lost): storing a
+            // refusal now could put an `error` before a whole answer. The
+            // message stays in flight; a retry with the same id publishes
+            // again, deduplicated, and the worker that answers it (or the
+            // in-flight entry's expiry) ends it.
+            tracing::warn!(error = %e, %message_id, "queueing a job: outcome unknown");
+            Err(ApiError::nats(e))
+        }
+        Err(e) => Err(refused(state, session, message_id, e).await),
     }
-    Ok(Accepted { message_id, seq })
 }
 
-/// The work-queue did not take the job although its echo is stored: the
+/// Tries of a job publish whose outcome is unknown (no ack), each with the
+/// same `Nats-Msg-Id`: a job that was stored is answered as a duplicate
+/// with its first sequence, never queued twice.
+const JOB_PUBLISH_TRIES: usize = 3;
+/// Pause between those tries, so a reconnecting client is connected again.
+const JOB_PUBLISH_RETRY: Duration = Duration::from_millis(250);
+
+/// Queues a job, asking again while the outcome is unknown.
+async fn publish_job(
+    state: &AppState,
+    subject: String,
+    payload: bytes::Bytes,
+    message_id: MessageId,
+    headers: HeaderMap,
+) -> Result<(), PublishError> {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let result = publish(
+            state,
+            subject.clone(),
+            payload.clone(),
+            Some(message_id),
+            headers.clone(),
+        )
+        .await
+        .and_then(|_| state.test_hooks.lose_job_ack());
+        match result {
+            Err(e) if is_uncertain(&e) && tries < JOB_PUBLISH_TRIES => {
+                tracing::info!(error = %e, %message_id, tries, "no ack for a job; publishing it again");
+                tokio::time::sleep(JOB_PUBLISH_RETRY).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Whether a publish may have been stored although it failed: no ack came
+/// (the server may have stored it and the ack was lost) or the connection
+/// broke while it was sent.
+fn is_uncertain(e: &PublishError) -> bool {
+    matches!(
+        e.kind(),
+        PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe
+    )
+}
+
+/// The work-queue refused the job although its echo is stored: the
 /// refusal is stored after the echo, so every client (and every replay)
 /// sees why this question got no answer, and the message stops counting
 /// against the session's limit.
@@ -260,8 +360,26 @@ async fn publish(
             message = message.header(name.clone(), value.clone());
         }
     }
-    let ack = state.js.send_publish(subject, message).await?.await?;
-    Ok(ack.sequence)
+    let stored = async { state.js.send_publish(subject, message).await?.await };
+    match unless_connection_lost(state, stored).await {
+        Some(ack) => Ok(ack?.sequence),
+        // Sent on a connection that is gone: stored or not, unknown.
+        None => Err(PublishError::new(PublishErrorKind::BrokenPipe)),
+    }
+}
+
+/// Runs NATS round trips, or gives up (`None`) as soon as the connection
+/// they started on is lost: their replies can no longer come, and waiting
+/// for the request time-out would stall the client for seconds.
+pub(crate) async fn unless_connection_lost<T>(
+    state: &AppState,
+    work: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    let seen = state.connection.losses();
+    tokio::select! {
+        done = work => Some(done),
+        _ = state.connection.lost_since(seen) => None,
+    }
 }
 
 /// Takes a refused message out of the session's in-flight list, so it no

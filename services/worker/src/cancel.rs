@@ -54,7 +54,7 @@ impl CancelRegistry {
             .unwrap_or_default();
         let claim = format!("{node}/{}/{serial}", std::process::id());
         if let Ok(mut running) = self.inner.running.lock() {
-            running.insert(
+            let earlier = running.insert(
                 message,
                 Running {
                     serial,
@@ -63,6 +63,13 @@ impl CancelRegistry {
                     claim: claim.clone(),
                 },
             );
+            // The same message delivered to this worker again (its lease
+            // was lost, e.g. across a nats-server restart): the earlier run
+            // stops as it would for another worker's claim, which this
+            // worker's own claim notice cannot tell it.
+            if let Some(earlier) = earlier {
+                earlier.superseded.cancel();
+            }
         }
         CancelGuard {
             registry: self.clone(),
@@ -202,5 +209,26 @@ pub async fn flag_set(sessions: &kv::Store, message: MessageId) -> bool {
 pub async fn clear_flag(sessions: &kv::Store, message: MessageId) {
     if let Err(e) = sessions.delete(subjects::cancel_flag_key(message)).await {
         tracing::debug!(message_id = %message, error = %e, "deleting the cancel flag");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_delivery_of_a_running_message_supersedes_the_first_run_here() {
+        let registry = CancelRegistry::default();
+        let message = MessageId::new();
+        let first = registry.register(message);
+        let second = registry.register(message);
+        assert!(first.superseded().is_cancelled(), "the earlier run stops");
+        assert!(!second.superseded().is_cancelled());
+        drop(first);
+        assert!(
+            registry.cancel(message),
+            "the first run's guard leaves the second registered"
+        );
+        assert!(second.token().is_cancelled());
     }
 }

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use async_nats::jetstream::{self, context::PublishAckFuture, message::PublishMessage};
+use protocol::connect::ConnectionWatch;
 use protocol::{subjects, Event, EventKind, MessageId};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -61,21 +62,34 @@ pub async fn publish_and_wait(
 pub struct EventPublisher {
     js: jetstream::Context,
     subject: async_nats::Subject,
-    acks: mpsc::Sender<(PublishAckFuture, Instant, bool)>,
+    connection: ConnectionWatch,
+    acks: mpsc::Sender<(PublishAckFuture, Instant, bool, u64)>,
     failed: Arc<AtomicBool>,
     acker: JoinHandle<Result<(), PublishFailed>>,
 }
 
 impl EventPublisher {
-    pub fn start(js: jetstream::Context, subject: String) -> Self {
-        let (acks, mut pending) = mpsc::channel::<(PublishAckFuture, Instant, bool)>(ACK_WINDOW);
+    /// `connection`: an ack outstanding when the connection it was sent on
+    /// is lost can never come (the server answers on that connection), so
+    /// the attempt fails then rather than at the ack timeout: the job goes
+    /// back to the queue seconds sooner after a nats-server restart.
+    pub fn start(js: jetstream::Context, connection: ConnectionWatch, subject: String) -> Self {
+        let (acks, mut pending) =
+            mpsc::channel::<(PublishAckFuture, Instant, bool, u64)>(ACK_WINDOW);
         let failed = Arc::new(AtomicBool::new(false));
         let flag = failed.clone();
+        let watch = connection.clone();
         let acker = tokio::spawn(async move {
-            while let Some((ack, sent_at, is_chunk)) = pending.recv().await {
-                if let Err(e) = ack.await {
+            while let Some((ack, sent_at, is_chunk, losses)) = pending.recv().await {
+                let acked = tokio::select! {
+                    acked = ack => acked.map_err(PublishFailed::from),
+                    _ = connection.lost_since(losses) => Err(PublishFailed(
+                        "the NATS connection was lost before the ack came".into(),
+                    )),
+                };
+                if let Err(e) = acked {
                     flag.store(true, Ordering::Release);
-                    return Err(e.into());
+                    return Err(e);
                 }
                 if is_chunk {
                     metrics::chunk_acked(sent_at.elapsed());
@@ -85,6 +99,7 @@ impl EventPublisher {
         });
         Self {
             js,
+            connection: watch,
             subject: subject.into(),
             acks,
             failed,
@@ -100,6 +115,8 @@ impl EventPublisher {
             ));
         }
         let is_chunk = event.kind() == EventKind::Chunk;
+        // Read before sending: a loss after this point fails the ack wait.
+        let losses = self.connection.losses();
         let ack = self
             .js
             .send_publish(
@@ -111,7 +128,7 @@ impl EventPublisher {
             metrics::chunk_published();
         }
         self.acks
-            .send((ack, Instant::now(), is_chunk))
+            .send((ack, Instant::now(), is_chunk, losses))
             .await
             .map_err(|_| PublishFailed("the ack task stopped".into()))
     }
