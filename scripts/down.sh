@@ -6,7 +6,8 @@
 # model server (`just up --model local`). SIGTERM, then
 # SIGKILL after DOWN_TIMEOUT_SECS (default 15). Removes the pid files.
 #
-#   scripts/down.sh [--cluster]   (--cluster: only the 3-node cluster)
+#   scripts/down.sh [--cluster | --stack]   (--cluster: only the 3-node cluster;
+#                                           --stack: all but the cluster)
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -16,6 +17,8 @@ grace="${DOWN_TIMEOUT_SECS:-15}"
 dirs=("$run")
 [ "${1:-}" = --cluster ] && dirs=("$run/cluster")
 [ "${1:-}" = "" ] && dirs+=("$run/cluster")
+# --stack: only what `scripts/up.sh` started (a failed `up` stops its own
+# processes, never a cluster it did not start).
 
 # The binary a pid file's process must be, so a recycled pid is never hit.
 expected() {

@@ -5,6 +5,9 @@
 # sequences, the workers consumer's pending / ack-pending / redelivered
 # counts and the sessions bucket's key count.
 #
+# On the 3-node cluster it also shows each node, the leader of every stream
+# and of the KV bucket, and each replica's lag (scripts/cluster-status.py).
+#
 #   scripts/status.sh     (NATS_MONITOR_URL overrides the monitoring address)
 set -euo pipefail
 
@@ -86,6 +89,30 @@ PY
 )"
     printf '%-12s %s\n' "$name" "$line"
 done
+
+# The 3-node cluster (`just cluster up`): each node's own /varz and /jsz,
+# which node leads each stream and the KV bucket, and how far each replica
+# lags. The nodes' monitoring URLs come from run/cluster/n*.monitor-url
+# (or n*.monitor-port on loopback); CLUSTER_MONITOR_URLS (space-separated)
+# overrides them.
+cluster_urls=()
+if [ -n "${CLUSTER_MONITOR_URLS:-}" ]; then
+    read -r -a cluster_urls <<<"$CLUSTER_MONITOR_URLS"
+else
+    for i in 1 2 3 4 5 6 7 8 9; do
+        if [ -f "$run/cluster/n$i.monitor-url" ]; then
+            cluster_urls+=("$(cat "$run/cluster/n$i.monitor-url")")
+        elif [ -f "$run/cluster/n$i.monitor-port" ]; then
+            cluster_urls+=("http://127.0.0.1:$(cat "$run/cluster/n$i.monitor-port")")
+        fi
+    done
+fi
+if [ "${#cluster_urls[@]}" -gt 0 ]; then
+    echo
+    echo "NATS cluster (each node's /varz and /jsz?acc=\$G&streams=true&config=true):"
+    "$root/scripts/cluster-status.py" "${cluster_urls[@]}" || true
+    [ -n "${NATS_MONITOR_URL:-}" ] || [ -f "$run/nats.monitor-port" ] || exit 0
+fi
 
 monitor="${NATS_MONITOR_URL:-}"
 if [ -z "$monitor" ]; then

@@ -19,6 +19,9 @@
 # SKIP_BUILD=1 (use the binaries already built) SKIP_WEB_BUILD=1
 # CHAT_BIN_DIR (where gateway and worker are; default target/BUILD_PROFILE).
 # NATS_URL set: use that NATS (e.g. the 3-node cluster) and start none.
+# NATS_SYNC_INTERVAL (120s): how often the started nats-server fsyncs
+# JetStream files (`sync_interval`; `always` = before every ack; README,
+# "Durability"); a duration in seconds form ("120s", "10s") or "always".
 # Every other variable (CHAT_*, WORKER_*, GATEWAY_*, DEMO_*, OPENAI_*,
 # RUST_LOG, LOG_FORMAT, OTEL_*) reaches the gateways and workers as is.
 set -euo pipefail
@@ -158,8 +161,8 @@ fail() {
         tail -n 30 "$2" >&2
         echo "----" >&2
     fi
-    echo "up: stopping what was started" >&2
-    "$root/scripts/down.sh" >&2 || true
+    echo "up: stopping what this up started (${started[*]:-nothing}); a NATS or cluster it did not start keeps running" >&2
+    "$root/scripts/down.sh" --stack >&2 || true
     exit 1
 }
 
@@ -195,6 +198,12 @@ fi
 
 if [ -n "$nats_bin" ]; then
     nats_url="nats://127.0.0.1:$nats_port"
+    # nats/nats-server.conf reads it (`sync_interval: $NATS_SYNC_INTERVAL`).
+    export NATS_SYNC_INTERVAL="${NATS_SYNC_INTERVAL:-120s}"
+    case "$NATS_SYNC_INTERVAL" in
+        always | [0-9]*s | [0-9]*ms) ;;
+        *) fail "NATS_SYNC_INTERVAL='$NATS_SYNC_INTERVAL': use a duration like 120s or 500ms, or always" ;;
+    esac
     mkdir -p "$run/nats-data"
     start nats "$nats_port" "$logs/nats.log" "$nats_bin" -c "$root/nats/nats-server.conf" \
         -sd "$run/nats-data" -p "$nats_port" -m "$nats_monitor_port"

@@ -14,6 +14,7 @@ use axum::routing::{delete, get, post};
 use axum::serve::ListenerExt;
 use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
+use protocol::connect::ConnectionWatch;
 use protocol::setup::Layout;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -21,6 +22,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::GatewayConfig;
 use crate::extract::ApiQuery;
 use crate::live::LiveHub;
+use crate::test_hooks::TestHooks;
 use crate::{metrics, origin, rest, socket};
 
 /// What every handler and socket shares: one pointer, because every
@@ -39,6 +41,10 @@ impl std::ops::Deref for AppState {
 
 pub struct Shared {
     pub client: async_nats::Client,
+    /// Connection losses: a request whose replies can no longer come (the
+    /// connection it was sent on is gone) fails at once, not at its
+    /// time-out, so the client's retry comes within the reconnect.
+    pub connection: ConnectionWatch,
     pub js: jetstream::Context,
     pub layout: Layout,
     pub config: Arc<GatewayConfig>,
@@ -50,6 +56,8 @@ pub struct Shared {
     pub shutdown: CancellationToken,
     pub sockets: TaskTracker,
     pub metrics: PrometheusHandle,
+    /// Faults tests ask for (hidden flags; none by default).
+    pub test_hooks: TestHooks,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -153,13 +161,15 @@ pub async fn spawn(config: GatewayConfig) -> anyhow::Result<RunningGateway> {
     let metrics_handle = telemetry::install_metrics();
     metrics::register();
     let node = config.node();
-    let client = async_nats::ConnectOptions::new()
-        .name(node.clone())
-        .connect(&config.nats_url)
+    let (options, connection) = protocol::connect::options(&node);
+    let client = options
+        .connect(protocol::connect::seed_list(&config.nats_url))
         .await
         .with_context(|| format!("connecting to {}", config.nats_url))?;
     let js = jetstream::new(client.clone());
-    let layout = protocol::setup::ensure(&js, &config.layout).await?;
+    let layout =
+        protocol::setup::ensure_when_ready(&js, &config.layout, protocol::setup::SETUP_PATIENCE)
+            .await?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;
@@ -171,8 +181,10 @@ pub async fn spawn(config: GatewayConfig) -> anyhow::Result<RunningGateway> {
         config.test_drop_live_every,
         config.max_sockets_per_session,
     );
+    let test_hooks = TestHooks::new(&config);
     let state = AppState(Arc::new(Shared {
         client: client.clone(),
+        connection,
         js,
         layout,
         config: Arc::new(config),
@@ -182,6 +194,7 @@ pub async fn spawn(config: GatewayConfig) -> anyhow::Result<RunningGateway> {
         shutdown: CancellationToken::new(),
         sockets: TaskTracker::new(),
         metrics: metrics_handle,
+        test_hooks,
     }));
     state
         .hub

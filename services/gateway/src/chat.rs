@@ -4,21 +4,17 @@
 //! published with `Nats-Msg-Id` = message id, so a retried send gets the same
 //! `seq` back and is never generated twice.
 
+use std::time::Duration;
+
 use async_nats::jetstream::context::{PublishError, PublishErrorKind};
-use async_nats::jetstream::kv;
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::HeaderMap;
-use protocol::records::SessionRecord;
-use protocol::sessions::{self, SessionStoreError, Versioned};
-use protocol::{now_ms, subjects, ChatRequest, ErrorCode, Event, MessageId, SessionId};
+use protocol::records::RECENT_MESSAGES_KEPT;
+use protocol::sessions::{self, SessionStoreError};
+use protocol::{now_ms, stored, subjects, ChatRequest, ErrorCode, Event, MessageId, SessionId};
 
 use crate::app::AppState;
 use crate::error::ApiError;
-
-/// How long an accepted message may count as "in flight" in the session
-/// record, whatever happened to its job: a job lost outside the work-queue's
-/// guarantees must not block its session for ever.
-pub(crate) const ACTIVE_MAX_AGE_MS: u64 = 30 * 60 * 1000;
 
 /// A chat as a client sends it.
 #[derive(Debug, Clone)]
@@ -77,15 +73,6 @@ struct InFlightLimit;
 
 /// Queues a chat. Idempotent on `message_id`: the same id again returns the
 /// same `seq` and generates nothing new.
-///
-/// Every round trip here is part of the time to the first chunk, so the
-/// admission is decided on the record as read, and its write (a
-/// compare-and-set on that revision) goes out together with the question's
-/// echo. Nothing is stored for a refused question: the limit is checked
-/// before either write. When the compare-and-set loses to another writer
-/// (usually the worker finishing the previous answer), the admission is
-/// decided again on the fresh record; if that refuses, the echo stored
-/// meanwhile gets its refusal stored after it, as a full work-queue's does.
 pub async fn submit(
     state: &AppState,
     session: SessionId,
@@ -95,9 +82,20 @@ pub async fn submit(
     let message_id = input.message_id.unwrap_or_default();
     let limit = state.config.max_in_flight_per_session;
     let now = now_ms();
-    let admit = |record: &mut SessionRecord| {
-        record.expire_active(now, ACTIVE_MAX_AGE_MS);
-        if record.is_active(message_id) || record.is_finished(message_id) {
+    // An in-flight entry lives exactly as long as JetStream deduplicates
+    // its message (`in_flight_max_age_ms`), so publishing an active
+    // message again can never store or queue it twice.
+    let max_age = state.config.layout.in_flight_max_age_ms();
+    let mut settled = false;
+    let admission = sessions::update(&state.layout.sessions, session, |record| {
+        let expired_before = record.expired.len();
+        record.expire_active(now, max_age);
+        settled = record.is_finished(message_id) || record.is_expired(message_id);
+        if settled {
+            // Possibly older than the dedup window: never published again.
+            return Ok(record.expired.len() != expired_before);
+        }
+        if record.is_active(message_id) {
             // A retry: publish again below, JetStream deduplicates and
             // answers with the first sequence.
             return Ok(false);
@@ -107,65 +105,68 @@ pub async fn submit(
         }
         record.admit(message_id, now, None);
         Ok(true)
-    };
-    let refusal = |e: SessionStoreError| match e {
-        SessionStoreError::NotFound => ApiError::NotFound("unknown or expired session".into()),
-        e => ApiError::nats(e),
-    };
-    let at_limit = || {
-        ApiError::RateLimited(format!(
-            "at most {limit} messages may be in flight per session"
-        ))
-    };
-    let question = Question {
-        message_id,
-        content: input.content,
-        model: input.model,
-        replaces: None,
-        accepted_at_ms: now,
-    };
-    let store = &state.layout.sessions;
-    let Versioned {
-        mut record,
-        revision,
-    } = sessions::load(store, session)
+    });
+    let admitted = unless_connection_lost(state, admission)
         .await
-        .map_err(refusal)?
-        .ok_or(SessionStoreError::NotFound)
-        .map_err(refusal)?;
-    match admit(&mut record) {
-        Err(InFlightLimit) => return Err(at_limit()),
-        Ok(false) => return queue(state, session, question).await,
-        Ok(true) => {}
-    }
-    let value = serde_json::to_vec(&record).map_err(ApiError::nats)?;
-    let write = store.update(subjects::session_key(session), value.into(), revision);
-    let (written, echoed) = tokio::join!(write, store_echo(state, session, &question));
-    if let Err(e) = written {
-        let error = if e.kind() == kv::UpdateErrorKind::WrongLastRevision {
-            match sessions::update(store, session, admit).await {
-                Ok(Ok(_)) => None,
-                Ok(Err(InFlightLimit)) => Some(at_limit()),
-                Err(e) => Some(refusal(e)),
-            }
-        } else {
-            Some(ApiError::nats(e))
-        };
-        if let Some(error) = error {
-            if echoed.is_ok() {
-                store_refusal(state, session, message_id, error.code(), &error).await;
-            }
-            return Err(error);
+        .ok_or_else(|| ApiError::nats("the NATS connection was lost"))?;
+    match admitted {
+        Ok(Ok(_)) if settled => return retried_late(state, session, message_id).await,
+        Ok(Ok(_)) => {}
+        Ok(Err(InFlightLimit)) => {
+            return Err(ApiError::RateLimited(format!(
+                "at most {limit} messages may be in flight per session"
+            )))
         }
-    }
-    let seq = match echoed {
-        Ok(seq) => seq,
-        Err(e) => {
-            forget_refused(state, session, message_id).await;
-            return Err(ApiError::nats(e));
+        Err(SessionStoreError::NotFound) => {
+            return Err(ApiError::NotFound("unknown or expired session".into()))
         }
-    };
-    queue_job(state, session, question, seq).await
+        Err(e) => return Err(ApiError::nats(e)),
+    }
+
+    queue(
+        state,
+        session,
+        Question {
+            message_id,
+            content: input.content,
+            model: input.model,
+            replaces: None,
+            accepted_at_ms: now,
+        },
+    )
+    .await
+}
+
+/// A retry of a message that finished, or whose in-flight entry expired:
+/// JetStream may no longer deduplicate it, so nothing is published. Its
+/// turn gives the `seq` of its question; without a turn (it never finished)
+/// the id counts as used.
+async fn retried_late(
+    state: &AppState,
+    session: SessionId,
+    message_id: MessageId,
+) -> Result<Accepted, ApiError> {
+    let client = state.js.client();
+    let turn = stored::find_turn(
+        &client,
+        &state.layout.history,
+        session,
+        message_id,
+        RECENT_MESSAGES_KEPT,
+    )
+    .await
+    .map_err(ApiError::nats)?;
+    match turn {
+        Some(turn) => Ok(Accepted {
+            message_id,
+            seq: turn.user_seq,
+        }),
+        None => Err(ApiError::BadRequest(format!(
+            "message {message_id} was accepted earlier and is not queued again (a retry \
+             is recognised for {} s): send a new question with a new message_id",
+            state.config.layout.dedup_window_secs
+        ))),
+    }
 }
 
 /// An admitted question, ready to be stored and queued.
@@ -187,46 +188,26 @@ pub(crate) async fn queue(
     question: Question,
 ) -> Result<Accepted, ApiError> {
     let message_id = question.message_id;
-    let seq = match store_echo(state, session, &question).await {
+    let echo = Event::UserMessage {
+        message_id,
+        content: question.content.clone(),
+        replaces: question.replaces,
+    };
+    let seq = match publish(
+        state,
+        subjects::events(session),
+        echo.to_payload(),
+        Some((session, message_id)),
+        HeaderMap::new(),
+    )
+    .await
+    {
         Ok(seq) => seq,
         Err(e) => {
             forget_refused(state, session, message_id).await;
             return Err(ApiError::nats(e));
         }
     };
-    queue_job(state, session, question, seq).await
-}
-
-/// Stores the question's echo (deduplicated on the message id); its
-/// sequence is the `seq` the client is told.
-async fn store_echo(
-    state: &AppState,
-    session: SessionId,
-    question: &Question,
-) -> Result<u64, PublishError> {
-    let echo = Event::UserMessage {
-        message_id: question.message_id,
-        content: question.content.clone(),
-        replaces: question.replaces,
-    };
-    publish(
-        state,
-        subjects::events(session),
-        echo.to_payload(),
-        Some((session, question.message_id)),
-        HeaderMap::new(),
-    )
-    .await
-}
-
-/// Queues the job of a question whose echo is stored at `seq`.
-async fn queue_job(
-    state: &AppState,
-    session: SessionId,
-    question: Question,
-    seq: u64,
-) -> Result<Accepted, ApiError> {
-    let message_id = question.message_id;
     let request = ChatRequest {
         session_id: session,
         message_id,
@@ -239,21 +220,77 @@ async fn queue_job(
     let payload = serde_json::to_vec(&request).map_err(ApiError::nats)?;
     let mut headers = HeaderMap::new();
     telemetry::trace_context::inject(&mut headers);
-    let queued = publish(
+    let queued = publish_job(
         state,
         subjects::requests(session),
         payload.into(),
-        Some((session, message_id)),
+        (session, message_id),
         headers,
     )
     .await;
-    if let Err(e) = queued {
-        return Err(refused(state, session, message_id, e).await);
+    match queued {
+        Ok(()) => Ok(Accepted { message_id, seq }),
+        Err(e) if is_uncertain(&e) => {
+            // The job may be queued (only its ack was lost): storing a
+            // refusal now could put an `error` before a whole answer. The
+            // message stays in flight; a retry with the same id publishes
+            // again, deduplicated, and the worker that answers it (or the
+            // in-flight entry's expiry) ends it.
+            tracing::warn!(error = %e, %message_id, "queueing a job: outcome unknown");
+            Err(ApiError::nats(e))
+        }
+        Err(e) => Err(refused(state, session, message_id, e).await),
     }
-    Ok(Accepted { message_id, seq })
 }
 
-/// The work-queue did not take the job although its echo is stored: the
+/// Tries of a job publish whose outcome is unknown (no ack), each with the
+/// same `Nats-Msg-Id`: a job that was stored is answered as a duplicate
+/// with its first sequence, never queued twice.
+const JOB_PUBLISH_TRIES: usize = 3;
+/// Pause between those tries, so a reconnecting client is connected again.
+const JOB_PUBLISH_RETRY: Duration = Duration::from_millis(250);
+
+/// Queues a job, asking again while the outcome is unknown.
+async fn publish_job(
+    state: &AppState,
+    subject: String,
+    payload: bytes::Bytes,
+    (session, message_id): (SessionId, MessageId),
+    headers: HeaderMap,
+) -> Result<(), PublishError> {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let result = publish(
+            state,
+            subject.clone(),
+            payload.clone(),
+            Some((session, message_id)),
+            headers.clone(),
+        )
+        .await
+        .and_then(|_| state.test_hooks.lose_job_ack());
+        match result {
+            Err(e) if is_uncertain(&e) && tries < JOB_PUBLISH_TRIES => {
+                tracing::info!(error = %e, %message_id, tries, "no ack for a job; publishing it again");
+                tokio::time::sleep(JOB_PUBLISH_RETRY).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Whether a publish may have been stored although it failed: no ack came
+/// (the server may have stored it and the ack was lost) or the connection
+/// broke while it was sent.
+fn is_uncertain(e: &PublishError) -> bool {
+    matches!(
+        e.kind(),
+        PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe
+    )
+}
+
+/// The work-queue refused the job although its echo is stored: the
 /// refusal is stored after the echo, so every client (and every replay)
 /// sees why this question got no answer, and the message stops counting
 /// against the session's limit.
@@ -272,19 +309,6 @@ async fn refused(
         (ErrorCode::Internal, ApiError::nats(&e))
     };
     tracing::warn!(error = %e, %message_id, "the work-queue refused a job");
-    store_refusal(state, session, message_id, code, &error).await;
-    forget_refused(state, session, message_id).await;
-    error
-}
-
-/// Stores why a question whose echo is stored gets no answer, after it.
-async fn store_refusal(
-    state: &AppState,
-    session: SessionId,
-    message_id: MessageId,
-    code: ErrorCode,
-    error: &ApiError,
-) {
     let refusal = Event::Error {
         message_id: Some(message_id),
         code,
@@ -301,6 +325,8 @@ async fn store_refusal(
     if let Err(e) = stored {
         tracing::warn!(error = %e, "storing the refusal");
     }
+    forget_refused(state, session, message_id).await;
+    error
 }
 
 /// Whether the work-queue refused because it is full (discard-new limits:
@@ -334,8 +360,26 @@ async fn publish(
             message = message.header(name.clone(), value.clone());
         }
     }
-    let ack = state.js.send_publish(subject, message).await?.await?;
-    Ok(ack.sequence)
+    let stored = async { state.js.send_publish(subject, message).await?.await };
+    match unless_connection_lost(state, stored).await {
+        Some(ack) => Ok(ack?.sequence),
+        // Sent on a connection that is gone: stored or not, unknown.
+        None => Err(PublishError::new(PublishErrorKind::BrokenPipe)),
+    }
+}
+
+/// Runs NATS round trips, or gives up (`None`) as soon as the connection
+/// they started on is lost: their replies can no longer come, and waiting
+/// for the request time-out would stall the client for seconds.
+pub(crate) async fn unless_connection_lost<T>(
+    state: &AppState,
+    work: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    let seen = state.connection.losses();
+    tokio::select! {
+        done = work => Some(done),
+        _ = state.connection.lost_since(seen) => None,
+    }
 }
 
 /// Takes a refused message out of the session's in-flight list, so it no

@@ -12,6 +12,7 @@ use protocol::setup::LayoutConfig;
     about = "WebSocket and REST gateway of the chat backend"
 )]
 pub struct GatewayConfig {
+    /// NATS server URL, or a comma-separated seed list of cluster nodes.
     #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
     pub nats_url: String,
     /// Address to listen on (port 0 picks a free one).
@@ -93,6 +94,17 @@ pub struct GatewayConfig {
         hide = true
     )]
     pub test_drop_live_every: u64,
+    /// Test hook: the first n jobs the work-queue stores are reported as if
+    /// their publish ack was lost (a time-out), so tests can show that a
+    /// job whose outcome is unknown is neither refused nor queued twice.
+    #[doc(hidden)]
+    #[arg(
+        long,
+        env = "GATEWAY_TEST_LOSE_JOB_ACKS",
+        default_value_t = 0,
+        hide = true
+    )]
+    pub test_lose_job_acks: u64,
     #[command(flatten)]
     pub layout: LayoutConfig,
 }

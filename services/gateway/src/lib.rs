@@ -18,6 +18,7 @@ pub mod regenerate;
 pub mod replay;
 pub mod rest;
 pub mod socket;
+pub mod test_hooks;
 
 pub use app::{spawn, RunningGateway};
 pub use config::GatewayConfig;

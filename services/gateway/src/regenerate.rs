@@ -13,7 +13,7 @@ use protocol::{now_ms, stored, MessageId, SessionId};
 use tokio::time::Instant;
 
 use crate::app::AppState;
-use crate::chat::{self, Accepted, Question, ACTIVE_MAX_AGE_MS};
+use crate::chat::{self, Accepted, Question};
 use crate::error::ApiError;
 use crate::replay::HISTORY_TURNS;
 
@@ -61,8 +61,9 @@ pub async fn regenerate(
 
     let limit = state.config.max_in_flight_per_session;
     let now = now_ms();
+    let max_age = state.config.layout.in_flight_max_age_ms();
     let admitted = sessions::update(&state.layout.sessions, session, |record| {
-        record.expire_active(now, ACTIVE_MAX_AGE_MS);
+        record.expire_active(now, max_age);
         // The record may have moved since it was read: decide again.
         let again = choose_target(record, message_id, input.replaces)?;
         if again.replaces != target.replaces {

@@ -7,6 +7,7 @@
 //! type: it comes from here.
 
 pub mod close;
+pub mod connect;
 pub mod events;
 pub mod frames;
 pub mod ids;

@@ -23,6 +23,11 @@ pub struct SessionRecord {
     /// cancel of a finished message is recognised instead of being unknown.
     #[serde(default)]
     pub recent: Vec<MessageId>,
+    /// Messages whose in-flight entry expired unfinished (bounded like
+    /// `recent`): JetStream no longer deduplicates them, so a retry must be
+    /// recognised here, or it would be stored and queued as a new question.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub expired: Vec<MessageId>,
     /// The question accepted last: the one a `regenerate` may replace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_question: Option<LastQuestion>,
@@ -52,6 +57,7 @@ impl SessionRecord {
             node,
             active: Vec::new(),
             recent: Vec::new(),
+            expired: Vec::new(),
             last_question: None,
         }
     }
@@ -118,11 +124,28 @@ impl SessionRecord {
         before != self.active.len() || !was_recent
     }
 
-    /// Drops active entries older than `max_age_ms`: a job that was lost
-    /// outside the work-queue's guarantees must not block its session forever.
+    /// Moves active entries older than `max_age_ms` to `expired`: a job
+    /// that was lost outside the work-queue's guarantees must not block its
+    /// session forever, and a late retry of it is still recognised.
     pub fn expire_active(&mut self, now_ms: u64, max_age_ms: u64) {
-        self.active
-            .retain(|m| now_ms.saturating_sub(m.accepted_at_ms) <= max_age_ms);
+        let (stale, live): (Vec<_>, Vec<_>) = std::mem::take(&mut self.active)
+            .into_iter()
+            .partition(|m| now_ms.saturating_sub(m.accepted_at_ms) > max_age_ms);
+        self.active = live;
+        for m in stale {
+            if !self.expired.contains(&m.message_id) {
+                self.expired.push(m.message_id);
+            }
+        }
+        if self.expired.len() > RECENT_MESSAGES_KEPT {
+            let excess = self.expired.len() - RECENT_MESSAGES_KEPT;
+            self.expired.drain(..excess);
+        }
+    }
+
+    /// Whether the message's in-flight entry expired unfinished.
+    pub fn is_expired(&self, message: MessageId) -> bool {
+        self.expired.contains(&message)
     }
 }
 
@@ -330,8 +353,14 @@ mod tests {
             accepted_at_ms: 900,
             ending: false,
         });
+        let stale = r.active[0].message_id;
         r.expire_active(1_000, 500);
         assert_eq!(r.active.len(), 1);
         assert_eq!(r.active[0].accepted_at_ms, 900);
+        assert!(
+            r.is_expired(stale),
+            "a late retry of it is still recognised"
+        );
+        assert!(!r.is_active(stale));
     }
 }

@@ -89,6 +89,16 @@ impl Default for LayoutConfig {
 }
 
 impl LayoutConfig {
+    /// How long an accepted message counts as in flight in its session's
+    /// record: exactly the dedup window. A retry of a message the record
+    /// holds as in flight is published again, and only JetStream's dedup
+    /// keeps that from storing and queueing it twice; an entry older than
+    /// the window is moved aside (`SessionRecord::expired`) and its retries
+    /// are never published again. One setting, so the two cannot disagree.
+    pub fn in_flight_max_age_ms(&self) -> u64 {
+        self.dedup_window_secs.saturating_mul(1000)
+    }
+
     pub fn ack_wait(&self) -> Duration {
         Duration::from_millis(self.ack_wait_ms.max(1))
     }
@@ -277,6 +287,112 @@ pub async fn ensure(js: &jetstream::Context, config: &LayoutConfig) -> Result<La
         dead,
         sessions,
     })
+}
+
+/// How long [`ensure_when_ready`] waits by default: long enough for a
+/// cluster that is still electing its leaders, short enough that a wrong
+/// `NATS_URL` is reported while someone is still watching.
+pub const SETUP_PATIENCE: Duration = Duration::from_secs(60);
+/// The first pause between tries of the layout step; it doubles...
+const SETUP_RETRY_FIRST: Duration = Duration::from_millis(100);
+/// ...up to this.
+const SETUP_RETRY_MAX: Duration = Duration::from_secs(2);
+
+/// What the layout step waits for, in the order it needs them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Waiting {
+    /// A connection to any server of the seed list.
+    Connection,
+    /// JetStream answering for the account: on a cluster, a meta leader.
+    JetStream,
+    /// The streams, consumer and bucket created or updated (each R3 stream
+    /// needs a leader elected among its peers).
+    Layout,
+}
+
+impl std::fmt::Display for Waiting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Waiting::Connection => "a connection to NATS",
+            Waiting::JetStream => "JetStream (on a cluster: its meta leader)",
+            Waiting::Layout => "the streams and the bucket (on a cluster: their leaders)",
+        })
+    }
+}
+
+/// [`ensure`], for a service starting next to NATS: waits for the
+/// connection, then for JetStream (a cluster that is still forming has no
+/// meta leader and times requests out), then retries the layout step with a
+/// growing pause while NATS answers "not yet" (time-outs, no responders,
+/// no leader), saying each time what it waits for. Gives up after
+/// `patience` with the last error; an error that retrying cannot fix (a
+/// refused configuration) is returned at once.
+pub async fn ensure_when_ready(
+    js: &jetstream::Context,
+    config: &LayoutConfig,
+    patience: Duration,
+) -> Result<Layout, SetupError> {
+    let deadline = tokio::time::Instant::now() + patience;
+    let mut pause = SETUP_RETRY_FIRST;
+    loop {
+        let (waiting, result) = try_once(js, config).await;
+        let error = match result {
+            Ok(layout) => return Ok(layout),
+            Err(e) if waiting != Waiting::Connection && !is_transient(&e) => return Err(e),
+            Err(e) => e,
+        };
+        if tokio::time::Instant::now() + pause > deadline {
+            tracing::warn!(waiting = %waiting, error = %error, "NATS was not ready in time");
+            return Err(error);
+        }
+        tracing::info!(
+            waiting = %waiting,
+            error = %error,
+            retry_in_ms = u64::try_from(pause.as_millis()).unwrap_or(u64::MAX),
+            "waiting for NATS before setting up the layout"
+        );
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(SETUP_RETRY_MAX);
+    }
+}
+
+/// One try of the whole step, with what it got stuck on.
+async fn try_once(
+    js: &jetstream::Context,
+    config: &LayoutConfig,
+) -> (Waiting, Result<Layout, SetupError>) {
+    if js.client().connection_state() != async_nats::connection::State::Connected {
+        let error = SetupError {
+            part: "connection".into(),
+            source: "not connected yet".into(),
+        };
+        return (Waiting::Connection, Err(error));
+    }
+    if let Err(e) = js.query_account().await {
+        return (Waiting::JetStream, Err(failed("JetStream account")(e)));
+    }
+    (Waiting::Layout, ensure(js, config).await)
+}
+
+/// Whether NATS said "not yet" rather than "no": a request that timed out
+/// or found no responder, or a cluster without a leader for the asset.
+fn is_transient(e: &SetupError) -> bool {
+    let text = e.source.to_string().to_ascii_lowercase();
+    [
+        "timed out",
+        "timeout",
+        "no responders",
+        "temporarily unavailable",
+        "not enabled",
+        "leader",
+        "no suitable peers",
+        "insufficient resources",
+        "not current",
+        "disconnected",
+        "broken pipe",
+    ]
+    .iter()
+    .any(|needle| text.contains(needle))
 }
 
 /// Binds to the workers' consumer (after [`ensure`]).

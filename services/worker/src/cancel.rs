@@ -60,7 +60,7 @@ impl CancelRegistry {
             .unwrap_or_default();
         let claim = format!("{node}/{}/{serial}", std::process::id());
         if let Ok(mut running) = self.inner.running.lock() {
-            running.insert(
+            let earlier = running.insert(
                 key,
                 Running {
                     serial,
@@ -69,6 +69,13 @@ impl CancelRegistry {
                     claim: claim.clone(),
                 },
             );
+            // The same message delivered to this worker again (its lease
+            // was lost, e.g. across a nats-server restart): the earlier run
+            // stops as it would for another worker's claim, which this
+            // worker's own claim notice cannot tell it.
+            if let Some(earlier) = earlier {
+                earlier.superseded.cancel();
+            }
         }
         CancelGuard {
             registry: self.clone(),
@@ -219,5 +226,30 @@ pub async fn clear_flag(sessions: &kv::Store, session: SessionId, message: Messa
         .await
     {
         tracing::debug!(message_id = %message, error = %e, "deleting the cancel flag");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_delivery_of_a_running_message_supersedes_the_first_run_here() {
+        let registry = CancelRegistry::default();
+        let (session, message) = (SessionId::new(), MessageId::new());
+        let first = registry.register(session, message);
+        let second = registry.register(session, message);
+        assert!(first.superseded().is_cancelled(), "the earlier run stops");
+        assert!(!second.superseded().is_cancelled());
+        drop(first);
+        assert!(
+            registry.cancel(session, message),
+            "the first run's guard leaves the second registered"
+        );
+        assert!(second.token().is_cancelled());
+        // The same message id in another session is another job.
+        let other = registry.register(SessionId::new(), message);
+        assert!(!other.superseded().is_cancelled());
+        assert!(!other.token().is_cancelled());
     }
 }

@@ -37,6 +37,7 @@ fn default_node() -> String {
     about = "Pulls chat jobs and streams the model's answers"
 )]
 pub struct WorkerConfig {
+    /// NATS server URL, or a comma-separated seed list of cluster nodes.
     #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
     pub nats_url: String,
     /// This worker's name in logs and metrics.

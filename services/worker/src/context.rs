@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use async_nats::jetstream;
+use protocol::connect::ConnectionWatch;
 use protocol::setup::{Layout, LayoutConfig};
 use tokio_util::sync::CancellationToken;
 
@@ -15,6 +16,9 @@ use crate::chunk_window::ChunkWindow;
 /// What every job of this worker shares.
 pub struct JobContext {
     pub js: jetstream::Context,
+    /// Connection losses: an attempt whose publish acks were outstanding
+    /// when the connection went fails at once instead of at the ack timeout.
+    pub connection: ConnectionWatch,
     pub layout: Layout,
     pub layout_config: LayoutConfig,
     pub backend: Arc<dyn ModelBackend>,

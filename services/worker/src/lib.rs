@@ -138,13 +138,15 @@ fn backend(config: &WorkerConfig) -> anyhow::Result<Arc<dyn ModelBackend>> {
 pub async fn spawn(config: WorkerConfig) -> anyhow::Result<RunningWorker> {
     let metrics_handle = telemetry::install_metrics();
     let backend = backend(&config)?;
-    let client = async_nats::ConnectOptions::new()
-        .name(config.node.clone())
-        .connect(&config.nats_url)
+    let (options, connection) = protocol::connect::options(&config.node);
+    let client = options
+        .connect(protocol::connect::seed_list(&config.nats_url))
         .await
         .with_context(|| format!("connecting to {}", config.nats_url))?;
     let js = jetstream::new(client.clone());
-    let layout = protocol::setup::ensure(&js, &config.layout).await?;
+    let layout =
+        protocol::setup::ensure_when_ready(&js, &config.layout, protocol::setup::SETUP_PATIENCE)
+            .await?;
     let consumer = protocol::setup::workers_consumer(&layout).await?;
     let depth_consumer = consumer.clone();
     let listener = tokio::net::TcpListener::bind(config.metrics_listen)
@@ -157,6 +159,7 @@ pub async fn spawn(config: WorkerConfig) -> anyhow::Result<RunningWorker> {
     let stop_background = CancellationToken::new();
     let ctx = Arc::new(JobContext {
         js,
+        connection,
         layout,
         layout_config: config.layout.clone(),
         backend,

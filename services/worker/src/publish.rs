@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, message::PublishMessage};
 use futures::StreamExt;
+use protocol::connect::ConnectionWatch;
 use protocol::{subjects, Event, EventKind, MessageId, SessionId};
 use serde::Deserialize;
 use tokio::sync::mpsc;
@@ -78,17 +79,23 @@ pub async fn publish_and_wait(
     Ok(())
 }
 
+/// A publish whose ack is outstanding: when it was sent, whether it is a
+/// chunk, and the connection's loss count when it was sent.
+type Sent = (Instant, bool, u64);
+
 /// Publishes one attempt's events to one session's subject, in order.
 pub struct EventPublisher {
     client: async_nats::Client,
     subject: async_nats::Subject,
     /// The attempt's reply subject; subscribed by the first publish.
     reply: async_nats::Subject,
-    /// Send time and kind of each publish whose ack is outstanding, oldest
-    /// first; bounded by [`ACK_WINDOW`].
-    sent: mpsc::Sender<(Instant, bool)>,
+    /// Send time, kind, and the connection's loss count at sending, of each
+    /// publish whose ack is outstanding, oldest first; bounded by
+    /// [`ACK_WINDOW`].
+    sent: mpsc::Sender<Sent>,
     /// Until the first publish: the other end of `sent`.
-    unsent: Option<mpsc::Receiver<(Instant, bool)>>,
+    unsent: Option<mpsc::Receiver<Sent>>,
+    connection: ConnectionWatch,
     failed: Arc<AtomicBool>,
     acker: Option<JoinHandle<Result<(), PublishFailed>>>,
     metrics: metrics::ChunkMetrics,
@@ -98,13 +105,23 @@ pub struct EventPublisher {
 
 impl EventPublisher {
     /// `window` learns each chunk's ack latency: the path's backlog, which
-    /// the coalescing window adapts to.
-    pub fn start(js: jetstream::Context, subject: String, window: Arc<ChunkWindow>) -> Self {
+    /// the coalescing window adapts to. `connection`: an ack outstanding
+    /// when the connection it was sent on is lost can never come (the
+    /// server answers on that connection), so the attempt fails then rather
+    /// than at the ack timeout: the job goes back to the queue seconds
+    /// sooner after a nats-server restart.
+    pub fn start(
+        js: jetstream::Context,
+        connection: ConnectionWatch,
+        subject: String,
+        window: Arc<ChunkWindow>,
+    ) -> Self {
         let client = js.client();
         let reply = client.new_inbox().into();
         let (sent, unsent) = mpsc::channel(ACK_WINDOW);
         Self {
             client,
+            connection,
             subject: subject.into(),
             reply,
             sent,
@@ -131,8 +148,9 @@ impl EventPublisher {
         let failed = self.failed.clone();
         let metrics = self.metrics.clone();
         let window = self.window.clone();
+        let connection = self.connection.clone();
         self.acker = Some(tokio::spawn(async move {
-            let result = check_acks(acks, sent, metrics, window).await;
+            let result = check_acks(acks, sent, metrics, window, connection).await;
             if result.is_err() {
                 failed.store(true, Ordering::Release);
             }
@@ -151,9 +169,11 @@ impl EventPublisher {
         self.start_acker().await?;
         let is_chunk = event.kind() == EventKind::Chunk;
         // Recorded before the publish, so the ack task never sees an ack
-        // it has no record for.
+        // it has no record for; the loss count read before sending: a loss
+        // after this point fails the ack wait.
+        let losses = self.connection.losses();
         self.sent
-            .send((Instant::now(), is_chunk))
+            .send((Instant::now(), is_chunk, losses))
             .await
             .map_err(|_| PublishFailed("the ack task stopped".into()))?;
         self.client
@@ -192,12 +212,21 @@ impl EventPublisher {
 /// publish is acked; the first failure ends it.
 async fn check_acks(
     mut acks: async_nats::Subscriber,
-    mut sent: mpsc::Receiver<(Instant, bool)>,
+    mut sent: mpsc::Receiver<Sent>,
     metrics: metrics::ChunkMetrics,
     window: Arc<ChunkWindow>,
+    connection: ConnectionWatch,
 ) -> Result<(), PublishFailed> {
-    while let Some((sent_at, is_chunk)) = sent.recv().await {
-        let reply = match tokio::time::timeout(ACK_TIMEOUT, acks.next()).await {
+    while let Some((sent_at, is_chunk, losses)) = sent.recv().await {
+        let next = tokio::select! {
+            next = tokio::time::timeout(ACK_TIMEOUT, acks.next()) => next,
+            _ = connection.lost_since(losses) => {
+                return Err(PublishFailed(
+                    "the NATS connection was lost before the ack came".into(),
+                ))
+            }
+        };
+        let reply = match next {
             Ok(Some(reply)) => reply,
             Ok(None) => return Err(PublishFailed("the ack subscription ended".into())),
             Err(_) => return Err(PublishFailed(format!("no ack within {ACK_TIMEOUT:?}"))),

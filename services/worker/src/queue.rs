@@ -16,6 +16,9 @@ use crate::job::{self, QueueReply};
 /// How long one pull request waits for jobs. Short, so a stopping worker
 /// has no request outstanding for long; idle pulls cost one small request.
 const PULL_EXPIRES: Duration = Duration::from_millis(500);
+/// Pause after a lost connection before pulling again: longer than any
+/// worker's reconnect (`protocol::connect`, at most 250 ms between tries).
+const PULL_AFTER_RECONNECT: Duration = Duration::from_millis(1_000);
 /// Pause after a failed pull (NATS unreachable) before the next.
 const PULL_RETRY: Duration = Duration::from_millis(250);
 
@@ -41,6 +44,10 @@ pub(crate) async fn pull(
         while let Ok(permit) = slots.clone().try_acquire_owned() {
             permits.push(permit);
         }
+        // Read before the request: a pull request the server took before a
+        // lost connection is gone with it, and the client would wait for
+        // its expiry plus 5 s before asking again.
+        let losses = ctx.connection.losses();
         let batch = consumer
             .batch()
             .max_messages(permits.len())
@@ -61,7 +68,19 @@ pub(crate) async fn pull(
         // arrives after a stop still runs here, inside the shutdown grace:
         // handing it back would cost it one of its `max_deliver` attempts
         // (a rolling restart of every worker could exhaust them).
-        while let Some(next) = messages.next().await {
+        let mut lost = false;
+        loop {
+            let next = tokio::select! {
+                // Jobs already delivered are taken before a loss is noticed.
+                biased;
+                next = messages.next() => next,
+                _ = ctx.connection.lost_since(losses) => {
+                    tracing::debug!("NATS connection lost; pulling again once it settles");
+                    lost = true;
+                    break;
+                }
+            };
+            let Some(next) = next else { break };
             let message = match next {
                 Ok(message) => message,
                 Err(e) => {
@@ -79,6 +98,17 @@ pub(crate) async fn pull(
                 job::run(ctx, message).await;
                 drop(permit);
             });
+        }
+        if lost {
+            // A server that restarted may hand out again a job another
+            // worker still runs (its delivery state was not yet on disk).
+            // The new run's claim notice stops the old one only once that
+            // worker is subscribed again: give every worker time to
+            // reconnect before taking jobs.
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tokio::time::sleep(PULL_AFTER_RECONNECT) => {}
+            }
         }
     }
 }

@@ -23,8 +23,7 @@ async fn every_event_is_stored_in_order_before_finish_returns() {
     let h = Harness::start(5_000, 4).await;
     let session = SessionId::new();
     let message_id = MessageId::new();
-    let mut publisher =
-        EventPublisher::start(h.js.clone(), subjects::events(session), fixed_window());
+    let mut publisher = publisher(&h, subjects::events(session)).await;
     // More than one window of acks, so the publisher waits for some.
     let count = u32::try_from(ACK_WINDOW * 3 + 7).unwrap();
     for index in 0..count {
@@ -41,8 +40,7 @@ async fn a_publish_no_stream_stores_fails_the_attempt() {
     let h = Harness::start(5_000, 4).await;
     let message_id = MessageId::new();
     // No stream captures this subject: the server answers "no responders".
-    let mut publisher =
-        EventPublisher::start(h.js.clone(), "chat.nowhere.1".to_string(), fixed_window());
+    let mut publisher = publisher(&h, "chat.nowhere.1".to_string()).await;
     let first = publisher.publish(&chunk(message_id, 0)).await;
     let finished = match first {
         Ok(()) => publisher.finish().await,
@@ -66,8 +64,7 @@ async fn a_publish_the_stream_refuses_fails_the_attempt() {
         })
         .await
         .unwrap();
-    let mut publisher =
-        EventPublisher::start(h.js.clone(), "publish.full".to_string(), fixed_window());
+    let mut publisher = publisher(&h, "publish.full".to_string()).await;
     let mut failed = None;
     for index in 0..3 {
         if let Err(e) = publisher.publish(&chunk(message_id, index)).await {
@@ -84,6 +81,19 @@ async fn a_publish_the_stream_refuses_fails_the_attempt() {
     };
     assert!(error.0.contains("refused"), "{error}");
     drop(stream);
+}
+
+/// A publisher on a connection of its own, watched for losses as a
+/// worker's is.
+async fn publisher(h: &Harness, subject: impl Into<String>) -> EventPublisher {
+    let (options, connection) = protocol::connect::options("publish-test");
+    let client = options.connect(h.server.url()).await.unwrap();
+    EventPublisher::start(
+        async_nats::jetstream::new(client),
+        connection,
+        subject.into(),
+        fixed_window(),
+    )
 }
 
 /// The window the publisher reports to; these tests do not look at it.

@@ -26,6 +26,7 @@ impl Job {
         let ctx = &self.ctx;
         let mut publisher = EventPublisher::start(
             ctx.js.clone(),
+            ctx.connection.clone(),
             protocol::subjects::events(self.request.session_id),
             ctx.chunk_window.clone(),
         );

@@ -80,6 +80,12 @@ pub(crate) async fn run(ctx: Arc<JobContext>, message: jetstream::Message) {
 enum JobError {
     #[error(transparent)]
     Publish(#[from] PublishFailed),
+    /// The NATS connection went while a step waited on NATS replies: they
+    /// can no longer come, and the client would wait out its request
+    /// time-out (5 s) first. Every write of a step is deduplicated or
+    /// checked by the next attempt's admit step, so it is safe to stop.
+    #[error("the NATS connection was lost during the {0} step")]
+    ConnectionLost(&'static str),
 }
 
 struct Job {
@@ -100,14 +106,36 @@ impl Job {
             .ctx
             .cancels
             .register(self.request.session_id, self.message_id());
-        let history = match self.admit(&guard).await {
+        let admission = self.unless_connection_lost("admit", self.admit(&guard));
+        let history = match admission.await? {
             Admission::Run { history } => history,
-            Admission::End(ending) => return self.conclude(ending, None, &guard).await,
+            Admission::End(ending) => {
+                let concluded = self.conclude(ending, None, &guard);
+                return self.unless_connection_lost("conclude", concluded).await?;
+            }
         };
         let mut publisher = self.start_publishing().await?;
         let generated = self.generate(&mut publisher, &guard, history).await;
         let ending = Ending::after_generation(generated, self.attempt_facts());
-        self.conclude(ending, Some(publisher), &guard).await
+        let concluded = self.conclude(ending, Some(publisher), &guard);
+        self.unless_connection_lost("conclude", concluded).await?
+    }
+
+    /// Runs a step made of NATS round trips, or fails the attempt as soon
+    /// as the connection it started on is lost (the replies it waits for
+    /// cannot come). Generating is not wrapped: its publishes fail through
+    /// the publisher only when an ack was outstanding.
+    async fn unless_connection_lost<T>(
+        &self,
+        step: &'static str,
+        work: impl std::future::Future<Output = T>,
+    ) -> Result<T, JobError> {
+        let connection = &self.ctx.connection;
+        let seen = connection.losses();
+        tokio::select! {
+            done = work => Ok(done),
+            _ = connection.lost_since(seen) => Err(JobError::ConnectionLost(step)),
+        }
     }
 
     /// Processes the job, hands it back if that failed, and reports.
