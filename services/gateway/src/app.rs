@@ -135,7 +135,14 @@ pub async fn spawn(config: GatewayConfig) -> anyhow::Result<RunningGateway> {
     let node = config.node();
     let client = async_nats::ConnectOptions::new()
         .name(node.clone())
-        .connect(&config.nats_url)
+        // A comma-separated seed list (every node of a cluster) is tried in turn.
+        .connect(
+            config
+                .nats_url
+                .split(',')
+                .map(str::trim)
+                .collect::<Vec<_>>(),
+        )
         .await
         .with_context(|| format!("connecting to {}", config.nats_url))?;
     let js = jetstream::new(client.clone());
