@@ -53,13 +53,44 @@ pub(crate) struct Launcher {
     pub(crate) bin_dir: PathBuf,
     pub(crate) logs: PathBuf,
     pub(crate) env: Vec<(String, String)>,
+    /// Starts tried before giving up: more than one against a cluster, where
+    /// creating R3 streams can time out while it settles or a node is down.
+    pub(crate) attempts: usize,
 }
 
 impl Launcher {
+    /// [`Launcher::start_once`], tried up to `attempts` times.
+    pub(crate) async fn start(
+        &self,
+        role: Role,
+        index: usize,
+        nats_url: &str,
+        port: u16,
+        host: Option<Host>,
+    ) -> anyhow::Result<Service> {
+        let mut attempt = 1;
+        loop {
+            match self
+                .start_once(role, index, nats_url, port, host.clone())
+                .await
+            {
+                Ok(service) => return Ok(service),
+                Err(e) if attempt < self.attempts => {
+                    eprintln!(
+                        "stack: {} did not start (attempt {attempt}): {e:#}; trying again",
+                        role.node(index)
+                    );
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     /// Starts one service; `port` 0 lets it choose, a restart passes the
     /// old one. With a `host`, it runs inside that host's namespace and
     /// listens on the host's address.
-    pub(crate) async fn start(
+    pub(crate) async fn start_once(
         &self,
         role: Role,
         index: usize,

@@ -129,6 +129,7 @@ impl Stack {
             bin_dir,
             logs: logs.clone(),
             env,
+            attempts: if options.cluster.is_some() { 3 } else { 1 },
         };
         let url = nats.url();
         let mut hosts = |role: Role, count: usize| -> anyhow::Result<Vec<Option<Host>>> {
@@ -142,13 +143,21 @@ impl Stack {
                 })
                 .collect()
         };
-        let gateway_hosts = hosts(Role::Gateway, options.gateways)?;
+        let mut gateway_hosts = hosts(Role::Gateway, options.gateways)?.into_iter();
         let worker_hosts = hosts(Role::Worker, options.workers)?;
+        // Against a cluster, one gateway creates the R3 layout first: six
+        // processes creating R3 streams at once time out while it settles.
+        let mut first = Vec::new();
+        if options.cluster.is_some() {
+            if let Some(host) = gateway_hosts.next() {
+                first.push(launcher.start(Role::Gateway, 0, &url, 0, host).await?);
+            }
+        }
+        let skip = first.len();
         let gateways = futures::future::try_join_all(
             gateway_hosts
-                .into_iter()
                 .enumerate()
-                .map(|(i, host)| launcher.start(Role::Gateway, i, &url, 0, host)),
+                .map(|(i, host)| launcher.start(Role::Gateway, i + skip, &url, 0, host)),
         );
         let workers = futures::future::try_join_all(
             worker_hosts
@@ -156,7 +165,9 @@ impl Stack {
                 .enumerate()
                 .map(|(i, host)| launcher.start(Role::Worker, i, &url, 0, host)),
         );
-        let (gateways, workers) = futures::future::try_join(gateways, workers).await?;
+        let (more_gateways, workers) = futures::future::try_join(gateways, workers).await?;
+        first.extend(more_gateways);
+        let gateways = first;
         let mut stack = Stack {
             launcher,
             gateways,
