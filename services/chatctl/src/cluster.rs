@@ -105,7 +105,10 @@ async fn up(dir: &Path, loopback: bool) -> anyhow::Result<()> {
     write(dir, "urls", &urls)?;
     let where_ = match cluster.loopback_reason() {
         Some(reason) => format!("on loopback ({reason})"),
-        None => "as hosts of their own (network namespaces chatc-n1..n3 on bridge chatcb, 10.77.0.0/24)".to_string(),
+        None => {
+            "as hosts of their own (network namespaces chatc-n1..n3 on bridge chatcb, 10.77.0.0/24)"
+                .to_string()
+        }
     };
     let (pids, network) = cluster.detach();
     for (name, pid) in pids {
@@ -148,7 +151,10 @@ async fn down(dir: &Path) -> anyhow::Result<()> {
     let network = std::fs::read_to_string(dir.join("network")).ok();
     if let Some(names) = network.as_deref().and_then(parse_network) {
         remove_network(&names);
-        println!("cluster: removed namespaces {}-* and bridge {}b", names.prefix, names.prefix);
+        println!(
+            "cluster: removed namespaces {}-* and bridge {}b",
+            names.prefix, names.prefix
+        );
     }
     for i in 1..=NODES {
         for ext in ["pid", "client-url", "monitor-url"] {
@@ -183,7 +189,8 @@ fn is_nats_server(pid: u32) -> bool {
 
 fn write(dir: &Path, name: &str, text: &str) -> anyhow::Result<()> {
     let path = dir.join(name);
-    std::fs::write(&path, format!("{text}\n")).with_context(|| format!("writing {}", path.display()))
+    std::fs::write(&path, format!("{text}\n"))
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 fn read(path: &Path) -> String {

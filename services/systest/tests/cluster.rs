@@ -48,19 +48,34 @@ async fn a_short_cluster_run_survives_a_leader_kill_and_a_partition() {
     println!("{}", report.to_markdown());
     assert!(report.passed(), "{}", report.to_markdown());
     assert_eq!(report.messages, 90);
-    let replicas = report.replicas.as_ref().expect("a cluster run checks replicas");
+    let replicas = report
+        .replicas
+        .as_ref()
+        .expect("a cluster run checks replicas");
     assert!(replicas.converged);
     assert!(
-        replicas.streams.iter().any(|r| r.stream == "CHAT_EVENTS" && r.messages > 90),
+        replicas
+            .streams
+            .iter()
+            .any(|r| r.stream == "CHAT_EVENTS" && r.messages > 90),
         "{:?}",
         replicas.streams
     );
     let kills = report.faults_injected.get(&FaultKind::NodeKill).copied();
     let partitions = report.faults_injected.get(&FaultKind::Partition).copied();
     if report.cluster_hosts.as_deref() == Some("namespaces") {
-        assert_eq!((kills, partitions), (Some(1), Some(1)), "{:?}", report.faults);
+        assert_eq!(
+            (kills, partitions),
+            (Some(1), Some(1)),
+            "{:?}",
+            report.faults
+        );
     } else {
         assert_eq!(kills, Some(2), "{:?}", report.faults);
     }
-    assert!(our_namespaces().is_empty(), "left behind: {:?}", our_namespaces());
+    assert!(
+        our_namespaces().is_empty(),
+        "left behind: {:?}",
+        our_namespaces()
+    );
 }

@@ -164,7 +164,9 @@ impl Report {
                 "NATS",
                 self.cluster_hosts
                     .as_deref()
-                    .map_or("one nats-server".to_string(), |h| format!("3-node cluster, R3, on {h}")),
+                    .map_or("one nats-server".to_string(), |h| {
+                        format!("3-node cluster, R3, on {h}")
+                    }),
             ),
             (
                 "faults that failed to inject",
@@ -411,6 +413,9 @@ mod tests {
         });
         assert!(!report.passed(), "diverged replicas must fail the run");
         let md = report.to_markdown();
-        assert!(md.contains("DIVERGED") && md.contains("| CHAT_EVENTS | n2 | 9 | 9 |"), "{md}");
+        assert!(
+            md.contains("DIVERGED") && md.contains("| CHAT_EVENTS | n2 | 9 | 9 |"),
+            "{md}"
+        );
     }
 }
