@@ -127,6 +127,9 @@ impl HostNetwork {
         };
         let outer = format!("{}v{index}", self.names.prefix);
         let inner = format!("{}p{index}", self.names.prefix);
+        // A veth of a network removed a moment ago may linger while the
+        // kernel tears its namespace down.
+        let _ = ip(&["link", "del", &outer]);
         ip(&["netns", "add", &host.namespace])?;
         // Recorded at once, so a failure below still removes the namespace.
         self.hosts.push(host.clone());

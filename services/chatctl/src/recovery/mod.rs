@@ -76,7 +76,7 @@ pub struct RecoveryArgs {
     #[arg(long, default_value_t = 3)]
     pub workers: usize,
     /// The window over which sessions start and faults are injected
-    /// (default 20 s; with --cluster 60 s: rolling restarts take long).
+    /// (default 20 s; with --cluster 80 s: rolling restarts take long).
     #[arg(long)]
     pub duration_secs: Option<u64>,
     /// Hard end of the run, from its start: a session not finished by then
@@ -146,7 +146,7 @@ fn prompt(rng: &mut StdRng, index: usize, turn: usize) -> String {
 pub async fn run(args: &RecoveryArgs) -> anyhow::Result<Report> {
     let started = Instant::now();
     let cluster = args.cluster && args.url.is_none();
-    let duration_secs = args.duration_secs.unwrap_or(if cluster { 60 } else { 20 });
+    let duration_secs = args.duration_secs.unwrap_or(if cluster { 80 } else { 20 });
     let window = Duration::from_secs(duration_secs.max(1));
     let deadline = started + Duration::from_secs(args.deadline_secs.unwrap_or(duration_secs + 90));
     let mut kinds = match &args.fault_kinds {
