@@ -30,9 +30,10 @@ status:
 logs *names:
     scripts/logs.sh {{names}}
 
-# Start (up) or stop (down) a 3-node JetStream cluster for R3; see README
-cluster action="up":
-    scripts/cluster.sh {{action}}
+# Start (up) or stop (down) a 3-node JetStream cluster for R3, each node a host of its own (netns) where allowed; see README
+cluster action="up" *args:
+    scripts/install-deps.sh
+    NATS_SERVER_BIN="$(scripts/nats-server-path.sh)" scripts/cluster.sh {{action}} {{args}}
 
 # Everything CI checks: formatting, clippy, build, Rust tests, web tests
 test: prerequisites && test-web
@@ -50,7 +51,7 @@ prerequisites:
 test-web:
     if [ -f web/package.json ]; then NATS_SERVER_BIN="$(scripts/nats-server-path.sh)" scripts/test-web.sh; else echo "no web/package.json: skipping web tests"; fi
 
-# Run `chatctl recovery` (arguments passed through; see its --help)
+# Run `chatctl recovery` (arguments passed through; see its --help; --cluster for the 3-node cluster faults)
 recovery *args:
     cargo build --release -p gateway -p worker -p chatctl
     NATS_SERVER_BIN="$(scripts/nats-server-path.sh)" CHAT_BIN_DIR="$PWD/target/release" target/release/chatctl recovery {{args}}

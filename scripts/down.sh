@@ -6,8 +6,9 @@
 # model server (`just up --model local`). SIGTERM, then
 # SIGKILL after DOWN_TIMEOUT_SECS (default 15). Removes the pid files.
 #
-#   scripts/down.sh [--cluster | --stack]   (--cluster: only the 3-node cluster;
-#                                           --stack: all but the cluster)
+#   scripts/down.sh [--cluster | --stack]   (--cluster: only the 3-node
+#       cluster, its namespaces and bridge included; --stack: all but the
+#       cluster, so a failed `up` never stops a cluster it did not start)
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -15,10 +16,9 @@ run="${RUN_DIR:-$root/run}"
 grace="${DOWN_TIMEOUT_SECS:-15}"
 
 dirs=("$run")
-[ "${1:-}" = --cluster ] && dirs=("$run/cluster")
-[ "${1:-}" = "" ] && dirs+=("$run/cluster")
-# --stack: only what `scripts/up.sh` started (a failed `up` stops its own
-# processes, never a cluster it did not start).
+cluster=1
+[ "${1:-}" = --cluster ] && dirs=()
+[ "${1:-}" = --stack ] && cluster=0
 
 # The binary a pid file's process must be, so a recycled pid is never hit.
 expected() {
@@ -75,4 +75,28 @@ for dir in "${dirs[@]}"; do
     shopt -u nullglob
     rm -f "$dir"/*.port "$dir"/*.monitor-port
 done
+
+# The 3-node cluster (`just cluster up`): its nodes, namespaces and bridge,
+# by the same code that made them (`chatctl cluster down`).
+cdir="$run/cluster"
+if [ "$cluster" = 1 ] && [ -d "$cdir" ]; then
+    chatctl="$root/target/release/chatctl"
+    if [ -x "$chatctl" ]; then
+        "$chatctl" cluster --dir "$cdir" down
+    else
+        # No chatctl built: stop the pids; the namespaces by their fixed names.
+        shopt -s nullglob
+        stop "$cdir"/n*.pid
+        shopt -u nullglob
+        if [ -s "$cdir/network" ]; then
+            prefix="$(cut -d' ' -f1 "$cdir/network")"
+            for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep "^$prefix-" || true); do
+                ip netns del "$ns" || true
+            done
+            ip link del "${prefix}b" 2>/dev/null || true
+            rm -f "$cdir/network"
+        fi
+        rm -f "$cdir"/*.client-url "$cdir"/*.monitor-url "$cdir/urls"
+    fi
+fi
 echo "down: done"

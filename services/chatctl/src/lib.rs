@@ -5,10 +5,12 @@
 //! - [`client`]: a WebSocket chat client that reconnects with `after_seq`;
 //! - [`verify`]: what a client saw against the session's stream;
 //! - [`faults`]: a seeded fault schedule;
-//! - [`recovery`]: the `recovery` subcommand.
+//! - [`recovery`]: the `recovery` subcommand;
+//! - [`cluster`]: `cluster up|down`, a 3-node NATS cluster left running.
 
 pub mod bench;
 pub mod client;
+pub mod cluster;
 pub mod faults;
 pub mod recovery;
 pub mod verify;
@@ -32,6 +34,10 @@ pub enum Command {
     /// server; prints a markdown table (and JSON with --json-out); exits
     /// non-zero if any event was lost or doubled.
     Bench(bench::BenchArgs),
+    /// Start (up) or stop (down) a 3-node NATS cluster, each node a host of
+    /// its own (network namespaces) where the machine allows it; state in
+    /// run/cluster/.
+    Cluster(cluster::ClusterArgs),
 }
 
 /// Runs a parsed command; the process exit code.
@@ -39,6 +45,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Bench(args) => {
             bench::run(args).await?;
+            Ok(0)
+        }
+        Command::Cluster(args) => {
+            cluster::run(args).await?;
             Ok(0)
         }
         Command::Recovery(args) => {

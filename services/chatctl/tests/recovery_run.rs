@@ -12,7 +12,7 @@ async fn a_short_recovery_run_finds_no_violation() {
         turns: 2,
         seed: 7,
         faults: Some(8),
-        duration_secs: 12,
+        duration_secs: Some(12),
         deadline_secs: Some(45),
         ..RecoveryArgs::defaults()
     };

@@ -4,6 +4,10 @@
 //! - [`stack`]: the whole system ([`Stack`]): nats-server, N gateways, M
 //!   workers and Nginx, each on a free loopback port.
 //! - [`nats`]: one nats-server with JetStream in a temporary store.
+//! - [`cluster`]: a 3-node JetStream cluster, nodes killed, restarted in
+//!   lame-duck mode, partitioned; who leads a stream; replica convergence.
+//! - [`hosts`]: hosts of their own (network namespaces on a bridge) and
+//!   nftables cuts between them.
 //! - [`nginx`]: Nginx from the project's template in front of some upstreams.
 //! - [`local_model`]: a real language model server (`scripts/local-model.sh`)
 //!   the workers can be pointed at.
@@ -14,6 +18,8 @@
 //! - [`otlp`]: an OTLP/gRPC receiver keeping the spans services export.
 //! - [`project`], [`ports`]: where the binaries and project files are; free ports.
 
+pub mod cluster;
+pub mod hosts;
 pub mod http;
 pub mod local_model;
 pub mod nats;
@@ -25,6 +31,7 @@ pub mod project;
 mod services;
 pub mod stack;
 
+pub use crate::cluster::{ClusterOptions, HostsChoice, NatsCluster};
 pub use crate::http::{http_get, http_get_full, wait_healthy, HttpResponse};
 pub use crate::local_model::LocalModel;
 pub use crate::nats::NatsServer;

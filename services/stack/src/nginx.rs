@@ -3,6 +3,7 @@
 //! exercise the routing, limits and WebSocket upgrade production uses.
 
 use std::fs::File;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -75,8 +76,8 @@ pub struct NginxConfig {
     pub run_dir: PathBuf,
     pub log_dir: PathBuf,
     pub web_root: PathBuf,
-    /// Loopback ports of the gateways.
-    pub upstreams: Vec<u16>,
+    /// The gateways' addresses (loopback, or their hosts' bridge addresses).
+    pub upstreams: Vec<SocketAddr>,
     pub limits: NginxLimits,
 }
 
@@ -86,7 +87,7 @@ pub fn render_nginx(template: &str, config: &NginxConfig) -> anyhow::Result<Stri
     let upstreams = config
         .upstreams
         .iter()
-        .map(|port| format!("        server 127.0.0.1:{port} max_fails=0;"))
+        .map(|addr| format!("        server {addr} max_fails=0;"))
         .collect::<Vec<_>>()
         .join("\n");
     let text = template

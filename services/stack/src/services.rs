@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::{anyhow, Context};
 
+use crate::hosts::Host;
 use crate::process::Process;
 
 /// Which binary a [`Service`] runs.
@@ -40,10 +41,11 @@ impl Role {
 }
 
 /// One gateway or worker: its process and the address it serves, kept
-/// across restarts.
+/// across restarts, and the host it runs on when it has one of its own.
 pub(crate) struct Service {
     pub(crate) process: Process,
     pub(crate) addr: SocketAddr,
+    pub(crate) host: Option<Host>,
 }
 
 /// Everything needed to (re)start a gateway or worker.
@@ -51,43 +53,94 @@ pub(crate) struct Launcher {
     pub(crate) bin_dir: PathBuf,
     pub(crate) logs: PathBuf,
     pub(crate) env: Vec<(String, String)>,
+    /// Starts tried before giving up: more than one against a cluster, where
+    /// creating R3 streams can time out while it settles or a node is down.
+    pub(crate) attempts: usize,
 }
 
 impl Launcher {
-    /// Starts one service; `port` 0 lets it choose, a restart passes the old one.
+    /// [`Launcher::start_once`], tried up to `attempts` times.
     pub(crate) async fn start(
         &self,
         role: Role,
         index: usize,
         nats_url: &str,
         port: u16,
+        host: Option<Host>,
+    ) -> anyhow::Result<Service> {
+        let mut attempt = 1;
+        loop {
+            match self
+                .start_once(role, index, nats_url, port, host.clone())
+                .await
+            {
+                Ok(service) => return Ok(service),
+                Err(e) if attempt < self.attempts => {
+                    eprintln!(
+                        "stack: {} did not start (attempt {attempt}): {e:#}; trying again",
+                        role.node(index)
+                    );
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Starts one service; `port` 0 lets it choose, a restart passes the
+    /// old one. With a `host`, it runs inside that host's namespace and
+    /// listens on the host's address.
+    pub(crate) async fn start_once(
+        &self,
+        role: Role,
+        index: usize,
+        nats_url: &str,
+        port: u16,
+        host: Option<Host>,
     ) -> anyhow::Result<Service> {
         let node = role.node(index);
-        let listen = format!("127.0.0.1:{port}");
+        let listen = match &host {
+            Some(host) => format!("{}:{port}", host.addr),
+            None => format!("127.0.0.1:{port}"),
+        };
         let listen_flag = match role {
             Role::Gateway => "--listen",
             Role::Worker => "--metrics-listen",
         };
-        let args: Vec<String> = vec![
+        let binary = self.bin_dir.join(role.binary());
+        // In a host of its own: `ip netns exec NS binary …` (which execs
+        // the binary, so the pid stays the service's).
+        let mut args: Vec<String> = match &host {
+            Some(host) => vec![
+                "netns".into(),
+                "exec".into(),
+                host.namespace.clone(),
+                binary.display().to_string(),
+            ],
+            None => Vec::new(),
+        };
+        args.extend([
             "--nats-url".into(),
             nats_url.into(),
             "--node".into(),
             node.clone(),
             listen_flag.into(),
             listen,
-        ];
+        ]);
+        let program = match &host {
+            Some(_) => PathBuf::from("ip"),
+            None => binary,
+        };
         let log = self.logs.join(format!("{node}.log"));
-        let (process, line) = Process::start(
-            &self.bin_dir.join(role.binary()),
-            &args,
-            &self.env,
-            log,
-            role.marker(),
-        )
-        .await
-        .with_context(|| format!("starting {node}"))?;
+        let (process, line) = Process::start(&program, &args, &self.env, log, role.marker())
+            .await
+            .with_context(|| format!("starting {node}"))?;
         let addr = addr_after(&line, role.marker())?;
-        Ok(Service { process, addr })
+        Ok(Service {
+            process,
+            addr,
+            host,
+        })
     }
 }
 

@@ -3,6 +3,12 @@
 //! each on a free loopback port, their output in log files of a temporary
 //! run directory. Everything is killed when the [`Stack`] drops.
 //!
+//! With [`StackOptions::cluster`], NATS is a 3-node cluster
+//! ([`crate::cluster`]) with every stream and the bucket R3; when the nodes
+//! are hosts of their own (namespaces), so is every gateway and worker,
+//! connected to all three nodes by a seed list, and Nginx (on the root
+//! namespace's loopback) reaches the gateways on their bridge addresses.
+//!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
 //! use stack::{Stack, StackOptions};
@@ -27,6 +33,8 @@ use std::process::ExitStatus;
 
 use anyhow::Context;
 
+use crate::cluster::{ClusterOptions, NatsCluster};
+use crate::hosts::Host;
 use crate::http::wait_healthy;
 use crate::nats::NatsServer;
 use crate::nginx::{Nginx, NginxConfig, NginxLimits};
@@ -45,6 +53,8 @@ pub struct StackOptions {
     /// Start Nginx in front of the gateways.
     pub nginx: bool,
     pub nginx_limits: NginxLimits,
+    /// A 3-node cluster instead of one nats-server (and `CHAT_REPLICAS=3`).
+    pub cluster: Option<ClusterOptions>,
 }
 
 impl Default for StackOptions {
@@ -55,6 +65,7 @@ impl Default for StackOptions {
             env: Vec::new(),
             nginx: true,
             nginx_limits: NginxLimits::default(),
+            cluster: None,
         }
     }
 }
@@ -66,8 +77,25 @@ pub struct Stack {
     gateways: Vec<Service>,
     workers: Vec<Service>,
     nginx: Option<Nginx>,
-    nats: NatsServer,
+    /// Dropped after the services (fields drop in order, after
+    /// [`Drop::drop`] killed them): a cluster's namespaces go last.
+    nats: Nats,
     run_dir: Option<tempfile::TempDir>,
+}
+
+/// One nats-server or a cluster.
+enum Nats {
+    Single(NatsServer),
+    Cluster(NatsCluster),
+}
+
+/// Host addresses on the cluster's bridge: gateways `.20+i`, workers `.40+i`.
+fn host_last_octet(role: Role, index: usize) -> u8 {
+    let base = match role {
+        Role::Gateway => 20,
+        Role::Worker => 40,
+    };
+    u8::try_from(base + index.min(19)).unwrap_or(base as u8)
 }
 
 impl Stack {
@@ -79,25 +107,67 @@ impl Stack {
         let run_dir = tempfile::Builder::new().prefix("chat-stack-").tempdir()?;
         let logs = run_dir.path().join("logs");
         std::fs::create_dir_all(&logs)?;
-        let nats = NatsServer::start().context("starting nats-server")?;
         let mut env = vec![
             ("RUST_LOG".to_string(), "info".to_string()),
             ("NO_COLOR".to_string(), "1".to_string()),
         ];
+        let mut nats = match &options.cluster {
+            None => Nats::Single(NatsServer::start().context("starting nats-server")?),
+            Some(cluster) => {
+                let mut cluster = cluster.clone();
+                cluster.run_dir = Some(run_dir.path().join("cluster"));
+                env.push(("CHAT_REPLICAS".into(), "3".into()));
+                Nats::Cluster(
+                    NatsCluster::start(cluster)
+                        .await
+                        .context("starting the NATS cluster")?,
+                )
+            }
+        };
         env.extend(options.env.iter().cloned());
         let launcher = Launcher {
             bin_dir,
             logs: logs.clone(),
             env,
+            attempts: if options.cluster.is_some() { 3 } else { 1 },
         };
         let url = nats.url();
+        let mut hosts = |role: Role, count: usize| -> anyhow::Result<Vec<Option<Host>>> {
+            (0..count)
+                .map(|i| match &mut nats {
+                    Nats::Cluster(c) => c
+                        .network_mut()
+                        .map(|n| n.add_host(&role.node(i), host_last_octet(role, i)))
+                        .transpose(),
+                    Nats::Single(_) => Ok(None),
+                })
+                .collect()
+        };
+        let mut gateway_hosts = hosts(Role::Gateway, options.gateways)?.into_iter();
+        let worker_hosts = hosts(Role::Worker, options.workers)?;
+        // Against a cluster, one gateway creates the R3 layout first: six
+        // processes creating R3 streams at once time out while it settles.
+        let mut first = Vec::new();
+        if options.cluster.is_some() {
+            if let Some(host) = gateway_hosts.next() {
+                first.push(launcher.start(Role::Gateway, 0, &url, 0, host).await?);
+            }
+        }
+        let skip = first.len();
         let gateways = futures::future::try_join_all(
-            (0..options.gateways).map(|i| launcher.start(Role::Gateway, i, &url, 0)),
+            gateway_hosts
+                .enumerate()
+                .map(|(i, host)| launcher.start(Role::Gateway, i + skip, &url, 0, host)),
         );
         let workers = futures::future::try_join_all(
-            (0..options.workers).map(|i| launcher.start(Role::Worker, i, &url, 0)),
+            worker_hosts
+                .into_iter()
+                .enumerate()
+                .map(|(i, host)| launcher.start(Role::Worker, i, &url, 0, host)),
         );
-        let (gateways, workers) = futures::future::try_join(gateways, workers).await?;
+        let (more_gateways, workers) = futures::future::try_join(gateways, workers).await?;
+        first.extend(more_gateways);
+        let gateways = first;
         let mut stack = Stack {
             launcher,
             gateways,
@@ -123,7 +193,7 @@ impl Stack {
                 run_dir: stack.run_dir().join("nginx"),
                 log_dir: logs,
                 web_root,
-                upstreams: stack.gateways.iter().map(|g| g.addr.port()).collect(),
+                upstreams: stack.gateways.iter().map(|g| g.addr).collect(),
                 limits: options.nginx_limits,
             })
             .await?;
@@ -168,18 +238,72 @@ impl Stack {
         Role::Worker.node(i)
     }
 
+    /// The `NATS_URL` the services use: the server, or the cluster's seed list.
     pub fn nats_url(&self) -> String {
         self.nats.url()
     }
 
     /// nats-server's monitoring base URL (`/jsz`, `/varz`); it changes
-    /// after [`Stack::restart_nats`].
+    /// after [`Stack::restart_nats`]. For a cluster, node 1's.
     pub fn monitor_url(&self) -> String {
-        self.nats.monitor_url()
+        match &self.nats {
+            Nats::Single(server) => server.monitor_url(),
+            Nats::Cluster(cluster) => cluster.monitor_url(0),
+        }
     }
 
-    pub fn nats(&self) -> &NatsServer {
-        &self.nats
+    /// The single nats-server (`None` for a cluster).
+    pub fn nats(&self) -> Option<&NatsServer> {
+        match &self.nats {
+            Nats::Single(server) => Some(server),
+            Nats::Cluster(_) => None,
+        }
+    }
+
+    /// The cluster (`None` for a single nats-server).
+    pub fn cluster(&self) -> Option<&NatsCluster> {
+        match &self.nats {
+            Nats::Cluster(cluster) => Some(cluster),
+            Nats::Single(_) => None,
+        }
+    }
+
+    pub fn cluster_mut(&mut self) -> Option<&mut NatsCluster> {
+        match &mut self.nats {
+            Nats::Cluster(cluster) => Some(cluster),
+            Nats::Single(_) => None,
+        }
+    }
+
+    /// Cuts gateway `i`'s host off from every NATS node (its clients and
+    /// Nginx still reach it) until [`Stack::heal_gateway`]. Needs a cluster
+    /// on namespaces.
+    pub fn cut_gateway_from_nats(&mut self, i: usize) -> anyhow::Result<()> {
+        let host = self.gateway_host(i)?;
+        let cluster = self
+            .cluster()
+            .ok_or_else(|| anyhow::anyhow!("cutting a gateway off needs a cluster"))?;
+        let network = cluster
+            .network()
+            .ok_or_else(|| anyhow::anyhow!("cutting a gateway off needs namespaces"))?;
+        network.cut_off(&host, &cluster.node_addrs())
+    }
+
+    /// Ends [`Stack::cut_gateway_from_nats`].
+    pub fn heal_gateway(&mut self, i: usize) -> anyhow::Result<()> {
+        let host = self.gateway_host(i)?;
+        let network = self
+            .cluster()
+            .and_then(NatsCluster::network)
+            .ok_or_else(|| anyhow::anyhow!("healing a gateway needs a cluster on namespaces"))?;
+        network.heal(&host)
+    }
+
+    fn gateway_host(&mut self, i: usize) -> anyhow::Result<Host> {
+        service(&mut self.gateways, Role::Gateway, i)?
+            .host
+            .clone()
+            .ok_or_else(|| anyhow::anyhow!("gateway {i} has no host of its own (loopback)"))
     }
 
     pub fn gateway_count(&self) -> usize {
@@ -272,12 +396,23 @@ impl Stack {
     /// Kills nats-server and starts it again on the same port with the same
     /// store, as an operator's restart would. Blocks while it starts.
     pub fn restart_nats(&mut self) -> anyhow::Result<()> {
-        self.nats.restart()
+        match &mut self.nats {
+            Nats::Single(server) => server.restart(),
+            Nats::Cluster(_) => anyhow::bail!("restart a cluster's nodes one by one"),
+        }
     }
 
-    /// SIGKILL nats-server, keeping its store ([`Stack::restart_nats`] brings it back).
+    /// SIGKILL nats-server (every node of a cluster), keeping its store
+    /// ([`Stack::restart_nats`] brings a single server back).
     pub fn kill_nats(&mut self) {
-        self.nats.kill();
+        match &mut self.nats {
+            Nats::Single(server) => server.kill(),
+            Nats::Cluster(cluster) => {
+                for i in 0..crate::cluster::NODES {
+                    let _ = cluster.kill(i);
+                }
+            }
+        }
     }
 
     async fn restart(&mut self, role: Role, i: usize) -> anyhow::Result<()> {
@@ -288,7 +423,11 @@ impl Stack {
         let old = service(list, role, i)?;
         old.process.kill();
         let port = old.addr.port();
-        let fresh = self.launcher.start(role, i, &self.nats.url(), port).await?;
+        let host = old.host.clone();
+        let fresh = self
+            .launcher
+            .start(role, i, &self.nats.url(), port, host)
+            .await?;
         if let Some(slot) = list.get_mut(i) {
             *slot = fresh;
         }
@@ -296,6 +435,15 @@ impl Stack {
             wait_healthy(&format!("{}/health", self.gateway_url(i)), READY_TIMEOUT).await?;
         }
         Ok(())
+    }
+}
+
+impl Nats {
+    fn url(&self) -> String {
+        match self {
+            Nats::Single(server) => server.url(),
+            Nats::Cluster(cluster) => cluster.client_urls(),
+        }
     }
 }
 

@@ -81,7 +81,10 @@ async fn nginx_for(upstreams: &[u16], dir: &Path, limits: NginxLimits) -> Nginx 
         run_dir: dir.join("nginx"),
         log_dir: dir.join("logs"),
         web_root,
-        upstreams: upstreams.to_vec(),
+        upstreams: upstreams
+            .iter()
+            .map(|port| std::net::SocketAddr::from(([127, 0, 0, 1], *port)))
+            .collect(),
         limits,
     })
     .await
@@ -230,7 +233,9 @@ fn the_shell_and_rust_renderers_agree() {
         run_dir: dir.path().join("nginx"),
         log_dir: dir.path().join("logs"),
         web_root: dir.path().join("www"),
-        upstreams: vec![3001, 3002, 3003],
+        upstreams: [3001, 3002, 3003]
+            .map(|port| std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+            .to_vec(),
         limits: NginxLimits {
             ws_connections: 77,
             api_rate_per_sec: 55,

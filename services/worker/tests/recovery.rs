@@ -338,3 +338,42 @@ async fn a_message_whose_answer_is_stored_is_never_generated_again() {
     );
     worker.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn an_attempt_superseded_on_the_stream_stores_no_terminal_event() {
+    // Issue 14 (found by `chatctl recovery --cluster`): the job was
+    // delivered again while this worker still ran it, and the new attempt's
+    // `restart` is stored, but its core claim notice never arrived. The old
+    // attempt must not store `done`: the first terminal event the session
+    // gets is the later attempt's.
+    let h = Harness::start(1500, 5).await;
+    let session = h.new_session().await;
+    let mut live = h.live(session).await;
+    let id = h
+        .submit(session, "an answer taken over on the stream")
+        .await;
+    let worker = h
+        .spawn_worker(&["--demo-tokens-per-sec", "40", "--demo-answer-tokens", "30"])
+        .await;
+    live.until(|e| matches!(e, Event::Chunk { attempt: 1, .. }))
+        .await;
+    let takeover = Event::Restart {
+        message_id: id,
+        attempt: 2,
+    };
+    h.js.publish(subjects::events(session), takeover.to_payload())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let events = live.until(|e| e.is_terminal()).await;
+    match events.last() {
+        // The next delivery (2) answers; attempt 1 must not have.
+        Some(Event::Done { attempt, .. }) => assert!(
+            *attempt >= 2,
+            "the superseded attempt {attempt} stored its terminal event: {events:?}"
+        ),
+        other => panic!("expected a done event, got {other:?}"),
+    }
+    worker.shutdown().await.unwrap();
+}

@@ -1,9 +1,12 @@
 //! `chatctl recovery`: many sessions chat at once through Nginx while faults
 //! from a seeded schedule hit the system (dropped sockets, SIGKILLed
-//! gateways and workers, a restarted nats-server). Afterwards every session
-//! is checked against its own stream ([`crate::verify`]) and one summary is
-//! printed: what was checked, what was injected, every broken guarantee,
-//! and how long each kind of fault kept clients waiting.
+//! gateways and workers, a restarted nats-server; with `--cluster`, a
+//! 3-node cluster whose stream leaders are killed, whose nodes are
+//! partitioned and restarted in lame-duck mode, and gateways cut off from
+//! NATS). Afterwards every session is checked against its own stream
+//! ([`crate::verify`]), a cluster's replicas against each other, and one
+//! summary is printed: what was checked, what was injected, every broken
+//! guarantee, and how long each kind of fault kept clients waiting.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -13,17 +16,23 @@ use futures::StreamExt;
 use protocol::SessionId;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use stack::{Stack, StackOptions};
+use stack::{ClusterOptions, HostsChoice, Stack, StackOptions};
 use tokio::time::Instant;
 
 use crate::client::{Api, ChatClient, ClientOptions, SessionLog, SocketDropper};
-use crate::faults::{self, Fault, FaultKind, FaultPlan, Schedule};
+use crate::faults::{self, FaultKind, FaultPlan, Schedule};
 use crate::verify::{self, ExpectedAnswer, Violation, ViolationKind};
 
+mod inject;
 mod report;
 
+use inject::inject;
 use report::{millis, VIOLATIONS_LISTED};
-pub use report::{recovery_times, Injected, RecoveryTimes, Report};
+pub use report::{recovery_times, Injected, RecoveryTimes, Replicas, Report};
+
+/// How long the replicas may take to agree after the run before that is a
+/// violation.
+const CONVERGENCE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Flags of `chatctl recovery`.
 #[derive(Clone, Debug, clap::Args)]
@@ -41,21 +50,35 @@ pub struct RecoveryArgs {
     /// Seed of the fault schedule and of the prompts.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
-    /// Faults in all (default: two of each kind).
+    /// Faults in all (default: two of each kind; with --cluster one more,
+    /// so each leader stream's node is killed once).
     #[arg(long)]
     pub faults: Option<usize>,
-    /// Which faults: drop, gateway, worker, nats (comma-separated).
-    #[arg(long, default_value = "drop,gateway,worker,nats")]
-    pub fault_kinds: String,
+    /// Which faults (comma-separated): drop, gateway, worker, nats; with
+    /// --cluster also node-kill, partition, gateway-cut, rolling. Default:
+    /// drop,gateway,worker,nats; with --cluster every cluster kind, drop,
+    /// gateway and worker.
+    #[arg(long)]
+    pub fault_kinds: Option<String>,
+    /// Run against a 3-node NATS cluster (every stream and the bucket R3),
+    /// each node, gateway and worker a host of its own (network namespaces)
+    /// where the machine allows it, on loopback otherwise.
+    #[arg(long)]
+    pub cluster: bool,
+    /// With --cluster: loopback even where namespaces work (partitions and
+    /// gateway cuts are then left out).
+    #[arg(long)]
+    pub loopback: bool,
     /// Gateways of the stack this tool starts.
     #[arg(long, default_value_t = 3)]
     pub gateways: usize,
     /// Workers of the stack this tool starts.
     #[arg(long, default_value_t = 3)]
     pub workers: usize,
-    /// The window over which sessions start and faults are injected.
-    #[arg(long, default_value_t = 20)]
-    pub duration_secs: u64,
+    /// The window over which sessions start and faults are injected
+    /// (default 20 s; with --cluster 80 s: rolling restarts take long).
+    #[arg(long)]
+    pub duration_secs: Option<u64>,
     /// Hard end of the run, from its start: a session not finished by then
     /// is a violation (`unfinished`). Default: the window plus 90 s.
     #[arg(long)]
@@ -122,12 +145,22 @@ fn prompt(rng: &mut StdRng, index: usize, turn: usize) -> String {
 /// itself could not happen (no stack, no sessions).
 pub async fn run(args: &RecoveryArgs) -> anyhow::Result<Report> {
     let started = Instant::now();
-    let window = Duration::from_secs(args.duration_secs.max(1));
-    let deadline =
-        started + Duration::from_secs(args.deadline_secs.unwrap_or(args.duration_secs + 90));
-    let mut kinds = faults::parse_kinds(&args.fault_kinds).map_err(anyhow::Error::msg)?;
+    let cluster = args.cluster && args.url.is_none();
+    let duration_secs = args.duration_secs.unwrap_or(if cluster { 80 } else { 20 });
+    let window = Duration::from_secs(duration_secs.max(1));
+    let deadline = started + Duration::from_secs(args.deadline_secs.unwrap_or(duration_secs + 90));
+    let mut kinds = match &args.fault_kinds {
+        Some(list) => faults::parse_kinds(list).map_err(anyhow::Error::msg)?,
+        None if cluster => FaultKind::CLUSTER.to_vec(),
+        None => faults::parse_kinds("drop,gateway,worker,nats").map_err(anyhow::Error::msg)?,
+    };
     if args.url.is_some() {
         kinds.retain(|k| !k.needs_processes());
+    }
+    if cluster {
+        kinds.retain(|k| *k != FaultKind::Nats);
+    } else {
+        kinds.retain(|k| !k.needs_cluster());
     }
     if args.sessions == 0 || args.turns == 0 {
         bail!("--sessions and --turns must be at least 1");
@@ -153,20 +186,50 @@ pub async fn run(args: &RecoveryArgs) -> anyhow::Result<Report> {
                     ("RUST_LOG".into(), "warn".into()),
                 ],
                 nginx: true,
+                cluster: cluster.then(|| ClusterOptions {
+                    hosts: if args.loopback {
+                        HostsChoice::Loopback
+                    } else {
+                        HostsChoice::Auto
+                    },
+                    sync_interval: std::env::var("NATS_SYNC_INTERVAL")
+                        .ok()
+                        .filter(|s| !s.is_empty()),
+                    ..Default::default()
+                }),
                 ..Default::default()
             })
             .await
             .context("starting the stack")?,
         ),
     };
+    let namespaced = stack
+        .as_ref()
+        .and_then(Stack::cluster)
+        .is_some_and(|c| c.namespaced());
+    if cluster && !namespaced {
+        let dropped: Vec<&str> = kinds
+            .iter()
+            .filter(|k| k.needs_namespaces())
+            .map(FaultKind::as_str)
+            .collect();
+        if !dropped.is_empty() {
+            eprintln!(
+                "recovery: the cluster runs on loopback; left out: {}",
+                dropped.join(", ")
+            );
+        }
+        kinds.retain(|k| !k.needs_namespaces());
+    }
     let base = match (&args.url, &stack) {
         (Some(url), _) => url.clone(),
         (None, Some(stack)) => stack.nginx_url(),
         (None, None) => bail!("no stack"),
     };
     let api = Api::new(base.clone());
+    let default_count = 2 * kinds.len() + usize::from(kinds.contains(&FaultKind::NodeKill));
     let plan = FaultPlan {
-        count: args.faults.unwrap_or(2 * kinds.len()),
+        count: args.faults.unwrap_or(default_count),
         kinds: kinds.clone(),
         // Faults start once a few sessions stream and stop while the last
         // ones still do.
@@ -174,6 +237,11 @@ pub async fn run(args: &RecoveryArgs) -> anyhow::Result<Report> {
         end: window,
         gateways: stack.as_ref().map_or(0, Stack::gateway_count),
         workers: stack.as_ref().map_or(0, Stack::worker_count),
+        nodes: if stack.as_ref().and_then(Stack::cluster).is_some() {
+            stack::cluster::NODES
+        } else {
+            0
+        },
         sessions: args.sessions,
         drop_share: args.drop_share,
     };
@@ -234,22 +302,28 @@ pub async fn run(args: &RecoveryArgs) -> anyhow::Result<Report> {
             break;
         }
         let at = Instant::now();
-        let error = inject(fault, stack.as_mut(), &droppers)
-            .await
-            .err()
-            .map(|e| format!("{e:#}"));
+        let (detail, error) = match inject(fault, stack.as_mut(), &droppers).await {
+            Ok(detail) => (detail, None),
+            Err(e) => (None, Some(format!("{e:#}"))),
+        };
         eprintln!(
-            "injected {fault}{}",
+            "injected {fault}{}{} (took {} ms)",
+            detail
+                .as_deref()
+                .map(|d| format!(" ({d})"))
+                .unwrap_or_default(),
             error
                 .as_deref()
                 .map(|e| format!(": FAILED {e}"))
-                .unwrap_or_default()
+                .unwrap_or_default(),
+            millis(at.elapsed())
         );
         injected.push((
             Injected {
                 fault: fault.clone(),
                 injected_at_ms: millis(at - run_start),
                 took_ms: millis(at.elapsed()),
+                detail,
                 error,
             },
             at,
@@ -304,6 +378,14 @@ pub async fn run(args: &RecoveryArgs) -> anyhow::Result<Report> {
         None => Vec::new(),
     };
     let recovery = recovery_times(&injected, &logs, &node_names);
+    let replicas = match stack.as_ref().and_then(Stack::cluster) {
+        Some(cluster) => Some(Replicas::check(cluster, CONVERGENCE_TIMEOUT).await),
+        None => None,
+    };
+    let cluster_hosts = stack.as_ref().and_then(Stack::cluster).map(|c| {
+        c.loopback_reason()
+            .map_or("namespaces".to_string(), |why| format!("loopback ({why})"))
+    });
     drop(stack);
 
     let mut violations_by_kind = BTreeMap::new();
@@ -330,40 +412,10 @@ pub async fn run(args: &RecoveryArgs) -> anyhow::Result<Report> {
         violations_by_kind,
         violations,
         recovery,
+        replicas,
+        cluster_hosts,
         elapsed_ms: millis(started.elapsed()),
     })
-}
-
-async fn inject(
-    fault: &Fault,
-    stack: Option<&mut Stack>,
-    droppers: &[SocketDropper],
-) -> anyhow::Result<()> {
-    if fault.kind == FaultKind::Drop {
-        for i in &fault.targets {
-            if let Some(d) = droppers.get(*i) {
-                d.drop_socket();
-            }
-        }
-        return Ok(());
-    }
-    let Some(stack) = stack else {
-        bail!("{} faults need a stack this tool started", fault.kind);
-    };
-    let target = fault.targets.first().copied().unwrap_or(0);
-    match fault.kind {
-        FaultKind::Drop => {}
-        FaultKind::Gateway => {
-            stack.kill_gateway(target)?;
-            stack.restart_gateway(target).await?;
-        }
-        FaultKind::Worker => {
-            stack.kill_worker(target)?;
-            stack.restart_worker(target).await?;
-        }
-        FaultKind::Nats => tokio::task::block_in_place(|| stack.restart_nats())?,
-    }
-    Ok(())
 }
 
 /// Reads a session's stream, lets the client catch up with it (events may
@@ -446,5 +498,6 @@ mod tests {
     fn default_flags_parse() {
         let args = RecoveryArgs::defaults();
         assert_eq!((args.sessions, args.turns, args.seed), (200, 3, 42));
+        assert!(!args.cluster && args.fault_kinds.is_none());
     }
 }

@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use serde::Serialize;
+use stack::NatsCluster;
 use tokio::time::Instant;
 
 use crate::client::SessionLog;
@@ -32,8 +33,67 @@ pub struct Injected {
     pub injected_at_ms: u64,
     /// How long the kill + restart took.
     pub took_ms: u64,
+    /// What it hit, when the schedule could not say (the node a
+    /// `node-kill` found leading its stream).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+/// A stream as one node holds it after the run.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct ReplicaCount {
+    pub node: String,
+    pub stream: String,
+    pub messages: u64,
+    pub last_seq: u64,
+}
+
+/// Whether a cluster's replicas agree after the run: every node, asked on
+/// its own monitoring endpoint, holds every stream with the same message
+/// count and last sequence.
+#[derive(Clone, Debug, Serialize)]
+pub struct Replicas {
+    pub converged: bool,
+    /// How long they took to agree, from the end of the run.
+    pub waited_ms: u64,
+    pub streams: Vec<ReplicaCount>,
+    /// Nodes that did not answer.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
+}
+
+impl Replicas {
+    /// Waits up to `timeout` for the replicas to agree, then reports.
+    pub async fn check(cluster: &NatsCluster, timeout: Duration) -> Self {
+        let started = Instant::now();
+        let (converged, views) = cluster.wait_converged(timeout).await;
+        let mut streams = Vec::new();
+        let mut errors = Vec::new();
+        for (node, view) in views {
+            match view {
+                Ok(view) => {
+                    for (stream, state) in view {
+                        streams.push(ReplicaCount {
+                            node: node.clone(),
+                            stream,
+                            messages: state.messages,
+                            last_seq: state.last_seq,
+                        });
+                    }
+                }
+                Err(e) => errors.push(format!("{node}: {e:#}")),
+            }
+        }
+        streams.sort_by(|a, b| (&a.stream, &a.node).cmp(&(&b.stream, &b.node)));
+        Self {
+            converged,
+            waited_ms: millis(started.elapsed()),
+            streams,
+            errors,
+        }
+    }
 }
 
 /// The summary of a run.
@@ -54,6 +114,13 @@ pub struct Report {
     /// The first violations in full.
     pub violations: Vec<Violation>,
     pub recovery: BTreeMap<FaultKind, RecoveryTimes>,
+    /// A cluster's replicas after the run (`None` for one nats-server).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<Replicas>,
+    /// Where a cluster's nodes, gateways and workers ran: `namespaces`
+    /// (hosts of their own) or `loopback (why)`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster_hosts: Option<String>,
     pub elapsed_ms: u64,
 }
 
@@ -69,9 +136,11 @@ impl Report {
         self.faults.iter().filter(|f| f.error.is_some()).count()
     }
 
-    /// No violation and every fault injected.
+    /// No violation, every fault injected, and a cluster's replicas agree.
     pub fn passed(&self) -> bool {
-        self.violation_count() == 0 && self.failed_faults() == 0
+        self.violation_count() == 0
+            && self.failed_faults() == 0
+            && self.replicas.as_ref().is_none_or(|r| r.converged)
     }
 
     pub fn to_json(&self) -> String {
@@ -92,6 +161,14 @@ impl Report {
             ("1012/1013 closes", self.restart_closes.to_string()),
             ("violations", self.violation_count().to_string()),
             (
+                "NATS",
+                self.cluster_hosts
+                    .as_deref()
+                    .map_or("one nats-server".to_string(), |h| {
+                        format!("3-node cluster, R3, on {h}")
+                    }),
+            ),
+            (
                 "faults that failed to inject",
                 self.failed_faults().to_string(),
             ),
@@ -106,7 +183,11 @@ impl Report {
             md,
             "\n| fault | injected | affected clients | longest recovery |\n| --- | --- | --- | --- |"
         );
-        for kind in FaultKind::ALL {
+        let planned: Vec<FaultKind> = FaultKind::ALL
+            .into_iter()
+            .filter(|k| self.faults.iter().any(|f| f.fault.kind == *k))
+            .collect();
+        for kind in planned {
             let injected = self.faults_injected.get(&kind).copied().unwrap_or(0);
             let times = self.recovery.get(&kind).cloned().unwrap_or_default();
             let longest = if times.affected_clients == 0 {
@@ -119,6 +200,27 @@ impl Report {
                 "| {kind} | {injected} | {} | {longest} |",
                 times.affected_clients
             );
+        }
+        if let Some(replicas) = &self.replicas {
+            let verdict = if replicas.converged {
+                format!("converged (within {} ms)", replicas.waited_ms)
+            } else {
+                "DIVERGED".to_string()
+            };
+            let _ = writeln!(
+                md,
+                "\nReplicas: {verdict}\n\n| stream | node | messages | last seq |\n| --- | --- | --- | --- |"
+            );
+            for r in &replicas.streams {
+                let _ = writeln!(
+                    md,
+                    "| {} | {} | {} | {} |",
+                    r.stream, r.node, r.messages, r.last_seq
+                );
+            }
+            for e in &replicas.errors {
+                let _ = writeln!(md, "- no answer: {e}");
+            }
         }
         let _ = writeln!(md, "\n| violation | count |\n| --- | --- |");
         if self.violations_by_kind.is_empty() {
@@ -147,8 +249,8 @@ impl Report {
 /// For each fault kind: the longest wait, from a fault to the first event
 /// an affected client received after it. Affected: clients with a question
 /// in flight at the fault and, for a socket drop, among the targets; for a
-/// gateway kill, attached to that gateway; for a worker kill or a NATS
-/// restart, all of them (the longest wait is that of the ones it hit).
+/// gateway kill or cut, attached to that gateway; for a worker kill or any
+/// NATS fault, all of them (the longest wait is that of the ones it hit).
 pub fn recovery_times(
     injected: &[(Injected, Instant)],
     logs: &[SessionLog],
@@ -168,13 +270,17 @@ pub fn recovery_times(
             }
             let hit = match kind {
                 FaultKind::Drop => fault.fault.targets.contains(&index),
-                FaultKind::Gateway => fault
+                FaultKind::Gateway | FaultKind::GatewayCut => fault
                     .fault
                     .targets
                     .first()
                     .and_then(|i| gateway_nodes.get(*i))
                     .is_some_and(|node| log.node_at(*at) == Some(node.as_str())),
-                FaultKind::Worker | FaultKind::Nats => true,
+                FaultKind::Worker
+                | FaultKind::Nats
+                | FaultKind::NodeKill
+                | FaultKind::Partition
+                | FaultKind::Rolling => true,
             };
             if !hit {
                 continue;
@@ -236,6 +342,7 @@ mod tests {
             },
             injected_at_ms: 0,
             took_ms: 0,
+            detail: None,
             error: None,
         }
     }
@@ -280,6 +387,8 @@ mod tests {
             violations_by_kind: BTreeMap::new(),
             violations: Vec::new(),
             recovery: BTreeMap::new(),
+            replicas: None,
+            cluster_hosts: None,
             elapsed_ms: 5,
         };
         assert!(report.passed());
@@ -290,5 +399,23 @@ mod tests {
         assert!(md.contains("FAIL") && md.contains("| gap | 2 |"), "{md}");
         let json: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
         assert_eq!(json["violations_by_kind"]["gap"], 2);
+        report.violations_by_kind.clear();
+        report.replicas = Some(Replicas {
+            converged: false,
+            waited_ms: 60_000,
+            streams: vec![ReplicaCount {
+                node: "n2".into(),
+                stream: "CHAT_EVENTS".into(),
+                messages: 9,
+                last_seq: 9,
+            }],
+            errors: Vec::new(),
+        });
+        assert!(!report.passed(), "diverged replicas must fail the run");
+        let md = report.to_markdown();
+        assert!(
+            md.contains("DIVERGED") && md.contains("| CHAT_EVENTS | n2 | 9 | 9 |"),
+            "{md}"
+        );
     }
 }

@@ -4,6 +4,8 @@
 
 use std::sync::atomic::Ordering;
 
+use async_nats::jetstream::stream::DirectGetErrorKind;
+
 use protocol::records::{self, Turn};
 use protocol::{sessions, stored, subjects, Event};
 
@@ -37,17 +39,25 @@ impl Job {
         );
         let (last_seq, last_event) = match last_event {
             Ok(m) => (m.sequence, serde_json::from_slice::<Event>(&m.payload).ok()),
-            Err(_) => (0, None),
+            Err(e) if e.kind() == DirectGetErrorKind::NotFound => (0, None),
+            // Not knowing what the stream holds (its leader is moving) is
+            // no licence to generate: an answer may be stored already.
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the session's last event");
+                return Admission::End(Ending::stream_unreadable(self.attempt_facts()));
+            }
         };
         self.continue_after(last_event.as_ref());
         if answered {
             return Admission::End(Ending::already_answered());
         }
-        if let Some(answer) = self
+        match self
             .answer_already_stored(last_event.as_ref(), last_seq)
             .await
         {
-            return Admission::End(Ending::answer_already_stored(answer));
+            Ok(Some(answer)) => return Admission::End(Ending::answer_already_stored(answer)),
+            Ok(None) => {}
+            Err(()) => return Admission::End(Ending::stream_unreadable(self.attempt_facts())),
         }
         self.claim(guard).await;
         // The guard registered before the flag was read: a cancel is seen
@@ -114,11 +124,18 @@ impl Job {
     /// rebuilt from the stored events instead. The stream is read only when
     /// the session's last event is neither this message's question nor an
     /// unfinished run of it (then nothing of this message can be finished).
-    async fn answer_already_stored(&self, last: Option<&Event>, last_seq: u64) -> Option<Answer> {
+    /// `Err` when the stream could not be read (then nobody knows).
+    async fn answer_already_stored(
+        &self,
+        last: Option<&Event>,
+        last_seq: u64,
+    ) -> Result<Option<Answer>, ()> {
         let id = self.message_id();
         match last {
-            None => return None,
-            Some(event) if event.message_id() == Some(id) && !event.is_terminal() => return None,
+            None => return Ok(None),
+            Some(event) if event.message_id() == Some(id) && !event.is_terminal() => {
+                return Ok(None)
+            }
             Some(_) => {}
         }
         let ctx = &self.ctx;
@@ -143,12 +160,14 @@ impl Job {
                 .collect(),
             Err(e) => {
                 tracing::warn!(error = %e, "reading the message's stored events");
-                return None;
+                return Err(());
             }
         };
-        let (attempt, answer) = Answer::from_stored(&events)?;
+        let Some((attempt, answer)) = Answer::from_stored(&events) else {
+            return Ok(None);
+        };
         self.attempt.store(attempt, Ordering::Relaxed);
-        Some(answer)
+        Ok(Some(answer))
     }
 
     /// Whether this message already has its answer: the session record says

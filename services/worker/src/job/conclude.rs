@@ -7,13 +7,11 @@
 //! everything it owes the session is stored; a failure on the way fails the
 //! attempt, and the job is handed back.
 
-use async_nats::jetstream::message::PublishMessage;
-use protocol::subjects;
-
 use super::ending::{CancelFlag, Ending, Outstanding, Report};
+use super::fence::Fenced;
 use super::{Job, JobError};
 use crate::cancel::CancelGuard;
-use crate::publish::{publish_and_wait, EventPublisher, PublishFailed};
+use crate::publish::{EventPublisher, PublishFailed};
 use crate::{cancel, dead_letter, turns};
 
 impl Job {
@@ -34,12 +32,11 @@ impl Job {
         let (settled, ()) = tokio::join!(settle(publisher, ending.outstanding), free_slot);
         settled?;
         if let Some(terminal) = &ending.terminal {
-            publish_and_wait(
-                &ctx.js,
-                subjects::events(self.request.session_id),
-                PublishMessage::build().payload(terminal.to_payload()),
-            )
-            .await?;
+            if let Fenced::Superseded = self.store_terminal(terminal).await? {
+                // The later attempt owns the message, its ack included.
+                tracing::warn!("a later attempt took this message over; stopping silently");
+                return Ok(Report::new(None, "superseded by a later attempt"));
+            }
         }
         if let Some(reason) = &ending.dead_letter {
             dead_letter::store(ctx, &self.request, reason, u64::from(self.attempt())).await?;

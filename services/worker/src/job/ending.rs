@@ -214,6 +214,20 @@ impl Ending {
         }
     }
 
+    /// The session's stream could not be read before generating (its
+    /// leader is moving): whether an answer is stored already is unknown,
+    /// so the job goes back and is tried again shortly, never generated
+    /// blind (issue 14: a message answered twice after a leader was lost).
+    pub(crate) fn stream_unreadable(attempt: Attempt) -> Self {
+        Self::quiet(
+            QueueReply::Nak(Some(attempt.retry_delay())),
+            Report::new(
+                Some(Outcome::Redelivered),
+                "the session's stream was unreadable",
+            ),
+        )
+    }
+
     /// A cancel came before the first chunk.
     pub(crate) fn cancelled_before_start(attempt: Attempt) -> Self {
         Self {

@@ -7,6 +7,7 @@
 mod admit;
 mod conclude;
 mod ending;
+mod fence;
 mod generate;
 
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -1,0 +1,577 @@
+//! A 3-node NATS JetStream cluster (for R3 streams), each node a host of
+//! its own ([`crate::hosts`]: a network namespace with its own address,
+//! standard ports 4222/6222/8222) when the machine allows it, otherwise
+//! three servers on loopback with distinct ports, saying so. Nodes can be
+//! killed, restarted, restarted in lame-duck mode, and cut off from
+//! everyone (a partition) and healed. The cluster answers who leads each
+//! stream and whether every replica holds the same messages.
+//!
+//! Each node's config is rendered from `nats/cluster/node.conf.template`,
+//! the file an operator fills in for real machines.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use serde_json::Value;
+
+use crate::hosts::{namespaces_available, Host, HostNetwork, NetworkNames};
+use crate::http::{http_get, wait_healthy};
+use crate::nats::nats_server_binary;
+use crate::ports::free_port;
+use crate::process::{log_tail, send_signal};
+use crate::project::project_dir;
+
+/// Nodes in the cluster.
+pub const NODES: usize = 3;
+/// How long a (re)started node may take to be healthy (JetStream current
+/// with the meta leader).
+const NODE_READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// A lame-duck node closes its clients over `lame_duck_duration` (30 s in
+/// the template) and exits; this bounds the wait.
+const LAME_DUCK_EXIT_TIMEOUT: Duration = Duration::from_secs(45);
+
+/// Where the nodes run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum HostsChoice {
+    /// Namespaces when the machine allows them, loopback otherwise.
+    #[default]
+    Auto,
+    Loopback,
+}
+
+/// What to start. Build it with `..Default::default()`.
+#[derive(Clone, Debug, Default)]
+pub struct ClusterOptions {
+    pub hosts: HostsChoice,
+    /// Stores, configs and logs go here (a temporary folder when `None`).
+    pub run_dir: Option<PathBuf>,
+    /// Fixed names and ports for an operator's cluster (`chatctl cluster
+    /// up`): network `chatc` on 10.77.0.0/24, or loopback ports
+    /// 4222-4224 / 6222-6224 / 8222-8224. Otherwise unique per run.
+    pub fixed: bool,
+    /// JetStream `sync_interval` (`always`, `10s` …); `None`: the
+    /// server's default.
+    pub sync_interval: Option<String>,
+}
+
+/// One node: its place on the network, its config and its process.
+struct Node {
+    /// `n1` … `n3`.
+    name: String,
+    /// `chat-n1` …: the name the server reports as a stream's leader.
+    server_name: String,
+    host: Option<Host>,
+    ip: Ipv4Addr,
+    client_port: u16,
+    monitor_port: u16,
+    conf: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Node {
+    fn monitor_url(&self) -> String {
+        format!("http://{}:{}", self.ip, self.monitor_port)
+    }
+
+    fn client_url(&self) -> String {
+        format!("nats://{}:{}", self.ip, self.client_port)
+    }
+
+    fn spawn(&mut self, binary: &Path) -> anyhow::Result<()> {
+        let log = File::options().create(true).append(true).open(&self.log)?;
+        let mut command = match &self.host {
+            Some(host) => host.command(binary),
+            None => Command::new(binary),
+        };
+        let child = command
+            .arg("-c")
+            .arg(&self.conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log.try_clone()?))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .with_context(|| format!("starting {} ({})", self.name, binary.display()))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    async fn wait_ready(&mut self) -> anyhow::Result<()> {
+        let url = format!("{}/healthz", self.monitor_url());
+        let deadline = tokio::time::Instant::now() + NODE_READY_TIMEOUT;
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    self.child = None;
+                    bail!(
+                        "{} exited ({status}); its log {}:\n{}",
+                        self.name,
+                        self.log.display(),
+                        log_tail(&self.log)
+                    );
+                }
+            }
+            if matches!(http_get(&url).await, Ok((200, _))) {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                bail!(
+                    "{} was not healthy within {NODE_READY_TIMEOUT:?}; its log {}:\n{}",
+                    self.name,
+                    self.log.display(),
+                    log_tail(&self.log)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// A running 3-node cluster. Dropping it kills the nodes, then removes
+/// its hosts and (when temporary) its folder.
+pub struct NatsCluster {
+    nodes: Vec<Node>,
+    binary: PathBuf,
+    /// Declared after `nodes`, dropped after them: a namespace is removed
+    /// once no process runs in it.
+    network: Option<HostNetwork>,
+    run_dir: PathBuf,
+    temp_dir: Option<tempfile::TempDir>,
+    /// Why the nodes run on loopback, when they do.
+    loopback_reason: Option<String>,
+}
+
+/// A stream as one node's monitoring endpoint reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplicaState {
+    pub messages: u64,
+    pub last_seq: u64,
+    /// The server name of the leader, as this node knows it.
+    pub leader: Option<String>,
+}
+
+impl NatsCluster {
+    /// Starts three nodes and returns once each is healthy.
+    pub async fn start(options: ClusterOptions) -> anyhow::Result<Self> {
+        let binary = nats_server_binary()?;
+        let (run_dir, temp_dir) = match &options.run_dir {
+            Some(dir) => (dir.clone(), None),
+            None => {
+                let dir = tempfile::Builder::new().prefix("chat-cluster-").tempdir()?;
+                (dir.path().to_path_buf(), Some(dir))
+            }
+        };
+        std::fs::create_dir_all(run_dir.join("logs"))?;
+        let (network, loopback_reason) = match options.hosts {
+            HostsChoice::Loopback => (None, Some("loopback was asked for".to_string())),
+            HostsChoice::Auto if !namespaces_available() => (
+                None,
+                Some("network namespaces need root and `ip netns`".to_string()),
+            ),
+            HostsChoice::Auto => {
+                let made = if options.fixed {
+                    HostNetwork::create_named(operator_network())
+                } else {
+                    HostNetwork::create()
+                };
+                match made {
+                    Ok(network) => (Some(network), None),
+                    Err(e) => (None, Some(format!("could not make namespaces: {e:#}"))),
+                }
+            }
+        };
+        if let Some(reason) = &loopback_reason {
+            eprintln!("cluster: nodes on loopback with distinct ports ({reason})");
+        }
+        let mut cluster = Self {
+            nodes: Vec::new(),
+            binary,
+            network,
+            run_dir,
+            temp_dir,
+            loopback_reason,
+        };
+        cluster.place_nodes(&options)?;
+        for node in &mut cluster.nodes {
+            node.spawn(&cluster.binary)?;
+        }
+        for node in &mut cluster.nodes {
+            node.wait_ready().await?;
+        }
+        Ok(cluster)
+    }
+
+    /// Gives each node an address and ports and writes its config.
+    fn place_nodes(&mut self, options: &ClusterOptions) -> anyhow::Result<()> {
+        let template_path = project_dir().join("nats/cluster/node.conf.template");
+        let template = std::fs::read_to_string(&template_path)
+            .with_context(|| format!("reading {}", template_path.display()))?;
+        let mut places = Vec::new();
+        for i in 0..NODES {
+            let name = format!("n{}", i + 1);
+            let offset = u16::try_from(i).unwrap_or(0);
+            let (host, ip, ports) = match self.network.as_mut() {
+                Some(network) => {
+                    let last = 11 + u8::try_from(i).unwrap_or(0);
+                    let host = network.add_host(&name, last)?;
+                    let ip = host.addr;
+                    (Some(host), ip, [4222, 6222, 8222])
+                }
+                None if options.fixed => (
+                    None,
+                    Ipv4Addr::LOCALHOST,
+                    [4222 + offset, 6222 + offset, 8222 + offset],
+                ),
+                None => (
+                    None,
+                    Ipv4Addr::LOCALHOST,
+                    [free_port()?, free_port()?, free_port()?],
+                ),
+            };
+            places.push((name, host, ip, ports));
+        }
+        let routes = places
+            .iter()
+            .map(|(_, _, ip, [_, route, _])| format!("    nats-route://{ip}:{route}"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let sync = options
+            .sync_interval
+            .as_deref()
+            .map(|s| format!("  sync_interval: {s}"))
+            .unwrap_or_default();
+        for (name, host, ip, [client, route, monitor]) in places {
+            let store = self.run_dir.join(&name);
+            std::fs::create_dir_all(&store)?;
+            let server_name = format!("chat-{name}");
+            let text = template
+                .replace("@@SERVER_NAME@@", &server_name)
+                .replace("@@CLIENT_LISTEN@@", &format!("{ip}:{client}"))
+                .replace("@@MONITOR_LISTEN@@", &format!("{ip}:{monitor}"))
+                .replace("@@ROUTE_LISTEN@@", &format!("{ip}:{route}"))
+                .replace("@@STORE_DIR@@", &store.display().to_string())
+                .replace("@@SYNC_INTERVAL@@", &sync)
+                .replace("@@ROUTES@@", &routes);
+            if let Some(at) = text.find("@@") {
+                bail!("the node template has a placeholder left at byte {at}");
+            }
+            let conf = self.run_dir.join(format!("{name}.conf"));
+            std::fs::write(&conf, text)?;
+            self.nodes.push(Node {
+                log: self.run_dir.join("logs").join(format!("{name}.log")),
+                name,
+                server_name,
+                host,
+                ip,
+                client_port: client,
+                monitor_port: monitor,
+                conf,
+                child: None,
+            });
+        }
+        Ok(())
+    }
+
+    /// Whether the nodes are hosts of their own (namespaces).
+    pub fn namespaced(&self) -> bool {
+        self.network.is_some()
+    }
+
+    /// Why the nodes run on loopback, if they do.
+    pub fn loopback_reason(&self) -> Option<&str> {
+        self.loopback_reason.as_deref()
+    }
+
+    /// The seed list for `NATS_URL`: every node, comma-separated.
+    pub fn client_urls(&self) -> String {
+        self.nodes
+            .iter()
+            .map(Node::client_url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    pub fn client_url(&self, i: usize) -> String {
+        self.nodes.get(i).map(Node::client_url).unwrap_or_default()
+    }
+
+    pub fn monitor_url(&self, i: usize) -> String {
+        self.nodes.get(i).map(Node::monitor_url).unwrap_or_default()
+    }
+
+    /// `n1` … `n3`.
+    pub fn node_name(&self, i: usize) -> String {
+        self.nodes
+            .get(i)
+            .map(|n| n.name.clone())
+            .unwrap_or_default()
+    }
+
+    pub fn node_pid(&self, i: usize) -> Option<u32> {
+        self.nodes.get(i)?.child.as_ref().map(Child::id)
+    }
+
+    pub fn run_dir(&self) -> &Path {
+        &self.run_dir
+    }
+
+    /// The network the nodes are hosts on; services can join it.
+    pub fn network_mut(&mut self) -> Option<&mut HostNetwork> {
+        self.network.as_mut()
+    }
+
+    pub fn network(&self) -> Option<&HostNetwork> {
+        self.network.as_ref()
+    }
+
+    /// The nodes' addresses (to cut a host off from NATS).
+    pub fn node_addrs(&self) -> Vec<Ipv4Addr> {
+        self.nodes.iter().map(|n| n.ip).collect()
+    }
+
+    fn node(&mut self, i: usize) -> anyhow::Result<&mut Node> {
+        self.nodes
+            .get_mut(i)
+            .ok_or_else(|| anyhow!("there is no node {i} (the cluster has {NODES})"))
+    }
+
+    /// SIGKILL node `i`, keeping its store.
+    pub fn kill(&mut self, i: usize) -> anyhow::Result<()> {
+        self.node(i)?.kill();
+        Ok(())
+    }
+
+    /// Starts node `i` again (killing it first if it runs) and waits until
+    /// it is healthy.
+    pub async fn restart(&mut self, i: usize) -> anyhow::Result<()> {
+        let binary = self.binary.clone();
+        let node = self.node(i)?;
+        node.kill();
+        node.spawn(&binary)?;
+        node.wait_ready().await
+    }
+
+    /// Lame-duck restart of node `i`: SIGUSR2, wait for it to exit (it
+    /// hands over its leaderships and closes its clients), start it again
+    /// and wait until it is healthy.
+    pub async fn lame_duck_restart(&mut self, i: usize) -> anyhow::Result<()> {
+        let node = self.node(i)?;
+        let Some(mut child) = node.child.take() else {
+            bail!("{} is not running", node.name);
+        };
+        send_signal(child.id(), "USR2")?;
+        let deadline = tokio::time::Instant::now() + LAME_DUCK_EXIT_TIMEOUT;
+        loop {
+            if child.try_wait()?.is_some() {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!(
+                    "{} did not exit within {LAME_DUCK_EXIT_TIMEOUT:?} of lame-duck mode",
+                    node.name
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.restart(i).await
+    }
+
+    /// Cuts node `i` off from the other nodes and from every client: its
+    /// packets are dropped both ways until [`NatsCluster::heal`].
+    pub fn partition(&mut self, i: usize) -> anyhow::Result<()> {
+        let host = self.host(i)?;
+        self.network
+            .as_ref()
+            .ok_or_else(|| anyhow!("a partition needs namespaces"))?
+            .cut_off(&host, &[])
+    }
+
+    /// Ends a partition of node `i`.
+    pub fn heal(&mut self, i: usize) -> anyhow::Result<()> {
+        let host = self.host(i)?;
+        self.network
+            .as_ref()
+            .ok_or_else(|| anyhow!("a partition needs namespaces"))?
+            .heal(&host)
+    }
+
+    fn host(&mut self, i: usize) -> anyhow::Result<Host> {
+        let node = self.node(i)?;
+        node.host
+            .clone()
+            .ok_or_else(|| anyhow!("{} runs on loopback: partitions need namespaces", node.name))
+    }
+
+    /// Each node's view of every stream, from its own monitoring endpoint
+    /// (`/jsz?accounts=true&streams=true`). A node that does not answer is
+    /// an error.
+    pub async fn replica_states(&self) -> anyhow::Result<Vec<BTreeMap<String, ReplicaState>>> {
+        let mut all = Vec::with_capacity(self.nodes.len());
+        for node in &self.nodes {
+            all.push(node_streams(&node.monitor_url()).await?);
+        }
+        Ok(all)
+    }
+
+    /// Which node (index) leads `stream` (e.g. `CHAT_EVENTS`,
+    /// `KV_chat_sessions`), as the first node that answers reports it.
+    pub async fn leader_of(&self, stream: &str) -> anyhow::Result<usize> {
+        let mut last = anyhow!("no node answered");
+        for node in &self.nodes {
+            match node_streams(&node.monitor_url()).await {
+                Ok(streams) => {
+                    let leader = streams.get(stream).and_then(|s| s.leader.clone());
+                    if let Some(i) = leader
+                        .as_deref()
+                        .and_then(|l| self.nodes.iter().position(|n| n.server_name == l))
+                    {
+                        return Ok(i);
+                    }
+                    last = anyhow!("{} knows no leader of {stream}", node.name);
+                }
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    /// Waits until every node reports the same message count and last
+    /// sequence for every stream; returns the per-node states either way
+    /// and whether they converged within `timeout`.
+    pub async fn wait_converged(
+        &self,
+        timeout: Duration,
+    ) -> (
+        bool,
+        Vec<(String, anyhow::Result<BTreeMap<String, ReplicaState>>)>,
+    ) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let mut views = Vec::new();
+            for node in &self.nodes {
+                views.push((node.name.clone(), node_streams(&node.monitor_url()).await));
+            }
+            let converged = converged(&views);
+            if converged || tokio::time::Instant::now() >= deadline {
+                return (converged, views);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Leaves the nodes running and the hosts in place (`chatctl cluster
+    /// up`): returns each node's pid, and the network's names if any.
+    pub fn detach(mut self) -> (Vec<(String, u32)>, Option<NetworkNames>) {
+        let pids = self
+            .nodes
+            .iter_mut()
+            .filter_map(|n| n.child.take().map(|c| (n.name.clone(), c.id())))
+            .collect();
+        let names = self.network.take().map(HostNetwork::detach);
+        if let Some(dir) = self.temp_dir.take() {
+            let _ = dir.keep();
+        }
+        (pids, names)
+    }
+}
+
+impl Drop for NatsCluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            node.kill();
+        }
+        if std::thread::panicking() {
+            if let Some(dir) = self.temp_dir.take() {
+                eprintln!("cluster: logs kept in {}", dir.keep().display());
+            }
+        }
+    }
+}
+
+/// The fixed network of `chatctl cluster up`: `chatc-n1` … on 10.77.0.0/24.
+pub fn operator_network() -> NetworkNames {
+    NetworkNames {
+        prefix: "chatc".to_string(),
+        octet: 0,
+    }
+}
+
+/// Whether every node answered and all report the same streams with the
+/// same message count and last sequence.
+fn converged(views: &[(String, anyhow::Result<BTreeMap<String, ReplicaState>>)]) -> bool {
+    let mut first: Option<BTreeMap<&String, (u64, u64)>> = None;
+    for (_, view) in views {
+        let Ok(streams) = view else {
+            return false;
+        };
+        let counts: BTreeMap<&String, (u64, u64)> = streams
+            .iter()
+            .map(|(name, s)| (name, (s.messages, s.last_seq)))
+            .collect();
+        match &first {
+            None => first = Some(counts),
+            Some(f) if *f != counts => return false,
+            Some(_) => {}
+        }
+    }
+    true
+}
+
+/// One node's streams from `/jsz?accounts=true&streams=true`.
+async fn node_streams(monitor_url: &str) -> anyhow::Result<BTreeMap<String, ReplicaState>> {
+    let url = format!("{monitor_url}/jsz?accounts=true&streams=true");
+    let (status, body) = http_get(&url).await?;
+    if status != 200 {
+        bail!("GET {url}: {status}");
+    }
+    parse_jsz_streams(&body).with_context(|| format!("reading {url}"))
+}
+
+/// The streams of a `/jsz?accounts=true&streams=true` answer.
+pub fn parse_jsz_streams(body: &str) -> anyhow::Result<BTreeMap<String, ReplicaState>> {
+    let json: Value = serde_json::from_str(body)?;
+    let mut out = BTreeMap::new();
+    let accounts = json["account_details"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    for account in accounts {
+        let streams = account["stream_detail"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        for stream in streams {
+            let Some(name) = stream["name"].as_str() else {
+                continue;
+            };
+            out.insert(
+                name.to_string(),
+                ReplicaState {
+                    messages: stream["state"]["messages"].as_u64().unwrap_or(0),
+                    last_seq: stream["state"]["last_seq"].as_u64().unwrap_or(0),
+                    leader: stream["cluster"]["leader"].as_str().map(str::to_string),
+                },
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// Waits until `url` answers 200 (re-exported for callers of detached clusters).
+pub async fn wait_node_healthy(monitor_url: &str, timeout: Duration) -> anyhow::Result<()> {
+    wait_healthy(&format!("{monitor_url}/healthz"), timeout).await
+}
