@@ -87,7 +87,7 @@ async fn a_publish_the_stream_refuses_fails_the_attempt() {
 /// worker's is.
 async fn publisher(h: &Harness, subject: impl Into<String>) -> EventPublisher {
     let (options, connection) = protocol::connect::options("publish-test");
-    let client = options.connect(h.server.url()).await.unwrap();
+    let client = options.connect(h.server.url()).await.expect("connecting");
     EventPublisher::start(
         async_nats::jetstream::new(client),
         connection,
