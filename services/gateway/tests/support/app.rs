@@ -249,6 +249,20 @@ impl TestApp {
         (events, body["last_seq"].as_u64().unwrap())
     }
 
+    /// Every stored event of the session, `GET /api/events` page after page.
+    pub async fn all_events(&self, session: SessionId, token: &str) -> Vec<SequencedEvent> {
+        let mut all = Vec::new();
+        let mut after = 0;
+        loop {
+            let (page, last_seq) = self.events(session, token, after).await;
+            if page.is_empty() {
+                return all;
+            }
+            after = last_seq;
+            all.extend(page);
+        }
+    }
+
     /// The sum of a metric over all its label sets, from `/metrics`. Metrics
     /// are per process and tests run side by side: compare before and after.
     pub async fn metric(&self, name: &str) -> f64 {
