@@ -8,6 +8,7 @@
 //! - [`recovery`]: the `recovery` subcommand;
 //! - [`cluster`]: `cluster up|down`, a 3-node NATS cluster left running.
 
+pub mod backoff;
 pub mod bench;
 pub mod client;
 pub mod cluster;
