@@ -16,7 +16,9 @@ const STREAM: &str = "TEST_R3";
 /// never stores it twice) while the cluster elects a leader.
 async fn publish(js: &jetstream::Context, batch: &str, n: usize) {
     for i in 0..n {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        // Generous: a killed node that led both the meta group and the
+        // stream can take many seconds of elections on a loaded machine.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
         loop {
             let message = jetstream::message::PublishMessage::build()
                 .payload(format!("{batch}{i}").into())
