@@ -3,8 +3,10 @@
 //! running it, and ends at once when there is nothing to generate.
 
 use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::stream::DirectGetErrorKind;
+use async_nats::jetstream::AckKind;
 
 use protocol::records::{self, Turn};
 use protocol::{sessions, stored, subjects, Event};
@@ -13,6 +15,17 @@ use super::ending::Ending;
 use super::Job;
 use crate::cancel::{self, CancelGuard};
 use crate::turns::Answer;
+
+/// How long an attempt waits for its session's stream to be readable again
+/// (its leader moving after a node was lost) before it hands the job back.
+/// Each hand-back spends one of the job's deliveries, and an election that
+/// outlasts a few of them dead-lettered answers (`chatctl recovery
+/// --cluster`: `failed_answer` after a leader kill).
+const STREAM_PATIENCE: Duration = Duration::from_secs(20);
+/// The first pause between reads of an unreadable stream; it doubles up to
+/// [`STREAM_RETRY_MAX`].
+const STREAM_RETRY: Duration = Duration::from_millis(250);
+const STREAM_RETRY_MAX: Duration = Duration::from_secs(2);
 
 /// Whether an attempt generates, decided before its first chunk.
 pub(super) enum Admission {
@@ -33,28 +46,31 @@ impl Job {
             self.already_answered(),
             cancel::flag_set(&ctx.layout.sessions, self.request.session_id, id),
             self.context(),
-            ctx.layout
-                .events
-                .direct_get_last_for_subject(subjects::events(self.request.session_id)),
+            self.last_event_patiently(),
         );
-        let (last_seq, last_event) = match last_event {
-            Ok(m) => (m.sequence, serde_json::from_slice::<Event>(&m.payload).ok()),
-            Err(e) if e.kind() == DirectGetErrorKind::NotFound => (0, None),
-            // Not knowing what the stream holds (its leader is moving) is
-            // no licence to generate: an answer may be stored already.
-            Err(e) => {
-                tracing::warn!(error = %e, "reading the session's last event");
-                return Admission::End(Ending::stream_unreadable(self.attempt_facts()));
-            }
+        // Not knowing what the stream holds (its leader is moving) is no
+        // licence to generate: an answer may be stored already.
+        let Ok((last_seq, last_event)) = last_event else {
+            return Admission::End(Ending::stream_unreadable(self.attempt_facts()));
         };
         self.continue_after(last_event.as_ref());
         if answered {
             return Admission::End(Ending::already_answered());
         }
-        match self
-            .answer_already_stored(last_event.as_ref(), last_seq)
-            .await
-        {
+        let started = Instant::now();
+        let mut pause = STREAM_RETRY;
+        let stored = loop {
+            match self
+                .answer_already_stored(last_event.as_ref(), last_seq)
+                .await
+            {
+                Err(()) if started.elapsed() + pause < STREAM_PATIENCE => {
+                    pause = self.wait_for_the_stream(pause).await;
+                }
+                read => break read,
+            }
+        };
+        match stored {
             Ok(Some(answer)) => return Admission::End(Ending::answer_already_stored(answer)),
             Ok(None) => {}
             Err(()) => return Admission::End(Ending::stream_unreadable(self.attempt_facts())),
@@ -125,6 +141,44 @@ impl Job {
     /// the session's last event is neither this message's question nor an
     /// unfinished run of it (then nothing of this message can be finished).
     /// `Err` when the stream could not be read (then nobody knows).
+    /// The session's last stored event (sequence 0 and none when it has
+    /// none), read again while the stream is unreadable, for up to
+    /// [`STREAM_PATIENCE`]; `Err` after that.
+    async fn last_event_patiently(&self) -> Result<(u64, Option<Event>), ()> {
+        let subject = subjects::events(self.request.session_id);
+        let started = Instant::now();
+        let mut pause = STREAM_RETRY;
+        loop {
+            let read = self
+                .ctx
+                .layout
+                .events
+                .direct_get_last_for_subject(subject.clone())
+                .await;
+            match read {
+                Ok(m) => return Ok((m.sequence, serde_json::from_slice(&m.payload).ok())),
+                Err(e) if e.kind() == DirectGetErrorKind::NotFound => return Ok((0, None)),
+                Err(e) if started.elapsed() + pause < STREAM_PATIENCE => {
+                    tracing::info!(error = %e, "the session's stream is unreadable; waiting");
+                    pause = self.wait_for_the_stream(pause).await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading the session's last event");
+                    return Err(());
+                }
+            }
+        }
+    }
+
+    /// Keeps the job (a progress ack) through one pause; returns the next.
+    async fn wait_for_the_stream(&self, pause: Duration) -> Duration {
+        if let Err(e) = self.message.ack_with(AckKind::Progress).await {
+            tracing::debug!(error = %e, "progress ack while waiting for the stream");
+        }
+        tokio::time::sleep(pause).await;
+        (pause * 2).min(STREAM_RETRY_MAX)
+    }
+
     async fn answer_already_stored(
         &self,
         last: Option<&Event>,
