@@ -204,15 +204,7 @@ async fn too_many_api_requests_from_one_ip_get_429() {
         "no request was limited: {statuses:?}"
     );
     // Nginx's refusal speaks the protocol: JSON `rate_limited`.
-    let refused = http_get_full(&format!("{}/api/history?session=x", nginx.url()), &[])
-        .await
-        .unwrap();
-    assert_eq!(refused.status, 429);
-    assert!(
-        refused.body.contains(r#""code":"rate_limited""#),
-        "{}",
-        refused.body
-    );
+    assert_rate_limited(&format!("{}/api/history?session=x", nginx.url())).await;
     // /health is not rate limited.
     for _ in 0..5 {
         assert_eq!(
@@ -335,15 +327,7 @@ async fn one_address_creates_sessions_at_a_bounded_rate() {
     }
     assert_eq!(statuses, [200, 200, 200, 429, 429]);
     // A socket without a session creates one: refused the same way.
-    let refused = http_get_full(&format!("{base}/ws/chat"), &[])
-        .await
-        .unwrap();
-    assert_eq!(refused.status, 429);
-    assert!(
-        refused.body.contains(r#""code":"rate_limited""#),
-        "{}",
-        refused.body
-    );
+    assert_rate_limited(&format!("{base}/ws/chat")).await;
     // Requests that name a session, and other paths, are not creations.
     for path in [
         "/ws/chat?session=x",
@@ -356,4 +340,15 @@ async fn one_address_creates_sessions_at_a_bounded_rate() {
             "{path}"
         );
     }
+}
+
+/// A GET Nginx refuses with 429 and the protocol's JSON `rate_limited`.
+async fn assert_rate_limited(url: &str) {
+    let refused = http_get_full(url, &[]).await.unwrap();
+    assert_eq!(refused.status, 429, "{url}");
+    assert!(
+        refused.body.contains(r#""code":"rate_limited""#),
+        "{url}: {}",
+        refused.body
+    );
 }

@@ -17,6 +17,7 @@
 //! caller so it is tested without a clock; [`ChunkWindow`] shares it between
 //! the jobs.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -95,12 +96,18 @@ impl WindowLaw {
 #[derive(Debug)]
 pub struct ChunkWindow {
     law: Mutex<WindowLaw>,
+    /// The law's window in microseconds, stored at each observation (the
+    /// only thing that changes it): read per token by every chunker, so a
+    /// load, not a lock.
+    window_us: AtomicU64,
 }
 
 impl ChunkWindow {
     pub fn new(base: Duration, max: Duration, gain: f64) -> Self {
+        let law = WindowLaw::new(base, max, gain);
         Self {
-            law: Mutex::new(WindowLaw::new(base, max, gain)),
+            window_us: AtomicU64::new(micros(law.window())),
+            law: Mutex::new(law),
         }
     }
 
@@ -113,15 +120,18 @@ impl ChunkWindow {
         let now = Instant::now();
         if let Ok(mut law) = self.law.lock() {
             law.observe(latency, now);
+            self.window_us
+                .store(micros(law.window()), Ordering::Relaxed);
         }
     }
 
     pub fn window(&self) -> Duration {
-        self.law
-            .lock()
-            .map(|law| law.window())
-            .unwrap_or(Duration::ZERO)
+        Duration::from_micros(self.window_us.load(Ordering::Relaxed))
     }
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]
