@@ -40,6 +40,9 @@ pub enum ClusterAction {
         /// namespaces work.
         #[arg(long)]
         loopback: bool,
+        /// Clients and routes without TLS (it is on by default).
+        #[arg(long)]
+        plaintext: bool,
     },
     /// Stop the nodes and remove every namespace and link `up` made.
     Down,
@@ -50,12 +53,15 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
         .dir
         .unwrap_or_else(|| project_dir().join("run/cluster"));
     match args.action {
-        ClusterAction::Up { loopback } => up(&dir, loopback).await,
+        ClusterAction::Up {
+            loopback,
+            plaintext,
+        } => up(&dir, loopback, plaintext).await,
         ClusterAction::Down => down(&dir).await,
     }
 }
 
-async fn up(dir: &Path, loopback: bool) -> anyhow::Result<()> {
+async fn up(dir: &Path, loopback: bool, plaintext: bool) -> anyhow::Result<()> {
     let running: Vec<String> = (1..=NODES)
         .filter(|i| running_pid(&dir.join(format!("n{i}.pid"))).is_some())
         .map(|i| format!("n{i}"))
@@ -84,6 +90,10 @@ async fn up(dir: &Path, loopback: bool) -> anyhow::Result<()> {
         sync_interval: std::env::var("NATS_SYNC_INTERVAL")
             .ok()
             .filter(|s| !s.is_empty()),
+        plaintext,
+        // Next to the cluster's folder (run/credentials), where `just up`
+        // finds them for the services it starts against the cluster.
+        credentials_dir: Some(credentials_dir(dir)),
     })
     .await?;
     let urls = cluster.client_urls();
@@ -126,6 +136,12 @@ async fn up(dir: &Path, loopback: bool) -> anyhow::Result<()> {
     println!("cluster: up {where_}; state in {}", dir.display());
     println!("cluster: now run  NATS_URL={urls} CHAT_REPLICAS=3 just up");
     Ok(())
+}
+
+/// The credentials of a cluster whose state is in `dir`: `run/credentials`
+/// for `run/cluster`.
+pub fn credentials_dir(dir: &Path) -> PathBuf {
+    dir.parent().unwrap_or(dir).join("credentials")
 }
 
 async fn down(dir: &Path) -> anyhow::Result<()> {

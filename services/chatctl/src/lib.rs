@@ -6,12 +6,14 @@
 //! - [`verify`]: what a client saw against the session's stream;
 //! - [`faults`]: a seeded fault schedule;
 //! - [`recovery`]: the `recovery` subcommand;
-//! - [`cluster`]: `cluster up|down`, a 3-node NATS cluster left running.
+//! - [`cluster`]: `cluster up|down`, a 3-node NATS cluster left running;
+//! - [`credentials`]: the NATS credentials (and TLS files) in run/.
 
 pub mod backoff;
 pub mod bench;
 pub mod client;
 pub mod cluster;
+pub mod credentials;
 pub mod faults;
 pub mod recovery;
 pub mod verify;
@@ -39,6 +41,9 @@ pub enum Command {
     /// its own (network namespaces) where the machine allows it; state in
     /// run/cluster/.
     Cluster(cluster::ClusterArgs),
+    /// Make the NATS credentials (an nkey per role, the routes' password;
+    /// a local CA with --tls) if missing, and render a server config.
+    Credentials(credentials::CredentialsArgs),
 }
 
 /// Runs a parsed command; the process exit code.
@@ -50,6 +55,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Cluster(args) => {
             cluster::run(args).await?;
+            Ok(0)
+        }
+        Command::Credentials(args) => {
+            credentials::run(args)?;
             Ok(0)
         }
         Command::Recovery(args) => {

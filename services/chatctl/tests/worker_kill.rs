@@ -115,7 +115,10 @@ async fn a_job_that_kills_every_worker_is_dead_lettered() {
     let terminals = truth.iter().filter(|e| e.event.is_terminal()).count();
     assert_eq!(terminals, 1);
 
-    let nats = async_nats::connect(stack.nats_url()).await.unwrap();
+    let nats = stack
+        .connect_nats(protocol::access::Role::Ops)
+        .await
+        .unwrap();
     let js = async_nats::jetstream::new(nats);
     let dead = js.get_stream(subjects::DEAD_STREAM).await.unwrap();
     let letter = dead

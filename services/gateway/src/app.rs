@@ -162,6 +162,9 @@ pub async fn spawn(config: GatewayConfig) -> anyhow::Result<RunningGateway> {
     metrics::register();
     let node = config.node();
     let (options, connection) = protocol::connect::options(&node);
+    let options = config
+        .nats_access
+        .apply(protocol::access::Role::Gateway, options)?;
     let client = options
         .connect(protocol::connect::seed_list(&config.nats_url))
         .await

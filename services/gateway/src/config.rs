@@ -107,6 +107,9 @@ pub struct GatewayConfig {
     pub test_lose_job_acks: u64,
     #[command(flatten)]
     pub layout: LayoutConfig,
+    /// The nkey and CA files this service connects to NATS with.
+    #[command(flatten)]
+    pub nats_access: protocol::access::NatsAccess,
 }
 
 /// The variable `--recent-events` is read from: `GATEWAY_RECENT_EVENTS`, or

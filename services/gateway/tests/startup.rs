@@ -14,15 +14,19 @@ use support::WAIT;
 async fn a_gateway_started_before_nats_comes_up_once_nats_does() {
     let mut nats = NatsServer::start().unwrap();
     nats.kill(); // its port is known; nothing listens on it now
-    let config = gateway::GatewayConfig::parse_from([
+    let access = nats.access(protocol::access::Role::Gateway).to_args();
+    let url = nats.url();
+    let mut args = vec![
         "gateway",
         "--nats-url",
-        &nats.url(),
+        &url,
         "--listen",
         "127.0.0.1:0",
         "--node",
         "gw-early",
-    ]);
+    ];
+    args.extend(access.iter().map(String::as_str));
+    let config = gateway::GatewayConfig::parse_from(args);
     let mut starting = tokio::spawn(gateway::spawn(config));
     // Without NATS the connect is refused within milliseconds: a gateway
     // that does not wait has returned (an error) well within this.

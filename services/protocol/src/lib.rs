@@ -6,6 +6,7 @@
 //! Nothing else in the workspace spells a subject, a stream name or a wire
 //! type: it comes from here.
 
+pub mod access;
 pub mod close;
 pub mod connect;
 pub mod events;

@@ -34,6 +34,16 @@ pub const CANCEL_ALL: &str = "chat.cancel.*";
 /// Core subjects (not stored) on which a revoked session is announced: every
 /// gateway closes that session's sockets.
 pub const REVOKED_ALL: &str = "chat.revoked.*";
+/// Live copies of every session's events (the republish destination):
+/// gateways follow them.
+pub const LIVE_ALL: &str = "chat.live.*";
+/// The root of every reply subject; each role replies under its own prefix
+/// below it (`access::Role::inbox_prefix`).
+pub const INBOX_ROOT: &str = "_INBOX";
+/// JetStream's account info: the first call of every service.
+pub const JS_API_INFO: &str = "$JS.API.INFO";
+/// The whole JetStream API: operations only (`access::Role::Ops`).
+pub const JS_API_ALL: &str = "$JS.API.>";
 /// Queue group of workers for the max-deliveries advisory, so one worker
 /// dead-letters each exhausted job.
 pub const DEAD_LETTER_QUEUE_GROUP: &str = "chat-dead-letter";
@@ -45,6 +55,8 @@ pub const BENCH_STREAM: &str = "CHAT_BENCH";
 pub const BENCH_STREAM_SUBJECT: &str = "bench.stream";
 /// A core subject `chatctl bench` measures plain publish → subscribe on.
 pub const BENCH_CORE_SUBJECT: &str = "bench.core";
+/// Every subject of the bench's scratch measurements.
+pub const BENCH_ALL: &str = "bench.>";
 
 /// Header set by the republish: the event's sequence in [`EVENTS_STREAM`].
 pub const HEADER_SEQUENCE: &str = "Nats-Sequence";
@@ -93,6 +105,37 @@ pub fn session_of_revoked(subject: &str) -> Option<SessionId> {
 /// replica without creating a consumer.
 pub fn direct_get(stream: &str) -> String {
     format!("$JS.API.DIRECT.GET.{stream}")
+}
+
+/// The stream behind [`SESSIONS_BUCKET`] (JetStream names a bucket's stream
+/// `KV_<bucket>`).
+pub fn kv_stream() -> String {
+    format!("KV_{SESSIONS_BUCKET}")
+}
+
+/// Every key of [`SESSIONS_BUCKET`] as the subjects its writes go to.
+pub fn kv_keys_all() -> String {
+    format!("$KV.{SESSIONS_BUCKET}.>")
+}
+
+/// The info request of a stream.
+pub fn stream_info(stream: &str) -> String {
+    format!("$JS.API.STREAM.INFO.{stream}")
+}
+
+/// The info request of a consumer.
+pub fn consumer_info(stream: &str, consumer: &str) -> String {
+    format!("$JS.API.CONSUMER.INFO.{stream}.{consumer}")
+}
+
+/// The pull request ("next messages") of a pull consumer.
+pub fn consumer_next(stream: &str, consumer: &str) -> String {
+    format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}")
+}
+
+/// The subjects a consumer's messages are acked on (their reply subjects).
+pub fn acks(stream: &str, consumer: &str) -> String {
+    format!("$JS.ACK.{stream}.{consumer}.>")
 }
 
 /// The advisory the server publishes when a job of the workers consumer hit

@@ -19,9 +19,11 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context};
 use serde_json::Value;
 
+use credentials::NatsSecurity;
+
 use crate::hosts::{namespaces_available, Host, HostNetwork, NetworkNames};
 use crate::http::{http_get, wait_healthy};
-use crate::nats::nats_server_binary;
+use crate::nats::{harness_access, harness_permissions, nats_server_binary, HARNESS_USER};
 use crate::ports::free_port;
 use crate::process::{log_tail, send_signal};
 use crate::project::project_dir;
@@ -57,6 +59,11 @@ pub struct ClusterOptions {
     /// JetStream `sync_interval` (`always`, `10s` …); `None`: the
     /// server's default.
     pub sync_interval: Option<String>,
+    /// Clients and routes speak TLS unless this is set.
+    pub plaintext: bool,
+    /// Where the credentials are (generated when missing); `None`: the
+    /// run directory's `credentials/`.
+    pub credentials_dir: Option<PathBuf>,
 }
 
 /// One node: its place on the network, its config and its process.
@@ -151,6 +158,7 @@ pub struct NatsCluster {
     temp_dir: Option<tempfile::TempDir>,
     /// Why the nodes run on loopback, when they do.
     loopback_reason: Option<String>,
+    security: NatsSecurity,
 }
 
 /// A stream as one node's monitoring endpoint reports it.
@@ -195,15 +203,17 @@ impl NatsCluster {
         if let Some(reason) = &loopback_reason {
             eprintln!("cluster: nodes on loopback with distinct ports ({reason})");
         }
+        let mut network = network;
+        let (nodes, security) = Self::place_nodes(network.as_mut(), &run_dir, &options)?;
         let mut cluster = Self {
-            nodes: Vec::new(),
+            nodes,
             binary,
             network,
             run_dir,
             temp_dir,
             loopback_reason,
+            security,
         };
-        cluster.place_nodes(&options)?;
         for node in &mut cluster.nodes {
             node.spawn(&cluster.binary)?;
         }
@@ -213,8 +223,13 @@ impl NatsCluster {
         Ok(cluster)
     }
 
-    /// Gives each node an address and ports and writes its config.
-    fn place_nodes(&mut self, options: &ClusterOptions) -> anyhow::Result<()> {
+    /// Gives each node an address and ports, makes (or reuses) the
+    /// credentials, and writes each node's config.
+    fn place_nodes(
+        mut network: Option<&mut HostNetwork>,
+        run_dir: &Path,
+        options: &ClusterOptions,
+    ) -> anyhow::Result<(Vec<Node>, NatsSecurity)> {
         let template_path = project_dir().join("nats/cluster/node.conf.template");
         let template = std::fs::read_to_string(&template_path)
             .with_context(|| format!("reading {}", template_path.display()))?;
@@ -222,7 +237,7 @@ impl NatsCluster {
         for i in 0..NODES {
             let name = format!("n{}", i + 1);
             let offset = u16::try_from(i).unwrap_or(0);
-            let (host, ip, ports) = match self.network.as_mut() {
+            let (host, ip, ports) = match network.as_deref_mut() {
                 Some(network) => {
                     let last = 11 + u8::try_from(i).unwrap_or(0);
                     let host = network.add_host(&name, last)?;
@@ -242,18 +257,39 @@ impl NatsCluster {
             };
             places.push((name, host, ip, ports));
         }
+        let names: Vec<String> = places.iter().map(|(_, _, ip, _)| ip.to_string()).collect();
+        let credentials_dir = options
+            .credentials_dir
+            .clone()
+            .unwrap_or_else(|| run_dir.join("credentials"));
+        let security = NatsSecurity::ensure(&credentials_dir, !options.plaintext, &names)?;
         let routes = places
             .iter()
-            .map(|(_, _, ip, [_, route, _])| format!("    nats-route://{ip}:{route}"))
-            .collect::<Vec<_>>()
+            .map(|(_, _, ip, [_, route, _])| {
+                security
+                    .credentials
+                    .route_url(&format!("{ip}:{route}"))
+                    .map(|url| format!("    {url}"))
+            })
+            .collect::<Result<Vec<_>, _>>()?
             .join("\n");
+        // A test's cluster has the harness identity too; an operator's
+        // (`fixed`) has only the roles.
+        let server_security = if options.fixed {
+            security.server_conf()?
+        } else {
+            security.credentials.ensure_seed(HARNESS_USER)?;
+            security.server_conf_with(&[(HARNESS_USER, harness_permissions())])?
+        };
+        let route_security = security.route_conf()?;
         let sync = options
             .sync_interval
             .as_deref()
             .map(|s| format!("  sync_interval: {s}"))
             .unwrap_or_default();
+        let mut nodes = Vec::new();
         for (name, host, ip, [client, route, monitor]) in places {
-            let store = self.run_dir.join(&name);
+            let store = run_dir.join(&name);
             std::fs::create_dir_all(&store)?;
             let server_name = format!("chat-{name}");
             let text = template
@@ -263,14 +299,17 @@ impl NatsCluster {
                 .replace("@@ROUTE_LISTEN@@", &format!("{ip}:{route}"))
                 .replace("@@STORE_DIR@@", &store.display().to_string())
                 .replace("@@SYNC_INTERVAL@@", &sync)
-                .replace("@@ROUTES@@", &routes);
+                .replace("@@ROUTES@@", &routes)
+                .replace("@@SECURITY@@", &server_security)
+                .replace("@@ROUTE_SECURITY@@", &route_security);
             if let Some(at) = text.find("@@") {
                 bail!("the node template has a placeholder left at byte {at}");
             }
-            let conf = self.run_dir.join(format!("{name}.conf"));
-            std::fs::write(&conf, text)?;
-            self.nodes.push(Node {
-                log: self.run_dir.join("logs").join(format!("{name}.log")),
+            let conf = run_dir.join(format!("{name}.conf"));
+            // Holds the routes' password: its owner's only.
+            write_owner_only(&conf, &text)?;
+            nodes.push(Node {
+                log: run_dir.join("logs").join(format!("{name}.log")),
                 name,
                 server_name,
                 host,
@@ -281,7 +320,26 @@ impl NatsCluster {
                 child: None,
             });
         }
-        Ok(())
+        Ok((nodes, security))
+    }
+
+    /// A client of every node (the seed list) with every right: a test's
+    /// own set-up and checks (only on a cluster that is not `fixed`).
+    pub async fn connect(&self) -> anyhow::Result<async_nats::Client> {
+        harness_access(&self.security)
+            .apply(
+                protocol::access::Role::Ops,
+                async_nats::ConnectOptions::new(),
+            )?
+            .retry_on_initial_connect()
+            .connect(protocol::connect::seed_list(&self.client_urls()))
+            .await
+            .with_context(|| format!("connecting to {}", self.client_urls()))
+    }
+
+    /// The credentials (and TLS files) of the cluster's clients.
+    pub fn security(&self) -> &NatsSecurity {
+        &self.security
     }
 
     /// Whether the nodes are hosts of their own (namespaces).
@@ -508,6 +566,21 @@ pub fn operator_network() -> NetworkNames {
         prefix: "chatc".to_string(),
         octet: 0,
     }
+}
+
+/// Writes `text` to `path` with mode 0600.
+fn write_owner_only(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut file = File::options()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    file.write_all(text.as_bytes())?;
+    Ok(())
 }
 
 /// Whether every node answered and all report the same streams with the

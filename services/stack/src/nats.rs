@@ -1,5 +1,13 @@
 //! A real nats-server for tests: JetStream on, store in a temporary folder,
-//! dynamic ports on 127.0.0.1, killed and cleaned up on drop.
+//! dynamic ports on 127.0.0.1, killed and cleaned up on drop. Secured as
+//! `just up` secures it: every client authenticates with its role's nkey
+//! and gets that role's permissions (`protocol::access`); with
+//! [`NatsOptions::tls`], clients speak TLS and verify the server.
+//!
+//! One identity exists here and never in `just up`'s server: the harness
+//! ([`HARNESS_USER`], [`NatsServer::connect`]), with every right, for tests
+//! that set up what no single role may (store a forged event, read a live
+//! subject and the layout at once). Services under test never get it.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -8,6 +16,8 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
+use credentials::NatsSecurity;
+use protocol::access::{NatsAccess, Permissions, Role};
 
 /// Finds the real nats-server binary: `$NATS_SERVER_BIN`, else the first one
 /// on `PATH` that is not a pyenv shim (killing a shim's pid leaves the real
@@ -34,10 +44,44 @@ pub fn nats_server_binary() -> anyhow::Result<PathBuf> {
     Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
 }
 
-/// A running nats-server. Dropping it kills the process and deletes its store.
+/// The test harness's own NATS identity (its seed is `harness.nk` in the
+/// server's credentials folder): publish and subscribe anything.
+pub const HARNESS_USER: &str = "harness";
+
+pub(crate) fn harness_permissions() -> Permissions {
+    Permissions {
+        publish: vec![">".into()],
+        subscribe: vec![">".into()],
+    }
+}
+
+/// How the harness connects to a server secured by `security` (with the
+/// ops inbox prefix: it may subscribe anywhere anyway).
+pub(crate) fn harness_access(security: &NatsSecurity) -> NatsAccess {
+    NatsAccess {
+        nats_nkey_file: Some(
+            security
+                .credentials
+                .dir()
+                .join(format!("{HARNESS_USER}.nk")),
+        ),
+        nats_ca_file: security.tls.as_ref().map(|t| t.ca_cert.clone()),
+    }
+}
+
+/// How to start a [`NatsServer`]. Build it with `..Default::default()`.
+#[derive(Clone, Debug, Default)]
+pub struct NatsOptions {
+    /// Clients must speak TLS (a local CA and certificate are generated).
+    pub tls: bool,
+}
+
+/// A running nats-server. Dropping it kills the process and deletes its
+/// folder (store, configuration, credentials).
 pub struct NatsServer {
     child: Option<Child>,
-    store: tempfile::TempDir,
+    root: tempfile::TempDir,
+    security: NatsSecurity,
     port: u16,
     monitor_port: u16,
 }
@@ -45,14 +89,35 @@ pub struct NatsServer {
 impl NatsServer {
     /// Starts a server on free ports and waits until it accepts clients.
     pub fn start() -> anyhow::Result<Self> {
-        let store = tempfile::Builder::new().prefix("chat-nats-").tempdir()?;
-        let (child, port, monitor_port) = spawn(store.path(), None)?;
+        Self::start_with(NatsOptions::default())
+    }
+
+    /// [`NatsServer::start`] with options.
+    pub fn start_with(options: NatsOptions) -> anyhow::Result<Self> {
+        let root = tempfile::Builder::new().prefix("chat-nats-").tempdir()?;
+        let security = NatsSecurity::ensure(&root.path().join("credentials"), options.tls, &[])?;
+        security.credentials.ensure_seed(HARNESS_USER)?;
+        let conf = security.server_conf_with(&[(HARNESS_USER, harness_permissions())])?;
+        std::fs::write(root.path().join("server.conf"), conf)?;
+        std::fs::create_dir_all(root.path().join("store"))?;
+        let (child, port, monitor_port) = spawn(root.path(), None)?;
         Ok(Self {
             child: Some(child),
-            store,
+            root,
+            security,
             port,
             monitor_port,
         })
+    }
+
+    /// The credentials (and TLS files) clients of this server use.
+    pub fn security(&self) -> &NatsSecurity {
+        &self.security
+    }
+
+    /// How a process of `role` connects to this server.
+    pub fn access(&self, role: Role) -> NatsAccess {
+        self.security.access(role)
     }
 
     /// `nats://127.0.0.1:PORT`
@@ -69,8 +134,8 @@ impl NatsServer {
         format!("http://127.0.0.1:{}", self.monitor_port)
     }
 
-    pub fn store_dir(&self) -> &Path {
-        self.store.path()
+    pub fn store_dir(&self) -> PathBuf {
+        self.root.path().join("store")
     }
 
     /// Stops the server abruptly (SIGKILL), keeping its store.
@@ -85,16 +150,31 @@ impl NatsServer {
     /// with the same store, as an operator's restart would.
     pub fn restart(&mut self) -> anyhow::Result<()> {
         self.kill();
-        let (child, _, monitor_port) = spawn(self.store.path(), Some(self.port))?;
+        let (child, _, monitor_port) = spawn(self.root.path(), Some(self.port))?;
         self.child = Some(child);
         self.monitor_port = monitor_port;
         Ok(())
     }
 
+    /// A client with every right ([`HARNESS_USER`]): for a test's own
+    /// set-up and checks, never for the code under test.
     pub async fn connect(&self) -> anyhow::Result<async_nats::Client> {
-        async_nats::connect(self.url())
+        harness_access(&self.security)
+            .apply(Role::Ops, async_nats::ConnectOptions::new())?
+            .connect(self.url())
             .await
-            .with_context(|| format!("connecting to {}", self.url()))
+            .with_context(|| format!("connecting to {} as the harness", self.url()))
+    }
+
+    /// A client with `role`'s credentials and permissions.
+    pub async fn connect_as(&self, role: Role) -> anyhow::Result<async_nats::Client> {
+        let options = self
+            .access(role)
+            .apply(role, async_nats::ConnectOptions::new())?;
+        options
+            .connect(self.url())
+            .await
+            .with_context(|| format!("connecting to {} as {role}", self.url()))
     }
 }
 
@@ -104,14 +184,16 @@ impl Drop for NatsServer {
     }
 }
 
-/// Starts nats-server and reads its log until it reports its ports and is
-/// ready for connections.
-fn spawn(store: &Path, port: Option<u16>) -> anyhow::Result<(Child, u16, u16)> {
+/// Starts nats-server with the configuration and store in `root` and reads
+/// its log until it reports its ports and is ready for connections.
+fn spawn(root: &Path, port: Option<u16>) -> anyhow::Result<(Child, u16, u16)> {
     let binary = nats_server_binary()?;
     let port_arg = port.map_or("-1".to_string(), |p| p.to_string());
     let mut child = Command::new(&binary)
+        .arg("-c")
+        .arg(root.join("server.conf"))
         .args(["-a", "127.0.0.1", "-p", &port_arg, "-m", "-1", "-js", "-sd"])
-        .arg(store)
+        .arg(root.join("store"))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

@@ -32,6 +32,14 @@ impl Role {
         }
     }
 
+    /// The NATS identity the binary connects with.
+    pub(crate) fn access_role(self) -> protocol::access::Role {
+        match self {
+            Role::Gateway => protocol::access::Role::Gateway,
+            Role::Worker => protocol::access::Role::Worker,
+        }
+    }
+
     pub(crate) fn node(self, index: usize) -> String {
         match self {
             Role::Gateway => format!("gw-{index}"),
@@ -53,6 +61,8 @@ pub(crate) struct Launcher {
     pub(crate) bin_dir: PathBuf,
     pub(crate) logs: PathBuf,
     pub(crate) env: Vec<(String, String)>,
+    /// Each service gets its role's nkey (and the CA with TLS).
+    pub(crate) security: credentials::NatsSecurity,
     /// Starts tried before giving up: more than one against a cluster, where
     /// creating R3 streams can time out while it settles or a node is down.
     pub(crate) attempts: usize,
@@ -132,7 +142,19 @@ impl Launcher {
             None => binary,
         };
         let log = self.logs.join(format!("{node}.log"));
-        let (process, line) = Process::start(&program, &args, &self.env, log, role.marker())
+        let access = self.security.access(role.access_role());
+        let mut env = self.env.clone();
+        env.extend(
+            access
+                .nats_nkey_file
+                .map(|f| ("NATS_NKEY_FILE".into(), f.display().to_string())),
+        );
+        env.extend(
+            access
+                .nats_ca_file
+                .map(|f| ("NATS_CA_FILE".into(), f.display().to_string())),
+        );
+        let (process, line) = Process::start(&program, &args, &env, log, role.marker())
             .await
             .with_context(|| format!("starting {node}"))?;
         let addr = addr_after(&line, role.marker())?;

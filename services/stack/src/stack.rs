@@ -36,7 +36,7 @@ use anyhow::Context;
 use crate::cluster::{ClusterOptions, NatsCluster};
 use crate::hosts::Host;
 use crate::http::wait_healthy;
-use crate::nats::NatsServer;
+use crate::nats::{NatsOptions, NatsServer};
 use crate::nginx::{Nginx, NginxConfig, NginxLimits};
 use crate::process::{READY_TIMEOUT, TERMINATE_TIMEOUT};
 use crate::project::{bin_dir, project_dir};
@@ -55,6 +55,9 @@ pub struct StackOptions {
     pub nginx_limits: NginxLimits,
     /// A 3-node cluster instead of one nats-server (and `CHAT_REPLICAS=3`).
     pub cluster: Option<ClusterOptions>,
+    /// The single nats-server speaks TLS only (a cluster always does,
+    /// unless its options say `plaintext`).
+    pub tls: bool,
 }
 
 impl Default for StackOptions {
@@ -66,6 +69,7 @@ impl Default for StackOptions {
             nginx: true,
             nginx_limits: NginxLimits::default(),
             cluster: None,
+            tls: false,
         }
     }
 }
@@ -112,7 +116,10 @@ impl Stack {
             ("NO_COLOR".to_string(), "1".to_string()),
         ];
         let mut nats = match &options.cluster {
-            None => Nats::Single(NatsServer::start().context("starting nats-server")?),
+            None => Nats::Single(
+                NatsServer::start_with(NatsOptions { tls: options.tls })
+                    .context("starting nats-server")?,
+            ),
             Some(cluster) => {
                 let mut cluster = cluster.clone();
                 cluster.run_dir = Some(run_dir.path().join("cluster"));
@@ -129,6 +136,7 @@ impl Stack {
             bin_dir,
             logs: logs.clone(),
             env,
+            security: nats.security().clone(),
             attempts: if options.cluster.is_some() { 3 } else { 1 },
         };
         let url = nats.url();
@@ -241,6 +249,27 @@ impl Stack {
     /// The `NATS_URL` the services use: the server, or the cluster's seed list.
     pub fn nats_url(&self) -> String {
         self.nats.url()
+    }
+
+    /// The credentials (and TLS files) of the stack's NATS.
+    pub fn nats_security(&self) -> &credentials::NatsSecurity {
+        self.nats.security()
+    }
+
+    /// A client of the stack's NATS with `role`'s credentials (tools and
+    /// tests audit the streams as [`protocol::access::Role::Ops`]).
+    pub async fn connect_nats(
+        &self,
+        role: protocol::access::Role,
+    ) -> anyhow::Result<async_nats::Client> {
+        let options = self
+            .nats_security()
+            .access(role)
+            .apply(role, async_nats::ConnectOptions::new())?;
+        options
+            .connect(protocol::connect::seed_list(&self.nats_url()))
+            .await
+            .with_context(|| format!("connecting to {} as {role}", self.nats_url()))
     }
 
     /// nats-server's monitoring base URL (`/jsz`, `/varz`); it changes
@@ -439,6 +468,13 @@ impl Stack {
 }
 
 impl Nats {
+    fn security(&self) -> &credentials::NatsSecurity {
+        match self {
+            Nats::Single(server) => server.security(),
+            Nats::Cluster(cluster) => cluster.security(),
+        }
+    }
+
     fn url(&self) -> String {
         match self {
             Nats::Single(server) => server.url(),

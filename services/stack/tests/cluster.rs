@@ -47,11 +47,7 @@ fn namespaces() -> String {
 #[ignore = "issue 14: a publish after the leader kill sometimes gets no ack for 90 s inside `just test`; run with `cargo test -p stack --test cluster -- --ignored`"]
 async fn an_r3_stream_survives_its_leader_and_a_partition_and_converges() {
     let mut cluster = NatsCluster::start(ClusterOptions::default()).await.unwrap();
-    let client = async_nats::ConnectOptions::new()
-        .retry_on_initial_connect()
-        .connect(cluster.client_urls().split(',').collect::<Vec<_>>())
-        .await
-        .unwrap();
+    let client = cluster.connect().await.unwrap();
     let js = jetstream::new(client);
     js.create_stream(stream::Config {
         name: STREAM.into(),

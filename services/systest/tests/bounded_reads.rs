@@ -106,7 +106,11 @@ async fn a_flood_of_full_replays_keeps_the_gateways_memory_bounded() {
     let ws_base = base.replacen("http", "ws", 1);
     let http = reqwest::Client::new();
     let session = support::new_session(&http, &base).await;
-    let client = async_nats::connect(stack.nats_url()).await.unwrap();
+    // The events a long answer would leave, stored as a worker stores them.
+    let client = stack
+        .connect_nats(protocol::access::Role::Worker)
+        .await
+        .unwrap();
     let id: SessionId = session.id.parse().unwrap();
     let started = std::time::Instant::now();
     store_events(&jetstream::new(client), id).await;

@@ -96,6 +96,9 @@ pub struct WorkerConfig {
     pub shutdown_grace_secs: f64,
     #[command(flatten)]
     pub layout: LayoutConfig,
+    /// The nkey and CA files this service connects to NATS with.
+    #[command(flatten)]
+    pub nats_access: protocol::access::NatsAccess,
     #[command(flatten)]
     pub openai: OpenAiArgs,
 }

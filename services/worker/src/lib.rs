@@ -139,6 +139,9 @@ pub async fn spawn(config: WorkerConfig) -> anyhow::Result<RunningWorker> {
     let metrics_handle = telemetry::install_metrics();
     let backend = backend(&config)?;
     let (options, connection) = protocol::connect::options(&config.node);
+    let options = config
+        .nats_access
+        .apply(protocol::access::Role::Worker, options)?;
     let client = options
         .connect(protocol::connect::seed_list(&config.nats_url))
         .await

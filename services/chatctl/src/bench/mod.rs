@@ -73,6 +73,10 @@ pub struct BenchArgs {
     /// NATS of the attached stack, for the raw NATS measures.
     #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
     pub nats_url: String,
+    /// The ops nkey (and CA) for the attached stack's NATS (`just up`:
+    /// `--nats-nkey-file run/credentials/ops.nk`).
+    #[command(flatten)]
+    pub nats_access: protocol::access::NatsAccess,
     /// Write the results as JSON here too.
     #[arg(long)]
     pub json_out: Option<PathBuf>,

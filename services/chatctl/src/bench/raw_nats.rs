@@ -8,6 +8,7 @@ use anyhow::{bail, Context};
 use async_nats::jetstream::{self, stream};
 use bytes::Bytes;
 use futures::StreamExt;
+use protocol::access::{NatsAccess, Role};
 use protocol::subjects;
 use tokio::sync::mpsc;
 
@@ -26,16 +27,20 @@ pub struct CoreRate {
 /// arrived.
 pub async fn core_pub_sub(
     nats_url: &str,
+    access: &NatsAccess,
     messages: u64,
     payload_bytes: usize,
 ) -> anyhow::Result<CoreRate> {
     let capacity = usize::try_from(messages).unwrap_or(usize::MAX).max(1024);
-    let subscriber = async_nats::ConnectOptions::new()
+    let subscriber = access
+        .apply(Role::Ops, async_nats::ConnectOptions::new())?
         .subscription_capacity(capacity.min(4 << 20))
         .connect(nats_url)
         .await
         .with_context(|| format!("connecting to {nats_url}"))?;
-    let publisher = async_nats::connect(nats_url)
+    let publisher = access
+        .apply(Role::Ops, async_nats::ConnectOptions::new())?
+        .connect(nats_url)
         .await
         .with_context(|| format!("connecting to {nats_url}"))?;
     let mut sub = subscriber.subscribe(subjects::BENCH_CORE_SUBJECT).await?;
@@ -79,11 +84,14 @@ pub async fn core_pub_sub(
 /// The stream is deleted afterwards.
 pub async fn jetstream_pipelined(
     nats_url: &str,
+    access: &NatsAccess,
     messages: u64,
     payload_bytes: usize,
     window: usize,
 ) -> anyhow::Result<f64> {
-    let client = async_nats::connect(nats_url)
+    let client = access
+        .apply(Role::Ops, async_nats::ConnectOptions::new())?
+        .connect(nats_url)
         .await
         .with_context(|| format!("connecting to {nats_url}"))?;
     let js = jetstream::new(client);

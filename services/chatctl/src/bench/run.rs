@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use protocol::access::NatsAccess;
 use stack::{Stack, StackOptions};
 
 use super::cpu::CpuSnapshot;
@@ -203,7 +204,10 @@ async fn own_stacks(args: &BenchArgs, s: &Settings, report: &mut Report) -> anyh
             s,
             report,
             &endpoint,
-            &stack.nats_url(),
+            (
+                &stack.nats_url(),
+                &stack.nats_security().access(protocol::access::Role::Ops),
+            ),
             &pids,
             &metrics,
         )
@@ -265,7 +269,8 @@ async fn attached(
     report.skip(format!(
         "attached to {url}: the workers' settings (pacing, chunk window) are whatever that stack runs"
     ));
-    common_phases(args, s, report, &endpoint, &args.nats_url, &pids, &[]).await?;
+    let nats = (args.nats_url.as_str(), &args.nats_access);
+    common_phases(args, s, report, &endpoint, nats, &pids, &[]).await?;
     if args.runs(Phase::Scaling) {
         report.skip("worker scaling: needs to stop workers (no --url)");
     }
@@ -285,14 +290,16 @@ async fn common_phases(
     s: &Settings,
     report: &mut Report,
     endpoint: &Endpoint,
-    nats_url: &str,
+    (nats_url, nats_access): (&str, &NatsAccess),
     gateway_pids: &[u32],
     gateway_metrics: &[String],
 ) -> anyhow::Result<Option<f64>> {
     let mut js_rate = None;
     if args.runs(Phase::Raw) {
         println!("raw NATS on {nats_url}");
-        let core = raw_nats::core_pub_sub(nats_url, s.core_messages, args.payload_bytes).await?;
+        let core =
+            raw_nats::core_pub_sub(nats_url, nats_access, s.core_messages, args.payload_bytes)
+                .await?;
         let mut row = Row::rate(
             format!("core NATS pub → sub, {} B, one process", args.payload_bytes),
             "msgs_per_sec",
@@ -307,6 +314,7 @@ async fn common_phases(
         let cpu_before = CpuSnapshot::take();
         let js = raw_nats::jetstream_pipelined(
             nats_url,
+            nats_access,
             s.js_messages,
             args.payload_bytes,
             args.js_window,

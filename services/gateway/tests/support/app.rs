@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 
 use async_nats::jetstream;
 use clap::Parser;
+use protocol::access::Role;
 use protocol::frames::SequencedEvent;
 use protocol::{subjects, SessionId};
 use serde_json::{json, Value};
@@ -78,7 +79,7 @@ impl TestAppBuilder {
         let nats = NatsServer::start().unwrap();
         let mut args = self.gateway_args;
         args.extend(self.layout_args.iter().cloned());
-        let gateway = spawn_gateway(&nats.url(), "gw-test", &args).await;
+        let gateway = spawn_gateway(&nats, "gw-test", &args).await;
         let mut app = TestApp {
             addr: gateway.addr(),
             gateway: Some(gateway),
@@ -99,6 +100,7 @@ impl TestAppBuilder {
                     ("--metrics-listen", "127.0.0.1:0".to_string()),
                 ];
                 let mut args = vec!["worker".to_string(), "--nats-url".into(), app.nats.url()];
+                args.extend(app.nats.access(Role::Worker).to_args());
                 for (flag, value) in defaults {
                     if !extra.iter().any(|a| a == flag) {
                         args.extend([flag.to_string(), value]);
@@ -117,16 +119,20 @@ impl TestAppBuilder {
 }
 
 /// The one place the tests build a gateway's configuration.
-async fn spawn_gateway(nats_url: &str, node: &str, extra: &[String]) -> gateway::RunningGateway {
+/// It connects with the gateway role's credentials, as a deployed one does.
+async fn spawn_gateway(nats: &NatsServer, node: &str, extra: &[String]) -> gateway::RunningGateway {
+    let url = nats.url();
+    let access = nats.access(Role::Gateway).to_args();
     let mut args = vec![
         "gateway",
         "--nats-url",
-        nats_url,
+        &url,
         "--listen",
         "127.0.0.1:0",
         "--node",
         node,
     ];
+    args.extend(access.iter().map(String::as_str));
     args.extend(extra.iter().map(String::as_str));
     gateway::spawn(gateway::GatewayConfig::parse_from(args))
         .await
@@ -154,7 +160,7 @@ impl TestApp {
 
     /// Another gateway on the same NATS, as behind a load balancer.
     pub async fn another_gateway(&self, node: &str) -> gateway::RunningGateway {
-        spawn_gateway(&self.nats.url(), node, &[]).await
+        spawn_gateway(&self.nats, node, &[]).await
     }
 
     /// Shuts the gateway down gracefully; the test's sockets see it happen.

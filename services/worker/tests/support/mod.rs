@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::{self, message::PublishMessage};
 use clap::Parser;
 use futures::StreamExt;
+use protocol::access::Role;
 use protocol::records::{ActiveMessage, SessionRecord, Turn};
 use protocol::setup::{ensure, Layout, LayoutConfig};
 use protocol::EventKind;
@@ -64,6 +65,8 @@ impl Harness {
             "--metrics-listen".into(),
             "127.0.0.1:0".into(),
         ];
+        // The worker role's credentials, as a deployed worker has.
+        args.extend(self.server.access(Role::Worker).to_args());
         args.extend(self.layout_args.iter().cloned());
         args.extend(extra.iter().map(|s| s.to_string()));
         worker::WorkerConfig::parse_from(std::iter::once("worker".to_string()).chain(args))
