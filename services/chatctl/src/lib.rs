@@ -6,19 +6,21 @@
 //! - [`verify`]: what a client saw against the session's stream;
 //! - [`faults`]: a seeded fault schedule;
 //! - [`recovery`]: the `recovery` subcommand;
-//! - [`cluster`]: `cluster up|down`, a 3-node NATS cluster left running.
+//! - [`cluster`]: `cluster up|down`, a 3-node NATS cluster left running;
+//! - [`layout`]: `layout apply|check`, the JetStream layout (operations' job).
 
 pub mod backoff;
 pub mod bench;
 pub mod client;
 pub mod cluster;
 pub mod faults;
+pub mod layout;
 pub mod recovery;
 pub mod verify;
 
 /// The tool's command line.
 #[derive(Debug, clap::Parser)]
-#[command(name = "chatctl", about = "Recovery runs against the chat backend")]
+#[command(name = "chatctl", about = "Operations and recovery runs for the chat backend")]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -39,6 +41,10 @@ pub enum Command {
     /// its own (network namespaces) where the machine allows it; state in
     /// run/cluster/.
     Cluster(cluster::ClusterArgs),
+    /// Apply (create or update) the JetStream layout, or check the server's
+    /// against this configuration (exit 1 on any difference). Same CHAT_*
+    /// flags and environment variables as the gateways and workers.
+    Layout(layout::LayoutArgs),
 }
 
 /// Runs a parsed command; the process exit code.
@@ -52,6 +58,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             cluster::run(args).await?;
             Ok(0)
         }
+        Command::Layout(args) => layout::run(args).await,
         Command::Recovery(args) => {
             let report = recovery::run(&args).await?;
             println!("{}", report.to_markdown());

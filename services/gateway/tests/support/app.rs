@@ -36,6 +36,9 @@ pub struct TestApp {
     pub addr: SocketAddr,
     pub http: reqwest::Client,
     worker: Option<RunningWorker>,
+    /// The layout flags the gateways and the worker got (and the layout
+    /// was applied with): another gateway gets them too.
+    layout_args: Vec<String>,
 }
 
 #[must_use]
@@ -78,13 +81,18 @@ impl TestAppBuilder {
         let nats = NatsServer::start().unwrap();
         let mut args = self.gateway_args;
         args.extend(self.layout_args.iter().cloned());
-        let gateway = spawn_gateway(&nats.url(), "gw-test", &args).await;
+        let config = gateway_config(&nats.url(), "gw-test", &args);
+        // Operations' step (`chatctl layout apply`): the gateway only verifies.
+        let js = jetstream::new(nats.connect().await.unwrap());
+        protocol::setup::ensure(&js, &config.layout).await.unwrap();
+        let gateway = gateway::spawn(config).await.unwrap();
         let mut app = TestApp {
             addr: gateway.addr(),
             gateway: Some(gateway),
             nats,
             http: reqwest::Client::new(),
             worker: None,
+            layout_args: self.layout_args.clone(),
         };
         app.worker = match self.worker {
             WorkerChoice::None => None,
@@ -117,7 +125,7 @@ impl TestAppBuilder {
 }
 
 /// The one place the tests build a gateway's configuration.
-async fn spawn_gateway(nats_url: &str, node: &str, extra: &[String]) -> gateway::RunningGateway {
+fn gateway_config(nats_url: &str, node: &str, extra: &[String]) -> gateway::GatewayConfig {
     let mut args = vec![
         "gateway",
         "--nats-url",
@@ -128,9 +136,7 @@ async fn spawn_gateway(nats_url: &str, node: &str, extra: &[String]) -> gateway:
         node,
     ];
     args.extend(extra.iter().map(String::as_str));
-    gateway::spawn(gateway::GatewayConfig::parse_from(args))
-        .await
-        .unwrap()
+    gateway::GatewayConfig::parse_from(args)
 }
 
 impl TestApp {
@@ -152,9 +158,11 @@ impl TestApp {
         ScriptedWorker::start(self.js().await, script).await
     }
 
-    /// Another gateway on the same NATS, as behind a load balancer.
+    /// Another gateway on the same NATS, as behind a load balancer (with
+    /// the same layout flags, so it verifies the layout the first one did).
     pub async fn another_gateway(&self, node: &str) -> gateway::RunningGateway {
-        spawn_gateway(&self.nats.url(), node, &[]).await
+        let config = gateway_config(&self.nats.url(), node, &self.layout_args);
+        gateway::spawn(config).await.unwrap()
     }
 
     /// Shuts the gateway down gracefully; the test's sockets see it happen.

@@ -8,7 +8,7 @@ use async_nats::jetstream::{self, message::PublishMessage};
 use clap::Parser;
 use futures::StreamExt;
 use protocol::records::{ActiveMessage, SessionRecord, Turn};
-use protocol::setup::{ensure, Layout, LayoutConfig};
+use protocol::setup::{ensure, Layout};
 use protocol::EventKind;
 use protocol::{
     sessions, stored, subjects, CancelNotice, ChatRequest, Event, MessageId, SessionId,
@@ -42,11 +42,9 @@ impl Harness {
             "--max-deliver".to_string(),
             max_deliver.to_string(),
         ];
-        let layout_config = LayoutConfig {
-            ack_wait_ms,
-            max_deliver,
-            ..Default::default()
-        };
+        // What a worker given these flags (and this process's environment)
+        // verifies, applied as operations would before it starts.
+        let layout_config = worker_config(&server.url(), &layout_args, &[]).layout;
         let layout = ensure(&js, &layout_config).await.unwrap();
         Self {
             server,
@@ -58,15 +56,7 @@ impl Harness {
     }
 
     pub fn worker_config(&self, extra: &[&str]) -> worker::WorkerConfig {
-        let mut args: Vec<String> = vec![
-            "--nats-url".into(),
-            self.server.url(),
-            "--metrics-listen".into(),
-            "127.0.0.1:0".into(),
-        ];
-        args.extend(self.layout_args.iter().cloned());
-        args.extend(extra.iter().map(|s| s.to_string()));
-        worker::WorkerConfig::parse_from(std::iter::once("worker".to_string()).chain(args))
+        worker_config(&self.server.url(), &self.layout_args, extra)
     }
 
     pub async fn spawn_worker(&self, extra: &[&str]) -> worker::RunningWorker {
@@ -243,6 +233,19 @@ impl Harness {
     pub async fn wait_queue_empty(&self) {
         wait_until(|| async { self.queued_jobs().await == 0 }).await;
     }
+}
+
+/// A worker's configuration: test defaults, the harness's layout flags, `extra`.
+fn worker_config(nats_url: &str, layout_args: &[String], extra: &[&str]) -> worker::WorkerConfig {
+    let mut args: Vec<String> = vec![
+        "--nats-url".into(),
+        nats_url.into(),
+        "--metrics-listen".into(),
+        "127.0.0.1:0".into(),
+    ];
+    args.extend(layout_args.iter().cloned());
+    args.extend(extra.iter().map(|s| s.to_string()));
+    worker::WorkerConfig::parse_from(std::iter::once("worker".to_string()).chain(args))
 }
 
 /// Polls `condition` until it holds; fails the test after [`WAIT`].
