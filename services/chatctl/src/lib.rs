@@ -20,7 +20,10 @@ pub mod verify;
 
 /// The tool's command line.
 #[derive(Debug, clap::Parser)]
-#[command(name = "chatctl", about = "Operations and recovery runs for the chat backend")]
+#[command(
+    name = "chatctl",
+    about = "Operations and recovery runs for the chat backend"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

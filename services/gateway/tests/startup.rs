@@ -15,9 +15,12 @@ async fn a_gateway_started_before_nats_comes_up_once_nats_does() {
     let mut nats = NatsServer::start().unwrap();
     // Operations applied the layout; the restarted server keeps its store.
     let js = async_nats::jetstream::new(nats.connect().await.unwrap());
-    protocol::setup::ensure(&js, &protocol::setup::LayoutConfig::from_env_overrides(&[]).unwrap())
-        .await
-        .unwrap();
+    protocol::setup::ensure(
+        &js,
+        &protocol::setup::LayoutConfig::from_env_overrides(&[]).unwrap(),
+    )
+    .await
+    .unwrap();
     drop(js);
     nats.kill(); // its port is known; nothing listens on it now
     let config = gateway::GatewayConfig::parse_from([

@@ -81,10 +81,7 @@ async fn each_differing_setting_is_named_with_both_values_and_its_variable() {
             "{expected:?} not among {drifts:#?}"
         );
         let message = error.to_string();
-        assert!(
-            message.ends_with("run chatctl layout apply"),
-            "{message}"
-        );
+        assert!(message.ends_with("run chatctl layout apply"), "{message}");
     }
     // Only the settings that differ: the default layout verifies clean.
     verify(&js, &LayoutConfig::default()).await.unwrap();
@@ -152,7 +149,11 @@ async fn apply_says_what_it_created_updated_or_left_alone() {
     let (_server, js) = server().await;
     let config = LayoutConfig::default();
     let first = apply(&js, &config).await.unwrap();
-    assert_eq!(first.parts.len(), 6, "four streams, the consumer, the bucket");
+    assert_eq!(
+        first.parts.len(),
+        6,
+        "four streams, the consumer, the bucket"
+    );
     assert!(
         first.parts.iter().all(|p| p.change == Change::Created),
         "{:?}",

@@ -54,7 +54,7 @@ pub(crate) struct Launcher {
     pub(crate) logs: PathBuf,
     pub(crate) env: Vec<(String, String)>,
     /// Starts tried before giving up: more than one against a cluster, where
-    /// creating R3 streams can time out while it settles or a node is down.
+    /// reading the R3 layout can time out while it settles or a node is down.
     pub(crate) attempts: usize,
 }
 

@@ -74,7 +74,9 @@ pub async fn apply(js: &jetstream::Context, config: &LayoutConfig) -> Result<App
             .await
             .map_err(failed(stream_part(&name)))?;
         parts.push(PartOutcome::new(stream_part(&name), before));
-        js.get_stream(&name).await.map_err(failed(stream_part(&name)))
+        js.get_stream(&name)
+            .await
+            .map_err(failed(stream_part(&name)))
     }
 
     let mut parts = Vec::new();

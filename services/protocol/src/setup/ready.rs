@@ -6,6 +6,7 @@
 //! cannot change (a refused configuration, a layout that differs) is
 //! returned at once.
 
+use std::future::Future;
 use std::time::Duration;
 
 use async_nats::jetstream;
@@ -28,10 +29,7 @@ pub async fn apply_when_ready(
     config: &LayoutConfig,
     patience: Duration,
 ) -> Result<Applied, SetupError> {
-    when_ready(js, patience, "setting up the layout", async || {
-        apply(js, config).await
-    })
-    .await
+    when_ready(js, patience, "setting up the layout", || apply(js, config)).await
 }
 
 /// [`apply_when_ready`], for callers that only need the layout.
@@ -52,10 +50,7 @@ pub async fn verify_when_ready(
     config: &LayoutConfig,
     patience: Duration,
 ) -> Result<Layout, LayoutError> {
-    when_ready(js, patience, "reading the layout", async || {
-        verify(js, config).await
-    })
-    .await
+    when_ready(js, patience, "reading the layout", || verify(js, config)).await
 }
 
 /// An error of the layout step that says whether trying again may help.
@@ -119,11 +114,11 @@ impl std::fmt::Display for Waiting {
 
 /// Runs `step` once the connection and JetStream answer, retrying with a
 /// growing pause while NATS is not ready; `doing` names the step in logs.
-async fn when_ready<T, E: Retry>(
+async fn when_ready<T, E: Retry, Step: Future<Output = Result<T, E>>>(
     js: &jetstream::Context,
     patience: Duration,
     doing: &str,
-    step: impl AsyncFn() -> Result<T, E>,
+    step: impl Fn() -> Step,
 ) -> Result<T, E> {
     let deadline = tokio::time::Instant::now() + patience;
     let mut pause = SETUP_RETRY_FIRST;

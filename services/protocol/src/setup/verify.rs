@@ -230,8 +230,16 @@ pub(super) fn stream_drift(server: &stream::Config, here: &stream::Config) -> Ve
         _ => dead_set_by,
     };
     let mut c = Comparison::new(stream_part(&here.name), set_by);
-    c.setting("subjects", server.subjects.join(", "), here.subjects.join(", "));
-    c.setting("retention", named(&server.retention), named(&here.retention));
+    c.setting(
+        "subjects",
+        server.subjects.join(", "),
+        here.subjects.join(", "),
+    );
+    c.setting(
+        "retention",
+        named(&server.retention),
+        named(&here.retention),
+    );
     c.setting("storage", named(&server.storage), named(&here.storage));
     c.setting("max_age", age(server.max_age), age(here.max_age));
     c.setting("max_bytes", limit(server.max_bytes), limit(here.max_bytes));
@@ -285,13 +293,21 @@ pub(super) fn consumer_drift(server: &consumer::Config, here: &pull::Config) -> 
         named(&server.deliver_policy),
         named(&here.deliver_policy),
     );
-    c.setting("ack_wait", duration(server.ack_wait), duration(here.ack_wait));
+    c.setting(
+        "ack_wait",
+        duration(server.ack_wait),
+        duration(here.ack_wait),
+    );
     c.setting(
         "max_deliver",
         limit(server.max_deliver),
         limit(here.max_deliver),
     );
-    c.setting("backoff", durations(&server.backoff), durations(&here.backoff));
+    c.setting(
+        "backoff",
+        durations(&server.backoff),
+        durations(&here.backoff),
+    );
     // Zero asks for the server's default, which the server fills in.
     if here.max_ack_pending != 0 {
         c.setting(
@@ -465,7 +481,10 @@ mod tests {
         for expected in [config.requests_stream(), config.dead_stream()] {
             // The server reports a limit left at zero as -1.
             let mut server = expected.clone();
-            for limit in [&mut server.max_messages, &mut server.max_messages_per_subject] {
+            for limit in [
+                &mut server.max_messages,
+                &mut server.max_messages_per_subject,
+            ] {
                 if *limit == 0 {
                     *limit = -1;
                 }
