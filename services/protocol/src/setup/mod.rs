@@ -29,7 +29,7 @@ use crate::subjects;
 
 /// Why the layout could not be set up or read: which part, and what NATS said.
 #[derive(Debug, thiserror::Error)]
-#[error("setting up {part}: {source}")]
+#[error("JetStream layout, {part}: {source}")]
 pub struct SetupError {
     part: String,
     source: async_nats::Error,
