@@ -51,6 +51,11 @@ prerequisites:
 test-web:
     if [ -f web/package.json ]; then NATS_SERVER_BIN="$(scripts/nats-server-path.sh)" scripts/test-web.sh; else echo "no web/package.json: skipping web tests"; fi
 
+# Apply the JetStream layout, or check the server's for drift (exit 1): just layout apply|check [--nats-url URL] [CHAT_* flags]
+layout action="check" *args:
+    cargo build --release -p chatctl
+    target/release/chatctl layout {{action}} {{args}}
+
 # Run `chatctl recovery` (arguments passed through; see its --help; --cluster for the 3-node cluster faults)
 recovery *args:
     cargo build --release -p gateway -p worker -p chatctl

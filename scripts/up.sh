@@ -2,7 +2,10 @@
 # Starts the whole system on this machine, each part a process with its pid
 # file and log under run/: nats-server (JetStream), GATEWAYS gateways, WORKERS
 # workers and Nginx in front, then waits until http://127.0.0.1:NGINX_PORT/health
-# answers. Already up: says so and exits 0.
+# answers. Already up: says so and exits 0. Before any service starts, it
+# applies the JetStream layout (`chatctl layout apply`, log in
+# run/logs/layout.log): the services only verify it and refuse to start when
+# it differs from their CHAT_* settings.
 #
 #   scripts/up.sh [GATEWAYS] [WORKERS] [--model demo|local]
 #
@@ -17,13 +20,14 @@
 # GATEWAY_BASE_PORT=3001 WORKER_METRICS_BASE_PORT=9101 NATS_PORT=4222
 # NATS_MONITOR_PORT=8222 UP_TIMEOUT_SECS=60 BUILD_PROFILE=release
 # SKIP_BUILD=1 (use the binaries already built) SKIP_WEB_BUILD=1
-# CHAT_BIN_DIR (where gateway and worker are; default target/BUILD_PROFILE).
+# CHAT_BIN_DIR (where gateway, worker and chatctl are; default target/BUILD_PROFILE).
 # NATS_URL set: use that NATS (e.g. the 3-node cluster) and start none.
 # NATS_SYNC_INTERVAL (120s): how often the started nats-server fsyncs
 # JetStream files (`sync_interval`; `always` = before every ack; README,
 # "Durability"); a duration in seconds form ("120s", "10s") or "always".
 # Every other variable (CHAT_*, WORKER_*, GATEWAY_*, DEMO_*, OPENAI_*,
-# RUST_LOG, LOG_FORMAT, OTEL_*) reaches the gateways and workers as is.
+# RUST_LOG, LOG_FORMAT, OTEL_*) reaches the gateways and workers as is (and
+# CHAT_* the layout step too).
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -137,7 +141,7 @@ if [ "${SKIP_BUILD:-0}" != 1 ]; then
     (cd "$root" && cargo build "${flag[@]}" "${packages[@]}")
 fi
 bin_dir="${CHAT_BIN_DIR:-$root/target/$profile}"
-for b in gateway worker; do
+for b in gateway worker chatctl; do
     if [ ! -x "$bin_dir/$b" ]; then
         echo "up: $bin_dir/$b is missing (build failed or SKIP_BUILD=1 without a build)" >&2
         exit 1
@@ -214,6 +218,12 @@ else
     nats_url="$NATS_URL"
     say "using NATS at $nats_url"
 fi
+
+# The layout is operations' job: applied here with the same CHAT_* settings
+# the services get; they only verify it at start.
+"$bin_dir/chatctl" layout apply --nats-url "$nats_url" >"$logs/layout.log" 2>&1 ||
+    fail "chatctl layout apply could not set up the JetStream layout" "$logs/layout.log"
+say "JetStream layout applied ($(grep -c ': created' "$logs/layout.log" || true) part(s) created, $(grep -c ': updated' "$logs/layout.log" || true) updated; $logs/layout.log)"
 
 gateway_ports=()
 for ((i = 1; i <= gateways; i++)); do

@@ -8,6 +8,7 @@
 //! - [`recovery`]: the `recovery` subcommand;
 //! - [`cluster`]: `cluster up|down`, a 3-node NATS cluster left running;
 //! - [`credentials`]: the NATS credentials (and TLS files) in run/.
+//! - [`layout`]: `layout apply|check`, the JetStream layout (operations' job).
 
 pub mod backoff;
 pub mod bench;
@@ -15,12 +16,16 @@ pub mod client;
 pub mod cluster;
 pub mod credentials;
 pub mod faults;
+pub mod layout;
 pub mod recovery;
 pub mod verify;
 
 /// The tool's command line.
 #[derive(Debug, clap::Parser)]
-#[command(name = "chatctl", about = "Recovery runs against the chat backend")]
+#[command(
+    name = "chatctl",
+    about = "Operations and recovery runs for the chat backend"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -44,6 +49,10 @@ pub enum Command {
     /// Make the NATS credentials (an nkey per role, the routes' password;
     /// a local CA with --tls) if missing, and render a server config.
     Credentials(credentials::CredentialsArgs),
+    /// Apply (create or update) the JetStream layout, or check the server's
+    /// against this configuration (exit 1 on any difference). Same CHAT_*
+    /// flags and environment variables as the gateways and workers.
+    Layout(layout::LayoutArgs),
 }
 
 /// Runs a parsed command; the process exit code.
@@ -61,6 +70,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             credentials::run(args)?;
             Ok(0)
         }
+        Command::Layout(args) => layout::run(args).await,
         Command::Recovery(args) => {
             let report = recovery::run(&args).await?;
             println!("{}", report.to_markdown());

@@ -156,7 +156,7 @@ impl RunningGateway {
     }
 }
 
-/// Connects to NATS, sets up the layout, and serves on `config.listen`.
+/// Connects to NATS, verifies the layout, and serves on `config.listen`.
 pub async fn spawn(config: GatewayConfig) -> anyhow::Result<RunningGateway> {
     let metrics_handle = telemetry::install_metrics();
     metrics::register();
@@ -170,8 +170,10 @@ pub async fn spawn(config: GatewayConfig) -> anyhow::Result<RunningGateway> {
         .await
         .with_context(|| format!("connecting to {}", config.nats_url))?;
     let js = jetstream::new(client.clone());
+    // Operations own the layout (`chatctl layout apply`): a service only
+    // reads it, and refuses to start on one that differs from its flags.
     let layout =
-        protocol::setup::ensure_when_ready(&js, &config.layout, protocol::setup::SETUP_PATIENCE)
+        protocol::setup::verify_when_ready(&js, &config.layout, protocol::setup::SETUP_PATIENCE)
             .await?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

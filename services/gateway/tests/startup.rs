@@ -13,6 +13,16 @@ use support::WAIT;
 #[tokio::test]
 async fn a_gateway_started_before_nats_comes_up_once_nats_does() {
     let mut nats = NatsServer::start().unwrap();
+    // Operations applied the layout; the restarted server keeps its store.
+    let ops = nats.connect_as(protocol::access::Role::Ops).await.unwrap();
+    let js = async_nats::jetstream::new(ops);
+    protocol::setup::ensure(
+        &js,
+        &protocol::setup::LayoutConfig::from_env_overrides(&[]).unwrap(),
+    )
+    .await
+    .unwrap();
+    drop(js);
     nats.kill(); // its port is known; nothing listens on it now
     let access = nats.access(protocol::access::Role::Gateway).to_args();
     let url = nats.url();

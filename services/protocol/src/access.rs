@@ -116,7 +116,7 @@ pub fn permissions(role: Role) -> Permissions {
             }
         }
         // Pulls and acks jobs of the workers consumer; stores events, turns
-        // and dead letters; reads a session's turns (the conversation a
+        // and dead letters; claims a job it took over; reads a session's turns (the conversation a
         // model gets) and events (the answer's fence); hears cancels and the
         // max-deliveries advisory.
         Role::Worker => {
@@ -125,8 +125,15 @@ pub fn permissions(role: Role) -> Permissions {
                 subjects::EVENTS_ALL.to_string(),
                 subjects::HISTORY_ALL.to_string(),
                 subjects::DEAD_ALL.to_string(),
+                // A claim: a worker that takes over a job tells the one
+                // that lost it (and still runs it) to stop.
+                subjects::CANCEL_ALL.to_string(),
                 subjects::consumer_next(subjects::REQUESTS_STREAM, subjects::WORKERS_CONSUMER),
                 subjects::acks(subjects::REQUESTS_STREAM, subjects::WORKERS_CONSUMER),
+                // Dead-lettering: read the exhausted job by its sequence,
+                // then delete it from the queue (one message, never the stream).
+                subjects::stream_message_get(subjects::REQUESTS_STREAM),
+                subjects::stream_message_delete(subjects::REQUESTS_STREAM),
             ]);
             publish.extend(direct_gets(subjects::EVENTS_STREAM));
             publish.extend(direct_gets(subjects::HISTORY_STREAM));

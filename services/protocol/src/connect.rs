@@ -76,7 +76,7 @@ impl ConnectionWatch {
 /// Connect options of every service, named `name` (shown in the server's
 /// `/connz`), and the watch of its connection losses. The first connect
 /// retries too: a service started before NATS (or before a cluster has
-/// formed) waits for it instead of exiting; `setup::ensure_when_ready`
+/// formed) waits for it instead of exiting; `setup::verify_when_ready`
 /// says what it waits for.
 pub fn options(name: &str) -> (ConnectOptions, ConnectionWatch) {
     let (lost, losses) = watch::channel(0u64);

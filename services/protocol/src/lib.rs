@@ -1,7 +1,7 @@
 //! The contract of the chat backend: what travels on the wire between
 //! browsers and gateways ([`frames`]), what is stored in JetStream
 //! ([`events`], [`records`]), every NATS name ([`subjects`]) and the
-//! JetStream layout with its one idempotent setup function ([`setup`]).
+//! JetStream layout, applied by operations and verified by services ([`setup`]).
 //!
 //! Nothing else in the workspace spells a subject, a stream name or a wire
 //! type: it comes from here.

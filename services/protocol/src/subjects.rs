@@ -123,6 +123,16 @@ pub fn stream_info(stream: &str) -> String {
     format!("$JS.API.STREAM.INFO.{stream}")
 }
 
+/// Reads one stored message by its sequence (not a direct get).
+pub fn stream_message_get(stream: &str) -> String {
+    format!("$JS.API.STREAM.MSG.GET.{stream}")
+}
+
+/// Deletes one stored message by its sequence.
+pub fn stream_message_delete(stream: &str) -> String {
+    format!("$JS.API.STREAM.MSG.DELETE.{stream}")
+}
+
 /// The info request of a consumer.
 pub fn consumer_info(stream: &str, consumer: &str) -> String {
     format!("$JS.API.CONSUMER.INFO.{stream}.{consumer}")

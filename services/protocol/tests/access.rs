@@ -199,7 +199,7 @@ async fn the_worker_does_its_work_and_nothing_more() {
     let mut worker = connect(&nats, Role::Worker).await;
     let js = worker.js();
     // Allowed: pull the job from the workers consumer and ack it, store
-    // an event, a turn and a dead letter, hear cancels.
+    // an event, a turn and a dead letter, hear cancels and claim a job.
     let consumer: jetstream::consumer::Consumer<pull::Config> = js
         .get_stream(subjects::REQUESTS_STREAM)
         .await
@@ -228,6 +228,12 @@ async fn the_worker_does_its_work_and_nothing_more() {
             .unwrap();
     }
     let _cancels = worker.client.subscribe(subjects::CANCEL_ALL).await.unwrap();
+    // A claim of a job it took over goes out on the cancel subject.
+    worker
+        .client
+        .publish(subjects::cancel(session), "{}".into())
+        .await
+        .unwrap();
     worker.client.flush().await.unwrap();
     worker.no_violation_yet();
 
@@ -244,7 +250,6 @@ async fn the_worker_does_its_work_and_nothing_more() {
         format!("$JS.API.STREAM.PURGE.{}", subjects::kv_stream()),
         subjects::requests(session),
         subjects::revoked(session),
-        subjects::cancel(session),
     ] {
         worker.refused_publish(&subject).await;
     }

@@ -14,6 +14,7 @@
 //! - `services` (inside): our `gateway` and `worker` binaries as processes.
 //! - `process` (inside): a child process's lifecycle: ready line, SIGTERM,
 //!   SIGKILL, kill on drop.
+//! - [`layout`]: the JetStream layout applied before services start.
 //! - [`http`]: GETs on loopback URLs (health, metrics, REST) with reqwest.
 //! - [`otlp`]: an OTLP/gRPC receiver keeping the spans services export.
 //! - [`project`], [`ports`]: where the binaries and project files are; free ports.
@@ -21,6 +22,7 @@
 pub mod cluster;
 pub mod hosts;
 pub mod http;
+pub mod layout;
 pub mod local_model;
 pub mod nats;
 pub mod nginx;

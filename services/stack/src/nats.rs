@@ -203,6 +203,11 @@ fn spawn(root: &Path, port: Option<u16>) -> anyhow::Result<(Child, u16, u16)> {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            // A refused subject is worth seeing in a failing test's output:
+            // which role needed what.
+            if line.contains("Violation") {
+                eprintln!("nats-server: {line}");
+            }
             if tx.send(line).is_err() {
                 // Nobody listens any more; keep draining so the server never
                 // blocks on a full pipe.

@@ -64,7 +64,7 @@ pub(crate) struct Launcher {
     /// Each service gets its role's nkey (and the CA with TLS).
     pub(crate) security: credentials::NatsSecurity,
     /// Starts tried before giving up: more than one against a cluster, where
-    /// creating R3 streams can time out while it settles or a node is down.
+    /// reading the R3 layout can time out while it settles or a node is down.
     pub(crate) attempts: usize,
 }
 

@@ -103,7 +103,9 @@ fn host_last_octet(role: Role, index: usize) -> u8 {
 }
 
 impl Stack {
-    /// Starts nats-server, the gateways and workers (in parallel), then
+    /// Starts nats-server, applies the layout the services' environment
+    /// configures (as `chatctl layout apply` does for `just up`), starts the
+    /// gateways and workers (in parallel), then
     /// Nginx with the gateways as upstreams, and returns once `/health`
     /// answers 200 through Nginx (or through every gateway without Nginx).
     pub async fn start(options: StackOptions) -> anyhow::Result<Self> {
@@ -132,6 +134,8 @@ impl Stack {
             }
         };
         env.extend(options.env.iter().cloned());
+        let ops = nats.security().access(protocol::access::Role::Ops);
+        crate::layout::apply_for_services(&nats.url(), &ops, &env).await?;
         let launcher = Launcher {
             bin_dir,
             logs: logs.clone(),
@@ -151,21 +155,13 @@ impl Stack {
                 })
                 .collect()
         };
-        let mut gateway_hosts = hosts(Role::Gateway, options.gateways)?.into_iter();
+        let gateway_hosts = hosts(Role::Gateway, options.gateways)?;
         let worker_hosts = hosts(Role::Worker, options.workers)?;
-        // Against a cluster, one gateway creates the R3 layout first: six
-        // processes creating R3 streams at once time out while it settles.
-        let mut first = Vec::new();
-        if options.cluster.is_some() {
-            if let Some(host) = gateway_hosts.next() {
-                first.push(launcher.start(Role::Gateway, 0, &url, 0, host).await?);
-            }
-        }
-        let skip = first.len();
         let gateways = futures::future::try_join_all(
             gateway_hosts
+                .into_iter()
                 .enumerate()
-                .map(|(i, host)| launcher.start(Role::Gateway, i + skip, &url, 0, host)),
+                .map(|(i, host)| launcher.start(Role::Gateway, i, &url, 0, host)),
         );
         let workers = futures::future::try_join_all(
             worker_hosts
@@ -173,9 +169,7 @@ impl Stack {
                 .enumerate()
                 .map(|(i, host)| launcher.start(Role::Worker, i, &url, 0, host)),
         );
-        let (more_gateways, workers) = futures::future::try_join(gateways, workers).await?;
-        first.extend(more_gateways);
-        let gateways = first;
+        let (gateways, workers) = futures::future::try_join(gateways, workers).await?;
         let mut stack = Stack {
             launcher,
             gateways,

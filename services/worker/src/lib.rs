@@ -134,7 +134,7 @@ fn backend(config: &WorkerConfig) -> anyhow::Result<Arc<dyn ModelBackend>> {
     })
 }
 
-/// Connects, sets up the layout, and starts pulling jobs.
+/// Connects, verifies the layout, and starts pulling jobs.
 pub async fn spawn(config: WorkerConfig) -> anyhow::Result<RunningWorker> {
     let metrics_handle = telemetry::install_metrics();
     let backend = backend(&config)?;
@@ -147,8 +147,10 @@ pub async fn spawn(config: WorkerConfig) -> anyhow::Result<RunningWorker> {
         .await
         .with_context(|| format!("connecting to {}", config.nats_url))?;
     let js = jetstream::new(client.clone());
+    // Operations own the layout (`chatctl layout apply`): a service only
+    // reads it, and refuses to start on one that differs from its flags.
     let layout =
-        protocol::setup::ensure_when_ready(&js, &config.layout, protocol::setup::SETUP_PATIENCE)
+        protocol::setup::verify_when_ready(&js, &config.layout, protocol::setup::SETUP_PATIENCE)
             .await?;
     let consumer = protocol::setup::workers_consumer(&layout).await?;
     let depth_consumer = consumer.clone();

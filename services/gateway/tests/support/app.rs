@@ -37,6 +37,9 @@ pub struct TestApp {
     pub addr: SocketAddr,
     pub http: reqwest::Client,
     worker: Option<RunningWorker>,
+    /// The layout flags the gateways and the worker got (and the layout
+    /// was applied with): another gateway gets them too.
+    layout_args: Vec<String>,
 }
 
 #[must_use]
@@ -79,13 +82,18 @@ impl TestAppBuilder {
         let nats = NatsServer::start().unwrap();
         let mut args = self.gateway_args;
         args.extend(self.layout_args.iter().cloned());
-        let gateway = spawn_gateway(&nats, "gw-test", &args).await;
+        let config = gateway_config(&nats, "gw-test", &args);
+        // Operations' step (`chatctl layout apply`): the gateway only verifies.
+        let js = jetstream::new(nats.connect_as(Role::Ops).await.unwrap());
+        protocol::setup::ensure(&js, &config.layout).await.unwrap();
+        let gateway = gateway::spawn(config).await.unwrap();
         let mut app = TestApp {
             addr: gateway.addr(),
             gateway: Some(gateway),
             nats,
             http: reqwest::Client::new(),
             worker: None,
+            layout_args: self.layout_args.clone(),
         };
         app.worker = match self.worker {
             WorkerChoice::None => None,
@@ -120,7 +128,7 @@ impl TestAppBuilder {
 
 /// The one place the tests build a gateway's configuration.
 /// It connects with the gateway role's credentials, as a deployed one does.
-async fn spawn_gateway(nats: &NatsServer, node: &str, extra: &[String]) -> gateway::RunningGateway {
+fn gateway_config(nats: &NatsServer, node: &str, extra: &[String]) -> gateway::GatewayConfig {
     let url = nats.url();
     let access = nats.access(Role::Gateway).to_args();
     let mut args = vec![
@@ -134,9 +142,7 @@ async fn spawn_gateway(nats: &NatsServer, node: &str, extra: &[String]) -> gatew
     ];
     args.extend(access.iter().map(String::as_str));
     args.extend(extra.iter().map(String::as_str));
-    gateway::spawn(gateway::GatewayConfig::parse_from(args))
-        .await
-        .unwrap()
+    gateway::GatewayConfig::parse_from(args)
 }
 
 impl TestApp {
@@ -158,9 +164,11 @@ impl TestApp {
         ScriptedWorker::start(self.js().await, script).await
     }
 
-    /// Another gateway on the same NATS, as behind a load balancer.
+    /// Another gateway on the same NATS, as behind a load balancer (with
+    /// the same layout flags, so it verifies the layout the first one did).
     pub async fn another_gateway(&self, node: &str) -> gateway::RunningGateway {
-        spawn_gateway(&self.nats, node, &[]).await
+        let config = gateway_config(&self.nats, node, &self.layout_args);
+        gateway::spawn(config).await.unwrap()
     }
 
     /// Shuts the gateway down gracefully; the test's sockets see it happen.

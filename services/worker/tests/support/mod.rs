@@ -9,7 +9,7 @@ use clap::Parser;
 use futures::StreamExt;
 use protocol::access::Role;
 use protocol::records::{ActiveMessage, SessionRecord, Turn};
-use protocol::setup::{ensure, Layout, LayoutConfig};
+use protocol::setup::{ensure, Layout};
 use protocol::EventKind;
 use protocol::{
     sessions, stored, subjects, CancelNotice, ChatRequest, Event, MessageId, SessionId,
@@ -43,12 +43,11 @@ impl Harness {
             "--max-deliver".to_string(),
             max_deliver.to_string(),
         ];
-        let layout_config = LayoutConfig {
-            ack_wait_ms,
-            max_deliver,
-            ..Default::default()
-        };
-        let layout = ensure(&js, &layout_config).await.unwrap();
+        // What a worker given these flags (and this process's environment)
+        // verifies, applied as operations would before it starts.
+        let layout_config = worker_config(&server.url(), &layout_args, &[]).layout;
+        let ops = jetstream::new(server.connect_as(Role::Ops).await.unwrap());
+        let layout = ensure(&ops, &layout_config).await.unwrap();
         Self {
             server,
             client,
@@ -59,17 +58,11 @@ impl Harness {
     }
 
     pub fn worker_config(&self, extra: &[&str]) -> worker::WorkerConfig {
-        let mut args: Vec<String> = vec![
-            "--nats-url".into(),
-            self.server.url(),
-            "--metrics-listen".into(),
-            "127.0.0.1:0".into(),
-        ];
         // The worker role's credentials, as a deployed worker has.
-        args.extend(self.server.access(Role::Worker).to_args());
-        args.extend(self.layout_args.iter().cloned());
-        args.extend(extra.iter().map(|s| s.to_string()));
-        worker::WorkerConfig::parse_from(std::iter::once("worker".to_string()).chain(args))
+        let mut extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        extra.extend(self.server.access(Role::Worker).to_args());
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        worker_config(&self.server.url(), &self.layout_args, &extra)
     }
 
     pub async fn spawn_worker(&self, extra: &[&str]) -> worker::RunningWorker {
@@ -246,6 +239,19 @@ impl Harness {
     pub async fn wait_queue_empty(&self) {
         wait_until(|| async { self.queued_jobs().await == 0 }).await;
     }
+}
+
+/// A worker's configuration: test defaults, the harness's layout flags, `extra`.
+fn worker_config(nats_url: &str, layout_args: &[String], extra: &[&str]) -> worker::WorkerConfig {
+    let mut args: Vec<String> = vec![
+        "--nats-url".into(),
+        nats_url.into(),
+        "--metrics-listen".into(),
+        "127.0.0.1:0".into(),
+    ];
+    args.extend(layout_args.iter().cloned());
+    args.extend(extra.iter().map(|s| s.to_string()));
+    worker::WorkerConfig::parse_from(std::iter::once("worker".to_string()).chain(args))
 }
 
 /// Polls `condition` until it holds; fails the test after [`WAIT`].

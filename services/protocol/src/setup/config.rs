@@ -1,17 +1,15 @@
-//! The JetStream layout (README.md, "Architecture"; `nats/*.json` is the same
-//! layout as files for the `nats` CLI) and the one idempotent
-//! function that creates or updates it. Gateways and workers both call
-//! [`ensure`] at start, with the same [`LayoutConfig`] read from the same
-//! flags and environment variables, so whichever starts first builds it.
+//! What the layout is made of: [`LayoutConfig`], read from the same flags
+//! and environment variables by every service and by `chatctl layout`, and
+//! the stream, consumer and bucket configurations it gives.
 
 use std::time::Duration;
 
 use async_nats::jetstream::{
-    self,
     consumer::{pull, AckPolicy, DeliverPolicy},
     kv,
     stream::{self, DiscardPolicy, Republish, RetentionPolicy, StorageType},
 };
+use clap::{Args, FromArgMatches};
 
 use crate::subjects;
 
@@ -76,7 +74,6 @@ pub struct LayoutConfig {
 /// flags and what tests (and `nats/*.json`) are built from cannot drift.
 impl Default for LayoutConfig {
     fn default() -> Self {
-        use clap::{Args, FromArgMatches};
         let command =
             Self::augment_args(clap::Command::new("layout-defaults")).mut_args(|arg| arg.env(None));
         command
@@ -89,6 +86,38 @@ impl Default for LayoutConfig {
 }
 
 impl LayoutConfig {
+    /// The configuration a service reads when it is started with `pairs`
+    /// added to this process's environment (the last pair of a name wins).
+    /// The test harnesses apply the layout with it before they start
+    /// services with those variables, so that what they apply is what the
+    /// services verify.
+    pub fn from_env_overrides(pairs: &[(String, String)]) -> Result<Self, clap::Error> {
+        let command = Self::augment_args(clap::Command::new("layout"));
+        let mut args = vec!["layout".to_string()];
+        for arg in command.get_arguments() {
+            let (Some(env), Some(long)) = (arg.get_env(), arg.get_long()) else {
+                continue;
+            };
+            if let Some((_, value)) = pairs.iter().rev().find(|(name, _)| env == name.as_str()) {
+                args.push(format!("--{long}={value}"));
+            }
+        }
+        let matches = command.try_get_matches_from(args)?;
+        Self::from_arg_matches(&matches)
+    }
+
+    /// The environment variable of the field `id` (e.g.
+    /// `replay_window_secs` → `CHAT_REPLAY_WINDOW_SECS`), read from the
+    /// flag definitions so a drift message names what an operator sets.
+    pub fn env_name(id: &str) -> String {
+        Self::augment_args(clap::Command::new("layout"))
+            .get_arguments()
+            .find(|arg| arg.get_id() == id)
+            .and_then(|arg| arg.get_env())
+            .map(|env| env.to_string_lossy().into_owned())
+            .unwrap_or_else(|| id.to_string())
+    }
+
     /// How long an accepted message counts as in flight in its session's
     /// record: exactly the dedup window. A retry of a message the record
     /// holds as in flight is published again, and only JetStream's dedup
@@ -226,190 +255,9 @@ impl LayoutConfig {
     }
 }
 
-/// Why the layout could not be set up: which part, and what NATS said.
-#[derive(Debug, thiserror::Error)]
-#[error("setting up {part}: {source}")]
-pub struct SetupError {
-    part: String,
-    source: async_nats::Error,
-}
-
-fn failed<E: Into<async_nats::Error>>(part: impl Into<String>) -> impl FnOnce(E) -> SetupError {
-    let part = part.into();
-    move |e| SetupError {
-        part,
-        source: e.into(),
-    }
-}
-
-/// The parts of the layout a service works with once it is set up.
-#[derive(Clone)]
-pub struct Layout {
-    pub requests: stream::Stream,
-    pub events: stream::Stream,
-    pub history: stream::Stream,
-    pub dead: stream::Stream,
-    pub sessions: kv::Store,
-}
-
-/// Creates every stream, the consumer and the KV bucket, or updates them to
-/// `config` when they exist. Running it twice gives the same result.
-pub async fn ensure(js: &jetstream::Context, config: &LayoutConfig) -> Result<Layout, SetupError> {
-    async fn stream(
-        js: &jetstream::Context,
-        config: stream::Config,
-    ) -> Result<stream::Stream, SetupError> {
-        let name = config.name.clone();
-        js.create_or_update_stream(config)
-            .await
-            .map_err(failed(format!("stream {name}")))?;
-        js.get_stream(&name)
-            .await
-            .map_err(failed(format!("stream {name}")))
-    }
-
-    let requests = stream(js, config.requests_stream()).await?;
-    let events = stream(js, config.events_stream()).await?;
-    let history = stream(js, config.history_stream()).await?;
-    let dead = stream(js, config.dead_stream()).await?;
-    requests
-        .create_consumer(config.workers_consumer())
-        .await
-        .map_err(failed(format!("consumer {}", subjects::WORKERS_CONSUMER)))?;
-    let sessions = js
-        .create_or_update_key_value(config.sessions_bucket())
-        .await
-        .map_err(failed(format!("KV bucket {}", subjects::SESSIONS_BUCKET)))?;
-    Ok(Layout {
-        requests,
-        events,
-        history,
-        dead,
-        sessions,
-    })
-}
-
-/// How long [`ensure_when_ready`] waits by default: long enough for a
-/// cluster that is still electing its leaders, short enough that a wrong
-/// `NATS_URL` is reported while someone is still watching.
-pub const SETUP_PATIENCE: Duration = Duration::from_secs(60);
-/// The first pause between tries of the layout step; it doubles...
-const SETUP_RETRY_FIRST: Duration = Duration::from_millis(100);
-/// ...up to this.
-const SETUP_RETRY_MAX: Duration = Duration::from_secs(2);
-
-/// What the layout step waits for, in the order it needs them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Waiting {
-    /// A connection to any server of the seed list.
-    Connection,
-    /// JetStream answering for the account: on a cluster, a meta leader.
-    JetStream,
-    /// The streams, consumer and bucket created or updated (each R3 stream
-    /// needs a leader elected among its peers).
-    Layout,
-}
-
-impl std::fmt::Display for Waiting {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Waiting::Connection => "a connection to NATS",
-            Waiting::JetStream => "JetStream (on a cluster: its meta leader)",
-            Waiting::Layout => "the streams and the bucket (on a cluster: their leaders)",
-        })
-    }
-}
-
-/// [`ensure`], for a service starting next to NATS: waits for the
-/// connection, then for JetStream (a cluster that is still forming has no
-/// meta leader and times requests out), then retries the layout step with a
-/// growing pause while NATS answers "not yet" (time-outs, no responders,
-/// no leader), saying each time what it waits for. Gives up after
-/// `patience` with the last error; an error that retrying cannot fix (a
-/// refused configuration) is returned at once.
-pub async fn ensure_when_ready(
-    js: &jetstream::Context,
-    config: &LayoutConfig,
-    patience: Duration,
-) -> Result<Layout, SetupError> {
-    let deadline = tokio::time::Instant::now() + patience;
-    let mut pause = SETUP_RETRY_FIRST;
-    loop {
-        let (waiting, result) = try_once(js, config).await;
-        let error = match result {
-            Ok(layout) => return Ok(layout),
-            Err(e) if waiting != Waiting::Connection && !is_transient(&e) => return Err(e),
-            Err(e) => e,
-        };
-        if tokio::time::Instant::now() + pause > deadline {
-            tracing::warn!(waiting = %waiting, error = %error, "NATS was not ready in time");
-            return Err(error);
-        }
-        tracing::info!(
-            waiting = %waiting,
-            error = %error,
-            retry_in_ms = u64::try_from(pause.as_millis()).unwrap_or(u64::MAX),
-            "waiting for NATS before setting up the layout"
-        );
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(SETUP_RETRY_MAX);
-    }
-}
-
-/// One try of the whole step, with what it got stuck on.
-async fn try_once(
-    js: &jetstream::Context,
-    config: &LayoutConfig,
-) -> (Waiting, Result<Layout, SetupError>) {
-    if js.client().connection_state() != async_nats::connection::State::Connected {
-        let error = SetupError {
-            part: "connection".into(),
-            source: "not connected yet".into(),
-        };
-        return (Waiting::Connection, Err(error));
-    }
-    if let Err(e) = js.query_account().await {
-        return (Waiting::JetStream, Err(failed("JetStream account")(e)));
-    }
-    (Waiting::Layout, ensure(js, config).await)
-}
-
-/// Whether NATS said "not yet" rather than "no": a request that timed out
-/// or found no responder, or a cluster without a leader for the asset.
-fn is_transient(e: &SetupError) -> bool {
-    let text = e.source.to_string().to_ascii_lowercase();
-    [
-        "timed out",
-        "timeout",
-        "no responders",
-        "temporarily unavailable",
-        "not enabled",
-        "leader",
-        "no suitable peers",
-        "insufficient resources",
-        "not current",
-        "disconnected",
-        "broken pipe",
-    ]
-    .iter()
-    .any(|needle| text.contains(needle))
-}
-
-/// Binds to the workers' consumer (after [`ensure`]).
-pub async fn workers_consumer(
-    layout: &Layout,
-) -> Result<jetstream::consumer::Consumer<pull::Config>, SetupError> {
-    layout
-        .requests
-        .get_consumer(subjects::WORKERS_CONSUMER)
-        .await
-        .map_err(failed(format!("consumer {}", subjects::WORKERS_CONSUMER)))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::{Args, FromArgMatches};
 
     /// The layout from a command line, the environment ignored.
     fn parse(args: &[&str]) -> LayoutConfig {
@@ -461,5 +309,28 @@ mod tests {
             ..Default::default()
         };
         assert!(one.backoff().is_empty());
+    }
+
+    #[test]
+    fn env_overrides_set_their_fields_and_the_last_pair_wins() {
+        let pairs = [
+            ("RUST_LOG".to_string(), "info".to_string()),
+            ("CHAT_REPLICAS".to_string(), "3".to_string()),
+            ("CHAT_SESSION_TTL_SECS".to_string(), "60".to_string()),
+            ("CHAT_SESSION_TTL_SECS".to_string(), "90".to_string()),
+        ];
+        let config = LayoutConfig::from_env_overrides(&pairs).unwrap();
+        assert_eq!((config.replicas, config.session_ttl_secs), (3, 90));
+        let bad = [("CHAT_MAX_DELIVER".to_string(), "many".to_string())];
+        assert!(LayoutConfig::from_env_overrides(&bad).is_err());
+    }
+
+    #[test]
+    fn env_names_come_from_the_flags() {
+        assert_eq!(
+            LayoutConfig::env_name("replay_window_secs"),
+            "CHAT_REPLAY_WINDOW_SECS"
+        );
+        assert_eq!(LayoutConfig::env_name("replicas"), "CHAT_REPLICAS");
     }
 }
