@@ -51,9 +51,11 @@ prerequisites:
 test-web:
     if [ -f web/package.json ]; then NATS_SERVER_BIN="$(scripts/nats-server-path.sh)" scripts/test-web.sh; else echo "no web/package.json: skipping web tests"; fi
 
-# Apply the JetStream layout, or check the server's for drift (exit 1): just layout apply|check [--nats-url URL] [CHAT_* flags]
+# Apply the JetStream layout, or check the server's for drift (exit 1), as ops (run/credentials/ops.nk): just layout apply|check [--nats-url URL] [CHAT_* flags]
 layout action="check" *args:
     cargo build --release -p chatctl
+    if [ -z "${NATS_NKEY_FILE:-}" ] && [ -f run/credentials/ops.nk ]; then export NATS_NKEY_FILE="$PWD/run/credentials/ops.nk"; fi; \
+    if [ -z "${NATS_CA_FILE:-}" ] && [ "${NATS_TLS:-}" = 1 ]; then export NATS_CA_FILE="$PWD/run/credentials/ca.pem"; fi; \
     target/release/chatctl layout {{action}} {{args}}
 
 # Run `chatctl recovery` (arguments passed through; see its --help; --cluster for the 3-node cluster faults)

@@ -200,6 +200,36 @@ if [ "$model" = local ]; then
     export WORKER_BACKEND=openai OPENAI_BASE_URL="$model_url" OPENAI_MODEL="$model_name"
 fi
 
+# NATS access (README, "NATS access"): an nkey per role (gateway, worker,
+# ops) in run/credentials, made on first start and reused; with TLS, a local
+# CA and the server's certificate there too. NATS_TLS=1 turns TLS on; with
+# NATS_URL (a cluster from `just cluster up`, which has TLS on), it is on
+# when run/credentials holds the CA.
+credentials="$run/credentials"
+nats_tls="${NATS_TLS:-}"
+if [ -z "$nats_tls" ]; then
+    nats_tls=0
+    [ -n "${NATS_URL:-}" ] && [ -f "$credentials/ca.pem" ] && nats_tls=1
+fi
+case "$nats_tls" in
+    0 | 1) ;;
+    *) fail "NATS_TLS='$nats_tls': use 1 (TLS) or 0" ;;
+esac
+credential_flags=(--dir "$credentials")
+[ "$nats_tls" = 1 ] && credential_flags+=(--tls)
+if [ -n "$nats_bin" ]; then
+    credential_flags+=(--server-config-base "$root/nats/nats-server.conf"
+        --server-config-out "$run/nats/nats-server.conf")
+fi
+"$bin_dir/chatctl" credentials "${credential_flags[@]}" >"$logs/credentials.log" 2>&1 ||
+    fail "chatctl credentials could not make the NATS credentials" "$logs/credentials.log"
+# Each process gets its role's nkey file (never the seed itself) and the CA.
+access() {
+    echo "--nats-nkey-file" "$credentials/$1.nk"
+    [ "$nats_tls" = 1 ] && echo "--nats-ca-file" "$credentials/ca.pem"
+    true
+}
+
 if [ -n "$nats_bin" ]; then
     nats_url="nats://127.0.0.1:$nats_port"
     # nats/nats-server.conf reads it (`sync_interval: $NATS_SYNC_INTERVAL`).
@@ -209,11 +239,13 @@ if [ -n "$nats_bin" ]; then
         *) fail "NATS_SYNC_INTERVAL='$NATS_SYNC_INTERVAL': use a duration like 120s or 500ms, or always" ;;
     esac
     mkdir -p "$run/nats-data"
-    start nats "$nats_port" "$logs/nats.log" "$nats_bin" -c "$root/nats/nats-server.conf" \
+    start nats "$nats_port" "$logs/nats.log" "$nats_bin" -c "$run/nats/nats-server.conf" \
         -sd "$run/nats-data" -p "$nats_port" -m "$nats_monitor_port"
     echo "$nats_monitor_port" >"$run/nats.monitor-port"
     wait_ready nats "http://127.0.0.1:$nats_monitor_port/healthz?js-enabled-only=true" "$logs/nats.log"
-    say "nats-server on $nats_url (monitoring http://127.0.0.1:$nats_monitor_port)"
+    tls_note=""
+    [ "$nats_tls" = 1 ] && tls_note=", TLS with the CA $credentials/ca.pem"
+    say "nats-server on $nats_url (monitoring http://127.0.0.1:$nats_monitor_port; nkeys in $credentials$tls_note)"
 else
     nats_url="$NATS_URL"
     say "using NATS at $nats_url"
@@ -221,7 +253,8 @@ fi
 
 # The layout is operations' job: applied here with the same CHAT_* settings
 # the services get; they only verify it at start.
-"$bin_dir/chatctl" layout apply --nats-url "$nats_url" >"$logs/layout.log" 2>&1 ||
+# shellcheck disable=SC2046 # access prints flags, one word each
+"$bin_dir/chatctl" layout apply --nats-url "$nats_url" $(access ops) >"$logs/layout.log" 2>&1 ||
     fail "chatctl layout apply could not set up the JetStream layout" "$logs/layout.log"
 say "JetStream layout applied ($(grep -c ': created' "$logs/layout.log" || true) part(s) created, $(grep -c ': updated' "$logs/layout.log" || true) updated; $logs/layout.log)"
 
@@ -230,12 +263,12 @@ for ((i = 1; i <= gateways; i++)); do
     port=$((gateway_base + i - 1))
     gateway_ports+=("$port")
     start "gateway-$i" "$port" "$logs/gateway-$i.log" "$bin_dir/gateway" \
-        --nats-url "$nats_url" --listen "127.0.0.1:$port" --node "gw-$i"
+        --nats-url "$nats_url" --listen "127.0.0.1:$port" --node "gw-$i" $(access gateway)
 done
 for ((i = 1; i <= workers; i++)); do
     port=$((worker_base + i - 1))
     start "worker-$i" "$port" "$logs/worker-$i.log" "$bin_dir/worker" \
-        --nats-url "$nats_url" --metrics-listen "127.0.0.1:$port" --node "worker-$i"
+        --nats-url "$nats_url" --metrics-listen "127.0.0.1:$port" --node "worker-$i" $(access worker)
 done
 for ((i = 1; i <= gateways; i++)); do
     wait_ready "gateway-$i" "http://127.0.0.1:$((gateway_base + i - 1))/health" "$logs/gateway-$i.log"

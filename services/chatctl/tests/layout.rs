@@ -51,5 +51,9 @@ async fn apply_needs_the_ops_credentials() {
     argv.extend(["--patience-secs", "2"]);
     let result = chatctl::run(chatctl::Cli::parse_from(argv)).await;
     assert!(!matches!(result, Ok(0)), "a worker applied the layout");
-    assert_eq!(chatctl_layout(&nats, "check", &[]).await, 1, "nothing was made");
+    assert_eq!(
+        chatctl_layout(&nats, "check", &[]).await,
+        1,
+        "nothing was made"
+    );
 }

@@ -162,6 +162,29 @@ pub fn permissions(role: Role) -> Permissions {
     }
 }
 
+/// The permissions of every role as a markdown table (README, "NATS
+/// access", holds it; a test keeps the two the same).
+pub fn permissions_table() -> String {
+    let mut out =
+        String::from("| role | may publish to | may subscribe to |\n| --- | --- | --- |\n");
+    for role in Role::ALL {
+        let p = permissions(role);
+        let list = |subjects: &[String]| {
+            subjects
+                .iter()
+                .map(|s| format!("`{s}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        out.push_str(&format!(
+            "| {role} | {} | {} |\n",
+            list(&p.publish),
+            list(&p.subscribe)
+        ));
+    }
+    out
+}
+
 /// How a service reaches NATS beyond its URL: its nkey and the CA that
 /// signed the server's certificate. Both from files, so no secret is on a
 /// command line or in the environment; both optional, for a NATS without

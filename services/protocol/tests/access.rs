@@ -4,6 +4,8 @@
 //! permissions violation naming the subject. A refused admin request also
 //! leaves its target as it was.
 
+#![allow(clippy::unwrap_used)] // a test fails loudly on what it did not expect
+
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::pull};
@@ -287,4 +289,16 @@ async fn ops_owns_the_layout_but_cannot_pose_as_a_service() {
         ops.refused_publish(&subject).await;
     }
     ops.refused_subscribe("chat.live.*").await;
+}
+
+/// The README's table of permissions is the one `protocol::access` gives.
+#[test]
+fn the_readme_shows_the_permissions_the_server_enforces() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).unwrap();
+    let table = protocol::access::permissions_table();
+    assert!(
+        readme.contains(&table),
+        "README.md, \"NATS access\", must hold this table:\n{table}"
+    );
 }

@@ -2,7 +2,8 @@
 //! gateways, a worker, `RUST_LOG=debug`) creates sessions over REST and
 //! over a socket, chats with the token in the `auth` frame and in
 //! `Authorization` headers, is refused a token in a URL, and revokes a
-//! session; then every log file of the run is searched for every token.
+//! session; then every log file of the run is searched for every token
+//! and every NATS nkey seed.
 
 #![allow(clippy::unwrap_used)] // a test fails loudly on what it did not expect
 
@@ -108,6 +109,14 @@ async fn no_log_of_a_whole_run_holds_a_token() {
         "the revoked socket closes"
     );
     drop(ws);
+
+    // The NATS credentials are secrets too: every role's nkey seed.
+    let security = stack.nats_security();
+    for role in protocol::access::Role::ALL {
+        let seed = std::fs::read_to_string(security.credentials.seed_file(role)).unwrap();
+        assert!(seed.starts_with("SU"), "{role}'s seed file");
+        tokens.push(seed.trim().to_string());
+    }
 
     let logs = std::fs::read_dir(stack.log_path("x").parent().unwrap()).unwrap();
     let mut read = 0;
