@@ -277,7 +277,10 @@ mod tests {
                 );
                 // A wildcard in the JetStream API only for direct gets.
                 if subject.starts_with("$JS.API.") && subject.contains(['*', '>']) {
-                    assert!(subject.starts_with("$JS.API.DIRECT.GET."), "{role}: {subject}");
+                    assert!(
+                        subject.starts_with("$JS.API.DIRECT.GET."),
+                        "{role}: {subject}"
+                    );
                 }
             }
             // No wildcard subscription beyond the role's own inbox.
