@@ -156,6 +156,12 @@ impl NatsServer {
         Ok(())
     }
 
+    /// The harness's own access ([`HARNESS_USER`]), for a test that builds
+    /// its own connect options.
+    pub fn harness_access(&self) -> NatsAccess {
+        harness_access(&self.security)
+    }
+
     /// A client with every right ([`HARNESS_USER`]): for a test's own
     /// set-up and checks, never for the code under test.
     pub async fn connect(&self) -> anyhow::Result<async_nats::Client> {

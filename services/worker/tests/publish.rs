@@ -84,9 +84,15 @@ async fn a_publish_the_stream_refuses_fails_the_attempt() {
 }
 
 /// A publisher on a connection of its own, watched for losses as a
-/// worker's is.
+/// worker's is; as the harness, since some tests publish where no stream
+/// (or a scratch one) listens.
 async fn publisher(h: &Harness, subject: impl Into<String>) -> EventPublisher {
     let (options, connection) = protocol::connect::options("publish-test");
+    let options = h
+        .server
+        .harness_access()
+        .apply(protocol::access::Role::Ops, options)
+        .expect("the harness's nkey");
     let client = options.connect(h.server.url()).await.expect("connecting");
     EventPublisher::start(
         async_nats::jetstream::new(client),

@@ -47,7 +47,10 @@ impl Harness {
         // verifies, applied as operations would before it starts.
         let layout_config = worker_config(&server.url(), &layout_args, &[]).layout;
         let ops = jetstream::new(server.connect_as(Role::Ops).await.unwrap());
-        let layout = ensure(&ops, &layout_config).await.unwrap();
+        ensure(&ops, &layout_config).await.unwrap();
+        // The test's own handles, on the harness's client (ops may not
+        // write sessions).
+        let layout = protocol::setup::verify(&js, &layout_config).await.unwrap();
         Self {
             server,
             client,
