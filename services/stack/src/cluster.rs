@@ -76,6 +76,7 @@ struct Node {
     ip: Ipv4Addr,
     client_port: u16,
     monitor_port: u16,
+    route_port: u16,
     conf: PathBuf,
     log: PathBuf,
     child: Option<Child>,
@@ -316,6 +317,7 @@ impl NatsCluster {
                 ip,
                 client_port: client,
                 monitor_port: monitor,
+                route_port: route,
                 conf,
                 child: None,
             });
@@ -363,6 +365,14 @@ impl NatsCluster {
 
     pub fn client_url(&self, i: usize) -> String {
         self.nodes.get(i).map(Node::client_url).unwrap_or_default()
+    }
+
+    /// Node `i`'s route address (`IP:PORT`), where the other nodes connect.
+    pub fn route_addr(&self, i: usize) -> String {
+        self.nodes
+            .get(i)
+            .map(|n| format!("{}:{}", n.ip, n.route_port))
+            .unwrap_or_default()
     }
 
     pub fn monitor_url(&self, i: usize) -> String {
