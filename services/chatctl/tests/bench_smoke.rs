@@ -15,11 +15,14 @@ use stack::{Stack, StackOptions};
 async fn raw_nats_rates_are_measured() {
     let nats = NatsServer::start().unwrap();
     let ops = nats.access(protocol::access::Role::Ops);
-    let core = raw_nats::core_pub_sub(&nats.url(), &ops, 10_000, 200)
-        .await
-        .unwrap();
+    let url = nats.url();
+    let target = raw_nats::NatsTarget {
+        url: &url,
+        access: &ops,
+    };
+    let core = raw_nats::core_pub_sub(&target, 10_000, 200).await.unwrap();
     assert!(core.received > 0 && core.per_sec > 0.0, "{core:?}");
-    let js = raw_nats::jetstream_pipelined(&nats.url(), &ops, 2_000, 200, 256)
+    let js = raw_nats::jetstream_pipelined(&target, 2_000, 200, 256)
         .await
         .unwrap();
     assert!(js > 0.0);

@@ -20,17 +20,37 @@ pub struct CoreRate {
     pub per_sec: f64,
 }
 
+/// The NATS the raw measures run on, and the ops access to it.
+#[derive(Clone, Copy, Debug)]
+pub struct NatsTarget<'a> {
+    pub url: &'a str,
+    pub access: &'a NatsAccess,
+}
+
+impl<'a> NatsTarget<'a> {
+    /// The NATS a bench attached to a running stack (`--url`) was given.
+    pub fn of_args(args: &'a super::BenchArgs) -> Self {
+        Self {
+            url: &args.nats_url,
+            access: &args.nats_access,
+        }
+    }
+}
+
 /// Publishes `messages` of `payload_bytes` on a core subject with a
 /// subscriber in the same process; the rate is messages received per second
 /// from the first publish to the last receive. A subscriber that falls
 /// behind loses messages (core NATS is at-most-once): `received` says how many
 /// arrived.
 pub async fn core_pub_sub(
-    nats_url: &str,
-    access: &NatsAccess,
+    nats: &NatsTarget<'_>,
     messages: u64,
     payload_bytes: usize,
 ) -> anyhow::Result<CoreRate> {
+    let NatsTarget {
+        url: nats_url,
+        access,
+    } = *nats;
     let capacity = usize::try_from(messages).unwrap_or(usize::MAX).max(1024);
     let subscriber = access
         .apply(Role::Ops, async_nats::ConnectOptions::new())?
@@ -83,12 +103,15 @@ pub async fn core_pub_sub(
 /// order with at most `window` outstanding (as the worker publishes chunks).
 /// The stream is deleted afterwards.
 pub async fn jetstream_pipelined(
-    nats_url: &str,
-    access: &NatsAccess,
+    nats: &NatsTarget<'_>,
     messages: u64,
     payload_bytes: usize,
     window: usize,
 ) -> anyhow::Result<f64> {
+    let NatsTarget {
+        url: nats_url,
+        access,
+    } = *nats;
     let client = access
         .apply(Role::Ops, async_nats::ConnectOptions::new())?
         .connect(nats_url)

@@ -3,14 +3,13 @@
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use protocol::access::NatsAccess;
 use stack::{Stack, StackOptions};
 
 use super::cpu::CpuSnapshot;
 use super::idle;
 use super::load::{self, LoadOutcome, LoadSpec};
 use super::peer::{self, PeerOptions, PeerPlan};
-use super::raw_nats;
+use super::raw_nats::{self, NatsTarget};
 use super::replay;
 use super::report::{thousands, Machine, Report, Row};
 use super::socket::Endpoint;
@@ -204,10 +203,10 @@ async fn own_stacks(args: &BenchArgs, s: &Settings, report: &mut Report) -> anyh
             s,
             report,
             &endpoint,
-            (
-                &stack.nats_url(),
-                &stack.nats_security().access(protocol::access::Role::Ops),
-            ),
+            NatsTarget {
+                url: &stack.nats_url(),
+                access: &stack.nats_security().access(protocol::access::Role::Ops),
+            },
             &pids,
             &metrics,
         )
@@ -269,7 +268,7 @@ async fn attached(
     report.skip(format!(
         "attached to {url}: the workers' settings (pacing, chunk window) are whatever that stack runs"
     ));
-    let nats = (args.nats_url.as_str(), &args.nats_access);
+    let nats = NatsTarget::of_args(args);
     common_phases(args, s, report, &endpoint, nats, &pids, &[]).await?;
     if args.runs(Phase::Scaling) {
         report.skip("worker scaling: needs to stop workers (no --url)");
@@ -290,16 +289,14 @@ async fn common_phases(
     s: &Settings,
     report: &mut Report,
     endpoint: &Endpoint,
-    (nats_url, nats_access): (&str, &NatsAccess),
+    nats: NatsTarget<'_>,
     gateway_pids: &[u32],
     gateway_metrics: &[String],
 ) -> anyhow::Result<Option<f64>> {
     let mut js_rate = None;
     if args.runs(Phase::Raw) {
-        println!("raw NATS on {nats_url}");
-        let core =
-            raw_nats::core_pub_sub(nats_url, nats_access, s.core_messages, args.payload_bytes)
-                .await?;
+        println!("raw NATS on {}", nats.url);
+        let core = raw_nats::core_pub_sub(&nats, s.core_messages, args.payload_bytes).await?;
         let mut row = Row::rate(
             format!("core NATS pub → sub, {} B, one process", args.payload_bytes),
             "msgs_per_sec",
@@ -312,14 +309,9 @@ async fn common_phases(
         }
         report.push(row);
         let cpu_before = CpuSnapshot::take();
-        let js = raw_nats::jetstream_pipelined(
-            nats_url,
-            nats_access,
-            s.js_messages,
-            args.payload_bytes,
-            args.js_window,
-        )
-        .await?;
+        let js =
+            raw_nats::jetstream_pipelined(&nats, s.js_messages, args.payload_bytes, args.js_window)
+                .await?;
         let cpu = CpuSnapshot::take().since(&cpu_before);
         report.push(Row::rate(
             format!(
