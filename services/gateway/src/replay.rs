@@ -156,9 +156,14 @@ impl SessionEvents {
 impl StoredEvents for SessionEvents {
     async fn position(&self, after_seq: Option<u64>) -> Result<Position, ApiError> {
         let subject = subjects::events(self.session);
-        let last_seq = stored::last_seq(&self.state.layout.events, &subject)
-            .await
-            .map_err(ApiError::nats)?;
+        let state = &self.state;
+        let last_seq = state
+            .retry_api_call(|| async {
+                stored::last_seq(&state.layout.events, &subject)
+                    .await
+                    .map_err(ApiError::nats)
+            })
+            .await?;
         let Some(after) = after_seq else {
             return Ok(Position {
                 last_seq,
@@ -166,10 +171,8 @@ impl StoredEvents for SessionEvents {
                 first_available: 1,
             });
         };
-        let bounds = self
-            .state
-            .stream_bounds
-            .for_after(&self.state.layout.events, after)
+        let bounds = state
+            .retry_api_call(|| state.stream_bounds.for_after(&state.layout.events, after))
             .await?;
         let stream_last = bounds.last.max(last_seq);
         if after > stream_last {
@@ -194,16 +197,22 @@ impl StoredEvents for SessionEvents {
         if until < from {
             return Ok(Vec::new());
         }
-        let stored = stored::read_range(
-            &self.state.client,
-            &self.state.layout.events,
-            &subjects::events(self.session),
-            from,
-            until,
-            limit,
-        )
-        .await
-        .map_err(ApiError::nats)?;
+        let subject = subjects::events(self.session);
+        let state = &self.state;
+        let stored = state
+            .retry_api_call(|| async {
+                stored::read_range(
+                    &state.client,
+                    &state.layout.events,
+                    &subject,
+                    from,
+                    until,
+                    limit,
+                )
+                .await
+                .map_err(ApiError::nats)
+            })
+            .await?;
         let frames: Vec<(u64, String)> = stored
             .into_iter()
             .filter_map(|s| with_seq(&s.payload, s.seq).map(|f| (s.seq, f)))
@@ -213,14 +222,19 @@ impl StoredEvents for SessionEvents {
     }
 
     async fn expired_notice(&self, last_seq: u64) -> Result<[ControlFrame; 2], ApiError> {
-        let turns = stored::read_turns(
-            &self.state.client,
-            &self.state.layout.history,
-            self.session,
-            HISTORY_TURNS,
-        )
-        .await
-        .map_err(ApiError::nats)?;
+        let state = &self.state;
+        let turns = state
+            .retry_api_call(|| async {
+                stored::read_turns(
+                    &state.client,
+                    &state.layout.history,
+                    self.session,
+                    HISTORY_TURNS,
+                )
+                .await
+                .map_err(ApiError::nats)
+            })
+            .await?;
         crate::metrics::error(ErrorCode::ReplayExpired);
         Ok([
             ControlFrame::error(

@@ -64,11 +64,15 @@ pub(crate) enum QueueReply {
 
 impl QueueReply {
     /// Sends the answer; a failure is logged (the server's `ack_wait` and the
-    /// "already answered" check cover a lost one).
+    /// "already answered" check cover a lost one). Nothing waits for the
+    /// server's confirmation: a nats-server restarted after a crash may have
+    /// lost its record of delivering the job, and then drops the ack without
+    /// a reply (it hands the job out again, to be recognised as answered),
+    /// so waiting would hold the job's slot for the whole request time-out.
     pub(crate) async fn send(self, message: &jetstream::Message) {
         let (sent, consequence) = match self {
             QueueReply::Ack => (
-                message.double_ack().await,
+                message.ack().await,
                 "ack failed; the job may be redelivered and recognised as finished",
             ),
             QueueReply::Term => (message.ack_with(AckKind::Term).await, "term failed"),

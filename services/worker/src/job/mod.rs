@@ -107,8 +107,16 @@ impl Job {
             .ctx
             .cancels
             .register(self.request.session_id, self.message_id());
-        let admission = self.unless_connection_lost("admit", self.admit(&guard));
-        let history = match admission.await? {
+        // Reads, and a claim notice: asked again on the new connection when
+        // the one they went out on is lost, instead of handing the job back
+        // (a redelivery waits for the retry delay and the next pull).
+        let admission = self
+            .ctx
+            .connection
+            .retry_when_lost(|| self.admit(&guard))
+            .await
+            .map_err(|_| JobError::ConnectionLost("admit"))?;
+        let history = match admission {
             Admission::Run { history } => history,
             Admission::End(ending) => {
                 let concluded = self.conclude(ending, None, &guard);
