@@ -88,28 +88,30 @@ pub async fn submit(
     // message again can never store or queue it twice.
     let max_age = state.config.layout.in_flight_max_age_ms();
     let settled = AtomicBool::new(false);
-    let admission = || sessions::update(&state.layout.sessions, session, |record| {
-        let expired_before = record.expired.len();
-        record.expire_active(now, max_age);
-        settled.store(
-            record.is_finished(message_id) || record.is_expired(message_id),
-            Ordering::Relaxed,
-        );
-        if settled.load(Ordering::Relaxed) {
-            // Possibly older than the dedup window: never published again.
-            return Ok(record.expired.len() != expired_before);
-        }
-        if record.is_active(message_id) {
-            // A retry: publish again below, JetStream deduplicates and
-            // answers with the first sequence.
-            return Ok(false);
-        }
-        if record.in_flight() >= limit {
-            return Err(InFlightLimit);
-        }
-        record.admit(message_id, now, None);
-        Ok(true)
-    });
+    let admission = || {
+        sessions::update(&state.layout.sessions, session, |record| {
+            let expired_before = record.expired.len();
+            record.expire_active(now, max_age);
+            settled.store(
+                record.is_finished(message_id) || record.is_expired(message_id),
+                Ordering::Relaxed,
+            );
+            if settled.load(Ordering::Relaxed) {
+                // Possibly older than the dedup window: never published again.
+                return Ok(record.expired.len() != expired_before);
+            }
+            if record.is_active(message_id) {
+                // A retry: publish again below, JetStream deduplicates and
+                // answers with the first sequence.
+                return Ok(false);
+            }
+            if record.in_flight() >= limit {
+                return Err(InFlightLimit);
+            }
+            record.admit(message_id, now, None);
+            Ok(true)
+        })
+    };
     // Compare-and-set: asked again after a lost connection, a first try
     // that was stored is seen as this message in flight (a retry).
     let admitted = state
@@ -117,7 +119,9 @@ pub async fn submit(
         .await
         .map_err(ApiError::nats)?;
     match admitted {
-        Ok(Ok(_)) if settled.load(Ordering::Relaxed) => return retried_late(state, session, message_id).await,
+        Ok(Ok(_)) if settled.load(Ordering::Relaxed) => {
+            return retried_late(state, session, message_id).await
+        }
         Ok(Ok(_)) => {}
         Ok(Err(InFlightLimit)) => {
             return Err(ApiError::RateLimited(format!(
@@ -378,18 +382,40 @@ async fn publish(
             .await?
             .await
     };
-    let answered = if dedup.is_some() {
-        // Deduplicated: sent again on the new connection, it is stored once.
-        state.retry_when_lost(stored).await.ok()
-    } else {
-        unless_connection_lost(state, stored()).await
-    };
-    match answered {
-        Some(ack) => Ok(ack?.sequence),
-        // Sent on a connection that is gone: stored or not, unknown.
-        None => Err(PublishError::new(PublishErrorKind::BrokenPipe)),
+    let started = tokio::time::Instant::now();
+    loop {
+        let answered = if dedup.is_some() {
+            // Deduplicated: sent again on the new connection, it is stored once.
+            state.retry_when_lost(&stored).await.ok()
+        } else {
+            unless_connection_lost(state, stored()).await
+        };
+        match answered {
+            // Nobody takes the stream's writes: the layout was verified at
+            // start, so its replicas are electing a leader (a cluster node
+            // was lost). Nothing was stored; a deduplicated write waits for
+            // the new leader instead of refusing the question.
+            Some(Err(e))
+                if e.kind() == PublishErrorKind::StreamNotFound
+                    && dedup.is_some()
+                    && started.elapsed() + LEADERLESS_RETRY < LEADERLESS_PATIENCE =>
+            {
+                tracing::debug!("no stream leader; publishing again");
+                tokio::time::sleep(LEADERLESS_RETRY).await;
+            }
+            Some(ack) => return Ok(ack?.sequence),
+            // Sent on a connection that is gone: stored or not, unknown.
+            None => return Err(PublishError::new(PublishErrorKind::BrokenPipe)),
+        }
     }
 }
+
+/// How long a deduplicated write waits for a stream without a leader:
+/// nats-server's replicas wait 4–9 s for a lost leader before electing
+/// another (not configurable), and an election can take a second round.
+const LEADERLESS_PATIENCE: Duration = Duration::from_secs(20);
+/// The pause between two tries of a write that found no stream leader.
+const LEADERLESS_RETRY: Duration = Duration::from_millis(250);
 
 /// Runs NATS round trips, or gives up (`None`) as soon as the connection
 /// they started on is lost: their replies can no longer come, and waiting

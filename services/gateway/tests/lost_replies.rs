@@ -61,7 +61,9 @@ async fn a_chat_whose_every_step_loses_its_reply_is_stored_and_queued_once() {
 
     // The session record counts the message in flight once: it is answered
     // and the session takes the next question.
-    let _worker = app.scripted_worker(Script::words(&["one ", "answer"])).await;
+    let _worker = app
+        .scripted_worker(Script::words(&["one ", "answer"]))
+        .await;
     let mut ws = app.connect(session, &token, Some(0)).await;
     ws.ready().await;
     let answer = ws.until_terminal(id).await;

@@ -7,7 +7,7 @@
 //! everything it owes the session is stored; a failure on the way fails the
 //! attempt, and the job is handed back.
 
-use super::ending::{CancelFlag, Ending, Outstanding, Report};
+use super::ending::{CancelFlag, Ending, Outstanding, QueueReply, Report};
 use super::fence::Fenced;
 use super::{Job, JobError};
 use crate::cancel::CancelGuard;
@@ -44,7 +44,17 @@ impl Job {
         if let Some(answer) = ending.turn {
             turns::record(ctx, &self.request, self.attempt(), answer).await?;
         }
-        ending.ack.send(&self.message).await;
+        let ack = match ending.ack {
+            // Held until the stream took writes again: the reason for the
+            // retry delay has passed.
+            QueueReply::Nak(_)
+                if ending.hold_until_writable && self.hold_until_writable().await =>
+            {
+                QueueReply::Nak(None)
+            }
+            ack => ack,
+        };
+        ack.send(&self.message).await;
         let clear_flag = match ending.cancel_flag {
             CancelFlag::Keep => false,
             CancelFlag::Clear => true,

@@ -9,6 +9,7 @@ mod conclude;
 mod ending;
 mod fence;
 mod generate;
+mod hold;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -153,9 +154,14 @@ impl Job {
             Ok(report) => report,
             Err(e) => {
                 tracing::warn!(error = %e, "job attempt failed; handing it back");
-                QueueReply::Nak(Some(self.attempt_facts().retry_delay()))
-                    .send(&self.message)
-                    .await;
+                // The connection went with a node, which may have led the
+                // session's stream: handed back once it takes writes again.
+                let delay = if self.hold_until_writable().await {
+                    None
+                } else {
+                    Some(self.attempt_facts().retry_delay())
+                };
+                QueueReply::Nak(delay).send(&self.message).await;
                 Report::new(Some(Outcome::Redelivered), "internal error")
             }
         };
