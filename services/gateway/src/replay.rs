@@ -56,6 +56,12 @@ pub struct Bounds {
     far_from_limits: bool,
 }
 
+/// How long the stream's leader gets to answer `STREAM.INFO`.
+const INFO_PATIENCE: Duration = Duration::from_secs(2);
+/// How old cached bounds may be when the leader does not answer: about one
+/// election (nats-server's replicas wait 4–9 s for a lost leader).
+const STALE_BOUNDS_AT_MOST: Duration = Duration::from_secs(10);
+
 /// A stream this far from its age limit (or under nine tenths of its size
 /// limits) drops nothing within [`BOUNDS_TTL`].
 const AGE_HEADROOM: Duration = Duration::from_secs(30);
@@ -85,7 +91,26 @@ impl StreamBounds {
                 return Ok(bounds);
             }
         }
-        let info = events.get_info().await.map_err(ApiError::nats)?;
+        // Only the stream's leader answers: during an election (a cluster
+        // node lost) nobody does, and the client's 5 s time-out is longer
+        // than a client waits for `ready`. A cached answer from far inside
+        // the limits, at most an election old, still holds: nothing can
+        // have left the stream since.
+        let info = match tokio::time::timeout(INFO_PATIENCE, events.get_info()).await {
+            Ok(Ok(info)) => info,
+            failed => {
+                let still_holds = |(at, b): &(Instant, Bounds)| {
+                    b.far_from_limits && at.elapsed() < STALE_BOUNDS_AT_MOST
+                };
+                if let Some((_, bounds)) = cached.filter(still_holds) {
+                    return Ok(bounds);
+                }
+                return Err(match failed {
+                    Ok(Err(e)) => ApiError::nats(e),
+                    _ => ApiError::nats("the events stream did not answer (no leader?)"),
+                });
+            }
+        };
         let (config, state) = (&info.config, &info.state);
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

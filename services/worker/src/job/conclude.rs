@@ -7,7 +7,7 @@
 //! everything it owes the session is stored; a failure on the way fails the
 //! attempt, and the job is handed back.
 
-use super::ending::{CancelFlag, Ending, Outstanding, QueueReply, Report};
+use super::ending::{CancelFlag, Ending, Outstanding, Report};
 use super::fence::Fenced;
 use super::{Job, JobError};
 use crate::cancel::CancelGuard;
@@ -44,17 +44,14 @@ impl Job {
         if let Some(answer) = ending.turn {
             turns::record(ctx, &self.request, self.attempt(), answer).await?;
         }
-        let ack = match ending.ack {
-            // Held until the stream took writes again: the reason for the
-            // retry delay has passed.
-            QueueReply::Nak(_)
-                if ending.hold_until_writable && self.hold_until_writable().await =>
-            {
-                QueueReply::Nak(None)
-            }
-            ack => ack,
-        };
-        ack.send(&self.message).await;
+        if ending.hold_until_writable {
+            // The retry delay still applies after the hold: a job handed
+            // back at once can meet a copy of itself that `ack_wait`
+            // redelivered meanwhile, and the two use up deliveries
+            // superseding each other.
+            self.hold_until_writable().await;
+        }
+        ending.ack.send(&self.message).await;
         let clear_flag = match ending.cancel_flag {
             CancelFlag::Keep => false,
             CancelFlag::Clear => true,
