@@ -14,12 +14,13 @@ use axum::routing::{delete, get, post};
 use axum::serve::ListenerExt;
 use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
-use protocol::connect::ConnectionWatch;
+use protocol::connect::{ConnectionLost, ConnectionWatch};
 use protocol::setup::Layout;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::GatewayConfig;
+use crate::error::ApiError;
 use crate::extract::ApiQuery;
 use crate::live::LiveHub;
 use crate::test_hooks::TestHooks;
@@ -58,6 +59,52 @@ pub struct Shared {
     pub metrics: PrometheusHandle,
     /// Faults tests ask for (hidden flags; none by default).
     pub test_hooks: TestHooks,
+}
+
+impl Shared {
+    /// Runs a NATS request that may reach the server twice without harm (a
+    /// read, a deduplicated publish, a compare-and-set), asking again on the
+    /// new connection when the one it was sent on is lost: the client that
+    /// waits on it then waits for the reconnect, not for the request's
+    /// time-out (5 s, longer than a client waits for `ready`).
+    pub async fn retry_when_lost<T, F, Fut>(&self, mut request: F) -> Result<T, ConnectionLost>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = T>,
+    {
+        // The test hook loses the first try's reply only.
+        let mut lose_first = self.test_hooks.lose_nats_reply();
+        self.connection
+            .retry_when_lost(|| {
+                let lose = std::mem::take(&mut lose_first);
+                let asked = request();
+                async move {
+                    if lose {
+                        // The server did what was asked, and the reply is
+                        // lost with its connection (the gateway reconnects
+                        // at once): the worst case for a request asked again.
+                        drop(asked.await);
+                        if let Err(e) = self.client.force_reconnect().await {
+                            tracing::warn!(error = %e, "test hook: dropping the connection");
+                        }
+                        return std::future::pending().await;
+                    }
+                    asked.await
+                }
+            })
+            .await
+    }
+
+    /// [`Shared::retry_when_lost`] for a request that fails as an [`ApiError`].
+    pub async fn retry_api_call<T, F, Fut>(&self, request: F) -> Result<T, ApiError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, ApiError>>,
+    {
+        self.retry_when_lost(request)
+            .await
+            .map_err(ApiError::nats)?
+    }
 }
 
 pub fn router(state: AppState) -> Router {
@@ -182,6 +229,7 @@ pub async fn spawn(config: GatewayConfig) -> anyhow::Result<RunningGateway> {
     let grace = config.shutdown_grace();
     let hub = LiveHub::new(
         client.clone(),
+        connection.clone(),
         config.recent_events,
         config.test_drop_live_every,
         config.max_sockets_per_session,

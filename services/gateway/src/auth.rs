@@ -44,9 +44,13 @@ pub async fn check_token(
     let token = token
         .filter(|t| !t.is_empty())
         .ok_or(ApiError::Unauthorized)?;
-    let stored = sessions::load(&state.layout.sessions, session)
-        .await
-        .map_err(ApiError::nats)?
+    let stored = state
+        .retry_api_call(|| async {
+            sessions::load(&state.layout.sessions, session)
+                .await
+                .map_err(ApiError::nats)
+        })
+        .await?
         .ok_or(ApiError::Unauthorized)?;
     if !stored
         .record
@@ -82,17 +86,22 @@ pub async fn revoke(
 /// Records that this node serves the session now (on attach, not per frame),
 /// which also renews the session's time to live.
 pub async fn record_attach(state: &AppState, session: SessionId) {
-    let node = state.node.clone();
-    let result = sessions::update(&state.layout.sessions, session, |record| {
-        record.last_seen_ms = now_ms();
-        record.node.clone_from(&node);
-        Ok::<_, std::convert::Infallible>(true)
-    })
-    .await;
-    if let Err(e) = result {
-        if !matches!(e, SessionStoreError::NotFound) {
-            tracing::debug!(error = %e, "recording the session's node");
-        }
+    let node = &state.node;
+    // Compare-and-set: asked again after a lost connection, it writes at
+    // most once more.
+    let result = state
+        .retry_when_lost(|| {
+            sessions::update(&state.layout.sessions, session, |record| {
+                record.last_seen_ms = now_ms();
+                record.node.clone_from(node);
+                Ok::<_, std::convert::Infallible>(true)
+            })
+        })
+        .await;
+    match result {
+        Ok(Err(SessionStoreError::NotFound)) | Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::debug!(error = %e, "recording the session's node"),
+        Err(e) => tracing::debug!(error = %e, "recording the session's node"),
     }
 }
 

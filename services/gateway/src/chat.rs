@@ -4,6 +4,7 @@
 //! published with `Nats-Msg-Id` = message id, so a retried send gets the same
 //! `seq` back and is never generated twice.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream::context::{PublishError, PublishErrorKind};
@@ -86,31 +87,41 @@ pub async fn submit(
     // its message (`in_flight_max_age_ms`), so publishing an active
     // message again can never store or queue it twice.
     let max_age = state.config.layout.in_flight_max_age_ms();
-    let mut settled = false;
-    let admission = sessions::update(&state.layout.sessions, session, |record| {
-        let expired_before = record.expired.len();
-        record.expire_active(now, max_age);
-        settled = record.is_finished(message_id) || record.is_expired(message_id);
-        if settled {
-            // Possibly older than the dedup window: never published again.
-            return Ok(record.expired.len() != expired_before);
-        }
-        if record.is_active(message_id) {
-            // A retry: publish again below, JetStream deduplicates and
-            // answers with the first sequence.
-            return Ok(false);
-        }
-        if record.in_flight() >= limit {
-            return Err(InFlightLimit);
-        }
-        record.admit(message_id, now, None);
-        Ok(true)
-    });
-    let admitted = unless_connection_lost(state, admission)
+    let settled = AtomicBool::new(false);
+    let admission = || {
+        sessions::update(&state.layout.sessions, session, |record| {
+            let expired_before = record.expired.len();
+            record.expire_active(now, max_age);
+            settled.store(
+                record.is_finished(message_id) || record.is_expired(message_id),
+                Ordering::Relaxed,
+            );
+            if settled.load(Ordering::Relaxed) {
+                // Possibly older than the dedup window: never published again.
+                return Ok(record.expired.len() != expired_before);
+            }
+            if record.is_active(message_id) {
+                // A retry: publish again below, JetStream deduplicates and
+                // answers with the first sequence.
+                return Ok(false);
+            }
+            if record.in_flight() >= limit {
+                return Err(InFlightLimit);
+            }
+            record.admit(message_id, now, None);
+            Ok(true)
+        })
+    };
+    // Compare-and-set: asked again after a lost connection, a first try
+    // that was stored is seen as this message in flight (a retry).
+    let admitted = state
+        .retry_when_lost(admission)
         .await
-        .ok_or_else(|| ApiError::nats("the NATS connection was lost"))?;
+        .map_err(ApiError::nats)?;
     match admitted {
-        Ok(Ok(_)) if settled => return retried_late(state, session, message_id).await,
+        Ok(Ok(_)) if settled.load(Ordering::Relaxed) => {
+            return retried_late(state, session, message_id).await
+        }
         Ok(Ok(_)) => {}
         Ok(Err(InFlightLimit)) => {
             return Err(ApiError::RateLimited(format!(
@@ -147,15 +158,19 @@ async fn retried_late(
     message_id: MessageId,
 ) -> Result<Accepted, ApiError> {
     let client = state.js.client();
-    let turn = stored::find_turn(
-        &client,
-        &state.layout.history,
-        session,
-        message_id,
-        RECENT_MESSAGES_KEPT,
-    )
-    .await
-    .map_err(ApiError::nats)?;
+    let turn = state
+        .retry_api_call(|| async {
+            stored::find_turn(
+                &client,
+                &state.layout.history,
+                session,
+                message_id,
+                RECENT_MESSAGES_KEPT,
+            )
+            .await
+            .map_err(ApiError::nats)
+        })
+        .await?;
     match turn {
         Some(turn) => Ok(Accepted {
             message_id,
@@ -360,13 +375,47 @@ async fn publish(
             message = message.header(name.clone(), value.clone());
         }
     }
-    let stored = async { state.js.send_publish(subject, message).await?.await };
-    match unless_connection_lost(state, stored).await {
-        Some(ack) => Ok(ack?.sequence),
-        // Sent on a connection that is gone: stored or not, unknown.
-        None => Err(PublishError::new(PublishErrorKind::BrokenPipe)),
+    let stored = || async {
+        state
+            .js
+            .send_publish(subject.clone(), message.clone())
+            .await?
+            .await
+    };
+    let started = tokio::time::Instant::now();
+    loop {
+        let answered = if dedup.is_some() {
+            // Deduplicated: sent again on the new connection, it is stored once.
+            state.retry_when_lost(&stored).await.ok()
+        } else {
+            unless_connection_lost(state, stored()).await
+        };
+        match answered {
+            // Nobody takes the stream's writes: the layout was verified at
+            // start, so its replicas are electing a leader (a cluster node
+            // was lost). Nothing was stored; a deduplicated write waits for
+            // the new leader instead of refusing the question.
+            Some(Err(e))
+                if e.kind() == PublishErrorKind::StreamNotFound
+                    && dedup.is_some()
+                    && started.elapsed() + LEADERLESS_RETRY < LEADERLESS_PATIENCE =>
+            {
+                tracing::debug!("no stream leader; publishing again");
+                tokio::time::sleep(LEADERLESS_RETRY).await;
+            }
+            Some(ack) => return Ok(ack?.sequence),
+            // Sent on a connection that is gone: stored or not, unknown.
+            None => return Err(PublishError::new(PublishErrorKind::BrokenPipe)),
+        }
     }
 }
+
+/// How long a deduplicated write waits for a stream without a leader:
+/// nats-server's replicas wait 4–9 s for a lost leader before electing
+/// another (not configurable), and an election can take a second round.
+const LEADERLESS_PATIENCE: Duration = Duration::from_secs(20);
+/// The pause between two tries of a write that found no stream leader.
+const LEADERLESS_RETRY: Duration = Duration::from_millis(250);
 
 /// Runs NATS round trips, or gives up (`None`) as soon as the connection
 /// they started on is lost: their replies can no longer come, and waiting

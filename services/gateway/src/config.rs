@@ -105,6 +105,18 @@ pub struct GatewayConfig {
         hide = true
     )]
     pub test_lose_job_acks: u64,
+    /// Test hook: the first n NATS requests the gateway would ask again on
+    /// a new connection are carried out and then lose their reply: the
+    /// connection is dropped before it is read (as a nats-server restart
+    /// can do).
+    #[doc(hidden)]
+    #[arg(
+        long,
+        env = "GATEWAY_TEST_LOSE_NATS_REPLIES",
+        default_value_t = 0,
+        hide = true
+    )]
+    pub test_lose_nats_replies: u64,
     #[command(flatten)]
     pub layout: LayoutConfig,
     /// The nkey and CA files this service connects to NATS with.

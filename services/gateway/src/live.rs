@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use axum::extract::ws::Utf8Bytes;
 use futures::StreamExt;
+use protocol::connect::ConnectionWatch;
 use protocol::{subjects, EventKind, SessionId};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
@@ -55,6 +56,10 @@ struct Feed {
 #[derive(Clone)]
 pub struct LiveHub {
     client: async_nats::Client,
+    /// A subscription's confirming round trip is asked again when the
+    /// connection it went out on is lost (the subscription itself is sent
+    /// again by the client as it reconnects).
+    connection: ConnectionWatch,
     feeds: Arc<Mutex<HashMap<SessionId, Feed>>>,
     /// Live events each attached session keeps for its sockets that fell
     /// behind the ring (`--recent-events`); the ring is no larger.
@@ -155,12 +160,14 @@ fn poisoned() -> AttachError {
 impl LiveHub {
     pub fn new(
         client: async_nats::Client,
+        connection: ConnectionWatch,
         recent_events: usize,
         drop_every: u64,
         max_sockets: usize,
     ) -> Self {
         Self {
             client,
+            connection,
             feeds: Arc::default(),
             recent_events: recent_events.max(1),
             drop_every,
@@ -204,8 +211,14 @@ impl LiveHub {
             .await
             .map_err(async_nats::Error::from)?;
         // The flush is a round trip: once it returns, the server has
-        // processed the SUB.
-        self.client.flush().await.map_err(async_nats::Error::from)?;
+        // processed the SUB. A connection lost meanwhile takes the flush's
+        // answer with it; the reconnect sends every subscription again
+        // before anything else, so a flush on the new connection confirms.
+        self.connection
+            .retry_when_lost(|| self.client.flush())
+            .await
+            .map_err(async_nats::Error::from)?
+            .map_err(async_nats::Error::from)?;
         let mut feeds = self.feeds.lock().map_err(|_| poisoned())?;
         if let Some(feed) = feeds.get_mut(&session) {
             // Another socket of the session got there first: join its feed

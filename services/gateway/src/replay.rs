@@ -56,6 +56,12 @@ pub struct Bounds {
     far_from_limits: bool,
 }
 
+/// How long the stream's leader gets to answer `STREAM.INFO`.
+const INFO_PATIENCE: Duration = Duration::from_secs(2);
+/// How old cached bounds may be when the leader does not answer: about one
+/// election (nats-server's replicas wait 4–9 s for a lost leader).
+const STALE_BOUNDS_AT_MOST: Duration = Duration::from_secs(10);
+
 /// A stream this far from its age limit (or under nine tenths of its size
 /// limits) drops nothing within [`BOUNDS_TTL`].
 const AGE_HEADROOM: Duration = Duration::from_secs(30);
@@ -85,7 +91,26 @@ impl StreamBounds {
                 return Ok(bounds);
             }
         }
-        let info = events.get_info().await.map_err(ApiError::nats)?;
+        // Only the stream's leader answers: during an election (a cluster
+        // node lost) nobody does, and the client's 5 s time-out is longer
+        // than a client waits for `ready`. A cached answer from far inside
+        // the limits, at most an election old, still holds: nothing can
+        // have left the stream since.
+        let info = match tokio::time::timeout(INFO_PATIENCE, events.get_info()).await {
+            Ok(Ok(info)) => info,
+            failed => {
+                let still_holds = |(at, b): &(Instant, Bounds)| {
+                    b.far_from_limits && at.elapsed() < STALE_BOUNDS_AT_MOST
+                };
+                if let Some((_, bounds)) = cached.filter(still_holds) {
+                    return Ok(bounds);
+                }
+                return Err(match failed {
+                    Ok(Err(e)) => ApiError::nats(e),
+                    _ => ApiError::nats("the events stream did not answer (no leader?)"),
+                });
+            }
+        };
         let (config, state) = (&info.config, &info.state);
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -156,9 +181,14 @@ impl SessionEvents {
 impl StoredEvents for SessionEvents {
     async fn position(&self, after_seq: Option<u64>) -> Result<Position, ApiError> {
         let subject = subjects::events(self.session);
-        let last_seq = stored::last_seq(&self.state.layout.events, &subject)
-            .await
-            .map_err(ApiError::nats)?;
+        let state = &self.state;
+        let last_seq = state
+            .retry_api_call(|| async {
+                stored::last_seq(&state.layout.events, &subject)
+                    .await
+                    .map_err(ApiError::nats)
+            })
+            .await?;
         let Some(after) = after_seq else {
             return Ok(Position {
                 last_seq,
@@ -166,10 +196,8 @@ impl StoredEvents for SessionEvents {
                 first_available: 1,
             });
         };
-        let bounds = self
-            .state
-            .stream_bounds
-            .for_after(&self.state.layout.events, after)
+        let bounds = state
+            .retry_api_call(|| state.stream_bounds.for_after(&state.layout.events, after))
             .await?;
         let stream_last = bounds.last.max(last_seq);
         if after > stream_last {
@@ -194,16 +222,22 @@ impl StoredEvents for SessionEvents {
         if until < from {
             return Ok(Vec::new());
         }
-        let stored = stored::read_range(
-            &self.state.client,
-            &self.state.layout.events,
-            &subjects::events(self.session),
-            from,
-            until,
-            limit,
-        )
-        .await
-        .map_err(ApiError::nats)?;
+        let subject = subjects::events(self.session);
+        let state = &self.state;
+        let stored = state
+            .retry_api_call(|| async {
+                stored::read_range(
+                    &state.client,
+                    &state.layout.events,
+                    &subject,
+                    from,
+                    until,
+                    limit,
+                )
+                .await
+                .map_err(ApiError::nats)
+            })
+            .await?;
         let frames: Vec<(u64, String)> = stored
             .into_iter()
             .filter_map(|s| with_seq(&s.payload, s.seq).map(|f| (s.seq, f)))
@@ -213,14 +247,19 @@ impl StoredEvents for SessionEvents {
     }
 
     async fn expired_notice(&self, last_seq: u64) -> Result<[ControlFrame; 2], ApiError> {
-        let turns = stored::read_turns(
-            &self.state.client,
-            &self.state.layout.history,
-            self.session,
-            HISTORY_TURNS,
-        )
-        .await
-        .map_err(ApiError::nats)?;
+        let state = &self.state;
+        let turns = state
+            .retry_api_call(|| async {
+                stored::read_turns(
+                    &state.client,
+                    &state.layout.history,
+                    self.session,
+                    HISTORY_TURNS,
+                )
+                .await
+                .map_err(ApiError::nats)
+            })
+            .await?;
         crate::metrics::error(ErrorCode::ReplayExpired);
         Ok([
             ControlFrame::error(

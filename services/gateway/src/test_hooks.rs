@@ -10,26 +10,37 @@ use crate::config::GatewayConfig;
 pub struct TestHooks {
     /// Job publish acks still to be reported lost.
     job_acks_to_lose: AtomicU64,
+    /// NATS replies still to be lost with their connection.
+    nats_replies_to_lose: AtomicU64,
 }
 
 impl TestHooks {
     pub fn new(config: &GatewayConfig) -> Self {
         Self {
             job_acks_to_lose: AtomicU64::new(config.test_lose_job_acks),
+            nats_replies_to_lose: AtomicU64::new(config.test_lose_nats_replies),
         }
+    }
+
+    /// Whether the request about to be sent loses its reply with its
+    /// connection (`--test-lose-nats-replies`).
+    pub fn lose_nats_reply(&self) -> bool {
+        take_one(&self.nats_replies_to_lose)
     }
 
     /// Called after a job was stored: a time-out while acks are still to
     /// be lost (`--test-lose-job-acks`), else `Ok`.
     pub fn lose_job_ack(&self) -> Result<(), PublishError> {
-        let lose = self
-            .job_acks_to_lose
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
-            .is_ok();
-        if lose {
+        if take_one(&self.job_acks_to_lose) {
             Err(PublishError::new(PublishErrorKind::TimedOut))
         } else {
             Ok(())
         }
     }
+}
+
+/// Takes one from `left` if any are left.
+fn take_one(left: &AtomicU64) -> bool {
+    left.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+        .is_ok()
 }

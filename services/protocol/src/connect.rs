@@ -7,7 +7,11 @@
 //! and a silent connection (a partitioned node) is noticed within about
 //! three ping intervals. [`ConnectionWatch`] lets work that waits on a reply
 //! (a publish ack) give up as soon as the connection it was sent on is gone:
-//! that reply can no longer come.
+//! that reply can no longer come. A request that is safe to send twice (a
+//! read, a deduplicated publish, a compare-and-set) is sent again on the
+//! new connection instead ([`ConnectionWatch::retry_when_lost`]): a client
+//! waiting on it then waits for the reconnect, not for the request's 5 s
+//! time-out.
 
 use std::time::Duration;
 
@@ -20,6 +24,10 @@ const RECONNECT_DELAY_FIRST: Duration = Duration::from_millis(25);
 /// ...up to this. A restarted nats-server takes connections within tens of
 /// milliseconds, a cluster node's clients move to another node at once.
 const RECONNECT_DELAY_MAX: Duration = Duration::from_millis(250);
+/// Every client of a restarted server is connected again within this of the
+/// first one: each tries at most [`RECONNECT_DELAY_MAX`] after its last
+/// try, and a handshake takes well under that.
+pub const RECONNECT_SPREAD: Duration = Duration::from_millis(500);
 /// A server that accepts no TCP connection (nor sends its INFO) this long
 /// is skipped for the next one in the seed list.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -73,6 +81,42 @@ impl ConnectionWatch {
     }
 }
 
+/// Tries of [`ConnectionWatch::retry_when_lost`]: one loss is a restart or
+/// a failover; a connection lost this often in a row is no place to wait.
+pub const RETRIES_WHEN_LOST: usize = 3;
+
+/// The connection was lost during every try of a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the NATS connection was lost {RETRIES_WHEN_LOST} times while waiting for a reply")]
+pub struct ConnectionLost;
+
+impl ConnectionWatch {
+    /// Runs `request` (made anew for each try) until it finishes on a
+    /// connection that held while it ran, at most [`RETRIES_WHEN_LOST`]
+    /// times. A try whose connection is lost is dropped at once: its reply
+    /// would have come on that connection and can no longer come, so
+    /// waiting for it costs the request's whole time-out (5 s) while the
+    /// client is connected again within milliseconds. The next try is sent
+    /// on the new connection (the client queues it until it is connected).
+    /// Only for requests that may reach the server twice without harm.
+    pub async fn retry_when_lost<T, F, Fut>(&self, mut request: F) -> Result<T, ConnectionLost>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = T>,
+    {
+        for _ in 0..RETRIES_WHEN_LOST {
+            let seen = self.losses();
+            tokio::select! {
+                done = request() => return Ok(done),
+                () = self.lost_since(seen) => {
+                    tracing::debug!("NATS connection lost while waiting for a reply; asking again");
+                }
+            }
+        }
+        Err(ConnectionLost)
+    }
+}
+
 /// Connect options of every service, named `name` (shown in the server's
 /// `/connz`), and the watch of its connection losses. The first connect
 /// retries too: a service started before NATS (or before a cluster has
@@ -98,6 +142,66 @@ pub fn options(name: &str) -> (ConnectOptions, ConnectionWatch) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    /// A watch whose losses the test makes.
+    fn watch() -> (watch::Sender<u64>, ConnectionWatch) {
+        let (lost, losses) = watch::channel(0u64);
+        (lost, ConnectionWatch { losses })
+    }
+
+    #[tokio::test]
+    async fn a_request_whose_connection_is_lost_is_asked_again() {
+        let (lost, connection) = watch();
+        let tries = Arc::new(AtomicUsize::new(0));
+        let answered = connection.retry_when_lost(|| {
+            let tries = tries.clone();
+            let lost = lost.clone();
+            async move {
+                if tries.fetch_add(1, Ordering::SeqCst) == 0 {
+                    // The first try's reply never comes: its connection goes.
+                    lost.send_modify(|n| *n += 1);
+                    std::future::pending::<()>().await;
+                }
+                "answer"
+            }
+        });
+        let answered = tokio::time::timeout(Duration::from_secs(30), answered)
+            .await
+            .expect("the lost try was not given up");
+        assert_eq!(answered, Ok("answer"));
+        assert_eq!(tries.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_request_on_a_connection_that_holds_is_asked_once() {
+        let (_lost, connection) = watch();
+        let tries = AtomicUsize::new(0);
+        let answered = connection
+            .retry_when_lost(|| async {
+                tries.fetch_add(1, Ordering::SeqCst);
+                7
+            })
+            .await;
+        assert_eq!(answered, Ok(7));
+        assert_eq!(tries.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_connection_lost_on_every_try_gives_up() {
+        let (lost, connection) = watch();
+        let answered = connection
+            .retry_when_lost(|| {
+                let lost = lost.clone();
+                async move {
+                    lost.send_modify(|n| *n += 1);
+                    std::future::pending::<()>().await
+                }
+            })
+            .await;
+        assert_eq!(answered, Err(ConnectionLost));
+    }
 
     #[test]
     fn a_seed_list_is_split_on_commas() {

@@ -16,9 +16,12 @@ use crate::job::{self, QueueReply};
 /// How long one pull request waits for jobs. Short, so a stopping worker
 /// has no request outstanding for long; idle pulls cost one small request.
 const PULL_EXPIRES: Duration = Duration::from_millis(500);
-/// Pause after a lost connection before pulling again: longer than any
-/// worker's reconnect (`protocol::connect`, at most 250 ms between tries).
-const PULL_AFTER_RECONNECT: Duration = Duration::from_millis(1_000);
+/// Pause after this worker is connected again before it pulls: every other
+/// worker of a restarted server is connected again within this of the
+/// first (`protocol::connect`: at most 250 ms between tries).
+const PULL_AFTER_RECONNECT: Duration = protocol::connect::RECONNECT_SPREAD;
+/// How often a worker whose connection was lost looks whether it is back.
+const RECONNECT_POLL: Duration = Duration::from_millis(20);
 /// Pause after a failed pull (NATS unreachable) before the next.
 const PULL_RETRY: Duration = Duration::from_millis(250);
 
@@ -104,10 +107,19 @@ pub(crate) async fn pull(
             // worker still runs (its delivery state was not yet on disk).
             // The new run's claim notice stops the old one only once that
             // worker is subscribed again: give every worker time to
-            // reconnect before taking jobs.
+            // reconnect before taking jobs, counted from this one's own
+            // reconnect (a fixed pause from the loss would be too short
+            // for a slow restart and needlessly long for a quick one).
+            let client = ctx.js.client();
+            let settled = async {
+                while client.connection_state() != async_nats::connection::State::Connected {
+                    tokio::time::sleep(RECONNECT_POLL).await;
+                }
+                tokio::time::sleep(PULL_AFTER_RECONNECT).await;
+            };
             tokio::select! {
                 _ = stop.cancelled() => break,
-                _ = tokio::time::sleep(PULL_AFTER_RECONNECT) => {}
+                () = settled => {}
             }
         }
     }

@@ -183,7 +183,7 @@ pub async fn run(args: &RecoveryArgs) -> anyhow::Result<Report> {
                         args.first_token_ms.to_string(),
                     ),
                     ("DEMO_ANSWER_TOKENS".into(), args.answer_tokens.to_string()),
-                    ("RUST_LOG".into(), "warn".into()),
+                    ("RUST_LOG".into(), service_log_filter()),
                 ],
                 nginx: true,
                 cluster: cluster.then(|| ClusterOptions {
@@ -386,6 +386,9 @@ pub async fn run(args: &RecoveryArgs) -> anyhow::Result<Report> {
         c.loopback_reason()
             .map_or("namespaces".to_string(), |why| format!("loopback ({why})"))
     });
+    if let Some(stack) = &stack {
+        keep_logs(stack);
+    }
     drop(stack);
 
     let mut violations_by_kind = BTreeMap::new();
@@ -416,6 +419,61 @@ pub async fn run(args: &RecoveryArgs) -> anyhow::Result<Report> {
         cluster_hosts,
         elapsed_ms: millis(started.elapsed()),
     })
+}
+
+/// `RUST_LOG` of the started gateways and workers: `warn`, or
+/// `RECOVERY_SERVICE_LOG` (e.g. `info,worker=debug` to see where a stall's
+/// time goes).
+fn service_log_filter() -> String {
+    std::env::var("RECOVERY_SERVICE_LOG")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "warn".into())
+}
+
+/// Copies the started stack's logs (gateways, workers, nats-server, Nginx)
+/// to `RECOVERY_KEEP_LOGS` when set: the stack's own folder goes with it.
+fn keep_logs(stack: &Stack) {
+    let Some(to) = std::env::var_os("RECOVERY_KEEP_LOGS").filter(|s| !s.is_empty()) else {
+        return;
+    };
+    let to = std::path::PathBuf::from(to);
+    let copied = std::fs::create_dir_all(&to).and_then(|()| {
+        let mut n = 0;
+        for entry in walk(&stack.run_dir())? {
+            if entry.extension().is_some_and(|e| e == "log") {
+                let name = entry
+                    .strip_prefix(stack.run_dir())
+                    .unwrap_or(&entry)
+                    .to_string_lossy()
+                    .replace('/', "_");
+                std::fs::copy(&entry, to.join(name))?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    });
+    match copied {
+        Ok(n) => eprintln!("recovery: {n} logs copied to {}", to.display()),
+        Err(e) => eprintln!("recovery: copying logs to {}: {e}", to.display()),
+    }
+}
+
+/// Every file under `dir`.
+fn walk(dir: &std::path::Path) -> std::io::Result<Vec<std::path::PathBuf>> {
+    let mut files = Vec::new();
+    let mut folders = vec![dir.to_path_buf()];
+    while let Some(folder) = folders.pop() {
+        for entry in std::fs::read_dir(&folder)? {
+            let path = entry?.path();
+            if path.is_dir() {
+                folders.push(path);
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    Ok(files)
 }
 
 /// Reads a session's stream, lets the client catch up with it (events may

@@ -29,8 +29,10 @@ const STREAM_RETRY_MAX: Duration = Duration::from_secs(2);
 
 /// Whether an attempt generates, decided before its first chunk.
 pub(super) enum Admission {
-    /// It generates, with these finished turns as the model's context.
-    Run { history: Vec<Turn> },
+    /// It generates, with these finished turns as the model's context;
+    /// `last_seq` is the session's last stored event as read (0: none), the
+    /// sequence the attempt's first write expects to follow.
+    Run { history: Vec<Turn>, last_seq: u64 },
     /// It ends without generating: answered already, cancelled, or asking
     /// for a model this worker does not serve.
     End(Ending),
@@ -85,7 +87,7 @@ impl Job {
             Some(model) if !ctx.backend.serves_model(model) => {
                 Admission::End(Ending::unknown_model(self.attempt_facts(), model))
             }
-            _ => Admission::Run { history },
+            _ => Admission::Run { history, last_seq },
         }
     }
 

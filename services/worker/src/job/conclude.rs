@@ -44,6 +44,13 @@ impl Job {
         if let Some(answer) = ending.turn {
             turns::record(ctx, &self.request, self.attempt(), answer).await?;
         }
+        if ending.hold_until_writable {
+            // The retry delay still applies after the hold: a job handed
+            // back at once can meet a copy of itself that `ack_wait`
+            // redelivered meanwhile, and the two use up deliveries
+            // superseding each other.
+            self.hold_until_writable().await;
+        }
         ending.ack.send(&self.message).await;
         let clear_flag = match ending.cancel_flag {
             CancelFlag::Keep => false,

@@ -30,6 +30,9 @@ pub(crate) struct Ending {
     pub(crate) dead_letter: Option<String>,
     /// The turn stored in history (then the session record is finished).
     pub(crate) turn: Option<Answer>,
+    /// Before the job is answered, it is kept until the session's stream
+    /// takes writes again (see `hold`): its events found no stream leader.
+    pub(crate) hold_until_writable: bool,
     pub(crate) ack: QueueReply,
     pub(crate) cancel_flag: CancelFlag,
     pub(crate) report: Report,
@@ -64,11 +67,15 @@ pub(crate) enum QueueReply {
 
 impl QueueReply {
     /// Sends the answer; a failure is logged (the server's `ack_wait` and the
-    /// "already answered" check cover a lost one).
+    /// "already answered" check cover a lost one). Nothing waits for the
+    /// server's confirmation: a nats-server restarted after a crash may have
+    /// lost its record of delivering the job, and then drops the ack without
+    /// a reply (it hands the job out again, to be recognised as answered),
+    /// so waiting would hold the job's slot for the whole request time-out.
     pub(crate) async fn send(self, message: &jetstream::Message) {
         let (sent, consequence) = match self {
             QueueReply::Ack => (
-                message.double_ack().await,
+                message.ack().await,
                 "ack failed; the job may be redelivered and recognised as finished",
             ),
             QueueReply::Term => (message.ack_with(AckKind::Term).await, "term failed"),
@@ -178,6 +185,7 @@ impl Ending {
             terminal: None,
             dead_letter: None,
             turn: None,
+            hold_until_writable: false,
             ack,
             cancel_flag: CancelFlag::Keep,
             report,
@@ -192,6 +200,7 @@ impl Ending {
             terminal: Some(terminal),
             dead_letter: None,
             turn: Some(turn),
+            hold_until_writable: false,
             ack,
             cancel_flag: CancelFlag::Keep,
             report,
@@ -348,16 +357,20 @@ impl Ending {
                     attempt.number
                 )),
                 turn: Some(Answer::unfinished(TurnStatus::Failed, String::new())),
+                hold_until_writable: false,
                 ack: QueueReply::Term,
                 cancel_flag: CancelFlag::Keep,
                 report: report(Some(Outcome::DeadLettered), "retries exhausted"),
             },
             Stop::Publish(e) => {
                 tracing::warn!(error = %e, "events not stored; handing the job back");
-                Self::quiet(
-                    QueueReply::Nak(Some(attempt.retry_delay())),
-                    report(Some(Outcome::Redelivered), "publish failed"),
-                )
+                Self {
+                    hold_until_writable: true,
+                    ..Self::quiet(
+                        QueueReply::Nak(Some(attempt.retry_delay())),
+                        report(Some(Outcome::Redelivered), "publish failed"),
+                    )
+                }
             }
             // Nothing is published: the next attempt announces `restart`.
             Stop::Aborted => Self::quiet(
@@ -418,6 +431,7 @@ mod tests {
         outstanding: Outstanding,
         free_slot_early: bool,
         dead_letter: bool,
+        hold_until_writable: bool,
     }
 
     impl From<&Ending> for Row {
@@ -431,6 +445,7 @@ mod tests {
                 outstanding: ending.outstanding,
                 free_slot_early: ending.free_slot_early,
                 dead_letter: ending.dead_letter.is_some(),
+                hold_until_writable: ending.hold_until_writable,
             }
         }
     }
@@ -446,6 +461,7 @@ mod tests {
             outstanding: Outstanding::MustBeStored,
             free_slot_early: true,
             dead_letter: false,
+            hold_until_writable: false,
         }
     }
 
@@ -460,6 +476,7 @@ mod tests {
             outstanding: Outstanding::Abandon,
             free_slot_early: false,
             dead_letter: false,
+            hold_until_writable: false,
         }
     }
 
@@ -543,10 +560,15 @@ mod tests {
             (
                 "publish failed",
                 after(Stop::Publish(PublishFailed("gone".into())), 1),
-                quiet(
-                    Nak(Some(Duration::from_millis(500))),
-                    Some(Outcome::Redelivered),
-                ),
+                Row {
+                    // Not handed back while the stream has no leader: the
+                    // job would use up its deliveries during an election.
+                    hold_until_writable: true,
+                    ..quiet(
+                        Nak(Some(Duration::from_millis(500))),
+                        Some(Outcome::Redelivered),
+                    )
+                },
             ),
             (
                 "shutdown",

@@ -9,6 +9,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::AckKind;
 
 use super::ending::{Generated, Stop};
@@ -22,23 +24,55 @@ use crate::publish::{EventPublisher, PublishFailed};
 impl Job {
     /// Starts this attempt's event publisher; a redelivered job first tells
     /// the session to drop the partial answer of the attempt before.
-    pub(super) async fn start_publishing(&self) -> Result<EventPublisher, JobError> {
+    ///
+    /// That `restart` is stored only right after `last_seq`, the session's
+    /// last event as the admit step read it (compare-and-set): the read may
+    /// have been answered by a replica that was behind, missing a terminal
+    /// event the leader already holds, and a `restart` after a stored
+    /// `done` is a second answer (`chatctl recovery --cluster`:
+    /// `extra_terminal`, `done a1` then `restart a2`). A moved stream is
+    /// [`JobError::StreamMoved`]: the admit step reads again.
+    pub(super) async fn start_publishing(&self, last_seq: u64) -> Result<EventPublisher, JobError> {
         let ctx = &self.ctx;
-        let mut publisher = EventPublisher::start(
+        let subject = protocol::subjects::events(self.request.session_id);
+        if self.attempt() > 1 {
+            let restart = Event::Restart {
+                message_id: self.message_id(),
+                attempt: self.attempt(),
+            };
+            let message = PublishMessage::build()
+                .payload(restart.to_payload())
+                .expected_last_subject_sequence(last_seq);
+            let stored = async { ctx.js.send_publish(subject.clone(), message).await?.await };
+            match self.unless_connection_lost("start", stored).await? {
+                Ok(_) => {}
+                Err(e)
+                    if e.kind() == PublishErrorKind::WrongLastSequence
+                        || protocol::sessions::is_wrong_last_sequence(&e) =>
+                {
+                    tracing::info!(last_seq, "the session's stream moved on; reading it again");
+                    return Err(JobError::StreamMoved);
+                }
+                // No leader took it (an election): nothing is stored yet,
+                // so the attempt waits for one instead of spending a delivery.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        PublishErrorKind::StreamNotFound | PublishErrorKind::TimedOut
+                    ) =>
+                {
+                    tracing::info!(error = %e, "no stream leader for the restart; waiting for one");
+                    return Err(JobError::StreamLeaderless);
+                }
+                Err(e) => return Err(PublishFailed::from(e).into()),
+            }
+        }
+        Ok(EventPublisher::start(
             ctx.js.clone(),
             ctx.connection.clone(),
-            protocol::subjects::events(self.request.session_id),
+            subject,
             ctx.chunk_window.clone(),
-        );
-        if self.attempt() > 1 {
-            publisher
-                .publish(&Event::Restart {
-                    message_id: self.message_id(),
-                    attempt: self.attempt(),
-                })
-                .await?;
-        }
-        Ok(publisher)
+        ))
     }
 
     /// Generates the answer under its own `model` span, with `history` as

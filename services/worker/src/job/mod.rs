@@ -9,6 +9,7 @@ mod conclude;
 mod ending;
 mod fence;
 mod generate;
+mod hold;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -87,7 +88,20 @@ enum JobError {
     /// checked by the next attempt's admit step, so it is safe to stop.
     #[error("the NATS connection was lost during the {0} step")]
     ConnectionLost(&'static str),
+    /// The session's stream moved on from what the admit step read (its
+    /// read was answered by a replica that was behind, or another message
+    /// of the session stored an event meanwhile).
+    #[error("the session's stream moved on since the admit step read it")]
+    StreamMoved,
+    /// The session's stream took no write: it has no leader (an election
+    /// after a cluster node was lost), or its answer did not come.
+    #[error("the session's stream has no leader")]
+    StreamLeaderless,
 }
+
+/// Admit steps an attempt runs again when its stream moved on before its
+/// first write, before it is handed back.
+const READMISSIONS: usize = 3;
 
 struct Job {
     ctx: Arc<JobContext>,
@@ -107,15 +121,37 @@ impl Job {
             .ctx
             .cancels
             .register(self.request.session_id, self.message_id());
-        let admission = self.unless_connection_lost("admit", self.admit(&guard));
-        let history = match admission.await? {
-            Admission::Run { history } => history,
-            Admission::End(ending) => {
-                let concluded = self.conclude(ending, None, &guard);
-                return self.unless_connection_lost("conclude", concluded).await?;
+        let mut readmissions = 0;
+        let (mut publisher, history) = loop {
+            // Reads, and a claim notice: asked again on the new connection
+            // when the one they went out on is lost, instead of handing the
+            // job back (a redelivery waits for the retry delay and the next
+            // pull).
+            let admission = self
+                .ctx
+                .connection
+                .retry_when_lost(|| self.admit(&guard))
+                .await
+                .map_err(|_| JobError::ConnectionLost("admit"))?;
+            let (history, last_seq) = match admission {
+                Admission::Run { history, last_seq } => (history, last_seq),
+                Admission::End(ending) => {
+                    let concluded = self.conclude(ending, None, &guard);
+                    return self.unless_connection_lost("conclude", concluded).await?;
+                }
+            };
+            match self.start_publishing(last_seq).await {
+                Ok(publisher) => break (publisher, history),
+                // The stream holds more than the admit step read (a replica
+                // behind answered it): read again before announcing anything.
+                Err(JobError::StreamMoved) if readmissions < READMISSIONS => readmissions += 1,
+                Err(JobError::StreamLeaderless) if readmissions < READMISSIONS => {
+                    readmissions += 1;
+                    self.hold_until_writable().await;
+                }
+                Err(e) => return Err(e),
             }
         };
-        let mut publisher = self.start_publishing().await?;
         let generated = self.generate(&mut publisher, &guard, history).await;
         let ending = Ending::after_generation(generated, self.attempt_facts());
         let concluded = self.conclude(ending, Some(publisher), &guard);
@@ -145,6 +181,9 @@ impl Job {
             Ok(report) => report,
             Err(e) => {
                 tracing::warn!(error = %e, "job attempt failed; handing it back");
+                // The connection went with a node, which may have led the
+                // session's stream: handed back once it takes writes again.
+                self.hold_until_writable().await;
                 QueueReply::Nak(Some(self.attempt_facts().retry_delay()))
                     .send(&self.message)
                     .await;
