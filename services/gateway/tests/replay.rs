@@ -167,7 +167,10 @@ async fn a_client_that_stops_reading_is_closed_and_slows_no_one() {
 #[tokio::test]
 async fn after_seq_beyond_the_replay_window_says_so_and_sends_history() {
     let app = TestApp::builder()
-        .layout_args(&["--replay-window-secs", "1", "--dedup-window-secs", "1"])
+        // Long enough that the second answer outlives the late replay on
+        // a loaded machine (1 s failed inside `just test`), short enough
+        // to wait out the first.
+        .layout_args(&["--replay-window-secs", "4", "--dedup-window-secs", "4"])
         .real_worker()
         .start()
         .await;
