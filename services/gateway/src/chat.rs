@@ -245,7 +245,10 @@ pub(crate) async fn queue(
     .await;
     match queued {
         Ok(()) => Ok(Accepted { message_id, seq }),
-        Err(e) if is_uncertain(&e) => {
+        Err(JobNotQueued {
+            error: e,
+            maybe_queued: true,
+        }) => {
             // The job may be queued (only its ack was lost): storing a
             // refusal now could put an `error` before a whole answer. The
             // message stays in flight; a retry with the same id publishes
@@ -254,8 +257,17 @@ pub(crate) async fn queue(
             tracing::warn!(error = %e, %message_id, "queueing a job: outcome unknown");
             Err(ApiError::nats(e))
         }
-        Err(e) => Err(refused(state, session, message_id, e).await),
+        Err(JobNotQueued { error, .. }) => Err(refused(state, session, message_id, error).await),
     }
+}
+
+/// A job publish that did not end in an ack.
+struct JobNotQueued {
+    /// The last try's error.
+    error: PublishError,
+    /// Whether any try may have stored the job (its ack never came): then
+    /// a later "no" (no stream leader yet) does not mean "not queued".
+    maybe_queued: bool,
 }
 
 /// Tries of a job publish whose outcome is unknown (no ack), each with the
@@ -272,25 +284,41 @@ async fn publish_job(
     payload: bytes::Bytes,
     (session, message_id): (SessionId, MessageId),
     headers: HeaderMap,
-) -> Result<(), PublishError> {
+) -> Result<(), JobNotQueued> {
     let mut tries = 0;
+    let mut maybe_queued = false;
     loop {
         tries += 1;
-        let result = publish(
-            state,
-            subject.clone(),
-            payload.clone(),
-            Some((session, message_id)),
-            headers.clone(),
-        )
-        .await
-        .and_then(|_| state.test_hooks.lose_job_ack());
+        let result = if tries > 1 {
+            state.test_hooks.leaderless_job_retry()
+        } else {
+            Ok(())
+        };
+        let result = match result {
+            Ok(()) => publish(
+                state,
+                subject.clone(),
+                payload.clone(),
+                Some((session, message_id)),
+                headers.clone(),
+            )
+            .await
+            .and_then(|_| state.test_hooks.lose_job_ack()),
+            Err(e) => Err(e),
+        };
         match result {
+            Ok(_) => return Ok(()),
             Err(e) if is_uncertain(&e) && tries < JOB_PUBLISH_TRIES => {
+                maybe_queued = true;
                 tracing::info!(error = %e, %message_id, tries, "no ack for a job; publishing it again");
                 tokio::time::sleep(JOB_PUBLISH_RETRY).await;
             }
-            other => return other,
+            Err(error) => {
+                return Err(JobNotQueued {
+                    maybe_queued: maybe_queued || is_uncertain(&error),
+                    error,
+                })
+            }
         }
     }
 }

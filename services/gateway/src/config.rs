@@ -117,6 +117,16 @@ pub struct GatewayConfig {
         hide = true
     )]
     pub test_lose_nats_replies: u64,
+    /// Test hook: after a job publish whose ack was lost, the next n tries
+    /// of that job find no stream leader (as while a cluster elects one)
+    /// and are not sent.
+    #[arg(
+        long,
+        env = "GATEWAY_TEST_LEADERLESS_JOB_RETRIES",
+        default_value_t = 0,
+        hide = true
+    )]
+    pub test_leaderless_job_retries: u64,
     #[command(flatten)]
     pub layout: LayoutConfig,
     /// The nkey and CA files this service connects to NATS with.

@@ -12,6 +12,8 @@ pub struct TestHooks {
     job_acks_to_lose: AtomicU64,
     /// NATS replies still to be lost with their connection.
     nats_replies_to_lose: AtomicU64,
+    /// Retried job publishes still to find no stream leader.
+    leaderless_job_retries: AtomicU64,
 }
 
 impl TestHooks {
@@ -19,6 +21,7 @@ impl TestHooks {
         Self {
             job_acks_to_lose: AtomicU64::new(config.test_lose_job_acks),
             nats_replies_to_lose: AtomicU64::new(config.test_lose_nats_replies),
+            leaderless_job_retries: AtomicU64::new(config.test_leaderless_job_retries),
         }
     }
 
@@ -33,6 +36,18 @@ impl TestHooks {
     pub fn lose_job_ack(&self) -> Result<(), PublishError> {
         if take_one(&self.job_acks_to_lose) {
             Err(PublishError::new(PublishErrorKind::TimedOut))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl TestHooks {
+    /// Called before a job publish is tried again: "no stream" while such
+    /// tries are still to be made up (`--test-leaderless-job-retries`).
+    pub fn leaderless_job_retry(&self) -> Result<(), PublishError> {
+        if take_one(&self.leaderless_job_retries) {
+            Err(PublishError::new(PublishErrorKind::StreamNotFound))
         } else {
             Ok(())
         }

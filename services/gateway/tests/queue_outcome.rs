@@ -92,3 +92,40 @@ async fn a_job_whose_outcome_stays_unknown_gets_no_refusal_and_one_answer() {
         .count();
     assert_eq!(echoes, 1, "{events:?}");
 }
+
+#[tokio::test]
+async fn a_job_stored_before_the_stream_lost_its_leader_gets_no_refusal() {
+    // Found by `chatctl recovery --cluster` (`error internal`, then a whole
+    // answer): the first try stored the job but lost its ack; the retries
+    // then found no stream leader (a node was killed). "No leader" says
+    // nothing of the first try: no refusal may be stored.
+    let app = TestApp::builder()
+        .gateway_args(&[
+            "--test-lose-job-acks",
+            "1",
+            "--test-leaderless-job-retries",
+            "10",
+        ])
+        .start()
+        .await;
+    let (session, token) = app.new_session().await;
+    let id = MessageId::new();
+    let path = format!("/api/chat?session={session}");
+    let body = json!({"message_id": id, "content": "stored, then leaderless"});
+    let refused = app.post(&path, &token, body).await;
+    assert_rest_error(refused, 503, ErrorCode::Internal).await;
+    let (events, _) = app.events(session, &token, 0).await;
+    assert_eq!(events.len(), 1, "the echo only, no refusal: {events:?}");
+    assert_eq!(app.queued_jobs().await, 1, "the first try queued it");
+
+    let _worker = app
+        .scripted_worker(Script::words(&["still ", "answered"]))
+        .await;
+    eventually("the answer's terminal event", || async {
+        let (events, _) = app.events(session, &token, 0).await;
+        !terminals(&events, id).is_empty()
+    })
+    .await;
+    let (events, _) = app.events(session, &token, 0).await;
+    assert_eq!(terminals(&events, id), [EventKind::Done], "{events:?}");
+}
