@@ -330,7 +330,7 @@ fn is_uncertain(e: &PublishError) -> bool {
     matches!(
         e.kind(),
         PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe
-    )
+    ) || is_duplicate_in_process(e)
 }
 
 /// The work-queue refused the job although its echo is stored: the
@@ -431,11 +431,34 @@ async fn publish(
                 tracing::debug!("no stream leader; publishing again");
                 tokio::time::sleep(LEADERLESS_RETRY).await;
             }
+            // The same message id is still being stored by an earlier try
+            // (a cluster's proposal in flight): asked again shortly, it is
+            // answered as the duplicate it is, with the first sequence.
+            // Refused instead, a queued job got an `error` before its answer
+            // (`chatctl recovery --cluster --seed 2`).
+            Some(Err(e))
+                if dedup.is_some()
+                    && is_duplicate_in_process(&e)
+                    && started.elapsed() + LEADERLESS_RETRY < LEADERLESS_PATIENCE =>
+            {
+                tracing::debug!(
+                    "an earlier try of this message is still being stored; asking again"
+                );
+                tokio::time::sleep(LEADERLESS_RETRY).await;
+            }
             Some(ack) => return Ok(ack?.sequence),
             // Sent on a connection that is gone: stored or not, unknown.
             None => return Err(PublishError::new(PublishErrorKind::BrokenPipe)),
         }
     }
+}
+
+/// JetStream's 10158, "duplicate message id is in process": a publish with
+/// a `Nats-Msg-Id` whose earlier copy is not stored yet (async-nats 0.51
+/// reports it as an unspecific error).
+fn is_duplicate_in_process(e: &PublishError) -> bool {
+    let text = e.to_string();
+    text.contains("10158") || text.contains("duplicate message id is in process")
 }
 
 /// How long a deduplicated write waits for a stream without a leader:
@@ -512,4 +535,25 @@ pub async fn cancel(
     // Flushed so the worker hears it now, not at the next buffer flush.
     state.client.flush().await.map_err(ApiError::nats)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_duplicate_still_being_stored_is_an_unknown_outcome_not_a_refusal() {
+        let in_process = PublishError::with_source(
+            PublishErrorKind::Other,
+            "duplicate message id is in process (code 409, error code 10158)",
+        );
+        assert!(is_duplicate_in_process(&in_process));
+        assert!(is_uncertain(&in_process));
+        let full = PublishError::with_source(
+            PublishErrorKind::Other,
+            "maximum messages exceeded (code 503, error code 10077)",
+        );
+        assert!(!is_uncertain(&full));
+        assert!(is_full(&full));
+    }
 }

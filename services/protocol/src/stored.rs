@@ -148,6 +148,15 @@ struct Batch<'a> {
     max_bytes: usize,
 }
 
+/// Whether a range read from `from_seq` holds the event at `last_seq`, the
+/// subject's last sequence as known from another read. A direct get may be
+/// answered by a replica that lags: a range that stops short of a sequence
+/// known to exist is not the truth yet, and deciding on it (nothing stored
+/// for this message) stores a second answer. An empty span is complete.
+pub fn reaches(read: &[Stored], from_seq: u64, last_seq: u64) -> bool {
+    last_seq < from_seq || read.last().map(|s| s.seq) == Some(last_seq)
+}
+
 /// A numeric header of a message (`Nats-Sequence`, `Nats-Last-Sequence`, …).
 pub fn header_u64(message: &async_nats::Message, name: &str) -> Option<u64> {
     message.headers.as_ref()?.get(name)?.as_str().parse().ok()
@@ -226,4 +235,21 @@ pub async fn find_turn(
     }
     let turns = read_turns(client, history, session, max_turns).await?;
     Ok(turns.into_iter().rev().find(|t| t.message_id == message))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_range_short_of_the_known_last_sequence_is_not_the_truth() {
+        let stored = |seq| Stored {
+            seq,
+            payload: Bytes::new(),
+        };
+        assert!(reaches(&[stored(4), stored(9)], 3, 9));
+        assert!(!reaches(&[stored(4)], 3, 9), "a lagging replica's range");
+        assert!(!reaches(&[], 3, 9));
+        assert!(reaches(&[], 10, 9), "nothing to read");
+    }
 }

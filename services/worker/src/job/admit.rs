@@ -209,6 +209,15 @@ impl Job {
         )
         .await;
         let events: Vec<Event> = match read {
+            // A replica behind the one that gave `last_seq`: not the truth
+            // yet (read again, patiently).
+            Ok(stored) if !stored::reaches(&stored, from, last_seq) => {
+                tracing::info!(
+                    last_seq,
+                    "a replica lags the session's stream; reading again"
+                );
+                return Err(());
+            }
             Ok(stored) => stored
                 .iter()
                 .filter_map(|s| serde_json::from_slice::<Event>(&s.payload).ok())

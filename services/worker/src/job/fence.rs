@@ -22,6 +22,8 @@ use crate::publish::PublishFailed;
 /// Checks and compare-and-set publishes before giving up: another message
 /// of the same session may store events in between.
 const TRIES: usize = 10;
+/// The pause before reading again when a replica lagged the other read.
+const LAGGING_REPLICA_PAUSE: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// What became of a terminal event.
 pub(super) enum Fenced {
@@ -54,6 +56,13 @@ impl Job {
             )
             .await
             .map_err(|e| PublishFailed(format!("reading the message's events: {e}")))?;
+            if !stored::reaches(&read, self.request.user_seq + 1, last.sequence) {
+                // The two reads came from replicas at different points:
+                // the range is not the truth yet (seen on a cluster as
+                // `done a1` stored twice).
+                tokio::time::sleep(LAGGING_REPLICA_PAUSE).await;
+                continue;
+            }
             let mine = read
                 .iter()
                 .filter_map(|s| serde_json::from_slice::<Event>(&s.payload).ok())
