@@ -20,6 +20,26 @@ fn terminals(events: &[protocol::frames::SequencedEvent], id: MessageId) -> Vec<
         .collect()
 }
 
+/// Starts a worker answering `words`, waits for the message's terminal
+/// event, and returns the session's events once it is there.
+async fn answered_once(
+    app: &TestApp,
+    session: protocol::SessionId,
+    token: &str,
+    id: MessageId,
+    words: &[&str],
+) -> Vec<protocol::frames::SequencedEvent> {
+    let _worker = app.scripted_worker(Script::words(words)).await;
+    eventually("the answer's terminal event", || async {
+        let (events, _) = app.events(session, token, 0).await;
+        !terminals(&events, id).is_empty()
+    })
+    .await;
+    let (events, _) = app.events(session, token, 0).await;
+    assert_eq!(terminals(&events, id), [EventKind::Done], "{events:?}");
+    events
+}
+
 #[tokio::test]
 async fn a_job_whose_ack_is_lost_once_is_accepted_queued_once_and_answered_once() {
     let app = TestApp::builder()
@@ -40,17 +60,8 @@ async fn a_job_whose_ack_is_lost_once_is_accepted_queued_once_and_answered_once(
     let accepted: Value = response.json().await.unwrap();
     assert_eq!(app.queued_jobs().await, 1, "asked twice, queued once");
 
-    let _worker = app
-        .scripted_worker(Script::words(&["one ", "answer"]))
-        .await;
-    eventually("the answer's terminal event", || async {
-        let (events, _) = app.events(session, &token, 0).await;
-        !terminals(&events, id).is_empty()
-    })
-    .await;
-    let (events, _) = app.events(session, &token, 0).await;
+    let events = answered_once(&app, session, &token, id, &["one ", "answer"]).await;
     assert_eq!(events[0].seq, accepted["seq"].as_u64().unwrap());
-    assert_eq!(terminals(&events, id), [EventKind::Done], "{events:?}");
 }
 
 #[tokio::test]
@@ -76,16 +87,7 @@ async fn a_job_whose_outcome_stays_unknown_gets_no_refusal_and_one_answer() {
     assert_eq!(app.queued_jobs().await, 1);
 
     // The job was queued all along: a worker answers it, once.
-    let _worker = app
-        .scripted_worker(Script::words(&["the ", "answer"]))
-        .await;
-    eventually("the answer's terminal event", || async {
-        let (events, _) = app.events(session, &token, 0).await;
-        !terminals(&events, id).is_empty()
-    })
-    .await;
-    let (events, _) = app.events(session, &token, 0).await;
-    assert_eq!(terminals(&events, id), [EventKind::Done], "{events:?}");
+    let events = answered_once(&app, session, &token, id, &["the ", "answer"]).await;
     let echoes = events
         .iter()
         .filter(|e| e.event.kind() == EventKind::UserMessage)
@@ -118,14 +120,5 @@ async fn a_job_stored_before_the_stream_lost_its_leader_gets_no_refusal() {
     assert_eq!(events.len(), 1, "the echo only, no refusal: {events:?}");
     assert_eq!(app.queued_jobs().await, 1, "the first try queued it");
 
-    let _worker = app
-        .scripted_worker(Script::words(&["still ", "answered"]))
-        .await;
-    eventually("the answer's terminal event", || async {
-        let (events, _) = app.events(session, &token, 0).await;
-        !terminals(&events, id).is_empty()
-    })
-    .await;
-    let (events, _) = app.events(session, &token, 0).await;
-    assert_eq!(terminals(&events, id), [EventKind::Done], "{events:?}");
+    answered_once(&app, session, &token, id, &["still ", "answered"]).await;
 }
