@@ -330,7 +330,7 @@ fn is_uncertain(e: &PublishError) -> bool {
     matches!(
         e.kind(),
         PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe
-    ) || is_duplicate_in_process(e)
+    ) || protocol::conflicts::is_duplicate_in_process(e)
 }
 
 /// The work-queue refused the job although its echo is stored: the
@@ -438,7 +438,7 @@ async fn publish(
             // (`chatctl recovery --cluster --seed 2`).
             Some(Err(e))
                 if dedup.is_some()
-                    && is_duplicate_in_process(&e)
+                    && protocol::conflicts::is_duplicate_in_process(&e)
                     && started.elapsed() + LEADERLESS_RETRY < LEADERLESS_PATIENCE =>
             {
                 tracing::debug!(
@@ -451,14 +451,6 @@ async fn publish(
             None => return Err(PublishError::new(PublishErrorKind::BrokenPipe)),
         }
     }
-}
-
-/// JetStream's 10158, "duplicate message id is in process": a publish with
-/// a `Nats-Msg-Id` whose earlier copy is not stored yet (async-nats 0.51
-/// reports it as an unspecific error).
-fn is_duplicate_in_process(e: &PublishError) -> bool {
-    let text = e.to_string();
-    text.contains("10158") || text.contains("duplicate message id is in process")
 }
 
 /// How long a deduplicated write waits for a stream without a leader:
@@ -541,13 +533,19 @@ pub async fn cancel(
 mod tests {
     use super::*;
 
+    /// A JetStream API error as the server sends it.
+    fn api_error(err_code: u64) -> async_nats::jetstream::Error {
+        serde_json::from_value(serde_json::json!({
+            "code": 409,
+            "err_code": err_code,
+            "description": "refused"
+        }))
+        .expect("an API error")
+    }
+
     #[test]
     fn a_duplicate_still_being_stored_is_an_unknown_outcome_not_a_refusal() {
-        let in_process = PublishError::with_source(
-            PublishErrorKind::Other,
-            "duplicate message id is in process (code 409, error code 10158)",
-        );
-        assert!(is_duplicate_in_process(&in_process));
+        let in_process = PublishError::with_source(PublishErrorKind::Other, api_error(10158));
         assert!(is_uncertain(&in_process));
         let full = PublishError::with_source(
             PublishErrorKind::Other,

@@ -6,7 +6,6 @@ mod support;
 
 use std::time::Duration;
 
-use clap::Parser;
 use stack::nats::NatsServer;
 use support::WAIT;
 
@@ -24,19 +23,7 @@ async fn a_gateway_started_before_nats_comes_up_once_nats_does() {
     .unwrap();
     drop(js);
     nats.kill(); // its port is known; nothing listens on it now
-    let access = nats.access(protocol::access::Role::Gateway).to_args();
-    let url = nats.url();
-    let mut args = vec![
-        "gateway",
-        "--nats-url",
-        &url,
-        "--listen",
-        "127.0.0.1:0",
-        "--node",
-        "gw-early",
-    ];
-    args.extend(access.iter().map(String::as_str));
-    let config = gateway::GatewayConfig::parse_from(args);
+    let config = support::gateway_config(&nats, "gw-early", &[]);
     let mut starting = tokio::spawn(gateway::spawn(config));
     // Without NATS the connect is refused within milliseconds: a gateway
     // that does not wait has returned (an error) well within this.

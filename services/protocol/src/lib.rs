@@ -8,6 +8,7 @@
 
 pub mod access;
 pub mod close;
+pub mod conflicts;
 pub mod connect;
 pub mod events;
 pub mod frames;

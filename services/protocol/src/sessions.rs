@@ -3,8 +3,8 @@
 //! conflict, so gateways and workers never overwrite each other's updates.
 
 use async_nats::jetstream::kv::{self, Operation};
-use async_nats::jetstream::ErrorCode;
 
+use crate::conflicts::is_wrong_last_sequence;
 use crate::ids::SessionId;
 use crate::records::SessionRecord;
 use crate::subjects;
@@ -19,25 +19,6 @@ pub enum SessionStoreError {
     Nats(async_nats::Error),
     #[error("session record kept changing under us")]
     Contended,
-}
-
-/// Whether a compare-and-set write (`Nats-Expected-Last-Subject-Sequence`,
-/// a KV update) was refused because the subject moved on. JetStream says so
-/// with error 10071 ("wrong last sequence: n") or, from a clustered
-/// stream's leader, 10164 ("wrong last sequence"); async-nats 0.51 knows
-/// only the first and reports the second as an unspecific failure, so a
-/// conflict on an R3 stream would end the write instead of retrying it.
-pub fn is_wrong_last_sequence(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut next = Some(e);
-    while let Some(error) = next {
-        if let Some(api) = error.downcast_ref::<async_nats::jetstream::Error>() {
-            let code = api.error_code();
-            return code == ErrorCode::STREAM_WRONG_LAST_SEQUENCE
-                || code == ErrorCode::STREAM_WRONG_LAST_SEQUENCE_CONSTANT;
-        }
-        next = error.source();
-    }
-    false
 }
 
 /// A record and the KV revision it was read at.
@@ -125,42 +106,4 @@ pub async fn update<E>(
         }
     }
     Err(SessionStoreError::Contended)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use async_nats::jetstream::context::{PublishError, PublishErrorKind};
-
-    /// A JetStream API error as the server sends it.
-    fn api_error(err_code: u64) -> async_nats::jetstream::Error {
-        serde_json::from_value(serde_json::json!({
-            "code": 400,
-            "err_code": err_code,
-            "description": "wrong last sequence"
-        }))
-        .unwrap()
-    }
-
-    #[test]
-    fn both_codes_of_a_moved_subject_are_a_conflict() {
-        // What a clustered stream's leader answers, as async-nats 0.51 wraps it.
-        let constant = PublishError::with_source(PublishErrorKind::Other, api_error(10164));
-        assert!(is_wrong_last_sequence(&constant));
-        let update: kv::UpdateError = constant.into();
-        assert_eq!(update.kind(), kv::UpdateErrorKind::Other);
-        assert!(is_wrong_last_sequence(&update));
-        let numbered =
-            PublishError::with_source(PublishErrorKind::WrongLastSequence, api_error(10071));
-        assert!(is_wrong_last_sequence(&numbered));
-    }
-
-    #[test]
-    fn other_failures_are_not_a_conflict() {
-        let other = PublishError::with_source(PublishErrorKind::Other, api_error(10077));
-        assert!(!is_wrong_last_sequence(&other));
-        assert!(!is_wrong_last_sequence(&PublishError::new(
-            PublishErrorKind::TimedOut
-        )));
-    }
 }

@@ -128,7 +128,7 @@ impl TestAppBuilder {
 
 /// The one place the tests build a gateway's configuration.
 /// It connects with the gateway role's credentials, as a deployed one does.
-fn gateway_config(nats: &NatsServer, node: &str, extra: &[String]) -> gateway::GatewayConfig {
+pub fn gateway_config(nats: &NatsServer, node: &str, extra: &[String]) -> gateway::GatewayConfig {
     let url = nats.url();
     let access = nats.access(Role::Gateway).to_args();
     let mut args = vec![

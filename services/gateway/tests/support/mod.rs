@@ -17,7 +17,7 @@ mod assertions;
 mod scripted_worker;
 mod ws;
 
-pub use app::{TestApp, ANSWER_TOKENS};
+pub use app::{gateway_config, TestApp, ANSWER_TOKENS};
 pub use assertions::{answer, assert_rest_error, assert_strictly_increasing, count, eventually};
 pub use scripted_worker::{Script, ScriptedWorker};
 pub use ws::{Received, Ws};

@@ -90,7 +90,7 @@ impl Job {
             match acked {
                 Ok(_) => return Ok(Fenced::Stored),
                 Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => continue,
-                Err(e) if protocol::sessions::is_wrong_last_sequence(&e) => continue,
+                Err(e) if protocol::conflicts::is_wrong_last_sequence(&e) => continue,
                 Err(e) => return Err(e.into()),
             }
         }

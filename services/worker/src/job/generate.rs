@@ -48,7 +48,7 @@ impl Job {
                 Ok(_) => {}
                 Err(e)
                     if e.kind() == PublishErrorKind::WrongLastSequence
-                        || protocol::sessions::is_wrong_last_sequence(&e) =>
+                        || protocol::conflicts::is_wrong_last_sequence(&e) =>
                 {
                     tracing::info!(last_seq, "the session's stream moved on; reading it again");
                     return Err(JobError::StreamMoved);
