@@ -8,6 +8,10 @@
 //! - each question has exactly one terminal event, a `done`;
 //! - the final attempt's chunks (those after the last `restart`) are
 //!   numbered 0, 1, 2… and spell exactly the expected answer.
+//!
+//! Answers are read as PROTOCOL.md tells a client to: a `chunk`,
+//! `reasoning` or `restart` of an attempt lower than the highest one seen
+//! for the message is stale and ignored (see [`as_a_client_acts_on`]).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
@@ -193,6 +197,8 @@ pub fn check_answers(
     }
     for want in expected {
         let id = want.message_id;
+        let stored = by_message.get(&id).map(Vec::as_slice).unwrap_or_default();
+        let (events, _stale) = as_a_client_acts_on(stored);
         let mut push = |kind, detail: String| {
             violations.push(Violation {
                 kind,
@@ -201,7 +207,6 @@ pub fn check_answers(
                 detail,
             })
         };
-        let events = by_message.get(&id).map(Vec::as_slice).unwrap_or_default();
         let echoes = events
             .iter()
             .filter(|e| matches!(e.event, Event::UserMessage { .. }))
@@ -232,7 +237,7 @@ pub fn check_answers(
                     "{} terminal event(s), {} event(s) after the first: {}",
                     terminals.len(),
                     events.len() - end - 1,
-                    timeline(events)
+                    timeline(&events)
                 ),
             );
         }
@@ -283,7 +288,7 @@ pub fn check_answers(
         if !bad.is_empty() {
             push(
                 ViolationKind::BadChunks,
-                format!("{}; stream: {}", bad.join("; "), timeline(events)),
+                format!("{}; stream: {}", bad.join("; "), timeline(stored)),
             );
         }
         if text != want.text {
@@ -353,15 +358,65 @@ pub fn timeline(events: &[&SequencedEvent]) -> String {
     parts.join(", ")
 }
 
+/// One message's events (in stream order) as a client following
+/// PROTOCOL.md acts on them, and how many it ignores as stale: a `chunk`,
+/// `reasoning` or `restart` whose attempt is lower than the highest seen
+/// so far for the message. Such an event is a superseded attempt's publish
+/// that reached the stream after the newer attempt's `restart` (its worker
+/// had not yet learnt it lost the job); the stream cannot refuse it without
+/// a round trip per chunk, so the attempt number fences it at the reader.
+pub fn as_a_client_acts_on<'a>(events: &[&'a SequencedEvent]) -> (Vec<&'a SequencedEvent>, usize) {
+    let mut highest = 0;
+    let mut kept = Vec::with_capacity(events.len());
+    let mut stale = 0;
+    for &e in events {
+        let attempt = match &e.event {
+            Event::Chunk { attempt, .. }
+            | Event::Reasoning { attempt, .. }
+            | Event::Restart { attempt, .. } => Some(*attempt),
+            Event::Done { attempt, .. } => {
+                highest = highest.max(*attempt);
+                None
+            }
+            _ => None,
+        };
+        match attempt {
+            Some(a) if a < highest => stale += 1,
+            Some(a) => {
+                highest = a;
+                kept.push(e);
+            }
+            None => kept.push(e),
+        }
+    }
+    (kept, stale)
+}
+
+/// How many of a session's stored events a client ignores as stale (see
+/// [`as_a_client_acts_on`]).
+pub fn stale_events(truth: &[SequencedEvent]) -> usize {
+    let mut by_message: BTreeMap<MessageId, Vec<&SequencedEvent>> = BTreeMap::new();
+    for e in truth {
+        if let Some(id) = e.event.message_id() {
+            by_message.entry(id).or_default().push(e);
+        }
+    }
+    by_message
+        .values()
+        .map(|events| as_a_client_acts_on(events).1)
+        .sum()
+}
+
 /// The text of a message's final attempt as a client would show it: the
-/// chunks after the last `restart`, in order. `None` before the message's
-/// `done`.
+/// chunks after the last `restart`, in order, stale ones ignored. `None`
+/// before the message's `done`.
 pub fn final_answer(events: &[SequencedEvent], message_id: MessageId) -> Option<String> {
-    let mine: Vec<&Event> = events
+    let stored: Vec<&SequencedEvent> = events
         .iter()
-        .map(|e| &e.event)
-        .filter(|e| e.message_id() == Some(message_id))
+        .filter(|e| e.event.message_id() == Some(message_id))
         .collect();
+    let (kept, _) = as_a_client_acts_on(&stored);
+    let mine: Vec<&Event> = kept.iter().map(|e| &e.event).collect();
     let done = mine.iter().position(|e| matches!(e, Event::Done { .. }))?;
     let start = mine[..done]
         .iter()
@@ -494,9 +549,19 @@ mod tests {
             timeline(&mine)
         );
 
-        // A hole in the reasoning, or reasoning of another attempt than
-        // the one that finished, is bad.
-        for (attempt, index) in [(2, 2), (1, 1), (3, 1)] {
+        // A hole in the reasoning is bad; reasoning of a later attempt
+        // than the one that finished is bad, and the finished attempt's
+        // chunks after it are stale to a client: the answer is missing.
+        for (attempt, index, want) in [
+            (2, 2, vec![ViolationKind::BadChunks]),
+            (
+                3,
+                1,
+                vec![ViolationKind::BadChunks, ViolationKind::WrongAnswer],
+            ),
+            // An earlier attempt's, after the later one began: stale.
+            (1, 1, vec![]),
+        ] {
             let mut s = Story::new();
             s.ask()
                 .reasoning(2, 0, "a")
@@ -504,12 +569,51 @@ mod tests {
                 .chunk(2, 0, "x")
                 .done(2);
             let found = check_answers(session, &s.events, &s.expect("x"));
-            assert_eq!(
-                kinds(&found),
-                vec![ViolationKind::BadChunks],
-                "a{attempt} #{index}: {found:?}"
-            );
+            assert_eq!(kinds(&found), want, "a{attempt} #{index}: {found:?}");
         }
+    }
+
+    #[test]
+    fn a_superseded_attempts_late_events_are_ignored_as_a_client_ignores_them() {
+        // Attempt 1 lost its job without knowing; some of its chunks reach
+        // the stream after attempt 2's `restart`, one even after `done a2`.
+        let session = SessionId::new();
+        let mut s = Story::new();
+        s.ask()
+            .chunk(1, 0, "Hel")
+            .restart(2)
+            .chunk(2, 0, "Hel")
+            .chunk(1, 1, "lo")
+            .reasoning(1, 0, "hmm")
+            .chunk(2, 1, "lo")
+            .done(2)
+            .chunk(1, 2, "!");
+        assert!(check_stream(session, &s.events, &s.events).is_empty());
+        let found = check_answers(session, &s.events, &s.expect("Hello"));
+        assert!(found.is_empty(), "{found:?}");
+        assert_eq!(final_answer(&s.events, s.id).as_deref(), Some("Hello"));
+        assert_eq!(stale_events(&s.events), 3);
+
+        // The same late chunks with attempt 2 would be read: bad.
+        let mut s = Story::new();
+        s.ask()
+            .restart(2)
+            .chunk(2, 0, "Hel")
+            .chunk(2, 1, "lo")
+            .chunk(2, 1, "lo")
+            .done(2);
+        assert_eq!(
+            kinds(&check_answers(session, &s.events, &s.expect("Hello"))),
+            vec![ViolationKind::BadChunks, ViolationKind::WrongAnswer]
+        );
+        assert_eq!(stale_events(&s.events), 0);
+        // And a late `done` of the old attempt is still a second terminal.
+        let mut s = Story::new();
+        s.ask().restart(2).chunk(2, 0, "x").done(2).done(1);
+        assert_eq!(
+            kinds(&check_answers(session, &s.events, &s.expect("x"))),
+            vec![ViolationKind::ExtraTerminal]
+        );
     }
 
     #[test]

@@ -328,12 +328,13 @@ impl NatsCluster {
     /// A client of every node (the seed list) with every right: a test's
     /// own set-up and checks (only on a cluster that is not `fixed`).
     pub async fn connect(&self) -> anyhow::Result<async_nats::Client> {
+        // The services' options: a ping a second, so a client whose node is
+        // cut off moves to another within seconds (with the default 60 s
+        // ping, a test's publishes into a partitioned node went unacked
+        // for 90 s).
+        let (options, _) = protocol::connect::options("harness");
         harness_access(&self.security)
-            .apply(
-                protocol::access::Role::Ops,
-                async_nats::ConnectOptions::new(),
-            )?
-            .retry_on_initial_connect()
+            .apply(protocol::access::Role::Ops, options)?
             .connect(protocol::connect::seed_list(&self.client_urls()))
             .await
             .with_context(|| format!("connecting to {}", self.client_urls()))

@@ -30,7 +30,11 @@ async fn publish(js: &jetstream::Context, batch: &str, n: usize) {
             match acked {
                 Ok(()) => break,
                 Err(e) => {
-                    assert!(tokio::time::Instant::now() < deadline, "publish: {e}");
+                    eprintln!("{batch}{i}: {e} at {:?}", std::time::SystemTime::now());
+                    assert!(
+                        tokio::time::Instant::now() < deadline,
+                        "publish {batch}{i}: {e}"
+                    );
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             }

@@ -2,10 +2,8 @@
 //! node leading CHAT_EVENTS is SIGKILLed and restarted, one node is
 //! partitioned (where namespaces work; on loopback a second leader kill
 //! takes its place), and afterwards every client's events equal the stream
-//! and every replica holds the same messages. Two violation kinds a leader
-//! kill can still cause are tolerated, printed, until issue 14 fixes them
-//! (see the test). Nothing the run made (nodes,
-//! namespaces, links) outlives it.
+//! and every replica holds the same messages, with no violation at all.
+//! Nothing the run made (nodes, namespaces, links) outlives it.
 //!
 //! Needs the `gateway` and `worker` binaries next to this test's folder
 //! (`cargo build --workspace` first, as `just test` does).
@@ -16,7 +14,6 @@ use std::process::Command;
 
 use chatctl::faults::FaultKind;
 use chatctl::recovery::{self, RecoveryArgs};
-use chatctl::verify::ViolationKind;
 
 /// Namespaces this process made (`cq<pid>g…`, see `stack::hosts`).
 fn our_namespaces() -> Vec<String> {
@@ -33,7 +30,6 @@ fn our_namespaces() -> Vec<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "issue 14: after a leader kill answers are still dead-lettered or doubled in about half the runs; run with `cargo test -p systest --test cluster -- --ignored` or `just recovery --cluster`"]
 async fn a_short_cluster_run_survives_a_leader_kill_and_a_partition() {
     let args = RecoveryArgs {
         cluster: true,
@@ -50,25 +46,10 @@ async fn a_short_cluster_run_survives_a_leader_kill_and_a_partition() {
     };
     let report = recovery::run(&args).await.unwrap();
     println!("{}", report.to_markdown());
-    // Issue 14 is open on what a leader kill can still do to an answer
-    // (about one run in two here): dead-letter it while the stream's leader
-    // moves (`failed_answer`, and `wrong_answer` for its missing text), or
-    // store events after its terminal one (`extra_terminal`, a redelivered
-    // job reading a lagging replica). They are printed above and tolerated
-    // here until fixed; what every client receives must still be exactly the
-    // stream (no gap, duplicate, reordering, mismatch, unexpected event,
-    // missing terminal, unfinished session), and the replicas must agree.
-    let known_open = [
-        ViolationKind::FailedAnswer,
-        ViolationKind::WrongAnswer,
-        ViolationKind::ExtraTerminal,
-    ];
-    let others: Vec<_> = report
-        .violations_by_kind
-        .iter()
-        .filter(|(kind, count)| **count > 0 && !known_open.contains(kind))
-        .collect();
-    assert!(others.is_empty(), "{others:?}\n{}", report.to_markdown());
+    // Every client's events are exactly the stream, every answer whole
+    // (read as PROTOCOL.md tells a client: a superseded attempt's late
+    // chunks are ignored), one terminal event each.
+    assert_eq!(report.violation_count(), 0, "{}", report.to_markdown());
     assert_eq!(report.failed_faults(), 0, "{}", report.to_markdown());
     assert_eq!(report.messages, 90);
     let replicas = report

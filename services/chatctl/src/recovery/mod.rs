@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use futures::StreamExt;
+use protocol::frames::SequencedEvent;
 use protocol::SessionId;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -344,26 +345,29 @@ pub async fn run(args: &RecoveryArgs) -> anyhow::Result<Report> {
     let verify_deadline = Instant::now() + Duration::from_secs(60);
     let mut violations = Vec::new();
     let mut events_checked = 0;
+    let mut stale_events = 0;
     let mut messages = 0;
-    let checked: Vec<(SessionRun, Vec<Violation>, usize)> = futures::stream::iter(runs)
-        .map(|mut run| {
-            let api = api.clone();
-            let tokens = args.answer_tokens;
-            async move {
-                let (violations, events) =
-                    check_session(&api, &mut run, tokens, verify_deadline).await;
-                run.client.close().await;
-                (run, violations, events)
-            }
-        })
-        .buffer_unordered(16)
-        .collect()
-        .await;
+    let checked: Vec<(SessionRun, Vec<Violation>, Vec<SequencedEvent>)> =
+        futures::stream::iter(runs)
+            .map(|mut run| {
+                let api = api.clone();
+                let tokens = args.answer_tokens;
+                async move {
+                    let (violations, events) =
+                        check_session(&api, &mut run, tokens, verify_deadline).await;
+                    run.client.close().await;
+                    (run, violations, events)
+                }
+            })
+            .buffer_unordered(16)
+            .collect()
+            .await;
     let mut logs: Vec<SessionLog> = Vec::with_capacity(checked.len());
     let mut reconnects = 0;
     let mut restart_closes = 0;
     for (run, found, events) in checked {
-        events_checked += events;
+        events_checked += events.len();
+        stale_events += verify::stale_events(&events);
         messages += run.client.log.asked.len();
         reconnects += u64::from(run.client.log.reconnects);
         restart_closes += u64::from(run.client.log.restart_closes);
@@ -408,6 +412,7 @@ pub async fn run(args: &RecoveryArgs) -> anyhow::Result<Report> {
         turns: args.turns,
         messages,
         events_checked,
+        stale_events,
         reconnects,
         restart_closes,
         faults_injected,
@@ -484,7 +489,7 @@ async fn check_session(
     run: &mut SessionRun,
     answer_tokens: usize,
     deadline: Instant,
-) -> (Vec<Violation>, usize) {
+) -> (Vec<Violation>, Vec<SequencedEvent>) {
     let session = run.client.session();
     let mut violations = Vec::new();
     if let Some(error) = &run.error {
@@ -511,7 +516,7 @@ async fn check_session(
                 message_id: None,
                 detail: format!("{e:#}"),
             });
-            return (violations, 0);
+            return (violations, Vec::new());
         }
     };
     if run.error.is_none() {
@@ -545,7 +550,7 @@ async fn check_session(
         })
         .collect();
     violations.extend(verify::check_answers(session, &truth, &expected));
-    (violations, truth.len())
+    (violations, truth)
 }
 
 #[cfg(test)]

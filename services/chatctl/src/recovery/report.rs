@@ -104,6 +104,9 @@ pub struct Report {
     pub turns: usize,
     pub messages: usize,
     pub events_checked: usize,
+    /// Stored events of a superseded attempt that clients ignore as
+    /// PROTOCOL.md says ([`crate::verify::as_a_client_acts_on`]).
+    pub stale_events: usize,
     pub reconnects: u64,
     /// Closes with 1012/1013 the clients got
     /// ([`protocol::CloseCode::ServiceRestart`], [`protocol::CloseCode::TryAgainLater`]).
@@ -157,6 +160,10 @@ impl Report {
             ("turns per session", self.turns.to_string()),
             ("messages", self.messages.to_string()),
             ("events checked", self.events_checked.to_string()),
+            (
+                "stale events (a superseded attempt's, ignored by clients)",
+                self.stale_events.to_string(),
+            ),
             ("client reconnects", self.reconnects.to_string()),
             ("1012/1013 closes", self.restart_closes.to_string()),
             ("violations", self.violation_count().to_string()),
@@ -380,6 +387,7 @@ mod tests {
             turns: 1,
             messages: 2,
             events_checked: 10,
+            stale_events: 0,
             reconnects: 0,
             restart_closes: 0,
             faults_injected: BTreeMap::new(),
