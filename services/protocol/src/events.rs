@@ -206,6 +206,18 @@ impl Event {
         }
     }
 
+    /// The attempt of the answer this event belongs to, for the events
+    /// that carry one (`chunk`, `reasoning`, `restart`, `done`).
+    pub fn attempt(&self) -> Option<u32> {
+        match self {
+            Event::Chunk { attempt, .. }
+            | Event::Reasoning { attempt, .. }
+            | Event::Restart { attempt, .. }
+            | Event::Done { attempt, .. } => Some(*attempt),
+            Event::UserMessage { .. } | Event::Cancelled { .. } | Event::Error { .. } => None,
+        }
+    }
+
     /// Whether this event ends its message's answer.
     pub fn is_terminal(&self) -> bool {
         self.kind().is_terminal()

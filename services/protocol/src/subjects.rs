@@ -167,6 +167,14 @@ pub fn cancel_flag_key(session: SessionId, message: MessageId) -> String {
     format!("cancel.{session}.{message}")
 }
 
+/// KV key of the latest claim on one message: the attempt number of the
+/// worker that took its job over (written by attempts after the first). The
+/// claim notice on `chat.cancel.<session>` is core NATS and can be lost;
+/// the worker it should stop reads this key with each progress ack.
+pub fn claim_key(session: SessionId, message: MessageId) -> String {
+    format!("claim.{session}.{message}")
+}
+
 /// The `Nats-Msg-Id` of a request and of its user-message event (and of the
 /// turn and dead letter a worker stores once per message): session and
 /// message id, so a retried send is deduplicated by JetStream, and a message
@@ -211,5 +219,7 @@ mod tests {
         let (a, b, m) = (SessionId::new(), SessionId::new(), MessageId::new());
         assert_ne!(dedup_id(a, m), dedup_id(b, m));
         assert_ne!(cancel_flag_key(a, m), cancel_flag_key(b, m));
+        assert_ne!(claim_key(a, m), claim_key(b, m));
+        assert_ne!(claim_key(a, m), cancel_flag_key(a, m));
     }
 }

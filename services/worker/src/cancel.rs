@@ -219,6 +219,36 @@ pub async fn flag_set(sessions: &kv::Store, session: SessionId, message: Message
     }
 }
 
+/// Stores that `attempt` now runs `message` (see [`subjects::claim_key`]);
+/// best effort: the core claim notice went out too.
+pub async fn store_claim(
+    sessions: &kv::Store,
+    session: SessionId,
+    message: MessageId,
+    attempt: u32,
+) {
+    let key = subjects::claim_key(session, message);
+    if let Err(e) = sessions.put(key, attempt.to_string().into()).await {
+        tracing::warn!(message_id = %message, error = %e, "storing the claim");
+    }
+}
+
+/// The attempt that last claimed `message`, if any claimed it. A read
+/// error counts as none: the notice can still stop the earlier attempt.
+pub async fn latest_claim(
+    sessions: &kv::Store,
+    session: SessionId,
+    message: MessageId,
+) -> Option<u32> {
+    match sessions.get(subjects::claim_key(session, message)).await {
+        Ok(value) => value.and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok()),
+        Err(e) => {
+            tracing::warn!(message_id = %message, error = %e, "reading the claim");
+            None
+        }
+    }
+}
+
 /// Removes a handled cancel flag (best effort: the bucket's TTL removes it anyway).
 pub async fn clear_flag(sessions: &kv::Store, session: SessionId, message: MessageId) {
     if let Err(e) = sessions

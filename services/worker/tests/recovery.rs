@@ -377,3 +377,54 @@ async fn an_attempt_superseded_on_the_stream_stores_no_terminal_event() {
     }
     worker.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn an_attempt_superseded_on_the_stream_stops_generating_without_the_notice() {
+    // As above, the new attempt's `restart` is stored and its claim notice
+    // lost; the old attempt must also stop generating (tokens are billed)
+    // within a progress interval (ack_wait / 3 = 0.5 s here), long before
+    // its 10 s answer would end. Its chunks stored in between are stale.
+    let h = Harness::start(1500, 5).await;
+    let session = h.new_session().await;
+    let mut live = h.live(session).await;
+    let id = h.submit(session, "a long answer taken over").await;
+    let worker = h
+        .spawn_worker(&["--demo-tokens-per-sec", "20", "--demo-answer-tokens", "200"])
+        .await;
+    live.until(|e| matches!(e, Event::Chunk { attempt: 1, .. }))
+        .await;
+    // What attempt 2's admit step stores: its claim, then its `restart`.
+    h.layout
+        .sessions
+        .put(subjects::claim_key(session, id), "2".into())
+        .await
+        .unwrap();
+    let takeover = Event::Restart {
+        message_id: id,
+        attempt: 2,
+    };
+    h.js.publish(subjects::events(session), takeover.to_payload())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    live.until(|e| matches!(e, Event::Restart { attempt: 2, .. }))
+        .await;
+    // Attempt 1's chunks stop within a progress interval or two: a quiet
+    // second follows well within 3 s, while the answer had 9 s to go.
+    let quiet_second = async {
+        loop {
+            match tokio::time::timeout(Duration::from_secs(1), live.next()).await {
+                Err(_) => return,
+                Ok((event, _)) => assert!(
+                    !event.is_terminal(),
+                    "the superseded attempt stored {event:?}"
+                ),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(3), quiet_second)
+        .await
+        .expect("the superseded attempt kept generating");
+    worker.shutdown().await.unwrap();
+}

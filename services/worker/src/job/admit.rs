@@ -104,6 +104,10 @@ impl Job {
         {
             tracing::debug!(error = %e, "announcing the claim");
         }
+        if self.attempt() > 1 {
+            let (session, message) = (self.request.session_id, self.message_id());
+            cancel::store_claim(&self.ctx.layout.sessions, session, message, self.attempt()).await;
+        }
     }
 
     /// A delivery count can undercount: a job handed back while NATS

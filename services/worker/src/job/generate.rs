@@ -179,6 +179,17 @@ impl Job {
                         tracing::info!("cancel flag found while generating");
                         cancelled.cancel();
                     }
+                    // So is a later attempt's claim notice: its stored claim
+                    // stops this attempt within a progress interval instead of
+                    // letting it generate (and bill) its whole answer. Chunks
+                    // it stored meanwhile are stale to every client
+                    // (PROTOCOL.md: a lower attempt than the highest seen is
+                    // ignored), and its terminal event is fenced.
+                    let claimed = cancel::latest_claim(&ctx.layout.sessions, session, message).await;
+                    if claimed.is_some_and(|attempt| attempt > self.attempt()) {
+                        tracing::warn!(?claimed, "a later attempt claimed this message; stopping");
+                        break Stop::Superseded;
+                    }
                     Vec::new()
                 }
                 item = stream.next() => match item {
