@@ -516,6 +516,7 @@ pub async fn cancel(
         .await
         .map_err(ApiError::nats)?;
     let notice = protocol::CancelNotice {
+        attempt: None,
         message_id,
         claimed_by: None,
     };

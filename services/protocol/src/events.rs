@@ -42,6 +42,12 @@ pub struct CancelNotice {
     /// (progress acks lost while NATS restarted).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub claimed_by: Option<String>,
+    /// With `claimed_by`: the claiming attempt. A running attempt stops
+    /// only for a higher one, so two attempts that claim in turn (one
+    /// re-admitted after waiting out an election) never stop each other;
+    /// a claim without it stops any other run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
 }
 
 impl CancelNotice {

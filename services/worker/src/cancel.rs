@@ -9,7 +9,7 @@
 //! registration is still seen through the flag.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_nats::jetstream::kv;
@@ -42,12 +42,14 @@ struct Running {
     /// Fires when another worker claimed the message.
     superseded: CancellationToken,
     claim: String,
+    /// The attempt running, as its admit step last told.
+    attempt: u32,
 }
 
 impl CancelRegistry {
     /// Registers a job; the token fires on a cancel notice for `message` of
     /// `session` until the returned guard drops.
-    pub fn register(&self, session: SessionId, message: MessageId) -> CancelGuard {
+    pub fn register(&self, session: SessionId, message: MessageId, attempt: u32) -> CancelGuard {
         let key = (session, message);
         let serial = self.inner.serial.fetch_add(1, Ordering::Relaxed);
         let token = CancellationToken::new();
@@ -67,6 +69,7 @@ impl CancelRegistry {
                     cancel: token.clone(),
                     superseded: superseded.clone(),
                     claim: claim.clone(),
+                    attempt,
                 },
             );
             // The same message delivered to this worker again (its lease
@@ -84,6 +87,8 @@ impl CancelRegistry {
             token,
             superseded,
             claim,
+            attempt: AtomicU32::new(attempt),
+            claimed: AtomicBool::new(false),
         }
     }
 
@@ -94,12 +99,19 @@ impl CancelRegistry {
         }
     }
 
-    /// Another worker claimed the job: stop ours unless the claim is ours.
-    pub fn superseded(&self, session: SessionId, message: MessageId, claim: &str) -> bool {
+    /// Another worker claimed the job: stop ours unless the claim is ours
+    /// or comes from a lower attempt than ours (`None`: any attempt).
+    pub fn superseded(
+        &self,
+        session: SessionId,
+        message: MessageId,
+        claim: &str,
+        attempt: Option<u32>,
+    ) -> bool {
         let token = match self.inner.running.lock() {
             Ok(running) => running
                 .get(&(session, message))
-                .filter(|r| r.claim != claim)
+                .filter(|r| r.claim != claim && attempt.is_none_or(|a| a > r.attempt))
                 .map(|r| r.superseded.clone()),
             Err(_) => None,
         };
@@ -131,9 +143,22 @@ pub struct CancelGuard {
     token: CancellationToken,
     superseded: CancellationToken,
     claim: String,
+    attempt: AtomicU32,
+    /// Whether this run announced its claim (its admit step ran once).
+    claimed: AtomicBool,
 }
 
 impl CancelGuard {
+    /// Notes that this run announced its claim.
+    pub fn claimed(&self) {
+        self.claimed.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether this run announced its claim before.
+    pub fn has_claimed(&self) -> bool {
+        self.claimed.load(Ordering::Relaxed)
+    }
+
     pub fn token(&self) -> &CancellationToken {
         &self.token
     }
@@ -143,11 +168,26 @@ impl CancelGuard {
         &self.superseded
     }
 
+    /// The attempt number grew (the stream shows an earlier run the
+    /// delivery count missed): claims are compared with the new one.
+    pub fn set_attempt(&self, attempt: u32) {
+        self.attempt.store(attempt, Ordering::Relaxed);
+        if let Ok(mut running) = self.registry.inner.running.lock() {
+            if let Some(r) = running
+                .get_mut(&self.key)
+                .filter(|r| r.serial == self.serial)
+            {
+                r.attempt = attempt;
+            }
+        }
+    }
+
     /// The notice that tells every other worker this job is ours now.
     pub fn claim_notice(&self) -> CancelNotice {
         CancelNotice {
             message_id: self.key.1,
             claimed_by: Some(self.claim.clone()),
+            attempt: Some(self.attempt.load(Ordering::Relaxed)),
         }
     }
 }
@@ -185,9 +225,10 @@ pub async fn listen(
                 Ok(CancelNotice {
                     message_id,
                     claimed_by: Some(claim),
+                    attempt,
                 }) => {
-                    if registry.superseded(session, message_id, &claim) {
-                        tracing::info!(%message_id, %claim, "another worker took this job over; stopping ours");
+                    if registry.superseded(session, message_id, &claim, attempt) {
+                        tracing::info!(%message_id, %claim, ?attempt, "another worker took this job over; stopping ours");
                     }
                 }
                 Ok(notice) => {
@@ -267,8 +308,8 @@ mod tests {
     fn a_second_delivery_of_a_running_message_supersedes_the_first_run_here() {
         let registry = CancelRegistry::default();
         let (session, message) = (SessionId::new(), MessageId::new());
-        let first = registry.register(session, message);
-        let second = registry.register(session, message);
+        let first = registry.register(session, message, 1);
+        let second = registry.register(session, message, 2);
         assert!(first.superseded().is_cancelled(), "the earlier run stops");
         assert!(!second.superseded().is_cancelled());
         drop(first);
@@ -278,8 +319,48 @@ mod tests {
         );
         assert!(second.token().is_cancelled());
         // The same message id in another session is another job.
-        let other = registry.register(SessionId::new(), message);
+        let other = registry.register(SessionId::new(), message, 1);
         assert!(!other.superseded().is_cancelled());
         assert!(!other.token().is_cancelled());
+    }
+
+    #[test]
+    fn a_claim_stops_only_lower_attempts_and_never_its_own() {
+        // Attempt 3 waited out an election while attempt 4 was delivered
+        // elsewhere and claimed the job; attempt 3, admitted again, claims
+        // too. Only attempt 3 may stop (found by the cluster recovery
+        // test: both stopped, and the job's deliveries ran out).
+        let (session, message) = (SessionId::new(), MessageId::new());
+        let here = CancelRegistry::default();
+        here.set_node("w-0");
+        let third = here.register(session, message, 2);
+        third.set_attempt(3);
+        let fourth_claim = "w-1/1/7";
+        assert!(!here.superseded(session, message, fourth_claim, Some(3)));
+        assert!(
+            !third.superseded().is_cancelled(),
+            "an equal attempt is no takeover"
+        );
+        assert!(here.superseded(session, message, fourth_claim, Some(4)));
+        assert!(third.superseded().is_cancelled());
+
+        let there = CancelRegistry::default();
+        there.set_node("w-1");
+        let fourth = there.register(session, message, 4);
+        let third_claim = third.claim_notice();
+        assert_eq!(third_claim.attempt, Some(3));
+        let claim = third_claim.claimed_by.as_deref().unwrap_or_default();
+        assert!(!there.superseded(session, message, claim, third_claim.attempt));
+        assert!(
+            !fourth.superseded().is_cancelled(),
+            "a lower attempt's claim"
+        );
+        // A run's own claim never stops it; a claim with no attempt
+        // stops any other run.
+        let own = fourth.claim_notice();
+        let own_claim = own.claimed_by.as_deref().unwrap_or_default();
+        assert!(!there.superseded(session, message, own_claim, own.attempt));
+        assert!(there.superseded(session, message, claim, None));
+        assert!(fourth.superseded().is_cancelled());
     }
 }

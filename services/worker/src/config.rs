@@ -94,6 +94,17 @@ pub struct WorkerConfig {
     /// back to the queue (fractions allowed).
     #[arg(long, env = "WORKER_SHUTDOWN_GRACE_SECS", default_value_t = 10.0)]
     pub shutdown_grace_secs: f64,
+    /// Test hook: each admit step pauses this long before its reads (as
+    /// when they wait out a stream's election), to show the job's lease is
+    /// kept through every step.
+    #[doc(hidden)]
+    #[arg(
+        long,
+        env = "WORKER_TEST_ADMIT_PAUSE_MS",
+        default_value_t = 0,
+        hide = true
+    )]
+    pub test_admit_pause_ms: u64,
     #[command(flatten)]
     pub layout: LayoutConfig,
     /// The nkey and CA files this service connects to NATS with.

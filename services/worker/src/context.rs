@@ -30,4 +30,6 @@ pub struct JobContext {
     pub abort: CancellationToken,
     /// This worker's name, on every job span.
     pub node: String,
+    /// Test hook `--test-admit-pause-ms`: zero in service.
+    pub admit_pause: std::time::Duration,
 }

@@ -254,6 +254,7 @@ async fn a_worker_whose_job_was_claimed_by_another_stops_silently() {
     let claim = protocol::CancelNotice {
         message_id: id,
         claimed_by: Some("another-worker/1/0".into()),
+        attempt: Some(2),
     };
     h.client
         .publish(subjects::cancel(session), claim.to_payload())
@@ -426,5 +427,62 @@ async fn an_attempt_superseded_on_the_stream_stops_generating_without_the_notice
     tokio::time::timeout(Duration::from_secs(3), quiet_second)
         .await
         .expect("the superseded attempt kept generating");
+    worker.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_job_is_kept_through_an_admit_step_longer_than_its_ack_wait() {
+    // An admit step that waits (here 4 s, as when its reads wait out a
+    // stream's election) outlasts ack_wait (1.5 s). The lease is kept by
+    // progress acks through every step, so the job is not delivered again
+    // meanwhile: one attempt answers, no `restart`.
+    let h = Harness::start(1500, 5).await;
+    let session = h.new_session().await;
+    let prompt = "a patient admission";
+    let id = h.submit(session, prompt).await;
+    let mut args = FAST.to_vec();
+    args.extend(["--test-admit-pause-ms", "4000"]);
+    let worker = h.spawn_worker(&args).await;
+    h.wait_queue_empty().await;
+    let events = h.stored_events(session).await;
+    assert!(
+        !events.iter().any(|e| matches!(e, Event::Restart { .. })),
+        "the job was delivered again while admitted: {events:?}"
+    );
+    assert!(matches!(
+        events.last(),
+        Some(Event::Done { attempt: 1, .. })
+    ));
+    assert_eq!(answer_of(&events, id, 1), demo::answer(prompt, 40));
+    worker.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_run_the_delivery_count_forgot_follows_the_stored_claim() {
+    // Attempt 3 claimed the message, then nats-server restarted and forgot
+    // the deliveries: the job comes back as delivery 1. The stored claim
+    // makes this run attempt 4 (a `restart` first), so it is never taken
+    // for the earlier attempt a later claim would stop.
+    let h = Harness::start(1500, 5).await;
+    let session = h.new_session().await;
+    let prompt = "after a forgetful restart";
+    let id = h.submit(session, prompt).await;
+    h.layout
+        .sessions
+        .put(subjects::claim_key(session, id), "3".into())
+        .await
+        .unwrap();
+    let worker = h.spawn_worker(FAST).await;
+    h.wait_queue_empty().await;
+    let events = h.stored_events(session).await;
+    assert!(
+        matches!(events.get(1), Some(Event::Restart { attempt: 4, .. })),
+        "{events:?}"
+    );
+    assert!(
+        matches!(events.last(), Some(Event::Done { attempt: 4, .. })),
+        "{events:?}"
+    );
+    assert_eq!(answer_of(&events, id, 4), demo::answer(prompt, 40));
     worker.shutdown().await.unwrap();
 }

@@ -41,6 +41,11 @@ const CONVERGENCE_TIMEOUT: Duration = Duration::from_secs(60);
 /// had finished, and not every kind landed.
 const CLUSTER_WINDOW_SECS: u64 = 150;
 
+/// The share of the window over which sessions start.
+const SESSIONS_SPREAD: f64 = 0.9;
+/// The share of the window by which faults are due.
+const FAULTS_END: f64 = 0.75;
+
 /// Flags of `chatctl recovery`.
 #[derive(Clone, Debug, clap::Args)]
 pub struct RecoveryArgs {
@@ -240,10 +245,12 @@ pub async fn run(args: &RecoveryArgs) -> anyhow::Result<Report> {
     let plan = FaultPlan {
         count: args.faults.unwrap_or(default_count),
         kinds: kinds.clone(),
-        // Faults start once a few sessions stream and stop while the last
-        // ones still do.
+        // Faults start once a few sessions stream and stop well before the
+        // last sessions start (see `SESSIONS_SPREAD`): faults are injected
+        // one after another, and a slow one (a rolling restart) pushes the
+        // rest later; a fault due after every session finished is lost.
         start: window / 10,
-        end: window,
+        end: window.mul_f64(FAULTS_END),
         gateways: stack.as_ref().map_or(0, Stack::gateway_count),
         workers: stack.as_ref().map_or(0, Stack::worker_count),
         nodes: if stack.as_ref().and_then(Stack::cluster).is_some() {
@@ -277,9 +284,9 @@ pub async fn run(args: &RecoveryArgs) -> anyhow::Result<Report> {
     let run_start = Instant::now();
     let mut prompts = StdRng::seed_from_u64(args.seed ^ 0x5eed);
     let mut tasks = Vec::with_capacity(args.sessions);
-    // Sessions start spread over the first 70 % of the window, so some are
-    // always streaming when a fault hits.
-    let spread = window.mul_f64(0.7);
+    // Sessions start spread over most of the window, so some are always
+    // streaming when a fault hits.
+    let spread = window.mul_f64(SESSIONS_SPREAD);
     for (index, mut client) in clients.into_iter().enumerate() {
         let start_at = run_start + spread.mul_f64(index as f64 / args.sessions as f64);
         let questions: Vec<String> = (0..args.turns)

@@ -6,7 +6,6 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::stream::DirectGetErrorKind;
-use async_nats::jetstream::AckKind;
 
 use protocol::records::{self, Turn};
 use protocol::{sessions, stored, subjects, Event};
@@ -42,13 +41,17 @@ impl Job {
     pub(super) async fn admit(&self, guard: &CancelGuard) -> Admission {
         let ctx = &self.ctx;
         let id = self.message_id();
+        if !ctx.admit_pause.is_zero() {
+            tokio::time::sleep(ctx.admit_pause).await;
+        }
         // What decides whether and how this job runs, read at once: every
         // round trip here is added to the time to the first chunk.
-        let (answered, cancel_flagged, history, last_event) = tokio::join!(
+        let (answered, cancel_flagged, history, last_event, claimed) = tokio::join!(
             self.already_answered(),
             cancel::flag_set(&ctx.layout.sessions, self.request.session_id, id),
             self.context(),
             self.last_event_patiently(),
+            cancel::latest_claim(&ctx.layout.sessions, self.request.session_id, id),
         );
         // Not knowing what the stream holds (its leader is moving) is no
         // licence to generate: an answer may be stored already.
@@ -56,6 +59,25 @@ impl Job {
             return Admission::End(Ending::stream_unreadable(self.attempt_facts()));
         };
         self.continue_after(last_event.as_ref());
+        match claimed {
+            // This run claimed the job already and was admitted again
+            // (after waiting out an election): a later attempt took it
+            // over meanwhile. Its claim notice may have been missed, its
+            // stored claim is not; claiming again would stop it, and the
+            // two would stop each other (cluster recovery test: both
+            // stopped, the job's deliveries ran out).
+            Some(later) if later > self.attempt() && guard.has_claimed() => {
+                return Admission::End(Ending::taken_over());
+            }
+            // A run this delivery count does not know of claimed it (the
+            // count restarted with nats-server, or the stream raised that
+            // run's number): this one is the next.
+            Some(earlier) if earlier >= self.attempt() => {
+                self.attempt.store(earlier + 1, Ordering::Relaxed);
+            }
+            _ => {}
+        }
+        guard.set_attempt(self.attempt());
         if answered {
             return Admission::End(Ending::already_answered());
         }
@@ -94,6 +116,7 @@ impl Job {
     /// Tells any other worker still running this message (it lost its lease
     /// without knowing) to stop: the job is ours now.
     async fn claim(&self, guard: &CancelGuard) {
+        guard.claimed();
         let claim = guard.claim_notice().to_payload();
         if let Err(e) = self
             .ctx
@@ -176,11 +199,9 @@ impl Job {
         }
     }
 
-    /// Keeps the job (a progress ack) through one pause; returns the next.
+    /// Waits one pause (the lease is kept meanwhile by
+    /// `Job::keeping_the_lease`); returns the next.
     async fn wait_for_the_stream(&self, pause: Duration) -> Duration {
-        if let Err(e) = self.message.ack_with(AckKind::Progress).await {
-            tracing::debug!(error = %e, "progress ack while waiting for the stream");
-        }
         tokio::time::sleep(pause).await;
         (pause * 2).min(STREAM_RETRY_MAX)
     }

@@ -51,7 +51,7 @@ impl Job {
             // superseding each other.
             self.hold_until_writable().await;
         }
-        ending.ack.send(&self.message).await;
+        self.reply(ending.ack).await;
         let clear_flag = match ending.cancel_flag {
             CancelFlag::Keep => false,
             CancelFlag::Clear => true,

@@ -209,6 +209,15 @@ impl Ending {
 
     /// The session already has this message's answer (an earlier attempt
     /// stored it, and its ack was lost): ack it, publish nothing.
+    /// A later attempt claimed the message before this one started: the
+    /// job is left to it (no ack, no nak).
+    pub(crate) fn taken_over() -> Self {
+        Self::quiet(
+            QueueReply::Leave,
+            Report::new(None, "taken over by another worker"),
+        )
+    }
+
     pub(crate) fn already_answered() -> Self {
         Self::quiet(QueueReply::Ack, Report::new(None, "already answered"))
     }

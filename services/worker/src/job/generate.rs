@@ -11,7 +11,6 @@ use tracing::Instrument;
 
 use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::message::PublishMessage;
-use async_nats::jetstream::AckKind;
 
 use super::ending::{Generated, Stop};
 use super::{Job, JobError};
@@ -166,10 +165,8 @@ impl Job {
                 _ = ctx.abort.cancelled() => break Stop::Aborted,
                 _ = superseded.cancelled() => break Stop::Superseded,
                 _ = &mut window_end, if armed.is_some() => chunker.flush().into_iter().collect(),
+                // The lease itself is kept by `Job::keeping_the_lease`.
                 _ = progress.tick() => {
-                    if let Err(e) = self.message.ack_with(AckKind::Progress).await {
-                        tracing::warn!(error = %e, "progress ack failed");
-                    }
                     // The cancel notice is core NATS: one lost while a
                     // connection was down would leave a cancel the client saw
                     // accepted (202) unheeded. The KV flag is stored, so it is

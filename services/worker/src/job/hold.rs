@@ -8,12 +8,12 @@
 //! back, it is delivered again, fails again, and a few rounds use up the
 //! job's deliveries before the election is over (`chatctl recovery
 //! --cluster`: `failed_answer`, retries exhausted after a leader kill).
-//! Held here (with progress acks, so it stays this worker's), the job goes
-//! back once a leader answers, and its next attempt can store its answer.
+//! Held here (its lease kept by `Job::keeping_the_lease`, so it stays this
+//! worker's), the job goes back once a leader answers, and its next attempt
+//! can store its answer.
 
 use std::time::Duration;
 
-use async_nats::jetstream::AckKind;
 use tokio::time::Instant;
 
 use super::Job;
@@ -31,12 +31,9 @@ const LOOK_TIMEOUT: Duration = Duration::from_secs(1);
 impl Job {
     /// Returns once the session's stream has a leader (at once on a stream
     /// that never lost it), after [`HOLD_AT_MOST`], or when the worker
-    /// stops; `true` when it has one. Keeps the job with progress acks
-    /// meanwhile.
+    /// stops; `true` when it has one.
     pub(super) async fn hold_until_writable(&self) -> bool {
         let started = Instant::now();
-        let mut progress = tokio::time::interval(self.ctx.layout_config.progress_interval());
-        progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut held = false;
         loop {
             let look = async {
@@ -46,17 +43,9 @@ impl Job {
                 }
                 writable
             };
-            tokio::pin!(look);
-            let writable = loop {
-                tokio::select! {
-                    writable = &mut look => break writable,
-                    _ = progress.tick() => {
-                        if let Err(e) = self.message.ack_with(AckKind::Progress).await {
-                            tracing::debug!(error = %e, "progress ack while holding the job");
-                        }
-                    }
-                    () = self.ctx.abort.cancelled() => return false,
-                }
+            let writable = tokio::select! {
+                writable = look => writable,
+                () = self.ctx.abort.cancelled() => return false,
             };
             if writable || started.elapsed() >= HOLD_AT_MOST {
                 if held {

@@ -11,10 +11,10 @@ mod fence;
 mod generate;
 mod hold;
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 
-use async_nats::jetstream;
+use async_nats::jetstream::{self, AckKind};
 use protocol::{subjects, ChatRequest, MessageId};
 use tokio::time::Instant;
 use tracing::Instrument;
@@ -74,6 +74,7 @@ pub(crate) async fn run(ctx: Arc<JobContext>, message: jetstream::Message) {
         request,
         attempt: AtomicU32::new(attempt),
         started,
+        replied: AtomicBool::new(false),
     };
     job.run().instrument(span).await;
 }
@@ -111,16 +112,19 @@ struct Job {
     /// this message that the count does not (see `Job::admit`).
     attempt: AtomicU32,
     started: Instant,
+    /// Set once the work-queue got this attempt's answer (ack, nak, term,
+    /// or leaving the job to a later attempt): the lease is no longer kept.
+    replied: AtomicBool,
 }
 
 impl Job {
     /// The steps of one attempt. Each ending, whether before or after
     /// generating, goes through `conclude`.
     async fn process(&self) -> Result<Report, JobError> {
-        let guard = self
-            .ctx
-            .cancels
-            .register(self.request.session_id, self.message_id());
+        let guard =
+            self.ctx
+                .cancels
+                .register(self.request.session_id, self.message_id(), self.attempt());
         let mut readmissions = 0;
         let (mut publisher, history) = loop {
             // Reads, and a claim notice: asked again on the new connection
@@ -177,19 +181,21 @@ impl Job {
 
     /// Processes the job, hands it back if that failed, and reports.
     async fn run(self) {
-        let report = match self.process().await {
-            Ok(report) => report,
-            Err(e) => {
-                tracing::warn!(error = %e, "job attempt failed; handing it back");
-                // The connection went with a node, which may have led the
-                // session's stream: handed back once it takes writes again.
-                self.hold_until_writable().await;
-                QueueReply::Nak(Some(self.attempt_facts().retry_delay()))
-                    .send(&self.message)
-                    .await;
-                Report::new(Some(Outcome::Redelivered), "internal error")
+        let processed = async {
+            match self.process().await {
+                Ok(report) => report,
+                Err(e) => {
+                    tracing::warn!(error = %e, "job attempt failed; handing it back");
+                    // The connection went with a node, which may have led the
+                    // session's stream: handed back once it takes writes again.
+                    self.hold_until_writable().await;
+                    self.reply(QueueReply::Nak(Some(self.attempt_facts().retry_delay())))
+                        .await;
+                    Report::new(Some(Outcome::Redelivered), "internal error")
+                }
             }
         };
+        let report = self.keeping_the_lease(processed).await;
         let elapsed_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
         let span = tracing::Span::current();
         span.record("chunks", report.chunks);
@@ -208,6 +214,38 @@ impl Job {
             }
             None => tracing::info!(detail = report.detail, elapsed_ms, "job skipped"),
         }
+    }
+
+    /// Runs `work` while telling the work-queue, every progress interval,
+    /// that this attempt still runs the job, until it has replied. Every
+    /// step counts, not only generating: an admit step or a hold that
+    /// waits out a stream's election longer than `ack_wait` let the job be
+    /// delivered again meanwhile, and the two attempts used up its
+    /// deliveries (cluster recovery test: `retries_exhausted`).
+    async fn keeping_the_lease<T>(&self, work: impl std::future::Future<Output = T>) -> T {
+        let every = self.ctx.layout_config.progress_interval();
+        let mut ticks = tokio::time::interval_at(Instant::now() + every, every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tokio::pin!(work);
+        loop {
+            tokio::select! {
+                done = &mut work => return done,
+                _ = ticks.tick() => {
+                    if self.replied.load(Ordering::Acquire) {
+                        continue;
+                    }
+                    if let Err(e) = self.message.ack_with(AckKind::Progress).await {
+                        tracing::debug!(error = %e, "progress ack failed");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Answers the work-queue for this attempt; the lease is not kept after.
+    async fn reply(&self, reply: QueueReply) {
+        self.replied.store(true, Ordering::Release);
+        reply.send(&self.message).await;
     }
 
     fn message_id(&self) -> MessageId {

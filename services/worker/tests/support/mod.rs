@@ -178,6 +178,7 @@ impl Harness {
             .publish(
                 subjects::cancel(session),
                 CancelNotice {
+                    attempt: None,
                     message_id,
                     claimed_by: None,
                 }
