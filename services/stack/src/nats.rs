@@ -138,6 +138,14 @@ impl NatsServer {
         self.root.path().join("store")
     }
 
+    /// Freezes the server (SIGSTOP): connections stay open and nothing is
+    /// answered, so a client's publishes wait for their acks; `restart` or
+    /// `kill` ends it.
+    pub fn freeze(&self) -> anyhow::Result<()> {
+        let child = self.child.as_ref().context("the server is not running")?;
+        crate::process::send_signal(child.id(), "STOP")
+    }
+
     /// Stops the server abruptly (SIGKILL), keeping its store.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -45,10 +45,8 @@ impl Job {
             turns::record(ctx, &self.request, self.attempt(), answer).await?;
         }
         if ending.hold_until_writable {
-            // The retry delay still applies after the hold: a job handed
-            // back at once can meet a copy of itself that `ack_wait`
-            // redelivered meanwhile, and the two use up deliveries
-            // superseding each other.
+            // Its lease is kept meanwhile (`keeping_the_lease`), so no copy
+            // of the job is delivered while it is held.
             self.hold_until_writable().await;
         }
         self.reply(ending.ack).await;

@@ -16,20 +16,23 @@ use std::sync::Arc;
 
 use async_nats::jetstream::{self, AckKind};
 use protocol::{subjects, ChatRequest, MessageId};
-use tokio::time::Instant;
+use tokio::time::{Duration, Instant};
 use tracing::Instrument;
 
+use crate::cancel::CancelGuard;
 use crate::context::JobContext;
 use crate::metrics::{self, Outcome};
-use crate::publish::PublishFailed;
+use crate::publish::{EventPublisher, PublishFailed};
 use admit::Admission;
-use ending::{Attempt, Ending, Report};
+use ending::{Attempt, Ending, Report, Stop};
+use protocol::records::Turn;
 
 pub(crate) use ending::QueueReply;
 
 /// Runs one pulled job to its end.
 pub(crate) async fn run(ctx: Arc<JobContext>, message: jetstream::Message) {
     let _in_flight = metrics::InFlight::start();
+    let ctx_losses = ctx.connection.losses();
     let started = Instant::now();
     let (attempt, stream_seq) = match message.info() {
         Ok(info) => (
@@ -75,6 +78,7 @@ pub(crate) async fn run(ctx: Arc<JobContext>, message: jetstream::Message) {
         attempt: AtomicU32::new(attempt),
         started,
         replied: AtomicBool::new(false),
+        losses_at_start: ctx_losses,
     };
     job.run().instrument(span).await;
 }
@@ -100,6 +104,22 @@ enum JobError {
     StreamLeaderless,
 }
 
+/// How long a reply to the work-queue waits for a lost connection to come
+/// back before it is sent anyway.
+const REPLY_CONNECT_WAIT: Duration = Duration::from_secs(5);
+
+/// What the admit step left an attempt to do.
+enum Admitted {
+    /// Generate, publishing with this publisher, with this history.
+    Generate(Box<EventPublisher>, Vec<Turn>),
+    /// Nothing: the job ended in the admit step, as this report says.
+    Ended(Report),
+}
+
+/// Attempts a job runs on the new connection after its old one was lost
+/// while generating, before it is handed back instead.
+const RESTARTS_IN_PLACE: usize = 2;
+
 /// Admit steps an attempt runs again when its stream moved on before its
 /// first write, before it is handed back.
 const READMISSIONS: usize = 3;
@@ -115,6 +135,8 @@ struct Job {
     /// Set once the work-queue got this attempt's answer (ack, nak, term,
     /// or leaving the job to a later attempt): the lease is no longer kept.
     replied: AtomicBool,
+    /// The connection's loss count when the job was pulled.
+    losses_at_start: u64,
 }
 
 impl Job {
@@ -125,8 +147,44 @@ impl Job {
             self.ctx
                 .cancels
                 .register(self.request.session_id, self.message_id(), self.attempt());
+        let mut restarts_in_place = 0;
+        loop {
+            let losses = self.ctx.connection.losses();
+            let (mut publisher, history) = match self.admit_and_announce(&guard).await? {
+                Admitted::Generate(publisher, history) => (*publisher, history),
+                Admitted::Ended(report) => return Ok(report),
+            };
+            let generated = self.generate(&mut publisher, &guard, history).await;
+            if matches!(generated.stop, Stop::Publish(_))
+                && self.ctx.connection.losses() != losses
+                && restarts_in_place < RESTARTS_IN_PLACE
+            {
+                // Its chunks lost their acks with the connection. Handed
+                // back, the job would come again only after nats-server's
+                // own timers (a restarted server kept its delivery and
+                // redelivered it 2.3 s later, a nak's 250 ms notwithstanding):
+                // the next attempt runs here, on the new connection, with
+                // the lease still held.
+                restarts_in_place += 1;
+                self.attempt.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(
+                    attempt = self.attempt(),
+                    "the NATS connection was lost while generating; starting over on the new one"
+                );
+                continue;
+            }
+            let ending = Ending::after_generation(generated, self.attempt_facts());
+            let concluded = self.conclude(ending, Some(publisher), &guard);
+            return self.unless_connection_lost("conclude", concluded).await?;
+        }
+    }
+
+    /// The admit step (asked again when the connection it went out on is
+    /// lost) and, for an attempt that generates, its `restart` announcement;
+    /// read again when the stream moved on before the announcement.
+    async fn admit_and_announce(&self, guard: &CancelGuard) -> Result<Admitted, JobError> {
         let mut readmissions = 0;
-        let (mut publisher, history) = loop {
+        loop {
             // Reads, and a claim notice: asked again on the new connection
             // when the one they went out on is lost, instead of handing the
             // job back (a redelivery waits for the retry delay and the next
@@ -134,18 +192,19 @@ impl Job {
             let admission = self
                 .ctx
                 .connection
-                .retry_when_lost(|| self.admit(&guard))
+                .retry_when_lost(|| self.admit(guard))
                 .await
                 .map_err(|_| JobError::ConnectionLost("admit"))?;
             let (history, last_seq) = match admission {
                 Admission::Run { history, last_seq } => (history, last_seq),
                 Admission::End(ending) => {
-                    let concluded = self.conclude(ending, None, &guard);
-                    return self.unless_connection_lost("conclude", concluded).await?;
+                    let concluded = self.conclude(ending, None, guard);
+                    let report = self.unless_connection_lost("conclude", concluded).await??;
+                    return Ok(Admitted::Ended(report));
                 }
             };
             match self.start_publishing(last_seq).await {
-                Ok(publisher) => break (publisher, history),
+                Ok(publisher) => return Ok(Admitted::Generate(Box::new(publisher), history)),
                 // The stream holds more than the admit step read (a replica
                 // behind answered it): read again before announcing anything.
                 Err(JobError::StreamMoved) if readmissions < READMISSIONS => readmissions += 1,
@@ -155,11 +214,7 @@ impl Job {
                 }
                 Err(e) => return Err(e),
             }
-        };
-        let generated = self.generate(&mut publisher, &guard, history).await;
-        let ending = Ending::after_generation(generated, self.attempt_facts());
-        let concluded = self.conclude(ending, Some(publisher), &guard);
-        self.unless_connection_lost("conclude", concluded).await?
+        }
     }
 
     /// Runs a step made of NATS round trips, or fails the attempt as soon
@@ -189,7 +244,7 @@ impl Job {
                     // The connection went with a node, which may have led the
                     // session's stream: handed back once it takes writes again.
                     self.hold_until_writable().await;
-                    self.reply(QueueReply::Nak(Some(self.attempt_facts().retry_delay())))
+                    self.reply(QueueReply::Nak(Some(ending::NATS_RETRY_DELAY)))
                         .await;
                     Report::new(Some(Outcome::Redelivered), "internal error")
                 }
@@ -243,9 +298,40 @@ impl Job {
     }
 
     /// Answers the work-queue for this attempt; the lease is not kept after.
+    /// After a lost connection the reply waits (at most
+    /// [`REPLY_CONNECT_WAIT`]) until the work-queue's consumer answers
+    /// again: a restarted nats-server accepts connections before it has
+    /// loaded its consumers, and drops a nak that comes that early; the
+    /// job then waited for its `ack_wait` instead of the nak's 250 ms
+    /// (`chatctl recovery`: 2.3 s stalls after a restart).
     async fn reply(&self, reply: QueueReply) {
         self.replied.store(true, Ordering::Release);
+        if self.ctx.connection.losses() != self.losses_at_start {
+            let deadline = Instant::now() + REPLY_CONNECT_WAIT;
+            let waited = Instant::now();
+            while !self.consumer_answers().await && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            tracing::debug!(
+                waited_ms = u64::try_from(waited.elapsed().as_millis()).unwrap_or(u64::MAX),
+                ?reply,
+                "replying after a lost connection"
+            );
+        }
         reply.send(&self.message).await;
+    }
+
+    /// Whether the work-queue's consumer answers an info request.
+    async fn consumer_answers(&self) -> bool {
+        let info = self
+            .ctx
+            .layout
+            .requests
+            .consumer_info(subjects::WORKERS_CONSUMER);
+        matches!(
+            tokio::time::timeout(Duration::from_millis(500), info).await,
+            Ok(Ok(_))
+        )
     }
 
     fn message_id(&self) -> MessageId {
