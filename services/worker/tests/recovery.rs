@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use protocol::records::{DeadLetter, TurnStatus};
-use protocol::{setup, stored, subjects, ErrorCode, Event};
-use support::{answer_of, wait_until, Harness};
+use protocol::{setup, stored, subjects, ErrorCode, Event, MessageId, SessionId};
+use support::{answer_of, wait_until, Harness, Live};
 use worker::backends::demo;
 
 /// Takes the next job off the workers' consumer the way a worker that then
@@ -38,6 +38,38 @@ const FAST: &[&str] = &[
     "--demo-answer-tokens",
     "40",
 ];
+
+/// A demo worker that takes 10 s over its answer.
+const SLOW: &[&str] = &["--demo-tokens-per-sec", "20", "--demo-answer-tokens", "200"];
+
+/// A new session whose question a worker started with `worker_args` is
+/// answering: attempt 1's first chunk has arrived on `live`.
+async fn answer_under_way(
+    h: &Harness,
+    prompt: &str,
+    worker_args: &[&str],
+) -> (SessionId, MessageId, Live, worker::RunningWorker) {
+    let session = h.new_session().await;
+    let mut live = h.live(session).await;
+    let id = h.submit(session, prompt).await;
+    let worker = h.spawn_worker(worker_args).await;
+    live.until(|e| matches!(e, Event::Chunk { attempt: 1, .. }))
+        .await;
+    (session, id, live, worker)
+}
+
+/// Stores what a later attempt announces first: its `restart`.
+async fn store_restart(h: &Harness, session: SessionId, id: MessageId, attempt: u32) {
+    let takeover = Event::Restart {
+        message_id: id,
+        attempt,
+    };
+    h.js.publish(subjects::events(session), takeover.to_payload())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+}
 
 #[tokio::test]
 async fn a_job_abandoned_by_a_dead_worker_is_restarted_and_answered() {
@@ -244,13 +276,8 @@ async fn a_worker_whose_job_was_claimed_by_another_stops_silently() {
     // lost unnoticed): the new claimant's notice must stop it, with no
     // terminal event and no ack, so two answers never stream at once.
     let h = Harness::start(3000, 3).await;
-    let session = h.new_session().await;
-    let mut live = h.live(session).await;
-    let id = h.submit(session, "a slow answer to take over").await;
-    let worker = h
-        .spawn_worker(&["--demo-tokens-per-sec", "20", "--demo-answer-tokens", "200"])
-        .await;
-    live.until(|e| matches!(e, Event::Chunk { .. })).await;
+    let (session, id, mut live, worker) =
+        answer_under_way(&h, "a slow answer to take over", SLOW).await;
     let claim = protocol::CancelNotice {
         message_id: id,
         claimed_by: Some("another-worker/1/0".into()),
@@ -348,25 +375,13 @@ async fn an_attempt_superseded_on_the_stream_stores_no_terminal_event() {
     // attempt must not store `done`: the first terminal event the session
     // gets is the later attempt's.
     let h = Harness::start(1500, 5).await;
-    let session = h.new_session().await;
-    let mut live = h.live(session).await;
-    let id = h
-        .submit(session, "an answer taken over on the stream")
-        .await;
-    let worker = h
-        .spawn_worker(&["--demo-tokens-per-sec", "40", "--demo-answer-tokens", "30"])
-        .await;
-    live.until(|e| matches!(e, Event::Chunk { attempt: 1, .. }))
-        .await;
-    let takeover = Event::Restart {
-        message_id: id,
-        attempt: 2,
-    };
-    h.js.publish(subjects::events(session), takeover.to_payload())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    let (session, id, mut live, worker) = answer_under_way(
+        &h,
+        "an answer taken over on the stream",
+        &["--demo-tokens-per-sec", "40", "--demo-answer-tokens", "30"],
+    )
+    .await;
+    store_restart(&h, session, id, 2).await;
     let events = live.until(|e| e.is_terminal()).await;
     match events.last() {
         // The next delivery (2) answers; attempt 1 must not have.
@@ -386,29 +401,15 @@ async fn an_attempt_superseded_on_the_stream_stops_generating_without_the_notice
     // within a progress interval (ack_wait / 3 = 0.5 s here), long before
     // its 10 s answer would end. Its chunks stored in between are stale.
     let h = Harness::start(1500, 5).await;
-    let session = h.new_session().await;
-    let mut live = h.live(session).await;
-    let id = h.submit(session, "a long answer taken over").await;
-    let worker = h
-        .spawn_worker(&["--demo-tokens-per-sec", "20", "--demo-answer-tokens", "200"])
-        .await;
-    live.until(|e| matches!(e, Event::Chunk { attempt: 1, .. }))
-        .await;
+    let (session, id, mut live, worker) =
+        answer_under_way(&h, "a long answer taken over", SLOW).await;
     // What attempt 2's admit step stores: its claim, then its `restart`.
     h.layout
         .sessions
         .put(subjects::claim_key(session, id), "2".into())
         .await
         .unwrap();
-    let takeover = Event::Restart {
-        message_id: id,
-        attempt: 2,
-    };
-    h.js.publish(subjects::events(session), takeover.to_payload())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    store_restart(&h, session, id, 2).await;
     live.until(|e| matches!(e, Event::Restart { attempt: 2, .. }))
         .await;
     // Attempt 1's chunks stop within a progress interval or two: a quiet
