@@ -34,16 +34,8 @@ async fn a_restart_mid_answer_is_started_over_in_place_not_handed_back() {
     })
     .await;
     h.server.restart().unwrap();
-    // The harness's own client reconnects on its own schedule: its requests
-    // may time out meanwhile, so they are asked again.
-    wait_until(|| async {
-        let mut requests = h.layout.requests.clone();
-        requests
-            .info()
-            .await
-            .is_ok_and(|info| info.state.messages == 0)
-    })
-    .await;
+    h.reconnect().await;
+    h.wait_queue_empty().await;
 
     let events = h.stored_events(session).await;
     let done = events.iter().rev().find(|e| e.is_terminal());

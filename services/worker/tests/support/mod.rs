@@ -60,6 +60,17 @@ impl Harness {
         }
     }
 
+    /// A new client of the harness's own after the server restarted: the
+    /// old one reconnects on its own schedule, seconds later.
+    pub async fn reconnect(&mut self) {
+        self.client = self.server.connect().await.unwrap();
+        self.js = jetstream::new(self.client.clone());
+        let layout_config = worker_config(&self.server.url(), &self.layout_args, &[]).layout;
+        self.layout = protocol::setup::verify(&self.js, &layout_config)
+            .await
+            .unwrap();
+    }
+
     pub fn worker_config(&self, extra: &[&str]) -> worker::WorkerConfig {
         // The worker role's credentials, as a deployed worker has.
         let mut extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
