@@ -370,20 +370,11 @@ pub fn as_a_client_acts_on<'a>(events: &[&'a SequencedEvent]) -> (Vec<&'a Sequen
     let mut kept = Vec::with_capacity(events.len());
     let mut stale = 0;
     for &e in events {
-        let attempt = match &e.event {
-            Event::Chunk { attempt, .. }
-            | Event::Reasoning { attempt, .. }
-            | Event::Restart { attempt, .. } => Some(*attempt),
-            Event::Done { attempt, .. } => {
-                highest = highest.max(*attempt);
-                None
-            }
-            _ => None,
-        };
-        match attempt {
-            Some(a) if a < highest => stale += 1,
+        match e.event.attempt() {
+            // A terminal event is never stale: a second one is a violation.
+            Some(a) if a < highest && !e.event.is_terminal() => stale += 1,
             Some(a) => {
-                highest = a;
+                highest = highest.max(a);
                 kept.push(e);
             }
             None => kept.push(e),

@@ -167,22 +167,24 @@ impl Job {
                 _ = &mut window_end, if armed.is_some() => chunker.flush().into_iter().collect(),
                 // The lease itself is kept by `Job::keeping_the_lease`.
                 _ = progress.tick() => {
-                    // The cancel notice is core NATS: one lost while a
-                    // connection was down would leave a cancel the client saw
-                    // accepted (202) unheeded. The KV flag is stored, so it is
-                    // read again with each progress ack.
+                    // Two notices are core NATS and can be lost while a
+                    // connection is down; what they say is also stored, and
+                    // read here (at once, one round trip) each interval:
+                    // - a cancel the client saw accepted (202): its KV flag;
+                    // - a later attempt's claim: it stops this attempt instead
+                    //   of letting it generate (and bill) its whole answer.
+                    //   Chunks it stored meanwhile are stale to every client
+                    //   (PROTOCOL.md: a lower attempt than the highest seen is
+                    //   ignored), and its terminal event is fenced.
                     let (session, message) = (self.request.session_id, self.message_id());
-                    if cancel::flag_set(&ctx.layout.sessions, session, message).await {
+                    let (flagged, claimed) = tokio::join!(
+                        cancel::flag_set(&ctx.layout.sessions, session, message),
+                        cancel::latest_claim(&ctx.layout.sessions, session, message),
+                    );
+                    if flagged {
                         tracing::info!("cancel flag found while generating");
                         cancelled.cancel();
                     }
-                    // So is a later attempt's claim notice: its stored claim
-                    // stops this attempt within a progress interval instead of
-                    // letting it generate (and bill) its whole answer. Chunks
-                    // it stored meanwhile are stale to every client
-                    // (PROTOCOL.md: a lower attempt than the highest seen is
-                    // ignored), and its terminal event is fenced.
-                    let claimed = cancel::latest_claim(&ctx.layout.sessions, session, message).await;
                     if claimed.is_some_and(|attempt| attempt > self.attempt()) {
                         tracing::warn!(?claimed, "a later attempt claimed this message; stopping");
                         break Stop::Superseded;

@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use async_nats::jetstream::{self, AckKind};
 use protocol::{subjects, ChatRequest, MessageId};
-use tokio::time::{Duration, Instant};
+use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::cancel::CancelGuard;
@@ -32,7 +32,6 @@ pub(crate) use ending::QueueReply;
 /// Runs one pulled job to its end.
 pub(crate) async fn run(ctx: Arc<JobContext>, message: jetstream::Message) {
     let _in_flight = metrics::InFlight::start();
-    let ctx_losses = ctx.connection.losses();
     let started = Instant::now();
     let (attempt, stream_seq) = match message.info() {
         Ok(info) => (
@@ -78,7 +77,6 @@ pub(crate) async fn run(ctx: Arc<JobContext>, message: jetstream::Message) {
         attempt: AtomicU32::new(attempt),
         started,
         replied: AtomicBool::new(false),
-        losses_at_start: ctx_losses,
     };
     job.run().instrument(span).await;
 }
@@ -103,10 +101,6 @@ enum JobError {
     #[error("the session's stream has no leader")]
     StreamLeaderless,
 }
-
-/// How long a reply to the work-queue waits for a lost connection to come
-/// back before it is sent anyway.
-const REPLY_CONNECT_WAIT: Duration = Duration::from_secs(5);
 
 /// What the admit step left an attempt to do.
 enum Admitted {
@@ -135,8 +129,6 @@ struct Job {
     /// Set once the work-queue got this attempt's answer (ack, nak, term,
     /// or leaving the job to a later attempt): the lease is no longer kept.
     replied: AtomicBool,
-    /// The connection's loss count when the job was pulled.
-    losses_at_start: u64,
 }
 
 impl Job {
@@ -298,40 +290,9 @@ impl Job {
     }
 
     /// Answers the work-queue for this attempt; the lease is not kept after.
-    /// After a lost connection the reply waits (at most
-    /// [`REPLY_CONNECT_WAIT`]) until the work-queue's consumer answers
-    /// again: a restarted nats-server accepts connections before it has
-    /// loaded its consumers, and drops a nak that comes that early; the
-    /// job then waited for its `ack_wait` instead of the nak's 250 ms
-    /// (`chatctl recovery`: 2.3 s stalls after a restart).
     async fn reply(&self, reply: QueueReply) {
         self.replied.store(true, Ordering::Release);
-        if self.ctx.connection.losses() != self.losses_at_start {
-            let deadline = Instant::now() + REPLY_CONNECT_WAIT;
-            let waited = Instant::now();
-            while !self.consumer_answers().await && Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            tracing::debug!(
-                waited_ms = u64::try_from(waited.elapsed().as_millis()).unwrap_or(u64::MAX),
-                ?reply,
-                "replying after a lost connection"
-            );
-        }
         reply.send(&self.message).await;
-    }
-
-    /// Whether the work-queue's consumer answers an info request.
-    async fn consumer_answers(&self) -> bool {
-        let info = self
-            .ctx
-            .layout
-            .requests
-            .consumer_info(subjects::WORKERS_CONSUMER);
-        matches!(
-            tokio::time::timeout(Duration::from_millis(500), info).await,
-            Ok(Ok(_))
-        )
     }
 
     fn message_id(&self) -> MessageId {
