@@ -14,9 +14,11 @@ npm test
 npm run build
 npm run test:ui
 
-export RUN_DIR="$root/run/test-web"
-export NGINX_PORT="${TEST_WEB_NGINX_PORT:-28080}" GATEWAY_BASE_PORT=23001 WORKER_METRICS_BASE_PORT=29101
-export NATS_PORT=24222 NATS_MONITOR_PORT=28222
+export RUN_DIR="$root/run/test-web${TEST_WEB_PORT_OFFSET:+-$TEST_WEB_PORT_OFFSET}"
+# TEST_WEB_PORT_OFFSET moves every port, so two checkouts can run this at once.
+offset="${TEST_WEB_PORT_OFFSET:-0}"
+export NGINX_PORT="${TEST_WEB_NGINX_PORT:-$((28080 + offset))}" GATEWAY_BASE_PORT=$((23001 + offset)) WORKER_METRICS_BASE_PORT=$((29101 + offset))
+export NATS_PORT=$((24222 + offset)) NATS_MONITOR_PORT=$((28222 + offset))
 export BUILD_PROFILE="${TEST_WEB_PROFILE:-debug}" SKIP_BUILD=1 SKIP_WEB_BUILD=1
 # Slow enough that "mid-answer" lasts seconds: Stop, reload and failover happen inside one.
 export DEMO_TOKENS_PER_SEC=25 DEMO_ANSWER_TOKENS=150
