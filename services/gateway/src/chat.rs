@@ -171,8 +171,7 @@ pub(crate) async fn admit_for_owner(
     let Some(owner) = owner else {
         return Ok(());
     };
-    let counted =
-        crate::users::admit_answer(state, owner, session, message_id, question).await;
+    let counted = crate::users::admit_answer(state, owner, session, message_id, question).await;
     if counted.is_err() {
         forget_refused(state, session, message_id).await;
     }

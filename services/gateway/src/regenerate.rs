@@ -85,8 +85,7 @@ pub async fn regenerate(
     .await;
     match admitted {
         Ok(Ok(admitted)) => {
-            chat::admit_for_owner(state, admitted.owner.as_ref(), session, message_id, None)
-                .await?
+            chat::admit_for_owner(state, admitted.owner.as_ref(), session, message_id, None).await?
         }
         Ok(Err(refusal)) => return Err(refusal),
         Err(SessionStoreError::NotFound) => return Err(unknown_session()),

@@ -168,8 +168,11 @@ impl UserKey {
 
     /// A key read back from a subject: 32 lowercase hex digits, or nothing.
     pub fn parse(raw: &str) -> Option<Self> {
-        (raw.len() == 32 && raw.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
-            .then(|| Self(raw.to_string()))
+        (raw.len() == 32
+            && raw
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+        .then(|| Self(raw.to_string()))
     }
 
     pub fn as_str(&self) -> &str {

@@ -77,9 +77,10 @@ pub async fn load(
         .await
         .map_err(|e| SessionStoreError::Nats(e.into()))?;
     match entry {
-        Some(entry) if entry.operation == Operation::Put => {
-            Ok(Some((serde_json::from_slice(&entry.value)?, entry.revision)))
-        }
+        Some(entry) if entry.operation == Operation::Put => Ok(Some((
+            serde_json::from_slice(&entry.value)?,
+            entry.revision,
+        ))),
         _ => Ok(None),
     }
 }
@@ -142,7 +143,11 @@ pub async fn revoked_before(
 }
 
 /// Records a revocation at `at_ms`: tokens issued at or before it are refused.
-pub async fn revoke(store: &kv::Store, user: &UserKey, at_ms: u64) -> Result<(), SessionStoreError> {
+pub async fn revoke(
+    store: &kv::Store,
+    user: &UserKey,
+    at_ms: u64,
+) -> Result<(), SessionStoreError> {
     store
         .put(subjects::user_revoked_key(user), at_ms.to_string().into())
         .await

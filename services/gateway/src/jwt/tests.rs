@@ -112,7 +112,12 @@ async fn public_key_tokens_are_accepted_by_their_kid() {
 #[tokio::test]
 async fn alg_none_is_refused() {
     let verifier = hmac_verifier();
-    let signed = sign(Algorithm::HS256, None, &claims("alice"), &EncodingKey::from_secret(SECRET).unwrap());
+    let signed = sign(
+        Algorithm::HS256,
+        None,
+        &claims("alice"),
+        &EncodingKey::from_secret(SECRET).unwrap(),
+    );
     let payload = signed.split('.').nth(1).unwrap();
     // {"alg":"none","typ":"JWT"}
     let unsigned = format!("eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.{payload}.");
@@ -153,8 +158,16 @@ async fn a_key_not_in_the_set_is_refused() {
     let keys = public_keys();
     let verifier = Verifier::for_tests(None, Some(keys.path.clone()), None, None);
     let (stranger, _) = key_pair(Algorithm::ES256, "stranger");
-    let unknown_kid = sign(Algorithm::ES256, Some("stranger"), &claims("eve"), &stranger);
-    assert_eq!(verifier.verify(&unknown_kid).await, Err(Refused::UnknownKey));
+    let unknown_kid = sign(
+        Algorithm::ES256,
+        Some("stranger"),
+        &claims("eve"),
+        &stranger,
+    );
+    assert_eq!(
+        verifier.verify(&unknown_kid).await,
+        Err(Refused::UnknownKey)
+    );
     // A known kid, signed by another key.
     let forged = sign(Algorithm::ES256, Some("es"), &claims("eve"), &stranger);
     assert!(matches!(
@@ -181,7 +194,12 @@ async fn an_unknown_kid_reads_the_set_again_at_most_once_a_minute() {
     let mut jwks = keys.jwks.clone();
     jwks.keys.push(rotated_jwk);
     std::fs::write(&keys.path, serde_json::to_string(&jwks).unwrap()).unwrap();
-    let token = sign(Algorithm::ES256, Some("rotated"), &claims("carol"), &rotated);
+    let token = sign(
+        Algorithm::ES256,
+        Some("rotated"),
+        &claims("carol"),
+        &rotated,
+    );
     assert_eq!(verifier.verify(&token).await.unwrap().sub, "carol");
     // Rotated again within the minute: not read again yet.
     let (again, again_jwk) = key_pair(Algorithm::ES256, "again");
@@ -212,7 +230,8 @@ async fn expired_and_not_yet_valid_tokens_are_refused_beyond_the_leeway() {
 
 #[tokio::test]
 async fn issuer_and_audience_are_checked_when_configured() {
-    let verifier = Verifier::for_tests(Some(SECRET), None, Some("https://id.example"), Some("chat"));
+    let verifier =
+        Verifier::for_tests(Some(SECRET), None, Some("https://id.example"), Some("chat"));
     let key = EncodingKey::from_secret(SECRET).unwrap();
     let token = |iss: &str, aud: &str| {
         sign(
@@ -227,14 +246,21 @@ async fn issuer_and_audience_are_checked_when_configured() {
         .await
         .is_ok());
     assert_eq!(
-        verifier.verify(&token("https://evil.example", "chat")).await,
+        verifier
+            .verify(&token("https://evil.example", "chat"))
+            .await,
         Err(Refused::Invalid("InvalidIssuer".into()))
     );
     assert_eq!(
         verifier.verify(&token("https://id.example", "other")).await,
         Err(Refused::Invalid("InvalidAudience".into()))
     );
-    let no_iss = sign(Algorithm::HS256, None, &json!({"sub": "a", "exp": now() + 600, "aud": "chat"}), &key);
+    let no_iss = sign(
+        Algorithm::HS256,
+        None,
+        &json!({"sub": "a", "exp": now() + 600, "aud": "chat"}),
+        &key,
+    );
     assert!(verifier.verify(&no_iss).await.is_err());
 }
 

@@ -113,8 +113,7 @@ async fn run(socket: WebSocket, state: AppState, query: SocketQuery) {
     let (commands, inbox) = mpsc::channel(COMMAND_QUEUE);
     let user_key = attached.user.as_ref().map(|u| u.key.clone());
     let reader = tokio::spawn(
-        reader::read(stream, state.clone(), attached.session, user_key, commands)
-            .in_current_span(),
+        reader::read(stream, state.clone(), attached.session, user_key, commands).in_current_span(),
     );
     let start_after = attached.after_seq.unwrap_or(attached.position.last_seq);
     let mut relay = Relay::new(outbox, attached.events.clone(), start_after);
@@ -176,7 +175,8 @@ impl Expiry {
             .saturating_sub(protocol::now_ms());
         let now = Instant::now();
         let at = now + std::time::Duration::from_millis(left_ms);
-        let warn_at = now + std::time::Duration::from_millis(left_ms.saturating_sub(warn_before_ms));
+        let warn_at =
+            now + std::time::Duration::from_millis(left_ms.saturating_sub(warn_before_ms));
         Self {
             at,
             warn_at,
@@ -276,12 +276,13 @@ async fn attach(state: &AppState, query: SocketQuery) -> Result<Attached, (ApiEr
         .transpose()
         .map_err(refusal)?;
     let token = query.token.as_ref().map(SessionToken::as_str);
+    let mut user_feed = None;
     let (session, created_token, user) = match query.session.as_deref() {
         None if auth::jwt_mode(state) => {
             let user = users::authenticate(state, token).await.map_err(refusal)?;
-            let session = users::create_session(state, &user)
-                .await
-                .map_err(refusal)?;
+            // Following the list first: the socket hears of its own session.
+            user_feed = Some(follow_user(state, &user).await?);
+            let session = users::create_session(state, &user).await.map_err(refusal)?;
             (session, None, Some(user))
         }
         None => {
@@ -296,16 +297,9 @@ async fn attach(state: &AppState, query: SocketQuery) -> Result<Attached, (ApiEr
             (session, None, user)
         }
     };
-    let user_feed = match &user {
-        Some(user) => Some(
-            state
-                .user_feeds
-                .attach(&user.key)
-                .await
-                .map_err(|e| refusal(ApiError::nats(e)))?,
-        ),
-        None => None,
-    };
+    if let (None, Some(user)) = (&user_feed, &user) {
+        user_feed = Some(follow_user(state, user).await?);
+    }
     let attachment = state.hub.attach(session).await.map_err(|e| {
         refusal(match e {
             AttachError::TooManySockets(_) => ApiError::RateLimited(e.to_string()),
@@ -324,6 +318,17 @@ async fn attach(state: &AppState, query: SocketQuery) -> Result<Attached, (ApiEr
         user,
         user_feed,
     })
+}
+
+async fn follow_user(
+    state: &AppState,
+    user: &User,
+) -> Result<UserAttachment, (ApiError, CloseCode)> {
+    state
+        .user_feeds
+        .attach(&user.key)
+        .await
+        .map_err(|e| refusal(ApiError::nats(e)))
 }
 
 /// `ready`, then what the client missed.

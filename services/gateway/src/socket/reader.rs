@@ -87,9 +87,7 @@ pub(super) async fn read(
                 Command::Control(e.frame(None))
             }
             ClientFrame::Resume { after_seq } => Command::Resume(after_seq),
-            ClientFrame::Refresh { token } => {
-                refresh(&state, user.as_ref(), token.as_str()).await
-            }
+            ClientFrame::Refresh { token } => refresh(&state, user.as_ref(), token.as_str()).await,
             ClientFrame::Chat {
                 message_id,
                 content,

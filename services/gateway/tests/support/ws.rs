@@ -20,6 +20,9 @@ pub struct Ws {
     stream: Stream,
     /// Stream events read while waiting for a control frame, not yet taken.
     pending: VecDeque<SequencedEvent>,
+    /// `session_list` frames (`GATEWAY_AUTH=jwt`), kept apart: they come
+    /// whenever the user's list changes, between any other two frames.
+    lists: VecDeque<ControlFrame>,
 }
 
 #[derive(Debug)]
@@ -45,6 +48,7 @@ impl Ws {
         Self {
             stream,
             pending: VecDeque::new(),
+            lists: VecDeque::new(),
         }
     }
 
@@ -104,11 +108,29 @@ impl Ws {
         }
     }
 
-    /// The next control frame; stream events before it are kept for [`Ws::event`].
+    /// The next control frame; stream events before it are kept for
+    /// [`Ws::event`], `session_list` frames for [`Ws::session_list`].
     pub async fn control(&mut self) -> ControlFrame {
         loop {
             match self.frame().await {
+                ServerFrame::Control(control @ ControlFrame::SessionList { .. }) => {
+                    self.lists.push_back(control)
+                }
                 ServerFrame::Control(control) => return control,
+                ServerFrame::Event(event) => self.pending.push_back(event),
+            }
+        }
+    }
+
+    /// The next `session_list` frame; other frames on the way are kept.
+    pub async fn session_list(&mut self) -> ControlFrame {
+        loop {
+            if let Some(frame) = self.lists.pop_front() {
+                return frame;
+            }
+            match self.frame().await {
+                ServerFrame::Control(control @ ControlFrame::SessionList { .. }) => return control,
+                ServerFrame::Control(_) => {}
                 ServerFrame::Event(event) => self.pending.push_back(event),
             }
         }
