@@ -13,7 +13,7 @@ default:
 install-deps *args:
     scripts/install-deps.sh {{args}}
 
-# Build and start nats-server, gateways, workers and Nginx on http://127.0.0.1:8080: just up [GATEWAYS] [WORKERS] [--model local]
+# Build and start nats-server, gateways, workers and Nginx on http://127.0.0.1:8080: just up [GATEWAYS] [WORKERS] [--model local] [--auth jwt]
 up *args:
     scripts/install-deps.sh
     NATS_SERVER_BIN="$(scripts/nats-server-path.sh)" scripts/up.sh {{args}}

@@ -2,6 +2,7 @@ import { useEffect, useMemo, useRef, useState, useSyncExternalStore } from 'reac
 import { isReplaying, MAX_IN_FLIGHT, inFlight } from '../chat/state';
 import type { StoredSession } from '../chat/sessions';
 import { ConversationStore } from '../chat/store';
+import type { ConnectionOptions } from '../chat/connection';
 import { plainWords } from '../chat/errors';
 import { Composer } from './Composer';
 import { ConnectionBadge } from './ConnectionBadge';
@@ -15,10 +16,13 @@ interface Props {
   onFirstQuestion: (sessionId: string, question: string) => void;
   onNewConversation: () => void;
   onForget: () => void;
+  /** `jwt` mode: the token refresh and the live session list (fixed for the conversation's life). */
+  connection?: Partial<ConnectionOptions>;
 }
 
-export function Conversation({ session, onMenu, onFirstQuestion, onNewConversation, onForget }: Props) {
-  const store = useMemo(() => new ConversationStore(session.sessionId, session.token), [session.sessionId, session.token]);
+export function Conversation({ session, onMenu, onFirstQuestion, onNewConversation, onForget, connection }: Props) {
+  // `connection` is fixed for the conversation's life: not a dependency.
+  const store = useMemo(() => new ConversationStore(session.sessionId, session.token, connection), [session.sessionId, session.token]);
   useEffect(() => {
     store.start();
     const online = () => store.retryNow();
