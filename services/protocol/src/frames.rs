@@ -415,6 +415,9 @@ mod tests {
                 message_id: MessageId::new(),
             },
             ClientFrame::Resume { after_seq: 0 },
+            ClientFrame::Refresh {
+                token: SessionToken::presented("jwt"),
+            },
             ClientFrame::Ping,
         ];
         assert_eq!(client.len(), ClientFrame::KINDS.len());
@@ -440,6 +443,12 @@ mod tests {
                 last_seq: 0,
             },
             ControlFrame::Pong,
+            ControlFrame::TokenExpiring { in_ms: 5 },
+            ControlFrame::SessionList {
+                change: crate::users::SessionChange::Created,
+                session_id: SessionId::new(),
+                session: None,
+            },
         ];
         assert_eq!(control.len(), ControlKind::ALL.len());
         for frame in control {
