@@ -5,7 +5,9 @@
 #   3. end to end in headless Chromium against the REAL stack behind Nginx
 #      (e2e/chat.e2e.mjs): its own nats-server, 3 gateways, 3 workers and
 #      Nginx on their own ports and run folder, from the debug binaries that
-#      `cargo build --workspace` made, stopped again at the end.
+#      `cargo build --workspace` made, stopped again at the end;
+#   4. the same stack with the app's login (`up.sh --auth jwt`): two browser
+#      profiles as one user and a third as another (e2e/users.e2e.mjs).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root/web"
@@ -28,3 +30,9 @@ rm -rf "$RUN_DIR"
 trap '"$root/scripts/down.sh" >/dev/null 2>&1 || true' EXIT
 "$root/scripts/up.sh"
 npm run test:e2e
+
+# The app's login: the same ports, the gateways in GATEWAY_AUTH=jwt mode with
+# the development key up.sh makes in $RUN_DIR/credentials.
+"$root/scripts/down.sh" >/dev/null 2>&1 || true
+"$root/scripts/up.sh" --auth jwt
+CHAT_JWT_SECRET_FILE="$RUN_DIR/credentials/jwt-hmac.key" npm run test:e2e:users

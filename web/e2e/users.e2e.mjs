@@ -1,0 +1,115 @@
+// End to end with the app's login (GATEWAY_AUTH=jwt): Debian's Chromium
+// against the real stack behind Nginx, started by scripts/test-web.sh with
+// `up.sh --auth jwt`. Tokens are HS256, signed here with the stack's
+// development key (CHAT_JWT_SECRET_FILE, run/credentials/jwt-hmac.key), as
+// `chatctl token` would.
+//
+// Two browsers (separate profiles: two devices) log in as alice, a third as
+// carol. Nginx keeps a session on one gateway, so alice's two devices share
+// it here; two devices on different gateways are covered by the gateway's
+// tests (gateway/tests/users.rs).
+
+import { after, before, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { createHmac } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { forbidDialogs, launch, waitFor } from './browser.mjs';
+
+const BASE = (process.env.CHAT_BASE_URL ?? 'http://127.0.0.1:8080').replace(/\/$/, '');
+const SECRET_FILE = process.env.CHAT_JWT_SECRET_FILE ?? 'run/credentials/jwt-hmac.key';
+const ANSWER_MS = Number(process.env.CHAT_E2E_ANSWER_TIMEOUT_MS ?? 60_000);
+
+const b64url = (data) => Buffer.from(data).toString('base64url');
+
+/** An HS256 JWT of `sub`, valid for `ttlSecs`. */
+function token(sub, ttlSecs = 3600) {
+  const secret = readFileSync(SECRET_FILE, 'utf8').trim();
+  const now = Math.floor(Date.now() / 1000);
+  const head = b64url(JSON.stringify({ alg: 'HS256', typ: 'JWT' }));
+  const body = b64url(JSON.stringify({ sub, iat: now, exp: now + ttlSecs }));
+  const signature = createHmac('sha256', secret).update(`${head}.${body}`).digest('base64url');
+  return `${head}.${body}.${signature}`;
+}
+
+const browsers = [];
+before(async () => {
+  const health = await fetch(`${BASE}/health`).catch((e) => ({ ok: false, statusText: String(e) }));
+  assert.ok(health.ok, `the stack is not reachable at ${BASE}/health; start it with \`just up --auth jwt\``);
+});
+after(async () => {
+  for (const b of browsers) await b.close();
+});
+
+/** A device: its own browser profile, logged in as `sub` through the URL fragment. */
+async function device(sub) {
+  const browser = await launch();
+  browsers.push(browser);
+  const page = await browser.context.newPage();
+  const dialogs = forbidDialogs(page);
+  await page.goto(`${BASE}/#token=${token(sub)}`);
+  await connected(page);
+  return { page, dialogs };
+}
+
+async function connected(page) {
+  await page.locator('[data-testid=connection][data-state=connected]').waitFor({ timeout: 20_000 });
+}
+
+const current = (page) => page.evaluate(() => localStorage.getItem('chat.current.v1'));
+const titles = (page) => page.locator('.session-list li .session-item').allInnerTexts();
+const turn = (page, id) => page.locator(`[data-testid=turn][data-message-id="${id}"]`);
+const status = (page, id) => turn(page, id).getAttribute('data-status');
+
+async function ask(page, text) {
+  const count = await page.locator('[data-testid=turn]').count();
+  const input = page.getByTestId('composer-input');
+  await input.fill(text);
+  await input.press('Enter');
+  await waitFor(async () => (await page.locator('[data-testid=turn]').count()) > count, { what: 'the turn to appear' });
+  return page.locator('[data-testid=turn]').nth(count).getAttribute('data-message-id');
+}
+
+describe('one user on two devices, and another user', () => {
+  it('share one live list and one answer that either can stop; the other user sees none of it', async () => {
+    const laptop = await device('alice');
+    // The token left the address bar at once.
+    assert.equal(new URL(laptop.page.url()).hash, '');
+    const phone = await device('alice');
+    const session = await current(laptop.page);
+    assert.ok(session);
+    assert.equal(await current(phone.page), session, 'the phone opens the newest conversation of the list');
+
+    // A question on the laptop streams on the phone, titles the
+    // conversation in both lists (live, no reload), and the phone stops it.
+    const question = 'Tell me a long story about rivers and their deltas.';
+    const id = await ask(laptop.page, question);
+    await waitFor(
+      async () => (await status(phone.page, id)) === 'streaming' && Number(await turn(phone.page, id).getAttribute('data-answer-chars')) > 10,
+      { ms: ANSWER_MS, every: 20, what: 'the answer to stream on the phone' },
+    );
+    for (const page of [laptop.page, phone.page]) {
+      await waitFor(async () => (await titles(page)).some((t) => t.startsWith('Tell me a long story')), { what: 'the title in the list' });
+    }
+    await phone.page.getByTestId('stop').click();
+    for (const page of [laptop.page, phone.page]) {
+      await waitFor(async () => (await status(page, id)) === 'cancelled', { what: 'the answer stopped on both' });
+    }
+
+    // A new conversation on the phone appears in the laptop's list.
+    const before = (await titles(laptop.page)).length;
+    await phone.page.getByTestId('new-conversation').click();
+    await waitFor(async () => (await current(phone.page)) !== session, { what: 'the phone to open a new conversation' });
+    await waitFor(async () => (await titles(laptop.page)).length === before + 1, { what: 'the laptop to list it' });
+
+    // Carol: her own list only, and alice's session answers as unknown.
+    const carol = await device('carol');
+    assert.equal((await titles(carol.page)).length, 1);
+    assert.ok(!(await titles(carol.page)).some((t) => t.startsWith('Tell me a long story')));
+    const foreign = await carol.page.evaluate(
+      async ([s, t]) => (await fetch(`/api/history?session=${s}`, { headers: { authorization: `Bearer ${t}` } })).status,
+      [session, token('carol')],
+    );
+    assert.equal(foreign, 404);
+    for (const d of [laptop, phone, carol]) assert.deepEqual(d.dialogs, []);
+  });
+});
