@@ -286,15 +286,14 @@ async fn running_answers(state: &AppState, answers: &[UserAnswer]) -> Vec<UserAn
     let max_age = state.config.layout.in_flight_max_age_ms();
     let now = now_ms();
     let mut records: HashMap<SessionId, Option<SessionRecord>> = HashMap::new();
-    for answer in answers {
-        if !records.contains_key(&answer.session_id) {
-            let record = sessions::load(&state.layout.sessions, answer.session_id)
-                .await
-                .ok()
-                .flatten()
-                .map(|v| v.record);
-            records.insert(answer.session_id, record);
-        }
+    let sessions: HashSet<SessionId> = answers.iter().map(|a| a.session_id).collect();
+    for session in sessions {
+        let record = sessions::load(&state.layout.sessions, session)
+            .await
+            .ok()
+            .flatten()
+            .map(|v| v.record);
+        records.insert(session, record);
     }
     answers
         .iter()
