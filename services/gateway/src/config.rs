@@ -164,6 +164,10 @@ pub struct AuthConfig {
     /// most once a minute).
     #[arg(long, env = "GATEWAY_JWT_JWKS_URL")]
     pub jwt_jwks_url: Option<String>,
+    /// jwt: the shortest time between two reads of the JWKS on an unknown
+    /// `kid` (seconds); the read at start counts.
+    #[arg(long, env = "GATEWAY_JWT_JWKS_REFETCH_SECS", default_value_t = 60)]
+    pub jwt_jwks_refetch_secs: u64,
     /// jwt: the `iss` every token must carry (unchecked when unset).
     #[arg(long, env = "GATEWAY_JWT_ISSUER")]
     pub jwt_issuer: Option<String>,

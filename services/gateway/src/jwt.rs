@@ -21,9 +21,9 @@ use crate::config::AuthConfig;
 /// gateway parse megabytes.
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
 
-/// The shortest time between two reads of the key set on an unknown `kid`:
-/// a client inventing `kid`s cannot make the gateway hammer the identity
-/// provider.
+/// The shortest time between two reads of the key set on an unknown `kid`
+/// by default (`--jwt-jwks-refetch-secs`): a client inventing `kid`s cannot
+/// make the gateway hammer the identity provider.
 pub const JWKS_REFETCH_EVERY: Duration = Duration::from_secs(60);
 
 /// How long a JWKS URL may take to answer.
@@ -79,6 +79,7 @@ struct PublicKeys {
     keys: RwLock<JwkSet>,
     /// When the set was last read; one reader at a time.
     fetched: tokio::sync::Mutex<Instant>,
+    refetch_every: Duration,
     http: reqwest::Client,
 }
 
@@ -138,6 +139,7 @@ impl Verifier {
                     source,
                     keys: RwLock::new(keys),
                     fetched: tokio::sync::Mutex::new(Instant::now()),
+                    refetch_every: Duration::from_secs(config.jwt_jwks_refetch_secs),
                     http,
                 })
             }
@@ -218,7 +220,7 @@ fn trim_ascii(bytes: &[u8]) -> &[u8] {
 
 impl PublicKeys {
     /// The key a token names. An unknown `kid` reads the set again, at
-    /// most once per [`JWKS_REFETCH_EVERY`] (keys rotated at the provider).
+    /// most once per `refetch_every` (keys rotated at the provider).
     async fn key_for(&self, kid: Option<&str>, alg: Algorithm) -> Result<DecodingKey, Refused> {
         if let Some(key) = self.find(kid, alg)? {
             return Ok(key);
@@ -229,7 +231,7 @@ impl PublicKeys {
             if let Some(key) = self.find(kid, alg)? {
                 return Ok(key);
             }
-            if fetched.elapsed() < JWKS_REFETCH_EVERY {
+            if fetched.elapsed() < self.refetch_every {
                 return Err(Refused::UnknownKey);
             }
             *fetched = Instant::now();
@@ -321,6 +323,7 @@ impl Verifier {
                         .checked_sub(JWKS_REFETCH_EVERY * 2)
                         .unwrap_or_else(Instant::now),
                 ),
+                refetch_every: JWKS_REFETCH_EVERY,
                 http: reqwest::Client::new(),
             }
         });

@@ -464,6 +464,18 @@ async fn every_device_streams_cancels_and_regenerates_the_same_session() {
         "every event once, in order, on both"
     );
     assert_eq!(count(&on_laptop, EventKind::Cancelled), 1);
+    // The worker tells the user's devices the answer finished.
+    let finished = tokio::time::timeout(WAIT, async {
+        loop {
+            let (change, id, _) = list_change(&mut phone).await;
+            if change == SessionChange::AnswerFinished {
+                return id;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(finished, session);
 
     // Regenerated from the phone: the laptop sees it.
     let (regenerated, _) = phone.regenerate(Some(id)).await;
@@ -570,4 +582,92 @@ async fn a_refreshed_socket_keeps_its_position_and_an_unrefreshed_one_closes() {
     .unwrap();
     assert!(warned);
     assert_eq!(closed, Some(CloseCode::PolicyViolation.code()));
+}
+
+/// A JWKS URL, as an identity provider serves it: read at start, read again
+/// when a token names a key it does not know yet (a rotation).
+#[tokio::test]
+async fn keys_come_from_a_jwks_url_and_a_rotated_key_is_fetched() {
+    use std::sync::{Arc, Mutex};
+
+    let (first, first_jwk) = es256_key("first");
+    let jwks = Arc::new(Mutex::new(json!({"keys": [first_jwk]})));
+    let served = jwks.clone();
+    let provider = axum::Router::new().route(
+        "/.well-known/jwks.json",
+        axum::routing::get(move || {
+            let keys = served.lock().unwrap().clone();
+            async move { axum::Json(keys) }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!(
+        "http://{}/.well-known/jwks.json",
+        listener.local_addr().unwrap()
+    );
+    let server = tokio::spawn(async move { axum::serve(listener, provider).await });
+    let app = TestApp::builder()
+        // Read again at once on an unknown kid (60 s apart by default).
+        .gateway_args(&[
+            "--auth",
+            "jwt",
+            "--jwt-jwks-url",
+            &url,
+            "--jwt-jwks-refetch-secs",
+            "0",
+        ])
+        .start()
+        .await;
+    let now = jsonwebtoken::get_current_timestamp();
+    let claims = json!({"sub": "alice", "exp": now + 600, "iat": now});
+    let sign = |kid: &str, key: &EncodingKey| {
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some(kid.to_string());
+        encode(&header, &claims, key).unwrap()
+    };
+    assert_eq!(
+        app.get("/api/sessions", &sign("first", &first))
+            .await
+            .status(),
+        200
+    );
+    // The provider rotates: the new key is fetched on its first token.
+    let (second, second_jwk) = es256_key("second");
+    jwks.lock().unwrap()["keys"]
+        .as_array_mut()
+        .unwrap()
+        .push(second_jwk);
+    assert_eq!(
+        app.get("/api/sessions", &sign("second", &second))
+            .await
+            .status(),
+        200
+    );
+    // An HMAC token where the keys are public, and a key nobody published.
+    let hmac = Login::token("alice", 600);
+    assert_eq!(app.get("/api/sessions", &hmac).await.status(), 401);
+    let (stranger, _) = es256_key("stranger");
+    assert_eq!(
+        app.get("/api/sessions", &sign("stranger", &stranger))
+            .await
+            .status(),
+        401
+    );
+    server.abort();
+}
+
+/// An ES256 key pair and its public JWK named `kid`.
+fn es256_key(kid: &str) -> (EncodingKey, Value) {
+    let pair = aws_lc_rs::signature::EcdsaKeyPair::generate(
+        &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+    )
+    .unwrap();
+    let der = pair.to_pkcs8v1().unwrap();
+    let key = EncodingKey::from_ec_der(der.as_ref());
+    let mut jwk = serde_json::to_value(
+        jsonwebtoken::jwk::Jwk::from_encoding_key(&key, Algorithm::ES256).unwrap(),
+    )
+    .unwrap();
+    jwk["kid"] = json!(kid);
+    (key, jwk)
 }
