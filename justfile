@@ -47,7 +47,7 @@ prerequisites:
     scripts/install-deps.sh --browser --bench
     scripts/local-model.sh install
 
-# The web UI's tests: Vitest, the UI in headless Chromium, and end to end against a real stack
+# The web UI's tests: Vitest, the UI in headless Chromium, and end to end against a real stack (anonymous, then GATEWAY_AUTH=jwt)
 test-web:
     if [ -f web/package.json ]; then NATS_SERVER_BIN="$(scripts/nats-server-path.sh)" scripts/test-web.sh; else echo "no web/package.json: skipping web tests"; fi
 
