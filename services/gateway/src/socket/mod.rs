@@ -159,6 +159,10 @@ struct Links {
     expiry: Option<Expiry>,
 }
 
+/// The longest a socket's token is watched for (a year): past it the socket
+/// closes as if the token expired, and the client logs in again.
+const MAX_TOKEN_LIFE_MS: u64 = 365 * 24 * 3600 * 1000;
+
 /// When the socket's token expires (`jwt` mode), and when it is told so.
 #[derive(Debug, Clone, Copy)]
 struct Expiry {
@@ -170,9 +174,11 @@ struct Expiry {
 impl Expiry {
     /// From the token's `exp` (seconds since the epoch).
     fn of(exp_secs: u64, warn_before_ms: u64) -> Self {
+        // Bounded: a token valid for centuries must not overflow an Instant.
         let left_ms = exp_secs
             .saturating_mul(1000)
-            .saturating_sub(protocol::now_ms());
+            .saturating_sub(protocol::now_ms())
+            .min(MAX_TOKEN_LIFE_MS);
         let now = Instant::now();
         let at = now + std::time::Duration::from_millis(left_ms);
         let warn_at =
@@ -499,4 +505,24 @@ fn fell_behind(skipped: u64) {
         "socket fell behind its live feed; catching up from its recent events"
     );
     metrics::caught_up();
+}
+
+#[cfg(test)]
+mod expiry_tests {
+    use super::*;
+
+    #[test]
+    fn any_exp_a_token_carries_makes_an_expiry() {
+        for (exp, warn_before) in [(u64::MAX, u64::MAX), (0, 0), (1, u64::MAX)] {
+            let expiry = Expiry::of(exp, warn_before);
+            assert!(expiry.warn_at <= expiry.at);
+        }
+        let now_secs = protocol::now_ms() / 1000;
+        let soon = Expiry::of(now_secs + 60, 30_000);
+        let left = soon.at.saturating_duration_since(Instant::now());
+        assert!(left <= std::time::Duration::from_secs(60), "{left:?}");
+        assert!(
+            soon.at.saturating_duration_since(soon.warn_at) <= std::time::Duration::from_secs(30)
+        );
+    }
 }
