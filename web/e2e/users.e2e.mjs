@@ -70,7 +70,7 @@ async function ask(page, text) {
 }
 
 describe('one user on two devices, and another user', () => {
-  it('share one live list and one answer that either can stop; the other user sees none of it', async () => {
+  it('share one live list and one answer that either can stop; the other user sees none of it; revoking signs both out', async () => {
     const laptop = await device('alice');
     // The token left the address bar at once.
     assert.equal(new URL(laptop.page.url()).hash, '');
@@ -110,6 +110,16 @@ describe('one user on two devices, and another user', () => {
       [session, token('carol')],
     );
     assert.equal(foreign, 404);
+
+    // A stolen device: revoking alice's sockets signs out both of hers (the
+    // pages ask for a new login), not carol.
+    const revoked = await laptop.page.evaluate(
+      async (t) => (await fetch('/api/users/me/sockets', { method: 'DELETE', headers: { authorization: `Bearer ${t}` } })).status,
+      token('alice'),
+    );
+    assert.equal(revoked, 204);
+    for (const page of [laptop.page, phone.page]) await page.getByTestId('login').waitFor({ timeout: 10_000 });
+    await connected(carol.page);
     for (const d of [laptop, phone, carol]) assert.deepEqual(d.dialogs, []);
   });
 });

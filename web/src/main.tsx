@@ -30,7 +30,15 @@ function Root() {
       />
     );
   }
-  return <App jwt={jwt} />;
+  return (
+    <App
+      jwt={jwt}
+      onSignedOut={() => {
+        saveToken(null);
+        setJwt(null);
+      }}
+    />
+  );
 }
 
 const root = document.getElementById('root');

@@ -19,9 +19,11 @@ import { Sidebar } from './Sidebar';
 interface Props {
   /** `GATEWAY_AUTH=jwt`: the user's JWT. The list is then the server's, on every device. */
   jwt?: string;
+  /** `jwt` mode: the login ended; the page asks for a new token. */
+  onSignedOut?: () => void;
 }
 
-export function App({ jwt }: Props) {
+export function App({ jwt, onSignedOut }: Props) {
   const [sessions, setSessions] = useState<StoredSession[]>(() => (jwt ? [] : loadSessions()));
   const [currentId, setCurrentId] = useState<string | null>(() => {
     if (jwt) return null;
@@ -158,6 +160,7 @@ export function App({ jwt }: Props) {
             onNewConversation={() => void newConversation()}
             onForget={() => remove(current.sessionId)}
             connection={connection}
+            onSignedOut={onSignedOut}
           />
         ) : (
           <div className="empty-main">

@@ -18,9 +18,14 @@ interface Props {
   onForget: () => void;
   /** `jwt` mode: the token refresh and the live session list (fixed for the conversation's life). */
   connection?: Partial<ConnectionOptions>;
+  /** `jwt` mode: the login ended (token expired or refused, sockets revoked). */
+  onSignedOut?: () => void;
 }
 
-export function Conversation({ session, onMenu, onFirstQuestion, onNewConversation, onForget, connection }: Props) {
+/** Close reasons and refusals that mean the user's login, not the conversation, is gone. */
+const SIGNED_OUT = /token expired|user revoked|missing or wrong token/;
+
+export function Conversation({ session, onMenu, onFirstQuestion, onNewConversation, onForget, connection, onSignedOut }: Props) {
   // `connection` is fixed for the conversation's life: not a dependency.
   const store = useMemo(() => new ConversationStore(session.sessionId, session.token, connection), [session.sessionId, session.token]);
   useEffect(() => {
@@ -36,6 +41,9 @@ export function Conversation({ session, onMenu, onFirstQuestion, onNewConversati
   const state = useSyncExternalStore(store.subscribe, store.getState);
   const status = useSyncExternalStore(store.subscribe, store.getStatus);
   const replaying = status.kind === 'connected' && isReplaying(state);
+  useEffect(() => {
+    if (onSignedOut && status.kind === 'invalid' && SIGNED_OUT.test(status.reason)) onSignedOut();
+  }, [status, onSignedOut]);
 
   const firstQuestion = state.turns.find((t) => t.user)?.user;
   useEffect(() => {
