@@ -5,9 +5,10 @@
 // `chatctl token` would.
 //
 // Two browsers (separate profiles: two devices) log in as alice, a third as
-// carol. Nginx keeps a session on one gateway, so alice's two devices share
-// it here; two devices on different gateways are covered by the gateway's
-// tests (gateway/tests/users.rs).
+// carol. Nginx keeps a session on one gateway, so the phone's socket is
+// bridged (Playwright's WebSocket route, Node's WebSocket) straight to
+// another gateway than the laptop's: the two devices stream, stop and list
+// through different gateways. Needs `node --experimental-websocket` on Node 20.
 
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
@@ -18,6 +19,9 @@ import { forbidDialogs, launch, waitFor } from './browser.mjs';
 const BASE = (process.env.CHAT_BASE_URL ?? 'http://127.0.0.1:8080').replace(/\/$/, '');
 const SECRET_FILE = process.env.CHAT_JWT_SECRET_FILE ?? 'run/credentials/jwt-hmac.key';
 const ANSWER_MS = Number(process.env.CHAT_E2E_ANSWER_TIMEOUT_MS ?? 60_000);
+// The gateways of the stack: gw-<i> listens on GATEWAY_BASE_PORT + i - 1 (scripts/up.sh).
+const GATEWAY_BASE_PORT = Number(process.env.GATEWAY_BASE_PORT ?? 3001);
+const GATEWAYS = Number(process.env.GATEWAYS ?? 3);
 
 const b64url = (data) => Buffer.from(data).toString('base64url');
 
@@ -40,20 +44,40 @@ after(async () => {
   for (const b of browsers) await b.close();
 });
 
-/** A device: its own browser profile, logged in as `sub` through the URL fragment. */
-async function device(sub) {
+/**
+ * A device: its own browser profile, logged in as `sub` through the URL
+ * fragment. With `gatewayPort` its sockets go straight to that gateway.
+ */
+async function device(sub, gatewayPort = null) {
   const browser = await launch();
   browsers.push(browser);
   const page = await browser.context.newPage();
+  if (gatewayPort) await bridgeSockets(page, gatewayPort);
   const dialogs = forbidDialogs(page);
   await page.goto(`${BASE}/#token=${token(sub)}`);
   await connected(page);
   return { page, dialogs };
 }
 
+/** The page's `/ws/chat` sockets, carried to the gateway on `port` instead of through Nginx. */
+async function bridgeSockets(page, port) {
+  await page.routeWebSocket(/\/ws\/chat/, (route) => {
+    const url = new URL(route.url());
+    const upstream = new WebSocket(`ws://127.0.0.1:${port}${url.pathname}${url.search}`);
+    const early = [];
+    upstream.onopen = () => early.splice(0).forEach((m) => upstream.send(m));
+    upstream.onmessage = (ev) => route.send(String(ev.data));
+    upstream.onclose = (ev) => route.close({ code: ev.code >= 1000 && ev.code !== 1005 && ev.code !== 1006 ? ev.code : 1000, reason: ev.reason });
+    route.onMessage((m) => (upstream.readyState === 1 ? upstream.send(m) : early.push(m)));
+    route.onClose(() => upstream.close());
+  });
+}
+
 async function connected(page) {
   await page.locator('[data-testid=connection][data-state=connected]').waitFor({ timeout: 20_000 });
 }
+
+const nodeOf = (page) => page.locator('[data-testid=connection]').getAttribute('data-node');
 
 const current = (page) => page.evaluate(() => localStorage.getItem('chat.current.v1'));
 const titles = (page) => page.locator('.session-list li .session-item').allInnerTexts();
@@ -74,7 +98,13 @@ describe('one user on two devices, and another user', () => {
     const laptop = await device('alice');
     // The token left the address bar at once.
     assert.equal(new URL(laptop.page.url()).hash, '');
-    const phone = await device('alice');
+    // The phone on another gateway than the one Nginx gave the laptop.
+    const laptopNode = await nodeOf(laptop.page);
+    const other = laptopNode === 'gw-1' ? 2 : 1;
+    assert.ok(other <= GATEWAYS);
+    const phone = await device('alice', GATEWAY_BASE_PORT + other - 1);
+    assert.equal(await nodeOf(phone.page), `gw-${other}`);
+    assert.notEqual(await nodeOf(phone.page), laptopNode);
     const session = await current(laptop.page);
     assert.ok(session);
     assert.equal(await current(phone.page), session, 'the phone opens the newest conversation of the list');
