@@ -1,7 +1,11 @@
 //! One WebSocket connection: authentication, `ready`, replay, live events
 //! with gap repair, the client's frames, and the ways a socket ends (bad
 //! token 1008, invalid UTF-8 1007, oversize 1009, shutdown 1012, a client
-//! whose writes block for the write timeout 1013). A client that merely
+//! whose writes block for the write timeout 1013). In `GATEWAY_AUTH=jwt`
+//! mode it also follows its user's session list (`session_list` frames),
+//! warns before its token expires (`token_expiring`, then 1008 `token
+//! expired` without a `refresh`) and closes when the user's sockets are
+//! revoked (1008 `user revoked`). A client that merely
 //! falls behind the live feed is caught up from the stream, not closed.
 //!
 //! Choices for bad input: a bad `after_seq` query parameter (not a number,
