@@ -106,8 +106,10 @@ down() {
         say "stopping ${#names[@]} containers"
         # SIGTERM first: gateways close their sockets with 1012, workers
         # hand their jobs back.
+        # (Without systemd, podman reports that it has no health check
+        # timers to remove: not an error of ours, hence no stderr.)
         podman stop --time 10 "${names[@]}" >/dev/null 2>&1 || true
-        podman rm --force "${names[@]}" >/dev/null
+        podman rm --force "${names[@]}" >/dev/null 2>&1 || podman rm --force "${names[@]}" >/dev/null
     fi
     mapfile -t nets < <(podman network ls --filter "label=$label" --format '{{.Name}}')
     [ "${#nets[@]}" -gt 0 ] && podman network rm "${nets[@]}" >/dev/null

@@ -1,0 +1,339 @@
+//! The compose deployment run for real (deploy/compose.yaml on podman):
+//! the images are built from the debug binaries `just test` has already
+//! built, the deployment starts under a project name and port of its own,
+//! sessions chat through its Nginx while a gateway container and a worker
+//! container that is mid-answer are `podman kill`ed, and every session's
+//! events are checked against the stored events (each answer once, whole,
+//! in order); then the NATS node leading `CHAT_EVENTS` is killed during a
+//! second round, checked the same way, and must come back by its restart
+//! policy. Everything (containers, network, volumes, the test's images) is
+//! removed at the end, also when the test fails.
+//!
+//! Needs podman, podman-compose and mmdebstrap (`scripts/install-deps.sh
+//! --containers`) and root: run by `just test-compose` (part of `just
+//! test`), not by a bare `cargo test`.
+
+#![allow(clippy::unwrap_used)] // a test fails loudly on what it did not expect
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use chatctl::recovery::{self, RecoveryArgs, Report};
+use tokio::time::Instant;
+
+/// The demo model's settings in the deployment: long enough answers that
+/// a kill lands mid-answer, a short `ack_wait` so a killed worker's job
+/// comes back soon.
+const ENV: [(&str, &str); 8] = [
+    ("CHAT_ACK_WAIT_MS", "2000"),
+    ("DEMO_TOKENS_PER_SEC", "60"),
+    ("DEMO_FIRST_TOKEN_MS", "50"),
+    ("DEMO_ANSWER_TOKENS", "60"),
+    ("RUST_LOG", "warn"),
+    // Every session of the test comes from one address.
+    ("NGINX_SESSION_RATE", "100000"),
+    ("NGINX_SESSION_BURST", "100000"),
+    ("NGINX_API_RATE", "10000"),
+];
+
+fn project_dir() -> PathBuf {
+    stack::project::project_dir()
+}
+
+/// One compose deployment of this test, taken down with its volumes and
+/// images on drop.
+struct Deployment {
+    project: String,
+    tag: String,
+    port: u16,
+}
+
+impl Deployment {
+    fn env(&self) -> Vec<(String, String)> {
+        let mut env: Vec<(String, String)> = ENV
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        env.push(("COMPOSE_PROJECT".into(), self.project.clone()));
+        env.push(("CHAT_IMAGE_TAG".into(), self.tag.clone()));
+        env.push(("CHAT_HTTP_PORT".into(), self.port.to_string()));
+        env.push((
+            "CONTAINERS_CONF".into(),
+            project_dir()
+                .join("deploy/containers.conf")
+                .display()
+                .to_string(),
+        ));
+        env
+    }
+
+    fn script(&self, script: &str, args: &[&str], extra: &[(&str, String)]) -> Output {
+        let mut command = Command::new(project_dir().join("scripts").join(script));
+        command.args(args).envs(self.env());
+        for (k, v) in extra {
+            command.env(k, v);
+        }
+        let out = command.output().unwrap();
+        println!(
+            "{script} {}: {}\n{}{}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn label(&self) -> String {
+        format!("label=io.podman.compose.project={}", self.project)
+    }
+
+    /// The project's containers of `service` (running or not).
+    fn containers(&self, service: &str) -> Vec<String> {
+        let service = format!("label=com.docker.compose.service={service}");
+        podman_lines(&[
+            "ps",
+            "-a",
+            "--filter",
+            &self.label(),
+            "--filter",
+            &service,
+            "--format",
+            "{{.Names}}",
+        ])
+    }
+
+    /// The project's leftovers: containers, networks, volumes.
+    fn leftovers(&self) -> Vec<String> {
+        let label = self.label();
+        let mut all = podman_lines(&["ps", "-a", "--filter", &label, "--format", "{{.Names}}"]);
+        all.extend(podman_lines(&[
+            "network", "ls", "--filter", &label, "--format", "{{.Name}}",
+        ]));
+        all.extend(podman_lines(&[
+            "volume", "ls", "--filter", &label, "--format", "{{.Name}}",
+        ]));
+        all
+    }
+}
+
+impl Drop for Deployment {
+    fn drop(&mut self) {
+        self.script("compose.sh", &["down", "--volumes"], &[]);
+        let images: Vec<String> = ["gateway", "worker", "chatctl", "nats", "nginx"]
+            .iter()
+            .map(|i| format!("localhost/chat-{i}:{}", self.tag))
+            .collect();
+        let mut args = vec!["rmi", "--force"];
+        args.extend(images.iter().map(String::as_str));
+        podman(&args);
+    }
+}
+
+fn podman(args: &[&str]) -> Output {
+    Command::new("podman")
+        .args(args)
+        .env(
+            "CONTAINERS_CONF",
+            project_dir().join("deploy/containers.conf"),
+        )
+        .output()
+        .unwrap()
+}
+
+fn podman_lines(args: &[&str]) -> Vec<String> {
+    let out = podman(args);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// A container's address on the deployment's network (reachable from
+/// this host: podman runs as root here).
+fn address(container: &str) -> String {
+    let out = podman(&[
+        "inspect",
+        "--format",
+        "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+        container,
+    ]);
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn kill(container: &str) {
+    let out = podman(&["kill", container]);
+    assert!(out.status.success(), "podman kill {container}: {out:?}");
+    println!("killed {container}");
+}
+
+async fn get(url: &str) -> Option<String> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .ok()?;
+    let response = client.get(url).send().await.ok()?;
+    if !response.status().is_success() {
+        return None;
+    }
+    response.text().await.ok()
+}
+
+/// Jobs a worker container is generating now (its `/metrics`).
+async fn jobs_in_flight(container: &str) -> f64 {
+    let text = get(&format!("http://{}:9100/metrics", address(container)))
+        .await
+        .unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix("chat_worker_jobs_in_flight "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Waits until one of `workers` is generating an answer; returns it.
+async fn busy_worker(workers: &[String], deadline: Instant) -> String {
+    loop {
+        for w in workers {
+            if jobs_in_flight(w).await >= 1.0 {
+                return w.clone();
+            }
+        }
+        assert!(Instant::now() < deadline, "no worker ever had a job in flight");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The server name of the node leading `stream`, asked of any node.
+async fn leader_of(nodes: &[String], stream: &str) -> Option<String> {
+    for node in nodes {
+        let url = format!("http://{}:8222/jsz?streams=true", address(node));
+        let Some(text) = get(&url).await else {
+            continue;
+        };
+        let jsz: serde_json::Value = serde_json::from_str(&text).ok()?;
+        let details = jsz["account_details"].as_array()?;
+        for account in details {
+            for s in account["stream_detail"].as_array().into_iter().flatten() {
+                if s["name"] == stream {
+                    if let Some(leader) = s["cluster"]["leader"].as_str() {
+                        return Some(leader.to_string());
+                    }
+                }
+            }
+        }
+    }
+    None
+}
+
+fn round(url: &str, seed: u64) -> RecoveryArgs {
+    RecoveryArgs {
+        url: Some(url.to_string()),
+        sessions: 24,
+        turns: 2,
+        seed,
+        fault_kinds: Some("drop".into()),
+        faults: Some(0),
+        duration_secs: Some(8),
+        deadline_secs: Some(120),
+        answer_tokens: 60,
+        ..RecoveryArgs::defaults()
+    }
+}
+
+fn assert_clean(report: &Report, what: &str) {
+    println!("{what}:\n{}", report.to_markdown());
+    assert_eq!(report.violation_count(), 0, "{what}: {}", report.to_markdown());
+    assert_eq!(report.messages, 48, "{what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs podman and root: just test-compose"]
+async fn the_compose_deployment_survives_killed_containers() {
+    let started = Instant::now();
+    let deployment = Deployment {
+        project: format!("chattest{}", std::process::id()),
+        tag: format!("test{}", std::process::id()),
+        port: stack::ports::free_port().unwrap(),
+    };
+    let bin_dir = stack::project::bin_dir().unwrap();
+    let images = deployment.script(
+        "images.sh",
+        &[],
+        &[
+            ("SKIP_BUILD", "1".into()),
+            ("SKIP_WEB_BUILD", "1".into()),
+            ("CHAT_BIN_DIR", bin_dir.display().to_string()),
+        ],
+    );
+    assert!(images.status.success(), "scripts/images.sh failed");
+    let built = started.elapsed();
+    let up = deployment.script("compose.sh", &["up", "--no-build"], &[]);
+    assert!(up.status.success(), "scripts/compose.sh up failed");
+    println!(
+        "images in {:.1} s, up in {:.1} s",
+        built.as_secs_f64(),
+        (started.elapsed() - built).as_secs_f64()
+    );
+    let workers = deployment.containers("worker");
+    assert_eq!(workers.len(), 3, "{workers:?}");
+    let nodes: Vec<String> = ["nats-1", "nats-2", "nats-3"]
+        .iter()
+        .flat_map(|n| deployment.containers(n))
+        .collect();
+    assert_eq!(nodes.len(), 3, "{nodes:?}");
+    let gateway = deployment.containers("gateway-2").pop().unwrap();
+
+    // Round 1: a gateway, then a worker that is mid-answer, killed.
+    let faults = {
+        let workers = workers.clone();
+        tokio::spawn(async move {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            busy_worker(&workers, deadline).await;
+            kill(&gateway);
+            let worker = busy_worker(&workers, deadline).await;
+            kill(&worker);
+        })
+    };
+    let report = recovery::run(&round(&deployment.url(), 1)).await.unwrap();
+    faults.await.unwrap();
+    assert_clean(&report, "gateway and worker killed");
+    assert!(
+        report.reconnects > 0,
+        "no client lost its socket with the gateway"
+    );
+
+    // Round 2: the node leading CHAT_EVENTS, killed.
+    let leader = leader_of(&nodes, "CHAT_EVENTS")
+        .await
+        .expect("CHAT_EVENTS has a leader");
+    let node = deployment.containers(&leader).pop().unwrap();
+    let fault = {
+        let workers = workers.clone();
+        let node = node.clone();
+        tokio::spawn(async move {
+            busy_worker(&workers, Instant::now() + Duration::from_secs(60)).await;
+            kill(&node);
+        })
+    };
+    let report = recovery::run(&round(&deployment.url(), 2)).await.unwrap();
+    fault.await.unwrap();
+    assert_clean(&report, &format!("{leader} (leading CHAT_EVENTS) killed"));
+    // Its restart policy brings it back, with its store.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let health = format!("http://{}:8222/healthz", address(&node));
+    while get(&health).await.is_none() {
+        assert!(Instant::now() < deadline, "{node} did not come back");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let down = deployment.script("compose.sh", &["down", "--volumes"], &[]);
+    assert!(down.status.success());
+    assert_eq!(deployment.leftovers(), Vec::<String>::new());
+    println!("compose test took {:.1} s", started.elapsed().as_secs_f64());
+}
