@@ -5,8 +5,8 @@
 //! container that is mid-answer are `podman kill`ed, and every session's
 //! events are checked against the stored events (each answer once, whole,
 //! in order); then the NATS node leading `CHAT_EVENTS` is killed during a
-//! second round, checked the same way, and must come back by its restart
-//! policy. Everything (containers, network, volumes, the test's images) is
+//! second round, checked the same way; started again, the gateway gets
+//! its sessions back from Nginx and the node rejoins. Everything (containers, network, volumes, the test's images) is
 //! removed at the end, also when the test fails.
 //!
 //! Needs podman, podman-compose and mmdebstrap (`scripts/install-deps.sh
@@ -185,26 +185,34 @@ async fn get(url: &str) -> Option<String> {
     response.text().await.ok()
 }
 
-/// Jobs a worker container is generating now (its `/metrics`).
-async fn jobs_in_flight(container: &str) -> f64 {
-    let text = get(&format!("http://{}:9100/metrics", address(container)))
+/// A gauge of a container's `/metrics` on `port`.
+async fn gauge(container: &str, port: u16, name: &str) -> f64 {
+    let text = get(&format!("http://{}:{port}/metrics", address(container)))
         .await
         .unwrap_or_default();
     text.lines()
-        .find_map(|l| l.strip_prefix("chat_worker_jobs_in_flight "))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0.0)
 }
 
-/// Waits until one of `workers` is generating an answer; returns it.
-async fn busy_worker(workers: &[String], deadline: Instant) -> String {
+/// Waits until one of `containers` has `name` (a gauge on `port`) at
+/// `at_least` or more; returns the one with the most.
+async fn busiest(containers: &[String], port: u16, name: &str, at_least: f64) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        for w in workers {
-            if jobs_in_flight(w).await >= 1.0 {
-                return w.clone();
+        let mut best = (0.0, String::new());
+        for c in containers {
+            let value = gauge(c, port, name).await;
+            if value > best.0 {
+                best = (value, c.clone());
             }
         }
-        assert!(Instant::now() < deadline, "no worker ever had a job in flight");
+        if best.0 >= at_least {
+            println!("{} has {name} {}", best.1, best.0);
+            return best.1;
+        }
+        assert!(Instant::now() < deadline, "no container ever had {name} >= {at_least}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -287,26 +295,58 @@ async fn the_compose_deployment_survives_killed_containers() {
         .flat_map(|n| deployment.containers(n))
         .collect();
     assert_eq!(nodes.len(), 3, "{nodes:?}");
-    let gateway = deployment.containers("gateway-2").pop().unwrap();
+    let gateways: Vec<String> = ["gateway-1", "gateway-2", "gateway-3"]
+        .iter()
+        .flat_map(|g| deployment.containers(g))
+        .collect();
+    assert_eq!(gateways.len(), 3, "{gateways:?}");
 
-    // Round 1: a gateway, then a worker that is mid-answer, killed.
+    // Round 1: the gateway holding the most sockets, then a worker that is
+    // mid-answer, killed.
     let faults = {
         let workers = workers.clone();
         tokio::spawn(async move {
-            let deadline = Instant::now() + Duration::from_secs(60);
-            busy_worker(&workers, deadline).await;
+            let gateway = busiest(&gateways, 3000, "chat_gateway_connections_open", 2.0).await;
             kill(&gateway);
-            let worker = busy_worker(&workers, deadline).await;
+            let worker = busiest(&workers, 9100, "chat_worker_jobs_in_flight", 1.0).await;
             kill(&worker);
+            gateway
         })
     };
     let report = recovery::run(&round(&deployment.url(), 1)).await.unwrap();
-    faults.await.unwrap();
+    let gateway = faults.await.unwrap();
     assert_clean(&report, "gateway and worker killed");
     assert!(
         report.reconnects > 0,
         "no client lost its socket with the gateway"
     );
+
+    // Started again (as an operator would: `podman kill` is a stop by
+    // hand, which no restart policy undoes), the gateway comes back with
+    // another address, and Nginx sends its sessions to it again.
+    podman(&["start", &gateway]);
+    // gateway-N's node name is gw-N (deploy/compose.yaml).
+    let service = podman_lines(&[
+        "inspect",
+        "--format",
+        "{{index .Config.Labels \"com.docker.compose.service\"}}",
+        &gateway,
+    ]);
+    let node_name = format!("\"{}\"", service[0].replace("gateway-", "gw-"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut probe = 0u64;
+    loop {
+        probe += 1;
+        let url = format!("{}/health?session=probe-{probe}", deployment.url());
+        if get(&url).await.is_some_and(|body| body.contains(&node_name)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Nginx never reached the started {gateway}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     // Round 2: the node leading CHAT_EVENTS, killed.
     let leader = leader_of(&nodes, "CHAT_EVENTS")
@@ -317,14 +357,15 @@ async fn the_compose_deployment_survives_killed_containers() {
         let workers = workers.clone();
         let node = node.clone();
         tokio::spawn(async move {
-            busy_worker(&workers, Instant::now() + Duration::from_secs(60)).await;
+            busiest(&workers, 9100, "chat_worker_jobs_in_flight", 1.0).await;
             kill(&node);
         })
     };
     let report = recovery::run(&round(&deployment.url(), 2)).await.unwrap();
     fault.await.unwrap();
     assert_clean(&report, &format!("{leader} (leading CHAT_EVENTS) killed"));
-    // Its restart policy brings it back, with its store.
+    // Started again, it rejoins with its store.
+    podman(&["start", &node]);
     let deadline = Instant::now() + Duration::from_secs(60);
     let health = format!("http://{}:8222/healthz", address(&node));
     while get(&health).await.is_none() {
