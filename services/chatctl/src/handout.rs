@@ -159,11 +159,17 @@ mod tests {
         assert!(conf.contains("client_advertise: \"nats-2:4222\""), "{conf}");
         assert!(conf.contains("advertise: \"nats-2:6222\""), "{conf}");
         assert!(conf.contains("@nats-3:6222"), "{conf}");
-        assert!(conf.contains("cert_file: \"/etc/nats/server.pem\""), "{conf}");
+        assert!(
+            conf.contains("cert_file: \"/etc/nats/server.pem\""),
+            "{conf}"
+        );
         assert!(conf.contains("verify: true"), "{conf}");
         for role in Role::ALL {
             let seed = std::fs::read_to_string(security.credentials.seed_file(role)).unwrap();
-            assert!(!conf.contains(seed.trim()), "{role}'s seed in a node config");
+            assert!(
+                !conf.contains(seed.trim()),
+                "{role}'s seed in a node config"
+            );
         }
         assert!(out.join("nats/server-key.pem").exists());
     }

@@ -4,9 +4,10 @@
 //! sessions chat through its Nginx while a gateway container and a worker
 //! container that is mid-answer are `podman kill`ed, and every session's
 //! events are checked against the stored events (each answer once, whole,
-//! in order); then the NATS node leading `CHAT_EVENTS` is killed during a
-//! second round, checked the same way; started again, the gateway gets
-//! its sessions back from Nginx and the node rejoins. Everything (containers, network, volumes, the test's images) is
+//! in order); started again, the gateway gets its sessions back from
+//! Nginx. In a second round the recovery tester itself (`--compose`) kills
+//! the NATS node leading `CHAT_EVENTS` and starts it again, checked the
+//! same way. Everything (containers, network, volumes, the test's images) is
 //! removed at the end, also when the test fails.
 //!
 //! Needs podman, podman-compose and mmdebstrap (`scripts/install-deps.sh
@@ -113,10 +114,20 @@ impl Deployment {
         let label = self.label();
         let mut all = podman_lines(&["ps", "-a", "--filter", &label, "--format", "{{.Names}}"]);
         all.extend(podman_lines(&[
-            "network", "ls", "--filter", &label, "--format", "{{.Name}}",
+            "network",
+            "ls",
+            "--filter",
+            &label,
+            "--format",
+            "{{.Name}}",
         ]));
         all.extend(podman_lines(&[
-            "volume", "ls", "--filter", &label, "--format", "{{.Name}}",
+            "volume",
+            "ls",
+            "--filter",
+            &label,
+            "--format",
+            "{{.Name}}",
         ]));
         all
     }
@@ -212,7 +223,10 @@ async fn busiest(containers: &[String], port: u16, name: &str, at_least: f64) ->
             println!("{} has {name} {}", best.1, best.0);
             return best.1;
         }
-        assert!(Instant::now() < deadline, "no container ever had {name} >= {at_least}");
+        assert!(
+            Instant::now() < deadline,
+            "no container ever had {name} >= {at_least}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -256,7 +270,12 @@ fn round(url: &str, seed: u64) -> RecoveryArgs {
 
 fn assert_clean(report: &Report, what: &str) {
     println!("{what}:\n{}", report.to_markdown());
-    assert_eq!(report.violation_count(), 0, "{what}: {}", report.to_markdown());
+    assert_eq!(
+        report.violation_count(),
+        0,
+        "{what}: {}",
+        report.to_markdown()
+    );
     assert_eq!(report.messages, 48, "{what}");
 }
 
@@ -338,7 +357,10 @@ async fn the_compose_deployment_survives_killed_containers() {
     loop {
         probe += 1;
         let url = format!("{}/health?session=probe-{probe}", deployment.url());
-        if get(&url).await.is_some_and(|body| body.contains(&node_name)) {
+        if get(&url)
+            .await
+            .is_some_and(|body| body.contains(&node_name))
+        {
             break;
         }
         assert!(
@@ -348,30 +370,26 @@ async fn the_compose_deployment_survives_killed_containers() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    // Round 2: the node leading CHAT_EVENTS, killed.
-    let leader = leader_of(&nodes, "CHAT_EVENTS")
-        .await
-        .expect("CHAT_EVENTS has a leader");
-    let node = deployment.containers(&leader).pop().unwrap();
-    let fault = {
-        let workers = workers.clone();
-        let node = node.clone();
-        tokio::spawn(async move {
-            busiest(&workers, 9100, "chat_worker_jobs_in_flight", 1.0).await;
-            kill(&node);
-        })
-    };
-    let report = recovery::run(&round(&deployment.url(), 2)).await.unwrap();
-    fault.await.unwrap();
-    assert_clean(&report, &format!("{leader} (leading CHAT_EVENTS) killed"));
-    // Started again, it rejoins with its store.
-    podman(&["start", &node]);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let health = format!("http://{}:8222/healthz", address(&node));
-    while get(&health).await.is_none() {
-        assert!(Instant::now() < deadline, "{node} did not come back");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    // Round 2: the node leading CHAT_EVENTS, killed and started again by
+    // the recovery tester itself (`--compose`: faults by container), which
+    // waits for it to answer its health check.
+    assert!(leader_of(&nodes, "CHAT_EVENTS").await.is_some());
+    let report = recovery::run(&RecoveryArgs {
+        compose: Some(deployment.project.clone()),
+        fault_kinds: Some("node-kill".into()),
+        faults: Some(1),
+        ..round(&deployment.url(), 2)
+    })
+    .await
+    .unwrap();
+    assert_clean(&report, "the node leading CHAT_EVENTS killed");
+    assert_eq!(report.failed_faults(), 0, "{:?}", report.faults);
+    let hit = report.faults[0].detail.clone().unwrap_or_default();
+    assert!(
+        hit.starts_with("nats-") && hit.ends_with(" led CHAT_EVENTS"),
+        "{:?}",
+        report.faults
+    );
 
     let down = deployment.script("compose.sh", &["down", "--volumes"], &[]);
     assert!(down.status.success());
