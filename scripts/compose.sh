@@ -64,6 +64,16 @@ up() {
         # podman-compose 1.0.3 ignores --scale: the file reads WORKER_REPLICAS.
         [ "$engine" != podman ] && extra+=(--scale "$s")
     done
+    # Already up: say so (podman-compose 1.0.3 would keep the running
+    # containers on their old images anyway).
+    if [ -n "$(containers)" ]; then
+        if curl -fsS -o /dev/null --max-time 2 "http://127.0.0.1:$port/health" 2>/dev/null; then
+            say "$project is already up at http://127.0.0.1:$port (just compose down, then up, for new images or settings)"
+            exit 0
+        fi
+        echo "compose: $project has containers but http://127.0.0.1:$port/health does not answer; just compose status, or down first" >&2
+        exit 1
+    fi
     if [ "$build" = 1 ]; then
         "$root/scripts/images.sh"
     fi
