@@ -436,10 +436,18 @@ pub async fn run(args: &RecoveryArgs) -> anyhow::Result<Report> {
         Some(cluster) => Some(Replicas::check(cluster, CONVERGENCE_TIMEOUT).await),
         None => None,
     };
-    let cluster_hosts = stack.as_ref().and_then(Stack::cluster).map(|c| {
-        c.loopback_reason()
-            .map_or("namespaces".to_string(), |why| format!("loopback ({why})"))
-    });
+    let cluster_hosts = stack
+        .as_ref()
+        .and_then(Stack::cluster)
+        .map(|c| {
+            c.loopback_reason()
+                .map_or("namespaces".to_string(), |why| format!("loopback ({why})"))
+        })
+        .or_else(|| {
+            args.compose
+                .as_ref()
+                .map(|project| format!("the containers of the compose project {project}"))
+        });
     if let Some(stack) = &stack {
         keep_logs(stack);
     }
