@@ -24,7 +24,7 @@ use crate::error::ApiError;
 use crate::extract::ApiQuery;
 use crate::live::LiveHub;
 use crate::test_hooks::TestHooks;
-use crate::{metrics, origin, rest, socket};
+use crate::{metrics, origin, rest, socket, ui_stream};
 
 /// What every handler and socket shares: one pointer, because every
 /// socket's tasks hold a copy and the streams' cached info alone is
@@ -120,6 +120,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/events", get(rest::get_events))
         .route("/health", get(rest::health))
         .route("/metrics", get(rest::metrics))
+        .merge(ui_stream::router(&state))
         .fallback(rest::not_found)
         .layer(DefaultBodyLimit::max(body_limit))
         // The path only, never the query: an old client's `?token=` must not
