@@ -5,7 +5,7 @@
 // and answer slowly enough that "mid-answer" lasts seconds; scripts/test-web.sh
 // starts one. The worker-kill test finds workers in CHAT_PID_DIR
 // (`worker-<i>.pid` / `.port`, as scripts/up.sh writes them).
-import { test, describe, after } from 'node:test';
+import { test, describe } from 'node:test';
 import assert from 'node:assert/strict';
 import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -103,7 +103,7 @@ function recordingFetch() {
   return record;
 }
 
-function makeChat(sdk, session, { messages = [], fetch: fetchImpl, token } = {}) {
+function makeChat(sdk, session, { messages = [], fetch: fetchImpl, token, transport } = {}) {
   class State {
     constructor(initial) {
       this.messages = initial;
@@ -123,11 +123,13 @@ function makeChat(sdk, session, { messages = [], fetch: fetchImpl, token } = {})
   return new TestChat({
     id: session.id,
     messages,
-    transport: new sdk.DefaultChatTransport({
-      api: API,
-      headers: { Authorization: `Bearer ${token ?? session.token}` },
-      fetch: fetchImpl,
-    }),
+    transport:
+      transport ??
+      new sdk.DefaultChatTransport({
+        api: API,
+        headers: { Authorization: `Bearer ${token ?? session.token}` },
+        fetch: fetchImpl,
+      }),
   });
 }
 
@@ -346,4 +348,46 @@ for (const [name, sdk] of SDKS) {
   });
 }
 
-after(() => {});
+// assistant-ui's transport (what its `useChatRuntime` hands the SDK), with
+// its own resume: the POST's `x-resumable-stream-id`, kept in storage, and a
+// GET of `resumeApi(streamId)` after the reload.
+describe('assistant-ui (AssistantChatTransport, resumable) on /api/ui/chat', () => {
+  test('a reload mid-answer resumes by x-resumable-stream-id, exactly once', async () => {
+    const { AssistantChatTransport } = await import('@assistant-ui/react-ai-sdk');
+    const sdk = await import('ai');
+    const session = await newSession();
+    const kept = new Map();
+    const storage = {
+      getStreamId: () => kept.get('id') ?? null,
+      setStreamId: (id) => kept.set('id', id),
+      clear: () => kept.delete('id'),
+    };
+    const transport = () =>
+      new AssistantChatTransport({
+        api: API,
+        headers: session.headers,
+        resumable: { storage, resumeApi: (streamId) => `${API}/${session.id}/stream/${streamId}` },
+      });
+    const chat = (messages) => makeChat(sdk, session, { messages, transport: transport() });
+    const first = chat([]);
+    const sending = first.sendMessage({ text: 'Resume me' });
+    await waitFor('text mid-answer', () => streamingText(first));
+    const streamId = storage.getStreamId();
+    assert.equal(streamId, first.messages.at(-1).id, 'the stream id is the answer id');
+    await first.stop();
+    await sending;
+
+    const listed = await (await fetch(`${API}/${session.id}/messages`, { headers: session.headers })).json();
+    const second = chat(listed);
+    await second.resumeStream();
+    assert.equal(second.status, 'ready', String(second.error));
+    const answers = assistants(second);
+    assert.equal(answers.length, 1);
+    const stored = await storedAnswer(session, answers[0].id);
+    assert.equal(stored.end, 'done');
+    assert.equal(textOf(answers[0]), stored.text);
+    assert.equal(storage.getStreamId(), null, 'the finished stream is forgotten');
+    const done = await fetch(`${API}/${session.id}/stream/${streamId}`, { headers: session.headers });
+    assert.equal(done.status, 204);
+  });
+});
