@@ -62,7 +62,8 @@ pub struct GatewayConfig {
     #[arg(long, env = "GATEWAY_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
     /// Sites (`scheme://host[:port]`) whose pages may call the AI SDK
-    /// endpoints (`/api/ui/chat…`) from another origin: CORS, off when
+    /// endpoints (`/api/ui/chat…`) and `POST /api/sessions` from another
+    /// origin: CORS, off when
     /// empty (an app served by the same Nginx needs none).
     #[arg(long, env = "GATEWAY_CORS_ORIGINS", value_delimiter = ',')]
     pub cors_origins: Vec<String>,

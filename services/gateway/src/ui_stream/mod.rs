@@ -61,9 +61,11 @@ const HEARTBEAT: Duration = Duration::from_secs(15);
 /// socket would.
 const FEED_BUFFER: usize = 64;
 
-/// The routes; CORS wraps them when `--cors-origins` lists any site.
+/// The routes, and `POST /api/sessions` (an app creates its chat's session
+/// first); CORS wraps them when `--cors-origins` lists any site.
 pub fn router(state: &AppState) -> Router<AppState> {
     let routes = Router::new()
+        .route("/api/sessions", post(crate::rest::create_session))
         .route("/api/ui/chat", post(post_chat))
         .route("/api/ui/chat/{id}/stream", get(get_stream))
         .route("/api/ui/chat/{id}/stream/{message_id}", get(get_stream_of))
