@@ -347,6 +347,30 @@ for (const [name, sdk] of SDKS) {
   });
 }
 
+test('CORS: only the listed origins may call from another site', async (t) => {
+  const listed = (process.env.GATEWAY_CORS_ORIGINS ?? '').split(',').filter(Boolean)[0];
+  if (!listed) {
+    t.skip('the stack has no GATEWAY_CORS_ORIGINS');
+    return;
+  }
+  const preflight = (origin) =>
+    fetch(`${API}/00000000-0000-4000-8000-000000000000/stream`, {
+      method: 'OPTIONS',
+      headers: {
+        Origin: origin,
+        'Access-Control-Request-Method': 'GET',
+        'Access-Control-Request-Headers': 'authorization',
+      },
+    });
+  const allowed = await preflight(listed);
+  assert.equal(allowed.headers.get('access-control-allow-origin'), listed);
+  assert.match(allowed.headers.get('access-control-allow-headers') ?? '', /authorization/);
+  const refused = await preflight('https://elsewhere.example');
+  assert.equal(refused.headers.get('access-control-allow-origin'), null);
+  const post = await fetch(`${BASE}/api/sessions`, { method: 'POST', headers: { Origin: listed } });
+  assert.equal(post.headers.get('access-control-allow-origin'), listed);
+});
+
 // assistant-ui's transport (what its `useChatRuntime` hands the SDK), with
 // its own resume: the POST's `x-resumable-stream-id`, kept in storage, and a
 // GET of `resumeApi(streamId)` after the reload.
