@@ -244,10 +244,13 @@ async fn get_messages(
 /// (the gateway shutting down, the stream unreadable) cuts the body, so the
 /// client sees a broken stream (and may resume), never a clean end.
 fn ui_stream(state: &AppState, feed: SessionFeed, message_id: MessageId) -> Response {
-    let (sink, frames) = futures::channel::mpsc::channel::<Message>(FEED_BUFFER);
+    let (sink, frames) = tokio::sync::mpsc::channel::<Message>(FEED_BUFFER);
+    let watch = sink.clone();
+    let gone = async move { watch.closed().await };
+    let sink = tokio_util::sync::PollSender::new(sink);
     state
         .sockets
-        .spawn(feed.run(state.clone(), sink).in_current_span());
+        .spawn(feed.run(state.clone(), sink, gone).in_current_span());
     let body = render(frames, Renderer::new(message_id));
     let sse = Sse::new(body).keep_alive(KeepAlive::new().interval(HEARTBEAT).text(""));
     (
@@ -267,13 +270,13 @@ fn ui_stream(state: &AppState, feed: SessionFeed, message_id: MessageId) -> Resp
 struct Cut;
 
 fn render(
-    frames: futures::channel::mpsc::Receiver<Message>,
+    frames: tokio::sync::mpsc::Receiver<Message>,
     renderer: Renderer,
 ) -> impl Stream<Item = Result<Event, Cut>> {
     stream::unfold(Some((frames, renderer)), |state| async move {
         let (mut frames, mut renderer) = state?;
         loop {
-            let text = match frames.next().await {
+            let text = match frames.recv().await {
                 Some(Message::Text(text)) => text,
                 Some(Message::Close(_)) | None => {
                     return Some((vec![Err(Cut)], None));
