@@ -23,11 +23,11 @@ mod request;
 
 use std::time::Duration;
 
+use axum::body::{Body, Bytes};
 use axum::extract::ws::Message;
 use axum::extract::{FromRequestParts, Path, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
-use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -251,15 +251,18 @@ fn ui_stream(state: &AppState, feed: SessionFeed, message_id: MessageId) -> Resp
     state
         .sockets
         .spawn(feed.run(state.clone(), sink, gone).in_current_span());
-    let body = render(frames, Renderer::new(message_id));
-    let sse = Sse::new(body).keep_alive(KeepAlive::new().interval(HEARTBEAT).text(""));
+    let body = Body::from_stream(render(frames, Renderer::new(message_id)));
     (
         [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/event-stream"),
+            ),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
             (UI_MESSAGE_STREAM, HeaderValue::from_static("v1")),
             (ACCEL_BUFFERING, HeaderValue::from_static("no")),
-            (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
         ],
-        sse,
+        body,
     )
         .into_response()
 }
@@ -269,40 +272,59 @@ fn ui_stream(state: &AppState, feed: SessionFeed, message_id: MessageId) -> Resp
 #[error("the answer's stream ended early; resume it")]
 struct Cut;
 
+/// The body: every frame the relay has queued at once is rendered into one
+/// buffer (one write, as a socket's loop drains its ready events into one
+/// flush); a comment when nothing came for [`HEARTBEAT`].
 fn render(
     frames: tokio::sync::mpsc::Receiver<Message>,
     renderer: Renderer,
-) -> impl Stream<Item = Result<Event, Cut>> {
+) -> impl Stream<Item = Result<Bytes, Cut>> {
     stream::unfold(Some((frames, renderer)), |state| async move {
         let (mut frames, mut renderer) = state?;
-        loop {
-            let text = match frames.recv().await {
-                Some(Message::Text(text)) => text,
-                Some(Message::Close(_)) | None => {
-                    return Some((vec![Err(Cut)], None));
+        let first = match tokio::time::timeout(HEARTBEAT, frames.recv()).await {
+            Err(_) => {
+                let beat = vec![Ok(Bytes::from_static(b":\n\n"))];
+                return Some((beat, Some((frames, renderer))));
+            }
+            Ok(frame) => frame,
+        };
+        let mut out = String::new();
+        let mut next = Some(first);
+        while let Some(frame) = next.take() {
+            match frame {
+                Some(Message::Text(text)) => {
+                    if render_frame(&mut renderer, text.as_str(), &mut out) == Next::Finished {
+                        out.push_str("data: [DONE]\n\n");
+                        return Some((vec![Ok(out.into())], None));
+                    }
                 }
-                Some(_) => continue,
-            };
-            let Some(event) = EventFrame::parse(text.as_str()) else {
-                continue;
-            };
-            let id = event.seq.to_string();
-            let mut out = Vec::new();
-            let next = renderer.render(&event, |chunk| {
-                let sse = Event::default()
-                    .id(id.clone())
-                    .json_data(&chunk)
-                    .unwrap_or_else(|_| Event::default().comment("unrenderable chunk"));
-                out.push(Ok(sse));
-            });
-            if next == Next::Finished {
-                out.push(Ok(Event::default().data("[DONE]")));
-                return Some((out, None));
+                // What was rendered before still goes out, then the cut.
+                Some(Message::Close(_)) | None => {
+                    return Some((vec![Ok(out.into()), Err(Cut)], None));
+                }
+                Some(_) => {}
             }
-            if !out.is_empty() {
-                return Some((out, Some((frames, renderer))));
-            }
+            next = frames.try_recv().ok().map(Some);
         }
+        Some((vec![Ok(out.into())], Some((frames, renderer))))
     })
     .flat_map(stream::iter)
+    .filter(|item| std::future::ready(!matches!(item, Ok(bytes) if bytes.is_empty())))
+}
+
+/// One stored event's chunks, as SSE events (`id:` is its `seq`).
+fn render_frame(renderer: &mut Renderer, frame: &str, out: &mut String) -> Next {
+    let Some(event) = EventFrame::parse(frame) else {
+        return Next::More;
+    };
+    let seq = event.seq;
+    renderer.render(&event, |chunk| {
+        if let Ok(json) = serde_json::to_string(&chunk) {
+            out.push_str("id: ");
+            out.push_str(itoa::Buffer::new().format(seq));
+            out.push_str("\ndata: ");
+            out.push_str(&json);
+            out.push_str("\n\n");
+        }
+    })
 }
