@@ -20,6 +20,7 @@ pub mod replay;
 pub mod rest;
 pub mod socket;
 pub mod test_hooks;
+pub mod ui_stream;
 pub mod user_feed;
 pub mod users;
 

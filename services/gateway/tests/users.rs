@@ -671,3 +671,39 @@ fn es256_key(kid: &str) -> (EncodingKey, Value) {
     jwk["kid"] = json!(kid);
     (key, jwk)
 }
+
+/// The AI SDK's endpoints take the JWT through the same extractor: the
+/// owner is served, another user gets `not_found`, a bad token 401.
+#[tokio::test]
+async fn the_ai_sdk_endpoints_take_the_users_jwt() {
+    let login = Login::new();
+    let app = TestApp::builder()
+        .gateway_args(&login.args(&[]))
+        .real_worker()
+        .start()
+        .await;
+    let alice = Login::token("alice", 600);
+    let session = new_session(&app, &alice).await;
+    let body = json!({
+        "id": session.to_string(),
+        "trigger": "submit-message",
+        "messages": [{"id": "m1", "role": "user", "parts": [{"type": "text", "text": "hello"}]}],
+    });
+    let mine = app.post("/api/ui/chat", &alice, body.clone()).await;
+    assert_eq!(mine.status(), 200);
+    assert_eq!(mine.headers()["content-type"], "text/event-stream");
+    drop(mine);
+    let foreign = app
+        .post("/api/ui/chat", &Login::token("bob", 600), body.clone())
+        .await;
+    assert_rest_error(foreign, 404, ErrorCode::NotFound).await;
+    let forged = app.post("/api/ui/chat", "not-a-jwt", body).await;
+    assert_rest_error(forged, 401, ErrorCode::Unauthorized).await;
+    let messages = app
+        .get(
+            &format!("/api/ui/chat/{session}/messages"),
+            &Login::token("bob", 600),
+        )
+        .await;
+    assert_rest_error(messages, 404, ErrorCode::NotFound).await;
+}
