@@ -10,7 +10,7 @@ use stack::NatsCluster;
 use tokio::time::Instant;
 
 use crate::client::SessionLog;
-use crate::faults::{Fault, FaultKind};
+use crate::faults::{Fault, FaultKind, Process};
 use crate::verify::{Violation, ViolationKind};
 
 /// How long faults kept the clients they hit waiting.
@@ -271,23 +271,34 @@ pub fn recovery_times(
         let kind = fault.fault.kind;
         let entry = out.entry(kind).or_default();
         entry.faults += 1;
+        let on_gateway = |log: &SessionLog| {
+            fault
+                .fault
+                .targets
+                .first()
+                .and_then(|i| gateway_nodes.get(*i))
+                .is_some_and(|node| log.node_at(*at) == Some(node.as_str()))
+        };
         for (index, log) in logs.iter().enumerate() {
             if !log.in_flight_at(*at) {
                 continue;
             }
             let hit = match kind {
                 FaultKind::Drop => fault.fault.targets.contains(&index),
-                FaultKind::Gateway | FaultKind::GatewayCut => fault
-                    .fault
-                    .targets
-                    .first()
-                    .and_then(|i| gateway_nodes.get(*i))
-                    .is_some_and(|node| log.node_at(*at) == Some(node.as_str())),
+                FaultKind::Gateway | FaultKind::GatewayCut => on_gateway(log),
+                FaultKind::Pause | FaultKind::LossyLink
+                    if fault.fault.process == Some(Process::Gateway) =>
+                {
+                    on_gateway(log)
+                }
                 FaultKind::Worker
                 | FaultKind::Nats
                 | FaultKind::NodeKill
                 | FaultKind::Partition
-                | FaultKind::Rolling => true,
+                | FaultKind::Rolling
+                | FaultKind::Pause
+                | FaultKind::DiskFull
+                | FaultKind::LossyLink => true,
             };
             if !hit {
                 continue;
@@ -342,11 +353,7 @@ mod tests {
 
     fn fault(kind: FaultKind, targets: Vec<usize>) -> Injected {
         Injected {
-            fault: Fault {
-                at: Duration::ZERO,
-                kind,
-                targets,
-            },
+            fault: Fault::new(Duration::ZERO, kind, targets),
             injected_at_ms: 0,
             took_ms: 0,
             detail: None,
