@@ -187,7 +187,7 @@ impl HostNetwork {
     /// [`HostNetwork::heal_lossy`]. TCP retransmits what is lost: traffic
     /// crawls instead of stopping.
     pub fn lossy(&self, host: &Host, from: &[Ipv4Addr], percent: u8) -> anyhow::Result<()> {
-        let share = format!("numgen random mod 100 < {} drop", percent.min(100));
+        let share = crate::loss::drop_share(percent);
         let (drop_in, drop_out) = if from.is_empty() {
             (share.clone(), share)
         } else {

@@ -4,7 +4,8 @@
 //! ports (a nats-server's client port, a node's client and route ports):
 //! every link to those ports crawls, not one process's. Each rule set is a
 //! table of its own, named after this process, and is removed when the
-//! [`LoopbackLoss`] drops (also while a test panics).
+//! [`LoopbackLoss`] drops (also while a test panics); tables of a run that
+//! was killed outright are removed by the next one.
 
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -25,6 +26,7 @@ impl LoopbackLoss {
         if ports.is_empty() {
             bail!("no port to make lossy");
         }
+        remove_stale();
         let table = format!(
             "chat_loss_{}_{}",
             std::process::id(),
@@ -35,14 +37,14 @@ impl LoopbackLoss {
             .map(u16::to_string)
             .collect::<Vec<_>>()
             .join(", ");
-        let percent = percent.min(100);
+        let share = drop_share(percent);
         // Only the input hook: a loopback packet passes output and input
         // once each, so dropping in one of them drops `percent` % of them.
         let script = format!(
             "table inet {table} {{\n\
              \tchain input {{ type filter hook input priority 0; policy accept; \
-             iifname \"lo\" tcp dport {{ {set} }} numgen random mod 100 < {percent} drop; \
-             iifname \"lo\" tcp sport {{ {set} }} numgen random mod 100 < {percent} drop; }}\n\
+             iifname \"lo\" tcp dport {{ {set} }} {share}; \
+             iifname \"lo\" tcp sport {{ {set} }} {share}; }}\n\
              }}\n"
         );
         nft_script(&script).context("adding the lossy-link rules (apt-get install nftables)")?;
@@ -58,6 +60,42 @@ impl Drop for LoopbackLoss {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
+    }
+}
+
+/// The nftables statement that drops `percent` % of the packets it sees
+/// (`numgen random mod 100` is 0–99, so 100 % is a plain drop).
+pub(crate) fn drop_share(percent: u8) -> String {
+    if percent >= 100 {
+        "drop".to_string()
+    } else {
+        format!("numgen random mod 100 < {percent} drop")
+    }
+}
+
+/// Removes the tables of runs that were killed outright
+/// (`chat_loss_<pid>_<n>` whose process is gone): a rule left on `lo`
+/// would keep dropping packets of whatever uses that port next.
+fn remove_stale() {
+    let Ok(out) = Command::new("nft").args(["list", "tables"]).output() else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Some(table) = line.strip_prefix("table inet ") else {
+            continue;
+        };
+        let Some(pid) = table
+            .strip_prefix("chat_loss_")
+            .and_then(|rest| rest.split('_').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = Command::new("nft")
+                .args(["delete", "table", "inet", table.trim()])
+                .status();
+        }
     }
 }
 
