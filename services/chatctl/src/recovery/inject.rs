@@ -15,6 +15,9 @@ use crate::faults::{leader_streams, Fault, FaultKind, Process, CUT_HOLD};
 /// than the shortest of it may have been replaced.
 const ELECTION_TIMEOUT_MIN: Duration = Duration::from_secs(4);
 
+/// How long a pause waits for the stream it aims at to have a leader.
+const LEADER_PATIENCE: Duration = Duration::from_secs(15);
+
 /// How long a node whose store was full and freed may take to report
 /// itself healthy before it is restarted, as a supervisor watching its
 /// `/healthz` would: nats-server does not reopen a stream after a write
@@ -106,10 +109,18 @@ async fn pause(fault: &Fault, stack: &mut Stack) -> anyhow::Result<String> {
         Process::Leader | Process::Follower | Process::Node => {
             let cluster = cluster(stack)?;
             let stream = protocol::subjects::EVENTS_STREAM;
-            let leader = cluster
-                .leader_of(stream)
-                .await
-                .with_context(|| format!("asking who leads {stream}"))?;
+            // Right after another fault (a node restarted) the stream may
+            // still be electing: ask again for a while.
+            let asked = Instant::now();
+            let leader = loop {
+                match cluster.leader_of(stream).await {
+                    Ok(leader) => break leader,
+                    Err(e) if asked.elapsed() > LEADER_PATIENCE => {
+                        return Err(e).with_context(|| format!("asking who leads {stream}"))
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+                }
+            };
             Some(match process {
                 Process::Leader => leader,
                 Process::Follower => {
