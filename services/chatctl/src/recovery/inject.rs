@@ -167,10 +167,25 @@ async fn pause(fault: &Fault, stack: &mut Stack) -> anyhow::Result<String> {
             .ok_or_else(|| anyhow!("no single nats-server"))?
             .thaw()?,
     }
-    let election = if process == Process::Leader && hold > ELECTION_TIMEOUT_MIN {
-        "; longer than the election timeout (4–9 s): an election"
-    } else {
-        ""
+    let election = match (process, node) {
+        (Process::Leader, Some(paused)) => {
+            // Who leads now says whether the others elected a new leader
+            // while it slept (their timers run out after 4–9 s).
+            let stream = protocol::subjects::EVENTS_STREAM;
+            match cluster(stack)?.leader_of(stream).await {
+                Ok(now) if now != paused => format!(
+                    "; {} leads now: an election (the pause outlasted a follower's election timer)",
+                    cluster(stack)?.node_name(now)
+                ),
+                Ok(_) if hold > ELECTION_TIMEOUT_MIN => {
+                    "; it still leads: no follower's election timer ran out, or it won again"
+                        .to_string()
+                }
+                Ok(_) => "; it still leads: shorter than any election timer".to_string(),
+                Err(e) => format!("; who leads now is unknown ({e:#})"),
+            }
+        }
+        _ => String::new(),
     };
     Ok(format!(
         "paused {what} for {:.1} s{election}",
