@@ -1,5 +1,6 @@
-//! Injecting one fault of the schedule into a stack this tool started (or,
-//! for socket drops, into the clients).
+//! Injecting one fault of the schedule into a stack this tool started, or
+//! a compose deployment's containers (or, for socket drops, into the
+//! clients).
 
 use std::time::Duration;
 
@@ -8,6 +9,7 @@ use stack::loss::LoopbackLoss;
 use stack::{NatsCluster, Stack};
 use tokio::time::Instant;
 
+use super::containers::ComposeDeployment;
 use crate::client::SocketDropper;
 use crate::faults::{leader_streams, Fault, FaultKind, Process, CUT_HOLD};
 
@@ -29,6 +31,7 @@ const HEALTHY_AFTER_FREE: Duration = Duration::from_secs(3);
 pub(super) async fn inject(
     fault: &Fault,
     stack: Option<&mut Stack>,
+    compose: Option<&ComposeDeployment>,
     droppers: &[SocketDropper],
 ) -> anyhow::Result<Option<String>> {
     if fault.kind == FaultKind::Drop {
@@ -38,6 +41,9 @@ pub(super) async fn inject(
             }
         }
         return Ok(None);
+    }
+    if let Some(deployment) = compose {
+        return super::containers::inject(fault, deployment).await;
     }
     let Some(stack) = stack else {
         bail!("{} faults need a stack this tool started", fault.kind);
