@@ -82,7 +82,41 @@ impl From<Refusal> for ApiError {
 /// Creates a session owned by `user`, within the user's quotas (sessions
 /// held, sessions created in the last minute).
 pub async fn create_session(state: &AppState, user: &User) -> Result<SessionId, ApiError> {
-    let session = SessionId::new();
+    create_owned(state, user, SessionId::new()).await
+}
+
+/// Creates the session `session`, an id the caller chose (the AI SDK's chat
+/// id), owned by `user`, within the same quotas. An id that exists already
+/// is the caller's own session (a concurrent first message) or another
+/// user's, which gets the unknown-session answer like every other access to
+/// it.
+pub async fn create_chosen_session(
+    state: &AppState,
+    user: &User,
+    session: SessionId,
+) -> Result<SessionId, ApiError> {
+    match create_owned(state, user, session).await {
+        Ok(session) => Ok(session),
+        Err(refused) => {
+            let stored = sessions::load(&state.layout.sessions, session)
+                .await
+                .map_err(ApiError::nats)?;
+            match stored {
+                Some(stored) => {
+                    check_owner(&stored.record, user)?;
+                    Ok(session)
+                }
+                None => Err(refused),
+            }
+        }
+    }
+}
+
+async fn create_owned(
+    state: &AppState,
+    user: &User,
+    session: SessionId,
+) -> Result<SessionId, ApiError> {
     let now = now_ms();
     let auth = &state.config.auth;
     let summary = SessionSummary {

@@ -706,4 +706,34 @@ async fn the_ai_sdk_endpoints_take_the_users_jwt() {
         )
         .await;
     assert_rest_error(messages, 404, ErrorCode::NotFound).await;
+
+    // A chat id the app chose and nobody holds becomes a session of the caller.
+    let chosen = SessionId::new();
+    let first = json!({
+        "id": chosen.to_string(),
+        "trigger": "submit-message",
+        "messages": [{"id": "m2", "role": "user", "parts": [{"type": "text", "text": "hi"}]}],
+    });
+    let created = app.post("/api/ui/chat", &alice, first.clone()).await;
+    assert_eq!(created.status(), 200);
+    drop(created);
+    let listed = list(&app, &alice, "").await;
+    let ids: Vec<&str> = listed["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["id"].as_str())
+        .collect();
+    assert!(ids.contains(&chosen.to_string().as_str()), "{listed}");
+    // Another user cannot take it over: the same answer as an unknown session.
+    let taken = app
+        .post("/api/ui/chat", &Login::token("bob", 600), first)
+        .await;
+    assert_rest_error(taken, 404, ErrorCode::NotFound).await;
+    assert_eq!(
+        list(&app, &Login::token("bob", 600), "").await["sessions"]
+            .as_array()
+            .map(Vec::len),
+        Some(0)
+    );
 }

@@ -45,6 +45,7 @@ use crate::error::ApiError;
 use crate::extract::JsonBody;
 use crate::regenerate::{self, RegenerateInput};
 use crate::socket::SessionFeed;
+use crate::users;
 
 /// The header assistant-ui reads to learn the id it resumes by.
 pub const RESUMABLE_STREAM_ID: HeaderName = HeaderName::from_static("x-resumable-stream-id");
@@ -144,11 +145,17 @@ async fn post_chat(
     }
     let raw_id = body.id.as_str();
     let id = auth::parse_session_id(Some(raw_id))?;
-    // IDENTITY: with user tokens, an unknown `id` the caller chose becomes
-    // a session it owns, created here before the check (the identity work
-    // plugs in at this one place; with session tokens the app creates the
-    // session first, `POST /api/sessions`).
-    let session = AuthenticatedSession::verify(&state, id, &headers).await?.id;
+    // With user tokens an unknown `id` the caller chose becomes a session it
+    // owns (another user's id stays `not_found`); with session tokens the app
+    // creates the session first, `POST /api/sessions`.
+    let session = match AuthenticatedSession::verify(&state, id, &headers).await {
+        Ok(session) => session.id,
+        Err(ApiError::NotFound(_)) if auth::jwt_mode(&state) => {
+            let user = users::authenticate(&state, auth::bearer(&headers)).await?;
+            users::create_chosen_session(&state, &user, id).await?
+        }
+        Err(refused) => return Err(refused),
+    };
     let accepted = match body.trigger()? {
         Trigger::Submit => {
             let input = ChatInput {
