@@ -9,7 +9,7 @@ use crate::faults::{leader_streams, Fault, FaultKind, CUT_HOLD};
 
 /// Injects `fault`; returns what it hit when that is not in the schedule
 /// (the node a `node-kill` found leading its stream).
-pub(super) async fn inject(
+pub(crate) async fn inject(
     fault: &Fault,
     stack: Option<&mut Stack>,
     droppers: &[SocketDropper],

@@ -24,7 +24,7 @@ use crate::client::{Api, ChatClient, ClientOptions, SessionLog, SocketDropper};
 use crate::faults::{self, FaultKind, FaultPlan, Schedule};
 use crate::verify::{self, ExpectedAnswer, Violation, ViolationKind};
 
-mod inject;
+pub(crate) mod inject;
 mod report;
 
 use inject::inject;
