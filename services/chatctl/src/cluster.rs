@@ -47,10 +47,11 @@ pub enum ClusterAction {
         /// Clients and routes without TLS (it is on by default).
         #[arg(long)]
         plaintext: bool,
-        /// With --loopback: free ports instead of 4222-4224 … (tests, so
-        /// that they never take an operator's ports).
+        /// Network names and ports of its own instead of the operator's
+        /// fixed ones (`chatc`, 4222 …): tests, so that they never take
+        /// an operator's cluster's names or ports.
         #[arg(long, hide = true)]
-        free_ports: bool,
+        private: bool,
     },
     /// Stop one node (SIGTERM, SIGKILL after a timeout) and start it again
     /// with its configuration and store: `restart n3`.
@@ -70,14 +71,14 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
         ClusterAction::Up {
             loopback,
             plaintext,
-            free_ports,
-        } => up(&dir, loopback, plaintext, free_ports).await,
+            private,
+        } => up(&dir, loopback, plaintext, private).await,
         ClusterAction::Restart { node } => restart(&dir, &node).await,
         ClusterAction::Down => down(&dir).await,
     }
 }
 
-async fn up(dir: &Path, loopback: bool, plaintext: bool, free_ports: bool) -> anyhow::Result<()> {
+async fn up(dir: &Path, loopback: bool, plaintext: bool, private: bool) -> anyhow::Result<()> {
     let missing: Vec<usize> = (1..=NODES)
         .filter(|i| running_pid(&dir.join(format!("n{i}.pid"))).is_none())
         .collect();
@@ -95,7 +96,9 @@ async fn up(dir: &Path, loopback: bool, plaintext: bool, free_ports: bool) -> an
         return Ok(());
     }
     // What a crashed run may have left: its namespaces and bridge.
-    remove_network(&operator_network());
+    if !private {
+        remove_network(&operator_network());
+    }
     std::fs::create_dir_all(dir)?;
     let cluster = NatsCluster::start(ClusterOptions {
         hosts: if loopback {
@@ -104,7 +107,7 @@ async fn up(dir: &Path, loopback: bool, plaintext: bool, free_ports: bool) -> an
             HostsChoice::Auto
         },
         run_dir: Some(dir.to_path_buf()),
-        fixed: !(loopback && free_ports),
+        fixed: !private,
         sync_interval: std::env::var("NATS_SYNC_INTERVAL")
             .ok()
             .filter(|s| !s.is_empty()),
