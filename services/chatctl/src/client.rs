@@ -585,7 +585,11 @@ impl ChatClient {
     /// Asks for a new answer to the session's last question (`prompt`, its
     /// text: the answer the demo model gives depends on it) and waits for
     /// its terminal event, as [`ChatClient::ask`] does.
-    pub async fn regenerate(&mut self, prompt: &str, deadline: Instant) -> anyhow::Result<MessageId> {
+    pub async fn regenerate(
+        &mut self,
+        prompt: &str,
+        deadline: Instant,
+    ) -> anyhow::Result<MessageId> {
         let message_id = MessageId::new();
         let frame = ClientFrame::Regenerate {
             message_id: Some(message_id),

@@ -42,8 +42,10 @@ fn pid(dir: &Path, node: &str) -> u32 {
 }
 
 fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .is_ok_and(|s| s.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')))
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
+    })
 }
 
 /// How many routes node `node` has: 2 once it has rejoined the others.
@@ -108,7 +110,10 @@ async fn a_killed_node_comes_back_with_up_or_restart_and_refusals_are_one_line()
         let refused = chatctl(&dir, args);
         assert!(!refused.status.success());
         let stderr = String::from_utf8_lossy(&refused.stderr);
-        assert!(!stderr.contains("backtrace") && !stderr.contains("panicked"), "{stderr}");
+        assert!(
+            !stderr.contains("backtrace") && !stderr.contains("panicked"),
+            "{stderr}"
+        );
         if args[0] == "restart" {
             assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
             assert!(stderr.contains("no node \"n7\""), "{stderr}");

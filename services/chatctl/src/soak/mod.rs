@@ -259,7 +259,10 @@ pub async fn run(args: &SoakArgs) -> anyhow::Result<Report> {
     let replay = args.replay_window_secs();
     let ttl = args.session_ttl_secs();
     let env: Vec<(String, String)> = vec![
-        ("DEMO_TOKENS_PER_SEC".into(), args.tokens_per_sec.to_string()),
+        (
+            "DEMO_TOKENS_PER_SEC".into(),
+            args.tokens_per_sec.to_string(),
+        ),
         ("DEMO_ANSWER_TOKENS".into(), args.answer_tokens.to_string()),
         ("DEMO_FIRST_TOKEN_MS".into(), "200".into()),
         ("CHAT_ACK_WAIT_MS".into(), "3000".into()),
@@ -307,7 +310,8 @@ pub async fn run(args: &SoakArgs) -> anyhow::Result<Report> {
     let js = async_nats::jetstream::new(nats);
     // The first sample, before any user: what the stack itself stored
     // (its health checks open a session) is the keys' baseline.
-    let mut samples: Vec<Sample> = vec![sample::take(&stack, &js, started, Activity::default).await];
+    let mut samples: Vec<Sample> =
+        vec![sample::take(&stack, &js, started, Activity::default).await];
     let droppers: Vec<users::DropSlot> = (0..args.users)
         .map(|_| Arc::new(Mutex::new(None)))
         .collect();
@@ -316,7 +320,12 @@ pub async fn run(args: &SoakArgs) -> anyhow::Result<Report> {
     let mut seeds = StdRng::seed_from_u64(args.seed ^ 0x50a4);
     let activity = {
         let totals = totals.clone();
-        move || totals.lock().map(|t| t.activity.clone()).unwrap_or_default()
+        move || {
+            totals
+                .lock()
+                .map(|t| t.activity.clone())
+                .unwrap_or_default()
+        }
     };
     for (index, slot) in droppers.iter().enumerate() {
         let user = users::User {

@@ -173,8 +173,10 @@ pub(super) fn draw(
         ))?;
         for (i, (name, points)) in panel.lines.iter().enumerate() {
             let color = Palette99::pick(i).to_rgba();
-            let series =
-                chart.draw_series(LineSeries::new(points.iter().copied(), color.stroke_width(2)))?;
+            let series = chart.draw_series(LineSeries::new(
+                points.iter().copied(),
+                color.stroke_width(2),
+            ))?;
             if text {
                 series.label(name.as_str()).legend(move |(x, y)| {
                     PathElement::new([(x, y), (x + 16, y)], color.stroke_width(2))

@@ -231,15 +231,23 @@ pub(super) fn write_csv(path: &Path, samples: &[Sample]) -> std::io::Result<()> 
         header.push(format!("keys_{f}"));
     }
     header.extend(
-        ["sessions", "questions", "cancels", "regenerates", "drops", "events_checked"]
-            .map(String::from),
+        [
+            "sessions",
+            "questions",
+            "cancels",
+            "regenerates",
+            "drops",
+            "events_checked",
+        ]
+        .map(String::from),
     );
     writeln!(out, "{}", header.join(","))?;
     for s in samples {
         let mut row = vec![format!("{:.1}", s.elapsed_secs)];
         for p in &processes {
             match s.processes.get(*p) {
-                Some(p) => row.extend([u64::from(p.pid), p.rss_kib, p.fds, p.threads].map(|n| n.to_string())),
+                Some(p) => row
+                    .extend([u64::from(p.pid), p.rss_kib, p.fds, p.threads].map(|n| n.to_string())),
                 None => row.extend(std::iter::repeat_n(String::new(), 4)),
             }
         }

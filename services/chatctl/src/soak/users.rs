@@ -118,9 +118,7 @@ impl User {
                 Move::AskThenCancel => {
                     let after = self.rng.random_range(1..6);
                     self.count(|a| a.cancels += 1);
-                    let r = client
-                        .ask_then_cancel(&prompt, after, self.deadline)
-                        .await;
+                    let r = client.ask_then_cancel(&prompt, after, self.deadline).await;
                     if let Ok(id) = r {
                         cancelled.insert(id);
                     }
@@ -328,9 +326,8 @@ async fn audit(
             // A cancelled answer ends in `cancelled`: that is what was asked.
             .filter(|v| {
                 !(v.kind == ViolationKind::FailedAnswer
-                    && v.message_id.is_some_and(|id| {
-                        cancelled.contains(&id) && ended_cancelled.contains(&id)
-                    }))
+                    && v.message_id
+                        .is_some_and(|id| cancelled.contains(&id) && ended_cancelled.contains(&id)))
             }),
     );
     violations

@@ -74,7 +74,10 @@ impl Verdict {
         }
         out.push_str("\nRetention:\n");
         for (line, ok) in &self.retention {
-            out.push_str(&format!("- {} {line}\n", if *ok { "ok" } else { "EXCEEDED" }));
+            out.push_str(&format!(
+                "- {} {line}\n",
+                if *ok { "ok" } else { "EXCEEDED" }
+            ));
         }
         out
     }
@@ -104,10 +107,7 @@ pub(super) fn slope(points: &[(f64, f64)]) -> f64 {
 /// for retention only.
 pub(super) fn judge(samples: &[Sample], bounds: &Bounds) -> Verdict {
     let under_load = &samples[..samples.len().saturating_sub(1)];
-    let mut names: Vec<&String> = under_load
-        .iter()
-        .flat_map(|s| s.processes.keys())
-        .collect();
+    let mut names: Vec<&String> = under_load.iter().flat_map(|s| s.processes.keys()).collect();
     names.sort();
     names.dedup();
     let warm = bounds.warmup.as_secs_f64();
@@ -260,11 +260,7 @@ fn retention(samples: &[Sample], layout: &LayoutConfig) -> Vec<(String, bool)> {
         &|s| s.activity.session_requests,
         "the sessions asked for so far, retries included",
     );
-    family(
-        "cancel",
-        &|s| s.activity.cancels,
-        "the cancels sent so far",
-    );
+    family("cancel", &|s| s.activity.cancels, "the cancels sent so far");
     family(
         "claim",
         &|s| s.activity.questions,
@@ -337,7 +333,9 @@ mod tests {
             })
             .collect();
         assert!(judge(&restarted, &bounds()).passed());
-        let short: Vec<Sample> = (0..=8).map(|i| at(i as f64 * 30.0, 7, 100 + i * 50)).collect();
+        let short: Vec<Sample> = (0..=8)
+            .map(|i| at(i as f64 * 30.0, 7, 100 + i * 50))
+            .collect();
         let v = judge(&short, &bounds());
         assert!(v.passed() && !v.slopes.iter().any(|s| s.judged));
     }
