@@ -46,18 +46,13 @@ struct Panel {
 }
 
 fn panels(samples: &[Sample]) -> Vec<Panel> {
-    let mut rss = BTreeMap::new();
-    let mut fds = BTreeMap::new();
-    let mut threads = BTreeMap::new();
-    let mut store = BTreeMap::new();
-    let mut keys = BTreeMap::new();
-    let mut work = BTreeMap::new();
+    type Lines = BTreeMap<String, Vec<(f64, f64)>>;
+    let (mut rss, mut fds, mut threads) = (Lines::new(), Lines::new(), Lines::new());
+    let (mut store, mut keys, mut work) = (Lines::new(), Lines::new(), Lines::new());
     for s in samples {
         let t = s.elapsed_secs / 60.0;
         for (name, p) in &s.processes {
-            let push = |m: &mut BTreeMap<String, Vec<(f64, f64)>>, v: f64| {
-                m.entry(name.clone()).or_insert_with(Vec::new).push((t, v))
-            };
+            let push = |m: &mut Lines, v: f64| m.entry(name.clone()).or_default().push((t, v));
             push(&mut rss, p.rss_kib as f64 / 1024.0);
             push(&mut fds, p.fds as f64);
             push(&mut threads, p.threads as f64);
@@ -65,19 +60,17 @@ fn panels(samples: &[Sample]) -> Vec<Panel> {
         for (name, st) in &s.streams {
             store
                 .entry(name.clone())
-                .or_insert_with(Vec::new)
+                .or_default()
                 .push((t, st.bytes as f64 / (1024.0 * 1024.0)));
         }
         for (family, n) in &s.keys {
-            keys.entry(family.clone())
-                .or_insert_with(Vec::new)
-                .push((t, *n as f64));
+            keys.entry(family.clone()).or_default().push((t, *n as f64));
         }
         work.entry("sessions".to_string())
-            .or_insert_with(Vec::new)
+            .or_default()
             .push((t, s.activity.sessions as f64 / 1000.0));
         work.entry("questions".to_string())
-            .or_insert_with(Vec::new)
+            .or_default()
             .push((t, s.activity.questions as f64 / 1000.0));
     }
     vec![
