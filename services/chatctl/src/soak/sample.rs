@@ -154,15 +154,22 @@ pub(super) async fn take(
     }
 }
 
+/// The bucket's keys by family, from one paged stream-info request: each
+/// subject of the bucket's stream that holds a message (a live key, or the
+/// delete marker a removed cancel flag leaves until it expires). Listing
+/// the keys (`kv.keys()`) would need flow-control replies the ops role may
+/// not publish.
 async fn count_keys(js: &jetstream::Context) -> anyhow::Result<BTreeMap<String, u64>> {
-    let kv = js.get_key_value(subjects::SESSIONS_BUCKET).await?;
-    let mut keys = kv.keys().await?;
+    let stream = js.get_stream(subjects::kv_stream()).await?;
+    let mut subjects_held = stream.info_with_subjects(subjects::kv_keys_all()).await?;
     let mut counts: BTreeMap<String, u64> = ["session", "cancel", "claim"]
         .into_iter()
         .map(|f| (f.to_string(), 0))
         .collect();
-    while let Some(key) = keys.try_next().await? {
-        *counts.entry(key_family(&key).to_string()).or_insert(0) += 1;
+    let prefix = format!("$KV.{}.", subjects::SESSIONS_BUCKET);
+    while let Some((subject, _)) = subjects_held.try_next().await? {
+        let key = subject.strip_prefix(&prefix).unwrap_or(&subject);
+        *counts.entry(key_family(key).to_string()).or_insert(0) += 1;
     }
     Ok(counts)
 }
