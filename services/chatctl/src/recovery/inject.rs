@@ -1,9 +1,11 @@
-//! Injecting one fault of the schedule into a stack this tool started (or,
-//! for socket drops, into the clients).
+//! Injecting one fault of the schedule into a stack this tool started, or
+//! a compose deployment's containers (or, for socket drops, into the
+//! clients).
 
 use anyhow::{anyhow, bail, Context};
 use stack::{NatsCluster, Stack};
 
+use super::containers::ComposeDeployment;
 use crate::client::SocketDropper;
 use crate::faults::{leader_streams, Fault, FaultKind, CUT_HOLD};
 
@@ -12,6 +14,7 @@ use crate::faults::{leader_streams, Fault, FaultKind, CUT_HOLD};
 pub(crate) async fn inject(
     fault: &Fault,
     stack: Option<&mut Stack>,
+    compose: Option<&ComposeDeployment>,
     droppers: &[SocketDropper],
 ) -> anyhow::Result<Option<String>> {
     if fault.kind == FaultKind::Drop {
@@ -21,6 +24,9 @@ pub(crate) async fn inject(
             }
         }
         return Ok(None);
+    }
+    if let Some(deployment) = compose {
+        return super::containers::inject(fault, deployment).await;
     }
     let Some(stack) = stack else {
         bail!("{} faults need a stack this tool started", fault.kind);

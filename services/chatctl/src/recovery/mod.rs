@@ -24,6 +24,7 @@ use crate::client::{Api, ChatClient, ClientOptions, SessionLog, SocketDropper};
 use crate::faults::{self, FaultKind, FaultPlan, Schedule};
 use crate::verify::{self, ExpectedAnswer, Violation, ViolationKind};
 
+pub mod containers;
 pub(crate) mod inject;
 mod report;
 
@@ -53,6 +54,12 @@ pub struct RecoveryArgs {
     /// instead of starting one; then only socket drops can be injected.
     #[arg(long)]
     pub url: Option<String>,
+    /// With --url: the compose project (deploy/compose.yaml, e.g. `chat`)
+    /// behind it; `gateway`, `worker` and `node-kill` faults then kill its
+    /// containers and start them again (default kinds: drop, gateway,
+    /// worker, node-kill).
+    #[arg(long, requires = "url")]
+    pub compose: Option<String>,
     /// Sessions chatting at once.
     #[arg(long, default_value_t = 200)]
     pub sessions: usize,
@@ -163,17 +170,29 @@ pub async fn run(args: &RecoveryArgs) -> anyhow::Result<Report> {
             .unwrap_or(if cluster { CLUSTER_WINDOW_SECS } else { 20 });
     let window = Duration::from_secs(duration_secs.max(1));
     let deadline = started + Duration::from_secs(args.deadline_secs.unwrap_or(duration_secs + 90));
+    let compose = match &args.compose {
+        Some(project) => Some(
+            containers::ComposeDeployment::find(project)
+                .with_context(|| format!("the compose project {project}"))?,
+        ),
+        None => None,
+    };
     let mut kinds = match &args.fault_kinds {
         Some(list) => faults::parse_kinds(list).map_err(anyhow::Error::msg)?,
+        None if compose.is_some() => {
+            faults::parse_kinds("drop,gateway,worker,node-kill").map_err(anyhow::Error::msg)?
+        }
         None if cluster => FaultKind::CLUSTER.to_vec(),
         None => faults::parse_kinds("drop,gateway,worker,nats").map_err(anyhow::Error::msg)?,
     };
-    if args.url.is_some() {
+    if compose.is_some() {
+        kinds.retain(|k| containers::by_container(*k));
+    } else if args.url.is_some() {
         kinds.retain(|k| !k.needs_processes());
     }
     if cluster {
         kinds.retain(|k| *k != FaultKind::Nats);
-    } else {
+    } else if compose.is_none() {
         kinds.retain(|k| !k.needs_cluster());
     }
     if args.sessions == 0 || args.turns == 0 {
@@ -251,12 +270,24 @@ pub async fn run(args: &RecoveryArgs) -> anyhow::Result<Report> {
         // rest later; a fault due after every session finished is lost.
         start: window / 10,
         end: window.mul_f64(FAULTS_END),
-        gateways: stack.as_ref().map_or(0, Stack::gateway_count),
-        workers: stack.as_ref().map_or(0, Stack::worker_count),
+        gateways: stack.as_ref().map_or(
+            compose
+                .as_ref()
+                .map_or(0, containers::ComposeDeployment::gateway_count),
+            Stack::gateway_count,
+        ),
+        workers: stack.as_ref().map_or(
+            compose
+                .as_ref()
+                .map_or(0, containers::ComposeDeployment::worker_count),
+            Stack::worker_count,
+        ),
         nodes: if stack.as_ref().and_then(Stack::cluster).is_some() {
             stack::cluster::NODES
         } else {
-            0
+            compose
+                .as_ref()
+                .map_or(0, containers::ComposeDeployment::node_count)
         },
         sessions: args.sessions,
         drop_share: args.drop_share,
@@ -318,7 +349,8 @@ pub async fn run(args: &RecoveryArgs) -> anyhow::Result<Report> {
             break;
         }
         let at = Instant::now();
-        let (detail, error) = match inject(fault, stack.as_mut(), &droppers).await {
+        let (detail, error) = match inject(fault, stack.as_mut(), compose.as_ref(), &droppers).await
+        {
             Ok(detail) => (detail, None),
             Err(e) => (None, Some(format!("{e:#}"))),
         };
@@ -390,21 +422,32 @@ pub async fn run(args: &RecoveryArgs) -> anyhow::Result<Report> {
         logs.push(run.client.log);
     }
 
-    let node_names: Vec<String> = match &stack {
-        Some(stack) => (0..stack.gateway_count())
+    let node_names: Vec<String> = match (&stack, &compose) {
+        (Some(stack), _) => (0..stack.gateway_count())
             .map(|i| stack.gateway_node(i))
             .collect(),
-        None => Vec::new(),
+        (None, Some(deployment)) => (0..deployment.gateway_count())
+            .map(|i| deployment.gateway_node(i))
+            .collect(),
+        (None, None) => Vec::new(),
     };
     let recovery = recovery_times(&injected, &logs, &node_names);
     let replicas = match stack.as_ref().and_then(Stack::cluster) {
         Some(cluster) => Some(Replicas::check(cluster, CONVERGENCE_TIMEOUT).await),
         None => None,
     };
-    let cluster_hosts = stack.as_ref().and_then(Stack::cluster).map(|c| {
-        c.loopback_reason()
-            .map_or("namespaces".to_string(), |why| format!("loopback ({why})"))
-    });
+    let cluster_hosts = stack
+        .as_ref()
+        .and_then(Stack::cluster)
+        .map(|c| {
+            c.loopback_reason()
+                .map_or("namespaces".to_string(), |why| format!("loopback ({why})"))
+        })
+        .or_else(|| {
+            args.compose
+                .as_ref()
+                .map(|project| format!("the containers of the compose project {project}"))
+        });
     if let Some(stack) = &stack {
         keep_logs(stack);
     }

@@ -359,7 +359,7 @@ pub async fn run(args: &SoakArgs) -> anyhow::Result<Report> {
                 users::drop_sockets(&droppers, &fault.targets);
                 Ok(None)
             } else {
-                inject(fault, Some(&mut stack), &[]).await
+                inject(fault, Some(&mut stack), None, &[]).await
             };
             match result {
                 Ok(detail) => {
