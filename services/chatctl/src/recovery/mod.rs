@@ -3,7 +3,8 @@
 //! gateways and workers, a restarted nats-server; with `--cluster`, a
 //! 3-node cluster whose stream leaders are killed, whose nodes are
 //! partitioned and restarted in lame-duck mode, and gateways cut off from
-//! NATS). Afterwards every session is checked against its own stream
+//! NATS), and grey failures (a process paused with SIGSTOP, a node's store
+//! filled to the last byte, lossy links). Afterwards every session is checked against its own stream
 //! ([`crate::verify`]), a cluster's replicas against each other, and one
 //! summary is printed: what was checked, what was injected, every broken
 //! guarantee, and how long each kind of fault kept clients waiting.
@@ -42,6 +43,15 @@ const CONVERGENCE_TIMEOUT: Duration = Duration::from_secs(60);
 /// had finished, and not every kind landed.
 const CLUSTER_WINDOW_SECS: u64 = 150;
 
+/// What the default window gains per grey kind (pause, disk-full,
+/// lossy-link) in the run: two faults of up to 15 s each, one after
+/// another with the rest.
+const GREY_WINDOW_SECS: u64 = 25;
+
+/// The size of each JetStream store's own filesystem when disk-full is
+/// among the kinds.
+const STORE_BYTES: u64 = stack::disk::DEFAULT_STORE_BYTES;
+
 /// The share of the window over which sessions start.
 const SESSIONS_SPREAD: f64 = 0.9;
 /// The share of the window by which faults are due.
@@ -73,10 +83,11 @@ pub struct RecoveryArgs {
     /// so each leader stream's node is killed once).
     #[arg(long)]
     pub faults: Option<usize>,
-    /// Which faults (comma-separated): drop, gateway, worker, nats; with
-    /// --cluster also node-kill, partition, gateway-cut, rolling. Default:
-    /// drop,gateway,worker,nats; with --cluster every cluster kind, drop,
-    /// gateway and worker.
+    /// Which faults (comma-separated): drop, gateway, worker, nats, pause,
+    /// disk-full, lossy-link; with --cluster also node-kill, partition,
+    /// gateway-cut, rolling. Default: drop,gateway,worker,nats; with
+    /// --cluster every cluster kind, drop, gateway, worker and the grey
+    /// kinds (pause, disk-full, lossy-link).
     #[arg(long)]
     pub fault_kinds: Option<String>,
     /// Run against a 3-node NATS cluster (every stream and the bucket R3),
@@ -165,11 +176,6 @@ fn prompt(rng: &mut StdRng, index: usize, turn: usize) -> String {
 pub async fn run(args: &RecoveryArgs) -> anyhow::Result<Report> {
     let started = Instant::now();
     let cluster = args.cluster && args.url.is_none();
-    let duration_secs =
-        args.duration_secs
-            .unwrap_or(if cluster { CLUSTER_WINDOW_SECS } else { 20 });
-    let window = Duration::from_secs(duration_secs.max(1));
-    let deadline = started + Duration::from_secs(args.deadline_secs.unwrap_or(duration_secs + 90));
     let compose = match &args.compose {
         Some(project) => Some(
             containers::ComposeDeployment::find(project)
@@ -198,6 +204,20 @@ pub async fn run(args: &RecoveryArgs) -> anyhow::Result<Report> {
     if args.sessions == 0 || args.turns == 0 {
         bail!("--sessions and --turns must be at least 1");
     }
+    if kinds.contains(&FaultKind::DiskFull) && !stack::disk::small_disks_available() {
+        eprintln!("recovery: disk-full left out (a store of its own needs root to mount a tmpfs)");
+        kinds.retain(|k| *k != FaultKind::DiskFull);
+    }
+    // The grey kinds last seconds each (a pause up to 15 s): a default
+    // window gives each of them room.
+    let grey = kinds.iter().filter(|k| k.is_grey()).count() as u64;
+    let duration_secs = args.duration_secs.unwrap_or(if cluster {
+        CLUSTER_WINDOW_SECS + GREY_WINDOW_SECS * grey
+    } else {
+        20 + GREY_WINDOW_SECS * grey
+    });
+    let window = Duration::from_secs(duration_secs.max(1));
+    let deadline = started + Duration::from_secs(args.deadline_secs.unwrap_or(duration_secs + 90));
 
     let mut stack = match &args.url {
         Some(_) => None,
@@ -219,6 +239,7 @@ pub async fn run(args: &RecoveryArgs) -> anyhow::Result<Report> {
                     ("RUST_LOG".into(), service_log_filter()),
                 ],
                 nginx: true,
+                store_bytes: kinds.contains(&FaultKind::DiskFull).then_some(STORE_BYTES),
                 cluster: cluster.then(|| ClusterOptions {
                     hosts: if args.loopback {
                         HostsChoice::Loopback
@@ -291,6 +312,7 @@ pub async fn run(args: &RecoveryArgs) -> anyhow::Result<Report> {
         },
         sessions: args.sessions,
         drop_share: args.drop_share,
+        gateway_hosts: namespaced,
     };
     let schedule = Schedule::generate(args.seed, &plan);
     eprint!("{schedule}");

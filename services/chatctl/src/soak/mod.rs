@@ -299,6 +299,8 @@ pub async fn run(args: &SoakArgs) -> anyhow::Result<Report> {
         nodes: 0,
         sessions: args.users,
         drop_share: 0.2,
+        // One host for every process: a `lossy-link` hits the server's links.
+        gateway_hosts: false,
     };
     let schedule = Schedule::generate(args.seed, &plan);
     eprint!("{schedule}");
