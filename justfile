@@ -30,7 +30,7 @@ status:
 logs *names:
     scripts/logs.sh {{names}}
 
-# Start (up) or stop (down) a 3-node JetStream cluster for R3, each node a host of its own (netns) where allowed; see README
+# Start (up: also the missing nodes of a running one), restart one node (restart n3) or stop (down) a 3-node JetStream cluster for R3, each node a host of its own (netns) where allowed; see README
 cluster action="up" *args:
     scripts/install-deps.sh
     NATS_SERVER_BIN="$(scripts/nats-server-path.sh)" scripts/cluster.sh {{action}} {{args}}
@@ -78,6 +78,11 @@ layout action="check" *args:
 recovery *args:
     cargo build --release -p gateway -p worker -p chatctl
     NATS_SERVER_BIN="$(scripts/nats-server-path.sh)" CHAT_BIN_DIR="$PWD/target/release" target/release/chatctl recovery {{args}}
+
+# Run `chatctl soak` (an hour of mixed load with faults by default; arguments passed through, e.g. --duration 2m); CSV and PNG in run/soak/
+soak *args:
+    cargo build --release -p gateway -p worker -p chatctl
+    NATS_SERVER_BIN="$(scripts/nats-server-path.sh)" CHAT_BIN_DIR="$PWD/target/release" target/release/chatctl soak {{args}}
 
 # Run `chatctl bench` (arguments passed through; see its --help); installs Redis and the peer's npm packages first
 bench *args:

@@ -8,6 +8,8 @@
 # and logs under run/cluster/ (n1.pid, n1.client-url, n1.monitor-url, urls).
 #
 #   scripts/cluster.sh up [--loopback]   then: NATS_URL=$(scripts/cluster.sh url) CHAT_REPLICAS=3 just up
+#                                        (with some nodes running: starts the missing ones with their stores)
+#   scripts/cluster.sh restart n3        stops node n3 (SIGTERM) and starts it again with its store
 #   scripts/cluster.sh down              stops the nodes, removes the namespaces and the bridge
 #   scripts/cluster.sh url               the seed list for NATS_URL (every node)
 #
@@ -31,11 +33,17 @@ case "${1:-}" in
         NATS_SERVER_BIN="${NATS_SERVER_BIN:-$("$root/scripts/nats-server-path.sh")}" \
             "$chatctl" cluster --dir "$dir" up "$@"
         ;;
+    restart)
+        shift
+        (cd "$root" && cargo build --release -p chatctl)
+        NATS_SERVER_BIN="${NATS_SERVER_BIN:-$("$root/scripts/nats-server-path.sh")}" \
+            "$chatctl" cluster --dir "$dir" restart "$@"
+        ;;
     down)
         exec "$root/scripts/down.sh" --cluster
         ;;
     *)
-        echo "usage: $0 up [--loopback]|down|url" >&2
+        echo "usage: $0 up [--loopback]|restart nN|down|url" >&2
         exit 2
         ;;
 esac

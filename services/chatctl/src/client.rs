@@ -199,6 +199,10 @@ pub struct SessionLog {
     /// [`CloseCode::TryAgainLater`] (1013): the server ended the socket and
     /// expects the client back with `after_seq`.
     pub restart_closes: u32,
+    /// `replay_expired` notices: the `after_seq` the client attached with
+    /// was older than the stream's first event. A notice about the
+    /// connection (`history` and what is stored follow), not a refusal.
+    pub replay_expired: u32,
 }
 
 impl SessionLog {
@@ -485,8 +489,16 @@ impl ChatClient {
         match next {
             Some(Ok(Message::Text(text))) => match ServerFrame::parse(&text) {
                 Ok(frame) => {
-                    if let ServerFrame::Event(event) = &frame {
-                        self.record(event.clone());
+                    match &frame {
+                        ServerFrame::Event(event) => self.record(event.clone()),
+                        ServerFrame::Control(ControlFrame::Error {
+                            code: ErrorCode::ReplayExpired,
+                            ..
+                        }) => {
+                            self.log.replay_expired += 1;
+                            return Ok(Read::Nothing);
+                        }
+                        _ => {}
                     }
                     Ok(Read::Frame(frame))
                 }
@@ -561,17 +573,71 @@ impl ChatClient {
     /// with the same message id; any other refusal is an error.
     pub async fn ask(&mut self, prompt: &str, deadline: Instant) -> anyhow::Result<MessageId> {
         let message_id = MessageId::new();
+        let frame = ClientFrame::Chat {
+            message_id: Some(message_id),
+            content: prompt.to_string(),
+            model: None,
+        };
+        self.exchange(frame, message_id, prompt, None, deadline)
+            .await
+    }
+
+    /// Asks `prompt` as [`ChatClient::ask`] does and sends `cancel` once
+    /// `after_chunks` chunks of its answer arrived; waits for the terminal
+    /// event (`cancelled`, or `done` when the answer was quicker).
+    pub async fn ask_then_cancel(
+        &mut self,
+        prompt: &str,
+        after_chunks: usize,
+        deadline: Instant,
+    ) -> anyhow::Result<MessageId> {
+        let message_id = MessageId::new();
+        let frame = ClientFrame::Chat {
+            message_id: Some(message_id),
+            content: prompt.to_string(),
+            model: None,
+        };
+        self.exchange(frame, message_id, prompt, Some(after_chunks), deadline)
+            .await
+    }
+
+    /// Asks for a new answer to the session's last question (`prompt`, its
+    /// text: the answer the demo model gives depends on it) and waits for
+    /// its terminal event, as [`ChatClient::ask`] does.
+    pub async fn regenerate(
+        &mut self,
+        prompt: &str,
+        deadline: Instant,
+    ) -> anyhow::Result<MessageId> {
+        let message_id = MessageId::new();
+        let frame = ClientFrame::Regenerate {
+            message_id: Some(message_id),
+            replaces: None,
+            model: None,
+        };
+        self.exchange(frame, message_id, prompt, None, deadline)
+            .await
+    }
+
+    /// Sends `frame` (a chat or a regenerate of `message_id`) until it is
+    /// accepted, and reads until its answer's terminal event; with
+    /// `cancel_after`, cancels the answer after that many of its chunks.
+    async fn exchange(
+        &mut self,
+        frame: ClientFrame,
+        message_id: MessageId,
+        prompt: &str,
+        cancel_after: Option<usize>,
+        deadline: Instant,
+    ) -> anyhow::Result<MessageId> {
         self.log.asked.push(Asked {
             message_id,
             prompt: prompt.to_string(),
             sent_at: Instant::now(),
             finished_at: None,
         });
-        let frame = ClientFrame::Chat {
-            message_id: Some(message_id),
-            content: prompt.to_string(),
-            model: None,
-        };
+        let mut chunks = 0;
+        let mut cancel_sent = false;
         let mut accepted = false;
         let mut sent_on = None;
         let mut backoff = Backoff::new();
@@ -612,7 +678,20 @@ impl ChatClient {
                     backoff.wait().await;
                     sent_on = None;
                 }
+                Read::Frame(ServerFrame::Event(e)) => {
+                    if matches!(&e.event, protocol::Event::Chunk { message_id: id, .. } if *id == message_id)
+                    {
+                        chunks += 1;
+                    }
+                }
                 Read::Frame(_) => {}
+            }
+            if cancel_after.is_some_and(|n| chunks >= n)
+                && !cancel_sent
+                && !self.finished(message_id)
+                && self.send(&ClientFrame::Cancel { message_id }).await.is_ok()
+            {
+                cancel_sent = true;
             }
         }
         Ok(message_id)

@@ -9,6 +9,10 @@
 //! - `network`: the namespaces' prefix and subnet, when the nodes are hosts
 //!   of their own (so `down` removes them);
 //! - `n1.conf` …, `n1/` … (stores) and `logs/n1.log` ….
+//!
+//! `up` on a cluster of which some nodes run starts the missing ones from
+//! their configurations and stores; `restart n2` stops one node (SIGTERM)
+//! and starts it again the same way.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -43,6 +47,17 @@ pub enum ClusterAction {
         /// Clients and routes without TLS (it is on by default).
         #[arg(long)]
         plaintext: bool,
+        /// Network names and ports of its own instead of the operator's
+        /// fixed ones (`chatc`, 4222 …): tests, so that they never take
+        /// an operator's cluster's names or ports.
+        #[arg(long, hide = true)]
+        private: bool,
+    },
+    /// Stop one node (SIGTERM, SIGKILL after a timeout) and start it again
+    /// with its configuration and store: `restart n3`.
+    Restart {
+        /// `n1`, `n2` or `n3`.
+        node: String,
     },
     /// Stop the nodes and remove every namespace and link `up` made.
     Down,
@@ -56,28 +71,34 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
         ClusterAction::Up {
             loopback,
             plaintext,
-        } => up(&dir, loopback, plaintext).await,
+            private,
+        } => up(&dir, loopback, plaintext, private).await,
+        ClusterAction::Restart { node } => restart(&dir, &node).await,
         ClusterAction::Down => down(&dir).await,
     }
 }
 
-async fn up(dir: &Path, loopback: bool, plaintext: bool) -> anyhow::Result<()> {
-    let running: Vec<String> = (1..=NODES)
-        .filter(|i| running_pid(&dir.join(format!("n{i}.pid"))).is_some())
-        .map(|i| format!("n{i}"))
+async fn up(dir: &Path, loopback: bool, plaintext: bool, private: bool) -> anyhow::Result<()> {
+    let missing: Vec<usize> = (1..=NODES)
+        .filter(|i| running_pid(&dir.join(format!("n{i}.pid"))).is_none())
         .collect();
-    if running.len() == NODES {
+    if missing.is_empty() {
         println!("cluster: already running ({})", read(&dir.join("urls")));
         return Ok(());
     }
-    if !running.is_empty() {
-        bail!(
-            "cluster: only {} of the nodes run; `just cluster down` first",
-            running.join(", ")
-        );
+    if missing.len() < NODES {
+        // Some nodes run: bring the others back as they were (same
+        // configuration, same store), whatever the flags say.
+        for i in missing {
+            start_node(dir, i).await?;
+        }
+        println!("cluster: every node runs ({})", read(&dir.join("urls")));
+        return Ok(());
     }
     // What a crashed run may have left: its namespaces and bridge.
-    remove_network(&operator_network());
+    if !private {
+        remove_network(&operator_network());
+    }
     std::fs::create_dir_all(dir)?;
     let cluster = NatsCluster::start(ClusterOptions {
         hosts: if loopback {
@@ -86,7 +107,7 @@ async fn up(dir: &Path, loopback: bool, plaintext: bool) -> anyhow::Result<()> {
             HostsChoice::Auto
         },
         run_dir: Some(dir.to_path_buf()),
-        fixed: true,
+        fixed: !private,
         sync_interval: std::env::var("NATS_SYNC_INTERVAL")
             .ok()
             .filter(|s| !s.is_empty()),
@@ -137,6 +158,99 @@ async fn up(dir: &Path, loopback: bool, plaintext: bool) -> anyhow::Result<()> {
     println!("cluster: up {where_}; state in {}", dir.display());
     println!("cluster: now run  NATS_URL={urls} CHAT_REPLICAS=3 just up");
     Ok(())
+}
+
+/// `restart nX`: stops node X if it runs, then starts it again.
+async fn restart(dir: &Path, node: &str) -> anyhow::Result<()> {
+    let i = parse_node(node)?;
+    let file = dir.join(format!("n{i}.pid"));
+    if let Some(pid) = running_pid(&file) {
+        println!("cluster: stopping n{i} (pid {pid})");
+        stop(pid).await;
+    }
+    start_node(dir, i).await?;
+    Ok(())
+}
+
+/// `n2` (or `2`) → 2.
+fn parse_node(node: &str) -> anyhow::Result<usize> {
+    let number = node.trim().trim_start_matches('n');
+    match number.parse::<usize>() {
+        Ok(i) if (1..=NODES).contains(&i) => Ok(i),
+        _ => bail!("cluster: no node {node:?} (n1, n2 or n3)"),
+    }
+}
+
+/// Starts node `i` of the cluster in `dir` as `up` left it: its
+/// configuration (ports, routes, credentials), its store, its namespace
+/// when the nodes are hosts of their own; waits until it is healthy.
+async fn start_node(dir: &Path, i: usize) -> anyhow::Result<()> {
+    let name = format!("n{i}");
+    let conf = dir.join(format!("{name}.conf"));
+    let monitor = read(&dir.join(format!("{name}.monitor-url")));
+    if !conf.is_file() || monitor.is_empty() {
+        bail!(
+            "cluster: {name} was never started here (no {} or {name}.monitor-url); `just cluster up` starts a new cluster",
+            conf.display()
+        );
+    }
+    let binary = stack::nats::nats_server_binary()?;
+    let network = std::fs::read_to_string(dir.join("network"))
+        .ok()
+        .as_deref()
+        .and_then(parse_network);
+    let mut command = match &network {
+        Some(names) => {
+            let mut c = std::process::Command::new("ip");
+            c.args(["netns", "exec", &names.namespace(&name)])
+                .arg(&binary);
+            c
+        }
+        None => std::process::Command::new(&binary),
+    };
+    std::fs::create_dir_all(dir.join("logs"))?;
+    let log_path = dir.join("logs").join(format!("{name}.log"));
+    let log = std::fs::File::options()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("opening {}", log_path.display()))?;
+    // Left running when this tool exits, as `up` leaves the nodes.
+    let child = command
+        .arg("-c")
+        .arg(&conf)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::from(log.try_clone()?))
+        .stderr(std::process::Stdio::from(log))
+        .spawn()
+        .with_context(|| format!("cluster: starting {name}"))?;
+    let pid = child.id();
+    write(dir, &format!("{name}.pid"), &pid.to_string())?;
+    if let Err(e) = stack::cluster::wait_node_healthy(&monitor, NODE_START_TIMEOUT).await {
+        bail!(
+            "cluster: {name} (pid {pid}) not healthy within {NODE_START_TIMEOUT:?}: {e:#}; see {}",
+            log_path.display()
+        );
+    }
+    println!("cluster: {name} started with its store (pid {pid}, {monitor})");
+    Ok(())
+}
+
+/// How long a node started again may take to be healthy (it replays its
+/// store and catches up with the others).
+const NODE_START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// SIGTERM, then SIGKILL after [`STOP_TIMEOUT`].
+async fn stop(pid: u32) {
+    let _ = stack::send_signal(pid, "TERM");
+    let deadline = tokio::time::Instant::now() + STOP_TIMEOUT;
+    while is_nats_server(pid) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if is_nats_server(pid) {
+        println!("cluster: pid {pid} did not stop within {STOP_TIMEOUT:?}; SIGKILL");
+        let _ = stack::send_signal(pid, "KILL");
+    }
 }
 
 /// The credentials of a cluster whose state is in `dir`: `run/credentials`
@@ -199,8 +313,16 @@ fn running_pid(file: &Path) -> Option<u32> {
     is_nats_server(pid).then_some(pid)
 }
 
+/// Whether `pid` is a live nats-server (a killed node whose parent has not
+/// reaped it yet is a zombie: not running).
 fn is_nats_server(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+    let live = std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        // `pid (comm) S …`: the state follows the last `)`.
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X")
+    });
+    live && std::fs::read_to_string(format!("/proc/{pid}/comm"))
         .is_ok_and(|comm| comm.trim() == "nats-server")
 }
 
@@ -231,5 +353,14 @@ mod tests {
         );
         assert_eq!(parse_network(""), None);
         assert_eq!(parse_network("chatc x"), None);
+    }
+
+    #[test]
+    fn nodes_are_named_n1_to_n3() {
+        assert_eq!(parse_node("n3").ok(), Some(3));
+        assert_eq!(parse_node("1").ok(), Some(1));
+        for bad in ["n0", "n4", "x", ""] {
+            assert!(parse_node(bad).is_err(), "{bad}");
+        }
     }
 }

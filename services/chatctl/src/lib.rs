@@ -6,6 +6,7 @@
 //! - [`verify`]: what a client saw against the session's stream;
 //! - [`faults`]: a seeded fault schedule;
 //! - [`recovery`]: the `recovery` subcommand;
+//! - [`soak`]: the `soak` subcommand, an hour of mixed load with faults;
 //! - [`cluster`]: `cluster up|down`, a 3-node NATS cluster left running;
 //! - [`credentials`]: the NATS credentials (and TLS files) in run/;
 //! - [`handout`]: the credentials handed out to the compose deployment's containers.
@@ -20,6 +21,7 @@ pub mod faults;
 pub mod handout;
 pub mod layout;
 pub mod recovery;
+pub mod soak;
 pub mod token;
 pub mod verify;
 
@@ -41,6 +43,11 @@ pub enum Command {
     /// Chat from many sessions while faults hit the system, then verify
     /// every session against its stream; exits non-zero on any violation.
     Recovery(recovery::RecoveryArgs),
+    /// Chat with mixed load for a long time (an hour by default) while a
+    /// seeded fault hits every few minutes; audit every session, sample
+    /// every process and the store, write a CSV and a PNG; exits non-zero
+    /// on any violation, growth beyond the bounds or retention exceeded.
+    Soak(soak::SoakArgs),
     /// Measure the whole system under load next to raw NATS on the same
     /// server; prints a markdown table (and JSON with --json-out); exits
     /// non-zero if any event was lost or doubled.
@@ -87,6 +94,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             if args.json {
                 println!("{}", report.to_json());
             }
+            Ok(if report.passed() { 0 } else { 1 })
+        }
+        Command::Soak(args) => {
+            let report = soak::run(&args).await?;
+            println!("{}", report.to_markdown());
             Ok(if report.passed() { 0 } else { 1 })
         }
     }

@@ -1,7 +1,14 @@
 use clap::Parser;
 
+/// Errors are one line on stderr (`chatctl: what failed: why`), never a
+/// backtrace: an operator reads them.
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let code = chatctl::run(chatctl::Cli::parse()).await?;
-    std::process::exit(code);
+async fn main() {
+    match chatctl::run(chatctl::Cli::parse()).await {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("chatctl: {e:#}");
+            std::process::exit(1);
+        }
+    }
 }

@@ -261,6 +261,7 @@ pub(crate) async fn queue(
         replaces: question.replaces,
         model: question.model,
         accepted_at_ms: question.accepted_at_ms,
+        extra: Default::default(),
     };
     let payload = serde_json::to_vec(&request).map_err(ApiError::nats)?;
     let mut headers = HeaderMap::new();

@@ -117,7 +117,7 @@ fn choose_target(
     message_id: MessageId,
     requested: Option<MessageId>,
 ) -> Result<Target, ApiError> {
-    let last = record.last_question;
+    let last = record.last_question.as_ref();
     let known = |id: MessageId| record.is_active(id) || record.is_finished(id);
     if let Some(last) = last.filter(|l| l.message_id == message_id) {
         // This id is the session's last question: a retry of the regenerate

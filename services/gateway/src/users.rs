@@ -124,6 +124,7 @@ async fn create_owned(
         title: String::new(),
         created: now,
         updated: now,
+        extra: Default::default(),
     };
     let listed = users::update(&state.layout.sessions, &user.key, |record| {
         record.forget_old_creations(now);

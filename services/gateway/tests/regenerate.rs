@@ -247,6 +247,7 @@ async fn a_regenerate_counts_against_the_in_flight_limit() {
             message_id: other,
             accepted_at_ms: protocol::now_ms(),
             ending: false,
+            extra: Default::default(),
         });
         Ok::<_, ()>(true)
     })

@@ -27,6 +27,10 @@ pub struct ChatRequest {
     pub model: Option<String>,
     /// Milliseconds since the epoch when the gateway accepted it.
     pub accepted_at_ms: u64,
+    /// Fields of a newer version: kept when the job is written into a dead
+    /// letter.
+    #[serde(flatten)]
+    pub extra: crate::records::LaterFields,
 }
 
 /// The core message a gateway publishes on `subjects::cancel(session)` to stop

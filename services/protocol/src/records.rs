@@ -6,6 +6,12 @@ use serde::{Deserialize, Serialize};
 use crate::events::{ChatRequest, FinishReason, Usage};
 use crate::ids::{MessageId, SessionId, TokenHash, UserKey};
 
+/// Fields of a stored record that this version does not know (a newer
+/// version wrote them): kept as they are and written back whenever this
+/// version rewrites the record, so a rolling upgrade loses nothing a newer
+/// gateway or worker stored. See PROTOCOL.md, "Compatibility".
+pub type LaterFields = serde_json::Map<String, serde_json::Value>;
+
 /// The value of a session's key in `chat_sessions`. Updated with
 /// compare-and-set by gateways (attach, accept) and workers (finish), never
 /// per chunk.
@@ -35,18 +41,22 @@ pub struct SessionRecord {
     /// anonymous session, which its token alone opens.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<UserKey>,
+    #[serde(flatten)]
+    pub extra: LaterFields,
 }
 
 /// The session's most recently accepted question (an ordinary one or a
 /// regeneration), so a regenerate knows what it replaces without reading
 /// the history.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LastQuestion {
     pub message_id: MessageId,
     /// Set when it is itself a regeneration: the message it replaces (a
     /// retried regenerate finds its question again through it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replaces: Option<MessageId>,
+    #[serde(flatten)]
+    pub extra: LaterFields,
 }
 
 /// How many finished message ids a session record remembers.
@@ -64,6 +74,7 @@ impl SessionRecord {
             expired: Vec::new(),
             last_question: None,
             owner: None,
+            extra: LaterFields::new(),
         }
     }
 
@@ -108,10 +119,12 @@ impl SessionRecord {
             message_id,
             accepted_at_ms: now_ms,
             ending: false,
+            extra: LaterFields::new(),
         });
         self.last_question = Some(LastQuestion {
             message_id,
             replaces,
+            extra: LaterFields::new(),
         });
     }
 
@@ -167,6 +180,8 @@ pub struct ActiveMessage {
     /// Its terminal event is being stored: no longer counted as in flight.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub ending: bool,
+    #[serde(flatten)]
+    pub extra: LaterFields,
 }
 
 /// A user's record in `chat_sessions` (key `subjects::user_key`), updated
@@ -186,6 +201,8 @@ pub struct UserRecord {
     /// When the user's sessions of the last minute were created (ms).
     #[serde(default)]
     pub created_recently: Vec<u64>,
+    #[serde(flatten)]
+    pub extra: LaterFields,
 }
 
 /// One session of a user's list.
@@ -199,6 +216,8 @@ pub struct SessionSummary {
     pub created: u64,
     /// The last activity (created, renamed, a question asked).
     pub updated: u64,
+    #[serde(flatten)]
+    pub extra: LaterFields,
 }
 
 /// An answer of one of the user's sessions, counted against the user's
@@ -272,6 +291,8 @@ pub struct Turn {
     /// Both turns stay in the history; the later one is the current version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replaces: Option<MessageId>,
+    #[serde(flatten)]
+    pub extra: LaterFields,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -301,6 +322,26 @@ pub struct DeadLetter {
     pub reason: String,
     pub deliveries: u64,
     pub failed_at_ms: u64,
+    #[serde(flatten)]
+    pub extra: LaterFields,
+}
+
+/// The value of a claim key ([`crate::subjects::claim_key`]): the claiming
+/// attempt in decimal.
+pub fn claim_value(attempt: u32) -> bytes::Bytes {
+    attempt.to_string().into()
+}
+
+/// Reads a claim key's value: today's decimal attempt, or a JSON object
+/// with an `attempt` (what a later version may write instead); `None` for
+/// anything else.
+pub fn parse_claim(value: &[u8]) -> Option<u32> {
+    let text = std::str::from_utf8(value).ok()?.trim();
+    if let Ok(attempt) = text.parse() {
+        return Some(attempt);
+    }
+    let object: serde_json::Value = serde_json::from_str(text).ok()?;
+    u32::try_from(object.get("attempt")?.as_u64()?).ok()
 }
 
 #[cfg(test)]
@@ -317,6 +358,7 @@ mod tests {
                 message_id: id,
                 accepted_at_ms: 1,
                 ending: false,
+                extra: LaterFields::new(),
             });
         }
         assert_eq!(record.in_flight(), 2);
@@ -342,6 +384,7 @@ mod tests {
                 message_id: *id,
                 accepted_at_ms: 0,
                 ending: false,
+                extra: LaterFields::new(),
             });
         }
         assert!(r.finish(ids[0]));
@@ -369,6 +412,7 @@ mod tests {
             user_seq: 0,
             reasoning_chars: 0,
             replaces,
+            extra: LaterFields::new(),
         }
     }
 
@@ -423,11 +467,13 @@ mod tests {
             message_id: MessageId::new(),
             accepted_at_ms: 100,
             ending: false,
+            extra: LaterFields::new(),
         });
         r.active.push(ActiveMessage {
             message_id: MessageId::new(),
             accepted_at_ms: 900,
             ending: false,
+            extra: LaterFields::new(),
         });
         let stale = r.active[0].message_id;
         r.expire_active(1_000, 500);

@@ -32,6 +32,7 @@ async fn concurrent_updates_all_land_and_limits_abort() {
                     message_id: MessageId::new(),
                     accepted_at_ms: 1,
                     ending: false,
+                    extra: Default::default(),
                 });
                 Ok::<_, ()>(true)
             })

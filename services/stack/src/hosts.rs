@@ -42,7 +42,8 @@ impl NetworkNames {
         format!("{}b", self.prefix)
     }
 
-    fn namespace(&self, label: &str) -> String {
+    /// The namespace of host `label` (`chatc-n1`).
+    pub fn namespace(&self, label: &str) -> String {
         format!("{}-{label}", self.prefix)
     }
 

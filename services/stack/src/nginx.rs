@@ -216,6 +216,11 @@ impl Nginx {
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    /// The master's process id (its workers are its children).
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().map(Child::id)
+    }
+
     pub fn run_dir(&self) -> &Path {
         &self.run_dir
     }

@@ -427,6 +427,16 @@ impl Stack {
             .is_some_and(|w| w.process.is_running())
     }
 
+    /// The single nats-server's process id (`None` for a cluster).
+    pub fn nats_pid(&self) -> Option<u32> {
+        self.nats().and_then(NatsServer::pid)
+    }
+
+    /// Nginx's master process id.
+    pub fn nginx_pid(&self) -> Option<u32> {
+        self.nginx.as_ref().and_then(Nginx::pid)
+    }
+
     pub fn gateway_pid(&self, i: usize) -> Option<u32> {
         self.gateways.get(i).and_then(|g| g.process.pid())
     }

@@ -269,7 +269,10 @@ pub async fn store_claim(
     attempt: u32,
 ) {
     let key = subjects::claim_key(session, message);
-    if let Err(e) = sessions.put(key, attempt.to_string().into()).await {
+    if let Err(e) = sessions
+        .put(key, protocol::records::claim_value(attempt))
+        .await
+    {
         tracing::warn!(message_id = %message, error = %e, "storing the claim");
     }
 }
@@ -282,7 +285,7 @@ pub async fn latest_claim(
     message: MessageId,
 ) -> Option<u32> {
     match sessions.get(subjects::claim_key(session, message)).await {
-        Ok(value) => value.and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok()),
+        Ok(value) => value.and_then(|v| protocol::records::parse_claim(&v)),
         Err(e) => {
             tracing::warn!(message_id = %message, error = %e, "reading the claim");
             None

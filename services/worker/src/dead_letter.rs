@@ -64,6 +64,7 @@ pub async fn store(
         reason: reason.to_string(),
         deliveries,
         failed_at_ms: protocol::now_ms(),
+        extra: Default::default(),
     };
     let payload = serde_json::to_vec(&letter)?;
     publish_and_wait(

@@ -130,6 +130,7 @@ pub(crate) async fn record(
         user_seq: request.user_seq,
         reasoning_chars: answer.reasoning_chars,
         replaces: request.replaces,
+        extra: Default::default(),
     };
     let payload: bytes::Bytes = serde_json::to_vec(&turn)?.into();
     // The answer's terminal event is stored already: ride out a NATS blip

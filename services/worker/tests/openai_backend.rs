@@ -37,6 +37,7 @@ fn turn(user: &str, assistant: &str, status: TurnStatus) -> Turn {
         reasoning_chars: 0,
         user_seq: 1,
         replaces: None,
+        extra: Default::default(),
     }
 }
 

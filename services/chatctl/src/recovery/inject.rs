@@ -28,7 +28,7 @@ const HEALTHY_AFTER_FREE: Duration = Duration::from_secs(3);
 
 /// Injects `fault`; returns what it hit when that is not in the schedule
 /// (the node a `node-kill` found leading its stream).
-pub(super) async fn inject(
+pub(crate) async fn inject(
     fault: &Fault,
     stack: Option<&mut Stack>,
     compose: Option<&ComposeDeployment>,

@@ -26,7 +26,7 @@ use crate::faults::{self, FaultKind, FaultPlan, Schedule};
 use crate::verify::{self, ExpectedAnswer, Violation, ViolationKind};
 
 pub mod containers;
-mod inject;
+pub(crate) mod inject;
 mod report;
 
 use inject::inject;

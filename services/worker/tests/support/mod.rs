@@ -132,6 +132,7 @@ impl Harness {
                 message_id,
                 accepted_at_ms: now,
                 ending: false,
+                extra: Default::default(),
             });
             Ok::<_, ()>(true)
         })
@@ -163,6 +164,7 @@ impl Harness {
             replaces,
             model: model.map(str::to_string),
             accepted_at_ms: now,
+            extra: Default::default(),
         };
         self.js
             .send_publish(

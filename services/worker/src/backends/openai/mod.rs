@@ -410,6 +410,7 @@ mod tests {
             reasoning_chars: 0,
             user_seq: 0,
             replaces: None,
+            extra: Default::default(),
         }
     }
 
