@@ -144,9 +144,21 @@ put() {
     done
 }
 images="$root/deploy/images"
-put gateway "$bin_dir/gateway" "$images/http-ok"
-put worker "$bin_dir/worker" "$images/worker-entrypoint" "$images/http-ok"
-put chatctl "$bin_dir/chatctl"
+# The binaries without their debug sections (the release profile keeps
+# them for profiling; symbols stay, so a panic still names its functions).
+put_binary() {
+    mkdir -p "$stage/$1"
+    if command -v strip >/dev/null; then
+        strip --strip-debug -o "$stage/$1/$1" "$bin_dir/$1"
+    else
+        put "$1" "$bin_dir/$1"
+    fi
+}
+put_binary gateway
+put_binary worker
+put_binary chatctl
+put gateway "$images/http-ok"
+put worker "$images/worker-entrypoint" "$images/http-ok"
 put nats "$nats_bin" "$images/http-ok"
 put nginx "$root/nginx/nginx.conf.template" "$root/scripts/render-nginx.sh" \
     "$images/nginx-entrypoint" "$images/http-ok"
