@@ -36,6 +36,35 @@ async fn every_event_is_stored_in_order_before_finish_returns() {
 }
 
 #[tokio::test]
+async fn after_a_lost_connection_every_event_is_stored_once_in_order() {
+    // nats-server restarts with acks outstanding: the publisher reads back
+    // what the stream holds and sends again only what it does not.
+    let mut h = Harness::start(5_000, 4).await;
+    let session = SessionId::new();
+    let message_id = MessageId::new();
+    let mut publisher = publisher(&h, subjects::events(session)).await;
+    let count = 300;
+    for index in 0..100 {
+        publisher.publish(&chunk(message_id, index)).await.unwrap();
+    }
+    // Frozen, the server acks nothing: these wait with their acks
+    // outstanding (some may be stored when it goes, some not).
+    h.server.freeze().unwrap();
+    for index in 100..150 {
+        publisher.publish(&chunk(message_id, index)).await.unwrap();
+    }
+    h.server.restart().unwrap();
+    for index in 150..count {
+        publisher.publish(&chunk(message_id, index)).await.unwrap();
+    }
+    publisher.finish().await.unwrap();
+    h.reconnect().await;
+    let stored = h.stored_events(session).await;
+    let expected: Vec<Event> = (0..count).map(|i| chunk(message_id, i)).collect();
+    assert_eq!(stored, expected);
+}
+
+#[tokio::test]
 async fn a_publish_no_stream_stores_fails_the_attempt() {
     let h = Harness::start(5_000, 4).await;
     let message_id = MessageId::new();
@@ -94,12 +123,12 @@ async fn publisher(h: &Harness, subject: impl Into<String>) -> EventPublisher {
         .apply(protocol::access::Role::Ops, options)
         .expect("the harness's nkey");
     let client = options.connect(h.server.url()).await.expect("connecting");
-    EventPublisher::start(
-        async_nats::jetstream::new(client),
-        connection,
-        subject.into(),
-        fixed_window(),
-    )
+    let js = async_nats::jetstream::new(client);
+    let events = js
+        .get_stream(subjects::EVENTS_STREAM)
+        .await
+        .expect("the events stream");
+    EventPublisher::start(js, events, connection, subject.into(), 0, fixed_window())
 }
 
 /// The window the publisher reports to; these tests do not look at it.
