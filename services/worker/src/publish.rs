@@ -57,9 +57,16 @@ pub const RESUMES: usize = 3;
 /// replica behind the one that gave the subject's last sequence answers.
 const READ_BACK_TRIES: usize = 5;
 const LAGGING_REPLICA_PAUSE: Duration = Duration::from_millis(50);
-/// How long a publisher waits for its lost connection to come back.
-const RECONNECT_PATIENCE: Duration = Duration::from_secs(10);
+/// How long a publisher waits for its lost connection to come back: longer
+/// than a paused server (a VM migration, a GC pause) usually stays away.
+/// A server paused with the old connection's last publishes in its socket
+/// processes them the moment it wakes, long before the new connection has
+/// done its handshake and the barrier.
+const RECONNECT_PATIENCE: Duration = Duration::from_secs(30);
 const RECONNECT_LOOK_EVERY: Duration = Duration::from_millis(50);
+/// How long a connection the client reports down may take to be counted
+/// as lost.
+const LOSS_NOTICE: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("publishing events: {0}")]
@@ -281,7 +288,17 @@ impl EventPublisher {
     /// task. `Err` when the failure was not a lost connection, or the
     /// stream cannot settle it (then the attempt starts over).
     async fn resume(&mut self) -> Result<(), PublishFailed> {
+        // Closing `sent` lets an ack task that has every ack end.
+        let (closed, _) = mpsc::channel(1);
+        drop(std::mem::replace(&mut self.sent, closed));
         let failure = self.ack_failure().await;
+        if self.connection.losses() == self.epoch
+            && self.client.connection_state() != async_nats::connection::State::Connected
+        {
+            // The client saw its connection go; the loss is being counted.
+            let lost = self.connection.lost_since(self.epoch);
+            let _ = tokio::time::timeout(LOSS_NOTICE, lost).await;
+        }
         if self.connection.losses() == self.epoch || self.resumes >= RESUMES {
             return Err(failure);
         }

@@ -5,7 +5,7 @@
 mod support;
 
 use protocol::{subjects, Event, MessageId, SessionId};
-use support::Harness;
+use support::{wait_until, Harness};
 use worker::publish::{EventPublisher, ACK_WINDOW};
 
 fn chunk(message_id: MessageId, index: u32) -> Event {
@@ -61,6 +61,36 @@ async fn after_a_lost_connection_every_event_is_stored_once_in_order() {
     h.reconnect().await;
     let stored = h.stored_events(session).await;
     let expected: Vec<Event> = (0..count).map(|i| chunk(message_id, i)).collect();
+    assert_eq!(stored, expected);
+}
+
+#[tokio::test]
+async fn a_connection_lost_with_every_ack_in_goes_on_at_once() {
+    // Nothing outstanding when nats-server restarts: the next event goes
+    // out on the new connection, after the stream took the old ones.
+    let mut h = Harness::start(5_000, 4).await;
+    let session = SessionId::new();
+    let message_id = MessageId::new();
+    let mut publisher = publisher(&h, subjects::events(session)).await;
+    for index in 0..10 {
+        publisher.publish(&chunk(message_id, index)).await.unwrap();
+    }
+    wait_until(|| async { h.stored_events(session).await.len() == 10 }).await;
+    h.server.restart().unwrap();
+    // Bounded: an ack task left waiting for a sender that never closes
+    // would hang here.
+    let rest = async {
+        for index in 10..20 {
+            publisher.publish(&chunk(message_id, index)).await.unwrap();
+        }
+        publisher.finish().await.unwrap();
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(30), rest)
+        .await
+        .expect("the publisher hung after the lost connection");
+    h.reconnect().await;
+    let stored = h.stored_events(session).await;
+    let expected: Vec<Event> = (0..20).map(|i| chunk(message_id, i)).collect();
     assert_eq!(stored, expected);
 }
 

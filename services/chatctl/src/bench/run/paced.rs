@@ -10,7 +10,7 @@ use super::super::load;
 use super::super::report::{millis, thousands, Report, Row};
 use super::super::socket::Endpoint;
 use super::{
-    check, cpu_row, delivered_row, gateway_metrics_urls, paced_env, spec, BenchArgs,
+    check, cpu_row, cpu_token_row, delivered_row, gateway_metrics_urls, paced_env, spec, BenchArgs,
     RepairCounters, Settings,
 };
 
@@ -142,6 +142,9 @@ async fn paced(
             report.push(row);
         }
         if let Some(row) = cpu_row(&outcome, &run) {
+            report.push(row);
+        }
+        if let Some(row) = cpu_token_row(&outcome, &run) {
             report.push(row);
         }
         check(report, endpoint, args, std::mem::take(&mut outcome)).await;
