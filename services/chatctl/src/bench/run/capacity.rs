@@ -138,7 +138,9 @@ pub(super) async fn run(args: &BenchArgs, s: &Settings, report: &mut Report) -> 
             };
             let mut outcome = peer::load::run(&peer.url(), &peer.pids(), &spec)
                 .await
-                .with_context(|| format!("peer capacity, {streams}; its logs:\n{}", peer.log_tail()))?;
+                .with_context(|| {
+                    format!("peer capacity, {streams}; its logs:\n{}", peer.log_tail())
+                })?;
             let p99 = outcome.token_latency.summary().map(|x| x.p99_ms);
             let exact = outcome.problems.is_empty();
             for p in std::mem::take(&mut outcome.problems) {
