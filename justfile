@@ -35,21 +35,37 @@ cluster action="up" *args:
     scripts/install-deps.sh
     NATS_SERVER_BIN="$(scripts/nats-server-path.sh)" scripts/cluster.sh {{action}} {{args}}
 
-# Everything CI checks: formatting, clippy, build, Rust tests, web tests
-test: prerequisites && test-web
+# Build the container images from Debian packages, no registry (base cached): gateway, worker, chatctl, nats, nginx
+images:
+    scripts/install-deps.sh --containers
+    NATS_SERVER_BIN="$(scripts/nats-server-path.sh)" scripts/images.sh
+
+# The system in containers (deploy/compose.yaml): just compose up [--scale worker=N] | down [--volumes] | status
+compose action="status" *args:
+    scripts/install-deps.sh --containers
+    NATS_SERVER_BIN="$(scripts/nats-server-path.sh)" scripts/compose.sh {{action}} {{args}}
+
+# Everything CI checks: formatting, clippy, build, Rust tests, web tests, the compose deployment
+test: prerequisites && test-web test-compose
     cargo fmt --all --check
     cargo clippy --workspace --all-targets -- -D warnings
     cargo build --workspace
     NATS_SERVER_BIN="$(scripts/nats-server-path.sh)" cargo test --workspace
 
-# Install the prerequisites of `just test` (browser, Redis and the bench peer's npm packages, and the local model server included)
+# Install the prerequisites of `just test` (browser, Redis and the bench peer's npm packages, podman, and the local model server included)
 prerequisites:
-    scripts/install-deps.sh --browser --bench
+    scripts/install-deps.sh --browser --bench --containers
     scripts/local-model.sh install
 
 # The web UI's tests: Vitest, the UI in headless Chromium, and end to end against a real stack
 test-web:
     if [ -f web/package.json ]; then NATS_SERVER_BIN="$(scripts/nats-server-path.sh)" scripts/test-web.sh; else echo "no web/package.json: skipping web tests"; fi
+
+# The compose deployment's test: images of the debug binaries, the deployment up, containers killed mid-answer, all removed after
+test-compose:
+    scripts/install-deps.sh --containers
+    cargo build -p gateway -p worker -p chatctl
+    NATS_SERVER_BIN="$(scripts/nats-server-path.sh)" cargo test -p systest --test compose -- --ignored --nocapture
 
 # Apply the JetStream layout, or check the server's for drift (exit 1), as ops (run/credentials/ops.nk): just layout apply|check [--nats-url URL] [CHAT_* flags]
 layout action="check" *args:

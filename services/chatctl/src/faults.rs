@@ -35,7 +35,61 @@ pub enum FaultKind {
     /// Cluster: restart all three nodes one after another, each in
     /// lame-duck mode.
     Rolling,
+    /// SIGSTOP a process for a seeded [`PAUSE_SECS`], then SIGCONT: the
+    /// node leading `CHAT_EVENTS` (it wakes up still believing it leads), a
+    /// follower node, the single nats-server, a gateway or a worker
+    /// ([`Fault::process`]).
+    Pause,
+    /// Fill a NATS node's store (a small filesystem of its own) with a
+    /// ballast file for [`Fault::hold`], then free it.
+    DiskFull,
+    /// Drop a seeded share ([`LOSS_PERCENT`]) of the packets of one node's
+    /// links, or between a gateway and NATS, for [`Fault::hold`].
+    LossyLink,
 }
+
+/// What a `pause`, `disk-full` or `lossy-link` fault hits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Process {
+    /// The single nats-server.
+    Nats,
+    /// Cluster: the node leading `CHAT_EVENTS` when the fault is injected.
+    Leader,
+    /// Cluster: a node not leading `CHAT_EVENTS` (`targets[0]` picks which
+    /// of the two).
+    Follower,
+    /// Cluster: node `targets[0]`.
+    Node,
+    /// Gateway `targets[0]`.
+    Gateway,
+    /// Worker `targets[0]`.
+    Worker,
+}
+
+impl fmt::Display for Process {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Process::Nats => "nats-server",
+            Process::Leader => "the CHAT_EVENTS leader",
+            Process::Follower => "a follower node",
+            Process::Node => "node",
+            Process::Gateway => "gateway",
+            Process::Worker => "worker",
+        })
+    }
+}
+
+/// How long a `pause` lasts, in seconds (seeded within): around nats-server's
+/// Raft election timeout (4–9 s), so some pauses of a leader end before an
+/// election and some after one.
+pub const PAUSE_SECS: std::ops::RangeInclusive<u64> = 2..=15;
+/// How long a store stays full, in seconds (seeded within).
+pub const DISK_FULL_SECS: std::ops::RangeInclusive<u64> = 3..=8;
+/// How long a link stays lossy, in seconds (seeded within).
+pub const LOSSY_SECS: std::ops::RangeInclusive<u64> = 5..=12;
+/// The share of packets a lossy link drops, in percent (seeded within).
+pub const LOSS_PERCENT: std::ops::RangeInclusive<u8> = 5..=30;
 
 /// The streams whose leader a `node-kill` fault kills, in turn: events,
 /// requests (the work queue), and the sessions bucket's stream.
@@ -51,7 +105,7 @@ pub fn leader_streams() -> [String; 3] {
 pub const CUT_HOLD: Duration = Duration::from_secs(4);
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 8] = [
+    pub const ALL: [FaultKind; 11] = [
         FaultKind::Drop,
         FaultKind::Gateway,
         FaultKind::Worker,
@@ -60,12 +114,15 @@ impl FaultKind {
         FaultKind::Partition,
         FaultKind::GatewayCut,
         FaultKind::Rolling,
+        FaultKind::Pause,
+        FaultKind::DiskFull,
+        FaultKind::LossyLink,
     ];
 
     /// What `--cluster` injects by default: every kind but the single
     /// server's restart. `node-kill` first: a count one above a multiple of
     /// the kinds gives it the extra turn (one kill per leader stream).
-    pub const CLUSTER: [FaultKind; 7] = [
+    pub const CLUSTER: [FaultKind; 10] = [
         FaultKind::NodeKill,
         FaultKind::Partition,
         FaultKind::GatewayCut,
@@ -73,6 +130,9 @@ impl FaultKind {
         FaultKind::Drop,
         FaultKind::Gateway,
         FaultKind::Worker,
+        FaultKind::Pause,
+        FaultKind::DiskFull,
+        FaultKind::LossyLink,
     ];
 
     pub fn as_str(&self) -> &'static str {
@@ -85,7 +145,19 @@ impl FaultKind {
             FaultKind::Partition => "partition",
             FaultKind::GatewayCut => "gateway-cut",
             FaultKind::Rolling => "rolling",
+            FaultKind::Pause => "pause",
+            FaultKind::DiskFull => "disk-full",
+            FaultKind::LossyLink => "lossy-link",
         }
+    }
+
+    /// Whether it lasts a seeded while ([`Fault::hold`]): the slow, grey
+    /// kinds, which a run gives more time.
+    pub fn is_grey(&self) -> bool {
+        matches!(
+            self,
+            FaultKind::Pause | FaultKind::DiskFull | FaultKind::LossyLink
+        )
     }
 
     /// Whether injecting it needs control of the processes (a stack the
@@ -128,9 +200,13 @@ impl FromStr for FaultKind {
             "partition" => Ok(FaultKind::Partition),
             "gateway-cut" => Ok(FaultKind::GatewayCut),
             "rolling" | "rolling-restart" => Ok(FaultKind::Rolling),
+            "pause" | "sigstop" => Ok(FaultKind::Pause),
+            "disk-full" | "disk" => Ok(FaultKind::DiskFull),
+            "lossy-link" | "lossy" | "loss" => Ok(FaultKind::LossyLink),
             other => Err(format!(
                 "unknown fault kind {other:?} (drop, gateway, worker, nats, \
-                 node-kill, partition, gateway-cut, rolling)"
+                 node-kill, partition, gateway-cut, rolling, pause, disk-full, \
+                 lossy-link)"
             )),
         }
     }
@@ -146,8 +222,55 @@ pub struct Fault {
     /// The gateway or worker index; for `drop`, the session indices whose
     /// sockets are dropped; for `node-kill`, the index in
     /// [`leader_streams`] of the stream whose leader dies; for
-    /// `partition`, the node index; for `nats` and `rolling`, empty.
+    /// `partition`, the node index; for `nats` and `rolling`, empty; for
+    /// `pause`, `disk-full` and `lossy-link`, the index [`Fault::process`]
+    /// says is of what.
     pub targets: Vec<usize>,
+    /// What a `pause`, `disk-full` or `lossy-link` hits.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub process: Option<Process>,
+    /// How long a `pause`, `disk-full` or `lossy-link` lasts.
+    #[serde(
+        rename = "hold_ms",
+        serialize_with = "opt_millis",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub hold: Option<Duration>,
+    /// The share of packets a `lossy-link` drops.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loss_percent: Option<u8>,
+}
+
+impl Fault {
+    /// A fault without the grey kinds' fields.
+    pub fn new(at: Duration, kind: FaultKind, targets: Vec<usize>) -> Self {
+        Self {
+            at,
+            kind,
+            targets,
+            process: None,
+            hold: None,
+            loss_percent: None,
+        }
+    }
+
+    /// `gateway 1`, `the CHAT_EVENTS leader`, `node n2` …
+    pub fn process_name(&self) -> String {
+        let index = self.targets.first().copied().unwrap_or(0);
+        match self.process {
+            None => String::new(),
+            Some(p @ (Process::Gateway | Process::Worker)) => format!("{p} {index}"),
+            Some(Process::Node) => format!("node n{}", index + 1),
+            Some(p) => p.to_string(),
+        }
+    }
+}
+
+fn opt_millis<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => as_millis(d, s),
+        None => s.serialize_none(),
+    }
 }
 
 fn as_millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -183,6 +306,25 @@ impl fmt::Display for Fault {
                 CUT_HOLD.as_secs()
             ),
             FaultKind::Rolling => write!(f, "rolling lame-duck restart of n1, n2, n3"),
+            FaultKind::Pause => write!(
+                f,
+                "SIGSTOP {} for {:.1} s, then SIGCONT",
+                self.process_name(),
+                self.hold.unwrap_or_default().as_secs_f64()
+            ),
+            FaultKind::DiskFull => write!(
+                f,
+                "fill the store of {} for {:.1} s, then free it",
+                self.process_name(),
+                self.hold.unwrap_or_default().as_secs_f64()
+            ),
+            FaultKind::LossyLink => write!(
+                f,
+                "drop {} % of the packets of {}'s NATS links for {:.1} s",
+                self.loss_percent.unwrap_or(0),
+                self.process_name(),
+                self.hold.unwrap_or_default().as_secs_f64()
+            ),
         }
     }
 }
@@ -203,6 +345,10 @@ pub struct FaultPlan {
     pub sessions: usize,
     /// Share of the sessions a `drop` fault hits (at least one).
     pub drop_share: f64,
+    /// Whether each gateway is a host of its own (namespaces), so its
+    /// links to NATS can be made lossy alone; otherwise a `lossy-link`
+    /// hits a node's links (or the single server's).
+    pub gateway_hosts: bool,
 }
 
 /// A seeded schedule, in time order.
@@ -228,6 +374,7 @@ impl Schedule {
                 FaultKind::Nats => plan.nodes == 0,
                 FaultKind::NodeKill | FaultKind::Rolling | FaultKind::Partition => plan.nodes > 0,
                 FaultKind::GatewayCut => plan.nodes > 0 && plan.gateways > 0,
+                FaultKind::Pause | FaultKind::DiskFull | FaultKind::LossyLink => true,
             })
             .collect();
         if kinds.is_empty() || plan.count == 0 {
@@ -243,6 +390,7 @@ impl Schedule {
         let window = plan.end.saturating_sub(plan.start);
         let slot = window / u32::try_from(plan.count).unwrap_or(u32::MAX);
         let mut leader_kills = 0;
+        let mut grey = GreyTurns::default();
         let faults = order
             .into_iter()
             .enumerate()
@@ -268,12 +416,100 @@ impl Schedule {
                     }
                     FaultKind::Partition => vec![rng.random_range(0..plan.nodes)],
                     FaultKind::GatewayCut => vec![rng.random_range(0..plan.gateways)],
+                    FaultKind::Pause | FaultKind::DiskFull | FaultKind::LossyLink => {
+                        return grey.fault(&mut rng, plan, at, kind);
+                    }
                 };
-                Fault { at, kind, targets }
+                Fault::new(at, kind, targets)
             })
             .collect();
         Self { seed, faults }
     }
+}
+
+/// Whose turn it is among the processes the grey kinds hit, so a run's
+/// pauses and lossy links take turns instead of repeating one target.
+#[derive(Default)]
+struct GreyTurns {
+    pauses: Option<usize>,
+    lossy: Option<usize>,
+}
+
+impl GreyTurns {
+    /// A `pause`, `disk-full` or `lossy-link` fault at `at`: what it hits,
+    /// for how long, how lossy.
+    fn fault(
+        &mut self,
+        rng: &mut StdRng,
+        plan: &FaultPlan,
+        at: Duration,
+        kind: FaultKind,
+    ) -> Fault {
+        let node_or_server = |rng: &mut StdRng| {
+            if plan.nodes > 0 {
+                (Process::Node, rng.random_range(0..plan.nodes))
+            } else {
+                (Process::Nats, 0)
+            }
+        };
+        let mut fault = Fault::new(at, kind, Vec::new());
+        let (process, index, secs) = match kind {
+            FaultKind::Pause => {
+                let mut candidates = if plan.nodes > 0 {
+                    vec![Process::Leader, Process::Follower]
+                } else {
+                    vec![Process::Nats]
+                };
+                if plan.gateways > 0 {
+                    candidates.push(Process::Gateway);
+                }
+                if plan.workers > 0 {
+                    candidates.push(Process::Worker);
+                }
+                let turn = next_turn(&mut self.pauses, rng, candidates.len());
+                let process = candidates[turn];
+                let index = match process {
+                    Process::Gateway => rng.random_range(0..plan.gateways),
+                    Process::Worker => rng.random_range(0..plan.workers),
+                    Process::Follower => rng.random_range(0..2),
+                    _ => 0,
+                };
+                (process, index, rng.random_range(PAUSE_SECS))
+            }
+            FaultKind::DiskFull => {
+                let (process, index) = node_or_server(rng);
+                (process, index, rng.random_range(DISK_FULL_SECS))
+            }
+            _ => {
+                let gateway = plan.gateway_hosts
+                    && plan.gateways > 0
+                    && next_turn(&mut self.lossy, rng, 2) == 1;
+                let (process, index) = if gateway {
+                    (Process::Gateway, rng.random_range(0..plan.gateways))
+                } else {
+                    node_or_server(rng)
+                };
+                fault.loss_percent = Some(rng.random_range(LOSS_PERCENT));
+                (process, index, rng.random_range(LOSSY_SECS))
+            }
+        };
+        // Tenths of a second within the range, so holds differ between faults.
+        let tenths = rng.random_range(0..10u64);
+        fault.process = Some(process);
+        fault.targets = vec![index];
+        fault.hold = Some(Duration::from_secs(secs) + Duration::from_millis(tenths * 100));
+        fault
+    }
+}
+
+/// The next of `n` turns, starting at a seeded one.
+fn next_turn(counter: &mut Option<usize>, rng: &mut StdRng, n: usize) -> usize {
+    let next = match counter {
+        Some(c) => *c + 1,
+        None => rng.random_range(0..n.max(1)),
+    };
+    *counter = Some(next);
+    next % n.max(1)
 }
 
 impl fmt::Display for Schedule {
@@ -305,7 +541,7 @@ mod tests {
     fn plan() -> FaultPlan {
         FaultPlan {
             count: 8,
-            kinds: FaultKind::ALL.to_vec(),
+            kinds: parse_kinds("drop,gateway,worker,nats").unwrap(),
             start: Duration::from_secs(2),
             end: Duration::from_secs(22),
             gateways: 3,
@@ -313,12 +549,13 @@ mod tests {
             nodes: 0,
             sessions: 50,
             drop_share: 0.1,
+            gateway_hosts: false,
         }
     }
 
     fn cluster_plan() -> FaultPlan {
         FaultPlan {
-            count: 15,
+            count: 21,
             kinds: FaultKind::CLUSTER.to_vec(),
             nodes: 3,
             ..plan()
@@ -337,7 +574,10 @@ mod tests {
     fn every_kind_appears_spread_over_the_window() {
         let s = Schedule::generate(7, &plan());
         assert_eq!(s.faults.len(), 8);
-        for kind in FaultKind::ALL.iter().filter(|k| !k.needs_cluster()) {
+        for kind in FaultKind::ALL
+            .iter()
+            .filter(|k| !k.needs_cluster() && !k.is_grey())
+        {
             assert_eq!(s.faults.iter().filter(|f| f.kind == *kind).count(), 2);
         }
         let times: Vec<Duration> = s.faults.iter().map(|f| f.at).collect();
@@ -362,7 +602,7 @@ mod tests {
     #[test]
     fn a_cluster_schedule_kills_each_streams_leader_in_turn_and_no_single_server() {
         let s = Schedule::generate(11, &cluster_plan());
-        assert_eq!(s.faults.len(), 15);
+        assert_eq!(s.faults.len(), 21);
         assert!(s.faults.iter().all(|f| f.kind != FaultKind::Nats));
         for kind in FaultKind::CLUSTER {
             assert!(s.faults.iter().any(|f| f.kind == kind), "{kind} missing");
@@ -382,6 +622,67 @@ mod tests {
         let text = s.to_string();
         assert!(text.contains("leading CHAT_EVENTS"), "{text}");
         assert!(text.contains("leading KV_chat_sessions"), "{text}");
+    }
+
+    #[test]
+    fn grey_faults_take_turns_and_stay_within_their_ranges() {
+        let mut p = cluster_plan();
+        p.kinds = parse_kinds("pause,disk-full,lossy-link").unwrap();
+        p.count = 12;
+        p.gateway_hosts = true;
+        let s = Schedule::generate(3, &p);
+        assert_eq!(s, Schedule::generate(3, &p));
+        let paused: Vec<Process> = s
+            .faults
+            .iter()
+            .filter(|f| f.kind == FaultKind::Pause)
+            .filter_map(|f| f.process)
+            .collect();
+        let mut seen = paused.clone();
+        seen.sort();
+        seen.dedup();
+        assert_eq!(
+            seen,
+            [
+                Process::Leader,
+                Process::Follower,
+                Process::Gateway,
+                Process::Worker
+            ],
+            "{paused:?}"
+        );
+        for f in &s.faults {
+            let hold = f.hold.unwrap();
+            let secs = |r: &std::ops::RangeInclusive<u64>| {
+                Duration::from_secs(*r.start())..Duration::from_secs(r.end() + 1)
+            };
+            match f.kind {
+                FaultKind::Pause => assert!(secs(&PAUSE_SECS).contains(&hold)),
+                FaultKind::DiskFull => {
+                    assert!(secs(&DISK_FULL_SECS).contains(&hold));
+                    assert_eq!(f.process, Some(Process::Node));
+                    assert!(f.targets[0] < 3);
+                }
+                FaultKind::LossyLink => {
+                    assert!(secs(&LOSSY_SECS).contains(&hold));
+                    assert!(LOSS_PERCENT.contains(&f.loss_percent.unwrap()));
+                    assert!(matches!(f.process, Some(Process::Node | Process::Gateway)));
+                }
+                other => panic!("{other} was not asked for"),
+            }
+        }
+        let text = s.to_string();
+        assert!(text.contains("SIGSTOP the CHAT_EVENTS leader"), "{text}");
+        assert!(text.contains("% of the packets of"), "{text}");
+        // One nats-server: the grey kinds hit it, never a node.
+        let mut single = plan();
+        single.kinds = p.kinds.clone();
+        let s = Schedule::generate(3, &single);
+        assert!(s.faults.iter().all(|f| !matches!(
+            f.process,
+            Some(Process::Leader | Process::Follower | Process::Node)
+        )));
+        assert!(s.faults.iter().any(|f| f.process == Some(Process::Nats)));
     }
 
     #[test]

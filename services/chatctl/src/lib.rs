@@ -7,7 +7,8 @@
 //! - [`faults`]: a seeded fault schedule;
 //! - [`recovery`]: the `recovery` subcommand;
 //! - [`cluster`]: `cluster up|down`, a 3-node NATS cluster left running;
-//! - [`credentials`]: the NATS credentials (and TLS files) in run/.
+//! - [`credentials`]: the NATS credentials (and TLS files) in run/;
+//! - [`handout`]: the credentials handed out to the compose deployment's containers.
 //! - [`layout`]: `layout apply|check`, the JetStream layout (operations' job).
 
 pub mod backoff;
@@ -16,6 +17,7 @@ pub mod client;
 pub mod cluster;
 pub mod credentials;
 pub mod faults;
+pub mod handout;
 pub mod layout;
 pub mod recovery;
 pub mod verify;

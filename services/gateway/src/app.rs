@@ -24,7 +24,7 @@ use crate::error::ApiError;
 use crate::extract::ApiQuery;
 use crate::live::LiveHub;
 use crate::test_hooks::TestHooks;
-use crate::{metrics, origin, rest, socket};
+use crate::{metrics, origin, rest, socket, ui_stream};
 
 /// What every handler and socket shares: one pointer, because every
 /// socket's tasks hold a copy and the streams' cached info alone is
@@ -111,7 +111,6 @@ pub fn router(state: AppState) -> Router {
     let body_limit = state.config.max_body_bytes;
     Router::new()
         .route("/ws/chat", get(ws_chat))
-        .route("/api/sessions", post(rest::create_session))
         .route("/api/sessions/{id}", delete(rest::delete_session))
         .route("/api/chat", post(rest::post_chat))
         .route("/api/regenerate", post(rest::post_regenerate))
@@ -120,6 +119,9 @@ pub fn router(state: AppState) -> Router {
         .route("/api/events", get(rest::get_events))
         .route("/health", get(rest::health))
         .route("/metrics", get(rest::metrics))
+        // `POST /api/sessions` and the AI SDK endpoints, with CORS when
+        // `--cors-origins` lists sites.
+        .merge(ui_stream::router(&state))
         .fallback(rest::not_found)
         .layer(DefaultBodyLimit::max(body_limit))
         // The path only, never the query: an old client's `?token=` must not

@@ -125,7 +125,19 @@ impl FromRequestParts<AppState> for AuthenticatedSession {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let ApiQuery(query) = ApiQuery::<SessionQuery>::from_request_parts(parts, state).await?;
         let id = parse_session_id(query.session.as_deref())?;
-        check_token(state, id, bearer(&parts.headers)).await?;
+        Self::verify(state, id, &parts.headers).await
+    }
+}
+
+impl AuthenticatedSession {
+    /// The check itself, for callers that find the session id elsewhere
+    /// than `?session=` (the AI SDK endpoints: the path or the body).
+    pub async fn verify(
+        state: &AppState,
+        id: SessionId,
+        headers: &HeaderMap,
+    ) -> Result<Self, ApiError> {
+        check_token(state, id, bearer(headers)).await?;
         Ok(Self { id })
     }
 }

@@ -555,4 +555,27 @@ mod tests {
         assert!(!is_uncertain(&full));
         assert!(is_full(&full));
     }
+
+    /// JetStream refuses a write with 10023 "insufficient resources" when
+    /// the server's store is at its `max_file_store`: the service is out of
+    /// room, not the client too fast, so it is `503 internal` with
+    /// `Retry-After`, never `429 overloaded` (PROTOCOL.md, "Errors").
+    #[test]
+    fn a_store_out_of_resources_is_internal_not_overload() {
+        let no_room: async_nats::jetstream::Error = serde_json::from_value(serde_json::json!({
+            "code": 503,
+            "err_code": 10023,
+            "description": "insufficient resources"
+        }))
+        .expect("an API error");
+        let e = PublishError::with_source(PublishErrorKind::Other, no_room);
+        assert!(!is_full(&e));
+        assert!(!is_uncertain(&e));
+        let (code, status) = {
+            let api = ApiError::nats(&e);
+            (api.code(), api.status())
+        };
+        assert_eq!(code, ErrorCode::Internal);
+        assert_eq!(status.as_u16(), 503);
+    }
 }

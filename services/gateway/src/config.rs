@@ -61,6 +61,12 @@ pub struct GatewayConfig {
     /// handshake without `Origin` (not a browser) is always let through.
     #[arg(long, env = "GATEWAY_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
+    /// Sites (`scheme://host[:port]`) whose pages may call the AI SDK
+    /// endpoints (`/api/ui/chat…`) and `POST /api/sessions` from another
+    /// origin: CORS, off when
+    /// empty (an app served by the same Nginx needs none).
+    #[arg(long, env = "GATEWAY_CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
     /// Accept a session's token in the WebSocket URL (`?token=`), for old
     /// clients. Off: the token comes in the first frame, `auth`, because
     /// URLs end up in logs, proxies and browser history.

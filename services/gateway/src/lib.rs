@@ -19,6 +19,7 @@ pub mod replay;
 pub mod rest;
 pub mod socket;
 pub mod test_hooks;
+pub mod ui_stream;
 
 pub use app::{spawn, RunningGateway};
 pub use config::GatewayConfig;

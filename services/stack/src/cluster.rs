@@ -21,6 +21,7 @@ use serde_json::Value;
 
 use credentials::NatsSecurity;
 
+use crate::disk::SmallDisk;
 use crate::hosts::{namespaces_available, Host, HostNetwork, NetworkNames};
 use crate::http::{http_get, wait_healthy};
 use crate::nats::{harness_access, harness_permissions, nats_server_binary, HARNESS_USER};
@@ -64,6 +65,9 @@ pub struct ClusterOptions {
     /// Where the credentials are (generated when missing); `None`: the
     /// run directory's `credentials/`.
     pub credentials_dir: Option<PathBuf>,
+    /// Put each node's store on a filesystem of its own of this many bytes
+    /// ([`SmallDisk`], needs root), so it can be filled.
+    pub store_bytes: Option<u64>,
 }
 
 /// One node: its place on the network, its config and its process.
@@ -80,6 +84,8 @@ struct Node {
     conf: PathBuf,
     log: PathBuf,
     child: Option<Child>,
+    /// The store's own filesystem ([`ClusterOptions::store_bytes`]).
+    disk: Option<SmallDisk>,
 }
 
 impl Node {
@@ -290,7 +296,19 @@ impl NatsCluster {
             .unwrap_or_default();
         let mut nodes = Vec::new();
         for (name, host, ip, [client, route, monitor]) in places {
-            let store = run_dir.join(&name);
+            // Mounted before the node starts, so a node in a namespace of
+            // its own sees the mount too.
+            let disk = match options.store_bytes {
+                Some(bytes) => Some(SmallDisk::mount(
+                    &run_dir.join(format!("{name}-disk")),
+                    bytes,
+                )?),
+                None => None,
+            };
+            let store = match &disk {
+                Some(disk) => disk.store_dir().to_path_buf(),
+                None => run_dir.join(&name),
+            };
             std::fs::create_dir_all(&store)?;
             let server_name = format!("chat-{name}");
             let text = template
@@ -320,6 +338,7 @@ impl NatsCluster {
                 route_port: route,
                 conf,
                 child: None,
+                disk,
             });
         }
         Ok((nodes, security))
@@ -457,6 +476,80 @@ impl NatsCluster {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         self.restart(i).await
+    }
+
+    /// SIGSTOP node `i`: its sockets stay open and nothing is answered
+    /// until [`NatsCluster::resume`].
+    pub fn pause(&mut self, i: usize) -> anyhow::Result<()> {
+        let pid = self
+            .node_pid(i)
+            .ok_or_else(|| anyhow!("node {i} is not running"))?;
+        send_signal(pid, "STOP")
+    }
+
+    /// SIGCONT node `i`.
+    pub fn resume(&mut self, i: usize) -> anyhow::Result<()> {
+        let pid = self
+            .node_pid(i)
+            .ok_or_else(|| anyhow!("node {i} is not running"))?;
+        send_signal(pid, "CONT")
+    }
+
+    /// Fills node `i`'s store's filesystem with a ballast; returns its size.
+    pub fn fill_store(&mut self, i: usize) -> anyhow::Result<u64> {
+        self.disk(i)?.fill()
+    }
+
+    /// Removes node `i`'s ballast.
+    pub fn free_store(&mut self, i: usize) -> anyhow::Result<()> {
+        self.disk(i)?.free()
+    }
+
+    fn disk(&mut self, i: usize) -> anyhow::Result<&SmallDisk> {
+        let node = self.node(i)?;
+        let name = node.name.clone();
+        node.disk
+            .as_ref()
+            .ok_or_else(|| anyhow!("{name}'s store has no filesystem of its own (store_bytes)"))
+    }
+
+    /// Node `i`'s `/healthz`: `Ok(())` when it answers 200, otherwise what
+    /// it said (a stream's write error, JetStream disabled).
+    pub async fn health(&self, i: usize) -> Result<(), String> {
+        let url = format!("{}/healthz", self.monitor_url(i));
+        match http_get(&url).await {
+            Ok((200, _)) => Ok(()),
+            Ok((status, body)) => Err(format!("{status}: {}", body.trim())),
+            Err(e) => Err(format!("{e:#}")),
+        }
+    }
+
+    /// Node `i`'s client and route ports (for lossy links on loopback).
+    pub fn node_ports(&self, i: usize) -> Vec<u16> {
+        self.nodes
+            .get(i)
+            .map(|n| vec![n.client_port, n.route_port])
+            .unwrap_or_default()
+    }
+
+    /// Makes every link of node `i` (to clients and to the other nodes)
+    /// drop `percent` % of its packets until [`NatsCluster::heal_lossy`].
+    /// Needs namespaces.
+    pub fn lossy(&mut self, i: usize, percent: u8) -> anyhow::Result<()> {
+        let host = self.host(i)?;
+        self.network
+            .as_ref()
+            .ok_or_else(|| anyhow!("a node's lossy links need namespaces"))?
+            .lossy(&host, &[], percent)
+    }
+
+    /// Ends [`NatsCluster::lossy`].
+    pub fn heal_lossy(&mut self, i: usize) -> anyhow::Result<()> {
+        let host = self.host(i)?;
+        self.network
+            .as_ref()
+            .ok_or_else(|| anyhow!("a node's lossy links need namespaces"))?
+            .heal_lossy(&host)
     }
 
     /// Cuts node `i` off from the other nodes and from every client: its

@@ -21,6 +21,8 @@ use anyhow::{bail, Context};
 
 /// The nftables table a cut adds inside a host's namespace.
 const CUT_TABLE: &str = "chat_cut";
+/// The nftables table a lossy link adds inside a host's namespace.
+const LOSSY_TABLE: &str = "chat_lossy";
 /// Where the third octet of each run's `10.77.X.0/24` is claimed, so two
 /// runs never put the same subnet on two bridges.
 const CLAIMS_DIR: &str = "chat-hosts";
@@ -175,18 +177,68 @@ impl HostNetwork {
                 format!("ip daddr {{ {set} }} drop"),
             )
         };
+        self.add_table(host, CUT_TABLE, &drop_in, &drop_out)
+            .context("adding the nftables cut (apt-get install nftables)")
+    }
+
+    /// Makes `host`'s links lossy: `percent` % of its packets are dropped
+    /// each way (`numgen random`), with `from` empty on every link,
+    /// otherwise only on those to and from these addresses, until
+    /// [`HostNetwork::heal_lossy`]. TCP retransmits what is lost: traffic
+    /// crawls instead of stopping.
+    pub fn lossy(&self, host: &Host, from: &[Ipv4Addr], percent: u8) -> anyhow::Result<()> {
+        let share = crate::loss::drop_share(percent);
+        let (drop_in, drop_out) = if from.is_empty() {
+            (share.clone(), share)
+        } else {
+            let set = from
+                .iter()
+                .map(Ipv4Addr::to_string)
+                .collect::<Vec<_>>()
+                .join(", ");
+            (
+                format!("ip saddr {{ {set} }} {share}"),
+                format!("ip daddr {{ {set} }} {share}"),
+            )
+        };
+        self.add_table(host, LOSSY_TABLE, &drop_in, &drop_out)
+            .context("adding the lossy-link rules (apt-get install nftables)")
+    }
+
+    /// Ends [`HostNetwork::lossy`].
+    pub fn heal_lossy(&self, host: &Host) -> anyhow::Result<()> {
+        run(Command::new("ip").args([
+            "netns",
+            "exec",
+            &host.namespace,
+            "nft",
+            "delete",
+            "table",
+            "inet",
+            LOSSY_TABLE,
+        ]))
+    }
+
+    /// Adds table `table` inside `host`'s namespace with one input and one
+    /// output rule (its own loopback always passes).
+    fn add_table(
+        &self,
+        host: &Host,
+        table: &str,
+        rule_in: &str,
+        rule_out: &str,
+    ) -> anyhow::Result<()> {
         let script = format!(
-            "table inet {CUT_TABLE} {{\n\
-             \tchain input {{ type filter hook input priority 0; policy accept; iifname \"lo\" accept; {drop_in}; }}\n\
-             \tchain output {{ type filter hook output priority 0; policy accept; oifname \"lo\" accept; {drop_out}; }}\n\
+            "table inet {table} {{\n\
+             \tchain input {{ type filter hook input priority 0; policy accept; iifname \"lo\" accept; {rule_in}; }}\n\
+             \tchain output {{ type filter hook output priority 0; policy accept; oifname \"lo\" accept; {rule_out}; }}\n\
              }}\n"
         );
-        let script_file = tempfile::Builder::new().prefix("chat-cut-").tempfile()?;
+        let script_file = tempfile::Builder::new().prefix("chat-nft-").tempfile()?;
         std::fs::write(script_file.path(), script)?;
         run(Command::new("ip")
             .args(["netns", "exec", &host.namespace, "nft", "-f"])
             .arg(script_file.path()))
-        .context("adding the nftables cut (apt-get install nftables)")
     }
 
     /// Removes a cut made by [`HostNetwork::cut_off`].

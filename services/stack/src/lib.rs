@@ -7,7 +7,9 @@
 //! - [`cluster`]: a 3-node JetStream cluster, nodes killed, restarted in
 //!   lame-duck mode, partitioned; who leads a stream; replica convergence.
 //! - [`hosts`]: hosts of their own (network namespaces on a bridge) and
-//!   nftables cuts between them.
+//!   nftables cuts and lossy links between them.
+//! - [`loss`]: lossy links on loopback (nftables by port).
+//! - [`disk`]: a store on a small filesystem of its own, filled and freed.
 //! - [`nginx`]: Nginx from the project's template in front of some upstreams.
 //! - [`local_model`]: a real language model server (`scripts/local-model.sh`)
 //!   the workers can be pointed at.
@@ -20,10 +22,12 @@
 //! - [`project`], [`ports`]: where the binaries and project files are; free ports.
 
 pub mod cluster;
+pub mod disk;
 pub mod hosts;
 pub mod http;
 pub mod layout;
 pub mod local_model;
+pub mod loss;
 pub mod nats;
 pub mod nginx;
 pub mod otlp;

@@ -17,6 +17,8 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 use credentials::NatsSecurity;
+
+use crate::disk::SmallDisk;
 use protocol::access::{NatsAccess, Permissions, Role};
 
 /// Finds the real nats-server binary: `$NATS_SERVER_BIN`, else the first one
@@ -74,12 +76,17 @@ pub(crate) fn harness_access(security: &NatsSecurity) -> NatsAccess {
 pub struct NatsOptions {
     /// Clients must speak TLS (a local CA and certificate are generated).
     pub tls: bool,
+    /// Put the JetStream store on a filesystem of its own of this many
+    /// bytes ([`crate::disk::SmallDisk`], needs root), so it can be filled.
+    pub store_bytes: Option<u64>,
 }
 
 /// A running nats-server. Dropping it kills the process and deletes its
 /// folder (store, configuration, credentials).
 pub struct NatsServer {
     child: Option<Child>,
+    /// Before `root`: unmounted before the folder is deleted.
+    disk: Option<SmallDisk>,
     root: tempfile::TempDir,
     security: NatsSecurity,
     port: u16,
@@ -97,12 +104,27 @@ impl NatsServer {
         let root = tempfile::Builder::new().prefix("chat-nats-").tempdir()?;
         let security = NatsSecurity::ensure(&root.path().join("credentials"), options.tls, &[])?;
         security.credentials.ensure_seed(HARNESS_USER)?;
-        let conf = security.server_conf_with(&[(HARNESS_USER, harness_permissions())])?;
+        let mut conf = security.server_conf_with(&[(HARNESS_USER, harness_permissions())])?;
+        let disk = match options.store_bytes {
+            Some(bytes) => {
+                // Without a limit of its own, the server takes 75 % of the
+                // small disk as its store limit and refuses the streams'
+                // byte limits; `just up`'s config says 8 GB as well.
+                conf.push_str("\njetstream {\n  max_file_store: 8GB\n}\n");
+                let disk = SmallDisk::mount(&root.path().join("disk"), bytes)?;
+                std::os::unix::fs::symlink(disk.store_dir(), root.path().join("store"))?;
+                Some(disk)
+            }
+            None => {
+                std::fs::create_dir_all(root.path().join("store"))?;
+                None
+            }
+        };
         std::fs::write(root.path().join("server.conf"), conf)?;
-        std::fs::create_dir_all(root.path().join("store"))?;
         let (child, port, monitor_port) = spawn(root.path(), None)?;
         Ok(Self {
             child: Some(child),
+            disk,
             root,
             security,
             port,
@@ -144,6 +166,22 @@ impl NatsServer {
     pub fn freeze(&self) -> anyhow::Result<()> {
         let child = self.child.as_ref().context("the server is not running")?;
         crate::process::send_signal(child.id(), "STOP")
+    }
+
+    /// Ends a [`NatsServer::freeze`] (SIGCONT).
+    pub fn thaw(&self) -> anyhow::Result<()> {
+        let child = self.child.as_ref().context("the server is not running")?;
+        crate::process::send_signal(child.id(), "CONT")
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The store's own filesystem, when it has one
+    /// ([`NatsOptions::store_bytes`]).
+    pub fn disk(&self) -> Option<&SmallDisk> {
+        self.disk.as_ref()
     }
 
     /// Stops the server abruptly (SIGKILL), keeping its store.

@@ -90,7 +90,10 @@ pub fn render_nginx(template: &str, config: &NginxConfig) -> anyhow::Result<Stri
         .map(|addr| format!("        server {addr} max_fails=0;"))
         .collect::<Vec<_>>()
         .join("\n");
+    // Loopback: the container image renders the same template with
+    // 0.0.0.0 (scripts/render-nginx.sh, NGINX_LISTEN_ADDR).
     let text = template
+        .replace("@@LISTEN_ADDR@@", "127.0.0.1")
         .replace("@@PORT@@", &config.port.to_string())
         .replace("@@RUN_DIR@@", &config.run_dir.display().to_string())
         .replace("@@LOG_DIR@@", &config.log_dir.display().to_string())

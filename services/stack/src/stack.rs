@@ -58,6 +58,9 @@ pub struct StackOptions {
     /// The single nats-server speaks TLS only (a cluster always does,
     /// unless its options say `plaintext`).
     pub tls: bool,
+    /// Each JetStream store on a filesystem of its own of this many bytes
+    /// (needs root; see [`crate::disk`]), so disk-full faults can fill it.
+    pub store_bytes: Option<u64>,
 }
 
 impl Default for StackOptions {
@@ -70,6 +73,7 @@ impl Default for StackOptions {
             nginx_limits: NginxLimits::default(),
             cluster: None,
             tls: false,
+            store_bytes: None,
         }
     }
 }
@@ -119,12 +123,16 @@ impl Stack {
         ];
         let mut nats = match &options.cluster {
             None => Nats::Single(
-                NatsServer::start_with(NatsOptions { tls: options.tls })
-                    .context("starting nats-server")?,
+                NatsServer::start_with(NatsOptions {
+                    tls: options.tls,
+                    store_bytes: options.store_bytes,
+                })
+                .context("starting nats-server")?,
             ),
             Some(cluster) => {
                 let mut cluster = cluster.clone();
                 cluster.run_dir = Some(run_dir.path().join("cluster"));
+                cluster.store_bytes = cluster.store_bytes.or(options.store_bytes);
                 env.push(("CHAT_REPLICAS".into(), "3".into()));
                 Nats::Cluster(
                     NatsCluster::start(cluster)
@@ -275,6 +283,15 @@ impl Stack {
         }
     }
 
+    /// The single nats-server, to pause it or fill its store (`None` for a
+    /// cluster).
+    pub fn nats_mut(&mut self) -> Option<&mut NatsServer> {
+        match &mut self.nats {
+            Nats::Single(server) => Some(server),
+            Nats::Cluster(_) => None,
+        }
+    }
+
     /// The single nats-server (`None` for a cluster).
     pub fn nats(&self) -> Option<&NatsServer> {
         match &self.nats {
@@ -310,6 +327,52 @@ impl Stack {
             .network()
             .ok_or_else(|| anyhow::anyhow!("cutting a gateway off needs namespaces"))?;
         network.cut_off(&host, &cluster.node_addrs())
+    }
+
+    /// Makes gateway `i`'s links to every NATS node drop `percent` % of
+    /// their packets (its clients' links stay whole) until
+    /// [`Stack::heal_lossy_gateway`]. Needs a cluster on namespaces.
+    pub fn lossy_gateway(&mut self, i: usize, percent: u8) -> anyhow::Result<()> {
+        let host = self.gateway_host(i)?;
+        let cluster = self
+            .cluster()
+            .ok_or_else(|| anyhow::anyhow!("a gateway's lossy link needs a cluster"))?;
+        let network = cluster
+            .network()
+            .ok_or_else(|| anyhow::anyhow!("a gateway's lossy link needs namespaces"))?;
+        network.lossy(&host, &cluster.node_addrs(), percent)
+    }
+
+    /// Ends [`Stack::lossy_gateway`].
+    pub fn heal_lossy_gateway(&mut self, i: usize) -> anyhow::Result<()> {
+        let host = self.gateway_host(i)?;
+        let network = self
+            .cluster()
+            .and_then(NatsCluster::network)
+            .ok_or_else(|| anyhow::anyhow!("a gateway's lossy link needs namespaces"))?;
+        network.heal_lossy(&host)
+    }
+
+    /// SIGSTOP gateway `i` (its sockets see nothing) until
+    /// [`Stack::resume_gateway`].
+    pub fn pause_gateway(&self, i: usize) -> anyhow::Result<()> {
+        signal(self.gateway_pid(i), "STOP", Role::Gateway, i)
+    }
+
+    /// SIGCONT gateway `i`.
+    pub fn resume_gateway(&self, i: usize) -> anyhow::Result<()> {
+        signal(self.gateway_pid(i), "CONT", Role::Gateway, i)
+    }
+
+    /// SIGSTOP worker `i` (its jobs' leases run out) until
+    /// [`Stack::resume_worker`].
+    pub fn pause_worker(&self, i: usize) -> anyhow::Result<()> {
+        signal(self.worker_pid(i), "STOP", Role::Worker, i)
+    }
+
+    /// SIGCONT worker `i`.
+    pub fn resume_worker(&self, i: usize) -> anyhow::Result<()> {
+        signal(self.worker_pid(i), "CONT", Role::Worker, i)
     }
 
     /// Ends [`Stack::cut_gateway_from_nats`].
@@ -459,6 +522,12 @@ impl Stack {
         }
         Ok(())
     }
+}
+
+/// Sends `sig` to a service's process.
+fn signal(pid: Option<u32>, sig: &str, role: Role, i: usize) -> anyhow::Result<()> {
+    let pid = pid.ok_or_else(|| anyhow::anyhow!("{} is not running", role.node(i)))?;
+    crate::process::send_signal(pid, sig)
 }
 
 impl Nats {

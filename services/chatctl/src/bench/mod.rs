@@ -20,6 +20,7 @@ pub mod replay;
 pub mod report;
 mod run;
 pub mod socket;
+pub mod sse;
 pub mod stats;
 
 pub use run::{run, Capacity};
@@ -53,6 +54,9 @@ pub enum Phase {
     Scaling,
     /// Token and chunk latency with paced streams.
     Paced,
+    /// The paced load again through the AI SDK's SSE endpoint, on the same
+    /// stack: token latency and CPU per token next to the WebSocket's.
+    Sse,
     /// The peer (resumable-stream on Redis) under the e2e, paced and idle
     /// workloads, after our stacks are stopped.
     Peer,

@@ -228,7 +228,7 @@ async fn own_stacks(args: &BenchArgs, s: &Settings, report: &mut Report) -> anyh
             scaling(args, s, report, &endpoint, &mut stack).await?;
         }
     }
-    if args.runs(Phase::Paced) {
+    if args.runs(Phase::Paced) || args.runs(Phase::Sse) {
         paced::own_stacks(args, s, report).await?;
     }
     if args.runs(Phase::Capacity) {

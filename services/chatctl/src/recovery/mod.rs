@@ -3,7 +3,8 @@
 //! gateways and workers, a restarted nats-server; with `--cluster`, a
 //! 3-node cluster whose stream leaders are killed, whose nodes are
 //! partitioned and restarted in lame-duck mode, and gateways cut off from
-//! NATS). Afterwards every session is checked against its own stream
+//! NATS), and grey failures (a process paused with SIGSTOP, a node's store
+//! filled to the last byte, lossy links). Afterwards every session is checked against its own stream
 //! ([`crate::verify`]), a cluster's replicas against each other, and one
 //! summary is printed: what was checked, what was injected, every broken
 //! guarantee, and how long each kind of fault kept clients waiting.
@@ -24,6 +25,7 @@ use crate::client::{Api, ChatClient, ClientOptions, SessionLog, SocketDropper};
 use crate::faults::{self, FaultKind, FaultPlan, Schedule};
 use crate::verify::{self, ExpectedAnswer, Violation, ViolationKind};
 
+pub mod containers;
 mod inject;
 mod report;
 
@@ -41,6 +43,15 @@ const CONVERGENCE_TIMEOUT: Duration = Duration::from_secs(60);
 /// had finished, and not every kind landed.
 const CLUSTER_WINDOW_SECS: u64 = 150;
 
+/// What the default window gains per grey kind (pause, disk-full,
+/// lossy-link) in the run: two faults of up to 15 s each, one after
+/// another with the rest.
+const GREY_WINDOW_SECS: u64 = 25;
+
+/// The size of each JetStream store's own filesystem when disk-full is
+/// among the kinds.
+const STORE_BYTES: u64 = stack::disk::DEFAULT_STORE_BYTES;
+
 /// The share of the window over which sessions start.
 const SESSIONS_SPREAD: f64 = 0.9;
 /// The share of the window by which faults are due.
@@ -53,6 +64,12 @@ pub struct RecoveryArgs {
     /// instead of starting one; then only socket drops can be injected.
     #[arg(long)]
     pub url: Option<String>,
+    /// With --url: the compose project (deploy/compose.yaml, e.g. `chat`)
+    /// behind it; `gateway`, `worker` and `node-kill` faults then kill its
+    /// containers and start them again (default kinds: drop, gateway,
+    /// worker, node-kill).
+    #[arg(long, requires = "url")]
+    pub compose: Option<String>,
     /// Sessions chatting at once.
     #[arg(long, default_value_t = 200)]
     pub sessions: usize,
@@ -66,10 +83,11 @@ pub struct RecoveryArgs {
     /// so each leader stream's node is killed once).
     #[arg(long)]
     pub faults: Option<usize>,
-    /// Which faults (comma-separated): drop, gateway, worker, nats; with
-    /// --cluster also node-kill, partition, gateway-cut, rolling. Default:
-    /// drop,gateway,worker,nats; with --cluster every cluster kind, drop,
-    /// gateway and worker.
+    /// Which faults (comma-separated): drop, gateway, worker, nats, pause,
+    /// disk-full, lossy-link; with --cluster also node-kill, partition,
+    /// gateway-cut, rolling. Default: drop,gateway,worker,nats; with
+    /// --cluster every cluster kind, drop, gateway, worker and the grey
+    /// kinds (pause, disk-full, lossy-link).
     #[arg(long)]
     pub fault_kinds: Option<String>,
     /// Run against a 3-node NATS cluster (every stream and the bucket R3),
@@ -158,27 +176,48 @@ fn prompt(rng: &mut StdRng, index: usize, turn: usize) -> String {
 pub async fn run(args: &RecoveryArgs) -> anyhow::Result<Report> {
     let started = Instant::now();
     let cluster = args.cluster && args.url.is_none();
-    let duration_secs =
-        args.duration_secs
-            .unwrap_or(if cluster { CLUSTER_WINDOW_SECS } else { 20 });
-    let window = Duration::from_secs(duration_secs.max(1));
-    let deadline = started + Duration::from_secs(args.deadline_secs.unwrap_or(duration_secs + 90));
+    let compose = match &args.compose {
+        Some(project) => Some(
+            containers::ComposeDeployment::find(project)
+                .with_context(|| format!("the compose project {project}"))?,
+        ),
+        None => None,
+    };
     let mut kinds = match &args.fault_kinds {
         Some(list) => faults::parse_kinds(list).map_err(anyhow::Error::msg)?,
+        None if compose.is_some() => {
+            faults::parse_kinds("drop,gateway,worker,node-kill").map_err(anyhow::Error::msg)?
+        }
         None if cluster => FaultKind::CLUSTER.to_vec(),
         None => faults::parse_kinds("drop,gateway,worker,nats").map_err(anyhow::Error::msg)?,
     };
-    if args.url.is_some() {
+    if compose.is_some() {
+        kinds.retain(|k| containers::by_container(*k));
+    } else if args.url.is_some() {
         kinds.retain(|k| !k.needs_processes());
     }
     if cluster {
         kinds.retain(|k| *k != FaultKind::Nats);
-    } else {
+    } else if compose.is_none() {
         kinds.retain(|k| !k.needs_cluster());
     }
     if args.sessions == 0 || args.turns == 0 {
         bail!("--sessions and --turns must be at least 1");
     }
+    if kinds.contains(&FaultKind::DiskFull) && !stack::disk::small_disks_available() {
+        eprintln!("recovery: disk-full left out (a store of its own needs root to mount a tmpfs)");
+        kinds.retain(|k| *k != FaultKind::DiskFull);
+    }
+    // The grey kinds last seconds each (a pause up to 15 s): a default
+    // window gives each of them room.
+    let grey = kinds.iter().filter(|k| k.is_grey()).count() as u64;
+    let duration_secs = args.duration_secs.unwrap_or(if cluster {
+        CLUSTER_WINDOW_SECS + GREY_WINDOW_SECS * grey
+    } else {
+        20 + GREY_WINDOW_SECS * grey
+    });
+    let window = Duration::from_secs(duration_secs.max(1));
+    let deadline = started + Duration::from_secs(args.deadline_secs.unwrap_or(duration_secs + 90));
 
     let mut stack = match &args.url {
         Some(_) => None,
@@ -200,6 +239,7 @@ pub async fn run(args: &RecoveryArgs) -> anyhow::Result<Report> {
                     ("RUST_LOG".into(), service_log_filter()),
                 ],
                 nginx: true,
+                store_bytes: kinds.contains(&FaultKind::DiskFull).then_some(STORE_BYTES),
                 cluster: cluster.then(|| ClusterOptions {
                     hosts: if args.loopback {
                         HostsChoice::Loopback
@@ -251,15 +291,28 @@ pub async fn run(args: &RecoveryArgs) -> anyhow::Result<Report> {
         // rest later; a fault due after every session finished is lost.
         start: window / 10,
         end: window.mul_f64(FAULTS_END),
-        gateways: stack.as_ref().map_or(0, Stack::gateway_count),
-        workers: stack.as_ref().map_or(0, Stack::worker_count),
+        gateways: stack.as_ref().map_or(
+            compose
+                .as_ref()
+                .map_or(0, containers::ComposeDeployment::gateway_count),
+            Stack::gateway_count,
+        ),
+        workers: stack.as_ref().map_or(
+            compose
+                .as_ref()
+                .map_or(0, containers::ComposeDeployment::worker_count),
+            Stack::worker_count,
+        ),
         nodes: if stack.as_ref().and_then(Stack::cluster).is_some() {
             stack::cluster::NODES
         } else {
-            0
+            compose
+                .as_ref()
+                .map_or(0, containers::ComposeDeployment::node_count)
         },
         sessions: args.sessions,
         drop_share: args.drop_share,
+        gateway_hosts: namespaced,
     };
     let schedule = Schedule::generate(args.seed, &plan);
     eprint!("{schedule}");
@@ -318,7 +371,8 @@ pub async fn run(args: &RecoveryArgs) -> anyhow::Result<Report> {
             break;
         }
         let at = Instant::now();
-        let (detail, error) = match inject(fault, stack.as_mut(), &droppers).await {
+        let (detail, error) = match inject(fault, stack.as_mut(), compose.as_ref(), &droppers).await
+        {
             Ok(detail) => (detail, None),
             Err(e) => (None, Some(format!("{e:#}"))),
         };
@@ -390,21 +444,32 @@ pub async fn run(args: &RecoveryArgs) -> anyhow::Result<Report> {
         logs.push(run.client.log);
     }
 
-    let node_names: Vec<String> = match &stack {
-        Some(stack) => (0..stack.gateway_count())
+    let node_names: Vec<String> = match (&stack, &compose) {
+        (Some(stack), _) => (0..stack.gateway_count())
             .map(|i| stack.gateway_node(i))
             .collect(),
-        None => Vec::new(),
+        (None, Some(deployment)) => (0..deployment.gateway_count())
+            .map(|i| deployment.gateway_node(i))
+            .collect(),
+        (None, None) => Vec::new(),
     };
     let recovery = recovery_times(&injected, &logs, &node_names);
     let replicas = match stack.as_ref().and_then(Stack::cluster) {
         Some(cluster) => Some(Replicas::check(cluster, CONVERGENCE_TIMEOUT).await),
         None => None,
     };
-    let cluster_hosts = stack.as_ref().and_then(Stack::cluster).map(|c| {
-        c.loopback_reason()
-            .map_or("namespaces".to_string(), |why| format!("loopback ({why})"))
-    });
+    let cluster_hosts = stack
+        .as_ref()
+        .and_then(Stack::cluster)
+        .map(|c| {
+            c.loopback_reason()
+                .map_or("namespaces".to_string(), |why| format!("loopback ({why})"))
+        })
+        .or_else(|| {
+            args.compose
+                .as_ref()
+                .map(|project| format!("the containers of the compose project {project}"))
+        });
     if let Some(stack) = &stack {
         keep_logs(stack);
     }

@@ -10,7 +10,7 @@ use stack::NatsCluster;
 use tokio::time::Instant;
 
 use crate::client::SessionLog;
-use crate::faults::{Fault, FaultKind};
+use crate::faults::{Fault, FaultKind, Process};
 use crate::verify::{Violation, ViolationKind};
 
 /// How long faults kept the clients they hit waiting.
@@ -21,6 +21,10 @@ pub struct RecoveryTimes {
     pub affected_clients: usize,
     /// From a fault to the first event an affected client received after it.
     pub longest_ms: u64,
+    /// The longest an affected client with a question in flight waited for
+    /// an event, among the waits that began while the fault lasted (from
+    /// its injection to the end of its `took_ms`).
+    pub longest_silence_ms: u64,
 }
 
 /// A fault as it was injected.
@@ -188,7 +192,7 @@ impl Report {
         }
         let _ = writeln!(
             md,
-            "\n| fault | injected | affected clients | longest recovery |\n| --- | --- | --- | --- |"
+            "\n| fault | injected | affected clients | longest recovery | longest silence while it lasted |\n| --- | --- | --- | --- | --- |"
         );
         let planned: Vec<FaultKind> = FaultKind::ALL
             .into_iter()
@@ -197,14 +201,17 @@ impl Report {
         for kind in planned {
             let injected = self.faults_injected.get(&kind).copied().unwrap_or(0);
             let times = self.recovery.get(&kind).cloned().unwrap_or_default();
-            let longest = if times.affected_clients == 0 {
-                "–".to_string()
+            let (longest, silence) = if times.affected_clients == 0 {
+                ("–".to_string(), "–".to_string())
             } else {
-                format!("{} ms", times.longest_ms)
+                (
+                    format!("{} ms", times.longest_ms),
+                    format!("{} ms", times.longest_silence_ms),
+                )
             };
             let _ = writeln!(
                 md,
-                "| {kind} | {injected} | {} | {longest} |",
+                "| {kind} | {injected} | {} | {longest} | {silence} |",
                 times.affected_clients
             );
         }
@@ -242,6 +249,23 @@ impl Report {
                 let _ = writeln!(md, "- {v}");
             }
         }
+        let grey: Vec<&Injected> = self
+            .faults
+            .iter()
+            .filter(|f| f.fault.kind.is_grey() && f.error.is_none())
+            .collect();
+        if !grey.is_empty() {
+            let _ = writeln!(md, "\nGrey faults as injected:");
+            for f in grey {
+                let _ = writeln!(
+                    md,
+                    "- +{:.1} s {}: {}",
+                    f.injected_at_ms as f64 / 1000.0,
+                    f.fault.kind,
+                    f.detail.as_deref().unwrap_or("")
+                );
+            }
+        }
         let failed: Vec<&Injected> = self.faults.iter().filter(|f| f.error.is_some()).collect();
         if !failed.is_empty() {
             let _ = writeln!(md, "\nFaults that failed:");
@@ -271,23 +295,34 @@ pub fn recovery_times(
         let kind = fault.fault.kind;
         let entry = out.entry(kind).or_default();
         entry.faults += 1;
+        let on_gateway = |log: &SessionLog| {
+            fault
+                .fault
+                .targets
+                .first()
+                .and_then(|i| gateway_nodes.get(*i))
+                .is_some_and(|node| log.node_at(*at) == Some(node.as_str()))
+        };
         for (index, log) in logs.iter().enumerate() {
             if !log.in_flight_at(*at) {
                 continue;
             }
             let hit = match kind {
                 FaultKind::Drop => fault.fault.targets.contains(&index),
-                FaultKind::Gateway | FaultKind::GatewayCut => fault
-                    .fault
-                    .targets
-                    .first()
-                    .and_then(|i| gateway_nodes.get(*i))
-                    .is_some_and(|node| log.node_at(*at) == Some(node.as_str())),
+                FaultKind::Gateway | FaultKind::GatewayCut => on_gateway(log),
+                FaultKind::Pause | FaultKind::LossyLink
+                    if fault.fault.process == Some(Process::Gateway) =>
+                {
+                    on_gateway(log)
+                }
                 FaultKind::Worker
                 | FaultKind::Nats
                 | FaultKind::NodeKill
                 | FaultKind::Partition
-                | FaultKind::Rolling => true,
+                | FaultKind::Rolling
+                | FaultKind::Pause
+                | FaultKind::DiskFull
+                | FaultKind::LossyLink => true,
             };
             if !hit {
                 continue;
@@ -295,6 +330,10 @@ pub fn recovery_times(
             if let Some(next) = log.first_event_after(*at) {
                 entry.affected_clients += 1;
                 entry.longest_ms = entry.longest_ms.max(millis(next - *at));
+            }
+            let lasted = *at + Duration::from_millis(fault.took_ms);
+            if let Some(silence) = log.longest_silence(*at, lasted) {
+                entry.longest_silence_ms = entry.longest_silence_ms.max(millis(silence));
             }
         }
     }
@@ -342,11 +381,7 @@ mod tests {
 
     fn fault(kind: FaultKind, targets: Vec<usize>) -> Injected {
         Injected {
-            fault: Fault {
-                at: Duration::ZERO,
-                kind,
-                targets,
-            },
+            fault: Fault::new(Duration::ZERO, kind, targets),
             injected_at_ms: 0,
             took_ms: 0,
             detail: None,
@@ -377,6 +412,16 @@ mod tests {
         assert_eq!(times[&FaultKind::Drop].longest_ms, 700);
         assert_eq!(times[&FaultKind::Nats].affected_clients, 2);
         assert_eq!(times[&FaultKind::Nats].longest_ms, 700);
+        // A paused gateway hits only its clients; the silence counts the
+        // waits that began while the pause lasted.
+        let mut pause = fault(FaultKind::Pause, vec![0]);
+        pause.fault.process = Some(Process::Gateway);
+        pause.took_ms = 800;
+        let early = t0 + Duration::from_millis(50);
+        let times = recovery_times(&[(pause, early)], &logs, &nodes);
+        let paused = &times[&FaultKind::Pause];
+        assert_eq!((paused.affected_clients, paused.longest_ms), (1, 50));
+        assert_eq!(paused.longest_silence_ms, 800);
     }
 
     #[test]

@@ -23,7 +23,7 @@ mod relay;
 
 use axum::extract::ws::{Message, WebSocket};
 use futures::stream::{SplitSink, SplitStream};
-use futures::StreamExt;
+use futures::{Sink, StreamExt};
 use protocol::frames::{ClientFrame, ControlFrame};
 use protocol::{CloseCode, SessionId, SessionToken};
 use serde::Deserialize;
@@ -272,8 +272,8 @@ async fn start(relay: &mut SocketRelay, state: &AppState, attached: &Attached) -
 
 /// The socket's loop: shutdown, the tail check, the reader's commands and
 /// live events, each step ending with one flush.
-async fn forward(
-    relay: &mut SocketRelay,
+async fn forward<S: Sink<Message> + Unpin>(
+    relay: &mut Relay<S, SessionEvents>,
     state: &AppState,
     mut attachment: Attachment,
     mut inbox: mpsc::Receiver<Command>,
@@ -337,7 +337,10 @@ async fn forward(
 
 /// Queues the live events already waiting behind the one just sent (up to
 /// a bound, so commands and shutdown are not starved), for one flush.
-async fn drain_ready(relay: &mut SocketRelay, attachment: &mut Attachment) -> Result<(), End> {
+async fn drain_ready<S: Sink<Message> + Unpin>(
+    relay: &mut Relay<S, SessionEvents>,
+    attachment: &mut Attachment,
+) -> Result<(), End> {
     for _ in 0..DRAIN_AT_ONCE {
         match attachment.receiver.try_recv() {
             Ok(event) => relay.live(&event).await?,
@@ -364,4 +367,74 @@ fn fell_behind(skipped: u64) {
         "socket fell behind its live feed; catching up from its recent events"
     );
     metrics::caught_up();
+}
+
+/// A session's events after a point, replayed from the stream and then
+/// live, each once and in order: a socket's relay without the socket, for
+/// the other renderers of the same events (the AI SDK's SSE stream,
+/// `ui_stream`). Opening it attaches to the live feed before the stream's
+/// position is read, so nothing stored in between is missed.
+pub(crate) struct SessionFeed {
+    events: SessionEvents,
+    attachment: Attachment,
+    after: u64,
+    position: Position,
+}
+
+impl SessionFeed {
+    /// Attaches to `session`'s live events and reads where its stream
+    /// stands. Fails as an attach does: NATS trouble, or a session with all
+    /// its sockets open (`rate_limited`).
+    pub(crate) async fn open(
+        state: &AppState,
+        session: SessionId,
+        after: u64,
+    ) -> Result<Self, ApiError> {
+        let attachment = state.hub.attach(session).await.map_err(|e| match e {
+            AttachError::TooManySockets(_) => ApiError::RateLimited(e.to_string()),
+            AttachError::Nats(e) => ApiError::nats(e),
+        })?;
+        let events = SessionEvents::new(state.clone(), session);
+        let position = events.position(Some(after)).await?;
+        Ok(Self {
+            events,
+            attachment,
+            after,
+            position,
+        })
+    }
+
+    /// Writes every event after the starting point to `sink` as a text
+    /// frame (the same frames a socket gets), until `gone` fires (the
+    /// reader went away: an idle session writes nothing that would notice),
+    /// the sink fails, the gateway shuts down (a close frame with 1012) or
+    /// the relay fails (a close frame with 1013).
+    pub(crate) async fn run<S: Sink<Message> + Unpin>(
+        self,
+        state: AppState,
+        sink: S,
+        gone: impl std::future::Future<Output = ()>,
+    ) {
+        tokio::select! {
+            () = self.relay(state, sink) => {}
+            () = gone => {}
+        }
+    }
+
+    async fn relay<S: Sink<Message> + Unpin>(self, state: AppState, sink: S) {
+        let outbox = Outbox::new(sink, state.config.write_timeout());
+        let mut relay = Relay::new(outbox, self.events, self.after);
+        // No reader: nothing ever comes in, and the sender stays alive so
+        // the loop never takes the inbox's end for the client's.
+        let (_no_commands, inbox) = mpsc::channel(1);
+        let started = match relay.start_after(self.after, self.position).await {
+            Ok(()) => relay.flush().await,
+            Err(end) => Err(end),
+        };
+        let end = match started {
+            Ok(()) => forward(&mut relay, &state, self.attachment, inbox).await,
+            Err(end) => end,
+        };
+        relay.end(end).await;
+    }
 }

@@ -9,6 +9,7 @@ use stack::{Stack, StackOptions};
 use super::super::load;
 use super::super::report::{millis, thousands, Report, Row};
 use super::super::socket::Endpoint;
+use super::super::{sse, Phase};
 use super::{
     check, cpu_row, cpu_token_row, delivered_row, gateway_metrics_urls, paced_env, spec, BenchArgs,
     RepairCounters, Settings,
@@ -146,6 +147,16 @@ async fn paced(
         }
         if let Some(row) = cpu_token_row(&outcome, &run) {
             report.push(row);
+        }
+        if args.runs(Phase::Sse) && window == PacedWindow::AsConfigured {
+            println!("sse: the same {streams} streams through POST /api/ui/chat");
+            let mut sse = sse::run(endpoint, &spec(args, s, streams, s.paced, true)).await?;
+            sse::compare(report, &outcome, &mut sse, &run);
+            sse.problems
+                .extend(sse::verify(endpoint, &sse.answers, args.verify_sessions).await);
+            for p in sse.problems {
+                report.problem(p);
+            }
         }
         check(report, endpoint, args, std::mem::take(&mut outcome)).await;
     }

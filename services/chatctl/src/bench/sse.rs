@@ -1,0 +1,376 @@
+//! The `sse` scenario: the paced load of the WebSocket run again, on the
+//! same stack right after it, through the AI SDK's endpoint instead
+//! (`POST /api/ui/chat`, the UI message stream over SSE): the same streams
+//! asking back to back, token latency (the demo's stamps, model yields →
+//! client receives) and CPU per token measured the same way, side by side.
+//! Its ledger is exact: every answer's text, as received, equals its stored
+//! chunks (stamps removed), and it came in as many deltas as there are
+//! stored chunks: every token once, per message.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use futures::StreamExt;
+use serde::Deserialize;
+use serde_json::json;
+use worker::backends::demo::{strip_stamps, STAMP_CLOSE, STAMP_OPEN};
+
+use super::cpu::CpuSnapshot;
+use super::load::{LoadOutcome, LoadSpec};
+use super::report::{Report, Row};
+use super::socket::{Endpoint, FRAME_TIMEOUT};
+use super::stats::{now_us, Samples};
+
+/// What the SSE run measured.
+#[derive(Debug, Default)]
+pub struct SseOutcome {
+    pub token_latency: Samples,
+    pub tokens_per_sec: f64,
+    pub measured_tokens: u64,
+    pub cpu: std::collections::BTreeMap<String, f64>,
+    pub answers: Vec<Answer>,
+    pub problems: Vec<String>,
+}
+
+/// One answer as received, for the ledger.
+#[derive(Debug)]
+pub struct Answer {
+    session: String,
+    token: String,
+    message_id: String,
+    text: String,
+    deltas: usize,
+}
+
+#[derive(Default)]
+struct Shared {
+    tokens: AtomicU64,
+    measuring: AtomicBool,
+    stop: AtomicBool,
+}
+
+#[derive(Deserialize)]
+struct Chunk {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default, rename = "messageId")]
+    message_id: Option<String>,
+    #[serde(default)]
+    delta: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct NewSession {
+    session_id: String,
+    token: String,
+}
+
+/// Runs `spec`'s sessions through `POST /api/ui/chat`.
+pub async fn run(endpoint: &Endpoint, spec: &LoadSpec) -> anyhow::Result<SseOutcome> {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(spec.sessions)
+        .build()?;
+    let base = endpoint.http().to_string();
+    let sessions: Vec<NewSession> = futures::stream::iter(0..spec.sessions)
+        .map(|_| {
+            let (client, base) = (client.clone(), base.clone());
+            async move {
+                let res = client.post(format!("{base}/api/sessions")).send().await?;
+                anyhow::Ok(res.error_for_status()?.json::<NewSession>().await?)
+            }
+        })
+        .buffer_unordered(spec.connect_concurrency.max(1))
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<anyhow::Result<_>>()
+        .context("creating the SSE run's sessions")?;
+    let shared = Arc::new(Shared::default());
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, session) in sessions.into_iter().enumerate() {
+        let (client, base, shared) = (client.clone(), base.clone(), shared.clone());
+        let max_turns = spec.max_turns;
+        tasks.spawn(async move { session_loop(client, base, session, i, shared, max_turns).await });
+    }
+    tokio::time::sleep(spec.warmup).await;
+    let k0 = shared.tokens.load(Ordering::Relaxed);
+    let started = Instant::now();
+    let cpu_before = CpuSnapshot::take();
+    shared.measuring.store(true, Ordering::Relaxed);
+    tokio::time::sleep(spec.measure).await;
+    shared.measuring.store(false, Ordering::Relaxed);
+    let elapsed = started.elapsed().as_secs_f64();
+    let k1 = shared.tokens.load(Ordering::Relaxed);
+    let cpu = CpuSnapshot::take().since(&cpu_before);
+    shared.stop.store(true, Ordering::Relaxed);
+    let mut outcome = SseOutcome {
+        tokens_per_sec: (k1 - k0) as f64 / elapsed,
+        measured_tokens: k1 - k0,
+        cpu,
+        ..Default::default()
+    };
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok((latency, answers, problems)) => {
+                outcome.token_latency.extend(latency);
+                outcome.answers.extend(answers);
+                outcome.problems.extend(problems);
+            }
+            Err(e) => outcome
+                .problems
+                .push(format!("an SSE session task failed: {e}")),
+        }
+    }
+    Ok(outcome)
+}
+
+type SessionResult = (Samples, Vec<Answer>, Vec<String>);
+
+async fn session_loop(
+    client: reqwest::Client,
+    base: String,
+    session: NewSession,
+    index: usize,
+    shared: Arc<Shared>,
+    max_turns: Option<usize>,
+) -> SessionResult {
+    let mut latency = Samples::default();
+    let mut answers = Vec::new();
+    let mut problems = Vec::new();
+    let mut turns = 0;
+    while !shared.stop.load(Ordering::Relaxed) && max_turns.is_none_or(|m| turns < m) {
+        let prompt = format!("bench session {index} turn {turns}: how does a replay window work?");
+        match turn(&client, &base, &session, &prompt, &shared, &mut latency).await {
+            Ok(answer) => answers.push(answer),
+            Err(e) => {
+                problems.push(format!("SSE session {}: {e:#}", session.session_id));
+                break;
+            }
+        }
+        turns += 1;
+    }
+    (latency, answers, problems)
+}
+
+/// One question and its whole answer over one SSE response.
+async fn turn(
+    client: &reqwest::Client,
+    base: &str,
+    session: &NewSession,
+    prompt: &str,
+    shared: &Shared,
+    latency: &mut Samples,
+) -> anyhow::Result<Answer> {
+    let body = json!({
+        "id": session.session_id,
+        "trigger": "submit-message",
+        "messages": [{"id": "q", "role": "user", "parts": [{"type": "text", "text": prompt}]}],
+    });
+    let res = client
+        .post(format!("{base}/api/ui/chat"))
+        .bearer_auth(&session.token)
+        .json(&body)
+        .send()
+        .await?
+        .error_for_status()?;
+    let mut body = res.bytes_stream();
+    let mut buffer = String::new();
+    let mut answer = Answer {
+        session: session.session_id.clone(),
+        token: session.token.clone(),
+        message_id: String::new(),
+        text: String::new(),
+        deltas: 0,
+    };
+    let mut carry = String::new();
+    loop {
+        let bytes = tokio::time::timeout(FRAME_TIMEOUT, body.next())
+            .await
+            .context("no SSE event in time")?
+            .context("the SSE response ended before [DONE]")??;
+        buffer.push_str(std::str::from_utf8(&bytes).context("SSE body not UTF-8")?);
+        let received_us = now_us();
+        while let Some(end) = buffer.find("\n\n") {
+            let block: String = buffer.drain(..end + 2).collect();
+            for data in block.lines().filter_map(|l| l.strip_prefix("data: ")) {
+                if data == "[DONE]" {
+                    anyhow::ensure!(carry.is_empty(), "a stamp was cut at the end");
+                    return Ok(answer);
+                }
+                let chunk: Chunk = serde_json::from_str(data)?;
+                match chunk.kind.as_str() {
+                    "start" => answer.message_id = chunk.message_id.unwrap_or_default(),
+                    "text-delta" => {
+                        answer.deltas += 1;
+                        let stamps = unstamp(
+                            &mut carry,
+                            chunk.delta.as_deref().unwrap_or_default(),
+                            &mut answer.text,
+                        );
+                        shared
+                            .tokens
+                            .fetch_add(stamps.len() as u64, Ordering::Relaxed);
+                        if shared.measuring.load(Ordering::Relaxed) {
+                            for yielded in stamps {
+                                latency.push_micros(received_us.saturating_sub(yielded));
+                            }
+                        }
+                    }
+                    "reset-step" => anyhow::bail!("an answer restarted (a worker lost its job)"),
+                    "error" | "abort" => anyhow::bail!("the answer ended with {data}"),
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+/// Takes the demo's stamps off a delta (a stamp cut in two waits for the
+/// next delta) and appends the plain text; returns the tokens' times.
+fn unstamp(carry: &mut String, delta: &str, plain: &mut String) -> Vec<u64> {
+    let mut joined = std::mem::take(carry);
+    joined.push_str(delta);
+    if let Some(open) = joined.rfind(STAMP_OPEN) {
+        if !joined[open..].contains(STAMP_CLOSE) {
+            *carry = joined.split_off(open);
+        }
+    }
+    strip_stamps(&joined, plain)
+}
+
+/// The ledger: up to `max` answers compared with their stored chunks.
+pub async fn verify(endpoint: &Endpoint, answers: &[Answer], max: usize) -> Vec<String> {
+    let client = reqwest::Client::new();
+    let mut problems = Vec::new();
+    for answer in answers.iter().take(max) {
+        if let Err(e) = verify_one(&client, endpoint.http(), answer).await {
+            problems.push(format!(
+                "SSE answer {} of session {}: {e:#}",
+                answer.message_id, answer.session
+            ));
+        }
+    }
+    problems
+}
+
+async fn verify_one(client: &reqwest::Client, base: &str, answer: &Answer) -> anyhow::Result<()> {
+    #[derive(Deserialize)]
+    struct Page {
+        events: Vec<serde_json::Value>,
+        last_seq: u64,
+    }
+    let mut after = 0;
+    let mut chunks: Vec<(u64, String)> = Vec::new();
+    let mut ended = false;
+    loop {
+        let page: Page = client
+            .get(format!(
+                "{base}/api/events?session={}&after_seq={after}",
+                answer.session
+            ))
+            .bearer_auth(&answer.token)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        for event in &page.events {
+            if event["message_id"] != answer.message_id.as_str() {
+                continue;
+            }
+            match event["type"].as_str() {
+                Some("chunk") => chunks.push((
+                    event["index"].as_u64().unwrap_or(u64::MAX),
+                    event["text"].as_str().unwrap_or_default().to_string(),
+                )),
+                Some("done") => ended = true,
+                _ => {}
+            }
+        }
+        if page.events.len() < 1_000 {
+            break;
+        }
+        after = page.last_seq;
+    }
+    anyhow::ensure!(ended, "no stored done");
+    chunks.sort_by_key(|(index, _)| *index);
+    let mut stored = String::new();
+    strip_stamps(
+        &chunks.iter().map(|(_, t)| t.as_str()).collect::<String>(),
+        &mut stored,
+    );
+    anyhow::ensure!(
+        answer.deltas == chunks.len(),
+        "{} text deltas for {} stored chunks",
+        answer.deltas,
+        chunks.len()
+    );
+    anyhow::ensure!(
+        answer.text == stored,
+        "the text received differs from the stored answer"
+    );
+    Ok(())
+}
+
+/// Rows comparing the SSE run with the WebSocket run on the same stack:
+/// token latency p99 and CPU per token, each with the 15 % target.
+pub fn compare(report: &mut Report, ws: &LoadOutcome, sse: &mut SseOutcome, run: &str) {
+    let ws_p99 = ws.token_latency.clone().summary().map(|s| s.p99_ms);
+    if let Some(sum) = sse.token_latency.summary() {
+        let mut row = Row::latency(
+            format!("SSE token latency model yields → client receives, {run}"),
+            &sum,
+        );
+        if let Some(ws_p99) = ws_p99 {
+            let ratio = sum.p99_ms / ws_p99.max(f64::MIN_POSITIVE);
+            row.values.push(("ws_p99_ms".into(), ws_p99));
+            row.values.push(("p99_vs_ws".into(), ratio));
+            row = row.target(
+                format!(
+                    "p99 within 15 % of the WebSocket's ({ws_p99:.1} ms): {:.0} %",
+                    ratio * 100.0
+                ),
+                ratio <= 1.15,
+            );
+        }
+        report.push(row);
+    }
+    let per_token =
+        |cpu: &std::collections::BTreeMap<String, f64>, tokens: u64, only: Option<&str>| {
+            let secs: f64 = cpu
+                .iter()
+                .filter(|(name, _)| only.is_none_or(|o| name.as_str() == o))
+                .map(|(_, s)| s)
+                .sum();
+            secs * 1e6 / tokens.max(1) as f64
+        };
+    let (ws_all, sse_all) = (
+        per_token(&ws.cpu, ws.measured_tokens, None),
+        per_token(&sse.cpu, sse.measured_tokens, None),
+    );
+    let (ws_gw, sse_gw) = (
+        per_token(&ws.cpu, ws.measured_tokens, Some("gateway")),
+        per_token(&sse.cpu, sse.measured_tokens, Some("gateway")),
+    );
+    let ratio = sse_all / ws_all.max(f64::MIN_POSITIVE);
+    report.push(
+        Row::text(
+            format!("SSE vs WebSocket CPU per token, {run}"),
+            vec![
+                ("sse_cpu_us_per_token".into(), sse_all),
+                ("ws_cpu_us_per_token".into(), ws_all),
+                ("sse_gateway_cpu_us_per_token".into(), sse_gw),
+                ("ws_gateway_cpu_us_per_token".into(), ws_gw),
+                ("sse_tokens_per_sec".into(), sse.tokens_per_sec),
+                ("cpu_vs_ws".into(), ratio),
+            ],
+            format!(
+                "SSE {sse_all:.1} µs per token in all (gateways {sse_gw:.1}), WebSocket {ws_all:.1} (gateways {ws_gw:.1}); {} tokens/s over SSE",
+                sse.tokens_per_sec.round()
+            ),
+        )
+        .target(format!("within 15 %: {:.0} %", ratio * 100.0), ratio <= 1.15),
+    );
+}
