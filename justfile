@@ -13,7 +13,7 @@ default:
 install-deps *args:
     scripts/install-deps.sh {{args}}
 
-# Build and start nats-server, gateways, workers and Nginx on http://127.0.0.1:8080: just up [GATEWAYS] [WORKERS] [--model local]
+# Build and start nats-server, gateways, workers and Nginx on http://127.0.0.1:8080: just up [GATEWAYS] [WORKERS] [--model local] [--auth jwt]
 up *args:
     scripts/install-deps.sh
     NATS_SERVER_BIN="$(scripts/nats-server-path.sh)" scripts/up.sh {{args}}
@@ -57,7 +57,7 @@ prerequisites:
     scripts/install-deps.sh --browser --bench --containers
     scripts/local-model.sh install
 
-# The web UI's tests: Vitest, the UI in headless Chromium, and end to end against a real stack
+# The web UI's tests: Vitest, the UI in headless Chromium, and end to end against a real stack (anonymous, then GATEWAY_AUTH=jwt)
 test-web:
     if [ -f web/package.json ]; then NATS_SERVER_BIN="$(scripts/nats-server-path.sh)" scripts/test-web.sh; else echo "no web/package.json: skipping web tests"; fi
 

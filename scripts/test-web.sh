@@ -9,7 +9,10 @@
 #   4. the AI SDK example app (web/examples/ai-sdk-chat) in headless
 #      Chromium, and the real Vercel AI SDK (ai 7 and ai 6, headless) on the
 #      same stack's SSE endpoints (e2e/ai-sdk*.e2e.mjs); they kill two
-#      workers, so they run last.
+#      workers, so they run last on this stack;
+#   5. a fresh stack on the same ports with the app's login (`up.sh --auth
+#      jwt`): two browser profiles as one user on different gateways and a
+#      third as another (e2e/users.e2e.mjs).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root/web"
@@ -38,3 +41,9 @@ trap '"$root/scripts/down.sh" >/dev/null 2>&1 || true' EXIT
 "$root/scripts/up.sh"
 npm run test:e2e
 npm run test:ai-sdk
+
+# The app's login: the same ports, the gateways in GATEWAY_AUTH=jwt mode with
+# the development key up.sh makes in $RUN_DIR/credentials.
+"$root/scripts/down.sh" >/dev/null 2>&1 || true
+"$root/scripts/up.sh" --auth jwt
+CHAT_JWT_SECRET_FILE="$RUN_DIR/credentials/jwt-hmac.key" npm run test:e2e:users

@@ -7,7 +7,13 @@
 # run/logs/layout.log): the services only verify it and refuse to start when
 # it differs from their CHAT_* settings.
 #
-#   scripts/up.sh [GATEWAYS] [WORKERS] [--model demo|local]
+#   scripts/up.sh [GATEWAYS] [WORKERS] [--model demo|local] [--auth session|jwt]
+#
+# --auth jwt (or GATEWAY_AUTH=jwt): the gateways take the app's JWT instead
+# of anonymous session tokens (README, "Bring your own login"). Unless
+# GATEWAY_JWT_* keys are set, an HMAC secret is made in
+# run/credentials/jwt-hmac.key (0600) on first start and reused;
+# `chatctl token --sub alice` mints a token with it.
 #
 # --model local (or MODEL=local): also a real language model on the CPU
 # (scripts/local-model.sh: llama-cpp-python's OpenAI-compatible server with
@@ -34,11 +40,14 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 run="${RUN_DIR:-$root/run}"
 logs="$run/logs"
 model="${MODEL:-demo}"
+auth="${GATEWAY_AUTH:-session}"
 numbers=()
 while [ "$#" -gt 0 ]; do
     case "$1" in
         --model) model="${2:-}"; shift 2 || { echo "up: --model needs demo or local" >&2; exit 2; } ;;
         --model=*) model="${1#--model=}"; shift ;;
+        --auth) auth="${2:-}"; shift 2 || { echo "up: --auth needs session or jwt" >&2; exit 2; } ;;
+        --auth=*) auth="${1#--auth=}"; shift ;;
         *) numbers+=("$1"); shift ;;
     esac
 done
@@ -46,8 +55,12 @@ case "$model" in
     demo | local) ;;
     *) echo "up: unknown model '$model' (demo or local)" >&2; exit 2 ;;
 esac
+case "$auth" in
+    session | jwt) ;;
+    *) echo "up: unknown auth '$auth' (session or jwt)" >&2; exit 2 ;;
+esac
 if [ "${#numbers[@]}" -gt 2 ]; then
-    echo "usage: scripts/up.sh [GATEWAYS] [WORKERS] [--model demo|local]" >&2
+    echo "usage: scripts/up.sh [GATEWAYS] [WORKERS] [--model demo|local] [--auth session|jwt]" >&2
     exit 2
 fi
 gateways="${numbers[0]:-${GATEWAYS:-3}}"
@@ -223,6 +236,20 @@ if [ -n "$nats_bin" ]; then
 fi
 "$bin_dir/chatctl" credentials "${credential_flags[@]}" >"$logs/credentials.log" 2>&1 ||
     fail "chatctl credentials could not make the NATS credentials" "$logs/credentials.log"
+# GATEWAY_AUTH=jwt: the app's login. Without keys of its own, a development
+# HMAC secret, made once, readable by this user only.
+jwt_secret=""
+if [ "$auth" = jwt ]; then
+    export GATEWAY_AUTH=jwt
+    if [ -z "${GATEWAY_JWT_HMAC_SECRET_FILE:-}${GATEWAY_JWT_JWKS_FILE:-}${GATEWAY_JWT_JWKS_URL:-}" ]; then
+        jwt_secret="$credentials/jwt-hmac.key"
+        if [ ! -s "$jwt_secret" ]; then
+            (umask 077 && head -c 48 /dev/urandom | base64 -w0 >"$jwt_secret")
+        fi
+        chmod 600 "$jwt_secret"
+        export GATEWAY_JWT_HMAC_SECRET_FILE="$jwt_secret"
+    fi
+fi
 # Each process gets its role's nkey file (never the seed itself) and the CA.
 access() {
     echo "--nats-nkey-file" "$credentials/$1.nk"
@@ -291,4 +318,10 @@ say "started ${started[*]}"
 [ -f "$web_root/index.html" ] || say "note: web/dist has no index.html; the UI is not built"
 echo
 echo "  chat UI and API: $url"
+if [ "$auth" = jwt ]; then
+    echo "  login: GATEWAY_AUTH=jwt; paste a token into the UI (or open $url/#token=TOKEN)"
+    if [ -n "$jwt_secret" ]; then
+        echo "  a token: $bin_dir/chatctl token --sub alice --ttl 1h --secret-file $jwt_secret"
+    fi
+fi
 echo "  logs: just logs    state: just status    stop: just down"

@@ -20,6 +20,7 @@ pub mod faults;
 pub mod handout;
 pub mod layout;
 pub mod recovery;
+pub mod token;
 pub mod verify;
 
 /// The tool's command line.
@@ -55,6 +56,9 @@ pub enum Command {
     /// against this configuration (exit 1 on any difference). Same CHAT_*
     /// flags and environment variables as the gateways and workers.
     Layout(layout::LayoutArgs),
+    /// Mint a JWT for GATEWAY_AUTH=jwt with the gateways' HMAC secret
+    /// (development and tests): chatctl token --sub alice --ttl 1h.
+    Token(token::TokenArgs),
 }
 
 /// Runs a parsed command; the process exit code.
@@ -73,6 +77,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Layout(args) => layout::run(args).await,
+        Command::Token(args) => {
+            token::run(&args)?;
+            Ok(0)
+        }
         Command::Recovery(args) => {
             let report = recovery::run(&args).await?;
             println!("{}", report.to_markdown());

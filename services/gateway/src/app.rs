@@ -59,6 +59,10 @@ pub struct Shared {
     pub metrics: PrometheusHandle,
     /// Faults tests ask for (hidden flags; none by default).
     pub test_hooks: TestHooks,
+    /// The app's token verifier, in `GATEWAY_AUTH=jwt` mode only.
+    pub verifier: Option<Arc<crate::jwt::Verifier>>,
+    /// The session lists of the users with sockets here (`jwt` mode).
+    pub user_feeds: crate::user_feed::UserFeeds,
 }
 
 impl Shared {
@@ -111,7 +115,11 @@ pub fn router(state: AppState) -> Router {
     let body_limit = state.config.max_body_bytes;
     Router::new()
         .route("/ws/chat", get(ws_chat))
-        .route("/api/sessions/{id}", delete(rest::delete_session))
+        .route(
+            "/api/sessions/{id}",
+            delete(rest::delete_session).patch(rest::rename_session),
+        )
+        .route("/api/users/me/sockets", delete(rest::revoke_user_sockets))
         .route("/api/chat", post(rest::post_chat))
         .route("/api/regenerate", post(rest::post_regenerate))
         .route("/api/cancel", post(rest::post_cancel))
@@ -207,6 +215,14 @@ impl RunningGateway {
 
 /// Connects to NATS, verifies the layout, and serves on `config.listen`.
 pub async fn spawn(config: GatewayConfig) -> anyhow::Result<RunningGateway> {
+    let verifier = match config.auth.mode {
+        crate::config::AuthMode::Jwt => Some(Arc::new(
+            crate::jwt::Verifier::from_config(&config.auth)
+                .await
+                .context("GATEWAY_AUTH=jwt")?,
+        )),
+        crate::config::AuthMode::Session => None,
+    };
     let metrics_handle = telemetry::install_metrics();
     metrics::register();
     let node = config.node();
@@ -250,6 +266,8 @@ pub async fn spawn(config: GatewayConfig) -> anyhow::Result<RunningGateway> {
         sockets: TaskTracker::new(),
         metrics: metrics_handle,
         test_hooks,
+        verifier,
+        user_feeds: crate::user_feed::UserFeeds::new(client.clone()),
     }));
     state
         .hub

@@ -1,7 +1,9 @@
 //! Who a client is: creating a session (random id, token shown once, only
-//! its hash stored), proving a client owns one, and the REST extractor that
-//! does it for every endpoint ([`AuthenticatedSession`]). The KV record
-//! itself is `protocol::sessions`.
+//! its hash stored), proving a client owns one, and the REST extractors that
+//! do it for every endpoint ([`AuthenticatedSession`], [`AuthenticatedUser`]).
+//! In `GATEWAY_AUTH=jwt` mode the same extractors take the app's JWT instead
+//! of the session's token, and a session opens for its owner only
+//! (`users`). The KV record itself is `protocol::sessions`.
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
@@ -12,8 +14,10 @@ use protocol::{now_ms, subjects, SessionId, SessionToken};
 use serde::Deserialize;
 
 use crate::app::AppState;
+use crate::config::AuthMode;
 use crate::error::ApiError;
 use crate::extract::ApiQuery;
+use crate::users::{self, User};
 
 /// A new session and the token that unlocks it (returned once, never stored).
 pub async fn create_session(state: &AppState) -> Result<(SessionId, SessionToken), ApiError> {
@@ -33,14 +37,35 @@ pub fn parse_session_id(raw: Option<&str>) -> Result<SessionId, ApiError> {
         .map_err(|e| ApiError::BadRequest(format!("session: {e}")))
 }
 
-/// Checks that `token` opens `session`. A wrong token and an unknown or
-/// expired session are the same `unauthorized`, so the answer tells a
-/// stranger nothing about which session ids exist.
+/// Whether clients prove who they are with the app's JWT.
+pub fn jwt_mode(state: &AppState) -> bool {
+    state.config.auth.mode == AuthMode::Jwt
+}
+
+/// Checks that `token` opens `session`: the session's own token, or in
+/// `jwt` mode a valid token of the session's owner (the user is returned).
+/// Session mode: a wrong token and an unknown or expired session are the
+/// same `unauthorized`, so the answer tells a stranger nothing about which
+/// session ids exist. Jwt mode: a bad token is `unauthorized`; another
+/// user's session is `not_found`, as an unknown one.
 pub async fn check_token(
     state: &AppState,
     session: SessionId,
     token: Option<&str>,
-) -> Result<SessionRecord, ApiError> {
+) -> Result<(SessionRecord, Option<User>), ApiError> {
+    if jwt_mode(state) {
+        let user = users::authenticate(state, token).await?;
+        let stored = state
+            .retry_api_call(|| async {
+                sessions::load(&state.layout.sessions, session)
+                    .await
+                    .map_err(ApiError::nats)
+            })
+            .await?
+            .ok_or_else(users::unknown_session)?;
+        users::check_owner(&stored.record, &user)?;
+        return Ok((stored.record, Some(user)));
+    }
     let token = token
         .filter(|t| !t.is_empty())
         .ok_or(ApiError::Unauthorized)?;
@@ -59,7 +84,7 @@ pub async fn check_token(
     {
         return Err(ApiError::Unauthorized);
     }
-    Ok(stored.record)
+    Ok((stored.record, None))
 }
 
 /// Revokes a session its owner no longer wants (`DELETE /api/sessions/{id}`,
@@ -70,7 +95,7 @@ pub async fn revoke(
     session: SessionId,
     token: Option<&str>,
 ) -> Result<(), ApiError> {
-    check_token(state, session, token).await?;
+    let (_, user) = check_token(state, session, token).await?;
     sessions::remove(&state.layout.sessions, session)
         .await
         .map_err(ApiError::nats)?;
@@ -80,6 +105,9 @@ pub async fn revoke(
         .await
         .map_err(ApiError::nats)?;
     state.client.flush().await.map_err(ApiError::nats)?;
+    if let Some(user) = user {
+        users::deleted(state, &user.key, session).await;
+    }
     Ok(())
 }
 
@@ -113,10 +141,12 @@ pub struct SessionQuery {
 
 /// The session of a REST call, after its `Authorization: Bearer` token was
 /// checked against the session's record: a handler that takes one only runs
-/// for the session's owner.
-#[derive(Debug, Clone, Copy)]
+/// for the session's owner. The bearer is the session's token, or in `jwt`
+/// mode the app's JWT of the session's owner (then `user` is that user).
+#[derive(Debug, Clone)]
 pub struct AuthenticatedSession {
     pub id: SessionId,
+    pub user: Option<User>,
 }
 
 impl FromRequestParts<AppState> for AuthenticatedSession {
@@ -137,8 +167,29 @@ impl AuthenticatedSession {
         id: SessionId,
         headers: &HeaderMap,
     ) -> Result<Self, ApiError> {
-        check_token(state, id, bearer(headers)).await?;
-        Ok(Self { id })
+        let (_, user) = check_token(state, id, bearer(headers)).await?;
+        Ok(Self { id, user })
+    }
+}
+
+/// The caller of a user endpoint (`GET /api/sessions`, …): a valid JWT in
+/// `Authorization: Bearer`. Session mode has no users: `not_found`, as for
+/// an endpoint that does not exist.
+#[derive(Debug, Clone)]
+pub struct AuthenticatedUser(pub User);
+
+impl FromRequestParts<AppState> for AuthenticatedUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        if !jwt_mode(state) {
+            return Err(ApiError::NotFound(
+                "user endpoints need GATEWAY_AUTH=jwt".into(),
+            ));
+        }
+        users::authenticate(state, bearer(&parts.headers))
+            .await
+            .map(Self)
     }
 }
 

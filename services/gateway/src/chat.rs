@@ -122,7 +122,16 @@ pub async fn submit(
         Ok(Ok(_)) if settled.load(Ordering::Relaxed) => {
             return retried_late(state, session, message_id).await
         }
-        Ok(Ok(_)) => {}
+        Ok(Ok(admitted)) => {
+            admit_for_owner(
+                state,
+                admitted.owner.as_ref(),
+                session,
+                message_id,
+                Some(&input.content),
+            )
+            .await?
+        }
         Ok(Err(InFlightLimit)) => {
             return Err(ApiError::RateLimited(format!(
                 "at most {limit} messages may be in flight per session"
@@ -146,6 +155,27 @@ pub async fn submit(
         },
     )
     .await
+}
+
+/// Counts an admitted message against its session owner's quota (`jwt`
+/// mode); refused there, it stops counting in its session too. An
+/// anonymous session has no owner and no per-user quota. A retry of a
+/// message already counted passes.
+pub(crate) async fn admit_for_owner(
+    state: &AppState,
+    owner: Option<&protocol::UserKey>,
+    session: SessionId,
+    message_id: MessageId,
+    question: Option<&str>,
+) -> Result<(), ApiError> {
+    let Some(owner) = owner else {
+        return Ok(());
+    };
+    let counted = crate::users::admit_answer(state, owner, session, message_id, question).await;
+    if counted.is_err() {
+        forget_refused(state, session, message_id).await;
+    }
+    counted
 }
 
 /// A retry of a message that finished, or whose in-flight entry expired:

@@ -133,11 +133,69 @@ pub struct GatewayConfig {
         hide = true
     )]
     pub test_leaderless_job_retries: u64,
+    /// Who a client is: its session's token, or the app's JWT.
+    #[command(flatten)]
+    pub auth: AuthConfig,
     #[command(flatten)]
     pub layout: LayoutConfig,
     /// The nkey and CA files this service connects to NATS with.
     #[command(flatten)]
     pub nats_access: protocol::access::NatsAccess,
+}
+
+/// How clients prove who they are.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum AuthMode {
+    /// Anonymous sessions: each opened by the token it was created with.
+    #[default]
+    Session,
+    /// The app's own login: every call carries its JWT, and sessions
+    /// belong to the token's `sub`.
+    Jwt,
+}
+
+/// `GATEWAY_AUTH` and what `jwt` mode needs (README, "Bring your own login").
+#[derive(Clone, Debug, clap::Args)]
+pub struct AuthConfig {
+    /// `session` (anonymous sessions, the default) or `jwt`.
+    #[arg(long = "auth", env = "GATEWAY_AUTH", value_enum, default_value_t = AuthMode::Session)]
+    pub mode: AuthMode,
+    /// jwt: a file holding the HMAC secret of HS256/384/512 tokens.
+    #[arg(long, env = "GATEWAY_JWT_HMAC_SECRET_FILE")]
+    pub jwt_hmac_secret_file: Option<std::path::PathBuf>,
+    /// jwt: a JWKS file of public keys (RS256/384/512, ES256/384, EdDSA).
+    #[arg(long, env = "GATEWAY_JWT_JWKS_FILE")]
+    pub jwt_jwks_file: Option<std::path::PathBuf>,
+    /// jwt: a JWKS URL, fetched at start and again on an unknown `kid` (at
+    /// most once a minute).
+    #[arg(long, env = "GATEWAY_JWT_JWKS_URL")]
+    pub jwt_jwks_url: Option<String>,
+    /// jwt: the shortest time between two reads of the JWKS on an unknown
+    /// `kid` (seconds); the read at start counts.
+    #[arg(long, env = "GATEWAY_JWT_JWKS_REFETCH_SECS", default_value_t = 60)]
+    pub jwt_jwks_refetch_secs: u64,
+    /// jwt: the `iss` every token must carry (unchecked when unset).
+    #[arg(long, env = "GATEWAY_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// jwt: the `aud` every token must name (unchecked when unset).
+    #[arg(long, env = "GATEWAY_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    /// jwt: clock skew allowed on `exp` and `nbf`, in seconds.
+    #[arg(long, env = "GATEWAY_JWT_LEEWAY_SECS", default_value_t = 30)]
+    pub jwt_leeway_secs: u64,
+    /// jwt: how long before its token expires a socket gets `token_expiring`.
+    #[arg(long, env = "GATEWAY_TOKEN_EXPIRING_MS", default_value_t = 30_000)]
+    pub token_expiring_ms: u64,
+    /// jwt: answers in flight per user, across all of the user's sessions
+    /// and every gateway; one more gets `rate_limited`.
+    #[arg(long, env = "CHAT_USER_MAX_IN_FLIGHT", default_value_t = 4)]
+    pub user_max_in_flight: usize,
+    /// jwt: sessions one user may have; one more gets `rate_limited`.
+    #[arg(long, env = "CHAT_USER_MAX_SESSIONS", default_value_t = 500)]
+    pub user_max_sessions: usize,
+    /// jwt: sessions one user may create per minute.
+    #[arg(long, env = "CHAT_USER_SESSIONS_PER_MINUTE", default_value_t = 20)]
+    pub user_sessions_per_minute: usize,
 }
 
 /// The variable `--recent-events` is read from: `GATEWAY_RECENT_EVENTS`, or

@@ -27,6 +27,13 @@ pub enum ApiError {
     TooLarge(String),
     #[error("{0}")]
     RateLimited(String),
+    /// A per-user quota (`GATEWAY_AUTH=jwt`): `rate_limited`, with the time
+    /// after which the same call can succeed.
+    #[error("{message}")]
+    Quota {
+        message: String,
+        retry_after: Duration,
+    },
     #[error("{0}")]
     Overloaded(String),
     /// NATS is unreachable or answered with an error. The detail is logged,
@@ -43,7 +50,7 @@ impl ApiError {
             ApiError::Forbidden(_) => ErrorCode::Forbidden,
             ApiError::NotFound(_) => ErrorCode::NotFound,
             ApiError::TooLarge(_) => ErrorCode::TooLarge,
-            ApiError::RateLimited(_) => ErrorCode::RateLimited,
+            ApiError::RateLimited(_) | ApiError::Quota { .. } => ErrorCode::RateLimited,
             ApiError::Overloaded(_) => ErrorCode::Overloaded,
             ApiError::Unavailable(_) => ErrorCode::Internal,
         }
@@ -56,7 +63,9 @@ impl ApiError {
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::RateLimited(_) | ApiError::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::RateLimited(_) | ApiError::Quota { .. } | ApiError::Overloaded(_) => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -87,6 +96,7 @@ impl ApiError {
     fn retry_after(&self) -> Option<Duration> {
         match self {
             ApiError::RateLimited(_) => Some(Duration::from_secs(1)),
+            ApiError::Quota { retry_after, .. } => Some(*retry_after),
             ApiError::Overloaded(_) => Some(Duration::from_secs(5)),
             ApiError::Unavailable(_) => Some(Duration::from_secs(2)),
             _ => None,
@@ -103,7 +113,9 @@ impl IntoResponse for ApiError {
         });
         let mut response = (self.status(), Json(body)).into_response();
         if let Some(after) = self.retry_after() {
-            if let Ok(value) = HeaderValue::from_str(&after.as_secs().to_string()) {
+            // Whole seconds, rounded up: never "try again" before it can work.
+            let secs = after.as_millis().div_ceil(1000).max(1);
+            if let Ok(value) = HeaderValue::from_str(&secs.to_string()) {
                 response.headers_mut().insert(header::RETRY_AFTER, value);
             }
         }

@@ -11,6 +11,7 @@ pub mod chat;
 pub mod config;
 pub mod error;
 pub mod extract;
+pub mod jwt;
 pub mod live;
 pub mod metrics;
 pub mod origin;
@@ -20,6 +21,8 @@ pub mod rest;
 pub mod socket;
 pub mod test_hooks;
 pub mod ui_stream;
+pub mod user_feed;
+pub mod users;
 
 pub use app::{spawn, RunningGateway};
 pub use config::GatewayConfig;

@@ -18,6 +18,8 @@ pub const GAP_REPAIRS: &str = "chat_gateway_gap_repairs_total";
 pub const SLOW_CLIENT_CLOSES: &str = "chat_gateway_slow_client_closes_total";
 pub const CATCH_UPS: &str = "chat_gateway_catch_ups_total";
 pub const NATS_CONNECTED: &str = "chat_gateway_nats_connected";
+/// Tokens refused (`GATEWAY_AUTH=jwt`): forged, expired, foreign, revoked.
+pub const TOKENS_REFUSED: &str = "chat_gateway_tokens_refused_total";
 /// `STREAM.INFO` requests for the events stream's bounds (cached, see `replay`).
 pub const STREAM_INFO_REQUESTS: &str = "chat_gateway_stream_info_requests_total";
 
@@ -31,6 +33,7 @@ pub fn register() {
     metrics::counter!(SLOW_CLIENT_CLOSES).absolute(0);
     metrics::counter!(CATCH_UPS).absolute(0);
     metrics::counter!(STREAM_INFO_REQUESTS).absolute(0);
+    metrics::counter!(TOKENS_REFUSED).absolute(0);
     metrics::counter!(ERRORS, "code" => "internal").absolute(0);
     for kind in protocol::ClientFrame::KINDS {
         metrics::counter!(FRAMES_IN, "type" => kind).absolute(0);
@@ -144,4 +147,8 @@ pub fn gap_repaired() {
 
 pub fn chunk_forwarded() {
     metrics::counter!(CHUNKS_FORWARDED).increment(1);
+}
+
+pub fn token_refused() {
+    metrics::counter!(TOKENS_REFUSED).increment(1);
 }

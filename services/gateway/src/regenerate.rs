@@ -84,7 +84,9 @@ pub async fn regenerate(
     })
     .await;
     match admitted {
-        Ok(Ok(_)) => {}
+        Ok(Ok(admitted)) => {
+            chat::admit_for_owner(state, admitted.owner.as_ref(), session, message_id, None).await?
+        }
         Ok(Err(refusal)) => return Err(refusal),
         Err(SessionStoreError::NotFound) => return Err(unknown_session()),
         Err(e) => return Err(ApiError::nats(e)),

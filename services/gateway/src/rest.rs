@@ -13,7 +13,7 @@ use serde_json::json;
 use tracing::Instrument;
 
 use crate::app::AppState;
-use crate::auth::{self, AuthenticatedSession};
+use crate::auth::{self, AuthenticatedSession, AuthenticatedUser};
 use crate::chat::{self, ChatInput};
 use crate::error::ApiError;
 use crate::extract::{ApiQuery, JsonBody};
@@ -35,13 +35,79 @@ pub async fn delete_session(
     Ok(StatusCode::NO_CONTENT)
 }
 
-pub async fn create_session(State(state): State<AppState>) -> Result<Response, ApiError> {
+/// `POST /api/sessions`: an anonymous session and its token, or in `jwt`
+/// mode a session owned by the caller (no token: the caller's JWT opens it).
+pub async fn create_session(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    if auth::jwt_mode(&state) {
+        let user = crate::users::authenticate(&state, auth::bearer(&headers)).await?;
+        let session = crate::users::create_session(&state, &user).await?;
+        return Ok((StatusCode::CREATED, Json(json!({"session_id": session}))).into_response());
+    }
     let (session, token) = auth::create_session(&state).await?;
     Ok((
         StatusCode::CREATED,
         Json(json!({"session_id": session, "token": token.as_str()})),
     )
         .into_response())
+}
+
+/// `GET /api/sessions?cursor=&limit=`.
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    pub cursor: Option<String>,
+    pub limit: Option<usize>,
+}
+
+/// Sessions in a page when `limit` is not given.
+const LIST_PAGE: usize = 20;
+
+/// `GET /api/sessions` (`jwt` mode): the caller's sessions, newest
+/// activity first, a page at a time.
+pub async fn list_sessions(
+    State(state): State<AppState>,
+    AuthenticatedUser(user): AuthenticatedUser,
+    ApiQuery(query): ApiQuery<ListQuery>,
+) -> Result<Response, ApiError> {
+    let page = crate::users::list(
+        &state,
+        &user,
+        query.cursor.as_deref(),
+        query.limit.unwrap_or(LIST_PAGE),
+    )
+    .await?;
+    Ok(Json(page).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RenameBody {
+    title: String,
+}
+
+/// `PATCH /api/sessions/{id}` (`jwt` mode) with `{"title"}`: the session
+/// as listed now.
+pub async fn rename_session(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    AuthenticatedUser(user): AuthenticatedUser,
+    JsonBody(body): JsonBody<RenameBody>,
+) -> Result<Response, ApiError> {
+    let session = auth::parse_session_id(Some(&id))?;
+    let summary = crate::users::rename(&state, &user, session, &body.title).await?;
+    Ok(Json(summary).into_response())
+}
+
+/// `DELETE /api/users/me/sockets` (`jwt` mode): every socket of the caller
+/// closes on every gateway, and tokens issued until now are refused (204).
+pub async fn revoke_user_sockets(
+    State(state): State<AppState>,
+    AuthenticatedUser(user): AuthenticatedUser,
+) -> Result<StatusCode, ApiError> {
+    crate::users::revoke_sockets(&state, &user).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 #[derive(Deserialize)]

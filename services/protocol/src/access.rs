@@ -103,6 +103,7 @@ pub fn permissions(role: Role) -> Permissions {
                 subjects::REQUESTS_ALL.to_string(),
                 subjects::CANCEL_ALL.to_string(),
                 subjects::REVOKED_ALL.to_string(),
+                subjects::USERS_ALL.to_string(),
             ]);
             publish.extend(direct_gets(subjects::EVENTS_STREAM));
             publish.extend(direct_gets(subjects::HISTORY_STREAM));
@@ -111,6 +112,7 @@ pub fn permissions(role: Role) -> Permissions {
                 subscribe: vec![
                     subjects::LIVE_ALL.to_string(),
                     subjects::REVOKED_ALL.to_string(),
+                    subjects::USERS_ALL.to_string(),
                     inbox,
                 ],
             }
@@ -131,6 +133,8 @@ pub fn permissions(role: Role) -> Permissions {
                 // A claim: a worker that takes over a job tells the one
                 // that lost it (and still runs it) to stop.
                 subjects::CANCEL_ALL.to_string(),
+                // "answer finished" in the owner's session list.
+                subjects::USERS_ALL.to_string(),
                 subjects::consumer_next(subjects::REQUESTS_STREAM, subjects::WORKERS_CONSUMER),
                 subjects::acks(subjects::REQUESTS_STREAM, subjects::WORKERS_CONSUMER),
                 // Dead-lettering: read the exhausted job by its sequence,

@@ -5,7 +5,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::events::Event;
 use crate::ids::{MessageId, SessionId, SessionToken};
-use crate::records::Turn;
+use crate::records::{SessionSummary, Turn};
+use crate::users::SessionChange;
 
 /// A frame a client sends.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,6 +47,12 @@ pub enum ClientFrame {
     Resume {
         after_seq: u64,
     },
+    /// `GATEWAY_AUTH=jwt`: a new token for the same `sub`, before the
+    /// socket's token expires (after `token_expiring`). Nothing is answered
+    /// when it is accepted; a refused one gets `unauthorized`.
+    Refresh {
+        token: SessionToken,
+    },
     Ping,
 }
 
@@ -56,14 +63,16 @@ impl ClientFrame {
     pub const REGENERATE: &'static str = "regenerate";
     pub const CANCEL: &'static str = "cancel";
     pub const RESUME: &'static str = "resume";
+    pub const REFRESH: &'static str = "refresh";
     pub const PING: &'static str = "ping";
     /// Every client frame `type`, as spelled on the wire.
-    pub const KINDS: [&'static str; 6] = [
+    pub const KINDS: [&'static str; 7] = [
         Self::AUTH,
         Self::CHAT,
         Self::REGENERATE,
         Self::CANCEL,
         Self::RESUME,
+        Self::REFRESH,
         Self::PING,
     ];
 
@@ -91,6 +100,7 @@ impl ClientFrame {
             ClientFrame::Regenerate { .. } => Self::REGENERATE,
             ClientFrame::Cancel { .. } => Self::CANCEL,
             ClientFrame::Resume { .. } => Self::RESUME,
+            ClientFrame::Refresh { .. } => Self::REFRESH,
             ClientFrame::Ping => Self::PING,
         }
     }
@@ -184,6 +194,19 @@ pub enum ControlFrame {
         last_seq: u64,
     },
     Pong,
+    /// `GATEWAY_AUTH=jwt`: the socket's token expires in `in_ms`; without a
+    /// `refresh` by then the socket closes (1008 `token expired`).
+    TokenExpiring {
+        in_ms: u64,
+    },
+    /// `GATEWAY_AUTH=jwt`: the user's session list changed (on any device,
+    /// any gateway); `session` is the entry as listed now, when known.
+    SessionList {
+        change: SessionChange,
+        session_id: SessionId,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        session: Option<SessionSummary>,
+    },
 }
 
 /// The `type` of a frame a gateway makes itself: tools and metrics labels
@@ -196,15 +219,19 @@ pub enum ControlKind {
     Error,
     History,
     Pong,
+    TokenExpiring,
+    SessionList,
 }
 
 impl ControlKind {
-    pub const ALL: [ControlKind; 5] = [
+    pub const ALL: [ControlKind; 7] = [
         ControlKind::Ready,
         ControlKind::Accepted,
         ControlKind::Error,
         ControlKind::History,
         ControlKind::Pong,
+        ControlKind::TokenExpiring,
+        ControlKind::SessionList,
     ];
 
     /// The wire spelling, as in `{"type": ...}`.
@@ -215,6 +242,8 @@ impl ControlKind {
             ControlKind::Error => "error",
             ControlKind::History => "history",
             ControlKind::Pong => "pong",
+            ControlKind::TokenExpiring => "token_expiring",
+            ControlKind::SessionList => "session_list",
         }
     }
 
@@ -231,6 +260,8 @@ impl ControlFrame {
             ControlFrame::Error { .. } => ControlKind::Error,
             ControlFrame::History { .. } => ControlKind::History,
             ControlFrame::Pong => ControlKind::Pong,
+            ControlFrame::TokenExpiring { .. } => ControlKind::TokenExpiring,
+            ControlFrame::SessionList { .. } => ControlKind::SessionList,
         }
     }
 
@@ -384,6 +415,9 @@ mod tests {
                 message_id: MessageId::new(),
             },
             ClientFrame::Resume { after_seq: 0 },
+            ClientFrame::Refresh {
+                token: SessionToken::presented("jwt"),
+            },
             ClientFrame::Ping,
         ];
         assert_eq!(client.len(), ClientFrame::KINDS.len());
@@ -409,6 +443,12 @@ mod tests {
                 last_seq: 0,
             },
             ControlFrame::Pong,
+            ControlFrame::TokenExpiring { in_ms: 5 },
+            ControlFrame::SessionList {
+                change: crate::users::SessionChange::Created,
+                session_id: SessionId::new(),
+                session: None,
+            },
         ];
         assert_eq!(control.len(), ControlKind::ALL.len());
         for frame in control {

@@ -152,6 +152,40 @@ impl TokenHash {
     }
 }
 
+/// Who owns a session in `GATEWAY_AUTH=jwt` mode: the first 128 bits of
+/// SHA-256 over the token's `sub`, hex encoded. The raw `sub` (an email, an
+/// account id) never becomes a NATS subject or a KV key, and a key is a
+/// valid subject token whatever characters the app puts in `sub`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct UserKey(String);
+
+impl UserKey {
+    pub fn of_subject(sub: &str) -> Self {
+        let digest = Sha256::digest(sub.as_bytes());
+        Self(hex::encode(&digest[..16]))
+    }
+
+    /// A key read back from a subject: 32 lowercase hex digits, or nothing.
+    pub fn parse(raw: &str) -> Option<Self> {
+        (raw.len() == 32
+            && raw
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+        .then(|| Self(raw.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for UserKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,6 +207,17 @@ mod tests {
         let json = serde_json::to_string(&id).unwrap();
         assert_eq!(serde_json::from_str::<SessionId>(&json).unwrap(), id);
         assert!(serde_json::from_str::<SessionId>("\"x\"").is_err());
+    }
+
+    #[test]
+    fn a_user_key_hides_the_subject_and_is_a_subject_token() {
+        let key = UserKey::of_subject("alice@example.com");
+        assert_eq!(key, UserKey::of_subject("alice@example.com"));
+        assert_ne!(key, UserKey::of_subject("bob@example.com"));
+        assert!(!key.as_str().contains("alice"));
+        assert_eq!(UserKey::parse(key.as_str()), Some(key.clone()));
+        assert_eq!(UserKey::parse("alice.>"), None);
+        assert_eq!(UserKey::of_subject("a.b *>").as_str().len(), 32);
     }
 
     #[test]

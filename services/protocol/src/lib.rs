@@ -18,11 +18,12 @@ pub mod sessions;
 pub mod setup;
 pub mod stored;
 pub mod subjects;
+pub mod users;
 
 pub use close::CloseCode;
 pub use events::{CancelNotice, ChatRequest, Event, EventKind, FinishReason, Usage};
 pub use frames::{ClientFrame, ControlKind, ErrorCode, ServerFrame};
-pub use ids::{MessageId, SessionId, SessionToken, TokenHash};
+pub use ids::{MessageId, SessionId, SessionToken, TokenHash, UserKey};
 
 /// Milliseconds since the Unix epoch: the timestamp format of every stored record.
 pub fn now_ms() -> u64 {

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::events::{ChatRequest, FinishReason, Usage};
-use crate::ids::{MessageId, TokenHash};
+use crate::ids::{MessageId, SessionId, TokenHash, UserKey};
 
 /// The value of a session's key in `chat_sessions`. Updated with
 /// compare-and-set by gateways (attach, accept) and workers (finish), never
@@ -31,6 +31,10 @@ pub struct SessionRecord {
     /// The question accepted last: the one a `regenerate` may replace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_question: Option<LastQuestion>,
+    /// The user who owns the session (`GATEWAY_AUTH=jwt`); none for an
+    /// anonymous session, which its token alone opens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<UserKey>,
 }
 
 /// The session's most recently accepted question (an ordinary one or a
@@ -59,7 +63,14 @@ impl SessionRecord {
             recent: Vec::new(),
             expired: Vec::new(),
             last_question: None,
+            owner: None,
         }
+    }
+
+    /// The same record, owned by `owner`.
+    pub fn owned_by(mut self, owner: UserKey) -> Self {
+        self.owner = Some(owner);
+        self
     }
 
     pub fn is_active(&self, message: MessageId) -> bool {
@@ -156,6 +167,71 @@ pub struct ActiveMessage {
     /// Its terminal event is being stored: no longer counted as in flight.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub ending: bool,
+}
+
+/// A user's record in `chat_sessions` (key `subjects::user_key`), updated
+/// with compare-and-set by gateways: the session list `GET /api/sessions`
+/// pages through, and what the per-user quotas count. Bounded: at most
+/// `--user-max-sessions` summaries, `--user-max-in-flight` answers and
+/// `--user-sessions-per-minute` creation times.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserRecord {
+    #[serde(default)]
+    pub sessions: Vec<SessionSummary>,
+    /// Answers accepted for any of the user's sessions and not known to be
+    /// finished; entries are checked against their session's record and
+    /// dropped once the answer ended.
+    #[serde(default)]
+    pub answers: Vec<UserAnswer>,
+    /// When the user's sessions of the last minute were created (ms).
+    #[serde(default)]
+    pub created_recently: Vec<u64>,
+}
+
+/// One session of a user's list.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionSummary {
+    pub id: SessionId,
+    /// The first question, trimmed, until the user renames it.
+    #[serde(default)]
+    pub title: String,
+    /// Milliseconds since the epoch.
+    pub created: u64,
+    /// The last activity (created, renamed, a question asked).
+    pub updated: u64,
+}
+
+/// An answer of one of the user's sessions, counted against the user's
+/// in-flight quota.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserAnswer {
+    pub session_id: SessionId,
+    pub message_id: MessageId,
+    pub accepted_at_ms: u64,
+}
+
+impl UserRecord {
+    pub fn session(&self, id: SessionId) -> Option<&SessionSummary> {
+        self.sessions.iter().find(|s| s.id == id)
+    }
+
+    pub fn session_mut(&mut self, id: SessionId) -> Option<&mut SessionSummary> {
+        self.sessions.iter_mut().find(|s| s.id == id)
+    }
+
+    /// The sessions newest activity first (ties by id, so the order is total
+    /// and a cursor is a position in it).
+    pub fn newest_first(&self) -> Vec<&SessionSummary> {
+        let mut sessions: Vec<&SessionSummary> = self.sessions.iter().collect();
+        sessions.sort_by(|a, b| b.updated.cmp(&a.updated).then(b.id.cmp(&a.id)));
+        sessions
+    }
+
+    /// Forgets creations older than a minute before `now_ms`.
+    pub fn forget_old_creations(&mut self, now_ms: u64) {
+        self.created_recently
+            .retain(|&at| now_ms.saturating_sub(at) < 60_000);
+    }
 }
 
 /// How a turn ended.

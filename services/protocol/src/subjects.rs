@@ -2,7 +2,7 @@
 //! builder functions for per-session subjects. A subject string appears here
 //! and nowhere else.
 
-use crate::ids::{MessageId, SessionId};
+use crate::ids::{MessageId, SessionId, UserKey};
 
 /// Work-queue of chat requests; a job lives until one worker acks it.
 pub const REQUESTS_STREAM: &str = "CHAT_REQUESTS";
@@ -37,6 +37,10 @@ pub const CANCEL_ALL: &str = "chat.cancel.*";
 /// Core subjects (not stored) on which a revoked session is announced: every
 /// gateway closes that session's sockets.
 pub const REVOKED_ALL: &str = "chat.revoked.*";
+/// Core subjects (not stored), one per user of `GATEWAY_AUTH=jwt`: changes
+/// to the user's session list and revocations of the user's sockets
+/// (`users::UserNotice`). Gateways follow the users they have sockets of.
+pub const USERS_ALL: &str = "chat.users.*";
 /// Live copies of every session's events (the republish destination):
 /// gateways follow them.
 pub const LIVE_ALL: &str = "chat.live.*";
@@ -116,6 +120,16 @@ pub fn revoked(session: SessionId) -> String {
     format!("chat.revoked.{session}")
 }
 
+/// The notices of one user (`USERS_ALL`).
+pub fn user_feed(user: &UserKey) -> String {
+    format!("chat.users.{user}")
+}
+
+/// The user a notice was published for.
+pub fn user_of_feed(subject: &str) -> Option<UserKey> {
+    UserKey::parse(subject.strip_prefix("chat.users.")?)
+}
+
 /// The session a revocation was announced for.
 pub fn session_of_revoked(subject: &str) -> Option<SessionId> {
     subject.strip_prefix("chat.revoked.")?.parse().ok()
@@ -180,6 +194,20 @@ pub fn session_key(session: SessionId) -> String {
     session.to_string()
 }
 
+/// KV key of a user's record (`records::UserRecord`: the user's session
+/// list, answers in flight, recent creations). One key per user, so
+/// listing a user's sessions reads that user's key and nothing else.
+pub fn user_key(user: &UserKey) -> String {
+    format!("user.{user}")
+}
+
+/// KV key of a user's revocation time (ms): tokens issued at or before it
+/// are refused. Apart from the user's record, because every request of the
+/// user reads it and it is a few bytes.
+pub fn user_revoked_key(user: &UserKey) -> String {
+    format!("revoked.{user}")
+}
+
 /// KV key of the cancel flag of one message, read by the worker that pulls a
 /// job still waiting in the queue. Message ids are the client's choice, so
 /// the key holds the session too: one session cannot flag another's message.
@@ -233,6 +261,10 @@ mod tests {
         assert_eq!(session_of_cancel("chat.cancel.nope"), None);
         assert_eq!(session_of_revoked(&revoked(s)), Some(s));
         assert!(revoked(s).starts_with(REVOKED_ALL.trim_end_matches('*')));
+        let user = UserKey::of_subject("alice");
+        assert!(user_feed(&user).starts_with(USERS_ALL.trim_end_matches('*')));
+        assert_eq!(user_of_feed(&user_feed(&user)), Some(user.clone()));
+        assert_ne!(user_key(&user), user_revoked_key(&user));
     }
 
     #[test]

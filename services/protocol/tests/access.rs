@@ -161,6 +161,22 @@ async fn the_gateway_does_its_work_and_nothing_more() {
         .direct_get_last_for_subject(subjects::events(session))
         .await
         .unwrap();
+    // A user's notices: heard and published by every gateway.
+    let owner = protocol::UserKey::of_subject("alice");
+    let mut notices = gateway
+        .client
+        .subscribe(subjects::user_feed(&owner))
+        .await
+        .unwrap();
+    gateway
+        .client
+        .publish(subjects::user_feed(&owner), "{}".into())
+        .await
+        .unwrap();
+    assert!(tokio::time::timeout(WAIT, notices.next())
+        .await
+        .unwrap()
+        .is_some());
     gateway.no_violation_yet();
 
     // Refused: the layout's admin API, the workers' jobs, other roles'
@@ -239,6 +255,13 @@ async fn the_worker_does_its_work_and_nothing_more() {
         .publish(subjects::cancel(session), "{}".into())
         .await
         .unwrap();
+    // "Answer finished" in the owner's session list.
+    let owner = protocol::UserKey::of_subject("alice");
+    worker
+        .client
+        .publish(subjects::user_feed(&owner), "{}".into())
+        .await
+        .unwrap();
     worker.client.flush().await.unwrap();
     worker.no_violation_yet();
 
@@ -258,7 +281,13 @@ async fn the_worker_does_its_work_and_nothing_more() {
     ] {
         worker.refused_publish(&subject).await;
     }
-    for subject in ["chat.live.*", "_INBOX.gateway.>", "chat.requests.*", ">"] {
+    for subject in [
+        "chat.live.*",
+        "_INBOX.gateway.>",
+        "chat.requests.*",
+        subjects::USERS_ALL,
+        ">",
+    ] {
         worker.refused_subscribe(subject).await;
     }
     assert!(stream_exists(&nats, subjects::REQUESTS_STREAM).await);
@@ -288,10 +317,12 @@ async fn ops_owns_the_layout_but_cannot_pose_as_a_service() {
         subjects::events(session),
         subjects::requests(session),
         format!("$KV.{}.{}", subjects::SESSIONS_BUCKET, session),
+        subjects::user_feed(&protocol::UserKey::of_subject("alice")),
     ] {
         ops.refused_publish(&subject).await;
     }
     ops.refused_subscribe("chat.live.*").await;
+    ops.refused_subscribe(subjects::USERS_ALL).await;
 }
 
 /// The README's table of permissions is the one `protocol::access` gives.

@@ -158,7 +158,11 @@ async fn finish_session(ctx: &JobContext, request: &ChatRequest) {
         })
         .await;
         match result {
-            Ok(_) => Ok(()),
+            Ok(Ok(record)) => {
+                announce_finished(ctx, request, record.owner.as_ref()).await;
+                Ok(())
+            }
+            Ok(Err(never)) => match never {},
             Err(sessions::SessionStoreError::NotFound) => {
                 tracing::debug!("session record gone; nothing to finish");
                 Ok(())
@@ -169,6 +173,32 @@ async fn finish_session(ctx: &JobContext, request: &ChatRequest) {
     .await;
     if let Err(e) = finished {
         tracing::warn!(error = %e, "finishing the session record");
+    }
+}
+
+/// Tells the owner's devices (`GATEWAY_AUTH=jwt`) that the session's
+/// answer finished, for their live session lists. Core NATS, best effort:
+/// the list itself is the truth.
+async fn announce_finished(
+    ctx: &JobContext,
+    request: &ChatRequest,
+    owner: Option<&protocol::UserKey>,
+) {
+    let Some(owner) = owner else {
+        return;
+    };
+    let notice = protocol::users::UserNotice::Session {
+        change: protocol::users::SessionChange::AnswerFinished,
+        session_id: request.session_id,
+        session: None,
+    };
+    if let Err(e) = ctx
+        .js
+        .client()
+        .publish(subjects::user_feed(owner), notice.to_payload())
+        .await
+    {
+        tracing::debug!(error = %e, "announcing a finished answer");
     }
 }
 

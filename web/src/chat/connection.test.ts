@@ -127,4 +127,36 @@ describe('connection', () => {
     expect(FakeSocket.all.length).toBeGreaterThan(1);
     conn.stop();
   });
+
+  it('jwt mode: refreshes an expiring token in place and reconnects with the new one', async () => {
+    const lists: unknown[] = [];
+    const frames: ServerFrame[] = [];
+    const conn = new ChatConnection({
+      sessionId: 's',
+      token: 'old-jwt',
+      base: 'ws://test',
+      afterSeq: () => 0,
+      onFrame: (f) => frames.push(f),
+      onStatus: () => undefined,
+      refreshToken: async () => 'new-jwt',
+      onSessionList: (f) => lists.push(f),
+      WebSocketImpl: FakeSocket as unknown as typeof WebSocket,
+    });
+    conn.start();
+    last().open();
+    last().receive({ type: 'token_expiring', in_ms: 30_000 });
+    await vi.waitFor(() => expect(last().sent).toHaveLength(2));
+    expect(JSON.parse(last().sent[1])).toEqual({ type: 'refresh', token: 'new-jwt' });
+    // The live session list goes to its own callback, not to the conversation.
+    const change = { type: 'session_list', change: 'renamed', session_id: 'x', session: { id: 'x', title: 'T', created: 1, updated: 2 } };
+    last().receive(change);
+    expect(lists).toEqual([change]);
+    expect(frames.map((f) => f.type)).toEqual(['ready']);
+    // A later socket authenticates with the refreshed token.
+    last().drop(1006);
+    vi.advanceTimersByTime(60_000);
+    last().open();
+    expect(JSON.parse(last().sent[0])).toEqual({ type: 'auth', token: 'new-jwt' });
+    conn.stop();
+  });
 });

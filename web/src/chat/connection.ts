@@ -4,7 +4,7 @@
 
 import { backoffDelay, DEFAULT_BACKOFF, type BackoffPolicy } from './backoff';
 import { CloseCode } from './protocol';
-import { parseServerFrame, type ClientFrame, type ServerFrame } from './types';
+import { parseServerFrame, type ClientFrame, type ServerFrame, type SessionListFrame } from './types';
 
 export type ConnectionStatus =
   | { kind: 'connecting'; attempt: number }
@@ -16,7 +16,16 @@ export type ConnectionStatus =
 
 export interface ConnectionOptions {
   sessionId: string;
+  /** The session's token, or in `GATEWAY_AUTH=jwt` mode the user's JWT. */
   token: string;
+  /**
+   * `jwt` mode: asked for a new token when the gateway says the current one
+   * expires (`token_expiring`); the socket is refreshed in place. `null`: none
+   * (the socket closes at expiry).
+   */
+  refreshToken?: () => Promise<string | null>;
+  /** `jwt` mode: the user's session list changed (any device). */
+  onSessionList?: (frame: SessionListFrame) => void;
   /** The highest seq applied so far, read at every (re)connect. */
   afterSeq: () => number;
   onFrame: (frame: ServerFrame) => void;
@@ -59,7 +68,8 @@ export class ChatConnection {
   private ready = false;
   private refusal: string | null = null;
   private stopped = false;
-  private readonly opts: Required<Omit<ConnectionOptions, 'onDisconnect'>> & Pick<ConnectionOptions, 'onDisconnect'>;
+  private readonly opts: Required<Omit<ConnectionOptions, 'onDisconnect' | 'refreshToken' | 'onSessionList'>> &
+    Pick<ConnectionOptions, 'onDisconnect' | 'refreshToken' | 'onSessionList'>;
 
   constructor(opts: ConnectionOptions) {
     this.opts = {
@@ -140,6 +150,12 @@ export class ChatConnection {
         this.opts.onStatus({ kind: 'connected', node: frame.node });
       } else if (frame.type === 'pong') {
         return;
+      } else if (frame.type === 'session_list') {
+        this.opts.onSessionList?.(frame);
+        return;
+      } else if (frame.type === 'token_expiring') {
+        void this.refresh(ws);
+        return;
       } else if (!this.ready && frame.type === 'error' && (frame.code === 'unauthorized' || frame.code === 'not_found')) {
         this.refusal = frame.message || frame.code;
       }
@@ -150,6 +166,14 @@ export class ChatConnection {
       // A close event always follows; it decides what to do.
     };
     this.pingTimer = setInterval(() => this.keepAlive(ws), this.opts.pingEveryMs);
+  }
+
+  /** Asks the embedding app for a new token and hands it to the socket (and to later reconnects). */
+  private async refresh(ws: WebSocket): Promise<void> {
+    const token = await this.opts.refreshToken?.().catch(() => null);
+    if (!token) return;
+    this.opts.token = token;
+    if (ws === this.ws && ws.readyState === 1) ws.send(JSON.stringify({ type: 'refresh', token }));
   }
 
   private keepAlive(ws: WebSocket): void {

@@ -29,11 +29,11 @@ export type EventKind = (typeof EventKind)[keyof typeof EventKind];
 export const EVENT_KINDS: readonly EventKind[] = ['user_message', 'chunk', 'reasoning', 'restart', 'done', 'cancelled', 'error'];
 
 /** The `type` of each frame a gateway makes itself (none carries a `seq` of its own). */
-export const CONTROL_FRAME_TYPES = ['ready', 'accepted', 'error', 'history', 'pong'] as const;
+export const CONTROL_FRAME_TYPES = ['ready', 'accepted', 'error', 'history', 'pong', 'token_expiring', 'session_list'] as const;
 export type ControlFrameType = (typeof CONTROL_FRAME_TYPES)[number];
 
 /** The `type` of each frame a client may send. */
-export const CLIENT_FRAME_TYPES = ['auth', 'chat', 'regenerate', 'cancel', 'resume', 'ping'] as const;
+export const CLIENT_FRAME_TYPES = ['auth', 'chat', 'regenerate', 'cancel', 'resume', 'refresh', 'ping'] as const;
 export type ClientFrameType = (typeof CLIENT_FRAME_TYPES)[number];
 
 /** Codes of `error` frames and REST error bodies (docs/PROTOCOL.md, "Error codes"). */

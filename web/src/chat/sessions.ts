@@ -1,6 +1,10 @@
 // The conversations this browser knows: session id and token, kept in
 // localStorage (the token is shown once by the server and is the only key to
-// the session), plus a title taken from the first question.
+// the session), plus a title taken from the first question. In
+// GATEWAY_AUTH=jwt mode the list is the server's (`listSessions`) and every
+// session's token is the user's JWT.
+
+import type { ListedSession } from './types';
 
 export interface StoredSession {
   sessionId: string;
@@ -70,15 +74,42 @@ async function apiError(res: Response): Promise<ApiError> {
   }
 }
 
-/** `POST /api/sessions`: a new conversation. */
-export async function createSession(base = ''): Promise<{ session_id: string; token: string }> {
-  const res = await fetch(`${base}/api/sessions`, {
-    method: 'POST',
-    headers: { 'content-type': 'application/json' },
-    body: '{}',
-  });
+/**
+ * `POST /api/sessions`: a new conversation. With the user's JWT
+ * (`GATEWAY_AUTH=jwt`) it belongs to the user and no token comes back: the
+ * JWT opens it.
+ */
+export async function createSession(base = '', jwt?: string): Promise<{ session_id: string; token?: string }> {
+  const headers: Record<string, string> = { 'content-type': 'application/json' };
+  if (jwt) headers.authorization = `Bearer ${jwt}`;
+  const res = await fetch(`${base}/api/sessions`, { method: 'POST', headers, body: '{}' });
   if (!res.ok) throw await apiError(res);
-  return (await res.json()) as { session_id: string; token: string };
+  return (await res.json()) as { session_id: string; token?: string };
+}
+
+/** Pages of `GET /api/sessions` read at most for the sidebar. */
+const LIST_PAGES = 5;
+
+/** `GET /api/sessions` (`jwt` mode): the user's conversations, newest activity first. */
+export async function listSessions(jwt: string, base = ''): Promise<ListedSession[]> {
+  const all: ListedSession[] = [];
+  let cursor: string | undefined;
+  for (let page = 0; page < LIST_PAGES; page++) {
+    const q = new URLSearchParams({ limit: '50' });
+    if (cursor) q.set('cursor', cursor);
+    const res = await fetch(`${base}/api/sessions?${q.toString()}`, { headers: { authorization: `Bearer ${jwt}` } });
+    if (!res.ok) throw await apiError(res);
+    const body = (await res.json()) as { sessions: ListedSession[]; next_cursor?: string | null };
+    all.push(...body.sessions);
+    if (!body.next_cursor) break;
+    cursor = body.next_cursor;
+  }
+  return all;
+}
+
+/** A listed session as the sidebar keeps it; its token is the user's JWT. */
+export function fromListed(s: ListedSession, jwt: string): StoredSession {
+  return { sessionId: s.id, token: jwt, title: s.title, createdAt: s.created, updatedAt: s.updated };
 }
 
 /**
@@ -91,7 +122,8 @@ export async function revokeSession(session: { sessionId: string; token: string 
     method: 'DELETE',
     headers: { authorization: `Bearer ${session.token}` },
   });
-  if (!res.ok && res.status !== 401) throw await apiError(res);
+  // Gone already: 401 (session mode) or 404 (jwt mode).
+  if (!res.ok && res.status !== 401 && res.status !== 404) throw await apiError(res);
 }
 
 /** A short title from the first question. */

@@ -74,6 +74,19 @@ export type ReadyFrame = { type: 'ready'; session_id: string; token?: string; no
 export type AcceptedFrame = { type: 'accepted'; message_id: string; seq: number };
 export type HistoryFrame = { type: 'history'; turns: HistoryTurn[]; last_seq: number };
 export type PongFrame = { type: 'pong' };
+/** `GATEWAY_AUTH=jwt`: the socket's token expires in `in_ms`; answer with a `refresh` frame. */
+export type TokenExpiringFrame = { type: 'token_expiring'; in_ms: number };
+/** A session as `GET /api/sessions` and `session_list` describe it. */
+export interface ListedSession {
+  id: string;
+  title: string;
+  created: number;
+  updated: number;
+  in_flight?: boolean;
+}
+export type SessionChange = 'created' | 'renamed' | 'deleted' | 'answer_started' | 'answer_finished';
+/** `GATEWAY_AUTH=jwt`: the user's session list changed on some device. */
+export type SessionListFrame = { type: 'session_list'; change: SessionChange; session_id: string; session?: ListedSession };
 
 export type ServerFrame =
   | UserMessageFrame
@@ -86,7 +99,9 @@ export type ServerFrame =
   | ReadyFrame
   | AcceptedFrame
   | HistoryFrame
-  | PongFrame;
+  | PongFrame
+  | TokenExpiringFrame
+  | SessionListFrame;
 
 export type ClientFrame =
   | { type: 'auth'; token: string }
@@ -94,13 +109,14 @@ export type ClientFrame =
   | { type: 'regenerate'; message_id: string; replaces?: string; model?: string }
   | { type: 'cancel'; message_id: string }
   | { type: 'resume'; after_seq: number }
+  | { type: 'refresh'; token: string }
   | { type: 'ping' };
 
 // The frame types above are the generated names, no more and no fewer: an event
 // kind or frame type added in Rust without its type here fails `tsc`.
 type Same<A, B> = [A] extends [B] ? ([B] extends [A] ? true : false) : false;
 type StreamFrameType = (UserMessageFrame | ChunkFrame | ReasoningFrame | RestartFrame | DoneFrame | CancelledFrame | ErrorFrame)['type'];
-type GatewayFrameType = (ReadyFrame | AcceptedFrame | ErrorFrame | HistoryFrame | PongFrame)['type'];
+type GatewayFrameType = (ReadyFrame | AcceptedFrame | ErrorFrame | HistoryFrame | PongFrame | TokenExpiringFrame | SessionListFrame)['type'];
 type Assert<T extends true> = T;
 export type FrameTypesMatchTheProtocol = [
   Assert<Same<StreamFrameType, EventKind>>,

@@ -1,6 +1,10 @@
-import { useCallback, useEffect, useState } from 'react';
+import { useCallback, useEffect, useMemo, useRef, useState } from 'react';
+import type { ConnectionOptions } from '../chat/connection';
+import { refreshHook } from '../chat/login';
 import {
   createSession,
+  fromListed,
+  listSessions,
   loadCurrent,
   revokeSession,
   loadSessions,
@@ -12,9 +16,17 @@ import {
 import { Conversation } from './Conversation';
 import { Sidebar } from './Sidebar';
 
-export function App() {
-  const [sessions, setSessions] = useState<StoredSession[]>(() => loadSessions());
+interface Props {
+  /** `GATEWAY_AUTH=jwt`: the user's JWT. The list is then the server's, on every device. */
+  jwt?: string;
+  /** `jwt` mode: the login ended; the page asks for a new token. */
+  onSignedOut?: () => void;
+}
+
+export function App({ jwt, onSignedOut }: Props) {
+  const [sessions, setSessions] = useState<StoredSession[]>(() => (jwt ? [] : loadSessions()));
   const [currentId, setCurrentId] = useState<string | null>(() => {
+    if (jwt) return null;
     const saved = loadCurrent();
     const list = loadSessions();
     return list.some((s) => s.sessionId === saved) ? saved : (list[0]?.sessionId ?? null);
@@ -22,18 +34,58 @@ export function App() {
   const [creating, setCreating] = useState(false);
   const [createError, setCreateError] = useState<string | null>(null);
   const [menuOpen, setMenuOpen] = useState(false);
+  // jwt mode: the list comes from the server; nothing is created before it did.
+  const [loaded, setLoaded] = useState(!jwt);
+  // The newest token (refreshed before expiry) for REST calls.
+  const token = useRef(jwt ?? '');
 
-  useEffect(() => saveSessions(sessions), [sessions]);
+  useEffect(() => {
+    if (!jwt) saveSessions(sessions);
+  }, [sessions, jwt]);
   useEffect(() => saveCurrent(currentId), [currentId]);
 
   // Another tab added or removed a conversation: follow it.
   useEffect(() => {
+    if (jwt) return;
     const onStorage = (e: StorageEvent) => {
       if (e.key === null || e.key.startsWith('chat.sessions')) setSessions(loadSessions());
     };
     window.addEventListener('storage', onStorage);
     return () => window.removeEventListener('storage', onStorage);
-  }, []);
+  }, [jwt]);
+
+  // jwt mode: the server's list, read at start and again on every change
+  // another device (or this one) made.
+  const reload = useCallback(async () => {
+    if (!jwt) return;
+    try {
+      const listed = await listSessions(token.current);
+      setSessions(listed.map((s) => fromListed(s, jwt)));
+      setCurrentId((id) => {
+        const saved = id ?? loadCurrent();
+        return listed.some((s) => s.id === saved) ? saved : (listed[0]?.id ?? null);
+      });
+    } catch (e) {
+      setCreateError(e instanceof Error ? e.message : String(e));
+    } finally {
+      setLoaded(true);
+    }
+  }, [jwt]);
+  useEffect(() => {
+    void reload();
+  }, [reload]);
+  const connection = useMemo<Partial<ConnectionOptions> | undefined>(() => {
+    if (!jwt) return undefined;
+    const refresh = refreshHook();
+    return {
+      refreshToken: async () => {
+        const fresh = await refresh();
+        if (fresh) token.current = fresh;
+        return fresh;
+      },
+      onSessionList: () => void reload(),
+    };
+  }, [jwt, reload]);
 
   const current = sessions.find((s) => s.sessionId === currentId) ?? null;
 
@@ -44,9 +96,15 @@ export function App() {
     setCreating(true);
     setCreateError(null);
     try {
-      const created = await createSession();
+      const created = await createSession('', jwt ? token.current : undefined);
       const now = Date.now();
-      const entry: StoredSession = { sessionId: created.session_id, token: created.token, title: '', createdAt: now, updatedAt: now };
+      const entry: StoredSession = {
+        sessionId: created.session_id,
+        token: jwt ?? created.token ?? '',
+        title: '',
+        createdAt: now,
+        updatedAt: now,
+      };
       setSessions((list) => [entry, ...list]);
       setCurrentId(entry.sessionId);
     } catch (e) {
@@ -54,19 +112,19 @@ export function App() {
     } finally {
       setCreating(false);
     }
-  }, [current]);
+  }, [current, jwt]);
 
   // First visit: start a conversation.
   useEffect(() => {
-    if (!current && !creating && !createError) void newConversation();
-  }, [current, creating, createError, newConversation]);
+    if (loaded && !current && !creating && !createError) void newConversation();
+  }, [loaded, current, creating, createError, newConversation]);
 
   const remove = (id: string) => {
     // Revoked on the server too, so the token opens nothing any more. The
     // local entry goes at once; a failure (offline) leaves the session to
     // expire on its own.
     const gone = sessions.find((s) => s.sessionId === id);
-    if (gone) revokeSession(gone).catch(() => undefined);
+    if (gone) revokeSession(jwt ? { sessionId: id, token: token.current } : gone).catch(() => undefined);
     setSessions((list) => list.filter((s) => s.sessionId !== id));
     if (id === currentId) setCurrentId(sessions.find((s) => s.sessionId !== id)?.sessionId ?? null);
   };
@@ -89,6 +147,7 @@ export function App() {
         onNew={() => void newConversation()}
         onDelete={remove}
         onClose={() => setMenuOpen(false)}
+        foot={jwt ? 'Your conversations, on every device.' : undefined}
       />
       <div className="scrim" onClick={() => setMenuOpen(false)} aria-hidden="true" />
       <main className="main">
@@ -100,6 +159,8 @@ export function App() {
             onFirstQuestion={onFirstQuestion}
             onNewConversation={() => void newConversation()}
             onForget={() => remove(current.sessionId)}
+            connection={connection}
+            onSignedOut={onSignedOut}
           />
         ) : (
           <div className="empty-main">

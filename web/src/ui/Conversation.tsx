@@ -2,6 +2,7 @@ import { useEffect, useMemo, useRef, useState, useSyncExternalStore } from 'reac
 import { isReplaying, MAX_IN_FLIGHT, inFlight } from '../chat/state';
 import type { StoredSession } from '../chat/sessions';
 import { ConversationStore } from '../chat/store';
+import type { ConnectionOptions } from '../chat/connection';
 import { plainWords } from '../chat/errors';
 import { Composer } from './Composer';
 import { ConnectionBadge } from './ConnectionBadge';
@@ -15,10 +16,18 @@ interface Props {
   onFirstQuestion: (sessionId: string, question: string) => void;
   onNewConversation: () => void;
   onForget: () => void;
+  /** `jwt` mode: the token refresh and the live session list (fixed for the conversation's life). */
+  connection?: Partial<ConnectionOptions>;
+  /** `jwt` mode: the login ended (token expired or refused, sockets revoked). */
+  onSignedOut?: () => void;
 }
 
-export function Conversation({ session, onMenu, onFirstQuestion, onNewConversation, onForget }: Props) {
-  const store = useMemo(() => new ConversationStore(session.sessionId, session.token), [session.sessionId, session.token]);
+/** Close reasons and refusals that mean the user's login, not the conversation, is gone. */
+const SIGNED_OUT = /token expired|user revoked|missing or wrong token/;
+
+export function Conversation({ session, onMenu, onFirstQuestion, onNewConversation, onForget, connection, onSignedOut }: Props) {
+  // `connection` is fixed for the conversation's life: not a dependency.
+  const store = useMemo(() => new ConversationStore(session.sessionId, session.token, connection), [session.sessionId, session.token]);
   useEffect(() => {
     store.start();
     const online = () => store.retryNow();
@@ -32,6 +41,9 @@ export function Conversation({ session, onMenu, onFirstQuestion, onNewConversati
   const state = useSyncExternalStore(store.subscribe, store.getState);
   const status = useSyncExternalStore(store.subscribe, store.getStatus);
   const replaying = status.kind === 'connected' && isReplaying(state);
+  useEffect(() => {
+    if (onSignedOut && status.kind === 'invalid' && SIGNED_OUT.test(status.reason)) onSignedOut();
+  }, [status, onSignedOut]);
 
   const firstQuestion = state.turns.find((t) => t.user)?.user;
   useEffect(() => {

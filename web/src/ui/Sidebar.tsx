@@ -7,9 +7,11 @@ interface Props {
   onNew: () => void;
   onDelete: (id: string) => void;
   onClose: () => void;
+  /** The line under the list (where the list is kept). */
+  foot?: string;
 }
 
-export function Sidebar({ sessions, currentId, onSelect, onNew, onDelete, onClose }: Props) {
+export function Sidebar({ sessions, currentId, onSelect, onNew, onDelete, onClose, foot }: Props) {
   return (
     <nav className="sidebar" aria-label="Conversations">
       <div className="sidebar-head">
@@ -51,7 +53,7 @@ export function Sidebar({ sessions, currentId, onSelect, onNew, onDelete, onClos
           </li>
         ))}
       </ul>
-      <p className="sidebar-foot muted">Conversations are kept in this browser.</p>
+      <p className="sidebar-foot muted">{foot ?? 'Conversations are kept in this browser.'}</p>
     </nav>
   );
 }

@@ -1,7 +1,11 @@
 //! One WebSocket connection: authentication, `ready`, replay, live events
 //! with gap repair, the client's frames, and the ways a socket ends (bad
 //! token 1008, invalid UTF-8 1007, oversize 1009, shutdown 1012, a client
-//! whose writes block for the write timeout 1013). A client that merely
+//! whose writes block for the write timeout 1013). In `GATEWAY_AUTH=jwt`
+//! mode it also follows its user's session list (`session_list` frames),
+//! warns before its token expires (`token_expiring`, then 1008 `token
+//! expired` without a `refresh`) and closes when the user's sockets are
+//! revoked (1008 `user revoked`). A client that merely
 //! falls behind the live feed is caught up from the stream, not closed.
 //!
 //! Choices for bad input: a bad `after_seq` query parameter (not a number,
@@ -38,6 +42,8 @@ use crate::app::AppState;
 use crate::error::ApiError;
 use crate::live::{AttachError, Attachment};
 use crate::replay::{self, Position, SessionEvents, StoredEvents};
+use crate::user_feed::UserAttachment;
+use crate::users::{self, User};
 use crate::{auth, metrics};
 
 /// Live events queued for one write at most, before the loop looks at its
@@ -109,8 +115,9 @@ async fn run(socket: WebSocket, state: AppState, query: SocketQuery) {
     Box::pin(auth::record_attach(&state, attached.session)).await;
 
     let (commands, inbox) = mpsc::channel(COMMAND_QUEUE);
+    let user_key = attached.user.as_ref().map(|u| u.key.clone());
     let reader = tokio::spawn(
-        reader::read(stream, state.clone(), attached.session, commands).in_current_span(),
+        reader::read(stream, state.clone(), attached.session, user_key, commands).in_current_span(),
     );
     let start_after = attached.after_seq.unwrap_or(attached.position.last_seq);
     let mut relay = Relay::new(outbox, attached.events.clone(), start_after);
@@ -118,8 +125,19 @@ async fn run(socket: WebSocket, state: AppState, query: SocketQuery) {
         Ok(()) => relay.flush().await,
         Err(end) => Err(end),
     };
+    let expiry = attached
+        .user
+        .as_ref()
+        .map(|u| Expiry::of(u.claims.exp, state.config.auth.token_expiring_ms));
     let end = match started {
-        Ok(()) => forward(&mut relay, &state, attached.attachment, inbox).await,
+        Ok(()) => {
+            let links = Links {
+                attachment: attached.attachment,
+                user_feed: attached.user_feed,
+                expiry,
+            };
+            forward(&mut relay, &state, links, inbox).await
+        }
         Err(end) => end,
     };
     relay.end(end).await;
@@ -133,13 +151,58 @@ struct Attached {
     attachment: Attachment,
     after_seq: Option<u64>,
     position: Position,
+    /// `jwt` mode: the socket's user and its session-list feed.
+    user: Option<User>,
+    user_feed: Option<UserAttachment>,
+}
+
+/// What a socket's loop follows besides its client.
+struct Links {
+    attachment: Attachment,
+    user_feed: Option<UserAttachment>,
+    expiry: Option<Expiry>,
+}
+
+/// The longest a socket's token is watched for (a year): past it the socket
+/// closes as if the token expired, and the client logs in again.
+const MAX_TOKEN_LIFE_MS: u64 = 365 * 24 * 3600 * 1000;
+
+/// When the socket's token expires (`jwt` mode), and when it is told so.
+#[derive(Debug, Clone, Copy)]
+struct Expiry {
+    at: Instant,
+    warn_at: Instant,
+    warned: bool,
+}
+
+impl Expiry {
+    /// From the token's `exp` (seconds since the epoch).
+    fn of(exp_secs: u64, warn_before_ms: u64) -> Self {
+        // Bounded: a token valid for centuries must not overflow an Instant.
+        let left_ms = exp_secs
+            .saturating_mul(1000)
+            .saturating_sub(protocol::now_ms())
+            .min(MAX_TOKEN_LIFE_MS);
+        let now = Instant::now();
+        let at = now + std::time::Duration::from_millis(left_ms);
+        let warn_at =
+            now + std::time::Duration::from_millis(left_ms.saturating_sub(warn_before_ms));
+        Self {
+            at,
+            warn_at,
+            warned: false,
+        }
+    }
 }
 
 /// The close code for a refused attach: the client's fault is a policy
 /// violation (1008); NATS trouble, and a session with all its sockets open,
 /// are "try again later" (1013).
 fn refusal(e: ApiError) -> (ApiError, CloseCode) {
-    let code = if matches!(e, ApiError::Unavailable(_) | ApiError::RateLimited(_)) {
+    let code = if matches!(
+        e,
+        ApiError::Unavailable(_) | ApiError::RateLimited(_) | ApiError::Quota { .. }
+    ) {
         CloseCode::TryAgainLater
     } else {
         CloseCode::PolicyViolation
@@ -157,11 +220,13 @@ async fn authenticate(
     mut query: SocketQuery,
     stream: &mut SplitStream<WebSocket>,
 ) -> Result<SocketQuery, Refusal> {
-    if query.session.is_none() {
+    // In jwt mode every socket proves its user, also one that creates its
+    // session.
+    if query.session.is_none() && !auth::jwt_mode(state) {
         return Ok(query);
     }
     if query.token.is_some() {
-        if state.config.allow_url_token {
+        if state.config.allow_url_token && !auth::jwt_mode(state) {
             return Ok(query);
         }
         let e = ApiError::NoAuthFrame(
@@ -220,20 +285,31 @@ async fn attach(state: &AppState, query: SocketQuery) -> Result<Attached, (ApiEr
         .map(replay::parse_after_seq)
         .transpose()
         .map_err(refusal)?;
-    let (session, created_token) = match query.session.as_deref() {
+    let token = query.token.as_ref().map(SessionToken::as_str);
+    let mut user_feed = None;
+    let (session, created_token, user) = match query.session.as_deref() {
+        None if auth::jwt_mode(state) => {
+            let user = users::authenticate(state, token).await.map_err(refusal)?;
+            // Following the list first: the socket hears of its own session.
+            user_feed = Some(follow_user(state, &user).await?);
+            let session = users::create_session(state, &user).await.map_err(refusal)?;
+            (session, None, Some(user))
+        }
         None => {
             let (session, token) = auth::create_session(state).await.map_err(refusal)?;
-            (session, Some(token))
+            (session, Some(token), None)
         }
         Some(raw) => {
             let session = auth::parse_session_id(Some(raw)).map_err(refusal)?;
-            let token = query.token.as_ref().map(SessionToken::as_str);
-            auth::check_token(state, session, token)
+            let (_, user) = auth::check_token(state, session, token)
                 .await
                 .map_err(refusal)?;
-            (session, None)
+            (session, None, user)
         }
     };
+    if let (None, Some(user)) = (&user_feed, &user) {
+        user_feed = Some(follow_user(state, user).await?);
+    }
     let attachment = state.hub.attach(session).await.map_err(|e| {
         refusal(match e {
             AttachError::TooManySockets(_) => ApiError::RateLimited(e.to_string()),
@@ -249,7 +325,20 @@ async fn attach(state: &AppState, query: SocketQuery) -> Result<Attached, (ApiEr
         attachment,
         after_seq,
         position,
+        user,
+        user_feed,
     })
+}
+
+async fn follow_user(
+    state: &AppState,
+    user: &User,
+) -> Result<UserAttachment, (ApiError, CloseCode)> {
+    state
+        .user_feeds
+        .attach(&user.key)
+        .await
+        .map_err(|e| refusal(ApiError::nats(e)))
 }
 
 /// `ready`, then what the client missed.
@@ -275,9 +364,16 @@ async fn start(relay: &mut SocketRelay, state: &AppState, attached: &Attached) -
 async fn forward<S: Sink<Message> + Unpin>(
     relay: &mut Relay<S, SessionEvents>,
     state: &AppState,
-    mut attachment: Attachment,
+    links: Links,
     mut inbox: mpsc::Receiver<Command>,
 ) -> End {
+    let Links {
+        mut attachment,
+        mut user_feed,
+        mut expiry,
+    } = links;
+    let user_revoked = user_feed.as_ref().map(|f| f.revoked.clone());
+    let mut notices = user_feed.as_mut().map(|f| &mut f.receiver);
     let shutdown = state.shutdown.clone();
     let quiet = state.config.tail_check();
     // Armed by each live event, fired once when they go quiet.
@@ -290,6 +386,28 @@ async fn forward<S: Sink<Message> + Unpin>(
             biased;
             _ = shutdown.cancelled() => return End::Close(CloseCode::ServiceRestart, "service restart"),
             _ = attachment.revoked.cancelled() => return End::Close(CloseCode::PolicyViolation, "session revoked"),
+            _ = fired(user_revoked.as_ref()) => return End::Close(CloseCode::PolicyViolation, USER_REVOKED),
+            _ = tokio::time::sleep_until(expiry.map_or_else(Instant::now, |e| e.at)), if expiry.is_some() => {
+                return End::Close(CloseCode::PolicyViolation, TOKEN_EXPIRED);
+            }
+            _ = tokio::time::sleep_until(expiry.map_or_else(Instant::now, |e| e.warn_at)), if expiry.is_some_and(|e| !e.warned) => {
+                let left = expiry.map_or(0, |e| e.at.saturating_duration_since(Instant::now()).as_millis());
+                if let Some(e) = expiry.as_mut() {
+                    e.warned = true;
+                }
+                let in_ms = u64::try_from(left).unwrap_or(u64::MAX);
+                relay.send_control(&ControlFrame::TokenExpiring { in_ms }).await
+            }
+            notice = next_notice(notices.as_deref_mut()) => match notice {
+                Ok(frame) => relay.send_control(&frame).await,
+                // A missed notice leaves the list stale, not wrong: the next
+                // change (or a reload) brings it up to date.
+                Err(broadcast::error::RecvError::Lagged(_)) => Ok(()),
+                Err(broadcast::error::RecvError::Closed) => {
+                    notices = None;
+                    Ok(())
+                }
+            },
             _ = tokio::time::sleep_until(check_at), if tail_check.is_some() => {
                 tail_check = None;
                 match Box::pin(relay.check_tail(tail_suspect.take())).await {
@@ -307,6 +425,10 @@ async fn forward<S: Sink<Message> + Unpin>(
                 Some(Command::Close(code, reason)) => return End::Close(code, reason),
                 Some(Command::Control(frame)) => relay.send_control(&frame).await,
                 Some(Command::Resume(after)) => Box::pin(relay.resume(after)).await,
+                Some(Command::Refreshed(exp)) => {
+                    expiry = Some(Expiry::of(exp, state.config.auth.token_expiring_ms));
+                    Ok(())
+                }
             },
             event = attachment.receiver.recv() => {
                 tail_check = Some(Instant::now() + quiet);
@@ -332,6 +454,29 @@ async fn forward<S: Sink<Message> + Unpin>(
         if let Err(end) = relay.flush().await {
             return end;
         }
+    }
+}
+
+/// The close reason of a socket whose user's sockets were revoked.
+pub const USER_REVOKED: &str = "user revoked";
+/// The close reason of a socket whose token expired without a `refresh`.
+pub const TOKEN_EXPIRED: &str = "token expired";
+
+/// Waits for `token` to fire; never without one.
+async fn fired(token: Option<&tokio_util::sync::CancellationToken>) {
+    match token {
+        Some(token) => token.cancelled().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The next session-list notice; never without a feed.
+async fn next_notice(
+    receiver: Option<&mut broadcast::Receiver<std::sync::Arc<ControlFrame>>>,
+) -> Result<std::sync::Arc<ControlFrame>, broadcast::error::RecvError> {
+    match receiver {
+        Some(receiver) => receiver.recv().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -432,9 +577,36 @@ impl SessionFeed {
             Err(end) => Err(end),
         };
         let end = match started {
-            Ok(()) => forward(&mut relay, &state, self.attachment, inbox).await,
+            Ok(()) => {
+                let links = Links {
+                    attachment: self.attachment,
+                    user_feed: None,
+                    expiry: None,
+                };
+                forward(&mut relay, &state, links, inbox).await
+            }
             Err(end) => end,
         };
         relay.end(end).await;
+    }
+}
+
+#[cfg(test)]
+mod expiry_tests {
+    use super::*;
+
+    #[test]
+    fn any_exp_a_token_carries_makes_an_expiry() {
+        for (exp, warn_before) in [(u64::MAX, u64::MAX), (0, 0), (1, u64::MAX)] {
+            let expiry = Expiry::of(exp, warn_before);
+            assert!(expiry.warn_at <= expiry.at);
+        }
+        let now_secs = protocol::now_ms() / 1000;
+        let soon = Expiry::of(now_secs + 60, 30_000);
+        let left = soon.at.saturating_duration_since(Instant::now());
+        assert!(left <= std::time::Duration::from_secs(60), "{left:?}");
+        assert!(
+            soon.at.saturating_duration_since(soon.warn_at) <= std::time::Duration::from_secs(30)
+        );
     }
 }

@@ -23,6 +23,8 @@ pub(super) enum Command {
     Control(ControlFrame),
     /// The client's `resume` frame.
     Resume(u64),
+    /// A `refresh` frame's token was accepted: it expires at this `exp`.
+    Refreshed(u64),
     /// Close the socket.
     Close(CloseCode, &'static str),
 }
@@ -32,6 +34,7 @@ pub(super) async fn read(
     mut stream: SplitStream<WebSocket>,
     state: AppState,
     session: SessionId,
+    user: Option<protocol::UserKey>,
     commands: mpsc::Sender<Command>,
 ) {
     let mut bucket = TokenBucket::new(state.config.frames_per_sec, state.config.frame_burst);
@@ -84,6 +87,7 @@ pub(super) async fn read(
                 Command::Control(e.frame(None))
             }
             ClientFrame::Resume { after_seq } => Command::Resume(after_seq),
+            ClientFrame::Refresh { token } => refresh(&state, user.as_ref(), token.as_str()).await,
             ClientFrame::Chat {
                 message_id,
                 content,
@@ -148,6 +152,19 @@ pub(super) async fn read(
         if commands.send(reply).await.is_err() {
             break;
         }
+    }
+}
+
+/// A `refresh` frame: a valid token of the socket's own user moves its
+/// expiry; anything else is refused and the socket keeps its old expiry.
+async fn refresh(state: &AppState, user: Option<&protocol::UserKey>, token: &str) -> Command {
+    let Some(user) = user else {
+        let e = ApiError::BadRequest("refresh is for GATEWAY_AUTH=jwt sockets".into());
+        return Command::Control(e.frame(None));
+    };
+    match Box::pin(crate::users::authenticate(state, Some(token))).await {
+        Ok(refreshed) if &refreshed.key == user => Command::Refreshed(refreshed.claims.exp),
+        Ok(_) | Err(_) => Command::Control(ApiError::Unauthorized.frame(None)),
     }
 }
 

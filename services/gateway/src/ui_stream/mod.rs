@@ -62,10 +62,14 @@ const HEARTBEAT: Duration = Duration::from_secs(15);
 const FEED_BUFFER: usize = 64;
 
 /// The routes, and `POST /api/sessions` (an app creates its chat's session
-/// first); CORS wraps them when `--cors-origins` lists any site.
+/// first; in `GATEWAY_AUTH=jwt` mode `GET` lists the user's); CORS wraps
+/// them when `--cors-origins` lists any site.
 pub fn router(state: &AppState) -> Router<AppState> {
     let routes = Router::new()
-        .route("/api/sessions", post(crate::rest::create_session))
+        .route(
+            "/api/sessions",
+            post(crate::rest::create_session).get(crate::rest::list_sessions),
+        )
         .route("/api/ui/chat", post(post_chat))
         .route("/api/ui/chat/{id}/stream", get(get_stream))
         .route("/api/ui/chat/{id}/stream/{message_id}", get(get_stream_of))

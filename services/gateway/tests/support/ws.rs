@@ -20,6 +20,9 @@ pub struct Ws {
     stream: Stream,
     /// Stream events read while waiting for a control frame, not yet taken.
     pending: VecDeque<SequencedEvent>,
+    /// `session_list` and `token_expiring` frames (`GATEWAY_AUTH=jwt`),
+    /// kept apart: they come between any other two frames.
+    side: VecDeque<ControlFrame>,
 }
 
 #[derive(Debug)]
@@ -45,6 +48,7 @@ impl Ws {
         Self {
             stream,
             pending: VecDeque::new(),
+            side: VecDeque::new(),
         }
     }
 
@@ -104,11 +108,42 @@ impl Ws {
         }
     }
 
-    /// The next control frame; stream events before it are kept for [`Ws::event`].
+    /// The next control frame; stream events before it are kept for
+    /// [`Ws::event`], `session_list` and `token_expiring` for [`Ws::side`].
     pub async fn control(&mut self) -> ControlFrame {
         loop {
             match self.frame().await {
+                ServerFrame::Control(control) if is_side(&control) => self.side.push_back(control),
                 ServerFrame::Control(control) => return control,
+                ServerFrame::Event(event) => self.pending.push_back(event),
+            }
+        }
+    }
+
+    /// The next `session_list` frame; other frames on the way are kept.
+    pub async fn session_list(&mut self) -> ControlFrame {
+        self.side(|f| matches!(f, ControlFrame::SessionList { .. }))
+            .await
+    }
+
+    /// The next `token_expiring` frame; other frames on the way are kept.
+    pub async fn token_expiring(&mut self) -> ControlFrame {
+        self.side(|f| matches!(f, ControlFrame::TokenExpiring { .. }))
+            .await
+    }
+
+    /// The next side frame that is `wanted`; other frames are kept.
+    async fn side(&mut self, wanted: impl Fn(&ControlFrame) -> bool) -> ControlFrame {
+        loop {
+            if let Some(i) = self.side.iter().position(&wanted) {
+                if let Some(frame) = self.side.remove(i) {
+                    return frame;
+                }
+            }
+            match self.frame().await {
+                ServerFrame::Control(control) if wanted(&control) => return control,
+                ServerFrame::Control(control) if is_side(&control) => self.side.push_back(control),
+                ServerFrame::Control(_) => {}
                 ServerFrame::Event(event) => self.pending.push_back(event),
             }
         }
@@ -241,4 +276,12 @@ impl Ws {
         self.send_json(json!({"type": "resume", "after_seq": after_seq}))
             .await;
     }
+}
+
+/// Frames of `GATEWAY_AUTH=jwt` that may come between any other two.
+fn is_side(frame: &ControlFrame) -> bool {
+    matches!(
+        frame,
+        ControlFrame::SessionList { .. } | ControlFrame::TokenExpiring { .. }
+    )
 }
