@@ -125,6 +125,9 @@ pub fn permissions(role: Role) -> Permissions {
             let mut publish = chat_service_common();
             publish.extend([
                 subjects::EVENTS_ALL.to_string(),
+                // A run that took a job over records its claim, which
+                // fences the terminal event of the run it replaced.
+                subjects::CLAIMS_ALL.to_string(),
                 subjects::HISTORY_ALL.to_string(),
                 subjects::DEAD_ALL.to_string(),
                 // A claim: a worker that takes over a job tells the one

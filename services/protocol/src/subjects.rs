@@ -19,8 +19,11 @@ pub const SESSIONS_BUCKET: &str = "chat_sessions";
 
 /// Subjects of [`REQUESTS_STREAM`].
 pub const REQUESTS_ALL: &str = "chat.requests.*";
-/// Subjects of [`EVENTS_STREAM`].
+/// Subjects of [`EVENTS_STREAM`] that hold a session's events.
 pub const EVENTS_ALL: &str = "chat.events.*";
+/// Subjects of [`EVENTS_STREAM`] that hold claims, not events (see
+/// [`claims`]): never republished, never read by clients.
+pub const CLAIMS_ALL: &str = "chat.claims.*.*";
 /// Subjects of [`HISTORY_STREAM`].
 pub const HISTORY_ALL: &str = "chat.history.*";
 /// Subjects of [`DEAD_STREAM`].
@@ -68,6 +71,11 @@ pub const HEADER_SEQUENCE: &str = "Nats-Sequence";
 /// (0 when the event is the subject's first). A live subscriber that has not
 /// seen that sequence has a gap to fill from the stream.
 pub const HEADER_LAST_SEQUENCE: &str = "Nats-Last-Sequence";
+/// Publish header: the subject whose last sequence
+/// `Nats-Expected-Last-Subject-Sequence` is checked against, instead of the
+/// subject published to (nats-server 2.11 and later).
+pub const HEADER_EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT: &str =
+    "Nats-Expected-Last-Subject-Sequence-Subject";
 /// On the end-of-batch reply of a batched direct get: matching messages the
 /// batch did not include.
 pub const HEADER_NUM_PENDING: &str = "Nats-Num-Pending";
@@ -78,6 +86,18 @@ pub fn requests(session: SessionId) -> String {
 
 pub fn events(session: SessionId) -> String {
     format!("chat.events.{session}")
+}
+
+/// Where the runs of one message that took its job over record their claim
+/// (a [`crate::CancelNotice`] with its attempt) in [`EVENTS_STREAM`], each
+/// compare-and-set against the claim it read, before their first event: the
+/// claims of a message are stored in rising attempt order. A run's terminal
+/// event is stored only while this subject's last sequence is the one the
+/// run knows (its own claim, or none for a first attempt): a
+/// compare-and-set on this subject ([`HEADER_EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT`])
+/// that the server checks as it stores the event.
+pub fn claims(session: SessionId, message: MessageId) -> String {
+    format!("chat.claims.{session}.{message}")
 }
 
 pub fn live(session: SessionId) -> String {
@@ -230,8 +250,9 @@ mod tests {
             (history(s), HISTORY_ALL),
             (dead(s), DEAD_ALL),
             (cancel(s), CANCEL_ALL),
+            (claims(s, MessageId::new()), CLAIMS_ALL),
         ] {
-            let prefix = pattern.trim_end_matches('*');
+            let prefix = pattern.trim_end_matches("*.*").trim_end_matches('*');
             assert!(subject.starts_with(prefix), "{subject} vs {pattern}");
             assert_eq!(subject.split('.').count(), pattern.split('.').count());
         }

@@ -191,6 +191,8 @@ async fn the_gateway_does_its_work_and_nothing_more() {
         subjects::consumer_next(subjects::REQUESTS_STREAM, subjects::WORKERS_CONSUMER),
         subjects::history(session),
         subjects::dead(session),
+        // Only a worker claims a message's job.
+        subjects::claims(session, protocol::MessageId::new()),
     ] {
         gateway.refused_publish(&subject).await;
     }
@@ -236,6 +238,7 @@ async fn the_worker_does_its_work_and_nothing_more() {
     job.double_ack().await.unwrap();
     for subject in [
         subjects::events(session),
+        subjects::claims(session, protocol::MessageId::new()),
         subjects::history(session),
         subjects::dead(session),
     ] {

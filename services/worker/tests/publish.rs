@@ -5,7 +5,7 @@
 mod support;
 
 use protocol::{subjects, Event, MessageId, SessionId};
-use support::Harness;
+use support::{wait_until, Harness};
 use worker::publish::{EventPublisher, ACK_WINDOW};
 
 fn chunk(message_id: MessageId, index: u32) -> Event {
@@ -32,6 +32,88 @@ async fn every_event_is_stored_in_order_before_finish_returns() {
     publisher.finish().await.unwrap();
     let stored = h.stored_events(session).await;
     let expected: Vec<Event> = (0..count).map(|i| chunk(message_id, i)).collect();
+    assert_eq!(stored, expected);
+}
+
+#[tokio::test]
+async fn after_a_lost_connection_every_event_is_stored_once_in_order() {
+    // nats-server restarts with acks outstanding: the publisher reads back
+    // what the stream holds and sends again only what it does not. If the
+    // client held back publishes of the old connection and sent them on
+    // the new one after a lost earlier one (a hole), the stream cannot be
+    // mended in order: the publisher says so (the worker then starts the
+    // attempt over), and nothing is stored twice or out of order.
+    let mut h = Harness::start(5_000, 4).await;
+    let session = SessionId::new();
+    let message_id = MessageId::new();
+    let mut publisher = publisher(&h, subjects::events(session)).await;
+    let count = 300;
+    for index in 0..100 {
+        publisher.publish(&chunk(message_id, index)).await.unwrap();
+    }
+    // Frozen, the server acks nothing: these wait with their acks
+    // outstanding (some may be stored when it goes, some not).
+    h.server.freeze().unwrap();
+    for index in 100..150 {
+        publisher.publish(&chunk(message_id, index)).await.unwrap();
+    }
+    h.server.restart().unwrap();
+    let rest = async {
+        for index in 150..count {
+            publisher.publish(&chunk(message_id, index)).await?;
+        }
+        publisher.finish().await
+    };
+    let published = rest.await;
+    h.reconnect().await;
+    let stored = h.stored_events(session).await;
+    let expected: Vec<Event> = (0..count).map(|i| chunk(message_id, i)).collect();
+    match published {
+        Ok(()) => assert_eq!(stored, expected),
+        Err(e) => {
+            assert!(e.0.contains("a later event is stored"), "{e}");
+            let indexes: Vec<u32> = stored
+                .iter()
+                .filter_map(|e| match e {
+                    Event::Chunk { index, .. } => Some(*index),
+                    _ => None,
+                })
+                .collect();
+            assert!(
+                indexes.windows(2).all(|w| w[0] < w[1]),
+                "stored twice or out of order: {indexes:?}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_connection_lost_with_every_ack_in_goes_on_at_once() {
+    // Nothing outstanding when nats-server restarts: the next event goes
+    // out on the new connection, after the stream took the old ones.
+    let mut h = Harness::start(5_000, 4).await;
+    let session = SessionId::new();
+    let message_id = MessageId::new();
+    let mut publisher = publisher(&h, subjects::events(session)).await;
+    for index in 0..10 {
+        publisher.publish(&chunk(message_id, index)).await.unwrap();
+    }
+    wait_until(|| async { h.stored_events(session).await.len() == 10 }).await;
+    h.server.restart().unwrap();
+    // Bounded: an ack task left waiting for a sender that never closes
+    // would hang here.
+    let rest = async {
+        for index in 10..20 {
+            publisher.publish(&chunk(message_id, index)).await.unwrap();
+        }
+        publisher.finish().await.unwrap();
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(30), rest)
+        .await
+        .expect("the publisher hung after the lost connection");
+    h.reconnect().await;
+    let stored = h.stored_events(session).await;
+    let expected: Vec<Event> = (0..20).map(|i| chunk(message_id, i)).collect();
     assert_eq!(stored, expected);
 }
 
@@ -94,12 +176,12 @@ async fn publisher(h: &Harness, subject: impl Into<String>) -> EventPublisher {
         .apply(protocol::access::Role::Ops, options)
         .expect("the harness's nkey");
     let client = options.connect(h.server.url()).await.expect("connecting");
-    EventPublisher::start(
-        async_nats::jetstream::new(client),
-        connection,
-        subject.into(),
-        fixed_window(),
-    )
+    let js = async_nats::jetstream::new(client);
+    let events = js
+        .get_stream(subjects::EVENTS_STREAM)
+        .await
+        .expect("the events stream");
+    EventPublisher::start(js, events, connection, subject.into(), 0, fixed_window())
 }
 
 /// The window the publisher reports to; these tests do not look at it.

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use protocol::records::{DeadLetter, TurnStatus};
-use protocol::{setup, stored, subjects, ErrorCode, Event, MessageId, SessionId};
+use protocol::{setup, stored, subjects, CancelNotice, ErrorCode, Event, MessageId, SessionId};
 use support::{answer_of, wait_until, Harness, Live};
 use worker::backends::demo;
 
@@ -58,8 +58,20 @@ async fn answer_under_way(
     (session, id, live, worker)
 }
 
-/// Stores what a later attempt announces first: its `restart`.
-async fn store_restart(h: &Harness, session: SessionId, id: MessageId, attempt: u32) {
+/// Stores what a later attempt's admit step stores on the stream before
+/// anything else: its claim on the message's claims subject, then its
+/// `restart`.
+async fn take_over_on_the_stream(h: &Harness, session: SessionId, id: MessageId, attempt: u32) {
+    let claim = CancelNotice {
+        message_id: id,
+        claimed_by: Some("another-worker/1/1".into()),
+        attempt: Some(attempt),
+    };
+    h.js.publish(subjects::claims(session, id), claim.to_payload())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
     let takeover = Event::Restart {
         message_id: id,
         attempt,
@@ -69,6 +81,21 @@ async fn store_restart(h: &Harness, session: SessionId, id: MessageId, attempt: 
         .unwrap()
         .await
         .unwrap();
+}
+
+/// The attempts whose claims the message's claims subject holds, in order.
+async fn stored_claims(h: &Harness, session: SessionId, id: MessageId) -> Vec<u32> {
+    let subject = subjects::claims(session, id);
+    let events = h.js.get_stream(subjects::EVENTS_STREAM).await.unwrap();
+    stored::read_range(&h.js.client(), &events, &subject, 1, u64::MAX, usize::MAX)
+        .await
+        .unwrap()
+        .iter()
+        .map(|s| {
+            let notice: CancelNotice = serde_json::from_slice(&s.payload).unwrap();
+            notice.attempt.unwrap()
+        })
+        .collect()
 }
 
 #[tokio::test]
@@ -110,6 +137,8 @@ async fn a_job_abandoned_by_a_dead_worker_is_restarted_and_answered() {
     let turns = h.turns(session).await;
     assert_eq!(turns.len(), 1);
     assert_eq!(turns[0].attempt, 2);
+    // Attempt 2 claimed the message on the stream before its `restart`.
+    assert_eq!(stored_claims(&h, session, id).await, [2]);
     worker.shutdown().await.unwrap();
 }
 
@@ -381,7 +410,7 @@ async fn an_attempt_superseded_on_the_stream_stores_no_terminal_event() {
         &["--demo-tokens-per-sec", "40", "--demo-answer-tokens", "30"],
     )
     .await;
-    store_restart(&h, session, id, 2).await;
+    take_over_on_the_stream(&h, session, id, 2).await;
     let events = live.until(|e| e.is_terminal()).await;
     match events.last() {
         // The next delivery (2) answers; attempt 1 must not have.
@@ -409,7 +438,7 @@ async fn an_attempt_superseded_on_the_stream_stops_generating_without_the_notice
         .put(subjects::claim_key(session, id), "2".into())
         .await
         .unwrap();
-    store_restart(&h, session, id, 2).await;
+    take_over_on_the_stream(&h, session, id, 2).await;
     live.until(|e| matches!(e, Event::Restart { attempt: 2, .. }))
         .await;
     // Attempt 1's chunks stop within a progress interval or two: a quiet

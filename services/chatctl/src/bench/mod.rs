@@ -23,7 +23,7 @@ pub mod socket;
 pub mod sse;
 pub mod stats;
 
-pub use run::run;
+pub use run::{run, Capacity};
 
 use std::path::PathBuf;
 
@@ -60,6 +60,9 @@ pub enum Phase {
     /// The peer (resumable-stream on Redis) under the e2e, paced and idle
     /// workloads, after our stacks are stopped.
     Peer,
+    /// The most paced streams held at token p99 < 250 ms with an exact
+    /// ledger, stepping up: ours, then the peer's.
+    Capacity,
 }
 
 /// `chatctl bench`: every parameter has a flag; unset ones come from the profile.
@@ -146,6 +149,13 @@ pub struct BenchArgs {
     /// Seconds counted per paced load.
     #[arg(long)]
     pub paced_secs: Option<f64>,
+    /// Paced stream counts the capacity phase steps through, in order,
+    /// until one misses (comma separated).
+    #[arg(long, value_delimiter = ',')]
+    pub capacity_loads: Vec<usize>,
+    /// Runs the peer's capacity steps even when `--only` names no `peer`.
+    #[arg(long)]
+    pub capacity_peer: bool,
     /// Connect + ready samples (new sessions; as many re-attached).
     #[arg(long)]
     pub connect_samples: Option<usize>,

@@ -23,6 +23,9 @@ pub struct Report {
     /// What happened that is not a failure but matters for reading the
     /// numbers (e.g. sockets the server closed and the clients reopened).
     pub notes: Vec<String>,
+    /// The capacity phase: paced streams held, ours and the peer's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<super::run::Capacity>,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]

@@ -15,7 +15,10 @@ use super::report::{thousands, Machine, Report, Row};
 use super::socket::Endpoint;
 use super::{BenchArgs, Phase, Profile};
 
+mod capacity;
 mod paced;
+
+pub use capacity::Capacity;
 
 /// The targets printed next to the results (never asserted).
 const TARGET_E2E_CHUNKS: f64 = 50_000.0;
@@ -41,6 +44,7 @@ struct Settings {
     replay_samples: usize,
     idle_connections: usize,
     scaling: Duration,
+    capacity_loads: Vec<usize>,
 }
 
 fn secs(flag: Option<f64>, default: f64) -> Duration {
@@ -81,6 +85,15 @@ impl Settings {
                 2_000
             }),
             scaling: secs(a.scaling_secs, pick(5.0, 12.0)),
+            capacity_loads: if a.capacity_loads.is_empty() {
+                if full {
+                    vec![250, 500, 750, 1_000, 1_500, 2_000]
+                } else {
+                    vec![250, 500, 1_000]
+                }
+            } else {
+                a.capacity_loads.clone()
+            },
         }
     }
 }
@@ -217,6 +230,9 @@ async fn own_stacks(args: &BenchArgs, s: &Settings, report: &mut Report) -> anyh
     }
     if args.runs(Phase::Paced) || args.runs(Phase::Sse) {
         paced::own_stacks(args, s, report).await?;
+    }
+    if args.runs(Phase::Capacity) {
+        capacity::run(args, s, report).await?;
     }
     if args.runs(Phase::Peer) {
         peer_phase(args, s, report).await?;
@@ -673,6 +689,28 @@ fn delivered_row(outcome: &LoadOutcome, run: &str) -> Row {
             cpu_us_per_token
         ),
     )
+}
+
+/// CPU per delivered token, per process, in the measured window: what a
+/// paced load costs each process for what its users get.
+fn cpu_token_row(outcome: &LoadOutcome, run: &str) -> Option<Row> {
+    if outcome.measured_tokens == 0 || outcome.cpu.is_empty() {
+        return None;
+    }
+    let tokens = outcome.measured_tokens as f64;
+    let per_token_us = |secs: f64| secs * 1e6 / tokens;
+    let total: f64 = outcome.cpu.values().sum();
+    let mut values = vec![("total_us_per_token".to_string(), per_token_us(total))];
+    let mut parts = Vec::new();
+    for (name, secs) in &outcome.cpu {
+        values.push((format!("{name}_us_per_token"), per_token_us(*secs)));
+        parts.push(format!("{name} {:.1}", per_token_us(*secs)));
+    }
+    Some(Row::text(
+        format!("CPU per delivered token ({run}), µs"),
+        values,
+        format!("{:.1} in all: {}", per_token_us(total), parts.join(", ")),
+    ))
 }
 
 /// CPU per delivered chunk, per component, in the measured window: where

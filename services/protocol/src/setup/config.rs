@@ -169,7 +169,7 @@ impl LayoutConfig {
         stream::Config {
             name: subjects::EVENTS_STREAM.into(),
             description: Some("Every event of every session: the replay window".into()),
-            subjects: vec![subjects::EVENTS_ALL.into()],
+            subjects: vec![subjects::EVENTS_ALL.into(), subjects::CLAIMS_ALL.into()],
             retention: RetentionPolicy::Limits,
             storage: StorageType::File,
             max_age: Duration::from_secs(self.replay_window_secs),

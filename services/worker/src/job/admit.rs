@@ -11,6 +11,7 @@ use protocol::records::{self, Turn};
 use protocol::{sessions, stored, subjects, Event};
 
 use super::ending::Ending;
+use super::fence::Claimed;
 use super::Job;
 use crate::cancel::{self, CancelGuard};
 use crate::turns::Answer;
@@ -99,7 +100,9 @@ impl Job {
             Ok(None) => {}
             Err(()) => return Admission::End(Ending::stream_unreadable(self.attempt_facts())),
         }
-        self.claim(guard).await;
+        if let Err(ending) = self.claim(guard).await {
+            return Admission::End(ending);
+        }
         // The guard registered before the flag was read: a cancel is seen
         // through one or the other.
         if guard.token().is_cancelled() || cancel_flagged {
@@ -114,8 +117,20 @@ impl Job {
     }
 
     /// Tells any other worker still running this message (it lost its lease
-    /// without knowing) to stop: the job is ours now.
-    async fn claim(&self, guard: &CancelGuard) {
+    /// without knowing) to stop: the job is ours now. A run after the first
+    /// stores its claim on the stream first (see `fence`): without it, it
+    /// must not store anything, and the job goes back.
+    async fn claim(&self, guard: &CancelGuard) -> Result<(), Ending> {
+        if self.attempt() > 1 {
+            match self.claim_on_the_stream(guard).await {
+                Ok(Claimed::Ours) => {}
+                Ok(Claimed::TakenOver) => return Err(Ending::taken_over()),
+                Err(e) => {
+                    tracing::warn!(error = %e, "storing the claim");
+                    return Err(Ending::stream_unreadable(self.attempt_facts()));
+                }
+            }
+        }
         guard.claimed();
         let claim = guard.claim_notice().to_payload();
         if let Err(e) = self
@@ -131,6 +146,7 @@ impl Job {
             let (session, message) = (self.request.session_id, self.message_id());
             cancel::store_claim(&self.ctx.layout.sessions, session, message, self.attempt()).await;
         }
+        Ok(())
     }
 
     /// A delivery count can undercount: a job handed back while NATS

@@ -1,4 +1,4 @@
-//! Storing a terminal event only while this attempt still owns its message.
+//! Storing a terminal event only while this run still owns its message.
 //!
 //! A job's lease can pass to another worker while this one still runs it
 //! without knowing: its progress acks went to a consumer leader that died
@@ -7,95 +7,160 @@
 //! session's stream. Its core claim notice is best-effort (lost while this
 //! worker's connection is cut, or racing this attempt's last step). Found
 //! by `chatctl recovery --cluster`: `restart a2`, then `done a1`, then a
-//! whole second answer. The stream is the truth: the terminal event is
-//! stored only if no later attempt of this message has stored anything
-//! since its question, and only if nothing was stored after that check
-//! (compare-and-set on the subject's last sequence).
+//! whole second answer.
+//!
+//! The stream is the truth, and the server checks it as it stores the
+//! terminal event, without a read: every run that takes a message over
+//! (attempt 2 and later) first stores its claim on the message's claims
+//! subject ([`subjects::claims`]) in `CHAT_EVENTS`, compare-and-set against
+//! the last claim it read, so the claims are stored in rising attempt
+//! order. Only then does it store `restart` or anything else. A terminal
+//! event is published with a compare-and-set on that claims subject
+//! (`Nats-Expected-Last-Subject-Sequence-Subject`): its last sequence must
+//! still be this run's own claim (none, for a first attempt). Any later
+//! attempt that stored anything had stored its claim before, so the
+//! server refuses the terminal event; a later attempt whose claim comes
+//! after the terminal event finds the answer stored (its `restart` is
+//! compare-and-set against the session's last event, which moved).
 
 use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::message::PublishMessage;
-use protocol::{stored, subjects, Event};
+use async_nats::jetstream::stream::DirectGetErrorKind;
+use protocol::{subjects, CancelNotice, Event};
 
 use super::Job;
+use crate::cancel::CancelGuard;
 use crate::publish::PublishFailed;
 
-/// Checks and compare-and-set publishes before giving up: another message
-/// of the same session may store events in between.
+/// Compare-and-set claims before giving up: another run of the same
+/// message may claim in between, or a replica behind answered the read.
 const TRIES: usize = 10;
 /// The pause before reading again when a replica lagged the other read.
 const LAGGING_REPLICA_PAUSE: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// What became of a terminal event.
 pub(super) enum Fenced {
-    /// Stored now, or by an earlier try whose ack was lost.
+    /// Stored now.
     Stored,
     /// A later attempt owns the message: nothing was stored.
     Superseded,
 }
 
+/// What became of a run's claim on the stream.
+pub(super) enum Claimed {
+    /// Stored: the message is this run's.
+    Ours,
+    /// A later attempt claimed the message after this run's own earlier
+    /// claim: it is theirs.
+    TakenOver,
+}
+
 impl Job {
-    pub(super) async fn store_terminal(&self, terminal: &Event) -> Result<Fenced, PublishFailed> {
-        let subject = subjects::events(self.request.session_id);
-        let id = self.message_id();
+    /// Stores this run's claim on the message's claims subject, after the
+    /// last claim it reads there; a later or equal attempt's claim raises
+    /// this run's attempt above it (or, if this run claimed before, leaves
+    /// the message to it). Asked of attempts after the first only.
+    pub(super) async fn claim_on_the_stream(
+        &self,
+        guard: &CancelGuard,
+    ) -> Result<Claimed, PublishFailed> {
+        let subject = subjects::claims(self.request.session_id, self.message_id());
+        let events = &self.ctx.layout.events;
         for _ in 0..TRIES {
-            let last = self
-                .ctx
-                .layout
-                .events
-                .direct_get_last_for_subject(subject.clone())
-                .await
-                .map_err(|e| PublishFailed(format!("reading the session's last event: {e}")))?;
-            let read = stored::read_range(
-                &self.ctx.js.client(),
-                &self.ctx.layout.events,
-                &subject,
-                self.request.user_seq + 1,
-                last.sequence,
-                // One message's events: bounded by the answer's size limit.
-                usize::MAX,
-            )
-            .await
-            .map_err(|e| PublishFailed(format!("reading the message's events: {e}")))?;
-            if !stored::reaches(&read, self.request.user_seq + 1, last.sequence) {
-                // The two reads came from replicas at different points:
-                // the range is not the truth yet (seen on a cluster as
-                // `done a1` stored twice).
-                tokio::time::sleep(LAGGING_REPLICA_PAUSE).await;
-                continue;
-            }
-            let mine = read
-                .iter()
-                .filter_map(|s| serde_json::from_slice::<Event>(&s.payload).ok())
-                .filter(|e| e.message_id() == Some(id));
-            for event in mine {
-                match event {
-                    Event::Restart { attempt, .. }
-                    | Event::Chunk { attempt, .. }
-                    | Event::Reasoning { attempt, .. }
-                        if attempt > self.attempt() =>
-                    {
-                        return Ok(Fenced::Superseded)
-                    }
-                    e if e.is_terminal() => return Ok(Fenced::Stored),
-                    _ => {}
+            let last = match events.direct_get_last_for_subject(subject.clone()).await {
+                Ok(m) => Some((
+                    m.sequence,
+                    serde_json::from_slice::<CancelNotice>(&m.payload),
+                )),
+                Err(e) if e.kind() == DirectGetErrorKind::NotFound => None,
+                Err(e) => return Err(PublishFailed(format!("reading the message's claim: {e}"))),
+            };
+            let mine = guard.claim_notice();
+            let expected = match last {
+                None => 0,
+                Some((seq, Ok(notice))) if notice.claimed_by == mine.claimed_by => {
+                    // Stored by this run, its ack lost with the connection.
+                    self.set_claim_seq(seq);
+                    return Ok(Claimed::Ours);
                 }
-            }
+                Some((seq, notice)) => {
+                    let theirs = notice.ok().and_then(|n| n.attempt).unwrap_or(0);
+                    if theirs >= self.attempt() {
+                        if guard.has_claimed() {
+                            return Ok(Claimed::TakenOver);
+                        }
+                        self.raise_attempt(theirs + 1);
+                        guard.set_attempt(self.attempt());
+                    }
+                    seq
+                }
+            };
             let message = PublishMessage::build()
-                .payload(terminal.to_payload())
-                .expected_last_subject_sequence(last.sequence);
+                .payload(guard.claim_notice().to_payload())
+                .expected_last_subject_sequence(expected);
             let acked = match self.ctx.js.send_publish(subject.clone(), message).await {
                 Ok(ack) => ack.await,
                 Err(e) => return Err(e.into()),
             };
             match acked {
-                Ok(_) => return Ok(Fenced::Stored),
-                Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => continue,
-                Err(e) if protocol::conflicts::is_wrong_last_sequence(&e) => continue,
+                Ok(ack) => {
+                    self.set_claim_seq(ack.sequence);
+                    return Ok(Claimed::Ours);
+                }
+                // Another run claimed since the read, or the read came
+                // from a replica that was behind: read again.
+                Err(e) if is_wrong_last_sequence(&e) => {
+                    tokio::time::sleep(LAGGING_REPLICA_PAUSE).await;
+                }
+                // No stream leader (an election): wait for one.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        PublishErrorKind::StreamNotFound | PublishErrorKind::TimedOut
+                    ) =>
+                {
+                    tracing::info!(error = %e, "no stream leader for the claim; waiting for one");
+                    self.hold_until_writable().await;
+                }
                 Err(e) => return Err(e.into()),
             }
         }
         Err(PublishFailed(format!(
-            "the session's stream kept moving: no terminal event stored in {TRIES} tries"
+            "the message's claims kept moving: no claim stored in {TRIES} tries"
         )))
     }
+
+    /// Stores `terminal` only if no run claimed the message after this
+    /// one: one publish, checked by the server as it stores it.
+    pub(super) async fn store_terminal(&self, terminal: &Event) -> Result<Fenced, PublishFailed> {
+        let session = self.request.session_id;
+        let message = PublishMessage::build()
+            .payload(terminal.to_payload())
+            .expected_last_subject_sequence(self.claim_seq())
+            .header(
+                subjects::HEADER_EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT,
+                subjects::claims(session, self.message_id()).as_str(),
+            );
+        let acked = match self
+            .ctx
+            .js
+            .send_publish(subjects::events(session), message)
+            .await
+        {
+            Ok(ack) => ack.await,
+            Err(e) => return Err(e.into()),
+        };
+        match acked {
+            Ok(_) => Ok(Fenced::Stored),
+            // The message's last claim is not this run's: a later attempt
+            // claimed it (claims are stored in rising attempt order).
+            Err(e) if is_wrong_last_sequence(&e) => Ok(Fenced::Superseded),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+fn is_wrong_last_sequence(e: &async_nats::jetstream::context::PublishError) -> bool {
+    e.kind() == PublishErrorKind::WrongLastSequence
+        || protocol::conflicts::is_wrong_last_sequence(e)
 }

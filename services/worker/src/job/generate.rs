@@ -34,6 +34,7 @@ impl Job {
     pub(super) async fn start_publishing(&self, last_seq: u64) -> Result<EventPublisher, JobError> {
         let ctx = &self.ctx;
         let subject = protocol::subjects::events(self.request.session_id);
+        let mut after_seq = last_seq;
         if self.attempt() > 1 {
             let restart = Event::Restart {
                 message_id: self.message_id(),
@@ -44,7 +45,7 @@ impl Job {
                 .expected_last_subject_sequence(last_seq);
             let stored = async { ctx.js.send_publish(subject.clone(), message).await?.await };
             match self.unless_connection_lost("start", stored).await? {
-                Ok(_) => {}
+                Ok(ack) => after_seq = ack.sequence,
                 Err(e)
                     if e.kind() == PublishErrorKind::WrongLastSequence
                         || protocol::conflicts::is_wrong_last_sequence(&e) =>
@@ -68,8 +69,10 @@ impl Job {
         }
         Ok(EventPublisher::start(
             ctx.js.clone(),
+            ctx.layout.events.clone(),
             ctx.connection.clone(),
             subject,
+            after_seq,
             ctx.chunk_window.clone(),
         ))
     }

@@ -11,7 +11,7 @@ mod fence;
 mod generate;
 mod hold;
 
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use async_nats::jetstream::{self, AckKind};
@@ -75,6 +75,7 @@ pub(crate) async fn run(ctx: Arc<JobContext>, message: jetstream::Message) {
         message,
         request,
         attempt: AtomicU32::new(attempt),
+        claim_seq: AtomicU64::new(0),
         started,
         replied: AtomicBool::new(false),
     };
@@ -125,6 +126,10 @@ struct Job {
     /// The delivery count, raised when the stream shows an earlier run of
     /// this message that the count does not (see `Job::admit`).
     attempt: AtomicU32,
+    /// The sequence of this run's latest claim on the message's claims
+    /// subject (0: none, as for a first attempt); its terminal event is
+    /// stored only while that is the subject's last (see `fence`).
+    claim_seq: AtomicU64,
     started: Instant,
     /// Set once the work-queue got this attempt's answer (ack, nak, term,
     /// or leaving the job to a later attempt): the lease is no longer kept.
@@ -301,6 +306,18 @@ impl Job {
 
     fn attempt(&self) -> u32 {
         self.attempt.load(Ordering::Relaxed)
+    }
+
+    fn raise_attempt(&self, attempt: u32) {
+        self.attempt.fetch_max(attempt, Ordering::Relaxed);
+    }
+
+    fn claim_seq(&self) -> u64 {
+        self.claim_seq.load(Ordering::Relaxed)
+    }
+
+    fn set_claim_seq(&self, seq: u64) {
+        self.claim_seq.store(seq, Ordering::Relaxed);
     }
 
     /// This attempt, as the endings need it.

@@ -11,7 +11,7 @@ use super::super::report::{millis, thousands, Report, Row};
 use super::super::socket::Endpoint;
 use super::super::{sse, Phase};
 use super::{
-    check, cpu_row, delivered_row, gateway_metrics_urls, paced_env, spec, BenchArgs,
+    check, cpu_row, cpu_token_row, delivered_row, gateway_metrics_urls, paced_env, spec, BenchArgs,
     RepairCounters, Settings,
 };
 
@@ -143,6 +143,9 @@ async fn paced(
             report.push(row);
         }
         if let Some(row) = cpu_row(&outcome, &run) {
+            report.push(row);
+        }
+        if let Some(row) = cpu_token_row(&outcome, &run) {
             report.push(row);
         }
         if args.runs(Phase::Sse) && window == PacedWindow::AsConfigured {
