@@ -55,12 +55,7 @@ pub async fn check_token(
 ) -> Result<(SessionRecord, Option<User>), ApiError> {
     if jwt_mode(state) {
         let user = users::authenticate(state, token).await?;
-        let stored = state
-            .retry_api_call(|| async {
-                sessions::load(&state.layout.sessions, session)
-                    .await
-                    .map_err(ApiError::nats)
-            })
+        let stored = load_record(state, session)
             .await?
             .ok_or_else(users::unknown_session)?;
         users::check_owner(&stored.record, &user)?;
@@ -69,12 +64,7 @@ pub async fn check_token(
     let token = token
         .filter(|t| !t.is_empty())
         .ok_or(ApiError::Unauthorized)?;
-    let stored = state
-        .retry_api_call(|| async {
-            sessions::load(&state.layout.sessions, session)
-                .await
-                .map_err(ApiError::nats)
-        })
+    let stored = load_record(state, session)
         .await?
         .ok_or(ApiError::Unauthorized)?;
     if !stored
@@ -85,6 +75,21 @@ pub async fn check_token(
         return Err(ApiError::Unauthorized);
     }
     Ok((stored.record, None))
+}
+
+/// The session's stored record, asked again on a new connection when the
+/// first one was lost on the way.
+async fn load_record(
+    state: &AppState,
+    session: SessionId,
+) -> Result<Option<sessions::Versioned>, ApiError> {
+    state
+        .retry_api_call(|| async {
+            sessions::load(&state.layout.sessions, session)
+                .await
+                .map_err(ApiError::nats)
+        })
+        .await
 }
 
 /// Revokes a session its owner no longer wants (`DELETE /api/sessions/{id}`,

@@ -11,6 +11,8 @@ use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context};
 
+use crate::process::run;
+
 /// The size of a store's filesystem when a caller asks for one without
 /// saying: room for a recovery run's streams many times over, and little
 /// memory (a tmpfs only holds what is written to it; the ballast only
@@ -126,19 +128,4 @@ pub fn small_disks_available() -> bool {
             .stderr(Stdio::null())
             .status()
             .is_ok_and(|s| s.success())
-}
-
-fn run(command: &mut Command) -> anyhow::Result<()> {
-    let out = command
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("running {command:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{command:?} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
 }

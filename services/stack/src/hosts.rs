@@ -19,6 +19,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use anyhow::{bail, Context};
 
+use crate::process::run;
+
 /// The nftables table a cut adds inside a host's namespace.
 const CUT_TABLE: &str = "chat_cut";
 /// The nftables table a lossy link adds inside a host's namespace.
@@ -165,19 +167,7 @@ impl HostNetwork {
     /// packets are dropped silently both ways, as a failed switch would);
     /// otherwise only from those addresses. Loopback inside the host stays.
     pub fn cut_off(&self, host: &Host, from: &[Ipv4Addr]) -> anyhow::Result<()> {
-        let (drop_in, drop_out) = if from.is_empty() {
-            ("drop".to_string(), "drop".to_string())
-        } else {
-            let set = from
-                .iter()
-                .map(Ipv4Addr::to_string)
-                .collect::<Vec<_>>()
-                .join(", ");
-            (
-                format!("ip saddr {{ {set} }} drop"),
-                format!("ip daddr {{ {set} }} drop"),
-            )
-        };
+        let (drop_in, drop_out) = rules_on_links(from, "drop");
         self.add_table(host, CUT_TABLE, &drop_in, &drop_out)
             .context("adding the nftables cut (apt-get install nftables)")
     }
@@ -189,19 +179,7 @@ impl HostNetwork {
     /// crawls instead of stopping.
     pub fn lossy(&self, host: &Host, from: &[Ipv4Addr], percent: u8) -> anyhow::Result<()> {
         let share = crate::loss::drop_share(percent);
-        let (drop_in, drop_out) = if from.is_empty() {
-            (share.clone(), share)
-        } else {
-            let set = from
-                .iter()
-                .map(Ipv4Addr::to_string)
-                .collect::<Vec<_>>()
-                .join(", ");
-            (
-                format!("ip saddr {{ {set} }} {share}"),
-                format!("ip daddr {{ {set} }} {share}"),
-            )
-        };
+        let (drop_in, drop_out) = rules_on_links(from, &share);
         self.add_table(host, LOSSY_TABLE, &drop_in, &drop_out)
             .context("adding the lossy-link rules (apt-get install nftables)")
     }
@@ -389,21 +367,23 @@ fn claim_octet() -> anyhow::Result<(u8, PathBuf)> {
     bail!("no free 10.77.X.0/24 left for a host network")
 }
 
-fn ip(args: &[&str]) -> anyhow::Result<()> {
-    run(Command::new("ip").args(args))
+/// The nftables rules (in, out) that apply `verdict` to every packet, with
+/// `from` empty, or only to those from and to these addresses.
+fn rules_on_links(from: &[Ipv4Addr], verdict: &str) -> (String, String) {
+    if from.is_empty() {
+        return (verdict.to_string(), verdict.to_string());
+    }
+    let set = from
+        .iter()
+        .map(Ipv4Addr::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    (
+        format!("ip saddr {{ {set} }} {verdict}"),
+        format!("ip daddr {{ {set} }} {verdict}"),
+    )
 }
 
-fn run(command: &mut Command) -> anyhow::Result<()> {
-    let out = command
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("running {command:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{command:?} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
+fn ip(args: &[&str]) -> anyhow::Result<()> {
+    run(Command::new("ip").args(args))
 }

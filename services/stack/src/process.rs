@@ -167,3 +167,20 @@ impl Drop for Process {
         self.kill();
     }
 }
+
+/// Runs a system tool (`ip`, `nft`, `mount`…) to its end; its standard
+/// error becomes the error when it fails.
+pub(crate) fn run(command: &mut Command) -> anyhow::Result<()> {
+    let out = command
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {command:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{command:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
