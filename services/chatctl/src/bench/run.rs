@@ -14,8 +14,10 @@ use super::replay;
 use super::report::{thousands, Machine, Report, Row};
 use super::socket::Endpoint;
 use super::{BenchArgs, Phase, Profile};
+use cpu_rows::{cpu_row, cpu_token_row};
 
 mod capacity;
+mod cpu_rows;
 mod paced;
 
 pub use capacity::Capacity;
@@ -689,48 +691,4 @@ fn delivered_row(outcome: &LoadOutcome, run: &str) -> Row {
             cpu_us_per_token
         ),
     )
-}
-
-/// CPU per delivered token, per process, in the measured window: what a
-/// paced load costs each process for what its users get.
-fn cpu_token_row(outcome: &LoadOutcome, run: &str) -> Option<Row> {
-    if outcome.measured_tokens == 0 || outcome.cpu.is_empty() {
-        return None;
-    }
-    let tokens = outcome.measured_tokens as f64;
-    let per_token_us = |secs: f64| secs * 1e6 / tokens;
-    let total: f64 = outcome.cpu.values().sum();
-    let mut values = vec![("total_us_per_token".to_string(), per_token_us(total))];
-    let mut parts = Vec::new();
-    for (name, secs) in &outcome.cpu {
-        values.push((format!("{name}_us_per_token"), per_token_us(*secs)));
-        parts.push(format!("{name} {:.1}", per_token_us(*secs)));
-    }
-    Some(Row::text(
-        format!("CPU per delivered token ({run}), µs"),
-        values,
-        format!("{:.1} in all: {}", per_token_us(total), parts.join(", ")),
-    ))
-}
-
-/// CPU per delivered chunk, per component, in the measured window: where
-/// the end-to-end rate goes on a machine whose cores everything shares.
-fn cpu_row(outcome: &LoadOutcome, run: &str) -> Option<Row> {
-    if outcome.measured_chunks == 0 || outcome.cpu.is_empty() {
-        return None;
-    }
-    let chunks = outcome.measured_chunks as f64;
-    let per_chunk_us = |secs: f64| secs * 1e6 / chunks;
-    let total: f64 = outcome.cpu.values().sum();
-    let mut values = vec![("total_us_per_chunk".to_string(), per_chunk_us(total))];
-    let mut parts = Vec::new();
-    for (name, secs) in &outcome.cpu {
-        values.push((format!("{name}_us_per_chunk"), per_chunk_us(*secs)));
-        parts.push(format!("{name} {:.1}", per_chunk_us(*secs)));
-    }
-    Some(Row::text(
-        format!("CPU per delivered chunk ({run}), µs"),
-        values,
-        format!("{:.1} in all: {}", per_chunk_us(total), parts.join(", ")),
-    ))
 }
