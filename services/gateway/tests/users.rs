@@ -103,6 +103,22 @@ async fn list_change(ws: &mut Ws) -> (SessionChange, SessionId, Option<String>) 
     }
 }
 
+/// A gateway in `jwt` mode with `login`'s keys, no worker.
+async fn one_gateway(login: &Login) -> TestApp {
+    TestApp::builder()
+        .gateway_args(&login.args(&[]))
+        .start()
+        .await
+}
+
+/// Two gateways in `jwt` mode on one NATS (a user's devices on different
+/// nodes), no worker.
+async fn two_gateways(login: &Login) -> (TestApp, gateway::RunningGateway) {
+    let app = one_gateway(login).await;
+    let second = another_gateway(&app, "gw-2", &login.args(&[])).await;
+    (app, second)
+}
+
 async fn another_gateway(app: &TestApp, node: &str, args: &[&str]) -> gateway::RunningGateway {
     let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
     gateway::spawn(gateway_config(&app.nats, node, &args))
@@ -113,10 +129,7 @@ async fn another_gateway(app: &TestApp, node: &str, args: &[&str]) -> gateway::R
 #[tokio::test]
 async fn another_user_gets_not_found_and_a_bad_token_the_uniform_401() {
     let login = Login::new();
-    let app = TestApp::builder()
-        .gateway_args(&login.args(&[]))
-        .start()
-        .await;
+    let app = one_gateway(&login).await;
     let alice = Login::token("alice", 600);
     let bob = Login::token("bob", 600);
     let session = new_session(&app, &alice).await;
@@ -226,11 +239,7 @@ async fn another_user_gets_not_found_and_a_bad_token_the_uniform_401() {
 #[tokio::test]
 async fn the_list_is_the_callers_newest_first_paged_and_live_on_every_device() {
     let login = Login::new();
-    let app = TestApp::builder()
-        .gateway_args(&login.args(&[]))
-        .start()
-        .await;
-    let second = another_gateway(&app, "gw-2", &login.args(&[])).await;
+    let (app, second) = two_gateways(&login).await;
     let alice = Login::token("alice", 600);
     let bob = Login::token("bob", 600);
     // Alice's other device, on the other gateway, follows her list.
@@ -489,11 +498,7 @@ async fn every_device_streams_cancels_and_regenerates_the_same_session() {
 #[tokio::test]
 async fn revoking_closes_the_users_sockets_on_every_gateway_and_refuses_older_tokens() {
     let login = Login::new();
-    let app = TestApp::builder()
-        .gateway_args(&login.args(&[]))
-        .start()
-        .await;
-    let second = another_gateway(&app, "gw-2", &login.args(&[])).await;
+    let (app, second) = two_gateways(&login).await;
     let stolen = Login::token("alice", 600);
     let bob = Login::token("bob", 600);
     let session = new_session(&app, &stolen).await;
