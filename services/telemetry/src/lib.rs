@@ -7,6 +7,7 @@
 //! [`install_metrics`] returns.
 
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use opentelemetry::trace::TracerProvider as _;
@@ -108,11 +109,36 @@ pub fn install_metrics() -> PrometheusHandle {
             // Fails only when another recorder is installed already (a test
             // binary mixing services); the fresh handle then renders nothing,
             // which a metrics test would show, rather than a crash.
-            builder
+            let handle = builder
                 .install_recorder()
-                .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder().handle())
+                .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder().handle());
+            spawn_upkeep(handle.clone(), METRICS_UPKEEP_PERIOD);
+            handle
         })
         .clone()
+}
+
+/// How often the histograms' pending samples are folded into their buckets.
+pub const METRICS_UPKEEP_PERIOD: Duration = Duration::from_secs(5);
+
+/// Folds the histograms' pending samples into their buckets every `period`,
+/// on a thread of its own (no runtime needed, and it lives as long as the
+/// process).
+///
+/// The recorder keeps every recorded histogram sample (8 bytes each) until
+/// `run_upkeep` or a `/metrics` render drains it. Without this, a process
+/// nobody scrapes grows with every chunk it times: ~1 KiB per answer in a
+/// worker, linearly, forever.
+pub fn spawn_upkeep(handle: PrometheusHandle, period: Duration) {
+    let spawned = std::thread::Builder::new()
+        .name("metrics-upkeep".into())
+        .spawn(move || loop {
+            std::thread::sleep(period);
+            handle.run_upkeep();
+        });
+    if let Err(e) = spawned {
+        eprintln!("metrics upkeep thread not started: {e}; histograms drain only on /metrics");
+    }
 }
 
 /// Histogram buckets: from half a millisecond (a chunk hop on loopback) to a

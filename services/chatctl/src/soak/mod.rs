@@ -83,10 +83,18 @@ pub struct SoakArgs {
     /// after the warm-up) fails the run.
     #[arg(long, default_value_t = 2.0)]
     pub max_rss_mib_per_hour: f64,
-    /// A process whose open file descriptors grow faster than this (per
-    /// hour, fitted after the warm-up) fails the run.
+    /// A process whose open descriptors other than sockets (files, pipes,
+    /// event and timer descriptors) grow faster than this (per hour, fitted
+    /// after the warm-up) fails the run.
     #[arg(long, default_value_t = 2.0)]
     pub max_fds_per_hour: f64,
+    /// A process whose sockets grow faster than this (per hour) fails the
+    /// run. Sockets follow the users connected (a gateway holds ~70 that
+    /// rise and fall by ten as users come and go), so their fitted slope is
+    /// noisier; a leak of one socket per reconnect would be thousands per
+    /// hour, one every three minutes still fails.
+    #[arg(long, default_value_t = 20.0)]
+    pub max_sockets_per_hour: f64,
     /// A slope is only judged over at least this much of one process's life
     /// after the warm-up (shorter fits are printed, not judged: two minutes
     /// of noise say nothing about an hour).
@@ -413,6 +421,7 @@ pub async fn run(args: &SoakArgs) -> anyhow::Result<Report> {
         min_fit: Duration::from_secs(args.min_fit_secs),
         max_rss_mib_per_hour: args.max_rss_mib_per_hour,
         max_fds_per_hour: args.max_fds_per_hour,
+        max_sockets_per_hour: args.max_sockets_per_hour,
         layout,
     };
     let verdict = verdict::judge(&samples, &bounds);

@@ -15,12 +15,18 @@ use tokio::time::Instant;
 
 use super::Activity;
 
+/// nats-server's name in the samples.
+pub const NATS_PROCESS: &str = "nats";
+
 /// One process at one instant.
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
 pub struct ProcessSample {
     pub pid: u32,
     pub rss_kib: u64,
     pub fds: u64,
+    /// Of `fds`, the sockets: they follow the users connected, so they are
+    /// judged apart from files, pipes and event descriptors.
+    pub sockets: u64,
     pub threads: u64,
 }
 
@@ -103,7 +109,7 @@ pub(super) async fn take(
 ) -> Sample {
     let mut processes = BTreeMap::new();
     let mut named: Vec<(String, Option<u32>, bool)> = vec![
-        ("nats".into(), stack.nats_pid(), false),
+        (NATS_PROCESS.into(), stack.nats_pid(), false),
         ("nginx".into(), stack.nginx_pid(), true),
     ];
     for i in 0..stack.gateway_count() {
@@ -186,6 +192,7 @@ fn read_process(pid: u32, with_children: bool) -> Option<ProcessSample> {
             if let Some(c) = read_one(child) {
                 sample.rss_kib += c.rss_kib;
                 sample.fds += c.fds;
+                sample.sockets += c.sockets;
                 sample.threads += c.threads;
             }
         }
@@ -202,17 +209,27 @@ fn read_one(pid: u32) -> Option<ProcessSample> {
             .and_then(|rest| rest.split_whitespace().next())
             .and_then(|n| n.parse().ok())
     };
-    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count() as u64;
+    let (mut fds, mut sockets) = (0, 0);
+    for fd in std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.flatten() {
+        fds += 1;
+        // A descriptor closed between the listing and the link is skipped.
+        if std::fs::read_link(fd.path())
+            .is_ok_and(|target| target.to_string_lossy().starts_with("socket:"))
+        {
+            sockets += 1;
+        }
+    }
     Some(ProcessSample {
         pid,
         rss_kib: field("VmRSS:")?,
         fds,
+        sockets,
         threads: field("Threads:")?,
     })
 }
 
 /// The samples as one CSV row per sample: `elapsed_s`, then per process
-/// `<name>_pid, _rss_kib, _fds, _threads`, per stream `<name>_messages,
+/// `<name>_pid, _rss_kib, _fds, _sockets, _threads`, per stream `<name>_messages,
 /// _bytes, _oldest_s`, per key family `keys_<family>`, then the users'
 /// running totals.
 pub(super) fn write_csv(path: &Path, samples: &[Sample]) -> std::io::Result<()> {
@@ -225,7 +242,7 @@ pub(super) fn write_csv(path: &Path, samples: &[Sample]) -> std::io::Result<()> 
     let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
     let mut header = vec!["elapsed_s".to_string()];
     for p in &processes {
-        for field in ["pid", "rss_kib", "fds", "threads"] {
+        for field in ["pid", "rss_kib", "fds", "sockets", "threads"] {
             header.push(format!("{p}_{field}"));
         }
     }
@@ -253,9 +270,11 @@ pub(super) fn write_csv(path: &Path, samples: &[Sample]) -> std::io::Result<()> 
         let mut row = vec![format!("{:.1}", s.elapsed_secs)];
         for p in &processes {
             match s.processes.get(*p) {
-                Some(p) => row
-                    .extend([u64::from(p.pid), p.rss_kib, p.fds, p.threads].map(|n| n.to_string())),
-                None => row.extend(std::iter::repeat_n(String::new(), 4)),
+                Some(p) => row.extend(
+                    [u64::from(p.pid), p.rss_kib, p.fds, p.sockets, p.threads]
+                        .map(|n| n.to_string()),
+                ),
+                None => row.extend(std::iter::repeat_n(String::new(), 5)),
             }
         }
         for name in &streams {

@@ -16,7 +16,9 @@ pub struct Bounds {
     pub warmup: Duration,
     pub min_fit: Duration,
     pub max_rss_mib_per_hour: f64,
+    /// Descriptors other than sockets.
     pub max_fds_per_hour: f64,
+    pub max_sockets_per_hour: f64,
     /// The layout the stack ran with: its retention settings.
     pub layout: LayoutConfig,
 }
@@ -31,7 +33,9 @@ pub struct Slope {
     /// Seconds of its life the fit covers (after the warm-up).
     pub fit_secs: u64,
     pub rss_mib_per_hour: f64,
+    /// Descriptors other than sockets.
     pub fds_per_hour: f64,
+    pub sockets_per_hour: f64,
     pub threads_per_hour: f64,
     /// Whether the fit covered enough time to be judged.
     pub judged: bool,
@@ -54,16 +58,17 @@ impl Verdict {
 
     pub fn to_markdown(&self) -> String {
         let mut out = String::from(
-            "| process | fitted over | RSS MiB/h | fds/h | threads/h | |\n\
-             | --- | ---: | ---: | ---: | ---: | --- |\n",
+            "| process | fitted over | RSS MiB/h | other fds/h | sockets/h | threads/h | |\n\
+             | --- | ---: | ---: | ---: | ---: | ---: | --- |\n",
         );
         for s in &self.slopes {
             out.push_str(&format!(
-                "| {} | {} s | {:+.2} | {:+.2} | {:+.2} | {} |\n",
+                "| {} | {} s | {:+.2} | {:+.2} | {:+.2} | {:+.2} | {} |\n",
                 s.process,
                 s.fit_secs,
                 s.rss_mib_per_hour,
                 s.fds_per_hour,
+                s.sockets_per_hour,
                 s.threads_per_hour,
                 match (s.judged, s.passed) {
                     (false, _) => "too short to judge",
@@ -110,9 +115,9 @@ pub(super) fn judge(samples: &[Sample], bounds: &Bounds) -> Verdict {
     let mut names: Vec<&String> = under_load.iter().flat_map(|s| s.processes.keys()).collect();
     names.sort();
     names.dedup();
-    let warm = bounds.warmup.as_secs_f64();
     let mut slopes = Vec::new();
     for name in names {
+        let warm = warmup_of(name, bounds).as_secs_f64();
         // The stretches one pid lived after the warm-up; the longest is fitted
         // (a restarted process starts small: fitting across would mislead).
         let mut runs: Vec<Vec<&Sample>> = Vec::new();
@@ -143,7 +148,8 @@ pub(super) fn judge(samples: &[Sample], bounds: &Bounds) -> Verdict {
         };
         let get = |s: &Sample| s.processes.get(name).cloned().unwrap_or_default();
         let rss = per_hour(&|s| get(s).rss_kib as f64 / 1024.0);
-        let fds = per_hour(&|s| get(s).fds as f64);
+        let fds = per_hour(&|s| get(s).fds.saturating_sub(get(s).sockets) as f64);
+        let sockets = per_hour(&|s| get(s).sockets as f64);
         let threads = per_hour(&|s| get(s).threads as f64);
         let judged = span >= bounds.min_fit.as_secs_f64();
         slopes.push(Slope {
@@ -151,16 +157,36 @@ pub(super) fn judge(samples: &[Sample], bounds: &Bounds) -> Verdict {
             fit_secs: span as u64,
             rss_mib_per_hour: rss,
             fds_per_hour: fds,
+            sockets_per_hour: sockets,
             threads_per_hour: threads,
             judged,
             passed: !judged
-                || (rss <= bounds.max_rss_mib_per_hour && fds <= bounds.max_fds_per_hour),
+                || (rss <= bounds.max_rss_mib_per_hour
+                    && fds <= bounds.max_fds_per_hour
+                    && sockets <= bounds.max_sockets_per_hour),
         });
     }
     Verdict {
         slopes,
         retention: retention(samples, &bounds.layout),
     }
+}
+
+/// The warm-up of one process. nats-server's memory holds what the streams
+/// retain (cached blocks, the dedup map, the KV's keys): it grows, by
+/// design, until the longest retention window has turned over once, so its
+/// fit starts that much later. Every other process's starts after the
+/// warm-up.
+fn warmup_of(process: &str, bounds: &Bounds) -> Duration {
+    if process != super::sample::NATS_PROCESS {
+        return bounds.warmup;
+    }
+    let layout = &bounds.layout;
+    let longest = layout
+        .replay_window_secs
+        .max(layout.history_max_age_secs)
+        .max(layout.session_ttl_secs);
+    bounds.warmup + Duration::from_secs(longest)
 }
 
 /// Each stream's oldest message within its `max_age`, its bytes within its
@@ -285,6 +311,7 @@ mod tests {
                 pid,
                 rss_kib: rss_mib * 1024,
                 fds: 20,
+                sockets: 8,
                 threads: 4,
             },
         );
@@ -297,6 +324,7 @@ mod tests {
             min_fit: Duration::from_secs(600),
             max_rss_mib_per_hour: 2.0,
             max_fds_per_hour: 2.0,
+            max_sockets_per_hour: 20.0,
             layout: LayoutConfig::default(),
         }
     }
@@ -318,6 +346,61 @@ mod tests {
         assert!(!v.passed(), "{}", v.to_markdown());
         let flat: Vec<Sample> = (0..=80).map(|i| at(i as f64 * 30.0, 7, 100)).collect();
         assert!(judge(&flat, &bounds()).passed());
+    }
+
+    #[test]
+    fn nats_server_is_judged_once_the_retention_has_turned_over() {
+        let mut bounds = bounds();
+        bounds.layout.replay_window_secs = 600;
+        bounds.layout.history_max_age_secs = 900;
+        bounds.layout.session_ttl_secs = 900;
+        // 60 min: grows by 5 MiB a minute for 20 minutes, then flat.
+        let filling = |process: &str| -> Vec<Sample> {
+            (0..=120)
+                .map(|i| {
+                    let mut s = at(i as f64 * 30.0, 7, 100 + (i.min(40) * 5) / 2);
+                    if let Some(p) = s.processes.remove("gw-0") {
+                        s.processes.insert(process.into(), p);
+                    }
+                    s
+                })
+                .collect()
+        };
+        let nats = judge(&filling(crate::soak::sample::NATS_PROCESS), &bounds);
+        assert!(nats.passed(), "{}", nats.to_markdown());
+        let gateway = judge(&filling("gw-0"), &bounds);
+        assert!(!gateway.passed(), "{}", gateway.to_markdown());
+    }
+
+    #[test]
+    fn sockets_are_judged_apart_from_other_descriptors() {
+        // 40 min sampled every 30 s; `sockets`/`files` give each sample's count.
+        let run = |sockets: &dyn Fn(u64) -> u64, files: &dyn Fn(u64) -> u64| {
+            let samples: Vec<Sample> = (0..=80)
+                .map(|i| {
+                    let mut s = at(i as f64 * 30.0, 7, 100);
+                    if let Some(p) = s.processes.get_mut("gw-0") {
+                        p.sockets = sockets(i);
+                        p.fds = p.sockets + files(i);
+                    }
+                    s
+                })
+                .collect();
+            judge(&samples, &bounds())
+        };
+        // Users come and go: ±10 sockets around 70, slightly more at the end.
+        let noisy = run(&|i| 70 + (i * 7) % 11 + i / 40, &|_| 12);
+        assert!(noisy.passed(), "{}", noisy.to_markdown());
+        // One socket kept per three minutes: 20 per hour and more.
+        let leaking_sockets = run(&|i| 70 + i / 5, &|_| 12);
+        assert!(
+            !leaking_sockets.passed(),
+            "{}",
+            leaking_sockets.to_markdown()
+        );
+        // Files and pipes have no such noise: 6 more per hour fails.
+        let leaking_files = run(&|_| 70, &|i| 12 + i / 20);
+        assert!(!leaking_files.passed(), "{}", leaking_files.to_markdown());
     }
 
     #[test]
