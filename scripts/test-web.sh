@@ -8,7 +8,9 @@
 #      `cargo build --workspace` made, stopped again at the end;
 #   4. the AI SDK example app (web/examples/ai-sdk-chat) in headless
 #      Chromium, and the real Vercel AI SDK (ai 7 and ai 6, headless) on the
-#      same stack's SSE endpoints (e2e/ai-sdk*.e2e.mjs); they kill two
+#      same stack's SSE endpoints (e2e/ai-sdk*.e2e.mjs), and assistant-ui's
+#      useChatRuntime mounted with React in jsdom (e2e/assistant-ui.e2e.mjs);
+#      the AI SDK tests kill two
 #      workers, so they run last on this stack;
 #   5. a fresh stack on the same ports with the app's login (`up.sh --auth
 #      jwt`): two browser profiles as one user on different gateways and a

@@ -9,9 +9,17 @@ import { test, describe } from 'node:test';
 import assert from 'node:assert/strict';
 import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import {
+  API,
+  BASE,
+  newSession,
+  reasoningOf,
+  stopAnswer,
+  storedAnswer,
+  textOf,
+  waitFor,
+} from './ui-chat.mjs';
 
-const BASE = process.env.CHAT_BASE_URL ?? 'http://127.0.0.1:8080';
-const API = `${BASE}/api/ui/chat`;
 const PID_DIR = process.env.CHAT_PID_DIR ?? join(process.cwd(), '..', 'run');
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/;
 
@@ -20,52 +28,6 @@ const SDKS = [
   ['ai 6', await import('ai6')],
 ];
 if (process.env.AI_SDK_5) SDKS.push(['ai 5', await import('ai5')]);
-
-async function waitFor(what, check, timeoutMs = 20_000) {
-  const until = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await check();
-    if (value) return value;
-    if (Date.now() > until) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
-}
-
-async function newSession() {
-  const res = await fetch(`${BASE}/api/sessions`, { method: 'POST' });
-  assert.equal(res.status, 201);
-  const { session_id, token } = await res.json();
-  return { id: session_id, token, headers: { Authorization: `Bearer ${token}` } };
-}
-
-/** The session's stored events (GET /api/events, every page). */
-async function storedEvents(session) {
-  const events = [];
-  let after = 0;
-  for (;;) {
-    const res = await fetch(`${BASE}/api/events?session=${session.id}&after_seq=${after}`, {
-      headers: session.headers,
-    });
-    assert.equal(res.status, 200);
-    const page = await res.json();
-    events.push(...page.events);
-    if (page.events.length < 1000) return events;
-    after = page.last_seq;
-  }
-}
-
-/** The stored answer of `messageId`: its last attempt's chunks in order, and how it ended. */
-async function storedAnswer(session, messageId) {
-  const mine = (await storedEvents(session)).filter((e) => e.message_id === messageId);
-  const terminal = mine.find((e) => ['done', 'cancelled', 'error'].includes(e.type));
-  const attempt = Math.max(0, ...mine.filter((e) => e.attempt).map((e) => e.attempt));
-  const text = mine
-    .filter((e) => e.type === 'chunk' && e.attempt === attempt)
-    .sort((a, b) => a.index - b.index)
-    .map((e) => e.text)
-    .join('');
-  return { text, end: terminal?.type, attempt, events: mine };
-}
 
 /** A fetch that records every UI message chunk each response carried. */
 function recordingFetch() {
@@ -133,20 +95,11 @@ function makeChat(sdk, session, { messages = [], fetch: fetchImpl, token, transp
   });
 }
 
-const textOf = (message) => message.parts.filter((p) => p.type === 'text').map((p) => p.text).join('');
-const reasoningOf = (message) =>
-  message.parts.filter((p) => p.type === 'reasoning').map((p) => p.text).join('');
 const assistants = (chat) => chat.messages.filter((m) => m.role === 'assistant');
 const streamingText = (chat) => {
   const last = chat.messages.at(-1);
   return chat.status === 'streaming' && last?.role === 'assistant' && textOf(last).length > 0;
 };
-
-async function stopAnswer(session) {
-  const res = await fetch(`${API}/${session.id}/stop`, { method: 'POST', headers: session.headers });
-  assert.equal(res.status, 202);
-  return res.json();
-}
 
 /** Worker `i`'s pid and metrics port from scripts/up.sh's files, if it runs. */
 function workers() {
