@@ -14,6 +14,7 @@ pub mod cpu;
 pub mod idle;
 pub mod ledger;
 pub mod load;
+pub mod model_pacing;
 pub mod peer;
 pub mod raw_nats;
 pub mod replay;

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use super::Activity;
 
 /// nats-server's name in the samples.
-pub const NATS_PROCESS: &str = "nats";
+pub(super) const NATS_PROCESS: &str = "nats";
 
 /// One process at one instant.
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]

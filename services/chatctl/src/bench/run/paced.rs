@@ -7,6 +7,7 @@ use anyhow::Context;
 use stack::{Stack, StackOptions};
 
 use super::super::load;
+use super::super::model_pacing::{self, ModelPacing};
 use super::super::report::{millis, thousands, Report, Row};
 use super::super::socket::Endpoint;
 use super::super::{sse, Phase};
@@ -14,6 +15,9 @@ use super::{
     check, cpu_row, cpu_token_row, delivered_row, gateway_metrics_urls, paced_env, spec, BenchArgs,
     RepairCounters, Settings,
 };
+
+/// How long the demo model runs alone after each paced load.
+const MODEL_PACING_WINDOW: std::time::Duration = std::time::Duration::from_secs(5);
 
 const TARGET_LATENCY_P99_MS: f64 = 5.0;
 const TARGET_LATENCY_AT_STREAMS: usize = 1_000;
@@ -148,6 +152,17 @@ async fn paced(
         if let Some(row) = cpu_token_row(&outcome, &run) {
             report.push(row);
         }
+        if window == PacedWindow::AsConfigured {
+            let (tps, answer_tokens) = (args.paced_tokens_per_sec, args.answer_tokens);
+            println!("the demo model alone: {streams} streams at {tps} tokens/s, no NATS");
+            let pacing = tokio::task::spawn_blocking(move || {
+                model_pacing::measure(streams, tps, answer_tokens, MODEL_PACING_WINDOW)
+            })
+            .await??;
+            if let Some(row) = model_pacing_row(&outcome, &pacing, &run) {
+                report.push(row);
+            }
+        }
         if args.runs(Phase::Sse) && window == PacedWindow::AsConfigured {
             println!("sse: the same {streams} streams through POST /api/ui/chat");
             let mut sse = sse::run(endpoint, &spec(args, s, streams, s.paced, true)).await?;
@@ -161,4 +176,39 @@ async fn paced(
         check(report, endpoint, args, std::mem::take(&mut outcome)).await;
     }
     Ok(())
+}
+
+/// The demo model's own CPU per token beside the workers' in the same load:
+/// the part of the workers' figure that is the load generator.
+fn model_pacing_row(outcome: &load::LoadOutcome, pacing: &ModelPacing, run: &str) -> Option<Row> {
+    let model_us = pacing.us_per_token()?;
+    let mut values = vec![("model_us_per_token".to_string(), model_us)];
+    let mut text = format!(
+        "{model_us:.1} µs per token ({} tokens in {} s, the model alone in one process)",
+        thousands(pacing.tokens as f64),
+        MODEL_PACING_WINDOW.as_secs()
+    );
+    let worker_secs: f64 = outcome
+        .cpu
+        .iter()
+        .filter(|(name, _)| name.starts_with("worker"))
+        .map(|(_, secs)| secs)
+        .sum();
+    if outcome.measured_tokens > 0 && worker_secs > 0.0 {
+        let worker_us = worker_secs * 1e6 / outcome.measured_tokens as f64;
+        values.push(("worker_us_per_token".into(), worker_us));
+        values.push((
+            "worker_less_model_us_per_token".into(),
+            worker_us - model_us,
+        ));
+        text.push_str(&format!(
+            "; the workers {worker_us:.1}, of which the system's {:.1}",
+            worker_us - model_us
+        ));
+    }
+    Some(Row::text(
+        format!("CPU per token of the demo model's pacing ({run}), µs"),
+        values,
+        text,
+    ))
 }
