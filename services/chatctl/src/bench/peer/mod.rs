@@ -308,6 +308,28 @@ impl PeerResults {
                 .and_then(|r| r.value(key))
         };
         let mut rows = Vec::new();
+        // Paced: ours counts delivered tokens here, whatever the chunking.
+        for (streams, _, peer) in &self.paced {
+            let ours = find(
+                &format!("CPU per delivered token ({streams} paced streams)"),
+                "total_us_per_token",
+            );
+            let (Some(our_cpu), Some(peer_cpu)) = (ours, cpu_per_token_us(peer)) else {
+                continue;
+            };
+            let ratio = our_cpu / peer_cpu.max(f64::MIN_POSITIVE);
+            let mut row = Row::text(
+                format!(
+                    "ours ÷ peer: CPU per delivered token, all processes, {streams} paced streams"
+                ),
+                vec![("ratio".into(), ratio), ("streams".into(), *streams as f64)],
+                format!("{ratio:.2} ({our_cpu:.1} µs against {peer_cpu:.1} µs)"),
+            );
+            if *streams == PACED_CPU_TARGET_STREAMS {
+                row = row.target("≤ 1 (no more CPU per token than the peer)", ratio <= 1.0);
+            }
+            rows.push(row);
+        }
         let Some((_, peer)) = &self.unpaced else {
             return rows;
         };
@@ -355,6 +377,9 @@ impl PeerResults {
         rows
     }
 }
+
+/// The paced load at which our CPU per token is held against the peer's.
+const PACED_CPU_TARGET_STREAMS: usize = 1_000;
 
 fn delivered_row(what: &str, outcome: &PeerLoadOutcome) -> Row {
     let mut row = Row::rate(
@@ -443,5 +468,41 @@ mod tests {
         assert_eq!(rows[0].value("ratio"), Some(0.5));
         assert_eq!(rows[1].value("ratio"), Some(2.0));
         assert!(results.ratios(&ours, false).is_empty());
+    }
+
+    #[test]
+    fn paced_cpu_per_token_is_set_against_the_peers_at_the_same_streams() {
+        let ours = vec![
+            Row::text(
+                "CPU per delivered token (1000 paced streams), µs",
+                vec![("total_us_per_token".into(), 45.0)],
+                String::new(),
+            ),
+            Row::text(
+                "CPU per delivered token (500 paced streams), µs",
+                vec![("total_us_per_token".into(), 60.0)],
+                String::new(),
+            ),
+        ];
+        let peer = |cpu_secs: f64| {
+            let mut cpu = std::collections::BTreeMap::new();
+            cpu.insert("node".to_string(), cpu_secs);
+            PeerLoadOutcome {
+                measured_tokens: 10_000,
+                cpu,
+                ..Default::default()
+            }
+        };
+        let results = PeerResults {
+            // 50 µs and 40 µs per token.
+            paced: vec![(1_000, 50.0, peer(0.5)), (500, 50.0, peer(0.4))],
+            ..Default::default()
+        };
+        let rows = results.ratios(&ours, false);
+        assert_eq!(rows.len(), 2, "{rows:?}");
+        assert_eq!(rows[0].value("ratio"), Some(0.9));
+        assert_eq!(rows[0].met, Some(true), "the target is at 1,000 streams");
+        assert_eq!(rows[1].value("ratio"), Some(1.5));
+        assert_eq!(rows[1].met, None);
     }
 }
