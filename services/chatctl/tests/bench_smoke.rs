@@ -34,6 +34,45 @@ async fn raw_nats_rates_are_measured() {
         .is_err());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paced_jetstream_publishing_is_measured_with_and_without_republish() {
+    let nats = NatsServer::start().unwrap();
+    let ops = nats.access(protocol::access::Role::Ops);
+    let url = nats.url();
+    let target = raw_nats::NatsTarget {
+        url: &url,
+        access: &ops,
+    };
+    for republish in [false, true] {
+        let load = raw_nats::PacedPublishing {
+            streams: 20,
+            per_sec: 400.0,
+            publishers: 2,
+            payload_bytes: 200,
+            republish,
+        };
+        let raw = raw_nats::jetstream_paced(&target, load, Duration::from_secs(2))
+            .await
+            .unwrap();
+        // 400 a second for 2 s, give or take the timers on a loaded machine.
+        assert!((500..=1_000).contains(&raw.acked), "{raw:?}");
+        assert!(raw.nats_server_us_per_message > 0.0, "{raw:?}");
+        if republish {
+            assert!(
+                raw.received * 10 >= raw.acked * 9,
+                "republished copies: {raw:?}"
+            );
+        } else {
+            assert_eq!(raw.received, 0, "{raw:?}");
+        }
+    }
+    let js_ctx = async_nats::jetstream::new(nats.connect().await.unwrap());
+    assert!(js_ctx
+        .get_stream(protocol::subjects::BENCH_STREAM)
+        .await
+        .is_err());
+}
+
 #[tokio::test]
 async fn sessions_chat_end_to_end_without_loss() {
     let tokens = 20;

@@ -62,6 +62,12 @@ pub const BENCH_STREAM: &str = "CHAT_BENCH";
 pub const BENCH_STREAM_SUBJECT: &str = "bench.stream";
 /// A core subject `chatctl bench` measures plain publish → subscribe on.
 pub const BENCH_CORE_SUBJECT: &str = "bench.core";
+/// The subjects `bench.paced.<stream>` of [`BENCH_STREAM`] when the bench
+/// publishes at a paced load's rate.
+pub const BENCH_PACED_PREFIX: &str = "bench.paced";
+/// Where [`BENCH_STREAM`] republishes its paced messages (as `CHAT_EVENTS`
+/// republishes to `chat.live.*`).
+pub const BENCH_LIVE_PREFIX: &str = "bench.live";
 /// Every subject of the bench's scratch measurements.
 pub const BENCH_ALL: &str = "bench.>";
 

@@ -168,3 +168,174 @@ async fn publish_pipelined(
     }
     Ok(acked as f64 / elapsed.max(1e-9))
 }
+
+/// Unbatched JetStream publishes at a paced load's rate, as the workers
+/// send chunks: `streams` subjects, `per_sec` messages a second in all from
+/// `publishers` connections, each publish on its own timer tick with its
+/// ack awaited aside. With `republish`, the stream republishes every
+/// message to a subscriber, as `CHAT_EVENTS` does to the gateways.
+#[derive(Clone, Copy, Debug)]
+pub struct PacedPublishing {
+    pub streams: usize,
+    pub per_sec: f64,
+    pub publishers: usize,
+    pub payload_bytes: usize,
+    pub republish: bool,
+}
+
+/// What nats-server spent on [`PacedPublishing`] over the measured window.
+#[derive(Clone, Copy, Debug)]
+pub struct PacedRaw {
+    /// Messages acknowledged in the window.
+    pub acked: u64,
+    /// Republished copies received in the window (0 without republish).
+    pub received: u64,
+    pub nats_server_us_per_message: f64,
+}
+
+/// Runs `load` on a scratch stream for `window` after a second of warm-up;
+/// the stream is deleted afterwards. nats-server's CPU comes from
+/// [`CpuSnapshot::take`] (the bench's own stack), so nothing else may load
+/// it meanwhile.
+pub async fn jetstream_paced(
+    nats: &NatsTarget<'_>,
+    load: PacedPublishing,
+    window: Duration,
+) -> anyhow::Result<PacedRaw> {
+    let connect = || async {
+        nats.access
+            .apply(Role::Ops, async_nats::ConnectOptions::new())?
+            .connect(nats.url)
+            .await
+            .with_context(|| format!("connecting to {}", nats.url))
+    };
+    let js = jetstream::new(connect().await?);
+    let _ = js.delete_stream(subjects::BENCH_STREAM).await;
+    js.create_stream(stream::Config {
+        name: subjects::BENCH_STREAM.into(),
+        subjects: vec![format!("{}.*", subjects::BENCH_PACED_PREFIX)],
+        storage: stream::StorageType::File,
+        republish: load.republish.then(|| stream::Republish {
+            source: format!("{}.>", subjects::BENCH_PACED_PREFIX),
+            destination: format!("{}.>", subjects::BENCH_LIVE_PREFIX),
+            headers_only: false,
+        }),
+        ..Default::default()
+    })
+    .await
+    .context("creating the bench stream")?;
+    let result = publish_paced(load, window, connect).await;
+    let deleted = js.delete_stream(subjects::BENCH_STREAM).await;
+    let raw = result?;
+    deleted.context("deleting the bench stream")?;
+    Ok(raw)
+}
+
+async fn publish_paced<F, Fut>(
+    load: PacedPublishing,
+    window: Duration,
+    connect: F,
+) -> anyhow::Result<PacedRaw>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<async_nats::Client>>,
+{
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(AtomicU64::new(0));
+    let received = Arc::new(AtomicU64::new(0));
+    let failures = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    if load.republish {
+        let subscriber = connect().await?;
+        let mut live = subscriber
+            .subscribe(format!("{}.>", subjects::BENCH_LIVE_PREFIX))
+            .await?;
+        subscriber.flush().await?;
+        let (received, stop) = (received.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                match tokio::time::timeout(Duration::from_millis(200), live.next()).await {
+                    Ok(Some(_)) => {
+                        received.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(None) => break,
+                    Err(_) => {}
+                }
+            }
+        }));
+    }
+    let publishers = load.publishers.max(1);
+    let per_publisher = (load.per_sec / publishers as f64).max(1.0);
+    let payload = Bytes::from(vec![b'x'; load.payload_bytes]);
+    for p in 0..publishers {
+        let js = jetstream::new(connect().await?);
+        let (stop, acked, failures, payload) = (
+            stop.clone(),
+            acked.clone(),
+            failures.clone(),
+            payload.clone(),
+        );
+        // This publisher's streams: every `publishers`-th one.
+        let subjects: Vec<String> = (p..load.streams.max(1))
+            .step_by(publishers)
+            .map(|s| format!("{}.{s}", subjects::BENCH_PACED_PREFIX))
+            .collect();
+        tasks.push(tokio::spawn(async move {
+            let (tx, mut rx) = mpsc::unbounded_channel::<jetstream::context::PublishAckFuture>();
+            let acks = {
+                let (acked, failures) = (acked.clone(), failures.clone());
+                tokio::spawn(async move {
+                    while let Some(ack) = rx.recv().await {
+                        match ack.await {
+                            Ok(_) => acked.fetch_add(1, Ordering::Relaxed),
+                            Err(_) => failures.fetch_add(1, Ordering::Relaxed),
+                        };
+                    }
+                })
+            };
+            let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / per_publisher));
+            let mut next = subjects.iter().cycle();
+            while !stop.load(Ordering::Relaxed) {
+                tick.tick().await;
+                let Some(subject) = next.next() else { break };
+                match js.publish(subject.clone(), payload.clone()).await {
+                    Ok(ack) => {
+                        let _ = tx.send(ack);
+                    }
+                    Err(_) => {
+                        failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            drop(tx);
+            let _ = acks.await;
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (cpu_before, acked_before, received_before) = (
+        super::cpu::CpuSnapshot::take(),
+        acked.load(Ordering::Relaxed),
+        received.load(Ordering::Relaxed),
+    );
+    tokio::time::sleep(window).await;
+    let cpu = super::cpu::CpuSnapshot::take().since(&cpu_before);
+    let in_window = acked.load(Ordering::Relaxed) - acked_before;
+    let received_in_window = received.load(Ordering::Relaxed) - received_before;
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        let _ = task.await;
+    }
+    let failed = failures.load(Ordering::Relaxed);
+    if in_window == 0 || failed > 0 {
+        bail!("paced JetStream publishing: {in_window} acked in the window, {failed} failed");
+    }
+    Ok(PacedRaw {
+        acked: in_window,
+        received: received_in_window,
+        nats_server_us_per_message: cpu.get("nats-server").copied().unwrap_or(0.0) * 1e6
+            / in_window as f64,
+    })
+}

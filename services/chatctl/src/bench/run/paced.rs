@@ -8,6 +8,7 @@ use stack::{Stack, StackOptions};
 
 use super::super::load;
 use super::super::model_pacing::{self, ModelPacing};
+use super::super::raw_nats::{self, NatsTarget, PacedPublishing};
 use super::super::report::{millis, thousands, Report, Row};
 use super::super::socket::Endpoint;
 use super::super::{sse, Phase};
@@ -56,7 +57,12 @@ pub(super) async fn own_stacks(
         .context("starting the paced stack")?;
         let endpoint = Endpoint::parse(&stack.nginx_url())?;
         let metrics = gateway_metrics_urls(&stack);
-        paced(args, s, report, &endpoint, &metrics, window).await?;
+        let access = stack.nats_security().access(protocol::access::Role::Ops);
+        let nats = NatsTarget {
+            url: &stack.nats_url(),
+            access: &access,
+        };
+        paced(args, s, report, &endpoint, &metrics, nats, window).await?;
     }
     Ok(())
 }
@@ -86,6 +92,7 @@ async fn paced(
     report: &mut Report,
     endpoint: &Endpoint,
     gateway_metrics: &[String],
+    nats: NatsTarget<'_>,
     window: PacedWindow,
 ) -> anyhow::Result<()> {
     let label = window.label();
@@ -162,6 +169,9 @@ async fn paced(
             if let Some(row) = model_pacing_row(&outcome, &pacing, &run) {
                 report.push(row);
             }
+            if outcome.chunks_per_sec > 0.0 {
+                push_raw_paced_row(args, report, &nats, &outcome, streams, &run).await?;
+            }
         }
         if args.runs(Phase::Sse) && window == PacedWindow::AsConfigured {
             println!("sse: the same {streams} streams through POST /api/ui/chat");
@@ -211,4 +221,64 @@ fn model_pacing_row(outcome: &load::LoadOutcome, pacing: &ModelPacing, run: &str
         values,
         text,
     ))
+}
+
+/// nats-server's CPU per message for plain JetStream publishes at the rate
+/// and spread of the paced run's chunks, unbatched as they are, without and
+/// with a republish to a subscriber: what storing (and republishing) one
+/// message at that pace costs the server by itself, beside what a chunk of
+/// ours cost it in the run.
+async fn push_raw_paced_row(
+    args: &BenchArgs,
+    report: &mut Report,
+    nats: &NatsTarget<'_>,
+    outcome: &load::LoadOutcome,
+    streams: usize,
+    run: &str,
+) -> anyhow::Result<()> {
+    let mut load = PacedPublishing {
+        streams,
+        per_sec: outcome.chunks_per_sec,
+        publishers: args.workers.max(1),
+        payload_bytes: args.payload_bytes,
+        republish: false,
+    };
+    println!(
+        "raw JetStream at the paced run's rate: {} msg/s on {streams} subjects, without and with republish",
+        thousands(load.per_sec)
+    );
+    let plain = raw_nats::jetstream_paced(nats, load, MODEL_PACING_WINDOW).await?;
+    load.republish = true;
+    let republished = raw_nats::jetstream_paced(nats, load, MODEL_PACING_WINDOW).await?;
+    let mut values = vec![
+        ("plain_us".to_string(), plain.nats_server_us_per_message),
+        (
+            "republish_us".into(),
+            republished.nats_server_us_per_message,
+        ),
+        ("msgs_per_sec".into(), load.per_sec),
+    ];
+    let mut text = format!(
+        "plain {:.1}, with republish to a subscriber {:.1} ({} msg/s on {streams} subjects, {} publishers)",
+        plain.nats_server_us_per_message,
+        republished.nats_server_us_per_message,
+        thousands(load.per_sec),
+        load.publishers
+    );
+    if let (Some(secs), true) = (outcome.cpu.get("nats-server"), outcome.measured_chunks > 0) {
+        let ours = secs * 1e6 / outcome.measured_chunks as f64;
+        values.push(("ours_us".into(), ours));
+        text.push_str(&format!(
+            "; a chunk of ours {ours:.1} ({:.1} × the republished raw message)",
+            ours / republished
+                .nats_server_us_per_message
+                .max(f64::MIN_POSITIVE)
+        ));
+    }
+    report.push(Row::text(
+        format!("nats-server CPU per JetStream publish, unbatched at the rate of the chunks ({run}), µs"),
+        values,
+        text,
+    ));
+    Ok(())
 }
