@@ -14,6 +14,7 @@
 
 mod app;
 mod assertions;
+pub mod login;
 mod scripted_worker;
 mod ws;
 
