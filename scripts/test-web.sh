@@ -7,11 +7,10 @@
 #      Nginx on their own ports and run folder, from the debug binaries that
 #      `cargo build --workspace` made, stopped again at the end;
 #   4. the AI SDK example app (web/examples/ai-sdk-chat) in headless
-#      Chromium, and the real Vercel AI SDK (ai 7 and ai 6, headless) on the
-#      same stack's SSE endpoints (e2e/ai-sdk*.e2e.mjs), and assistant-ui's
-#      useChatRuntime mounted with React in jsdom (e2e/assistant-ui.e2e.mjs);
-#      the AI SDK tests kill two
-#      workers, so they run last on this stack;
+#      Chromium; assistant-ui's useChatRuntime mounted with React in jsdom
+#      (e2e/assistant-ui.e2e.mjs); and the real Vercel AI SDK (ai 7 and
+#      ai 6, headless) on the same stack's SSE endpoints (e2e/ai-sdk.e2e.mjs),
+#      which kills two workers, so it runs last on this stack;
 #   5. a fresh stack on the same ports with the app's login (`up.sh --auth
 #      jwt`): two browser profiles as one user on different gateways and a
 #      third as another (e2e/users.e2e.mjs).
