@@ -173,7 +173,13 @@ async fn count_keys(js: &jetstream::Context) -> anyhow::Result<BTreeMap<String, 
         .map(|f| (f.to_string(), 0))
         .collect();
     let prefix = format!("$KV.{}.", subjects::SESSIONS_BUCKET);
+    // The pages are read one after another while keys come and go: a key
+    // can move from one page to the next and be listed twice.
+    let mut seen = std::collections::HashSet::new();
     while let Some((subject, _)) = subjects_held.try_next().await? {
+        if !seen.insert(subject.clone()) {
+            continue;
+        }
         let key = subject.strip_prefix(&prefix).unwrap_or(&subject);
         *counts.entry(key_family(key).to_string()).or_insert(0) += 1;
     }

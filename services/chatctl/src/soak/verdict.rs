@@ -1,6 +1,7 @@
-//! The soak's pass or fail on what it sampled: after the warm-up no
-//! process's memory or file descriptors may grow faster than a bound (a
-//! least-squares slope over the longest stretch one process lived), and
+//! The soak's pass or fail on what it sampled: after its warm-up (from the
+//! run's start, or from its own restart) no process's memory or file
+//! descriptors may grow faster than a bound (a least-squares slope over the
+//! longest stretch one process lived), and
 //! every stream and key family must stay within what its retention allows.
 
 use std::time::Duration;
@@ -115,18 +116,36 @@ pub(super) fn judge(samples: &[Sample], bounds: &Bounds) -> Verdict {
     let mut names: Vec<&String> = under_load.iter().flat_map(|s| s.processes.keys()).collect();
     names.sort();
     names.dedup();
+    let run_start = under_load.first().map_or(0.0, |s| s.elapsed_secs);
     let mut slopes = Vec::new();
     for name in names {
         let warm = warmup_of(name, bounds).as_secs_f64();
-        // The stretches one pid lived after the warm-up; the longest is fitted
-        // (a restarted process starts small: fitting across would mislead).
+        // When each pid was first seen: a restarted process warms up again
+        // (it starts small and fills its caches), from its own start.
+        let mut first_seen: std::collections::HashMap<u32, f64> = std::collections::HashMap::new();
+        for s in under_load {
+            if let Some(p) = s.processes.get(name) {
+                first_seen.entry(p.pid).or_insert(s.elapsed_secs);
+            }
+        }
+        // The stretches one pid lived after its warm-up; the longest is
+        // fitted (fitting across a restart would mislead).
         let mut runs: Vec<Vec<&Sample>> = Vec::new();
         let mut last_pid = None;
-        for s in under_load.iter().filter(|s| s.elapsed_secs >= warm) {
+        for s in under_load {
             let Some(p) = s.processes.get(name) else {
                 last_pid = None;
                 continue;
             };
+            // A process there from the first sample started with the run.
+            let born = first_seen
+                .get(&p.pid)
+                .copied()
+                .filter(|&t| t > run_start)
+                .unwrap_or(0.0);
+            if s.elapsed_secs < born + warm {
+                continue;
+            }
             if last_pid != Some(p.pid) {
                 runs.push(Vec::new());
                 last_pid = Some(p.pid);
@@ -346,6 +365,24 @@ mod tests {
         assert!(!v.passed(), "{}", v.to_markdown());
         let flat: Vec<Sample> = (0..=80).map(|i| at(i as f64 * 30.0, 7, 100)).collect();
         assert!(judge(&flat, &bounds()).passed());
+    }
+
+    #[test]
+    fn a_restarted_process_warms_up_again_from_its_own_start() {
+        // Restarted at 10 min: 80 MiB growing to 100 over its first five
+        // minutes, then flat for 40 minutes.
+        let samples: Vec<Sample> = (0..=110)
+            .map(|i| {
+                if i < 20 {
+                    at(i as f64 * 30.0, 7, 100)
+                } else {
+                    at(i as f64 * 30.0, 8, 80 + (i - 20).min(10) * 2)
+                }
+            })
+            .collect();
+        let v = judge(&samples, &bounds());
+        assert!(v.passed(), "{}", v.to_markdown());
+        assert!(v.slopes.iter().all(|s| s.judged), "{}", v.to_markdown());
     }
 
     #[test]
