@@ -285,27 +285,30 @@ struct Cut;
 
 /// The body: every frame the relay has queued at once is rendered into one
 /// buffer (one write, as a socket's loop drains its ready events into one
-/// flush); a comment when nothing came for [`HEARTBEAT`].
+/// flush); a comment every [`HEARTBEAT`] (a fixed beat, so no timer is
+/// armed per chunk).
 fn render(
     frames: tokio::sync::mpsc::Receiver<Message>,
     renderer: Renderer,
 ) -> impl Stream<Item = Result<Bytes, Cut>> {
-    stream::unfold(Some((frames, renderer)), |state| async move {
-        let (mut frames, mut renderer) = state?;
-        let first = match tokio::time::timeout(HEARTBEAT, frames.recv()).await {
-            Err(_) => {
-                let beat = vec![Ok(Bytes::from_static(b":\n\n"))];
-                return Some((beat, Some((frames, renderer))));
+    let beat = tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT, HEARTBEAT);
+    stream::unfold(Some((frames, renderer, beat)), |state| async move {
+        let (mut frames, mut renderer, mut beat) = state?;
+        let first = tokio::select! {
+            biased;
+            frame = frames.recv() => frame,
+            _ = beat.tick() => {
+                let comment = vec![Ok(Bytes::from_static(b":\n\n"))];
+                return Some((comment, Some((frames, renderer, beat))));
             }
-            Ok(frame) => frame,
         };
-        let mut out = String::new();
+        let mut out = Vec::with_capacity(512);
         let mut next = Some(first);
         while let Some(frame) = next.take() {
             match frame {
                 Some(Message::Text(text)) => {
                     if render_frame(&mut renderer, text.as_str(), &mut out) == Next::Finished {
-                        out.push_str("data: [DONE]\n\n");
+                        out.extend_from_slice(b"data: [DONE]\n\n");
                         return Some((vec![Ok(out.into())], None));
                     }
                 }
@@ -317,25 +320,88 @@ fn render(
             }
             next = frames.try_recv().ok().map(Some);
         }
-        Some((vec![Ok(out.into())], Some((frames, renderer))))
+        Some((vec![Ok(out.into())], Some((frames, renderer, beat))))
     })
     .flat_map(stream::iter)
     .filter(|item| std::future::ready(!matches!(item, Ok(bytes) if bytes.is_empty())))
 }
 
 /// One stored event's chunks, as SSE events (`id:` is its `seq`).
-fn render_frame(renderer: &mut Renderer, frame: &str, out: &mut String) -> Next {
+fn render_frame(renderer: &mut Renderer, frame: &str, out: &mut Vec<u8>) -> Next {
     let Some(event) = EventFrame::parse(frame) else {
         return Next::More;
     };
     let seq = event.seq;
     renderer.render(&event, |chunk| {
-        if let Ok(json) = serde_json::to_string(&chunk) {
-            out.push_str("id: ");
-            out.push_str(itoa::Buffer::new().format(seq));
-            out.push_str("\ndata: ");
-            out.push_str(&json);
-            out.push_str("\n\n");
+        let start = out.len();
+        out.extend_from_slice(b"id: ");
+        out.extend_from_slice(itoa::Buffer::new().format(seq).as_bytes());
+        out.extend_from_slice(b"\ndata: ");
+        if serde_json::to_writer(&mut *out, &chunk).is_ok() {
+            out.extend_from_slice(b"\n\n");
+        } else {
+            out.truncate(start);
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protocol::{Event, FinishReason};
+
+    fn frame(event: &Event, seq: u64) -> Message {
+        Message::Text(
+            protocol::frames::with_seq(&event.to_payload(), seq)
+                .unwrap()
+                .into(),
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_body_beats_while_quiet_and_renders_what_is_queued_in_one_write() {
+        let id = MessageId::new();
+        let (frames, receiver) = tokio::sync::mpsc::channel(8);
+        let mut body = Box::pin(render(receiver, Renderer::new(id)));
+
+        // Nothing for a heartbeat (the paused clock jumps to it): a comment.
+        let started = tokio::time::Instant::now();
+        let beat = body.next().await.unwrap().unwrap();
+        assert_eq!(&beat[..], b":\n\n");
+        assert_eq!(started.elapsed(), HEARTBEAT);
+
+        // Two events queued at once: one write, each chunk with its seq.
+        let chunk = Event::Chunk {
+            message_id: id,
+            attempt: 1,
+            index: 0,
+            text: "Hel".into(),
+            published_at_us: None,
+        };
+        let done = Event::Done {
+            message_id: id,
+            attempt: 1,
+            finish_reason: FinishReason::Stop,
+            usage: None,
+        };
+        frames.send(frame(&chunk, 7)).await.unwrap();
+        frames.send(frame(&done, 8)).await.unwrap();
+        let written = body.next().await.unwrap().unwrap();
+        let text = std::str::from_utf8(&written).unwrap();
+        assert!(
+            text.starts_with(&format!(
+                "id: 7\ndata: {{\"type\":\"start\",\"messageId\":\"{id}\"}}\n\n"
+            )),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "id: 7\ndata: {\"type\":\"text-delta\",\"id\":\"text\",\"delta\":\"Hel\"}\n\n"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("id: 8\ndata: {\"type\":\"finish\""), "{text}");
+        assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+        assert!(body.next().await.is_none(), "the body ends after [DONE]");
+    }
 }
