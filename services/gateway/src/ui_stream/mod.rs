@@ -285,30 +285,27 @@ struct Cut;
 
 /// The body: every frame the relay has queued at once is rendered into one
 /// buffer (one write, as a socket's loop drains its ready events into one
-/// flush); a comment every [`HEARTBEAT`] (a fixed beat, so no timer is
-/// armed per chunk).
+/// flush); a comment when nothing came for [`HEARTBEAT`].
 fn render(
     frames: tokio::sync::mpsc::Receiver<Message>,
     renderer: Renderer,
 ) -> impl Stream<Item = Result<Bytes, Cut>> {
-    let beat = tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT, HEARTBEAT);
-    stream::unfold(Some((frames, renderer, beat)), |state| async move {
-        let (mut frames, mut renderer, mut beat) = state?;
-        let first = tokio::select! {
-            biased;
-            frame = frames.recv() => frame,
-            _ = beat.tick() => {
-                let comment = vec![Ok(Bytes::from_static(b":\n\n"))];
-                return Some((comment, Some((frames, renderer, beat))));
+    stream::unfold(Some((frames, renderer)), |state| async move {
+        let (mut frames, mut renderer) = state?;
+        let first = match tokio::time::timeout(HEARTBEAT, frames.recv()).await {
+            Err(_) => {
+                let beat = vec![Ok(Bytes::from_static(b":\n\n"))];
+                return Some((beat, Some((frames, renderer))));
             }
+            Ok(frame) => frame,
         };
-        let mut out = Vec::with_capacity(512);
+        let mut out = String::new();
         let mut next = Some(first);
         while let Some(frame) = next.take() {
             match frame {
                 Some(Message::Text(text)) => {
                     if render_frame(&mut renderer, text.as_str(), &mut out) == Next::Finished {
-                        out.extend_from_slice(b"data: [DONE]\n\n");
+                        out.push_str("data: [DONE]\n\n");
                         return Some((vec![Ok(out.into())], None));
                     }
                 }
@@ -320,27 +317,25 @@ fn render(
             }
             next = frames.try_recv().ok().map(Some);
         }
-        Some((vec![Ok(out.into())], Some((frames, renderer, beat))))
+        Some((vec![Ok(out.into())], Some((frames, renderer))))
     })
     .flat_map(stream::iter)
     .filter(|item| std::future::ready(!matches!(item, Ok(bytes) if bytes.is_empty())))
 }
 
 /// One stored event's chunks, as SSE events (`id:` is its `seq`).
-fn render_frame(renderer: &mut Renderer, frame: &str, out: &mut Vec<u8>) -> Next {
+fn render_frame(renderer: &mut Renderer, frame: &str, out: &mut String) -> Next {
     let Some(event) = EventFrame::parse(frame) else {
         return Next::More;
     };
     let seq = event.seq;
     renderer.render(&event, |chunk| {
-        let start = out.len();
-        out.extend_from_slice(b"id: ");
-        out.extend_from_slice(itoa::Buffer::new().format(seq).as_bytes());
-        out.extend_from_slice(b"\ndata: ");
-        if serde_json::to_writer(&mut *out, &chunk).is_ok() {
-            out.extend_from_slice(b"\n\n");
-        } else {
-            out.truncate(start);
+        if let Ok(json) = serde_json::to_string(&chunk) {
+            out.push_str("id: ");
+            out.push_str(itoa::Buffer::new().format(seq));
+            out.push_str("\ndata: ");
+            out.push_str(&json);
+            out.push_str("\n\n");
         }
     })
 }
