@@ -56,7 +56,12 @@ async fn paced_jetstream_publishing_is_measured_with_and_without_republish() {
             .unwrap();
         // 400 a second for 2 s, give or take the timers on a loaded machine.
         assert!((500..=1_000).contains(&raw.acked), "{raw:?}");
-        assert!(raw.nats_server_us_per_message > 0.0, "{raw:?}");
+        // nats-server's CPU comes from /proc in 10 ms ticks: a quiet
+        // server may spend less than one in the window.
+        assert!(
+            raw.nats_server_us_per_message.is_finite() && raw.nats_server_us_per_message >= 0.0,
+            "{raw:?}"
+        );
         if republish {
             assert!(
                 raw.received * 10 >= raw.acked * 9,
