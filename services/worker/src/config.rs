@@ -105,6 +105,17 @@ pub struct WorkerConfig {
         hide = true
     )]
     pub test_admit_pause_ms: u64,
+    /// Test hook: a run taking a message over pauses this long between
+    /// reading the message's last claim and storing its own, so a test can
+    /// land another run's write in between.
+    #[doc(hidden)]
+    #[arg(
+        long,
+        env = "WORKER_TEST_CLAIM_PAUSE_MS",
+        default_value_t = 0,
+        hide = true
+    )]
+    pub test_claim_pause_ms: u64,
     #[command(flatten)]
     pub layout: LayoutConfig,
     /// The nkey and CA files this service connects to NATS with.

@@ -32,4 +32,6 @@ pub struct JobContext {
     pub node: String,
     /// Test hook `--test-admit-pause-ms`: zero in service.
     pub admit_pause: std::time::Duration,
+    /// Test hook `--test-claim-pause-ms`: zero in service.
+    pub claim_pause: std::time::Duration,
 }

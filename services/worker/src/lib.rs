@@ -178,6 +178,7 @@ pub async fn spawn(config: WorkerConfig) -> anyhow::Result<RunningWorker> {
         abort: abort.clone(),
         node: config.node.clone(),
         admit_pause: Duration::from_millis(config.test_admit_pause_ms),
+        claim_pause: Duration::from_millis(config.test_claim_pause_ms),
     });
 
     // Cancels and dead letters are listened for before the first job is pulled.

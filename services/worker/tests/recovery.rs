@@ -516,3 +516,64 @@ async fn a_run_the_delivery_count_forgot_follows_the_stored_claim() {
     assert_eq!(answer_of(&events, id, 4), demo::answer(prompt, 40));
     worker.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_cancel_seen_at_admission_ends_a_message_an_earlier_run_ended_meanwhile_once() {
+    // Found by `chatctl soak` at a nats-server restart: attempt 1 stored
+    // `cancelled` after attempt 2's admit step read the stream and before
+    // attempt 2 stored its claim, so the claims fence let attempt 2 store a
+    // second `cancelled`. Attempt 1 is played by the test here, its
+    // `cancelled` fenced on the claims subject as a worker's is; the worker
+    // runs attempt 2 and pauses between reading the last claim (after its
+    // admit reads) and storing its own.
+    let h = Harness::start(1500, 5).await;
+    let session = h.new_session().await;
+    let id = h.submit(session, "cancelled twice over?").await;
+    h.cancel(session, id).await;
+    assert_eq!(take_and_abandon(&h).await, 1);
+    let claims = subjects::claims(session, id);
+    // The claim read, a direct get: seen here once the admit reads are done.
+    let mut claim_reads = h
+        .client
+        .subscribe(format!(
+            "$JS.API.DIRECT.GET.{}.{claims}",
+            subjects::EVENTS_STREAM
+        ))
+        .await
+        .unwrap();
+    let mut args = FAST.to_vec();
+    args.extend(["--test-claim-pause-ms", "3000"]);
+    let worker = h.spawn_worker(&args).await;
+    tokio::time::timeout(Duration::from_secs(20), claim_reads.next())
+        .await
+        .expect("attempt 2 read the message's claims")
+        .unwrap();
+    let attempt_1_ends = async_nats::jetstream::message::PublishMessage::build()
+        .payload(Event::Cancelled { message_id: id }.to_payload())
+        .expected_last_subject_sequence(0)
+        .header(
+            subjects::HEADER_EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT,
+            claims.as_str(),
+        );
+    h.js.send_publish(subjects::events(session), attempt_1_ends)
+        .await
+        .unwrap()
+        .await
+        .expect("attempt 1's cancelled is stored before attempt 2's claim");
+    h.wait_queue_empty().await;
+    let events = h.stored_events(session).await;
+    let terminals: Vec<&Event> = events
+        .iter()
+        .filter(|e| e.is_terminal() && e.message_id() == Some(id))
+        .collect();
+    assert_eq!(
+        terminals,
+        [&Event::Cancelled { message_id: id }],
+        "{events:?}"
+    );
+    let turns = h.turns(session).await;
+    assert_eq!(turns.len(), 1, "{turns:?}");
+    assert_eq!(turns[0].status, TurnStatus::Cancelled);
+    assert_eq!(stored_claims(&h, session, id).await, [2]);
+    worker.shutdown().await.unwrap();
+}

@@ -33,9 +33,13 @@ pub(super) enum Admission {
     /// `last_seq` is the session's last stored event as read (0: none), the
     /// sequence the attempt's first write expects to follow.
     Run { history: Vec<Turn>, last_seq: u64 },
-    /// It ends without generating: answered already, cancelled, or asking
-    /// for a model this worker does not serve.
+    /// It ends without generating or storing an event: answered already,
+    /// taken over, or the stream unreadable.
     End(Ending),
+    /// It ends without generating, with a terminal event stored right
+    /// after `last_seq` (see `fence`): cancelled, or asking for a model
+    /// this worker does not serve.
+    Close { ending: Ending, last_seq: u64 },
 }
 
 impl Job {
@@ -106,11 +110,13 @@ impl Job {
         // The guard registered before the flag was read: a cancel is seen
         // through one or the other.
         if guard.token().is_cancelled() || cancel_flagged {
-            return Admission::End(Ending::cancelled_before_start(self.attempt_facts()));
+            let ending = Ending::cancelled_before_start(self.attempt_facts());
+            return Admission::Close { ending, last_seq };
         }
         match self.request.model.as_deref() {
             Some(model) if !ctx.backend.serves_model(model) => {
-                Admission::End(Ending::unknown_model(self.attempt_facts(), model))
+                let ending = Ending::unknown_model(self.attempt_facts(), model);
+                Admission::Close { ending, last_seq }
             }
             _ => Admission::Run { history, last_seq },
         }

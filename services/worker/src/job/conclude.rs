@@ -8,7 +8,7 @@
 //! attempt, and the job is handed back.
 
 use super::ending::{CancelFlag, Ending, Outstanding, Report};
-use super::fence::Fenced;
+use super::fence::{Fenced, TerminalFence};
 use super::{Job, JobError};
 use crate::cancel::CancelGuard;
 use crate::publish::{EventPublisher, PublishFailed};
@@ -16,12 +16,15 @@ use crate::{cancel, dead_letter, turns};
 
 impl Job {
     /// Ends the attempt as `ending` says; `publisher` holds the chunks of an
-    /// attempt that generated.
+    /// attempt that generated; its terminal event is stored only while
+    /// `fence` holds. [`JobError::StreamMoved`] when it does not for an
+    /// ending decided before generating: nothing is stored or answered.
     pub(super) async fn conclude(
         &self,
         ending: Ending,
         publisher: Option<EventPublisher>,
         guard: &CancelGuard,
+        fence: TerminalFence,
     ) -> Result<Report, JobError> {
         let ctx = &self.ctx;
         let free_slot = async {
@@ -32,10 +35,17 @@ impl Job {
         let (settled, ()) = tokio::join!(settle(publisher, ending.outstanding), free_slot);
         settled?;
         if let Some(terminal) = &ending.terminal {
-            if let Fenced::Superseded = self.store_terminal(terminal).await? {
-                // The later attempt owns the message, its ack included.
-                tracing::warn!("a later attempt took this message over; stopping silently");
-                return Ok(Report::new(None, "superseded by a later attempt"));
+            match self.store_terminal(terminal, fence).await? {
+                Fenced::Stored => {}
+                Fenced::Superseded => {
+                    // The later attempt owns the message, its ack included.
+                    tracing::warn!("a later attempt took this message over; stopping silently");
+                    return Ok(Report::new(None, "superseded by a later attempt"));
+                }
+                Fenced::Moved => {
+                    tracing::info!("the session's stream moved on; reading it again");
+                    return Err(JobError::StreamMoved);
+                }
             }
         }
         if let Some(reason) = &ending.dead_letter {

@@ -22,6 +22,15 @@
 //! server refuses the terminal event; a later attempt whose claim comes
 //! after the terminal event finds the answer stored (its `restart` is
 //! compare-and-set against the session's last event, which moved).
+//!
+//! A terminal event decided before generating (a cancel seen at admission,
+//! a model not served) has no `restart` to check that, and the claim comes
+//! after the admit step's reads: an earlier run's terminal event stored
+//! between the two was followed by a second one (`chatctl soak`: two
+//! `cancelled` for one message at a nats-server restart). Such a terminal
+//! event is stored only right after the session's last event as the admit
+//! step read it (compare-and-set on the session's subject): any event any
+//! run stored since moves that subject, and the admit step reads again.
 
 use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::message::PublishMessage;
@@ -38,12 +47,26 @@ const TRIES: usize = 10;
 /// The pause before reading again when a replica lagged the other read.
 const LAGGING_REPLICA_PAUSE: std::time::Duration = std::time::Duration::from_millis(50);
 
+/// What a terminal event is stored after.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum TerminalFence {
+    /// After this run's own claim, the last on the message's claims
+    /// subject: for a run that generated.
+    OwnClaim,
+    /// Right after the session's event at this sequence (0: none), as the
+    /// admit step read it: for an ending decided before generating.
+    RightAfter(u64),
+}
+
 /// What became of a terminal event.
 pub(super) enum Fenced {
     /// Stored now.
     Stored,
     /// A later attempt owns the message: nothing was stored.
     Superseded,
+    /// The session's stream holds events the admit step did not read:
+    /// nothing was stored; the admit step reads again.
+    Moved,
 }
 
 /// What became of a run's claim on the stream.
@@ -95,6 +118,9 @@ impl Job {
                     seq
                 }
             };
+            if !self.ctx.claim_pause.is_zero() {
+                tokio::time::sleep(self.ctx.claim_pause).await;
+            }
             let message = PublishMessage::build()
                 .payload(guard.claim_notice().to_payload())
                 .expected_last_subject_sequence(expected);
@@ -130,17 +156,24 @@ impl Job {
         )))
     }
 
-    /// Stores `terminal` only if no run claimed the message after this
-    /// one: one publish, checked by the server as it stores it.
-    pub(super) async fn store_terminal(&self, terminal: &Event) -> Result<Fenced, PublishFailed> {
+    /// Stores `terminal` only while `fence` holds: one publish, checked by
+    /// the server as it stores it.
+    pub(super) async fn store_terminal(
+        &self,
+        terminal: &Event,
+        fence: TerminalFence,
+    ) -> Result<Fenced, PublishFailed> {
         let session = self.request.session_id;
-        let message = PublishMessage::build()
-            .payload(terminal.to_payload())
-            .expected_last_subject_sequence(self.claim_seq())
-            .header(
-                subjects::HEADER_EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT,
-                subjects::claims(session, self.message_id()).as_str(),
-            );
+        let message = PublishMessage::build().payload(terminal.to_payload());
+        let message = match fence {
+            TerminalFence::OwnClaim => message
+                .expected_last_subject_sequence(self.claim_seq())
+                .header(
+                    subjects::HEADER_EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT,
+                    subjects::claims(session, self.message_id()).as_str(),
+                ),
+            TerminalFence::RightAfter(last_seq) => message.expected_last_subject_sequence(last_seq),
+        };
         let acked = match self
             .ctx
             .js
@@ -152,9 +185,13 @@ impl Job {
         };
         match acked {
             Ok(_) => Ok(Fenced::Stored),
-            // The message's last claim is not this run's: a later attempt
-            // claimed it (claims are stored in rising attempt order).
-            Err(e) if is_wrong_last_sequence(&e) => Ok(Fenced::Superseded),
+            Err(e) if is_wrong_last_sequence(&e) => match fence {
+                // The message's last claim is not this run's: a later
+                // attempt claimed it (claims are stored in rising order).
+                TerminalFence::OwnClaim => Ok(Fenced::Superseded),
+                // Some run stored an event since the admit step's read.
+                TerminalFence::RightAfter(_) => Ok(Fenced::Moved),
+            },
             Err(e) => Err(e.into()),
         }
     }

@@ -25,6 +25,7 @@ use crate::metrics::{self, Outcome};
 use crate::publish::{EventPublisher, PublishFailed};
 use admit::Admission;
 use ending::{Attempt, Ending, Report, Stop};
+use fence::TerminalFence;
 use protocol::records::Turn;
 
 pub(crate) use ending::QueueReply;
@@ -171,7 +172,7 @@ impl Job {
                 continue;
             }
             let ending = Ending::after_generation(generated, self.attempt_facts());
-            let concluded = self.conclude(ending, Some(publisher), &guard);
+            let concluded = self.conclude(ending, Some(publisher), &guard, TerminalFence::OwnClaim);
             return self.unless_connection_lost("conclude", concluded).await?;
         }
     }
@@ -195,9 +196,23 @@ impl Job {
             let (history, last_seq) = match admission {
                 Admission::Run { history, last_seq } => (history, last_seq),
                 Admission::End(ending) => {
-                    let concluded = self.conclude(ending, None, guard);
+                    let concluded = self.conclude(ending, None, guard, TerminalFence::OwnClaim);
                     let report = self.unless_connection_lost("conclude", concluded).await??;
                     return Ok(Admitted::Ended(report));
+                }
+                Admission::Close { ending, last_seq } => {
+                    let fence = TerminalFence::RightAfter(last_seq);
+                    let concluded = self.conclude(ending, None, guard, fence);
+                    match self.unless_connection_lost("conclude", concluded).await? {
+                        Ok(report) => return Ok(Admitted::Ended(report)),
+                        // An event was stored since the read (an earlier
+                        // run's terminal event, perhaps): read again.
+                        Err(JobError::StreamMoved) if readmissions < READMISSIONS => {
+                            readmissions += 1;
+                            continue;
+                        }
+                        Err(e) => return Err(e),
+                    }
                 }
             };
             match self.start_publishing(last_seq).await {
