@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::context::{PublishError, PublishErrorKind};
 use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::publish::PublishAck;
 use async_nats::HeaderMap;
 use protocol::records::RECENT_MESSAGES_KEPT;
 use protocol::sessions::{self, SessionStoreError};
@@ -25,11 +26,15 @@ pub struct ChatInput {
     pub model: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Accepted {
     pub message_id: MessageId,
     /// Sequence of the user-message event in `CHAT_EVENTS`.
     pub seq: u64,
+    /// The user-message event as stored at `seq`, when this call stored it
+    /// (none for a retry: stored before, JetStream answered a duplicate).
+    #[serde(skip)]
+    pub echo: Option<bytes::Bytes>,
 }
 
 /// Checks a chat before anything is stored. Control characters other than
@@ -205,6 +210,7 @@ async fn retried_late(
         Some(turn) => Ok(Accepted {
             message_id,
             seq: turn.user_seq,
+            echo: None,
         }),
         None => Err(ApiError::BadRequest(format!(
             "message {message_id} was accepted earlier and is not queued again (a retry \
@@ -238,16 +244,17 @@ pub(crate) async fn queue(
         content: question.content.clone(),
         replaces: question.replaces,
     };
-    let seq = match publish(
+    let echo = echo.to_payload();
+    let (seq, echo) = match publish(
         state,
         subjects::events(session),
-        echo.to_payload(),
+        echo.clone(),
         Some((session, message_id)),
         HeaderMap::new(),
     )
     .await
     {
-        Ok(seq) => seq,
+        Ok(ack) => (ack.sequence, (!ack.duplicate).then_some(echo)),
         Err(e) => {
             forget_refused(state, session, message_id).await;
             return Err(ApiError::nats(e));
@@ -275,7 +282,11 @@ pub(crate) async fn queue(
     )
     .await;
     match queued {
-        Ok(()) => Ok(Accepted { message_id, seq }),
+        Ok(()) => Ok(Accepted {
+            message_id,
+            seq,
+            echo,
+        }),
         Err(JobNotQueued {
             error: e,
             maybe_queued: true,
@@ -424,7 +435,7 @@ async fn publish(
     payload: bytes::Bytes,
     dedup: Option<(SessionId, MessageId)>,
     headers: HeaderMap,
-) -> Result<u64, PublishError> {
+) -> Result<PublishAck, PublishError> {
     let mut message = PublishMessage::build().payload(payload);
     if let Some((session, id)) = dedup {
         message = message.message_id(subjects::dedup_id(session, id));
@@ -477,7 +488,7 @@ async fn publish(
                 );
                 tokio::time::sleep(LEADERLESS_RETRY).await;
             }
-            Some(ack) => return Ok(ack?.sequence),
+            Some(ack) => return ack,
             // Sent on a connection that is gone: stored or not, unknown.
             None => return Err(PublishError::new(PublishErrorKind::BrokenPipe)),
         }

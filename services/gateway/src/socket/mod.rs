@@ -517,36 +517,93 @@ fn fell_behind(skipped: u64) {
 /// A session's events after a point, replayed from the stream and then
 /// live, each once and in order: a socket's relay without the socket, for
 /// the other renderers of the same events (the AI SDK's SSE stream,
-/// `ui_stream`). Opening it attaches to the live feed before the stream's
-/// position is read, so nothing stored in between is missed.
+/// `ui_stream`). It attaches to the live feed before the stream's position
+/// is read (or before the question it follows is stored), so nothing
+/// stored in between is missed.
 pub(crate) struct SessionFeed {
     events: SessionEvents,
     attachment: Attachment,
-    after: u64,
-    position: Position,
+    start: FeedStart,
+}
+
+/// Where a [`SessionFeed`] starts.
+enum FeedStart {
+    /// The stored events after `after`, through `position`, then live.
+    Replay { after: u64, position: Position },
+    /// The event at `seq`, in hand as `frame`: stored after the feed
+    /// attached, so every later event comes live (or, lost on the way, is
+    /// revealed by its successor's `Nats-Last-Sequence` or the tail check,
+    /// and read from the stream). No read of the stream to start.
+    InHand { seq: u64, frame: String },
+}
+
+/// A feed attached to a session's live events, not yet started.
+pub(crate) struct AttachedFeed {
+    events: SessionEvents,
+    attachment: Attachment,
+}
+
+impl AttachedFeed {
+    /// The events after `after`: reads where the session's stream stands.
+    pub(crate) async fn after(self, after: u64) -> Result<SessionFeed, ApiError> {
+        let position = self.events.position(Some(after)).await?;
+        Ok(SessionFeed {
+            events: self.events,
+            attachment: self.attachment,
+            start: FeedStart::Replay { after, position },
+        })
+    }
+
+    /// The events from the question `accepted` stored, which this feed
+    /// attached before: nothing is read when the question was stored by
+    /// that call (a retry's may have been answered before the attach).
+    pub(crate) async fn starting_at_question(
+        self,
+        accepted: &crate::chat::Accepted,
+    ) -> Result<SessionFeed, ApiError> {
+        let in_hand = accepted
+            .echo
+            .as_ref()
+            .and_then(|echo| protocol::frames::with_seq(echo, accepted.seq));
+        match in_hand {
+            Some(frame) => Ok(SessionFeed {
+                events: self.events,
+                attachment: self.attachment,
+                start: FeedStart::InHand {
+                    seq: accepted.seq,
+                    frame,
+                },
+            }),
+            None => self.after(accepted.seq.saturating_sub(1)).await,
+        }
+    }
 }
 
 impl SessionFeed {
+    /// Attaches to `session`'s live events. Fails as an attach does: NATS
+    /// trouble, or a session with all its sockets open (`rate_limited`).
+    pub(crate) async fn attach(
+        state: &AppState,
+        session: SessionId,
+    ) -> Result<AttachedFeed, ApiError> {
+        let attachment = state.hub.attach(session).await.map_err(|e| match e {
+            AttachError::TooManySockets(_) => ApiError::RateLimited(e.to_string()),
+            AttachError::Nats(e) => ApiError::nats(e),
+        })?;
+        Ok(AttachedFeed {
+            events: SessionEvents::new(state.clone(), session),
+            attachment,
+        })
+    }
+
     /// Attaches to `session`'s live events and reads where its stream
-    /// stands. Fails as an attach does: NATS trouble, or a session with all
-    /// its sockets open (`rate_limited`).
+    /// stands: the events after `after`.
     pub(crate) async fn open(
         state: &AppState,
         session: SessionId,
         after: u64,
     ) -> Result<Self, ApiError> {
-        let attachment = state.hub.attach(session).await.map_err(|e| match e {
-            AttachError::TooManySockets(_) => ApiError::RateLimited(e.to_string()),
-            AttachError::Nats(e) => ApiError::nats(e),
-        })?;
-        let events = SessionEvents::new(state.clone(), session);
-        let position = events.position(Some(after)).await?;
-        Ok(Self {
-            events,
-            attachment,
-            after,
-            position,
-        })
+        Self::attach(state, session).await?.after(after).await
     }
 
     /// Writes every event after the starting point to `sink` as a text
@@ -568,11 +625,22 @@ impl SessionFeed {
 
     async fn relay<S: Sink<Message> + Unpin>(self, state: AppState, sink: S) {
         let outbox = Outbox::new(sink, state.config.write_timeout());
-        let mut relay = Relay::new(outbox, self.events, self.after);
+        let (mut relay, started) = match self.start {
+            FeedStart::Replay { after, position } => {
+                let mut relay = Relay::new(outbox, self.events, after);
+                let started = relay.start_after(after, position).await;
+                (relay, started)
+            }
+            FeedStart::InHand { seq, frame } => {
+                let mut relay = Relay::new(outbox, self.events, seq.saturating_sub(1));
+                let started = relay.start_with(seq, frame).await;
+                (relay, started)
+            }
+        };
         // No reader: nothing ever comes in, and the sender stays alive so
         // the loop never takes the inbox's end for the client's.
         let (_no_commands, inbox) = mpsc::channel(1);
-        let started = match relay.start_after(self.after, self.position).await {
+        let started = match started {
             Ok(()) => relay.flush().await,
             Err(end) => Err(end),
         };

@@ -83,6 +83,14 @@ impl<S: Sink<Message> + Unpin, R: StoredEvents> Relay<S, R> {
             })
     }
 
+    /// Starts with one stored event in hand (`frame`, at `seq`): the feed
+    /// attached before it was stored, so every later event comes live.
+    pub(super) async fn start_with(&mut self, seq: u64, frame: String) -> Result<(), End> {
+        self.send_stored(frame).await?;
+        self.last_sent = self.last_sent.max(seq);
+        Ok(())
+    }
+
     /// The `resume` frame: replay everything after `after`, even what this
     /// socket sent already (the client asked for it), then carry on live.
     /// A failure is an `error` frame; the socket carries on.

@@ -156,7 +156,11 @@ async fn post_chat(
         }
         Err(refused) => return Err(refused),
     };
-    let accepted = match body.trigger()? {
+    let trigger = body.trigger()?;
+    // Attached before the question is stored: every event after it comes
+    // live, and the stream need not be read to start.
+    let feed = SessionFeed::attach(&state, session).await?;
+    let accepted = match trigger {
         Trigger::Submit => {
             let input = ChatInput {
                 message_id: body.question_id(),
@@ -174,7 +178,7 @@ async fn post_chat(
             regenerate::regenerate(&state, session, input).await?
         }
     };
-    let feed = SessionFeed::open(&state, session, accepted.seq.saturating_sub(1)).await?;
+    let feed = feed.starting_at_question(&accepted).await?;
     let mut response = ui_stream(&state, feed, accepted.message_id);
     if let Ok(value) = HeaderValue::from_str(&accepted.message_id.to_string()) {
         response.headers_mut().insert(RESUMABLE_STREAM_ID, value);
