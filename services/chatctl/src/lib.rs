@@ -97,6 +97,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(if report.passed() { 0 } else { 1 })
         }
         Command::Soak(args) => {
+            if let Some(csv) = &args.judge {
+                let verdict = soak::judge_earlier_run(&args, csv)?;
+                println!("{}", verdict.to_markdown());
+                return Ok(if verdict.passed() { 0 } else { 1 });
+            }
             let report = soak::run(&args).await?;
             println!("{}", report.to_markdown());
             Ok(if report.passed() { 0 } else { 1 })

@@ -9,7 +9,7 @@
 //! - [`plot`]: the samples as one PNG.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -106,6 +106,12 @@ pub struct SoakArgs {
     /// Where the CSV and the PNG go.
     #[arg(long, default_value = "run/soak")]
     pub out: PathBuf,
+    /// Judges the samples of an earlier run (its `soak.csv`) by this
+    /// build's rules and the bounds given, instead of running; give the
+    /// run's `--duration` (and retention flags) so its retention windows
+    /// are known. The audit of events is the run's own, not redone.
+    #[arg(long)]
+    pub judge: Option<PathBuf>,
 }
 
 impl SoakArgs {
@@ -119,6 +125,33 @@ impl SoakArgs {
             self.warmup_secs
                 .unwrap_or_else(|| (self.duration.as_secs() / 4).min(300)),
         )
+    }
+
+    fn bounds(&self, layout: LayoutConfig) -> Bounds {
+        Bounds {
+            warmup: self.warmup(),
+            min_fit: Duration::from_secs(self.min_fit_secs),
+            max_rss_mib_per_hour: self.max_rss_mib_per_hour,
+            max_fds_per_hour: self.max_fds_per_hour,
+            max_sockets_per_hour: self.max_sockets_per_hour,
+            layout,
+        }
+    }
+
+    /// The retention a run with these flags gives its stack, as the
+    /// stack's environment.
+    fn retention_env(&self) -> Vec<(String, String)> {
+        let replay = self.replay_window_secs();
+        let ttl = self.session_ttl_secs();
+        [
+            ("CHAT_REPLAY_WINDOW_SECS", replay),
+            // The dedup window may not outlast the events it deduplicates.
+            ("CHAT_DEDUP_WINDOW_SECS", replay.min(600)),
+            ("CHAT_SESSION_TTL_SECS", ttl),
+            ("CHAT_HISTORY_MAX_AGE_SECS", ttl),
+        ]
+        .map(|(name, value)| (name.to_string(), value.to_string()))
+        .into()
     }
 
     fn replay_window_secs(&self) -> u64 {
@@ -155,6 +188,23 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
         other => return Err(format!("unknown unit {other:?} (s, m, h)")),
     };
     Ok(Duration::from_secs(secs))
+}
+
+/// Judges the samples of an earlier run (`--judge`): the memory,
+/// descriptor and retention verdict by this build's rules.
+pub fn judge_earlier_run(args: &SoakArgs, csv: &Path) -> anyhow::Result<Verdict> {
+    let samples =
+        sample::read_csv(csv).with_context(|| format!("reading the samples {}", csv.display()))?;
+    if samples.len() < 2 {
+        bail!(
+            "{} holds {} samples: nothing to judge",
+            csv.display(),
+            samples.len()
+        );
+    }
+    let layout = LayoutConfig::from_env_overrides(&args.retention_env())
+        .context("the soak's layout settings")?;
+    Ok(verdict::judge(&samples, &args.bounds(layout)))
 }
 
 /// What the users did, summed.
@@ -267,9 +317,7 @@ pub async fn run(args: &SoakArgs) -> anyhow::Result<Report> {
         .collect();
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
-    let replay = args.replay_window_secs();
-    let ttl = args.session_ttl_secs();
-    let env: Vec<(String, String)> = vec![
+    let mut env: Vec<(String, String)> = vec![
         (
             "DEMO_TOKENS_PER_SEC".into(),
             args.tokens_per_sec.to_string(),
@@ -277,14 +325,11 @@ pub async fn run(args: &SoakArgs) -> anyhow::Result<Report> {
         ("DEMO_ANSWER_TOKENS".into(), args.answer_tokens.to_string()),
         ("DEMO_FIRST_TOKEN_MS".into(), "200".into()),
         ("CHAT_ACK_WAIT_MS".into(), "3000".into()),
-        ("CHAT_REPLAY_WINDOW_SECS".into(), replay.to_string()),
-        // The dedup window may not outlast the events it deduplicates.
-        ("CHAT_DEDUP_WINDOW_SECS".into(), replay.min(600).to_string()),
-        ("CHAT_SESSION_TTL_SECS".into(), ttl.to_string()),
-        ("CHAT_HISTORY_MAX_AGE_SECS".into(), ttl.to_string()),
         ("RUST_LOG".into(), "warn".into()),
     ];
+    env.extend(args.retention_env());
     let layout = LayoutConfig::from_env_overrides(&env).context("the soak's layout settings")?;
+    let bounds = args.bounds(layout);
     let mut stack = Stack::start(StackOptions {
         gateways: args.gateways,
         workers: args.workers,
@@ -419,14 +464,6 @@ pub async fn run(args: &SoakArgs) -> anyhow::Result<Report> {
     let png = args.out.join("soak.png");
     plot::draw(&png, &samples, &injected, args.warmup())
         .with_context(|| format!("drawing {}", png.display()))?;
-    let bounds = Bounds {
-        warmup: args.warmup(),
-        min_fit: Duration::from_secs(args.min_fit_secs),
-        max_rss_mib_per_hour: args.max_rss_mib_per_hour,
-        max_fds_per_hour: args.max_fds_per_hour,
-        max_sockets_per_hour: args.max_sockets_per_hour,
-        layout,
-    };
     let verdict = verdict::judge(&samples, &bounds);
 
     let totals = totals

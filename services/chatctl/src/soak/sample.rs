@@ -263,6 +263,7 @@ pub(super) fn write_csv(path: &Path, samples: &[Sample]) -> std::io::Result<()> 
     header.extend(
         [
             "sessions",
+            "session_requests",
             "questions",
             "cancels",
             "regenerates",
@@ -298,6 +299,7 @@ pub(super) fn write_csv(path: &Path, samples: &[Sample]) -> std::io::Result<()> 
         row.extend(
             [
                 a.sessions,
+                a.session_requests,
                 a.questions,
                 a.cancels,
                 a.regenerates,
@@ -311,9 +313,156 @@ pub(super) fn write_csv(path: &Path, samples: &[Sample]) -> std::io::Result<()> 
     out.flush()
 }
 
+/// The samples [`write_csv`] wrote. A file from before `session_requests`
+/// was written takes the sessions created for it: never more than were
+/// asked for, so a key census judged on it can only be stricter.
+pub(super) fn read_csv(path: &Path) -> std::io::Result<Vec<Sample>> {
+    let text = std::fs::read_to_string(path)?;
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap_or_default().split(',').collect();
+    let bad = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidData, what);
+    let mut samples = Vec::new();
+    for (number, line) in lines.enumerate() {
+        let cells: Vec<&str> = line.split(',').collect();
+        if cells.len() != header.len() {
+            return Err(bad(format!(
+                "row {}: {} cells, the header has {}",
+                number + 2,
+                cells.len(),
+                header.len()
+            )));
+        }
+        let mut sample = Sample::default();
+        let mut requests_seen = false;
+        for (name, cell) in header.iter().zip(&cells) {
+            if cell.is_empty() {
+                continue;
+            }
+            if *name == "elapsed_s" {
+                sample.elapsed_secs = cell
+                    .parse()
+                    .map_err(|e| bad(format!("row {}: elapsed_s: {e}", number + 2)))?;
+                continue;
+            }
+            let value: u64 = cell
+                .parse()
+                .map_err(|e| bad(format!("row {}: {name}: {e}", number + 2)))?;
+            let a = &mut sample.activity;
+            match *name {
+                "sessions" => a.sessions = value,
+                "session_requests" => {
+                    a.session_requests = value;
+                    requests_seen = true;
+                }
+                "questions" => a.questions = value,
+                "cancels" => a.cancels = value,
+                "regenerates" => a.regenerates = value,
+                "drops" => a.drops = value,
+                "events_checked" => a.events_checked = value,
+                _ => read_cell(&mut sample, name, value),
+            }
+        }
+        if !requests_seen {
+            sample.activity.session_requests = sample.activity.sessions;
+        }
+        samples.push(sample);
+    }
+    Ok(samples)
+}
+
+/// One `<process>_<field>`, `<stream>_<field>` or `keys_<family>` cell.
+fn read_cell(sample: &mut Sample, name: &str, value: u64) {
+    if let Some(family) = name.strip_prefix("keys_") {
+        sample.keys.insert(family.to_string(), value);
+        return;
+    }
+    let process_fields = ["pid", "rss_kib", "fds", "sockets", "threads"];
+    let stream_fields = ["messages", "bytes", "oldest_s"];
+    let Some((owner, field)) = name.rsplit_once('_') else {
+        return;
+    };
+    // `rss_kib` and `oldest_s` hold an underscore of their own.
+    let (owner, field) = match name.strip_suffix("_rss_kib") {
+        Some(owner) => (owner, "rss_kib"),
+        None => match name.strip_suffix("_oldest_s") {
+            Some(owner) => (owner, "oldest_s"),
+            None => (owner, field),
+        },
+    };
+    if process_fields.contains(&field) {
+        let p = sample.processes.entry(owner.to_string()).or_default();
+        match field {
+            "pid" => p.pid = u32::try_from(value).unwrap_or(u32::MAX),
+            "rss_kib" => p.rss_kib = value,
+            "fds" => p.fds = value,
+            "sockets" => p.sockets = value,
+            _ => p.threads = value,
+        }
+    } else if stream_fields.contains(&field) {
+        let st = sample.streams.entry(owner.to_string()).or_default();
+        match field {
+            "messages" => st.messages = value,
+            "bytes" => st.bytes = value,
+            _ => st.oldest_secs = value,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn samples_read_back_as_written() {
+        let mut s = Sample {
+            elapsed_secs: 30.5,
+            ..Default::default()
+        };
+        s.processes.insert(
+            "gw-0".into(),
+            ProcessSample {
+                pid: 41,
+                rss_kib: 18_000,
+                fds: 20,
+                sockets: 8,
+                threads: 4,
+            },
+        );
+        s.processes
+            .insert(NATS_PROCESS.into(), ProcessSample::default());
+        s.streams.insert(
+            subjects::EVENTS_STREAM.into(),
+            StoreSample {
+                messages: 9,
+                bytes: 1024,
+                oldest_secs: 60,
+            },
+        );
+        s.streams
+            .insert("KV_chat_sessions".into(), StoreSample::default());
+        s.keys.insert("cancel".into(), 3);
+        s.activity.sessions = 5;
+        s.activity.session_requests = 6;
+        s.activity.questions = 7;
+        s.activity.events_checked = 99;
+        // The second sample lacks the gateway (it was down).
+        let mut later = s.clone();
+        later.elapsed_secs = 60.0;
+        later.processes.remove("gw-0");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("soak.csv");
+        write_csv(&path, &[s.clone(), later.clone()]).unwrap();
+        let read = read_csv(&path).unwrap();
+        assert_eq!(read.len(), 2);
+        for (got, want) in read.iter().zip([&s, &later]) {
+            assert_eq!(got.elapsed_secs, want.elapsed_secs);
+            assert_eq!(got.processes, want.processes);
+            assert_eq!(got.streams, want.streams);
+            assert_eq!(got.keys, want.keys);
+            assert_eq!(got.activity.session_requests, 6);
+            assert_eq!(got.activity.events_checked, 99);
+        }
+    }
 
     #[test]
     fn keys_fall_into_their_families() {
