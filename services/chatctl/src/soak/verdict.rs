@@ -101,13 +101,9 @@ impl Verdict {
     }
 }
 
-/// Least-squares slope of `points` (x, y); 0 for fewer than two points.
-pub(super) fn slope(points: &[(f64, f64)]) -> f64 {
-    fit(points).0
-}
-
-/// Least-squares slope of `points` (x, y) and its standard error (0 for
-/// fewer than three points, where the residuals say nothing).
+/// Least-squares slope of `points` (x, y), 0 for fewer than two points, and
+/// its standard error (0 for fewer than three, where the residuals say
+/// nothing).
 fn fit(points: &[(f64, f64)]) -> (f64, f64) {
     let n = points.len() as f64;
     if points.len() < 2 {
@@ -383,8 +379,12 @@ mod tests {
     #[test]
     fn slope_of_a_line() {
         let points: Vec<(f64, f64)> = (0..10).map(|x| (x as f64, 3.0 * x as f64 + 1.0)).collect();
-        assert!((slope(&points) - 3.0).abs() < 1e-9);
-        assert_eq!(slope(&[(1.0, 1.0)]), 0.0);
+        let (slope, error) = fit(&points);
+        assert!((slope - 3.0).abs() < 1e-9 && error < 1e-9);
+        assert_eq!(fit(&[(1.0, 1.0)]), (0.0, 0.0));
+        // Scattered about a flat line: no slope, a standard error.
+        let (slope, error) = fit(&[(0.0, 1.0), (1.0, -1.0), (2.0, 1.0), (3.0, -1.0)]);
+        assert!(slope.abs() < 0.5 && error > 0.1, "{slope} {error}");
     }
 
     #[test]
