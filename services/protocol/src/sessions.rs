@@ -29,12 +29,21 @@ pub struct Versioned {
 }
 
 /// Reads a session's record; `None` for an unknown (or expired) session.
+///
+/// A miss is asked again of the stream's leader before it is believed: on
+/// a cluster a direct get may be answered by a replica that has not yet
+/// applied the record's creation (one catching up after a restart, or
+/// behind a lossy link), and a session refused as unknown is a question
+/// lost (`chatctl recovery --cluster --seed 2`: `refused: not_found` for a
+/// session created seconds before). A hit needs no such check: a record
+/// read stale is caught by the compare-and-set of any change.
 pub async fn load(
     store: &kv::Store,
     session: SessionId,
 ) -> Result<Option<Versioned>, SessionStoreError> {
+    let key = subjects::session_key(session);
     let entry = store
-        .entry(subjects::session_key(session))
+        .entry(key.as_str())
         .await
         .map_err(|e| SessionStoreError::Nats(e.into()))?;
     match entry {
@@ -42,9 +51,43 @@ pub async fn load(
             record: serde_json::from_slice(&entry.value)?,
             revision: entry.revision,
         })),
-        _ => Ok(None),
+        Some(_) => Ok(None),
+        None if store.stream.cached_info().config.allow_direct => {
+            load_from_leader(store, &key).await
+        }
+        None => Ok(None),
     }
 }
+
+/// The key's last message as the stream's leader holds it.
+async fn load_from_leader(
+    store: &kv::Store,
+    key: &str,
+) -> Result<Option<Versioned>, SessionStoreError> {
+    use async_nats::jetstream::stream::LastRawMessageErrorKind;
+    let subject = format!("{}{key}", store.prefix);
+    match store.stream.get_last_raw_message_by_subject(&subject).await {
+        Ok(message) => {
+            let removed = message
+                .headers
+                .get(KV_OPERATION)
+                .is_some_and(|op| op.as_str() != "PUT")
+                || message.headers.get("Nats-Marker-Reason").is_some();
+            if removed {
+                return Ok(None);
+            }
+            Ok(Some(Versioned {
+                record: serde_json::from_slice(&message.payload)?,
+                revision: message.sequence,
+            }))
+        }
+        Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
+        Err(e) => Err(SessionStoreError::Nats(e.into())),
+    }
+}
+
+/// The header a bucket's delete and purge markers carry.
+const KV_OPERATION: &str = "KV-Operation";
 
 /// Stores a new session; fails if the key exists.
 pub async fn create(

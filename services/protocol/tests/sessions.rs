@@ -67,3 +67,57 @@ async fn concurrent_updates_all_land_and_limits_abort() {
         .unwrap()
         .is_none());
 }
+
+#[tokio::test]
+async fn a_miss_is_asked_of_the_streams_leader_before_it_is_believed() {
+    // On a cluster a direct get may come from a replica that has not yet
+    // applied a session's creation; a miss is read again through the
+    // stream's leader (`$JS.API.STREAM.MSG.GET`), a hit is not.
+    let server = NatsServer::start().unwrap();
+    let client = server.connect().await.unwrap();
+    let js = jetstream::new(client.clone());
+    let layout = ensure(&js, &LayoutConfig::default()).await.unwrap();
+    let stream = layout.sessions.stream_name.clone();
+    let mut leader_reads = client
+        .subscribe(format!("$JS.API.STREAM.MSG.GET.{stream}"))
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+
+    let unknown = SessionId::new();
+    assert!(sessions::load(&layout.sessions, unknown)
+        .await
+        .unwrap()
+        .is_none());
+    assert!(
+        asked(&mut leader_reads).await,
+        "the miss was believed without asking the leader"
+    );
+
+    let session = SessionId::new();
+    let record = SessionRecord::new(SessionToken::generate().hash(), "gw".into(), 1);
+    sessions::create(&layout.sessions, session, &record)
+        .await
+        .unwrap();
+    let found = sessions::load(&layout.sessions, session).await.unwrap();
+    assert_eq!(found.unwrap().record.token_hash, record.token_hash);
+    assert!(
+        !asked(&mut leader_reads).await,
+        "a hit asked the leader too"
+    );
+
+    // A removed session stays removed, whoever answers.
+    sessions::remove(&layout.sessions, session).await.unwrap();
+    assert!(sessions::load(&layout.sessions, session)
+        .await
+        .unwrap()
+        .is_none());
+}
+
+/// Whether a request came on `reads` within half a second.
+async fn asked(reads: &mut async_nats::Subscriber) -> bool {
+    use futures::StreamExt;
+    tokio::time::timeout(std::time::Duration::from_millis(500), reads.next())
+        .await
+        .is_ok()
+}
