@@ -67,7 +67,8 @@ const LAYOUT_STREAMS: [&str; 4] = [
 
 /// What gateways and workers both need: JetStream's account info, the info
 /// of every part of the layout (to verify it), and the session bucket
-/// (read, write, compare-and-set; never its stream's admin API).
+/// (read, write, compare-and-set, a miss read again through the leader;
+/// never its stream's admin API).
 fn chat_service_common() -> Vec<String> {
     let kv_stream = subjects::kv_stream();
     let mut publish = vec![
@@ -75,6 +76,7 @@ fn chat_service_common() -> Vec<String> {
         subjects::kv_keys_all(),
         subjects::direct_get(&kv_stream),
         format!("{}.>", subjects::direct_get(&kv_stream)),
+        subjects::stream_message_get(&kv_stream),
         subjects::stream_info(&kv_stream),
         subjects::consumer_info(subjects::REQUESTS_STREAM, subjects::WORKERS_CONSUMER),
     ];

@@ -156,6 +156,11 @@ async fn the_gateway_does_its_work_and_nothing_more() {
         .await
         .unwrap()
         .is_some());
+    // An unknown session: the miss is read again through the leader.
+    assert!(protocol::sessions::load(&bucket, SessionId::new())
+        .await
+        .unwrap()
+        .is_none());
     let events = js.get_stream(subjects::EVENTS_STREAM).await.unwrap();
     events
         .direct_get_last_for_subject(subjects::events(session))
@@ -193,6 +198,9 @@ async fn the_gateway_does_its_work_and_nothing_more() {
         subjects::dead(session),
         // Only a worker claims a message's job.
         subjects::claims(session, protocol::MessageId::new()),
+        // Leader reads of the session bucket only, not of the streams.
+        subjects::stream_message_get(subjects::EVENTS_STREAM),
+        subjects::stream_message_delete(&subjects::kv_stream()),
     ] {
         gateway.refused_publish(&subject).await;
     }
@@ -262,6 +270,12 @@ async fn the_worker_does_its_work_and_nothing_more() {
         .publish(subjects::user_feed(&owner), "{}".into())
         .await
         .unwrap();
+    // An unknown session: the miss is read again through the leader.
+    let bucket = js.get_key_value(subjects::SESSIONS_BUCKET).await.unwrap();
+    assert!(protocol::sessions::load(&bucket, SessionId::new())
+        .await
+        .unwrap()
+        .is_none());
     worker.client.flush().await.unwrap();
     worker.no_violation_yet();
 
@@ -276,6 +290,8 @@ async fn the_worker_does_its_work_and_nothing_more() {
             subjects::WORKERS_CONSUMER
         ),
         format!("$JS.API.STREAM.PURGE.{}", subjects::kv_stream()),
+        subjects::stream_message_get(subjects::EVENTS_STREAM),
+        subjects::stream_message_delete(&subjects::kv_stream()),
         subjects::requests(session),
         subjects::revoked(session),
     ] {
