@@ -4,56 +4,10 @@
 
 mod support;
 
-use std::time::Duration;
-
-use futures::StreamExt;
 use protocol::ErrorCode;
 use serde_json::{json, Value};
+use support::sse::{chat_body, read_chunks, text_of};
 use support::{answer, assert_rest_error, Script, TestApp};
-
-fn chat_body(session: impl std::fmt::Display, text: &str) -> Value {
-    json!({
-        "id": session.to_string(),
-        "trigger": "submit-message",
-        "messages": [{"id": "m1", "role": "user", "parts": [{"type": "text", "text": text}]}],
-        "system": "ignored, as assistant-ui sends it",
-    })
-}
-
-/// Reads SSE `data:` payloads until `[DONE]` (or `stop_after` of them).
-async fn read_chunks(response: reqwest::Response, stop_after: Option<usize>) -> Vec<Value> {
-    let mut body = response.bytes_stream();
-    let mut buffer = String::new();
-    let mut chunks = Vec::new();
-    loop {
-        let bytes = tokio::time::timeout(Duration::from_secs(10), body.next())
-            .await
-            .expect("an SSE event in time")
-            .expect("the stream ended before [DONE]")
-            .expect("the SSE body");
-        buffer.push_str(std::str::from_utf8(&bytes).expect("UTF-8"));
-        while let Some(end) = buffer.find("\n\n") {
-            let block: String = buffer.drain(..end + 2).collect();
-            for data in block.lines().filter_map(|l| l.strip_prefix("data: ")) {
-                if data == "[DONE]" {
-                    return chunks;
-                }
-                chunks.push(serde_json::from_str(data).expect("a JSON chunk"));
-                if stop_after == Some(chunks.len()) {
-                    return chunks;
-                }
-            }
-        }
-    }
-}
-
-fn text_of(chunks: &[Value]) -> String {
-    chunks
-        .iter()
-        .filter(|c| c["type"] == "text-delta")
-        .filter_map(|c| c["delta"].as_str())
-        .collect()
-}
 
 #[tokio::test]
 async fn an_sse_answer_streams_and_a_resume_replays_it_from_its_start_once() {
@@ -240,45 +194,4 @@ async fn strangers_are_refused_and_cors_answers_only_listed_origins() {
         .headers()
         .get("access-control-allow-origin")
         .is_none());
-}
-
-#[tokio::test]
-async fn a_posted_answer_starts_without_a_read_and_lost_live_events_are_repaired() {
-    // The POST attaches to the live feed before it stores the question, so
-    // its stream starts from the question in hand, with no replay; every
-    // third live message is dropped on its way to the gateway, and each
-    // hole is read from the stream (the next event's `Nats-Last-Sequence`
-    // reveals it; a lost last event, the tail check).
-    let app = TestApp::builder()
-        .gateway_args(&["--test-drop-live-every", "3"])
-        .scripted_worker(Script::numbered(40, Duration::from_millis(5)))
-        .start()
-        .await;
-    let (session, token) = app.new_session().await;
-    let replays = app.metric("chat_gateway_replays_total").await;
-    let repairs = app.metric("chat_gateway_gap_repairs_total").await;
-    let posted = app
-        .post("/api/ui/chat", &token, chat_body(session, "with holes"))
-        .await;
-    assert_eq!(posted.status(), 200);
-    let message_id = posted.headers()["x-resumable-stream-id"]
-        .to_str()
-        .unwrap()
-        .to_string();
-    let chunks = read_chunks(posted, None).await;
-    assert_eq!(chunks[0], json!({"type": "start", "messageId": message_id}));
-    let stored = app.all_events(session, &token).await;
-    let expected: String = (0..40).map(|i| format!("w{i} ")).collect();
-    assert_eq!(answer(&stored, message_id.parse().unwrap()), expected);
-    assert_eq!(text_of(&chunks), expected, "every chunk once, in order");
-    assert_eq!(chunks.last().unwrap()["type"], "finish");
-    assert_eq!(
-        app.metric("chat_gateway_replays_total").await,
-        replays,
-        "the POST's stream read no replay"
-    );
-    assert!(
-        app.metric("chat_gateway_gap_repairs_total").await > repairs,
-        "no live event was lost, so this test proves nothing"
-    );
 }

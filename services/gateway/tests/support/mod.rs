@@ -16,6 +16,7 @@ mod app;
 mod assertions;
 pub mod login;
 mod scripted_worker;
+pub mod sse;
 mod ws;
 
 pub use app::{gateway_config, TestApp, ANSWER_TOKENS};
