@@ -68,11 +68,13 @@ async fn load_from_leader(
     let subject = format!("{}{key}", store.prefix);
     match store.stream.get_last_raw_message_by_subject(&subject).await {
         Ok(message) => {
-            let removed = message
-                .headers
-                .get(KV_OPERATION)
-                .is_some_and(|op| op.as_str() != "PUT")
-                || message.headers.get("Nats-Marker-Reason").is_some();
+            let removed =
+                message.headers.get(KV_OPERATION).is_some_and(|op| {
+                    op.as_str().parse::<Operation>().ok() != Some(Operation::Put)
+                }) || message
+                    .headers
+                    .get(async_nats::header::NATS_MARKER_REASON)
+                    .is_some();
             if removed {
                 return Ok(None);
             }
@@ -86,7 +88,8 @@ async fn load_from_leader(
     }
 }
 
-/// The header a bucket's delete and purge markers carry.
+/// The header a bucket's delete and purge markers carry (async-nats keeps
+/// its own name for it private).
 const KV_OPERATION: &str = "KV-Operation";
 
 /// Stores a new session; fails if the key exists.

@@ -376,20 +376,9 @@ fn read_cell(sample: &mut Sample, name: &str, value: u64) {
         sample.keys.insert(family.to_string(), value);
         return;
     }
-    let process_fields = ["pid", "rss_kib", "fds", "sockets", "threads"];
-    let stream_fields = ["messages", "bytes", "oldest_s"];
-    let Some((owner, field)) = name.rsplit_once('_') else {
-        return;
-    };
-    // `rss_kib` and `oldest_s` hold an underscore of their own.
-    let (owner, field) = match name.strip_suffix("_rss_kib") {
-        Some(owner) => (owner, "rss_kib"),
-        None => match name.strip_suffix("_oldest_s") {
-            Some(owner) => (owner, "oldest_s"),
-            None => (owner, field),
-        },
-    };
-    if process_fields.contains(&field) {
+    let split = |field: &'static str| Some((name.strip_suffix(field)?.strip_suffix('_')?, field));
+    let process = ["pid", "rss_kib", "fds", "sockets", "threads"];
+    if let Some((owner, field)) = process.into_iter().find_map(split) {
         let p = sample.processes.entry(owner.to_string()).or_default();
         match field {
             "pid" => p.pid = u32::try_from(value).unwrap_or(u32::MAX),
@@ -398,7 +387,10 @@ fn read_cell(sample: &mut Sample, name: &str, value: u64) {
             "sockets" => p.sockets = value,
             _ => p.threads = value,
         }
-    } else if stream_fields.contains(&field) {
+    } else if let Some((owner, field)) = ["messages", "bytes", "oldest_s"]
+        .into_iter()
+        .find_map(split)
+    {
         let st = sample.streams.entry(owner.to_string()).or_default();
         match field {
             "messages" => st.messages = value,
