@@ -6,7 +6,7 @@ mod support;
 
 use protocol::ErrorCode;
 use serde_json::{json, Value};
-use support::sse::{chat_body, read_chunks, text_of};
+use support::sse::{chat_body, read_chunks, read_sse, text_of, Ending};
 use support::{answer, assert_rest_error, Script, TestApp};
 
 #[tokio::test]
@@ -116,6 +116,64 @@ async fn stop_cancels_the_answer_and_its_stream_ends_with_abort() {
         turns[0].assistant,
         text_of(&chunks),
         "what was stored, once"
+    );
+}
+
+/// The relay runs inside the answer's body: a reader that leaves takes its
+/// place on the session with it, and a gateway that shuts down breaks the
+/// stream off (the client resumes elsewhere) rather than ending it cleanly.
+#[tokio::test]
+async fn a_reader_that_leaves_frees_its_place_and_a_shutdown_breaks_the_stream_off() {
+    let mut app = TestApp::builder()
+        .gateway_args(&["--max-sockets-per-session", "1"])
+        .real_worker_with(&["--demo-tokens-per-sec", "50", "--demo-answer-tokens", "500"])
+        .start()
+        .await;
+    let (session, token) = app.new_session().await;
+    let stream_path = format!("/api/ui/chat/{session}/stream");
+    let posted = app
+        .post("/api/ui/chat", &token, chat_body(session, "go on"))
+        .await;
+    assert_eq!(posted.status(), 200);
+    // While it is read, the session's one place is taken.
+    let busy = app.get(&stream_path, &token).await;
+    assert_rest_error(busy, 429, ErrorCode::RateLimited).await;
+    let (early, ending) = read_sse(posted, Some(6)).await;
+    assert_eq!(ending, Ending::Enough);
+    assert_eq!(early[0]["type"], "start");
+
+    // The reader left (the response is dropped): the place is free again.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    let resumed = loop {
+        let response = app.get(&stream_path, &token).await;
+        if response.status() == 200 {
+            break response;
+        }
+        assert_eq!(response.status(), 429, "{}", response.url());
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the reader that left still holds its place"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    };
+    let reading = tokio::spawn(read_sse(resumed, None));
+    support::eventually("more of the answer", || async {
+        app.all_events(session, &token).await.len() > 20
+    })
+    .await;
+    app.shutdown_gateway().await;
+    let (chunks, ending) = reading.await.unwrap();
+    assert_eq!(
+        ending,
+        Ending::Broken,
+        "no [DONE] for an answer still running"
+    );
+    assert_eq!(chunks[0]["type"], "start", "the resume began at the start");
+    assert!(
+        chunks
+            .iter()
+            .all(|c| !matches!(c["type"].as_str(), Some("finish" | "abort" | "error"))),
+        "{chunks:?}"
     );
 }
 

@@ -150,6 +150,11 @@ pub struct BenchArgs {
     /// Seconds counted per paced load.
     #[arg(long)]
     pub paced_secs: Option<f64>,
+    /// Pairs of runs, WebSocket and SSE, the `sse` comparison pools at each
+    /// paced load, in alternating order (WebSocket, SSE, SSE, WebSocket, …),
+    /// so a drift of the machine during the load weighs on both sides alike.
+    #[arg(long, default_value_t = 2)]
+    pub sse_pairs: usize,
     /// Paced stream counts the capacity phase steps through, in order,
     /// until one misses (comma separated).
     #[arg(long, value_delimiter = ',')]

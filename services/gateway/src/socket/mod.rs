@@ -607,23 +607,10 @@ impl SessionFeed {
     }
 
     /// Writes every event after the starting point to `sink` as a text
-    /// frame (the same frames a socket gets), until `gone` fires (the
-    /// reader went away: an idle session writes nothing that would notice),
-    /// the sink fails, the gateway shuts down (a close frame with 1012) or
-    /// the relay fails (a close frame with 1013).
-    pub(crate) async fn run<S: Sink<Message> + Unpin>(
-        self,
-        state: AppState,
-        sink: S,
-        gone: impl std::future::Future<Output = ()>,
-    ) {
-        tokio::select! {
-            () = self.relay(state, sink) => {}
-            () = gone => {}
-        }
-    }
-
-    async fn relay<S: Sink<Message> + Unpin>(self, state: AppState, sink: S) {
+    /// frame (the same frames a socket gets), until the sink fails (its
+    /// reader has what it wanted, or went away), the gateway shuts down (a
+    /// close frame with 1012) or the relay fails (a close frame with 1013).
+    pub(crate) async fn relay<S: Sink<Message> + Unpin>(self, state: AppState, sink: S) {
         let outbox = Outbox::new(sink, state.config.write_timeout());
         let (mut relay, started) = match self.start {
             FeedStart::Replay { after, position } => {

@@ -16,6 +16,7 @@
 //!   `stop()` only aborts its fetch, which looks like a reload).
 //! - `GET /api/ui/chat/{id}/messages`: the finished turns as `UIMessage[]`.
 
+mod body;
 mod chunks;
 mod inflight;
 mod messages;
@@ -23,20 +24,18 @@ mod request;
 
 use std::time::Duration;
 
-use axum::body::{Body, Bytes};
-use axum::extract::ws::Message;
+use axum::body::Body;
 use axum::extract::{FromRequestParts, Path, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use futures::{stream, Stream, StreamExt};
 use protocol::{MessageId, SessionId};
 use serde_json::json;
 use tracing::Instrument;
 
-use self::chunks::{EventFrame, Next, Renderer};
+use self::body::AnswerBody;
 use self::request::{Trigger, UiChatBody};
 use crate::app::AppState;
 use crate::auth::{self, AuthenticatedSession};
@@ -53,14 +52,6 @@ pub const RESUMABLE_STREAM_ID: HeaderName = HeaderName::from_static("x-resumable
 const UI_MESSAGE_STREAM: HeaderName = HeaderName::from_static("x-vercel-ai-ui-message-stream");
 /// Nginx passes the stream through unbuffered when the answer says so.
 const ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering");
-
-/// A comment line at least this often, so proxies and the client's idle
-/// timers keep a quiet stream open (a model thinking, a worker restarting).
-const HEARTBEAT: Duration = Duration::from_secs(15);
-/// Event frames queued between the relay and the response: the relay waits
-/// when a client reads slowly, and gives up after the write timeout as a
-/// socket would.
-const FEED_BUFFER: usize = 64;
 
 /// The routes, and `POST /api/sessions` (an app creates its chat's session
 /// first; in `GATEWAY_AUTH=jwt` mode `GET` lists the user's); CORS wraps
@@ -253,20 +244,14 @@ async fn get_messages(
     Ok(Json(messages::ui_messages(turns, flight.as_ref())).into_response())
 }
 
-/// The SSE response: the relay writes the session's event frames into a
-/// bounded channel; the body renders the answer's as UI message chunks and
-/// ends after its terminal event with `[DONE]`. A relay that stops early
-/// (the gateway shutting down, the stream unreadable) cuts the body, so the
-/// client sees a broken stream (and may resume), never a clean end.
+/// The SSE response: the session's relay, run inside the body
+/// ([`AnswerBody`]), renders the answer's events as UI message chunks and
+/// ends after its terminal event with `[DONE]`.
 fn ui_stream(state: &AppState, feed: SessionFeed, message_id: MessageId) -> Response {
-    let (sink, frames) = tokio::sync::mpsc::channel::<Message>(FEED_BUFFER);
-    let watch = sink.clone();
-    let gone = async move { watch.closed().await };
-    let sink = tokio_util::sync::PollSender::new(sink);
-    state
-        .sockets
-        .spawn(feed.run(state.clone(), sink, gone).in_current_span());
-    let body = Body::from_stream(render(frames, Renderer::new(message_id)));
+    let state = state.clone();
+    let relay = AnswerBody::new(message_id, move |sink| {
+        feed.relay(state, sink).in_current_span()
+    });
     (
         [
             (
@@ -277,130 +262,7 @@ fn ui_stream(state: &AppState, feed: SessionFeed, message_id: MessageId) -> Resp
             (UI_MESSAGE_STREAM, HeaderValue::from_static("v1")),
             (ACCEL_BUFFERING, HeaderValue::from_static("no")),
         ],
-        body,
+        Body::from_stream(relay),
     )
         .into_response()
-}
-
-/// Why a body was cut.
-#[derive(Debug, thiserror::Error)]
-#[error("the answer's stream ended early; resume it")]
-struct Cut;
-
-/// The body: every frame the relay has queued at once is rendered into one
-/// buffer (one write, as a socket's loop drains its ready events into one
-/// flush); a comment when nothing came for [`HEARTBEAT`].
-fn render(
-    frames: tokio::sync::mpsc::Receiver<Message>,
-    renderer: Renderer,
-) -> impl Stream<Item = Result<Bytes, Cut>> {
-    stream::unfold(Some((frames, renderer)), |state| async move {
-        let (mut frames, mut renderer) = state?;
-        let first = match tokio::time::timeout(HEARTBEAT, frames.recv()).await {
-            Err(_) => {
-                let beat = vec![Ok(Bytes::from_static(b":\n\n"))];
-                return Some((beat, Some((frames, renderer))));
-            }
-            Ok(frame) => frame,
-        };
-        let mut out = String::new();
-        let mut next = Some(first);
-        while let Some(frame) = next.take() {
-            match frame {
-                Some(Message::Text(text)) => {
-                    if render_frame(&mut renderer, text.as_str(), &mut out) == Next::Finished {
-                        out.push_str("data: [DONE]\n\n");
-                        return Some((vec![Ok(out.into())], None));
-                    }
-                }
-                // What was rendered before still goes out, then the cut.
-                Some(Message::Close(_)) | None => {
-                    return Some((vec![Ok(out.into()), Err(Cut)], None));
-                }
-                Some(_) => {}
-            }
-            next = frames.try_recv().ok().map(Some);
-        }
-        Some((vec![Ok(out.into())], Some((frames, renderer))))
-    })
-    .flat_map(stream::iter)
-    .filter(|item| std::future::ready(!matches!(item, Ok(bytes) if bytes.is_empty())))
-}
-
-/// One stored event's chunks, as SSE events (`id:` is its `seq`).
-fn render_frame(renderer: &mut Renderer, frame: &str, out: &mut String) -> Next {
-    let Some(event) = EventFrame::parse(frame) else {
-        return Next::More;
-    };
-    let seq = event.seq;
-    renderer.render(&event, |chunk| {
-        if let Ok(json) = serde_json::to_string(&chunk) {
-            out.push_str("id: ");
-            out.push_str(itoa::Buffer::new().format(seq));
-            out.push_str("\ndata: ");
-            out.push_str(&json);
-            out.push_str("\n\n");
-        }
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use protocol::{Event, FinishReason};
-
-    fn frame(event: &Event, seq: u64) -> Message {
-        Message::Text(
-            protocol::frames::with_seq(&event.to_payload(), seq)
-                .unwrap()
-                .into(),
-        )
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn the_body_beats_while_quiet_and_renders_what_is_queued_in_one_write() {
-        let id = MessageId::new();
-        let (frames, receiver) = tokio::sync::mpsc::channel(8);
-        let mut body = Box::pin(render(receiver, Renderer::new(id)));
-
-        // Nothing for a heartbeat (the paused clock jumps to it): a comment.
-        let started = tokio::time::Instant::now();
-        let beat = body.next().await.unwrap().unwrap();
-        assert_eq!(&beat[..], b":\n\n");
-        assert_eq!(started.elapsed(), HEARTBEAT);
-
-        // Two events queued at once: one write, each chunk with its seq.
-        let chunk = Event::Chunk {
-            message_id: id,
-            attempt: 1,
-            index: 0,
-            text: "Hel".into(),
-            published_at_us: None,
-        };
-        let done = Event::Done {
-            message_id: id,
-            attempt: 1,
-            finish_reason: FinishReason::Stop,
-            usage: None,
-        };
-        frames.send(frame(&chunk, 7)).await.unwrap();
-        frames.send(frame(&done, 8)).await.unwrap();
-        let written = body.next().await.unwrap().unwrap();
-        let text = std::str::from_utf8(&written).unwrap();
-        assert!(
-            text.starts_with(&format!(
-                "id: 7\ndata: {{\"type\":\"start\",\"messageId\":\"{id}\"}}\n\n"
-            )),
-            "{text}"
-        );
-        assert!(
-            text.contains(
-                "id: 7\ndata: {\"type\":\"text-delta\",\"id\":\"text\",\"delta\":\"Hel\"}\n\n"
-            ),
-            "{text}"
-        );
-        assert!(text.contains("id: 8\ndata: {\"type\":\"finish\""), "{text}");
-        assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
-        assert!(body.next().await.is_none(), "the body ends after [DONE]");
-    }
 }

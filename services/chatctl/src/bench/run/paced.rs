@@ -174,18 +174,56 @@ async fn paced(
             }
         }
         if args.runs(Phase::Sse) && window == PacedWindow::AsConfigured {
-            println!("sse: the same {streams} streams through POST /api/ui/chat");
-            let mut sse = sse::run(endpoint, &spec(args, s, streams, s.paced, true)).await?;
-            sse::compare(report, &outcome, &mut sse, &run);
-            sse.problems
-                .extend(sse::verify(endpoint, &sse.answers, args.verify_sessions).await);
-            for p in sse.problems {
-                report.problem(p);
+            let mut ws = sse::Pooled::default();
+            ws.add(
+                &outcome.cpu,
+                outcome.measured_tokens,
+                &outcome.token_latency,
+            );
+            let mut over_sse = sse::Pooled::default();
+            // Pair 1 is the run above and an SSE run; then SSE first, then
+            // the WebSocket first again, and so on.
+            for pair in 1..=args.sse_pairs.max(1) {
+                let order: &[Side] = match (pair, pair % 2) {
+                    (1, _) => &[Side::Sse],
+                    (_, 0) => &[Side::Sse, Side::WebSocket],
+                    _ => &[Side::WebSocket, Side::Sse],
+                };
+                for side in order {
+                    let load = spec(args, s, streams, s.paced, true);
+                    match side {
+                        Side::Sse => {
+                            println!("sse: the same {streams} streams through POST /api/ui/chat (pair {pair})");
+                            let sse = sse::run(endpoint, &load).await?;
+                            over_sse.add(&sse.cpu, sse.measured_tokens, &sse.token_latency);
+                            let mut problems = sse.problems;
+                            problems.extend(
+                                sse::verify(endpoint, &sse.answers, args.verify_sessions).await,
+                            );
+                            for p in problems {
+                                report.problem(p);
+                            }
+                        }
+                        Side::WebSocket => {
+                            println!("sse: the same {streams} streams over the WebSocket again (pair {pair})");
+                            let again = load::run(endpoint, &load).await?;
+                            ws.add(&again.cpu, again.measured_tokens, &again.token_latency);
+                            check(report, endpoint, args, again).await;
+                        }
+                    }
+                }
             }
+            sse::compare(report, &mut ws, &mut over_sse, &run);
         }
         check(report, endpoint, args, std::mem::take(&mut outcome)).await;
     }
     Ok(())
+}
+
+/// A side of the SSE comparison.
+enum Side {
+    WebSocket,
+    Sse,
 }
 
 /// The demo model's own CPU per token beside the workers' in the same load:
