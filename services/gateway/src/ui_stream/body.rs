@@ -65,11 +65,11 @@ fn lock(shared: &Shared) -> MutexGuard<'_, Rendered> {
 }
 
 /// The relay's sink: renders each event frame into the body's next write.
-pub(crate) struct FrameSink(Shared);
+pub(super) struct FrameSink(Shared);
 
 /// The answer ended (or was cut): the relay has nothing more to write.
 #[derive(Debug)]
-pub(crate) struct Ended;
+pub(super) struct Ended;
 
 impl Sink<Message> for FrameSink {
     type Error = Ended;
