@@ -90,7 +90,7 @@ bench *args:
     cargo build --release -p gateway -p worker -p chatctl
     NATS_SERVER_BIN="$(scripts/nats-server-path.sh)" CHAT_BIN_DIR="$PWD/target/release" target/release/chatctl bench {{args}}
 
-# Instructions per chunk of gateway and worker under callgrind: just profile-chunk [e2e|paced] [SESSIONS] [WINDOW_SECS]
+# Instructions per chunk of gateway and worker under callgrind: just profile-chunk [e2e|paced|sse] [SESSIONS] [WINDOW_SECS]
 profile-chunk *args:
     cargo build --release -p gateway -p worker -p chatctl
     NATS_SERVER_BIN="$(scripts/nats-server-path.sh)" scripts/profile-chunk.sh {{args}}

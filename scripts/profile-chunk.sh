@@ -14,14 +14,18 @@
 # native run: compare runs of this script with each other, and take µs per
 # chunk at full speed from `just bench --only raw,e2e`.
 #
-#   scripts/profile-chunk.sh [e2e|paced] [SESSIONS] [WINDOW_SECS]
+#   scripts/profile-chunk.sh [e2e|paced|sse] [SESSIONS] [WINDOW_SECS]
 #
 # e2e (default: 50 sessions, 20 s): the saturated path. How many chunks
 # share a read, a wake-up or a write depends on timing, so its counts move
 # by up to ~20 % between runs (more when the machine is busy): run it a few
 # times. paced (default: 20 streams at 50 tokens/s, 20 s): a load the
 # valgrind-slowed processes keep up with, so each chunk travels alone; its
-# counts are the unbatched cost of a chunk and move much less.
+# counts are the unbatched cost of a chunk and move much less. sse: the
+# paced load over the WebSocket and then, on the same stack, through the
+# AI SDK's `POST /api/ui/chat` (`--only paced,sse --sse-pairs 1`): the
+# gateway's instructions and Nginx's CPU per chunk, one window each, side
+# by side (the worker's do not depend on the client's transport).
 #
 # Needs valgrind and a release build (`cargo build --release -p gateway -p
 # worker -p chatctl`; CHAT_BIN_DIR overrides target/release). Leaves the
@@ -33,8 +37,8 @@ cd "$(dirname "$0")/.."
 mode="${1:-e2e}"
 case "$mode" in
     e2e) default_sessions=50 ;;
-    paced) default_sessions=20 ;;
-    *) echo "usage: $0 [e2e|paced] [SESSIONS] [WINDOW_SECS]" >&2; exit 2 ;;
+    paced|sse) default_sessions=20 ;;
+    *) echo "usage: $0 [e2e|paced|sse] [SESSIONS] [WINDOW_SECS]" >&2; exit 2 ;;
 esac
 sessions="${2:-$default_sessions}"
 window="${3:-20}"
@@ -67,11 +71,11 @@ done
 # Long enough that the load is still running when the window closes; the
 # bench then verifies the sessions and stops its stack itself.
 measure=$((window + 20))
-if [ "$mode" = e2e ]; then
-    load=(--only e2e --sessions "$sessions" --warmup-secs 5 --measure-secs "$measure")
-else
-    load=(--only paced --paced-loads "$sessions" --warmup-secs 5 --paced-secs "$measure")
-fi
+case "$mode" in
+    e2e) load=(--only e2e --sessions "$sessions" --warmup-secs 5 --measure-secs "$measure") ;;
+    paced) load=(--only paced --paced-loads "$sessions" --warmup-secs 5 --paced-secs "$measure") ;;
+    sse) load=(--only paced,sse --sse-pairs 1 --paced-loads "$sessions" --warmup-secs 5 --paced-secs "$measure") ;;
+esac
 CHAT_BIN_DIR="$out/bin" "$bin_dir/chatctl" bench "${load[@]}" --gateways 1 --workers 1 \
     --verify-sessions 5 >"$out/bench.log" 2>&1 &
 bench=$!
@@ -167,6 +171,41 @@ nginx_ticks() {
     done
     echo "$total"
 }
+
+if [ "$mode" = sse ]; then
+    # One window over the WebSocket, one through SSE; each dump holds one.
+    gateway_window() { # <label>
+        local fw0 fw1 nginx0 nginx1
+        fw0="$(counter "$gw_url" "$forwarded")"
+        nginx0="$(nginx_ticks)"
+        callgrind_control -i on "$gateway" >/dev/null 2>&1
+        sleep "$window"
+        callgrind_control -i off "$gateway" >/dev/null 2>&1
+        fw1="$(counter "$gw_url" "$forwarded")"
+        nginx1="$(nginx_ticks)"
+        callgrind_control -d "$gateway" >/dev/null 2>&1
+        echo "$1 $((fw1 - fw0)) $((nginx1 - nginx0))" >>"$out/windows"
+    }
+    gateway_window websocket
+    sse_started() { grep -q "through POST /api/ui/chat" "$out/bench.log"; }
+    wait_for 300 sse_started
+    sleep 8 # past the SSE run's warm-up
+    gateway_window sse
+    wait "$bench" || echo "profile-chunk: the bench failed; see $out/bench.log" >&2
+    {
+        echo "profile-chunk sse: $sessions paced streams, ${window}s window per transport, one gateway under callgrind ($bin_dir)"
+        part=1
+        while read -r label chunks ticks; do
+            ir="$(callgrind_annotate "$out/callgrind.gateway.$gateway.$part" 2>/dev/null |
+                awk '/PROGRAM TOTALS/ && !done {gsub(",", "", $1); print $1; done=1}')"
+            awk -v l="$label" -v ir="$ir" -v n="$chunks" -v t="$ticks" 'BEGIN {
+                printf "%-9s gateway instructions per chunk: %.0f (%d chunks); nginx CPU per chunk (slowed path): %.1f us\n", l, ir / n, n, t * 1e4 / n }'
+            part=$((part + 1))
+        done <"$out/windows"
+        echo "callgrind files: $out (part 1: WebSocket, part 2: SSE)"
+    } | tee "$out/summary.txt"
+    exit 0
+fi
 
 fw0="$(counter "$gw_url" "$forwarded")"
 pb0="$(counter "$wk_url" "$published")"

@@ -50,7 +50,8 @@ enum Ending {
 
 /// What the relay rendered and the body has not handed on yet.
 struct Rendered {
-    out: String,
+    /// UTF-8: every piece written is.
+    out: Vec<u8>,
     renderer: Renderer,
     ending: Option<Ending>,
 }
@@ -107,7 +108,7 @@ impl Sink<Message> for FrameSink {
             _ => Next::More,
         };
         if next == Next::Finished {
-            out.push_str("data: [DONE]\n\n");
+            out.extend_from_slice(b"data: [DONE]\n\n");
             *ending = Some(Ending::Finished);
         }
         Ok(())
@@ -123,18 +124,24 @@ impl Sink<Message> for FrameSink {
 }
 
 /// One stored event's chunks, as SSE events (`id:` is its `seq`).
-fn render_frame(renderer: &mut Renderer, frame: &str, out: &mut String) -> Next {
+fn render_frame(renderer: &mut Renderer, frame: &str, out: &mut Vec<u8>) -> Next {
     let Some(event) = EventFrame::parse(frame) else {
         return Next::More;
     };
     let seq = event.seq;
+    // About what its chunks take: one growth, not one per doubling.
+    out.reserve(frame.len() + 64);
     renderer.render(&event, |chunk| {
-        if let Ok(json) = serde_json::to_string(&chunk) {
-            out.push_str("id: ");
-            out.push_str(itoa::Buffer::new().format(seq));
-            out.push_str("\ndata: ");
-            out.push_str(&json);
-            out.push_str("\n\n");
+        let before = out.len();
+        out.extend_from_slice(b"id: ");
+        out.extend_from_slice(itoa::Buffer::new().format(seq).as_bytes());
+        out.extend_from_slice(b"\ndata: ");
+        // Straight into the body's bytes; a chunk that cannot be written
+        // (none of ours) leaves nothing behind.
+        if chunk.write_json(out).is_ok() {
+            out.extend_from_slice(b"\n\n");
+        } else {
+            out.truncate(before);
         }
     })
 }
@@ -161,7 +168,7 @@ impl AnswerBody {
         Fut: Future<Output = ()> + Send + 'static,
     {
         let shared = Arc::new(Mutex::new(Rendered {
-            out: String::new(),
+            out: Vec::new(),
             renderer: Renderer::new(message_id),
             ending: None,
         }));
@@ -176,7 +183,7 @@ impl AnswerBody {
     }
 
     /// The rendered bytes, and how the rendering ended (if it did).
-    fn take(&self) -> (String, Option<Ending>) {
+    fn take(&self) -> (Vec<u8>, Option<Ending>) {
         let mut rendered = lock(&self.shared);
         (std::mem::take(&mut rendered.out), rendered.ending)
     }

@@ -17,9 +17,12 @@ use std::borrow::Cow;
 use protocol::{ErrorCode, FinishReason, MessageId, Usage};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use serde_json::value::RawValue;
 
 /// A stored event as a socket gets it: only the fields the stream needs
-/// (the rest of the frame is skipped unread).
+/// (the rest of the frame is skipped unread). The text stays the JSON
+/// string it was stored as: a delta carries it on as it is, never
+/// unescaped and escaped again.
 #[derive(Debug, Deserialize)]
 pub(crate) struct EventFrame<'a> {
     #[serde(rename = "type", borrow)]
@@ -29,7 +32,7 @@ pub(crate) struct EventFrame<'a> {
     #[serde(default)]
     pub(crate) attempt: Option<u32>,
     #[serde(default, borrow)]
-    pub(crate) text: Option<Cow<'a, str>>,
+    pub(crate) text: Option<&'a RawValue>,
     #[serde(default)]
     pub(crate) finish_reason: Option<FinishReason>,
     #[serde(default)]
@@ -43,10 +46,15 @@ impl<'a> EventFrame<'a> {
     pub(crate) fn parse(frame: &'a str) -> Option<Self> {
         serde_json::from_str(frame).ok()
     }
+
+    /// The text, when it is a JSON string.
+    fn json_text(&self) -> Option<&'a RawValue> {
+        self.text.filter(|raw| raw.get().starts_with('"'))
+    }
 }
 
 /// One chunk of the UI message stream, serialised as its `data:` line.
-#[derive(Debug, Serialize, PartialEq)]
+#[derive(Debug, Serialize)]
 #[serde(tag = "type", rename_all = "kebab-case")]
 pub(crate) enum UiChunk<'a> {
     Start {
@@ -59,7 +67,8 @@ pub(crate) enum UiChunk<'a> {
     },
     ReasoningDelta {
         id: &'static str,
-        delta: &'a str,
+        /// A JSON string, as stored.
+        delta: &'a RawValue,
     },
     ReasoningEnd {
         id: &'static str,
@@ -69,7 +78,8 @@ pub(crate) enum UiChunk<'a> {
     },
     TextDelta {
         id: &'static str,
-        delta: &'a str,
+        /// A JSON string, as stored.
+        delta: &'a RawValue,
     },
     TextEnd {
         id: &'static str,
@@ -88,6 +98,31 @@ pub(crate) enum UiChunk<'a> {
         #[serde(rename = "errorText")]
         error_text: &'static str,
     },
+}
+
+impl UiChunk<'_> {
+    /// The chunk's JSON, appended to `out`. A delta, nearly every chunk of
+    /// an answer, is laid out here (its id is one of ours, its text the
+    /// stored JSON string copied as it is); the rest goes through serde.
+    pub(crate) fn write_json(&self, out: &mut Vec<u8>) -> serde_json::Result<()> {
+        let (kind, id, delta) = match self {
+            UiChunk::TextDelta { id, delta } => ("text-delta", id, delta),
+            UiChunk::ReasoningDelta { id, delta } => ("reasoning-delta", id, delta),
+            other => return serde_json::to_writer(out, other),
+        };
+        for piece in [
+            "{\"type\":\"",
+            kind,
+            "\",\"id\":\"",
+            id,
+            "\",\"delta\":",
+            delta.get(),
+            "}",
+        ] {
+            out.extend_from_slice(piece.as_bytes());
+        }
+        Ok(())
+    }
 }
 
 /// Part ids: a step holds at most one reasoning part and one text part, and
@@ -150,7 +185,7 @@ impl Renderer {
         match event.kind.as_ref() {
             "reasoning" | "chunk" if attempt < self.attempt => {}
             "reasoning" => {
-                let Some(text) = event.text.as_deref() else {
+                let Some(text) = event.json_text() else {
                     return Next::More;
                 };
                 self.attempt = attempt;
@@ -165,7 +200,7 @@ impl Renderer {
                 });
             }
             "chunk" => {
-                let Some(text) = event.text.as_deref() else {
+                let Some(text) = event.json_text() else {
                     return Next::More;
                 };
                 self.attempt = attempt;
@@ -280,6 +315,16 @@ mod tests {
         (out, next)
     }
 
+    fn reasoning(id: MessageId, attempt: u32, index: u32, text: &str) -> Event {
+        Event::Reasoning {
+            message_id: id,
+            attempt,
+            index,
+            text: text.into(),
+            published_at_us: None,
+        }
+    }
+
     fn chunk(id: MessageId, attempt: u32, index: u32, text: &str) -> Event {
         Event::Chunk {
             message_id: id,
@@ -300,13 +345,7 @@ mod tests {
                 content: "hi".into(),
                 replaces: None,
             },
-            Event::Reasoning {
-                message_id: id,
-                attempt: 1,
-                index: 0,
-                text: "hmm".into(),
-                published_at_us: None,
-            },
+            reasoning(id, 1, 0, "hmm"),
             chunk(other, 1, 0, "not ours"),
             chunk(id, 1, 0, "Hel"),
             chunk(id, 1, 1, "lo"),
@@ -338,6 +377,66 @@ mod tests {
                 r#"{"type":"finish","finishReason":"stop","messageMetadata":{"usage":{"inputTokens":3,"outputTokens":2}}}"#.into(),
             ]
         );
+    }
+
+    #[test]
+    fn a_delta_carries_the_stored_text_exactly_whatever_it_holds() {
+        let id = MessageId::new();
+        let text = "say \"hi\" \\ then\n\ta line: é, 😀, \u{1} and </script>";
+        let events = [reasoning(id, 1, 0, text), chunk(id, 1, 0, text)];
+        let (out, _) = render_all(&mut Renderer::new(id), &events);
+        let deltas: Vec<serde_json::Value> = out
+            .iter()
+            .map(|c| serde_json::from_str::<serde_json::Value>(c).unwrap())
+            .filter(|c| c.get("delta").is_some())
+            .collect();
+        assert_eq!(deltas.len(), 2, "{out:?}");
+        assert_eq!(deltas[0]["type"], "reasoning-delta");
+        assert_eq!(deltas[1]["type"], "text-delta");
+        for delta in &deltas {
+            assert_eq!(delta["delta"], text);
+        }
+    }
+
+    #[test]
+    fn the_hand_laid_deltas_are_what_serde_writes() {
+        let id = MessageId::new();
+        let events = [
+            reasoning(id, 1, 0, "a \"quoted\" thought\n"),
+            chunk(id, 1, 0, "Hel"),
+            chunk(id, 1, 1, "lo \\ é"),
+            Event::Cancelled { message_id: id },
+        ];
+        let mut renderer = Renderer::new(id);
+        let mut compared = 0;
+        for (i, event) in events.iter().enumerate() {
+            let text = frame(event, i as u64 + 1);
+            let parsed = EventFrame::parse(&text).unwrap();
+            renderer.render(&parsed, |c| {
+                let mut written = Vec::new();
+                c.write_json(&mut written).unwrap();
+                assert_eq!(
+                    String::from_utf8(written).unwrap(),
+                    serde_json::to_string(&c).unwrap()
+                );
+                compared += 1;
+            });
+        }
+        // start, start-step, the reasoning's three, text-start, two deltas,
+        // text-end, abort.
+        assert_eq!(compared, 10);
+    }
+
+    #[test]
+    fn a_text_that_is_not_a_string_shows_nothing() {
+        let id = MessageId::new();
+        let frame = format!(
+            r#"{{"type":"chunk","message_id":"{id}","attempt":1,"index":0,"text":42,"seq":7}}"#
+        );
+        let parsed = EventFrame::parse(&frame).unwrap();
+        let mut out = Vec::new();
+        Renderer::new(id).render(&parsed, |c| out.push(serde_json::to_string(&c).unwrap()));
+        assert!(!out.iter().any(|c| c.contains("delta")), "{out:?}");
     }
 
     #[test]
