@@ -17,7 +17,7 @@ use crate::faults::{leader_streams, Fault, FaultKind, Process, CUT_HOLD};
 /// than the shortest of it may have been replaced.
 const ELECTION_TIMEOUT_MIN: Duration = Duration::from_secs(4);
 
-/// How long a pause waits for the stream it aims at to have a leader.
+/// How long a fault aimed at a stream's leader waits for it to have one.
 const LEADER_PATIENCE: Duration = Duration::from_secs(15);
 
 /// How long a node whose store was full and freed may take to report
@@ -66,10 +66,7 @@ pub(crate) async fn inject(
                 .cloned()
                 .ok_or_else(|| anyhow!("no leader stream {target}"))?;
             let cluster = cluster(stack)?;
-            let leader = cluster
-                .leader_of(&stream)
-                .await
-                .with_context(|| format!("asking who leads {stream}"))?;
+            let leader = leader_when_known(cluster, &stream).await?;
             cluster.kill(leader)?;
             cluster.restart(leader).await?;
             return Ok(Some(format!("{} led {stream}", cluster.node_name(leader))));
@@ -101,6 +98,22 @@ pub(crate) async fn inject(
     Ok(None)
 }
 
+/// Who leads `stream`. Right after another fault (a node restarted, a
+/// partition healed) or the cluster's start, the stream may still be
+/// electing: ask again for a while.
+async fn leader_when_known(cluster: &NatsCluster, stream: &str) -> anyhow::Result<usize> {
+    let asked = Instant::now();
+    loop {
+        match cluster.leader_of(stream).await {
+            Ok(leader) => return Ok(leader),
+            Err(e) if asked.elapsed() > LEADER_PATIENCE => {
+                return Err(e).with_context(|| format!("asking who leads {stream}"))
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
+    }
+}
+
 fn hold(fault: &Fault) -> Duration {
     fault.hold.unwrap_or(Duration::from_secs(2))
 }
@@ -114,19 +127,7 @@ async fn pause(fault: &Fault, stack: &mut Stack) -> anyhow::Result<String> {
     let node = match process {
         Process::Leader | Process::Follower | Process::Node => {
             let cluster = cluster(stack)?;
-            let stream = protocol::subjects::EVENTS_STREAM;
-            // Right after another fault (a node restarted) the stream may
-            // still be electing: ask again for a while.
-            let asked = Instant::now();
-            let leader = loop {
-                match cluster.leader_of(stream).await {
-                    Ok(leader) => break leader,
-                    Err(e) if asked.elapsed() > LEADER_PATIENCE => {
-                        return Err(e).with_context(|| format!("asking who leads {stream}"))
-                    }
-                    Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
-                }
-            };
+            let leader = leader_when_known(cluster, protocol::subjects::EVENTS_STREAM).await?;
             Some(match process {
                 Process::Leader => leader,
                 Process::Follower => {
