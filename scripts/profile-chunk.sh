@@ -172,6 +172,10 @@ nginx_ticks() {
     echo "$total"
 }
 
+instructions() { # <file prefix> [dump]: the instructions of a dump (the first)
+    callgrind_annotate "$1.${2:-1}" 2>/dev/null | awk '/PROGRAM TOTALS/ && !done {gsub(",", "", $1); print $1; done=1}'
+}
+
 if [ "$mode" = sse ]; then
     # One window over the WebSocket, one through SSE; each dump holds one.
     gateway_window() { # <label>
@@ -196,8 +200,7 @@ if [ "$mode" = sse ]; then
         echo "profile-chunk sse: $sessions paced streams, ${window}s window per transport, one gateway under callgrind ($bin_dir)"
         part=1
         while read -r label chunks ticks; do
-            ir="$(callgrind_annotate "$out/callgrind.gateway.$gateway.$part" 2>/dev/null |
-                awk '/PROGRAM TOTALS/ && !done {gsub(",", "", $1); print $1; done=1}')"
+            ir="$(instructions "$out/callgrind.gateway.$gateway" "$part")"
             awk -v l="$label" -v ir="$ir" -v n="$chunks" -v t="$ticks" 'BEGIN {
                 printf "%-9s gateway instructions per chunk: %.0f (%d chunks); nginx CPU per chunk (slowed path): %.1f us\n", l, ir / n, n, t * 1e4 / n }'
             part=$((part + 1))
@@ -228,9 +231,6 @@ callgrind_control -d "$gateway" >/dev/null 2>&1
 callgrind_control -d "$worker" >/dev/null 2>&1
 wait "$bench" || echo "profile-chunk: the bench failed; see $out/bench.log" >&2
 
-instructions() { # <file prefix>: the instructions of its last dump
-    callgrind_annotate "$1.1" 2>/dev/null | awk '/PROGRAM TOTALS/ && !done {gsub(",", "", $1); print $1; done=1}'
-}
 gw_ir="$(instructions "$out/callgrind.gateway.$gateway")"
 wk_ir="$(instructions "$out/callgrind.worker.$worker")"
 fw=$((fw1 - fw0))

@@ -128,13 +128,14 @@ fn render_frame(renderer: &mut Renderer, frame: &str, out: &mut Vec<u8>) -> Next
     let Some(event) = EventFrame::parse(frame) else {
         return Next::More;
     };
-    let seq = event.seq;
+    let mut seq = itoa::Buffer::new();
+    let seq = seq.format(event.seq).as_bytes();
     // About what its chunks take: one growth, not one per doubling.
     out.reserve(frame.len() + 64);
     renderer.render(&event, |chunk| {
         let before = out.len();
         out.extend_from_slice(b"id: ");
-        out.extend_from_slice(itoa::Buffer::new().format(seq).as_bytes());
+        out.extend_from_slice(seq);
         out.extend_from_slice(b"\ndata: ");
         // Straight into the body's bytes; a chunk that cannot be written
         // (none of ours) leaves nothing behind.
