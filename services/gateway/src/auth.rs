@@ -52,14 +52,14 @@ pub async fn check_token(
     state: &AppState,
     session: SessionId,
     token: Option<&str>,
-) -> Result<(SessionRecord, Option<User>), ApiError> {
+) -> Result<(sessions::Versioned, Option<User>), ApiError> {
     if jwt_mode(state) {
         let user = users::authenticate(state, token).await?;
         let stored = load_record(state, session)
             .await?
             .ok_or_else(users::unknown_session)?;
         users::check_owner(&stored.record, &user)?;
-        return Ok((stored.record, Some(user)));
+        return Ok((stored, Some(user)));
     }
     let token = token
         .filter(|t| !t.is_empty())
@@ -74,7 +74,7 @@ pub async fn check_token(
     {
         return Err(ApiError::Unauthorized);
     }
-    Ok((stored.record, None))
+    Ok((stored, None))
 }
 
 /// The session's stored record, asked again on a new connection when the
@@ -152,6 +152,10 @@ pub struct SessionQuery {
 pub struct AuthenticatedSession {
     pub id: SessionId,
     pub user: Option<User>,
+    /// The record the token was checked against, as read for the check: a
+    /// change of the record starts from it rather than reading it again
+    /// ([`sessions::update_from`]).
+    pub record: sessions::Versioned,
 }
 
 impl FromRequestParts<AppState> for AuthenticatedSession {
@@ -172,8 +176,8 @@ impl AuthenticatedSession {
         id: SessionId,
         headers: &HeaderMap,
     ) -> Result<Self, ApiError> {
-        let (_, user) = check_token(state, id, bearer(headers)).await?;
-        Ok(Self { id, user })
+        let (record, user) = check_token(state, id, bearer(headers)).await?;
+        Ok(Self { id, user, record })
     }
 }
 

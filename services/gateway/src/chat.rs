@@ -24,6 +24,10 @@ pub struct ChatInput {
     pub message_id: Option<MessageId>,
     pub content: String,
     pub model: Option<String>,
+    /// The session's record as this request's token check read it a moment
+    /// ago (REST and the AI SDK's POST), so admission does not read it
+    /// again; `None` where the record was read long before (a socket's).
+    pub checked_record: Option<sessions::Versioned>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -93,8 +97,12 @@ pub async fn submit(
     // message again can never store or queue it twice.
     let max_age = state.config.layout.in_flight_max_age_ms();
     let settled = AtomicBool::new(false);
+    // Taken by the first try only: a try asked again after a lost
+    // connection reads the record afresh.
+    let checked_record = std::sync::Mutex::new(input.checked_record);
     let admission = || {
-        sessions::update(&state.layout.sessions, session, |record| {
+        let known = checked_record.lock().ok().and_then(|mut k| k.take());
+        sessions::update_from(&state.layout.sessions, session, known, |record| {
             let expired_before = record.expired.len();
             record.expire_active(now, max_age);
             settled.store(

@@ -125,7 +125,11 @@ pub async fn post_chat(
     headers: HeaderMap,
     JsonBody(body): JsonBody<ChatBody>,
 ) -> Result<Response, ApiError> {
-    let session = session.id;
+    let AuthenticatedSession {
+        id: session,
+        record,
+        ..
+    } = session;
     let span = tracing::info_span!("chat.submit", otel.name = "chat.submit", session_id = %session, message_id = tracing::field::Empty);
     if let Some(parent) = headers.get("traceparent").and_then(|v| v.to_str().ok()) {
         let state_header = headers.get("tracestate").and_then(|v| v.to_str().ok());
@@ -136,6 +140,7 @@ pub async fn post_chat(
         message_id: body.message_id,
         content: body.content,
         model: body.model,
+        checked_record: Some(record),
     };
     let accepted = chat::submit(&state, session, input)
         .instrument(span.clone())

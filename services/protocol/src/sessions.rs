@@ -125,13 +125,31 @@ const CAS_ATTEMPTS: usize = 16;
 pub async fn update<E>(
     store: &kv::Store,
     session: SessionId,
+    change: impl FnMut(&mut SessionRecord) -> Result<bool, E>,
+) -> Result<Result<SessionRecord, E>, SessionStoreError> {
+    update_from(store, session, None, change).await
+}
+
+/// [`update`], starting from `known`: the record as the caller read it a
+/// moment ago (a request that has just checked its token against it), so
+/// the record is not read twice. The first compare-and-set is against
+/// `known`'s revision: a record changed since is read again, as after any
+/// lost race, and `change` runs on the fresh copy.
+pub async fn update_from<E>(
+    store: &kv::Store,
+    session: SessionId,
+    mut known: Option<Versioned>,
     mut change: impl FnMut(&mut SessionRecord) -> Result<bool, E>,
 ) -> Result<Result<SessionRecord, E>, SessionStoreError> {
     for _ in 0..CAS_ATTEMPTS {
+        let current = match known.take() {
+            Some(known) => Some(known),
+            None => load(store, session).await?,
+        };
         let Some(Versioned {
             mut record,
             revision,
-        }) = load(store, session).await?
+        }) = current
         else {
             return Err(SessionStoreError::NotFound);
         };

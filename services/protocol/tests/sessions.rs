@@ -68,6 +68,75 @@ async fn concurrent_updates_all_land_and_limits_abort() {
         .is_none());
 }
 
+/// A record the caller read before another writer changed it: the update
+/// from it is refused by the compare-and-set, reads the record again and
+/// applies the change to the fresh copy, so the other writer's change
+/// stays. From a record still current, the change lands on the first try.
+#[tokio::test]
+async fn an_update_from_a_record_read_before_another_write_reads_it_again() {
+    let server = NatsServer::start().unwrap();
+    let js = jetstream::new(server.connect().await.unwrap());
+    let layout = ensure(&js, &LayoutConfig::default()).await.unwrap();
+    let session = SessionId::new();
+    let record = SessionRecord::new(SessionToken::generate().hash(), "gw".into(), 1);
+    sessions::create(&layout.sessions, session, &record)
+        .await
+        .unwrap();
+    let active = |id| ActiveMessage {
+        message_id: id,
+        accepted_at_ms: 1,
+        ending: false,
+        extra: Default::default(),
+    };
+
+    let read_before = sessions::load(&layout.sessions, session)
+        .await
+        .unwrap()
+        .unwrap();
+    let (other, ours) = (MessageId::new(), MessageId::new());
+    sessions::update(&layout.sessions, session, |r| {
+        r.active.push(active(other));
+        Ok::<_, ()>(true)
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let mut runs = 0;
+    let updated = sessions::update_from(&layout.sessions, session, Some(read_before), |r| {
+        runs += 1;
+        r.active.push(active(ours));
+        Ok::<_, ()>(true)
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(runs, 2, "the stale copy first, then the fresh one");
+    let ids = |r: &SessionRecord| r.active.iter().map(|m| m.message_id).collect::<Vec<_>>();
+    assert_eq!(ids(&updated), vec![other, ours]);
+    let stored = sessions::load(&layout.sessions, session)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(ids(&stored.record), vec![other, ours]);
+
+    let mut runs = 0;
+    let third = MessageId::new();
+    sessions::update_from(&layout.sessions, session, Some(stored), |r| {
+        runs += 1;
+        r.active.push(active(third));
+        Ok::<_, ()>(true)
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(runs, 1, "a current copy needs no second read");
+    let stored = sessions::load(&layout.sessions, session)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(ids(&stored.record), vec![other, ours, third]);
+}
+
 #[tokio::test]
 async fn a_miss_is_asked_of_the_streams_leader_before_it_is_believed() {
     // On a cluster a direct get may come from a replica that has not yet

@@ -103,6 +103,7 @@ pub(super) async fn read(
                     message_id,
                     content,
                     model,
+                    checked_record: None,
                 };
                 match Box::pin(chat::submit(&state, session, input).instrument(span.clone())).await
                 {

@@ -139,11 +139,11 @@ async fn post_chat(
     // With user tokens an unknown `id` the caller chose becomes a session it
     // owns (another user's id stays `not_found`); with session tokens the app
     // creates the session first, `POST /api/sessions`.
-    let session = match AuthenticatedSession::verify(&state, id, &headers).await {
-        Ok(session) => session.id,
+    let (session, checked_record) = match AuthenticatedSession::verify(&state, id, &headers).await {
+        Ok(session) => (session.id, Some(session.record)),
         Err(ApiError::NotFound(_)) if auth::jwt_mode(&state) => {
             let user = users::authenticate(&state, auth::bearer(&headers)).await?;
-            users::create_chosen_session(&state, &user, id).await?
+            (users::create_chosen_session(&state, &user, id).await?, None)
         }
         Err(refused) => return Err(refused),
     };
@@ -157,6 +157,7 @@ async fn post_chat(
                 message_id: body.question_id(),
                 content: body.question()?,
                 model: None,
+                checked_record,
             };
             chat::submit(&state, session, input).await?
         }
