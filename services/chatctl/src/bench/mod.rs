@@ -26,12 +26,6 @@ pub mod stats;
 
 pub use run::{run, Capacity};
 
-/// A paced load is held while its token latency p99 (model yields →
-/// client receives) stays under this: the capacity phase steps up to the
-/// last load held, and the SSE comparison judges latency only where the
-/// WebSocket holds the load.
-pub const HELD_TOKEN_P99_MS: f64 = 250.0;
-
 use std::path::PathBuf;
 
 /// How much load: `short` fits in about two minutes on two cores, `full`

@@ -119,14 +119,6 @@ impl Row {
         self
     }
 
-    /// A goal shown beside the numbers but not judged here (neither met
-    /// nor missed), the text saying why.
-    pub fn unjudged(mut self, text: impl Into<String>) -> Self {
-        self.target = Some(text.into());
-        self.met = None;
-        self
-    }
-
     pub fn value(&self, key: &str) -> Option<f64> {
         self.values.iter().find(|(k, _)| k == key).map(|(_, v)| *v)
     }
