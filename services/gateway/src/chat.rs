@@ -99,9 +99,9 @@ pub async fn submit(
     let settled = AtomicBool::new(false);
     // Taken by the first try only: a try asked again after a lost
     // connection reads the record afresh.
-    let checked_record = std::sync::Mutex::new(input.checked_record);
+    let mut checked_record = input.checked_record;
     let admission = || {
-        let known = checked_record.lock().ok().and_then(|mut k| k.take());
+        let known = checked_record.take();
         sessions::update_from(&state.layout.sessions, session, known, |record| {
             let expired_before = record.expired.len();
             record.expire_active(now, max_age);

@@ -5,12 +5,12 @@
 use async_nats::jetstream;
 use protocol::records::{ActiveMessage, SessionRecord};
 use protocol::sessions::{self, SessionStoreError};
-use protocol::setup::{ensure, LayoutConfig};
+use protocol::setup::{ensure, Layout, LayoutConfig};
 use protocol::{subjects, MessageId, SessionId, SessionToken};
 use stack::nats::NatsServer;
 
-#[tokio::test]
-async fn concurrent_updates_all_land_and_limits_abort() {
+/// A server with the layout, and one session created in it.
+async fn one_session() -> (NatsServer, Layout, SessionId, SessionRecord) {
     let server = NatsServer::start().unwrap();
     let js = jetstream::new(server.connect().await.unwrap());
     let layout = ensure(&js, &LayoutConfig::default()).await.unwrap();
@@ -19,6 +19,21 @@ async fn concurrent_updates_all_land_and_limits_abort() {
     sessions::create(&layout.sessions, session, &record)
         .await
         .unwrap();
+    (server, layout, session, record)
+}
+
+fn active(message_id: MessageId) -> ActiveMessage {
+    ActiveMessage {
+        message_id,
+        accepted_at_ms: 1,
+        ending: false,
+        extra: Default::default(),
+    }
+}
+
+#[tokio::test]
+async fn concurrent_updates_all_land_and_limits_abort() {
+    let (_server, layout, session, record) = one_session().await;
     assert!(sessions::create(&layout.sessions, session, &record)
         .await
         .is_err());
@@ -28,12 +43,7 @@ async fn concurrent_updates_all_land_and_limits_abort() {
         let store = layout.sessions.clone();
         tasks.push(tokio::spawn(async move {
             sessions::update(&store, session, |r| {
-                r.active.push(ActiveMessage {
-                    message_id: MessageId::new(),
-                    accepted_at_ms: 1,
-                    ending: false,
-                    extra: Default::default(),
-                });
+                r.active.push(active(MessageId::new()));
                 Ok::<_, ()>(true)
             })
             .await
@@ -74,20 +84,7 @@ async fn concurrent_updates_all_land_and_limits_abort() {
 /// stays. From a record still current, the change lands on the first try.
 #[tokio::test]
 async fn an_update_from_a_record_read_before_another_write_reads_it_again() {
-    let server = NatsServer::start().unwrap();
-    let js = jetstream::new(server.connect().await.unwrap());
-    let layout = ensure(&js, &LayoutConfig::default()).await.unwrap();
-    let session = SessionId::new();
-    let record = SessionRecord::new(SessionToken::generate().hash(), "gw".into(), 1);
-    sessions::create(&layout.sessions, session, &record)
-        .await
-        .unwrap();
-    let active = |id| ActiveMessage {
-        message_id: id,
-        accepted_at_ms: 1,
-        ending: false,
-        extra: Default::default(),
-    };
+    let (_server, layout, session, _) = one_session().await;
 
     let read_before = sessions::load(&layout.sessions, session)
         .await
