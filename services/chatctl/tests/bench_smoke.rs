@@ -26,6 +26,16 @@ async fn raw_nats_rates_are_measured() {
         .await
         .unwrap();
     assert!(js > 0.0);
+    let spread = raw_nats::Spread {
+        subjects: 50,
+        republish: true,
+    };
+    let republished = raw_nats::pipelined(&target, 2_000, 200, 256, spread)
+        .await
+        .unwrap();
+    assert!(republished.per_sec > 0.0, "{republished:?}");
+    // Copies still in flight when the last ack came are not counted.
+    assert!(republished.received > 0, "{republished:?}");
     // The scratch stream is gone afterwards.
     let js_ctx = async_nats::jetstream::new(nats.connect().await.unwrap());
     assert!(js_ctx
@@ -35,7 +45,7 @@ async fn raw_nats_rates_are_measured() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn paced_jetstream_publishing_is_measured_with_and_without_republish() {
+async fn paced_jetstream_publishing_is_measured_with_and_without_republish_acks_and_gathering() {
     let nats = NatsServer::start().unwrap();
     let ops = nats.access(protocol::access::Role::Ops);
     let url = nats.url();
@@ -43,13 +53,19 @@ async fn paced_jetstream_publishing_is_measured_with_and_without_republish() {
         url: &url,
         access: &ops,
     };
-    for republish in [false, true] {
+    let variants = [
+        (false, true, Duration::ZERO),
+        (true, true, Duration::ZERO),
+        // Unacked: counted as sent, and failed unless the stream holds them all.
+        (true, false, Duration::ZERO),
+        (true, true, Duration::from_millis(2)),
+    ];
+    for (republish, acked, gather) in variants {
         let load = raw_nats::PacedPublishing {
-            streams: 20,
-            per_sec: 400.0,
-            publishers: 2,
-            payload_bytes: 200,
             republish,
+            acked,
+            gather,
+            ..raw_nats::PacedPublishing::unbatched(20, 400.0, 2, 200)
         };
         let raw = raw_nats::jetstream_paced(&target, load, Duration::from_secs(2))
             .await

@@ -2,6 +2,8 @@
 //! the same server the system uses, in the same run, so the end-to-end rate
 //! can be read as a fraction of what the server itself can store.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -98,6 +100,31 @@ pub async fn core_pub_sub(
     })
 }
 
+/// Unacked publishes are counted as sent: the scratch stream must hold
+/// every one of them once the publishers' connections are flushed.
+async fn stored_in_full(clients: &[async_nats::Client], sent: u64) -> anyhow::Result<()> {
+    for client in clients {
+        client.flush().await?;
+    }
+    let Some(client) = clients.first() else {
+        return Ok(());
+    };
+    let mut bench_stream = jetstream::new(client.clone())
+        .get_stream(subjects::BENCH_STREAM)
+        .await?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let stored = bench_stream.info().await?.state.messages;
+        if stored == sent {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("paced JetStream publishing without acks: {sent} sent, {stored} stored");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// JetStream publishes into a scratch file-storage stream, pipelined: the
 /// publishing loop never waits for an ack; another task awaits them in
 /// order with at most `window` outstanding (as the worker publishes chunks).
@@ -108,6 +135,41 @@ pub async fn jetstream_pipelined(
     payload_bytes: usize,
     window: usize,
 ) -> anyhow::Result<f64> {
+    let spread = Spread {
+        subjects: 1,
+        republish: false,
+    };
+    let run = pipelined(nats, messages, payload_bytes, window, spread).await?;
+    Ok(run.per_sec)
+}
+
+/// Where pipelined publishes go: how many subjects they cycle through, and
+/// whether the stream republishes each to a subscriber.
+#[derive(Clone, Copy, Debug)]
+pub struct Spread {
+    pub subjects: usize,
+    pub republish: bool,
+}
+
+/// A pipelined run: publishes acked a second, and republished copies the
+/// subscriber received by the time the last ack came.
+#[derive(Clone, Copy, Debug)]
+pub struct Pipelined {
+    pub per_sec: f64,
+    pub received: u64,
+}
+
+/// [`jetstream_pipelined`] spread over `spread.subjects` subjects and, with
+/// `spread.republish`, republished to a subscriber in the same process: the
+/// raw shape of the end-to-end run (one subject per session, `CHAT_EVENTS`
+/// republishing every event to the gateways), without the system.
+pub async fn pipelined(
+    nats: &NatsTarget<'_>,
+    messages: u64,
+    payload_bytes: usize,
+    window: usize,
+    spread: Spread,
+) -> anyhow::Result<Pipelined> {
     let NatsTarget {
         url: nats_url,
         access,
@@ -117,26 +179,66 @@ pub async fn jetstream_pipelined(
         .connect(nats_url)
         .await
         .with_context(|| format!("connecting to {nats_url}"))?;
-    let js = jetstream::new(client);
+    let js = jetstream::new(client.clone());
     // A stream left by an interrupted run would skew nothing, but start clean.
     let _ = js.delete_stream(subjects::BENCH_STREAM).await;
+    let (stream_subject, targets) = if spread.subjects <= 1 && !spread.republish {
+        (
+            subjects::BENCH_STREAM_SUBJECT.to_string(),
+            vec![subjects::BENCH_STREAM_SUBJECT.to_string()],
+        )
+    } else {
+        (
+            format!("{}.*", subjects::BENCH_PACED_PREFIX),
+            (0..spread.subjects.max(1))
+                .map(|s| format!("{}.{s}", subjects::BENCH_PACED_PREFIX))
+                .collect(),
+        )
+    };
     js.create_stream(stream::Config {
         name: subjects::BENCH_STREAM.into(),
-        subjects: vec![subjects::BENCH_STREAM_SUBJECT.into()],
+        subjects: vec![stream_subject],
         storage: stream::StorageType::File,
+        republish: spread.republish.then(|| stream::Republish {
+            source: format!("{}.>", subjects::BENCH_PACED_PREFIX),
+            destination: format!("{}.>", subjects::BENCH_LIVE_PREFIX),
+            headers_only: false,
+        }),
         ..Default::default()
     })
     .await
     .context("creating the bench stream")?;
-    let result = publish_pipelined(&js, messages, payload_bytes, window).await;
+    let received = Arc::new(AtomicU64::new(0));
+    let subscriber = if spread.republish {
+        let mut live = client
+            .subscribe(format!("{}.>", subjects::BENCH_LIVE_PREFIX))
+            .await?;
+        client.flush().await?;
+        let received = received.clone();
+        Some(tokio::spawn(async move {
+            while live.next().await.is_some() {
+                received.fetch_add(1, Ordering::Relaxed);
+            }
+        }))
+    } else {
+        None
+    };
+    let result = publish_pipelined(&js, &targets, messages, payload_bytes, window).await;
+    if let Some(subscriber) = subscriber {
+        subscriber.abort();
+    }
     let deleted = js.delete_stream(subjects::BENCH_STREAM).await;
-    let rate = result?;
+    let per_sec = result?;
     deleted.context("deleting the bench stream")?;
-    Ok(rate)
+    Ok(Pipelined {
+        per_sec,
+        received: received.load(Ordering::Relaxed),
+    })
 }
 
 async fn publish_pipelined(
     js: &jetstream::Context,
+    targets: &[String],
     messages: u64,
     payload_bytes: usize,
     window: usize,
@@ -152,10 +254,8 @@ async fn publish_pipelined(
         Ok::<_, anyhow::Error>(acked)
     });
     let start = Instant::now();
-    for _ in 0..messages {
-        let ack = js
-            .publish(subjects::BENCH_STREAM_SUBJECT, payload.clone())
-            .await?;
+    for subject in targets.iter().cycle().take(messages as usize) {
+        let ack = js.publish(subject.clone(), payload.clone()).await?;
         if tx.send(ack).await.is_err() {
             break; // the ack task failed: its error is returned below
         }
@@ -169,11 +269,10 @@ async fn publish_pipelined(
     Ok(acked as f64 / elapsed.max(1e-9))
 }
 
-/// Unbatched JetStream publishes at a paced load's rate, as the workers
-/// send chunks: `streams` subjects, `per_sec` messages a second in all from
-/// `publishers` connections, each publish on its own timer tick with its
-/// ack awaited aside. With `republish`, the stream republishes every
-/// message to a subscriber, as `CHAT_EVENTS` does to the gateways.
+/// JetStream publishes at a paced load's rate, as the workers send chunks:
+/// `streams` subjects, `per_sec` messages a second in all from `publishers`
+/// connections. With `republish`, the stream republishes every message to a
+/// subscriber, as `CHAT_EVENTS` does to the gateways.
 #[derive(Clone, Copy, Debug)]
 pub struct PacedPublishing {
     pub streams: usize,
@@ -181,12 +280,42 @@ pub struct PacedPublishing {
     pub publishers: usize,
     pub payload_bytes: usize,
     pub republish: bool,
+    /// Each publish asks for its ack (awaited aside). Without, the messages
+    /// are plain NATS publishes the stream stores and answers nothing: the
+    /// floor of any scheme that acks many messages at once (fast-ingest
+    /// batches' flow acks included).
+    pub acked: bool,
+    /// Zero: each publish on its own timer tick (unbatched, as a chunk
+    /// travels). Otherwise the publishes due are sent back to back every
+    /// `gather`: what holding chunks for a shared tick would give.
+    pub gather: Duration,
+}
+
+impl PacedPublishing {
+    /// Unbatched, each publish acked: as the workers' chunks travel.
+    pub fn unbatched(
+        streams: usize,
+        per_sec: f64,
+        publishers: usize,
+        payload_bytes: usize,
+    ) -> Self {
+        Self {
+            streams,
+            per_sec,
+            publishers,
+            payload_bytes,
+            republish: false,
+            acked: true,
+            gather: Duration::ZERO,
+        }
+    }
 }
 
 /// What nats-server spent on [`PacedPublishing`] over the measured window.
 #[derive(Clone, Copy, Debug)]
 pub struct PacedRaw {
-    /// Messages acknowledged in the window.
+    /// Messages stored in the window (acknowledged; or, unacked, sent and
+    /// found in the stream afterwards).
     pub acked: u64,
     /// Republished copies received in the window (0 without republish).
     pub received: u64,
@@ -240,8 +369,7 @@ where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<async_nats::Client>>,
 {
-    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
 
     let stop = Arc::new(AtomicBool::new(false));
     let acked = Arc::new(AtomicU64::new(0));
@@ -270,8 +398,11 @@ where
     let publishers = load.publishers.max(1);
     let per_publisher = (load.per_sec / publishers as f64).max(1.0);
     let payload = Bytes::from(vec![b'x'; load.payload_bytes]);
+    let mut clients = Vec::new();
     for p in 0..publishers {
-        let js = jetstream::new(connect().await?);
+        let client = connect().await?;
+        clients.push(client.clone());
+        let js = jetstream::new(client.clone());
         let (stop, acked, failures, payload) = (
             stop.clone(),
             acked.clone(),
@@ -296,17 +427,35 @@ where
                     }
                 })
             };
-            let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / per_publisher));
+            let period = if load.gather.is_zero() {
+                Duration::from_secs_f64(1.0 / per_publisher)
+            } else {
+                load.gather
+            };
+            let per_tick = per_publisher * period.as_secs_f64();
+            let mut tick = tokio::time::interval(period);
             let mut next = subjects.iter().cycle();
+            let mut owed = 0.0;
             while !stop.load(Ordering::Relaxed) {
                 tick.tick().await;
-                let Some(subject) = next.next() else { break };
-                match js.publish(subject.clone(), payload.clone()).await {
-                    Ok(ack) => {
-                        let _ = tx.send(ack);
+                owed += per_tick;
+                while owed >= 1.0 {
+                    owed -= 1.0;
+                    let Some(subject) = next.next() else { break };
+                    if !load.acked {
+                        match client.publish(subject.clone(), payload.clone()).await {
+                            Ok(()) => acked.fetch_add(1, Ordering::Relaxed),
+                            Err(_) => failures.fetch_add(1, Ordering::Relaxed),
+                        };
+                        continue;
                     }
-                    Err(_) => {
-                        failures.fetch_add(1, Ordering::Relaxed);
+                    match js.publish(subject.clone(), payload.clone()).await {
+                        Ok(ack) => {
+                            let _ = tx.send(ack);
+                        }
+                        Err(_) => {
+                            failures.fetch_add(1, Ordering::Relaxed);
+                        }
                     }
                 }
             }
@@ -327,6 +476,9 @@ where
     stop.store(true, Ordering::Relaxed);
     for task in tasks {
         let _ = task.await;
+    }
+    if !load.acked {
+        stored_in_full(&clients, acked.load(Ordering::Relaxed)).await?;
     }
     let failed = failures.load(Ordering::Relaxed);
     if in_window == 0 || failed > 0 {

@@ -300,6 +300,15 @@ async fn attached(
     Ok(())
 }
 
+/// A process's CPU over `messages`, µs each.
+fn per_message_us_of(
+    cpu: &std::collections::BTreeMap<String, f64>,
+    name: &str,
+    messages: u64,
+) -> f64 {
+    cpu.get(name).copied().unwrap_or(0.0) * 1e6 / messages.max(1) as f64
+}
+
 /// The measures that need only an entry point (and NATS for the raw ones).
 /// Returns the pipelined JetStream rate, when measured.
 async fn common_phases(
@@ -340,8 +349,7 @@ async fn common_phases(
             js,
             "msg/s",
         ));
-        let per_message_us =
-            |name: &str| cpu.get(name).copied().unwrap_or(0.0) * 1e6 / s.js_messages.max(1) as f64;
+        let per_message_us = |name: &str| per_message_us_of(&cpu, name, s.js_messages);
         report.push(Row::text(
             "CPU per pipelined JetStream publish, µs",
             vec![
@@ -355,6 +363,41 @@ async fn common_phases(
             ),
         ));
         js_rate = Some(js);
+        // The same publishes in the end-to-end run's shape: one subject per
+        // session, each republished to a subscriber. What nats-server spends
+        // on that is its share of an end-to-end chunk without the system.
+        let spread = raw_nats::Spread {
+            subjects: s.sessions.max(2),
+            republish: true,
+        };
+        let cpu_before = CpuSnapshot::take();
+        let republished = raw_nats::pipelined(
+            &nats,
+            s.js_messages,
+            args.payload_bytes,
+            args.js_window,
+            spread,
+        )
+        .await?;
+        let cpu = CpuSnapshot::take().since(&cpu_before);
+        let nats_us = per_message_us_of(&cpu, "nats-server", s.js_messages);
+        let bench_us = per_message_us_of(&cpu, "bench", s.js_messages);
+        report.push(Row::text(
+            format!(
+                "JetStream publish, pipelined over {} subjects, republished to a subscriber (the end-to-end run's shape), {} B",
+                spread.subjects, args.payload_bytes
+            ),
+            vec![
+                ("msgs_per_sec".into(), republished.per_sec),
+                ("received".into(), republished.received as f64),
+                ("nats_server_us".into(), nats_us),
+                ("bench_us".into(), bench_us),
+            ],
+            format!(
+                "{} msg/s; nats-server {nats_us:.1} µs each, publisher and subscriber {bench_us:.1}",
+                thousands(republished.per_sec)
+            ),
+        ));
     }
     if args.runs(Phase::Connect) {
         println!("connect + ready, {} samples", s.connect_samples);

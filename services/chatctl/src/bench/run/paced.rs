@@ -261,6 +261,11 @@ fn model_pacing_row(outcome: &load::LoadOutcome, pacing: &ModelPacing, run: &str
     ))
 }
 
+/// The tick the raw paced publishes are gathered on in their "sent
+/// together" variants: a token's own pace at 50 tokens/s, so the latency it
+/// would add to a chunk is as long again as the model's.
+const GATHER: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// nats-server's CPU per message for plain JetStream publishes at the rate
 /// and spread of the paced run's chunks, unbatched as they are, without and
 /// with a republish to a subscriber: what storing (and republishing) one
@@ -274,32 +279,76 @@ async fn push_raw_paced_row(
     streams: usize,
     run: &str,
 ) -> anyhow::Result<()> {
-    let mut load = PacedPublishing {
+    let mut load = PacedPublishing::unbatched(
         streams,
-        per_sec: outcome.chunks_per_sec,
-        publishers: args.workers.max(1),
-        payload_bytes: args.payload_bytes,
-        republish: false,
-    };
+        outcome.chunks_per_sec,
+        args.workers.max(1),
+        args.payload_bytes,
+    );
     println!(
-        "raw JetStream at the paced run's rate: {} msg/s on {streams} subjects, without and with republish",
+        "raw JetStream at the paced run's rate: {} msg/s on {streams} subjects, without and with republish, unacked, gathered",
         thousands(load.per_sec)
     );
     let plain = raw_nats::jetstream_paced(nats, load, MODEL_PACING_WINDOW).await?;
     load.republish = true;
     let republished = raw_nats::jetstream_paced(nats, load, MODEL_PACING_WINDOW).await?;
+    let unacked = raw_nats::jetstream_paced(
+        nats,
+        PacedPublishing {
+            acked: false,
+            ..load
+        },
+        MODEL_PACING_WINDOW,
+    )
+    .await?;
+    let gathered = raw_nats::jetstream_paced(
+        nats,
+        PacedPublishing {
+            gather: GATHER,
+            ..load
+        },
+        MODEL_PACING_WINDOW,
+    )
+    .await?;
+    let gathered_unacked = raw_nats::jetstream_paced(
+        nats,
+        PacedPublishing {
+            gather: GATHER,
+            acked: false,
+            ..load
+        },
+        MODEL_PACING_WINDOW,
+    )
+    .await?;
     let mut values = vec![
         ("plain_us".to_string(), plain.nats_server_us_per_message),
         (
             "republish_us".into(),
             republished.nats_server_us_per_message,
         ),
+        (
+            "republish_unacked_us".into(),
+            unacked.nats_server_us_per_message,
+        ),
+        (
+            "republish_gathered_us".into(),
+            gathered.nats_server_us_per_message,
+        ),
+        (
+            "republish_gathered_unacked_us".into(),
+            gathered_unacked.nats_server_us_per_message,
+        ),
+        ("gather_ms".into(), GATHER.as_secs_f64() * 1e3),
         ("msgs_per_sec".into(), load.per_sec),
     ];
     let mut text = format!(
-        "plain {:.1}, with republish to a subscriber {:.1} ({} msg/s on {streams} subjects, {} publishers)",
+        "plain {:.1}, with republish to a subscriber {:.1}, the same unacked {:.1}, sent together every {} ms {:.1}, both {:.1} ({} msg/s on {streams} subjects, {} publishers)",
         plain.nats_server_us_per_message,
         republished.nats_server_us_per_message,
+        unacked.nats_server_us_per_message,
+        GATHER.as_millis(),
+        gathered.nats_server_us_per_message,
+        gathered_unacked.nats_server_us_per_message,
         thousands(load.per_sec),
         load.publishers
     );
