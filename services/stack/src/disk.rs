@@ -88,9 +88,17 @@ impl SmallDisk {
         Ok(written)
     }
 
-    /// Removes the ballast: the store has room again.
+    /// Removes the ballast: the store has room again. The ballast is
+    /// truncated before it is unlinked: an unlinked file's pages stay taken
+    /// while any process holds it open, and a child forked by another
+    /// thread of this process holds every open file until it execs.
     pub fn free(&self) -> anyhow::Result<()> {
-        match std::fs::remove_file(self.ballast_dir.join(BALLAST)) {
+        let path = self.ballast_dir.join(BALLAST);
+        let emptied = std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .and_then(|file| file.set_len(0));
+        match emptied.and_then(|()| std::fs::remove_file(&path)) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(e).context("removing the ballast"),
@@ -128,4 +136,28 @@ pub fn small_disks_available() -> bool {
             .stderr(Stdio::null())
             .status()
             .is_ok_and(|s| s.success())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // a test fails loudly on what it did not expect
+
+    use super::*;
+
+    #[test]
+    fn freeing_makes_room_while_the_ballast_is_still_held_open() {
+        if !small_disks_available() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let disk = SmallDisk::mount(&dir.path().join("disk"), 1 << 20).unwrap();
+        disk.fill().unwrap();
+        // What a child forked meanwhile by another thread holds until it
+        // execs: unlinked alone, the ballast would keep its pages.
+        let held = std::fs::File::open(disk.ballast_dir.join(BALLAST)).unwrap();
+        disk.free().unwrap();
+        std::fs::write(disk.store_dir().join("more"), [0u8; 8192]).unwrap();
+        drop(held);
+    }
 }
