@@ -270,7 +270,9 @@ const GATHER: std::time::Duration = std::time::Duration::from_millis(20);
 /// and spread of the paced run's chunks, unbatched as they are, without and
 /// with a republish to a subscriber: what storing (and republishing) one
 /// message at that pace costs the server by itself, beside what a chunk of
-/// ours cost it in the run.
+/// ours cost it in the run. Then the republished ones unacked, gathered
+/// every [`GATHER`], and both: what acking many messages at once (as
+/// fast-ingest batches do) and sending them in bunches would save it.
 async fn push_raw_paced_row(
     args: &BenchArgs,
     report: &mut Report,
