@@ -100,31 +100,6 @@ pub async fn core_pub_sub(
     })
 }
 
-/// Unacked publishes are counted as sent: the scratch stream must hold
-/// every one of them once the publishers' connections are flushed.
-async fn stored_in_full(clients: &[async_nats::Client], sent: u64) -> anyhow::Result<()> {
-    for client in clients {
-        client.flush().await?;
-    }
-    let Some(client) = clients.first() else {
-        return Ok(());
-    };
-    let mut bench_stream = jetstream::new(client.clone())
-        .get_stream(subjects::BENCH_STREAM)
-        .await?;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let stored = bench_stream.info().await?.state.messages;
-        if stored == sent {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("paced JetStream publishing without acks: {sent} sent, {stored} stored");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// JetStream publishes into a scratch file-storage stream, pipelined: the
 /// publishing loop never waits for an ack; another task awaits them in
 /// order with at most `window` outstanding (as the worker publishes chunks).
@@ -490,4 +465,29 @@ where
         nats_server_us_per_message: cpu.get("nats-server").copied().unwrap_or(0.0) * 1e6
             / in_window as f64,
     })
+}
+
+/// Unacked publishes are counted as sent: the scratch stream must hold
+/// every one of them once the publishers' connections are flushed.
+async fn stored_in_full(clients: &[async_nats::Client], sent: u64) -> anyhow::Result<()> {
+    for client in clients {
+        client.flush().await?;
+    }
+    let Some(client) = clients.first() else {
+        return Ok(());
+    };
+    let mut bench_stream = jetstream::new(client.clone())
+        .get_stream(subjects::BENCH_STREAM)
+        .await?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let stored = bench_stream.info().await?.state.messages;
+        if stored == sent {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("paced JetStream publishing without acks: {sent} sent, {stored} stored");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
