@@ -24,6 +24,14 @@
 //! stream that cannot settle it (a later event stored, an earlier one not)
 //! fails the attempt.
 //!
+//! An attempt's first event can be fenced ([`FirstEvent::RightAfter`]): it
+//! is stored only right after the session's last event as the attempt's
+//! admit step read it (compare-and-set on the session's subject), and
+//! nothing is sent behind it until it is acked. Two runs of one message
+//! that both believe they are its first attempt (a delivery count that
+//! restarted with nats-server) then cannot both stream: the second one's
+//! first event is refused, and it reads the stream again.
+//!
 //! Writes that must be stored before the job goes on (a terminal event, a
 //! history turn, a dead letter) use [`publish_and_wait`].
 
@@ -110,6 +118,17 @@ pub async fn publish_and_wait(
 /// chunk, and the connection's loss count when it was sent.
 type Sent = (Instant, bool, u64);
 
+/// Where an attempt's first event may be stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FirstEvent {
+    /// After whatever the session's subject holds: the attempt has stored
+    /// an event of its own already (its `restart`, compare-and-set).
+    Anywhere,
+    /// Only right after this sequence of the session's subject, the last
+    /// the admit step read (0: none).
+    RightAfter(u64),
+}
+
 /// Publishes one attempt's events to one session's subject, in order.
 pub struct EventPublisher {
     js: jetstream::Context,
@@ -139,6 +158,10 @@ pub struct EventPublisher {
     metrics: metrics::ChunkMetrics,
     /// The coalescing window, told each chunk's ack latency.
     window: Arc<ChunkWindow>,
+    /// Until the first event is stored: where it may be.
+    first: FirstEvent,
+    /// The first event was refused: the session's subject had moved on.
+    moved: bool,
 }
 
 impl EventPublisher {
@@ -148,13 +171,15 @@ impl EventPublisher {
     /// server answers on that connection), so the ack wait ends then rather
     /// than at the ack timeout, and what was stored is read back from
     /// `stream` (`CHAT_EVENTS`), after `after_seq`, the last sequence of
-    /// the session's subject the attempt knows before its first event.
+    /// the session's subject the attempt knows before its first event;
+    /// `first` says whether that first event must follow it directly.
     pub fn start(
         js: jetstream::Context,
         stream: Stream,
         connection: ConnectionWatch,
         subject: String,
         after_seq: u64,
+        first: FirstEvent,
         window: Arc<ChunkWindow>,
     ) -> Self {
         let client = js.client();
@@ -177,7 +202,25 @@ impl EventPublisher {
             acker: None,
             metrics: metrics::ChunkMetrics::new(),
             window,
+            first,
+            moved: false,
         }
+    }
+
+    /// Whether nothing of the attempt is stored through this publisher
+    /// yet, while its first event is fenced: the sequence it must follow.
+    pub fn unstored_first(&self) -> Option<u64> {
+        match self.first {
+            FirstEvent::RightAfter(seq) => Some(seq),
+            FirstEvent::Anywhere => None,
+        }
+    }
+
+    /// Whether the attempt's first event was refused because the session's
+    /// subject held more than the admit step read: nothing is stored, and
+    /// the admit step must read again.
+    pub fn stream_moved(&self) -> bool {
+        self.moved
     }
 
     /// Subscribes to the attempt's reply subject and starts the task that
@@ -221,11 +264,68 @@ impl EventPublisher {
             if self.failed.load(Ordering::Acquire) || self.connection_lost() {
                 self.resume().await?;
             }
+            if let FirstEvent::RightAfter(after) = self.first {
+                return self.publish_first(payload, is_chunk, after).await;
+            }
             if self.send(payload.clone(), is_chunk).await? {
                 return Ok(());
             }
             // The ack task failed before this event was sent: settle first.
             self.failed.store(true, Ordering::Release);
+        }
+    }
+
+    /// The attempt's first event, stored only right after `after`, and
+    /// acked before anything is sent behind it (a refused first event
+    /// with later ones stored would be a hole). A lost connection before
+    /// its ack fails the attempt: whether it was stored is for the next
+    /// attempt's admit step to read.
+    async fn publish_first(
+        &mut self,
+        payload: Bytes,
+        is_chunk: bool,
+        after: u64,
+    ) -> Result<(), PublishFailed> {
+        let message = PublishMessage::build()
+            .payload(payload)
+            .expected_last_subject_sequence(after);
+        let sent_at = Instant::now();
+        let stored = async {
+            self.js
+                .send_publish(self.subject.to_string(), message)
+                .await?
+                .await
+        };
+        let acked = tokio::select! {
+            acked = stored => acked,
+            _ = self.connection.lost_since(self.epoch) => {
+                return Err(PublishFailed(
+                    "the NATS connection was lost before the first event's ack came".into(),
+                ))
+            }
+        };
+        match acked {
+            Ok(ack) => {
+                self.acked_seq.store(ack.sequence, Ordering::Release);
+                self.first = FirstEvent::Anywhere;
+                if is_chunk {
+                    let latency = sent_at.elapsed();
+                    self.metrics.published();
+                    self.metrics.acked(latency);
+                    self.window.observe_ack(latency);
+                }
+                Ok(())
+            }
+            Err(e)
+                if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence
+                    || protocol::conflicts::is_wrong_last_sequence(&e) =>
+            {
+                self.moved = true;
+                Err(PublishFailed(format!(
+                    "the session's stream moved on after {after} before the attempt's first event"
+                )))
+            }
+            Err(e) => Err(e.into()),
         }
     }
 

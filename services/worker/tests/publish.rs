@@ -6,7 +6,7 @@ mod support;
 
 use protocol::{subjects, Event, MessageId, SessionId};
 use support::{wait_until, Harness};
-use worker::publish::{EventPublisher, ACK_WINDOW};
+use worker::publish::{EventPublisher, FirstEvent, ACK_WINDOW};
 
 fn chunk(message_id: MessageId, index: u32) -> Event {
     Event::Chunk {
@@ -165,10 +165,57 @@ async fn a_publish_the_stream_refuses_fails_the_attempt() {
     drop(stream);
 }
 
+#[tokio::test]
+async fn a_fenced_first_event_is_stored_only_right_after_what_was_read() {
+    // Two runs of one message that both count themselves first: the one
+    // whose read is stale must store nothing, and learn that it must read
+    // again.
+    let h = Harness::start(5_000, 4).await;
+    let session = SessionId::new();
+    let message_id = MessageId::new();
+    let subject = subjects::events(session);
+    let other = chunk(MessageId::new(), 0);
+    let other_seq =
+        h.js.publish(subject.clone(), other.to_payload())
+            .await
+            .unwrap()
+            .await
+            .unwrap()
+            .sequence;
+
+    // Read before the other event was stored (the subject was empty).
+    let mut stale = publisher_with(&h, subject.clone(), FirstEvent::RightAfter(0)).await;
+    assert!(stale.publish(&chunk(message_id, 0)).await.is_err());
+    assert!(stale.stream_moved());
+    assert_eq!(stale.unstored_first(), Some(0));
+    assert_eq!(h.stored_events(session).await, std::slice::from_ref(&other));
+
+    // Read after it: the first event and every one behind it are stored.
+    let mut current = publisher_with(&h, subject, FirstEvent::RightAfter(other_seq)).await;
+    for index in 0..10 {
+        current.publish(&chunk(message_id, index)).await.unwrap();
+    }
+    assert!(!current.stream_moved());
+    assert_eq!(current.unstored_first(), None);
+    current.finish().await.unwrap();
+    let mut expected = vec![other];
+    expected.extend((0..10).map(|i| chunk(message_id, i)));
+    assert_eq!(h.stored_events(session).await, expected);
+}
+
 /// A publisher on a connection of its own, watched for losses as a
 /// worker's is; as the harness, since some tests publish where no stream
 /// (or a scratch one) listens.
 async fn publisher(h: &Harness, subject: impl Into<String>) -> EventPublisher {
+    publisher_with(h, subject, FirstEvent::Anywhere).await
+}
+
+/// [`publisher`], its first event stored as `first` says.
+async fn publisher_with(
+    h: &Harness,
+    subject: impl Into<String>,
+    first: FirstEvent,
+) -> EventPublisher {
     let (options, connection) = protocol::connect::options("publish-test");
     let options = h
         .server
@@ -181,7 +228,15 @@ async fn publisher(h: &Harness, subject: impl Into<String>) -> EventPublisher {
         .get_stream(subjects::EVENTS_STREAM)
         .await
         .expect("the events stream");
-    EventPublisher::start(js, events, connection, subject.into(), 0, fixed_window())
+    EventPublisher::start(
+        js,
+        events,
+        connection,
+        subject.into(),
+        0,
+        first,
+        fixed_window(),
+    )
 }
 
 /// The window the publisher reports to; these tests do not look at it.

@@ -7,6 +7,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use async_nats::jetstream::message::PublishMessage;
 use futures::StreamExt;
 use protocol::records::{DeadLetter, TurnStatus};
 use protocol::{setup, stored, subjects, CancelNotice, ErrorCode, Event, MessageId, SessionId};
@@ -181,6 +182,129 @@ async fn a_run_after_an_unfinished_run_with_an_undercounted_delivery_announces_r
         events.last().unwrap(),
         Event::Done { attempt: 2, .. }
     ));
+    worker.shutdown().await.unwrap();
+}
+
+/// What a NATS restart can also leave: the job delivered again as delivery
+/// 1 while the run that had it still runs, and that run's first chunk
+/// stored only after the new run's admit step read the stream. Both count
+/// themselves attempt 1 (recovery run, seed 7: `chunk a1 #0` at two
+/// sequences). Returns once the other run's chunk is stored, while the
+/// worker's run waits for its model's first token.
+async fn another_first_run_stores_after_the_admit_read(
+    h: &Harness,
+    prompt: &str,
+) -> (SessionId, MessageId, Live, worker::RunningWorker) {
+    let session = h.new_session().await;
+    let mut notices = h.client.subscribe(subjects::cancel(session)).await.unwrap();
+    h.client.flush().await.unwrap();
+    let id = h.submit(session, prompt).await;
+    let live = h.live(session).await;
+    let worker = h
+        .spawn_worker(&[
+            "--demo-tokens-per-sec",
+            "1000",
+            "--demo-first-token-ms",
+            "1500",
+            "--demo-answer-tokens",
+            "40",
+        ])
+        .await;
+    // The worker's claim notice: its admit step has read the stream.
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let notice = notices.next().await.unwrap();
+            let notice: CancelNotice = serde_json::from_slice(&notice.payload).unwrap();
+            if notice.message_id == id && notice.attempt == Some(1) {
+                break;
+            }
+        }
+    })
+    .await
+    .expect("the worker's claim notice");
+    let other = Event::Chunk {
+        message_id: id,
+        attempt: 1,
+        index: 0,
+        text: "other ".into(),
+        published_at_us: None,
+    };
+    h.js.publish(subjects::events(session), other.to_payload())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    (session, id, live, worker)
+}
+
+#[tokio::test]
+async fn a_run_that_counts_itself_first_after_another_run_stored_since_its_read_announces_restart()
+{
+    let h = Harness::start(3000, 3).await;
+    let prompt = "Who is first?";
+    let (session, id, mut live, worker) =
+        another_first_run_stores_after_the_admit_read(&h, prompt).await;
+    let events = live.until(|e| e.is_terminal()).await;
+    let first_attempts = events
+        .iter()
+        .filter(|e| matches!(e, Event::Chunk { attempt: 1, .. }))
+        .count();
+    assert_eq!(first_attempts, 1, "attempt 1 streamed twice: {events:?}");
+    assert_eq!(
+        events.get(1),
+        Some(&Event::Restart {
+            message_id: id,
+            attempt: 2
+        }),
+        "{events:?}"
+    );
+    assert_eq!(answer_of(&events, id, 2), demo::answer(prompt, 40));
+    assert!(matches!(
+        events.last().unwrap(),
+        Event::Done { attempt: 2, .. }
+    ));
+    assert_eq!(stored_claims(&h, session, id).await, [2]);
+    worker.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_first_run_ending_before_its_first_event_after_another_run_stored_claims_the_message() {
+    // The same race, the worker's run cancelled before its first token: its
+    // `cancelled` has no claim to fence it, so it must follow what its admit
+    // step read. Stored after the other run's chunk, it would leave that
+    // run free to store its own terminal event too (no claim refuses it).
+    let h = Harness::start(3000, 3).await;
+    let (session, id, mut live, worker) =
+        another_first_run_stores_after_the_admit_read(&h, "Who stops first?").await;
+    h.cancel(session, id).await;
+    let events = live.until(|e| e.is_terminal()).await;
+    assert_eq!(
+        events.last(),
+        Some(&Event::Cancelled { message_id: id }),
+        "{events:?}"
+    );
+    assert_eq!(stored_claims(&h, session, id).await, [2]);
+    // The other run's terminal event, fenced as it fences it (its claims
+    // subject still empty): refused.
+    let done = Event::Done {
+        message_id: id,
+        attempt: 1,
+        finish_reason: protocol::FinishReason::Stop,
+        usage: None,
+    };
+    let fenced = PublishMessage::build()
+        .payload(done.to_payload())
+        .expected_last_subject_sequence(0)
+        .header(
+            subjects::HEADER_EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT,
+            subjects::claims(session, id).as_str(),
+        );
+    let stored =
+        h.js.send_publish(subjects::events(session), fenced)
+            .await
+            .unwrap()
+            .await;
+    assert!(stored.is_err(), "a second terminal event was stored");
     worker.shutdown().await.unwrap();
 }
 

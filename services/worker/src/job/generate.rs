@@ -18,7 +18,7 @@ use crate::backends::{BackendError, Generation, ModelOutput};
 use crate::cancel::{self, CancelGuard};
 use crate::chunking::{AnswerChunker, Piece};
 use crate::metrics;
-use crate::publish::{EventPublisher, PublishFailed};
+use crate::publish::{EventPublisher, FirstEvent, PublishFailed};
 
 impl Job {
     /// Starts this attempt's event publisher; a redelivered job first tells
@@ -35,6 +35,12 @@ impl Job {
         let ctx = &self.ctx;
         let subject = protocol::subjects::events(self.request.session_id);
         let mut after_seq = last_seq;
+        // A first attempt has stored nothing yet: its first event must
+        // follow what the admit step read, or another run that also counts
+        // itself first (its delivery count restarted with nats-server)
+        // stored since, and this one reads again. A later attempt's
+        // `restart` is that fence.
+        let mut first = FirstEvent::RightAfter(last_seq);
         if self.attempt() > 1 {
             let restart = Event::Restart {
                 message_id: self.message_id(),
@@ -45,7 +51,10 @@ impl Job {
                 .expected_last_subject_sequence(last_seq);
             let stored = async { ctx.js.send_publish(subject.clone(), message).await?.await };
             match self.unless_connection_lost("start", stored).await? {
-                Ok(ack) => after_seq = ack.sequence,
+                Ok(ack) => {
+                    after_seq = ack.sequence;
+                    first = FirstEvent::Anywhere;
+                }
                 Err(e)
                     if e.kind() == PublishErrorKind::WrongLastSequence
                         || protocol::conflicts::is_wrong_last_sequence(&e) =>
@@ -73,6 +82,7 @@ impl Job {
             ctx.connection.clone(),
             subject,
             after_seq,
+            first,
             ctx.chunk_window.clone(),
         ))
     }

@@ -154,6 +154,7 @@ impl Job {
                 .cancels
                 .register(self.request.session_id, self.message_id(), self.attempt());
         let mut restarts_in_place = 0;
+        let mut readmissions = 0;
         loop {
             let losses = self.ctx.connection.losses();
             let (mut publisher, history) = match Box::pin(self.admit_and_announce(&guard)).await? {
@@ -161,6 +162,17 @@ impl Job {
                 Admitted::Ended(report) => return Ok(report),
             };
             let generated = Box::pin(self.generate(&mut publisher, &guard, history)).await;
+            if publisher.stream_moved() && readmissions < READMISSIONS {
+                // Its first event was refused: another run of this message
+                // stored an event since the admit step read the stream
+                // (nothing of this attempt is stored). Read it again: that
+                // run's events make this one the next attempt.
+                readmissions += 1;
+                tracing::info!(
+                    "the session's stream moved on before the first event; reading it again"
+                );
+                continue;
+            }
             if matches!(generated.stop, Stop::Publish(_))
                 && self.ctx.connection.losses() != losses
                 && restarts_in_place < RESTARTS_IN_PLACE
@@ -180,9 +192,22 @@ impl Job {
                 continue;
             }
             let ending = Ending::after_generation(generated, self.attempt_facts());
-            let concluded =
-                Box::pin(self.conclude(ending, Some(publisher), &guard, TerminalFence::OwnClaim));
-            return self.unless_connection_lost("conclude", concluded).await?;
+            // A first attempt that stored nothing (an empty answer, a
+            // failure before the first token) has no claim to fence its
+            // terminal event: it is stored only right after the admit
+            // step's read, like an ending decided before generating.
+            let fence = match publisher.unstored_first() {
+                Some(last_seq) => TerminalFence::RightAfter(last_seq),
+                None => TerminalFence::OwnClaim,
+            };
+            let concluded = Box::pin(self.conclude(ending, Some(publisher), &guard, fence));
+            match self.unless_connection_lost("conclude", concluded).await? {
+                Err(JobError::StreamMoved) if readmissions < READMISSIONS => {
+                    readmissions += 1;
+                    continue;
+                }
+                concluded => return concluded,
+            }
         }
     }
 
