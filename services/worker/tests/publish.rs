@@ -175,13 +175,7 @@ async fn a_fenced_first_event_is_stored_only_right_after_what_was_read() {
     let message_id = MessageId::new();
     let subject = subjects::events(session);
     let other = chunk(MessageId::new(), 0);
-    let other_seq =
-        h.js.publish(subject.clone(), other.to_payload())
-            .await
-            .unwrap()
-            .await
-            .unwrap()
-            .sequence;
+    let other_seq = h.store_event(session, &other).await;
 
     // Read before the other event was stored (the subject was empty).
     let mut stale = publisher_with(&h, subject.clone(), FirstEvent::RightAfter(0)).await;

@@ -5,7 +5,7 @@
 
 mod support;
 
-use protocol::{subjects, Event, EventKind};
+use protocol::{Event, EventKind};
 use support::{answer_of, kinds_of, reasoning_of, Harness};
 use worker::backends::demo;
 
@@ -86,11 +86,7 @@ async fn a_run_after_unfinished_reasoning_restarts_it_from_zero() {
             text: format!("lost{index} "),
             published_at_us: None,
         };
-        h.js.publish(subjects::events(session), earlier.to_payload())
-            .await
-            .unwrap()
-            .await
-            .unwrap();
+        h.store_event(session, &earlier).await;
     }
     let mut live = h.live(session).await;
     let worker = h

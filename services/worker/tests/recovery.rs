@@ -77,11 +77,25 @@ async fn take_over_on_the_stream(h: &Harness, session: SessionId, id: MessageId,
         message_id: id,
         attempt,
     };
-    h.js.publish(subjects::events(session), takeover.to_payload())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    h.store_event(session, &takeover).await;
+}
+
+/// `events` hold the demo's whole answer to `prompt` as attempt 2, ending
+/// in its `done`, announced by its `restart` at `restart_at`.
+fn assert_answered_by_attempt_2(events: &[Event], restart_at: usize, id: MessageId, prompt: &str) {
+    assert_eq!(
+        events.get(restart_at),
+        Some(&Event::Restart {
+            message_id: id,
+            attempt: 2
+        }),
+        "{events:?}"
+    );
+    assert_eq!(answer_of(events, id, 2), demo::answer(prompt, 40));
+    assert!(
+        matches!(events.last(), Some(Event::Done { attempt: 2, .. })),
+        "{events:?}"
+    );
 }
 
 /// The attempts whose claims the message's claims subject holds, in order.
@@ -160,28 +174,12 @@ async fn a_run_after_an_unfinished_run_with_an_undercounted_delivery_announces_r
             text: format!("lost{index} "),
             published_at_us: None,
         };
-        h.js.publish(subjects::events(session), earlier.to_payload())
-            .await
-            .unwrap()
-            .await
-            .unwrap();
+        h.store_event(session, &earlier).await;
     }
     let mut live = h.live(session).await;
     let worker = h.spawn_worker(FAST).await;
     let events = live.until(|e| e.is_terminal()).await;
-    assert_eq!(
-        events.first(),
-        Some(&Event::Restart {
-            message_id: id,
-            attempt: 2
-        }),
-        "{events:?}"
-    );
-    assert_eq!(answer_of(&events, id, 2), demo::answer(prompt, 40));
-    assert!(matches!(
-        events.last().unwrap(),
-        Event::Done { attempt: 2, .. }
-    ));
+    assert_answered_by_attempt_2(&events, 0, id, prompt);
     worker.shutdown().await.unwrap();
 }
 
@@ -229,11 +227,7 @@ async fn another_first_run_stores_after_the_admit_read(
         text: "other ".into(),
         published_at_us: None,
     };
-    h.js.publish(subjects::events(session), other.to_payload())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    h.store_event(session, &other).await;
     (session, id, live, worker)
 }
 
@@ -250,19 +244,7 @@ async fn a_run_that_counts_itself_first_after_another_run_stored_since_its_read_
         .filter(|e| matches!(e, Event::Chunk { attempt: 1, .. }))
         .count();
     assert_eq!(first_attempts, 1, "attempt 1 streamed twice: {events:?}");
-    assert_eq!(
-        events.get(1),
-        Some(&Event::Restart {
-            message_id: id,
-            attempt: 2
-        }),
-        "{events:?}"
-    );
-    assert_eq!(answer_of(&events, id, 2), demo::answer(prompt, 40));
-    assert!(matches!(
-        events.last().unwrap(),
-        Event::Done { attempt: 2, .. }
-    ));
+    assert_answered_by_attempt_2(&events, 1, id, prompt);
     assert_eq!(stored_claims(&h, session, id).await, [2]);
     worker.shutdown().await.unwrap();
 }
@@ -498,11 +480,7 @@ async fn a_message_whose_answer_is_stored_is_never_generated_again() {
         },
     ];
     for event in &stored_answer {
-        h.js.publish(subjects::events(session), event.to_payload())
-            .await
-            .unwrap()
-            .await
-            .unwrap();
+        h.store_event(session, event).await;
     }
     let worker = h.spawn_worker(FAST).await;
     h.wait_queue_empty().await;

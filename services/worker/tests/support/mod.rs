@@ -212,6 +212,18 @@ impl Harness {
         Live { sub }
     }
 
+    /// Stores `event` on the session's subject as another run would, and
+    /// returns its sequence.
+    pub async fn store_event(&self, session: SessionId, event: &Event) -> u64 {
+        self.js
+            .publish(subjects::events(session), event.to_payload())
+            .await
+            .unwrap()
+            .await
+            .unwrap()
+            .sequence
+    }
+
     /// Every stored event of the session, in order.
     pub async fn stored_events(&self, session: SessionId) -> Vec<Event> {
         let subject = subjects::events(session);
