@@ -23,7 +23,8 @@ use futures::{Sink, Stream};
 use protocol::MessageId;
 use tokio::time::{Instant, Sleep};
 
-use super::chunks::{EventFrame, Next, Renderer};
+use super::chunks::{Next, Renderer};
+use super::frame::EventFrame;
 
 /// A comment line at least this often, so proxies and the client's idle
 /// timers keep a quiet stream open (a model thinking, a worker restarting).

@@ -12,46 +12,11 @@
 //! text of our own (never the model's); `restart` → `reset-step` and a new
 //! `start-step`: the superseded attempt's parts are taken back.
 
-use std::borrow::Cow;
-
-use protocol::{ErrorCode, FinishReason, MessageId, Usage};
-use serde::{Deserialize, Serialize};
+use protocol::{ErrorCode, FinishReason, MessageId};
+use serde::Serialize;
 use serde_json::json;
-use serde_json::value::RawValue;
 
-/// A stored event as a socket gets it: only the fields the stream needs
-/// (the rest of the frame is skipped unread). The text stays the JSON
-/// string it was stored as: a delta carries it on as it is, never
-/// unescaped and escaped again.
-#[derive(Debug, Deserialize)]
-pub(crate) struct EventFrame<'a> {
-    #[serde(rename = "type", borrow)]
-    pub(crate) kind: Cow<'a, str>,
-    #[serde(default)]
-    pub(crate) message_id: Option<MessageId>,
-    #[serde(default)]
-    pub(crate) attempt: Option<u32>,
-    #[serde(default, borrow)]
-    pub(crate) text: Option<&'a RawValue>,
-    #[serde(default)]
-    pub(crate) finish_reason: Option<FinishReason>,
-    #[serde(default)]
-    pub(crate) usage: Option<Usage>,
-    #[serde(default)]
-    pub(crate) code: Option<ErrorCode>,
-    pub(crate) seq: u64,
-}
-
-impl<'a> EventFrame<'a> {
-    pub(crate) fn parse(frame: &'a str) -> Option<Self> {
-        serde_json::from_str(frame).ok()
-    }
-
-    /// The text, when it is a JSON string.
-    fn json_text(&self) -> Option<&'a RawValue> {
-        self.text.filter(|raw| raw.get().starts_with('"'))
-    }
-}
+use super::frame::{EventFrame, JsonString};
 
 /// One chunk of the UI message stream, serialised as its `data:` line.
 #[derive(Debug, Serialize)]
@@ -68,7 +33,7 @@ pub(crate) enum UiChunk<'a> {
     ReasoningDelta {
         id: &'static str,
         /// A JSON string, as stored.
-        delta: &'a RawValue,
+        delta: JsonString<'a>,
     },
     ReasoningEnd {
         id: &'static str,
@@ -79,7 +44,7 @@ pub(crate) enum UiChunk<'a> {
     TextDelta {
         id: &'static str,
         /// A JSON string, as stored.
-        delta: &'a RawValue,
+        delta: JsonString<'a>,
     },
     TextEnd {
         id: &'static str,
@@ -116,7 +81,7 @@ impl UiChunk<'_> {
             "\",\"id\":\"",
             id,
             "\",\"delta\":",
-            delta.get(),
+            delta.literal(),
             "}",
         ] {
             out.extend_from_slice(piece.as_bytes());
@@ -185,7 +150,7 @@ impl Renderer {
         match event.kind.as_ref() {
             "reasoning" | "chunk" if attempt < self.attempt => {}
             "reasoning" => {
-                let Some(text) = event.json_text() else {
+                let Some(text) = event.text else {
                     return Next::More;
                 };
                 self.attempt = attempt;
@@ -200,7 +165,7 @@ impl Renderer {
                 });
             }
             "chunk" => {
-                let Some(text) = event.json_text() else {
+                let Some(text) = event.text else {
                     return Next::More;
                 };
                 self.attempt = attempt;
@@ -298,7 +263,7 @@ pub(crate) fn error_text(code: Option<ErrorCode>) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use protocol::Event;
+    use protocol::{Event, Usage};
 
     fn frame(event: &Event, seq: u64) -> String {
         protocol::frames::with_seq(&event.to_payload(), seq).unwrap()

@@ -18,6 +18,7 @@
 
 mod body;
 mod chunks;
+mod frame;
 mod inflight;
 mod messages;
 mod request;
