@@ -7,6 +7,7 @@
 //! chunks (stamps removed), and it came in as many deltas as there are
 //! stored chunks: every token once, per message.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -52,14 +53,16 @@ struct Shared {
     stop: AtomicBool,
 }
 
+/// A UI chunk as the client reads it: borrowed from the body where the
+/// JSON allows (a delta with escapes is unescaped into its own string).
 #[derive(Deserialize)]
-struct Chunk {
-    #[serde(rename = "type")]
-    kind: String,
+struct Chunk<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
     #[serde(default, rename = "messageId")]
     message_id: Option<String>,
-    #[serde(default)]
-    delta: Option<String>,
+    #[serde(default, borrow)]
+    delta: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
@@ -193,15 +196,17 @@ async fn turn(
             .context("the SSE response ended before [DONE]")??;
         buffer.push_str(std::str::from_utf8(&bytes).context("SSE body not UTF-8")?);
         let received_us = now_us();
-        while let Some(end) = buffer.find("\n\n") {
-            let block: String = buffer.drain(..end + 2).collect();
+        // The whole events read so far, taken off the buffer once after
+        // (not copied out event by event).
+        let whole = buffer.rfind("\n\n").map_or(0, |end| end + 2);
+        for block in buffer[..whole].split_terminator("\n\n") {
             for data in block.lines().filter_map(|l| l.strip_prefix("data: ")) {
                 if data == "[DONE]" {
                     anyhow::ensure!(carry.is_empty(), "a stamp was cut at the end");
                     return Ok(answer);
                 }
-                let chunk: Chunk = serde_json::from_str(data)?;
-                match chunk.kind.as_str() {
+                let chunk: Chunk<'_> = serde_json::from_str(data)?;
+                match chunk.kind.as_ref() {
                     "start" => answer.message_id = chunk.message_id.unwrap_or_default(),
                     "text-delta" => {
                         answer.deltas += 1;
@@ -225,6 +230,7 @@ async fn turn(
                 }
             }
         }
+        buffer.drain(..whole);
     }
 }
 
