@@ -164,20 +164,14 @@ impl<'a> Layout<'a> {
     }
 
     /// A JSON number as `u64`: digits only, no leading zero but `0` itself.
-    /// Read digit by digit (`str::parse` cost a chunk as much again).
     fn number(&mut self) -> Option<u64> {
-        let bytes = self.0.as_bytes();
-        let digits = bytes.iter().take_while(|b| b.is_ascii_digit()).count();
-        if digits == 0 || (digits > 1 && bytes[0] == b'0') {
+        let digits = self.0.bytes().take_while(u8::is_ascii_digit).count();
+        let (number, rest) = self.0.split_at(digits);
+        if number.is_empty() || (number.len() > 1 && number.starts_with('0')) {
             return None;
         }
-        let mut value: u64 = 0;
-        for &digit in &bytes[..digits] {
-            value = value
-                .checked_mul(10)?
-                .checked_add(u64::from(digit - b'0'))?;
-        }
-        self.0 = &self.0[digits..];
+        let value = number.parse().ok()?;
+        self.0 = rest;
         Some(value)
     }
 
