@@ -124,6 +124,7 @@ async fn sessions_chat_end_to_end_without_loss() {
             answer_tokens: tokens,
             max_turns: None,
             stamped_tokens: true,
+            extra_client_cpu_per_token: Duration::ZERO,
         },
     )
     .await
@@ -133,6 +134,9 @@ async fn sessions_chat_end_to_end_without_loss() {
     assert!(!outcome.ttft.is_empty() && !outcome.chunk_latency.is_empty());
     // Every stamped token was measured once: zero window, a chunk per token.
     assert_eq!(outcome.token_latency.len(), outcome.chunk_latency.len());
+    // Each answer's first chunk is counted again on its own, and only it.
+    assert!(!outcome.first_chunk_token_latency.is_empty());
+    assert!(outcome.first_chunk_token_latency.len() < outcome.token_latency.len());
     assert!(outcome.tokens_per_sec > 0.0 && outcome.bytes_per_sec > 0.0);
     assert_eq!(outcome.sessions.len(), 3);
     assert!(outcome.sessions.iter().all(|s| s.complete && s.turns > 0));

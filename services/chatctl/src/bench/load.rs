@@ -33,6 +33,10 @@ pub struct LoadSpec {
     /// latency is measured, and the stamps are taken off before the answer
     /// is checked.
     pub stamped_tokens: bool,
+    /// CPU the client spends, spinning, per token it receives beyond its
+    /// own work: the `sse` comparison's control (`--sse-control-ns`), a
+    /// WebSocket side made to cost a known amount more per token.
+    pub extra_client_cpu_per_token: Duration,
 }
 
 /// What a load run measured.
@@ -51,6 +55,8 @@ pub struct LoadOutcome {
     /// Model yields a token → client receives the frame carrying it
     /// (coalescing wait included), stamped runs and measured window only.
     pub token_latency: Samples,
+    /// The part of `token_latency` carried by each answer's first chunk.
+    pub first_chunk_token_latency: Samples,
     /// `chat` sent → first chunk received, measured window only.
     pub ttft: Samples,
     /// `chat` sent → `accepted` received (the gateway's part of the first chunk's wait).
@@ -148,6 +154,9 @@ pub async fn run(endpoint: &Endpoint, spec: &LoadSpec) -> anyhow::Result<LoadOut
             Ok(run) => {
                 outcome.chunk_latency.extend(run.chunk_latency);
                 outcome.token_latency.extend(run.token_latency);
+                outcome
+                    .first_chunk_token_latency
+                    .extend(run.first_chunk_token_latency);
                 outcome.ttft.extend(run.ttft);
                 outcome.accepted.extend(run.accepted);
                 outcome.first_published.extend(run.first_published);
@@ -186,6 +195,7 @@ struct SessionRun {
     log: SessionLog,
     chunk_latency: Samples,
     token_latency: Samples,
+    first_chunk_token_latency: Samples,
     ttft: Samples,
     accepted: Samples,
     first_published: Samples,
@@ -217,6 +227,7 @@ async fn chat_loop(
         },
         chunk_latency: Samples::default(),
         token_latency: Samples::default(),
+        first_chunk_token_latency: Samples::default(),
         ttft: Samples::default(),
         accepted: Samples::default(),
         first_published: Samples::default(),
@@ -244,6 +255,18 @@ async fn chat_loop(
     }
     socket.close().await;
     run
+}
+
+/// Keeps this thread busy for `cpu` (nothing when zero): work that costs
+/// what it says, on the client's own task, as a heavier client would.
+fn spin(cpu: Duration) {
+    if cpu.is_zero() {
+        return;
+    }
+    let until = Instant::now() + cpu;
+    while Instant::now() < until {
+        std::hint::spin_loop();
+    }
 }
 
 /// One question and its whole answer. A socket the server closes is
@@ -309,10 +332,14 @@ async fn turn(
                             .push_micros(received_us.saturating_sub(published));
                     }
                     for yielded in stamps {
-                        run.token_latency
-                            .push_micros(received_us.saturating_sub(yielded));
+                        let waited = received_us.saturating_sub(yielded);
+                        run.token_latency.push_micros(waited);
+                        if first {
+                            run.first_chunk_token_latency.push_micros(waited);
+                        }
                     }
                 }
+                spin(spec.extra_client_cpu_per_token * u32::try_from(tokens).unwrap_or(u32::MAX));
             }
             None if frame.is(ControlKind::Accepted) && shared.measuring.load(Ordering::Relaxed) => {
                 run.accepted.push(sent.elapsed());
@@ -443,6 +470,7 @@ pub async fn converse(
         answer_tokens,
         max_turns: Some(turns),
         stamped_tokens: false,
+        extra_client_cpu_per_token: Duration::ZERO,
     };
     let run = chat_loop(
         endpoint.clone(),
@@ -462,6 +490,23 @@ pub async fn converse(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_control_s_extra_cpu_is_spent_on_the_thread() {
+        // This thread's time on a CPU, in ns (the kernel's own count).
+        let cpu = || {
+            let stat = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap();
+            let ns: u64 = stat.split_whitespace().next().unwrap().parse().unwrap();
+            Duration::from_nanos(ns)
+        };
+        let before = cpu();
+        spin(Duration::from_millis(20));
+        let spent = cpu() - before;
+        assert!(spent >= Duration::from_millis(15), "{spent:?}");
+        let before = cpu();
+        spin(Duration::ZERO);
+        assert!(cpu() - before < Duration::from_millis(1));
+    }
 
     #[test]
     fn demo_tokens_are_counted_by_their_starts() {

@@ -158,6 +158,12 @@ pub struct BenchArgs {
     /// decided some comparisons.
     #[arg(long, default_value_t = 3)]
     pub sse_pairs: usize,
+    /// The `sse` comparison's control: its second side is the WebSocket
+    /// again, its client spending this many ns of CPU more per token
+    /// received (0: the WebSocket against itself, the comparison's own
+    /// noise). What a known extra cost does to the p99 at each load.
+    #[arg(long)]
+    pub sse_control_ns: Option<u64>,
     /// Paced stream counts the capacity phase steps through, in order,
     /// until one misses (comma separated).
     #[arg(long, value_delimiter = ',')]

@@ -514,6 +514,7 @@ fn spec(
         answer_tokens: args.answer_tokens,
         max_turns: None,
         stamped_tokens,
+        extra_client_cpu_per_token: Duration::ZERO,
     }
 }
 

@@ -179,6 +179,7 @@ async fn paced(
                 &outcome.cpu,
                 outcome.measured_tokens,
                 &outcome.token_latency,
+                &outcome.first_chunk_token_latency,
             );
             let mut over_sse = sse::Pooled::default();
             // Pair 1 is the run above and an SSE run; then SSE first, then
@@ -192,10 +193,31 @@ async fn paced(
                 for side in order {
                     let load = spec(args, s, streams, s.paced, true);
                     match side {
+                        Side::Sse if args.sse_control_ns.is_some() => {
+                            let ns = args.sse_control_ns.unwrap_or_default();
+                            println!("sse control: the same {streams} streams over the WebSocket, its client spending {ns} ns more per token (pair {pair})");
+                            let taxed = load::LoadSpec {
+                                extra_client_cpu_per_token: std::time::Duration::from_nanos(ns),
+                                ..load
+                            };
+                            let control = load::run(endpoint, &taxed).await?;
+                            over_sse.add(
+                                &control.cpu,
+                                control.measured_tokens,
+                                &control.token_latency,
+                                &control.first_chunk_token_latency,
+                            );
+                            check(report, endpoint, args, control).await;
+                        }
                         Side::Sse => {
                             println!("sse: the same {streams} streams through POST /api/ui/chat (pair {pair})");
                             let sse = sse::run(endpoint, &load).await?;
-                            over_sse.add(&sse.cpu, sse.measured_tokens, &sse.token_latency);
+                            over_sse.add(
+                                &sse.cpu,
+                                sse.measured_tokens,
+                                &sse.token_latency,
+                                &sse.first_chunk_token_latency,
+                            );
                             let mut problems = sse.problems;
                             problems.extend(
                                 sse::verify(endpoint, &sse.answers, args.verify_sessions).await,
@@ -207,13 +229,22 @@ async fn paced(
                         Side::WebSocket => {
                             println!("sse: the same {streams} streams over the WebSocket again (pair {pair})");
                             let again = load::run(endpoint, &load).await?;
-                            ws.add(&again.cpu, again.measured_tokens, &again.token_latency);
+                            ws.add(
+                                &again.cpu,
+                                again.measured_tokens,
+                                &again.token_latency,
+                                &again.first_chunk_token_latency,
+                            );
                             check(report, endpoint, args, again).await;
                         }
                     }
                 }
             }
-            sse::compare(report, &mut ws, &mut over_sse, &run);
+            let side = match args.sse_control_ns {
+                Some(ns) => sse::Compared::Control { extra_ns: ns },
+                None => sse::Compared::Sse,
+            };
+            sse::compare(report, &mut ws, &mut over_sse, &run, side);
         }
         check(report, endpoint, args, std::mem::take(&mut outcome)).await;
     }
