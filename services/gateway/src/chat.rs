@@ -88,21 +88,6 @@ pub async fn submit(
     session: SessionId,
     input: ChatInput,
 ) -> Result<Accepted, ApiError> {
-    let (accepted, job) = submit_deferring(state, session, input).await?;
-    if let Some(job) = job {
-        job.queue(state).await?;
-    }
-    Ok(accepted)
-}
-
-/// [`submit`], up to the job: the question is admitted and stored, and its
-/// job (none for a retry of a settled message) is handed back for the
-/// caller to queue, who may begin its answer first.
-pub async fn submit_deferring(
-    state: &AppState,
-    session: SessionId,
-    input: ChatInput,
-) -> Result<(Accepted, Option<PendingJob>), ApiError> {
     validate(state, &input)?;
     let message_id = input.message_id.unwrap_or_default();
     let limit = state.config.max_in_flight_per_session;
@@ -148,7 +133,7 @@ pub async fn submit_deferring(
         .map_err(ApiError::nats)?;
     match admitted {
         Ok(Ok(_)) if settled.load(Ordering::Relaxed) => {
-            return Ok((retried_late(state, session, message_id).await?, None))
+            return retried_late(state, session, message_id).await
         }
         Ok(Ok(admitted)) => {
             admit_for_owner(
@@ -171,7 +156,7 @@ pub async fn submit_deferring(
         Err(e) => return Err(ApiError::nats(e)),
     }
 
-    let (accepted, job) = store_question(
+    queue(
         state,
         session,
         Question {
@@ -182,8 +167,7 @@ pub async fn submit_deferring(
             accepted_at_ms: now,
         },
     )
-    .await?;
-    Ok((accepted, Some(job)))
+    .await
 }
 
 /// Counts an admitted message against its session owner's quota (`jwt`
@@ -257,54 +241,11 @@ pub(crate) struct Question {
 /// Stores the question's echo, then queues its job, both deduplicated on
 /// the message id. The message is in the session record's `active` list
 /// already; a refusal takes it out again.
-/// A question stored, its job not queued yet: [`PendingJob::queue`]
-/// queues it (a worker may take it before its ack comes back).
-pub struct PendingJob {
-    session: SessionId,
-    message_id: MessageId,
-    subject: String,
-    payload: bytes::Bytes,
-    headers: HeaderMap,
-}
-
-impl PendingJob {
-    /// Queues the job, asking again while the outcome is unknown. A job the
-    /// work-queue refuses has its refusal stored in the session's events.
-    pub async fn queue(self, state: &AppState) -> Result<(), ApiError> {
-        let PendingJob {
-            session,
-            message_id,
-            subject,
-            payload,
-            headers,
-        } = self;
-        match publish_job(state, subject, payload, (session, message_id), headers).await {
-            Ok(()) => Ok(()),
-            Err(JobNotQueued {
-                error: e,
-                maybe_queued: true,
-            }) => {
-                // The job may be queued (only its ack was lost): storing a
-                // refusal now could put an `error` before a whole answer. The
-                // message stays in flight; a retry with the same id publishes
-                // again, deduplicated, and the worker that answers it (or the
-                // in-flight entry's expiry) ends it.
-                tracing::warn!(error = %e, %message_id, "queueing a job: outcome unknown");
-                Err(ApiError::nats(e))
-            }
-            Err(JobNotQueued { error, .. }) => {
-                Err(refused(state, session, message_id, error).await)
-            }
-        }
-    }
-}
-
-/// Stores the question's echo; hands back its job, to be queued.
-pub(crate) async fn store_question(
+pub(crate) async fn queue(
     state: &AppState,
     session: SessionId,
     question: Question,
-) -> Result<(Accepted, PendingJob), ApiError> {
+) -> Result<Accepted, ApiError> {
     let message_id = question.message_id;
     let echo = Event::UserMessage {
         message_id,
@@ -340,20 +281,34 @@ pub(crate) async fn store_question(
     let payload = serde_json::to_vec(&request).map_err(ApiError::nats)?;
     let mut headers = HeaderMap::new();
     telemetry::trace_context::inject(&mut headers);
-    Ok((
-        Accepted {
+    let queued = publish_job(
+        state,
+        subjects::requests(session),
+        payload.into(),
+        (session, message_id),
+        headers,
+    )
+    .await;
+    match queued {
+        Ok(()) => Ok(Accepted {
             message_id,
             seq,
             echo,
-        },
-        PendingJob {
-            session,
-            message_id,
-            subject: subjects::requests(session),
-            payload: payload.into(),
-            headers,
-        },
-    ))
+        }),
+        Err(JobNotQueued {
+            error: e,
+            maybe_queued: true,
+        }) => {
+            // The job may be queued (only its ack was lost): storing a
+            // refusal now could put an `error` before a whole answer. The
+            // message stays in flight; a retry with the same id publishes
+            // again, deduplicated, and the worker that answers it (or the
+            // in-flight entry's expiry) ends it.
+            tracing::warn!(error = %e, %message_id, "queueing a job: outcome unknown");
+            Err(ApiError::nats(e))
+        }
+        Err(JobNotQueued { error, .. }) => Err(refused(state, session, message_id, error).await),
+    }
 }
 
 /// A job publish that did not end in an ack.

@@ -2,9 +2,8 @@
 //! that asks the replaced message's question again and names it in
 //! `replaces`. Only the session's last question may be replaced, once its
 //! answer has ended; the new message then counts against the in-flight limit
-//! and is stored and queued exactly as a chat (`chat::store_question`, then
-//! [`PendingJob::queue`]), so a retry with the same `message_id` gets the
-//! same `seq` back.
+//! and is stored and queued exactly as a chat ([`chat::queue`]), so a retry
+//! with the same `message_id` gets the same `seq` back.
 
 use std::time::Duration;
 
@@ -14,7 +13,7 @@ use protocol::{now_ms, stored, MessageId, SessionId};
 use tokio::time::Instant;
 
 use crate::app::AppState;
-use crate::chat::{self, Accepted, PendingJob, Question};
+use crate::chat::{self, Accepted, Question};
 use crate::error::ApiError;
 use crate::replay::HISTORY_TURNS;
 
@@ -50,18 +49,6 @@ pub async fn regenerate(
     session: SessionId,
     input: RegenerateInput,
 ) -> Result<Accepted, ApiError> {
-    let (accepted, job) = regenerate_deferring(state, session, input).await?;
-    job.queue(state).await?;
-    Ok(accepted)
-}
-
-/// [`regenerate`], up to the job: admitted and stored, its job handed back
-/// for the caller to queue, who may begin its answer first.
-pub async fn regenerate_deferring(
-    state: &AppState,
-    session: SessionId,
-    input: RegenerateInput,
-) -> Result<(Accepted, PendingJob), ApiError> {
     chat::validate_model(state, input.model.as_deref())?;
     let message_id = input.message_id.unwrap_or_default();
     let record = sessions::load(&state.layout.sessions, session)
@@ -104,7 +91,7 @@ pub async fn regenerate_deferring(
         Err(SessionStoreError::NotFound) => return Err(unknown_session()),
         Err(e) => return Err(ApiError::nats(e)),
     }
-    chat::store_question(
+    chat::queue(
         state,
         session,
         Question {

@@ -20,12 +20,11 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::extract::ws::Message;
 use futures::{Sink, Stream};
-use protocol::{Event, MessageId};
+use protocol::MessageId;
 use tokio::time::{Instant, Sleep};
 
 use super::chunks::{Next, Renderer};
 use super::frame::EventFrame;
-use crate::error::ApiError;
 
 /// A comment line at least this often, so proxies and the client's idle
 /// timers keep a quiet stream open (a model thinking, a worker restarting).
@@ -122,50 +121,6 @@ impl Sink<Message> for FrameSink {
 
     fn poll_close(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Result<(), Ended>> {
         Poll::Ready(Ok(()))
-    }
-}
-
-impl FrameSink {
-    /// A second handle on the same body: to end it from beside the relay.
-    pub(super) fn handle(&self) -> FrameSink {
-        FrameSink(self.0.clone())
-    }
-
-    /// Ends the answer, unless it ended already, with the `error` chunk
-    /// `refusal` stands for (a short text by its code) and `[DONE]`. The
-    /// chunk has no `id:`: no stored event is its source.
-    pub(super) fn fail(&self, message_id: MessageId, refusal: &ApiError) {
-        let event = Event::Error {
-            message_id: Some(message_id),
-            code: refusal.code(),
-            message: refusal.to_string(),
-        };
-        let Some(frame) = protocol::frames::with_seq(&event.to_payload(), 0) else {
-            return;
-        };
-        let Some(event) = EventFrame::parse(&frame) else {
-            return;
-        };
-        let mut rendered = lock(&self.0);
-        let Rendered {
-            out,
-            renderer,
-            ending,
-        } = &mut *rendered;
-        if ending.is_some() {
-            return;
-        }
-        renderer.render(&event, |chunk| {
-            let before = out.len();
-            out.extend_from_slice(b"data: ");
-            if chunk.write_json(out).is_ok() {
-                out.extend_from_slice(b"\n\n");
-            } else {
-                out.truncate(before);
-            }
-        });
-        out.extend_from_slice(b"data: [DONE]\n\n");
-        *ending = Some(Ending::Finished);
     }
 }
 
@@ -401,32 +356,6 @@ mod tests {
         let mut body = AnswerBody::new(id, |_| async {});
         assert!(body.next().await.unwrap().is_err());
         assert!(body.next().await.is_none());
-    }
-
-    #[tokio::test]
-    async fn a_failed_job_ends_the_answer_after_what_was_shown_and_only_once() {
-        let id = MessageId::new();
-        let overloaded = ApiError::Overloaded("full".into());
-        let mut body = AnswerBody::new(id, |mut sink| async move {
-            let failed = sink.handle();
-            sink.send(frame(&chunk(id, 0, "Hel"), 3)).await.unwrap();
-            failed.fail(id, &overloaded);
-            // Ended: neither another frame nor another failure is rendered.
-            assert!(sink.send(frame(&chunk(id, 1, "lo"), 4)).await.is_err());
-            failed.fail(id, &ApiError::Unauthorized);
-        });
-        let written = body.next().await.unwrap().unwrap();
-        let written = std::str::from_utf8(&written).unwrap();
-        let events: Vec<&str> = written.split_terminator("\n\n").collect();
-        assert_eq!(events.len(), 7, "{written}");
-        assert!(events[3].ends_with(r#"data: {"type":"text-delta","id":"text","delta":"Hel"}"#));
-        assert_eq!(events[4], r#"data: {"type":"text-end","id":"text"}"#);
-        assert_eq!(
-            events[5],
-            r#"data: {"type":"error","errorText":"the service is at capacity; try again shortly"}"#
-        );
-        assert_eq!(events[6], "data: [DONE]");
-        assert!(body.next().await.is_none(), "a clean end, not a cut");
     }
 
     #[tokio::test]

@@ -40,7 +40,7 @@ use self::body::AnswerBody;
 use self::request::{Trigger, UiChatBody};
 use crate::app::AppState;
 use crate::auth::{self, AuthenticatedSession};
-use crate::chat::{self, ChatInput, PendingJob};
+use crate::chat::{self, ChatInput};
 use crate::error::ApiError;
 use crate::extract::JsonBody;
 use crate::regenerate::{self, RegenerateInput};
@@ -152,10 +152,7 @@ async fn post_chat(
     // Attached before the question is stored: every event after it comes
     // live, and the stream need not be read to start.
     let feed = SessionFeed::attach(&state, session).await?;
-    // The job is queued once the response has begun: a worker may take it
-    // before JetStream's ack comes back, and its first chunks must not wait
-    // for that ack (a socket forwards them the moment they come).
-    let (accepted, job) = match trigger {
+    let accepted = match trigger {
         Trigger::Submit => {
             let input = ChatInput {
                 message_id: body.question_id(),
@@ -163,7 +160,7 @@ async fn post_chat(
                 model: None,
                 checked_record,
             };
-            chat::submit_deferring(&state, session, input).await?
+            chat::submit(&state, session, input).await?
         }
         Trigger::Regenerate => {
             let input = RegenerateInput {
@@ -171,12 +168,11 @@ async fn post_chat(
                 replaces: body.regenerated(),
                 model: None,
             };
-            let (accepted, job) = regenerate::regenerate_deferring(&state, session, input).await?;
-            (accepted, Some(job))
+            regenerate::regenerate(&state, session, input).await?
         }
     };
     let feed = feed.starting_at_question(&accepted).await?;
-    let mut response = ui_stream(&state, feed, accepted.message_id, job);
+    let mut response = ui_stream(&state, feed, accepted.message_id);
     if let Ok(value) = HeaderValue::from_str(&accepted.message_id.to_string()) {
         response.headers_mut().insert(RESUMABLE_STREAM_ID, value);
     }
@@ -213,7 +209,7 @@ async fn resume(
         return Ok(StatusCode::NO_CONTENT.into_response());
     };
     let feed = SessionFeed::open(state, session, flight.start_after).await?;
-    Ok(ui_stream(state, feed, flight.message_id, None))
+    Ok(ui_stream(state, feed, flight.message_id))
 }
 
 async fn post_stop(State(state): State<AppState>, chat: ChatSession) -> Result<Response, ApiError> {
@@ -253,33 +249,10 @@ async fn get_messages(
 /// The SSE response: the session's relay, run inside the body
 /// ([`AnswerBody`]), renders the answer's events as UI message chunks and
 /// ends after its terminal event with `[DONE]`.
-fn ui_stream(
-    state: &AppState,
-    feed: SessionFeed,
-    message_id: MessageId,
-    job: Option<PendingJob>,
-) -> Response {
+fn ui_stream(state: &AppState, feed: SessionFeed, message_id: MessageId) -> Response {
     let state = state.clone();
     let relay = AnswerBody::new(message_id, move |sink| {
-        let failed = sink.handle();
-        async move {
-            let Some(job) = job else {
-                return feed.relay(state, sink).await;
-            };
-            let relay = feed.relay(state.clone(), sink);
-            let queued = job.queue(&state);
-            tokio::pin!(relay, queued);
-            tokio::select! {
-                () = &mut relay => {}
-                outcome = &mut queued => match outcome {
-                    Ok(()) => relay.await,
-                    // A refusal is stored in the session's events too; the
-                    // answer ends here, with the reason, either way.
-                    Err(refusal) => failed.fail(message_id, &refusal),
-                },
-            }
-        }
-        .in_current_span()
+        feed.relay(state, sink).in_current_span()
     });
     (
         [
