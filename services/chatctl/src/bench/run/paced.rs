@@ -211,7 +211,15 @@ async fn paced(
                         }
                         Side::Sse => {
                             println!("sse: the same {streams} streams through POST /api/ui/chat (pair {pair})");
+                            let before = RepairCounters::read(gateway_metrics).await;
                             let sse = sse::run(endpoint, &load).await?;
+                            let after = RepairCounters::read(gateway_metrics).await;
+                            RepairCounters::note(
+                                before,
+                                after,
+                                &format!("{run} over SSE (pair {pair})"),
+                                report,
+                            );
                             over_sse.add(
                                 &sse.cpu,
                                 sse.measured_tokens,
