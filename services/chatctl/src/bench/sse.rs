@@ -551,6 +551,22 @@ mod tests {
         samples
     }
 
+    /// One run of each side (its CPU, and every token's latency in ms),
+    /// compared.
+    fn one_pair(
+        ws: (BTreeMap<String, f64>, u64),
+        other: (BTreeMap<String, f64>, u64),
+        run: &str,
+        side: Compared,
+    ) -> Report {
+        let (mut ws_side, mut other_side) = (Pooled::default(), Pooled::default());
+        ws_side.add(&ws.0, 10_000, &latency(ws.1), &latency(ws.1));
+        other_side.add(&other.0, 10_000, &latency(other.1), &latency(other.1));
+        let mut report = Report::default();
+        compare(&mut report, &mut ws_side, &mut other_side, run, side);
+        report
+    }
+
     fn row<'r>(report: &'r Report, starts: &str) -> &'r Row {
         report
             .rows
@@ -591,14 +607,9 @@ mod tests {
         assert_eq!(latency_row.met, Some(true));
 
         // One pair only, SSE 25 % dearer: the target is missed.
-        let (mut ws, mut sse) = (Pooled::default(), Pooled::default());
-        ws.add(&cpu(1.0, 3.0), 10_000, &latency(20), &latency(20));
-        sse.add(&cpu(1.5, 3.5), 10_000, &latency(30), &latency(30));
-        let mut report = Report::default();
-        compare(
-            &mut report,
-            &mut ws,
-            &mut sse,
+        let report = one_pair(
+            (cpu(1.0, 3.0), 20),
+            (cpu(1.5, 3.5), 30),
             "10 paced streams",
             Compared::Sse,
         );
@@ -608,14 +619,9 @@ mod tests {
 
     #[test]
     fn a_control_is_named_as_one_and_sets_no_target() {
-        let (mut ws, mut control) = (Pooled::default(), Pooled::default());
-        ws.add(&cpu(1.0, 3.0), 10_000, &latency(20), &latency(20));
-        control.add(&cpu(1.0, 3.5), 10_000, &latency(30), &latency(30));
-        let mut report = Report::default();
-        compare(
-            &mut report,
-            &mut ws,
-            &mut control,
+        let report = one_pair(
+            (cpu(1.0, 3.0), 20),
+            (cpu(1.0, 3.5), 30),
             "1000 paced streams",
             Compared::Control { extra_ns: 700 },
         );
@@ -646,26 +652,11 @@ mod tests {
 
     #[test]
     fn the_processes_the_transport_does_not_touch_show_the_machines_drift() {
-        let (mut ws, mut sse) = (Pooled::default(), Pooled::default());
         // The SSE side ran on a slower machine: nats-server and the worker
         // cost 20 % more there, the gateway 50 %.
-        ws.add(
-            &cpu_with_worker(1.0, 2.0, 3.0),
-            10_000,
-            &latency(20),
-            &latency(20),
-        );
-        sse.add(
-            &cpu_with_worker(1.5, 2.4, 3.6),
-            10_000,
-            &latency(20),
-            &latency(20),
-        );
-        let mut report = Report::default();
-        compare(
-            &mut report,
-            &mut ws,
-            &mut sse,
+        let report = one_pair(
+            (cpu_with_worker(1.0, 2.0, 3.0), 20),
+            (cpu_with_worker(1.5, 2.4, 3.6), 20),
             "100 paced streams",
             Compared::Sse,
         );

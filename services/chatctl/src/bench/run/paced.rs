@@ -192,9 +192,8 @@ async fn paced(
                 };
                 for side in order {
                     let load = spec(args, s, streams, s.paced, true);
-                    match side {
-                        Side::Sse if args.sse_control_ns.is_some() => {
-                            let ns = args.sse_control_ns.unwrap_or_default();
+                    match (side, args.sse_control_ns) {
+                        (Side::Sse, Some(ns)) => {
                             println!("sse control: the same {streams} streams over the WebSocket, its client spending {ns} ns more per token (pair {pair})");
                             let taxed = load::LoadSpec {
                                 extra_client_cpu_per_token: std::time::Duration::from_nanos(ns),
@@ -209,7 +208,7 @@ async fn paced(
                             );
                             check(report, endpoint, args, control).await;
                         }
-                        Side::Sse => {
+                        (Side::Sse, None) => {
                             println!("sse: the same {streams} streams through POST /api/ui/chat (pair {pair})");
                             let before = RepairCounters::read(gateway_metrics).await;
                             let sse = sse::run(endpoint, &load).await?;
@@ -234,7 +233,7 @@ async fn paced(
                                 report.problem(p);
                             }
                         }
-                        Side::WebSocket => {
+                        (Side::WebSocket, _) => {
                             println!("sse: the same {streams} streams over the WebSocket again (pair {pair})");
                             let again = load::run(endpoint, &load).await?;
                             ws.add(
