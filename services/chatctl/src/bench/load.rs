@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 use futures::{StreamExt, TryStreamExt};
 use protocol::{ControlKind, EventKind, MessageId};
 
-use super::cpu::CpuSnapshot;
+use super::cpu::{CpuSnapshot, RunQueue};
 use super::ledger::{self, MessageCheck, SeqLog};
+use super::publish_acks::PublishAcks;
 use super::socket::{chat_frame, Attach, Endpoint, Frame, Ready, Socket, FRAME_TIMEOUT};
 use super::stats::{now_us, Samples};
 
@@ -37,6 +38,9 @@ pub struct LoadSpec {
     /// own work: the `sse` comparison's control (`--sse-control-ns`), a
     /// WebSocket side made to cost a known amount more per token.
     pub extra_client_cpu_per_token: Duration,
+    /// The workers' `/metrics`, read around the measured window for their
+    /// publish → ack time (none: not read).
+    pub worker_metrics: Vec<String>,
 }
 
 /// What a load run measured.
@@ -66,6 +70,10 @@ pub struct LoadOutcome {
     pub first_published: Samples,
     /// CPU seconds per component during the measured window.
     pub cpu: BTreeMap<String, f64>,
+    /// The components' waits for a core during the measured window.
+    pub run_queue: BTreeMap<String, RunQueue>,
+    /// The workers' publish → ack times during the measured window.
+    pub publish_acks: Option<PublishAcks>,
     /// Chunks delivered during the measured window.
     pub measured_chunks: u64,
     /// Tokens delivered during the measured window.
@@ -129,6 +137,7 @@ pub async fn run(endpoint: &Endpoint, spec: &LoadSpec) -> anyhow::Result<LoadOut
         [&shared.chunks, &shared.turns, &shared.tokens, &shared.bytes]
             .map(|c| c.load(Ordering::Relaxed))
     };
+    let acks_before = PublishAcks::read(&spec.worker_metrics).await;
     let [c0, t0, k0, b0] = counts(&shared);
     let started = Instant::now();
     let cpu_before = CpuSnapshot::take();
@@ -137,14 +146,17 @@ pub async fn run(endpoint: &Endpoint, spec: &LoadSpec) -> anyhow::Result<LoadOut
     shared.measuring.store(false, Ordering::Relaxed);
     let elapsed = started.elapsed().as_secs_f64();
     let [c1, t1, k1, b1] = counts(&shared);
-    let cpu = CpuSnapshot::take().since(&cpu_before);
+    let cpu_after = CpuSnapshot::take();
+    let acks_after = PublishAcks::read(&spec.worker_metrics).await;
     shared.stop.store(true, Ordering::Relaxed);
     let mut outcome = LoadOutcome {
         chunks_per_sec: (c1 - c0) as f64 / elapsed,
         turns_per_sec: (t1 - t0) as f64 / elapsed,
         tokens_per_sec: (k1 - k0) as f64 / elapsed,
         bytes_per_sec: (b1 - b0) as f64 / elapsed,
-        cpu,
+        cpu: cpu_after.since(&cpu_before),
+        run_queue: cpu_after.run_queue_since(&cpu_before),
+        publish_acks: acks_after.zip(acks_before).map(|(a, b)| a.since(b)),
         measured_chunks: c1 - c0,
         measured_tokens: k1 - k0,
         ..Default::default()
@@ -471,6 +483,7 @@ pub async fn converse(
         max_turns: Some(turns),
         stamped_tokens: false,
         extra_client_cpu_per_token: Duration::ZERO,
+        worker_metrics: Vec::new(),
     };
     let run = chat_loop(
         endpoint.clone(),
@@ -493,19 +506,28 @@ mod tests {
 
     #[test]
     fn the_control_s_extra_cpu_is_spent_on_the_thread() {
-        // This thread's time on a CPU, in ns (the kernel's own count).
-        let cpu = || {
+        // This thread's time on a core and waiting for one, in ns (the
+        // kernel's own counts): a spin keeps it runnable throughout, so the
+        // two add up to the spin even when other threads take the cores.
+        let runnable = || {
             let stat = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap();
-            let ns: u64 = stat.split_whitespace().next().unwrap().parse().unwrap();
-            Duration::from_nanos(ns)
+            let mut fields = stat.split_whitespace().map(|f| f.parse::<u64>().unwrap());
+            let (ran, waited) = (fields.next().unwrap(), fields.next().unwrap());
+            (Duration::from_nanos(ran), Duration::from_nanos(waited))
         };
-        let before = cpu();
+        let before = runnable();
         spin(Duration::from_millis(20));
-        let spent = cpu() - before;
-        assert!(spent >= Duration::from_millis(15), "{spent:?}");
-        let before = cpu();
+        let after = runnable();
+        let (ran, waited) = (after.0 - before.0, after.1 - before.1);
+        assert!(ran > Duration::ZERO, "{ran:?}");
+        assert!(
+            ran + waited >= Duration::from_millis(15),
+            "{ran:?} + {waited:?}"
+        );
+        let before = runnable();
         spin(Duration::ZERO);
-        assert!(cpu() - before < Duration::from_millis(1));
+        let after = runnable();
+        assert!(after.0 - before.0 < Duration::from_millis(1));
     }
 
     #[test]

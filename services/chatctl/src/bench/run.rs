@@ -515,6 +515,7 @@ fn spec(
         max_turns: None,
         stamped_tokens,
         extra_client_cpu_per_token: Duration::ZERO,
+        worker_metrics: Vec::new(),
     }
 }
 
@@ -589,15 +590,8 @@ struct RepairCounters {
 
 impl RepairCounters {
     async fn read(urls: &[String]) -> Option<Self> {
-        if urls.is_empty() {
-            return None;
-        }
         let mut sum = Self::default();
-        for url in urls {
-            let (status, text) = stack::http_get(url).await.ok()?;
-            if status != 200 {
-                return None;
-            }
+        for text in super::scrape::every(urls).await? {
             let value = |name: &str| {
                 text.lines()
                     .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())

@@ -19,8 +19,9 @@ use serde::Deserialize;
 use serde_json::json;
 use worker::backends::demo::{strip_stamps, STAMP_CLOSE, STAMP_OPEN};
 
-use super::cpu::CpuSnapshot;
-use super::load::LoadSpec;
+use super::cpu::{CpuSnapshot, RunQueue};
+use super::load::{LoadOutcome, LoadSpec};
+use super::publish_acks::PublishAcks;
 use super::report::{Report, Row};
 use super::socket::{Endpoint, FRAME_TIMEOUT};
 use super::stats::{now_us, Samples};
@@ -34,6 +35,10 @@ pub struct SseOutcome {
     pub tokens_per_sec: f64,
     pub measured_tokens: u64,
     pub cpu: BTreeMap<String, f64>,
+    /// The components' waits for a core during the measured window.
+    pub run_queue: BTreeMap<String, RunQueue>,
+    /// The workers' publish → ack times during the measured window.
+    pub publish_acks: Option<PublishAcks>,
     pub answers: Vec<Answer>,
     pub problems: Vec<String>,
 }
@@ -101,6 +106,7 @@ pub async fn run(endpoint: &Endpoint, spec: &LoadSpec) -> anyhow::Result<SseOutc
         tasks.spawn(async move { session_loop(client, base, session, i, shared, max_turns).await });
     }
     tokio::time::sleep(spec.warmup).await;
+    let acks_before = PublishAcks::read(&spec.worker_metrics).await;
     let k0 = shared.tokens.load(Ordering::Relaxed);
     let started = Instant::now();
     let cpu_before = CpuSnapshot::take();
@@ -109,12 +115,15 @@ pub async fn run(endpoint: &Endpoint, spec: &LoadSpec) -> anyhow::Result<SseOutc
     shared.measuring.store(false, Ordering::Relaxed);
     let elapsed = started.elapsed().as_secs_f64();
     let k1 = shared.tokens.load(Ordering::Relaxed);
-    let cpu = CpuSnapshot::take().since(&cpu_before);
+    let cpu_after = CpuSnapshot::take();
+    let acks_after = PublishAcks::read(&spec.worker_metrics).await;
     shared.stop.store(true, Ordering::Relaxed);
     let mut outcome = SseOutcome {
         tokens_per_sec: (k1 - k0) as f64 / elapsed,
         measured_tokens: k1 - k0,
-        cpu,
+        cpu: cpu_after.since(&cpu_before),
+        run_queue: cpu_after.run_queue_since(&cpu_before),
+        publish_acks: acks_after.zip(acks_before).map(|(a, b)| a.since(b)),
         ..Default::default()
     };
     while let Some(joined) = tasks.join_next().await {
@@ -350,23 +359,63 @@ pub struct Pooled {
     first_chunk_latency: Samples,
     /// CPU per token of each run (all processes), in the order run.
     per_run: Vec<f64>,
+    /// The components' waits for a core.
+    run_queue: BTreeMap<String, RunQueue>,
+    /// The workers' publish → ack times; `None` once a run lacked them.
+    publish_acks: Option<PublishAcks>,
 }
 
+/// One run of a side, as the comparison pools it.
+pub struct SideRun<'a> {
+    pub cpu: &'a BTreeMap<String, f64>,
+    pub tokens: u64,
+    pub latency: &'a Samples,
+    pub first_chunk_latency: &'a Samples,
+    pub run_queue: &'a BTreeMap<String, RunQueue>,
+    pub publish_acks: Option<PublishAcks>,
+}
+
+/// A run of either transport: their outcomes name the pooled figures alike.
+macro_rules! side_run_from {
+    ($outcome:ty) => {
+        impl<'a> From<&'a $outcome> for SideRun<'a> {
+            fn from(run: &'a $outcome) -> Self {
+                Self {
+                    cpu: &run.cpu,
+                    tokens: run.measured_tokens,
+                    latency: &run.token_latency,
+                    first_chunk_latency: &run.first_chunk_token_latency,
+                    run_queue: &run.run_queue,
+                    publish_acks: run.publish_acks,
+                }
+            }
+        }
+    };
+}
+side_run_from!(LoadOutcome);
+side_run_from!(SseOutcome);
+
 impl Pooled {
-    pub fn add(
-        &mut self,
-        cpu: &BTreeMap<String, f64>,
-        tokens: u64,
-        latency: &Samples,
-        first_chunk_latency: &Samples,
-    ) {
-        for (name, secs) in cpu {
+    pub fn add(&mut self, run: SideRun<'_>) {
+        for (name, secs) in run.cpu {
             *self.cpu.entry(name.clone()).or_default() += secs;
         }
-        self.tokens += tokens;
-        self.latency.extend(latency.clone());
-        self.first_chunk_latency.extend(first_chunk_latency.clone());
-        self.per_run.push(cpu_per_token(cpu, tokens, None));
+        for (name, waited) in run.run_queue {
+            self.run_queue.entry(name.clone()).or_default().add(*waited);
+        }
+        self.publish_acks = match (self.per_run.is_empty(), self.publish_acks, run.publish_acks) {
+            (true, _, acks) => acks,
+            (false, Some(mut pooled), Some(acks)) => {
+                pooled.add(acks);
+                Some(pooled)
+            }
+            _ => None,
+        };
+        self.tokens += run.tokens;
+        self.latency.extend(run.latency.clone());
+        self.first_chunk_latency
+            .extend(run.first_chunk_latency.clone());
+        self.per_run.push(cpu_per_token(run.cpu, run.tokens, None));
     }
 
     fn per_token(&self, only: Option<&str>) -> f64 {
@@ -374,10 +423,11 @@ impl Pooled {
     }
 }
 
-/// The processes whose work per token does not depend on the client's
-/// transport (the stored events and their delivery to the gateways are
-/// the same): how far they move between the sides is how far the machine
-/// drifted, not SSE.
+/// The processes the client's transport does not reach directly (the
+/// stored events and their delivery to the gateways are the same): they
+/// move between the sides with the machine's drift, and with the workers'
+/// window, which gathers more tokens per chunk when the path to NATS is
+/// slower (fewer publishes per token).
 const TRANSPORT_BLIND: [&str; 2] = ["nats-server", "worker"];
 
 /// µs of CPU per token, of every process or of `only`.
@@ -514,7 +564,7 @@ pub fn compare(report: &mut Report, ws: &mut Pooled, sse: &mut Pooled, run: &str
         format!("{name} vs WebSocket CPU per token, {run}"),
         values,
         format!(
-            "{name} {sse_all:.1} µs per token in all (gateways {sse_gw:.1}), WebSocket {ws_all:.1} (gateways {ws_gw:.1}); {runs} runs of each pooled, pair by pair {pairs}; nats-server and workers, which the transport does not touch, {:.0} % (the machine's drift)",
+            "{name} {sse_all:.1} µs per token in all (gateways {sse_gw:.1}), WebSocket {ws_all:.1} (gateways {ws_gw:.1}); {runs} runs of each pooled, pair by pair {pairs}; nats-server and workers {:.0} % (the transport reaches them only through the workers' window: more tokens per chunk cost them less per token)",
             drift * 100.0
         ),
     );
@@ -524,6 +574,63 @@ pub fn compare(report: &mut Report, ws: &mut Pooled, sse: &mut Pooled, run: &str
     } else {
         row
     });
+    if let Some(row) = waits_row(ws, sse, run, &name) {
+        report.push(row);
+    }
+}
+
+/// What a token waits on besides CPU, side by side: the workers' mean
+/// publish → ack (their adaptive window is a multiple of it) and each
+/// component's mean wait for a core each time one of its threads got one.
+fn waits_row(ws: &Pooled, other: &Pooled, run: &str, name: &str) -> Option<Row> {
+    let mut values = Vec::new();
+    let mut parts = Vec::new();
+    if let (Some(ws_ms), Some(other_ms)) = (
+        ws.publish_acks.and_then(|a| a.mean_ms()),
+        other.publish_acks.and_then(|a| a.mean_ms()),
+    ) {
+        values.push(("ws_publish_ack_ms".to_string(), ws_ms));
+        values.push(("other_publish_ack_ms".to_string(), other_ms));
+        parts.push(format!(
+            "the workers' publish → ack {ws_ms:.1} → {other_ms:.1} ms"
+        ));
+    }
+    let mut waits = Vec::new();
+    for (component, ws_waited) in &ws.run_queue {
+        let Some(other_waited) = other.run_queue.get(component) else {
+            continue;
+        };
+        let (Some(ws_us), Some(other_us)) = (ws_waited.us_per_run(), other_waited.us_per_run())
+        else {
+            continue;
+        };
+        values.push((format!("ws_{component}_wait_us_per_run"), ws_us));
+        values.push((format!("other_{component}_wait_us_per_run"), other_us));
+        // How often its threads were given a core, per token: more turns
+        // at the same CPU is more waking up.
+        values.push((
+            format!("ws_{component}_runs_per_token"),
+            ws_waited.runs as f64 / ws.tokens.max(1) as f64,
+        ));
+        values.push((
+            format!("other_{component}_runs_per_token"),
+            other_waited.runs as f64 / other.tokens.max(1) as f64,
+        ));
+        waits.push(format!("{component} {ws_us:.0} → {other_us:.0}"));
+    }
+    if !waits.is_empty() {
+        parts.push(format!(
+            "a thread's wait for a core each time it got one, µs: {}",
+            waits.join(", ")
+        ));
+    }
+    (!values.is_empty()).then(|| {
+        Row::text(
+            format!("waits beside the CPU, WebSocket → {name}, {run}"),
+            values,
+            parts.join("; "),
+        )
+    })
 }
 
 #[cfg(test)]
@@ -543,6 +650,19 @@ mod tests {
         all
     }
 
+    /// A run of 10,000 tokens, each `ms` late.
+    fn add(side: &mut Pooled, cpu: BTreeMap<String, f64>, ms: u64) {
+        let latency = latency(ms);
+        side.add(SideRun {
+            cpu: &cpu,
+            tokens: 10_000,
+            latency: &latency,
+            first_chunk_latency: &latency,
+            run_queue: &BTreeMap::new(),
+            publish_acks: None,
+        });
+    }
+
     fn latency(ms: u64) -> Samples {
         let mut samples = Samples::default();
         for _ in 0..100 {
@@ -560,8 +680,8 @@ mod tests {
         side: Compared,
     ) -> Report {
         let (mut ws_side, mut other_side) = (Pooled::default(), Pooled::default());
-        ws_side.add(&ws.0, 10_000, &latency(ws.1), &latency(ws.1));
-        other_side.add(&other.0, 10_000, &latency(other.1), &latency(other.1));
+        add(&mut ws_side, ws.0, ws.1);
+        add(&mut other_side, other.0, other.1);
         let mut report = Report::default();
         compare(&mut report, &mut ws_side, &mut other_side, run, side);
         report
@@ -576,13 +696,65 @@ mod tests {
     }
 
     #[test]
+    fn the_waits_beside_the_cpu_are_pooled_side_by_side() {
+        let run = |side: &mut Pooled, waited_secs: f64, acks: Option<(f64, f64)>| {
+            let (cpu, latency) = (cpu(1.0, 3.0), latency(20));
+            let run_queue = BTreeMap::from([(
+                "gateway".to_string(),
+                RunQueue {
+                    waited_secs,
+                    runs: 1_000,
+                },
+            )]);
+            side.add(SideRun {
+                cpu: &cpu,
+                tokens: 10_000,
+                latency: &latency,
+                first_chunk_latency: &latency,
+                run_queue: &run_queue,
+                publish_acks: acks.map(|(secs, count)| PublishAcks { secs, count }),
+            });
+        };
+        let (mut ws, mut sse) = (Pooled::default(), Pooled::default());
+        run(&mut ws, 0.3, Some((1.0, 100.0)));
+        run(&mut sse, 0.5, Some((2.0, 100.0)));
+        run(&mut sse, 0.7, Some((1.0, 100.0)));
+        run(&mut ws, 0.5, Some((1.0, 100.0)));
+        let compared = |ws: &mut Pooled, sse: &mut Pooled| {
+            let mut report = Report::default();
+            compare(&mut report, ws, sse, "1000 paced streams", Compared::Sse);
+            report
+        };
+        let report = compared(&mut ws, &mut sse);
+        let waits = row(
+            &report,
+            "waits beside the CPU, WebSocket → SSE, 1000 paced streams",
+        );
+        assert_eq!(waits.value("ws_publish_ack_ms"), Some(10.0));
+        assert_eq!(waits.value("other_publish_ack_ms"), Some(15.0));
+        assert_eq!(waits.value("ws_gateway_wait_us_per_run"), Some(400.0));
+        assert_eq!(waits.value("other_gateway_wait_us_per_run"), Some(600.0));
+        // 2,000 turns on a core over 20,000 tokens on each side.
+        assert_eq!(waits.value("ws_gateway_runs_per_token"), Some(0.1));
+        assert_eq!(waits.value("other_gateway_runs_per_token"), Some(0.1));
+        assert_eq!(waits.met, None);
+
+        // A run whose workers could not be read leaves no ack figure.
+        run(&mut sse, 0.5, None);
+        let report = compared(&mut ws, &mut sse);
+        let waits = row(&report, "waits beside the CPU");
+        assert_eq!(waits.value("other_publish_ack_ms"), None);
+        assert!(waits.value("other_gateway_wait_us_per_run").is_some());
+    }
+
+    #[test]
     fn each_side_is_pooled_over_its_runs_and_every_pair_is_shown() {
         let (mut ws, mut sse) = (Pooled::default(), Pooled::default());
         // Pair 1: SSE 125 % of the WebSocket; pair 2: 75 %. Pooled: even.
-        ws.add(&cpu(1.0, 3.0), 10_000, &latency(20), &latency(20));
-        sse.add(&cpu(1.5, 3.5), 10_000, &latency(21), &latency(21));
-        sse.add(&cpu(1.0, 2.0), 10_000, &latency(22), &latency(22));
-        ws.add(&cpu(1.0, 3.0), 10_000, &latency(20), &latency(20));
+        add(&mut ws, cpu(1.0, 3.0), 20);
+        add(&mut sse, cpu(1.5, 3.5), 21);
+        add(&mut sse, cpu(1.0, 2.0), 22);
+        add(&mut ws, cpu(1.0, 3.0), 20);
         let mut report = Report::default();
         compare(
             &mut report,
@@ -651,7 +823,7 @@ mod tests {
     }
 
     #[test]
-    fn the_processes_the_transport_does_not_touch_show_the_machines_drift() {
+    fn the_processes_the_transport_does_not_reach_are_shown_apart() {
         // The SSE side ran on a slower machine: nats-server and the worker
         // cost 20 % more there, the gateway 50 %.
         let report = one_pair(
@@ -664,7 +836,9 @@ mod tests {
         let drift = cpu_row.value("transport_blind_vs_ws").unwrap();
         assert!((drift - 1.2).abs() < 1e-9, "{drift}");
         assert!(
-            cpu_row.display.contains("120 % (the machine's drift)"),
+            cpu_row
+                .display
+                .contains("nats-server and workers 120 % (the transport"),
             "{}",
             cpu_row.display
         );

@@ -56,7 +56,12 @@ pub(super) async fn own_stacks(
         .await
         .context("starting the paced stack")?;
         let endpoint = Endpoint::parse(&stack.nginx_url())?;
-        let metrics = gateway_metrics_urls(&stack);
+        let metrics = StackMetrics {
+            gateways: gateway_metrics_urls(&stack),
+            workers: (0..stack.worker_count())
+                .map(|i| format!("{}/metrics", stack.worker_metrics_url(i)))
+                .collect(),
+        };
         let access = stack.nats_security().access(protocol::access::Role::Ops);
         let nats = NatsTarget {
             url: &stack.nats_url(),
@@ -91,7 +96,7 @@ async fn paced(
     s: &Settings,
     report: &mut Report,
     endpoint: &Endpoint,
-    gateway_metrics: &[String],
+    metrics: &StackMetrics,
     nats: NatsTarget<'_>,
     window: PacedWindow,
 ) -> anyhow::Result<()> {
@@ -102,9 +107,14 @@ async fn paced(
             args.paced_tokens_per_sec
         );
         let run = format!("{streams} paced streams{label}");
-        let before = RepairCounters::read(gateway_metrics).await;
-        let mut outcome = load::run(endpoint, &spec(args, s, streams, s.paced, true)).await?;
-        let after = RepairCounters::read(gateway_metrics).await;
+        // Every run of this load, the workers' acks read around its window.
+        let load_spec = || load::LoadSpec {
+            worker_metrics: metrics.workers.clone(),
+            ..spec(args, s, streams, s.paced, true)
+        };
+        let before = RepairCounters::read(&metrics.gateways).await;
+        let mut outcome = load::run(endpoint, &load_spec()).await?;
+        let after = RepairCounters::read(&metrics.gateways).await;
         RepairCounters::note(before, after, &run, report);
         if let Some(sum) = outcome.token_latency.summary() {
             let mut row = Row::latency(
@@ -175,12 +185,7 @@ async fn paced(
         }
         if args.runs(Phase::Sse) && window == PacedWindow::AsConfigured {
             let mut ws = sse::Pooled::default();
-            ws.add(
-                &outcome.cpu,
-                outcome.measured_tokens,
-                &outcome.token_latency,
-                &outcome.first_chunk_token_latency,
-            );
+            ws.add(sse::SideRun::from(&outcome));
             let mut over_sse = sse::Pooled::default();
             // Pair 1 is the run above and an SSE run; then SSE first, then
             // the WebSocket first again, and so on.
@@ -191,7 +196,7 @@ async fn paced(
                     _ => &[Side::WebSocket, Side::Sse],
                 };
                 for side in order {
-                    let load = spec(args, s, streams, s.paced, true);
+                    let load = load_spec();
                     match (side, args.sse_control_ns) {
                         (Side::Sse, Some(ns)) => {
                             println!("sse control: the same {streams} streams over the WebSocket, its client spending {ns} ns more per token (pair {pair})");
@@ -200,31 +205,21 @@ async fn paced(
                                 ..load
                             };
                             let control = load::run(endpoint, &taxed).await?;
-                            over_sse.add(
-                                &control.cpu,
-                                control.measured_tokens,
-                                &control.token_latency,
-                                &control.first_chunk_token_latency,
-                            );
+                            over_sse.add(sse::SideRun::from(&control));
                             check(report, endpoint, args, control).await;
                         }
                         (Side::Sse, None) => {
                             println!("sse: the same {streams} streams through POST /api/ui/chat (pair {pair})");
-                            let before = RepairCounters::read(gateway_metrics).await;
+                            let before = RepairCounters::read(&metrics.gateways).await;
                             let sse = sse::run(endpoint, &load).await?;
-                            let after = RepairCounters::read(gateway_metrics).await;
+                            let after = RepairCounters::read(&metrics.gateways).await;
                             RepairCounters::note(
                                 before,
                                 after,
                                 &format!("{run} over SSE (pair {pair})"),
                                 report,
                             );
-                            over_sse.add(
-                                &sse.cpu,
-                                sse.measured_tokens,
-                                &sse.token_latency,
-                                &sse.first_chunk_token_latency,
-                            );
+                            over_sse.add(sse::SideRun::from(&sse));
                             let mut problems = sse.problems;
                             problems.extend(
                                 sse::verify(endpoint, &sse.answers, args.verify_sessions).await,
@@ -236,12 +231,7 @@ async fn paced(
                         (Side::WebSocket, _) => {
                             println!("sse: the same {streams} streams over the WebSocket again (pair {pair})");
                             let again = load::run(endpoint, &load).await?;
-                            ws.add(
-                                &again.cpu,
-                                again.measured_tokens,
-                                &again.token_latency,
-                                &again.first_chunk_token_latency,
-                            );
+                            ws.add(sse::SideRun::from(&again));
                             check(report, endpoint, args, again).await;
                         }
                     }
@@ -256,6 +246,12 @@ async fn paced(
         check(report, endpoint, args, std::mem::take(&mut outcome)).await;
     }
     Ok(())
+}
+
+/// Where the paced stack's processes serve their metrics.
+struct StackMetrics {
+    gateways: Vec<String>,
+    workers: Vec<String>,
 }
 
 /// A side of the SSE comparison.
