@@ -10,6 +10,7 @@
 //! it arrived) and chunk latency. With `--url` it attaches to a
 //! running stack instead and skips what needs process control.
 
+pub mod comparison;
 pub mod cpu;
 pub mod idle;
 pub mod ledger;

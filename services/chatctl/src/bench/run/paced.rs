@@ -11,7 +11,7 @@ use super::super::model_pacing::{self, ModelPacing};
 use super::super::raw_nats::{self, NatsTarget, PacedPublishing};
 use super::super::report::{millis, thousands, Report, Row};
 use super::super::socket::Endpoint;
-use super::super::{sse, Phase};
+use super::super::{comparison, sse, Phase};
 use super::{
     check, cpu_row, cpu_token_row, delivered_row, gateway_metrics_urls, paced_env, spec, BenchArgs,
     RepairCounters, Settings,
@@ -184,9 +184,9 @@ async fn paced(
             }
         }
         if args.runs(Phase::Sse) && window == PacedWindow::AsConfigured {
-            let mut ws = sse::Pooled::default();
-            ws.add(sse::SideRun::from(&outcome));
-            let mut over_sse = sse::Pooled::default();
+            let mut ws = comparison::Pooled::default();
+            ws.add(comparison::SideRun::from(&outcome));
+            let mut over_sse = comparison::Pooled::default();
             // Pair 1 is the run above and an SSE run; then SSE first, then
             // the WebSocket first again, and so on.
             for pair in 1..=args.sse_pairs.max(1) {
@@ -205,7 +205,7 @@ async fn paced(
                                 ..load
                             };
                             let control = load::run(endpoint, &taxed).await?;
-                            over_sse.add(sse::SideRun::from(&control));
+                            over_sse.add(comparison::SideRun::from(&control));
                             check(report, endpoint, args, control).await;
                         }
                         (Side::Sse, None) => {
@@ -219,7 +219,7 @@ async fn paced(
                                 &format!("{run} over SSE (pair {pair})"),
                                 report,
                             );
-                            over_sse.add(sse::SideRun::from(&sse));
+                            over_sse.add(comparison::SideRun::from(&sse));
                             let mut problems = sse.problems;
                             problems.extend(
                                 sse::verify(endpoint, &sse.answers, args.verify_sessions).await,
@@ -231,17 +231,17 @@ async fn paced(
                         (Side::WebSocket, _) => {
                             println!("sse: the same {streams} streams over the WebSocket again (pair {pair})");
                             let again = load::run(endpoint, &load).await?;
-                            ws.add(sse::SideRun::from(&again));
+                            ws.add(comparison::SideRun::from(&again));
                             check(report, endpoint, args, again).await;
                         }
                     }
                 }
             }
             let side = match args.sse_control_ns {
-                Some(ns) => sse::Compared::Control { extra_ns: ns },
-                None => sse::Compared::Sse,
+                Some(ns) => comparison::Compared::Control { extra_ns: ns },
+                None => comparison::Compared::Sse,
             };
-            sse::compare(report, &mut ws, &mut over_sse, &run, side);
+            comparison::compare(report, &mut ws, &mut over_sse, &run, side);
         }
         check(report, endpoint, args, std::mem::take(&mut outcome)).await;
     }
