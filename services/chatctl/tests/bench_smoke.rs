@@ -147,6 +147,9 @@ async fn sessions_chat_end_to_end_without_loss() {
             .unwrap_or_default();
         assert!(waited.runs > 0, "{component}: {:?}", outcome.run_queue);
     }
+    // The machine's TCP opens were read (other tests may open some meanwhile:
+    // only that the counter was read is certain here).
+    assert!(outcome.connections_opened.is_some());
     assert!(!outcome.ttft.is_empty() && !outcome.chunk_latency.is_empty());
     // Every stamped token was measured once: zero window, a chunk per token.
     assert_eq!(outcome.token_latency.len(), outcome.chunk_latency.len());

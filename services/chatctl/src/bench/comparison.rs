@@ -28,6 +28,8 @@ pub struct Pooled {
     run_queue: BTreeMap<String, RunQueue>,
     /// The workers' publish → ack times; `None` once a run lacked them.
     publish_acks: Option<PublishAcks>,
+    /// TCP connections opened on the machine; `None` once a run lacked them.
+    connections_opened: Option<u64>,
 }
 
 /// One run of a side, as the comparison pools it.
@@ -38,6 +40,7 @@ pub struct SideRun<'a> {
     pub first_chunk_latency: &'a Samples,
     pub run_queue: &'a BTreeMap<String, RunQueue>,
     pub publish_acks: Option<PublishAcks>,
+    pub connections_opened: Option<u64>,
 }
 
 /// A run of either transport: their outcomes name the pooled figures alike.
@@ -52,6 +55,7 @@ macro_rules! side_run_from {
                     first_chunk_latency: &run.first_chunk_token_latency,
                     run_queue: &run.run_queue,
                     publish_acks: run.publish_acks,
+                    connections_opened: run.connections_opened,
                 }
             }
         }
@@ -75,6 +79,13 @@ impl Pooled {
                 Some(pooled)
             }
             _ => None,
+        };
+        self.connections_opened = if self.per_run.is_empty() {
+            run.connections_opened
+        } else {
+            self.connections_opened
+                .zip(run.connections_opened)
+                .map(|(pooled, opened)| pooled + opened)
         };
         self.tokens += run.tokens;
         self.latency.extend(run.latency.clone());
@@ -260,6 +271,23 @@ fn waits_row(ws: &Pooled, other: &Pooled, run: &str, name: &str) -> Option<Row> 
             "the workers' publish → ack {ws_ms:.1} → {other_ms:.1} ms"
         ));
     }
+    if let (Some(ws_opened), Some(other_opened)) = (ws.connections_opened, other.connections_opened)
+    {
+        // Per 1,000 tokens: the sides deliver alike, but not exactly.
+        let per_kilotoken = |opened: u64, tokens: u64| opened as f64 * 1e3 / tokens.max(1) as f64;
+        let (ws_rate, other_rate) = (
+            per_kilotoken(ws_opened, ws.tokens),
+            per_kilotoken(other_opened, other.tokens),
+        );
+        values.push(("ws_connections_opened_per_1k_tokens".to_string(), ws_rate));
+        values.push((
+            "other_connections_opened_per_1k_tokens".to_string(),
+            other_rate,
+        ));
+        parts.push(format!(
+            "TCP connections opened per 1,000 tokens {ws_rate:.2} → {other_rate:.2}"
+        ));
+    }
     let mut waits = Vec::new();
     for (component, ws_waited) in &ws.run_queue {
         let Some(other_waited) = other.run_queue.get(component) else {
@@ -325,6 +353,7 @@ mod tests {
             first_chunk_latency: &latency,
             run_queue: &BTreeMap::new(),
             publish_acks: None,
+            connections_opened: None,
         });
     }
 
@@ -362,7 +391,7 @@ mod tests {
 
     #[test]
     fn the_waits_beside_the_cpu_are_pooled_side_by_side() {
-        let run = |side: &mut Pooled, waited_secs: f64, acks: Option<(f64, f64)>| {
+        let run = |side: &mut Pooled, waited_secs: f64, acks: Option<(f64, f64)>, opened| {
             let (cpu, latency) = (cpu(1.0, 3.0), latency(20));
             let run_queue = BTreeMap::from([(
                 "gateway".to_string(),
@@ -378,13 +407,14 @@ mod tests {
                 first_chunk_latency: &latency,
                 run_queue: &run_queue,
                 publish_acks: acks.map(|(secs, count)| PublishAcks { secs, count }),
+                connections_opened: opened,
             });
         };
         let (mut ws, mut sse) = (Pooled::default(), Pooled::default());
-        run(&mut ws, 0.3, Some((1.0, 100.0)));
-        run(&mut sse, 0.5, Some((2.0, 100.0)));
-        run(&mut sse, 0.7, Some((1.0, 100.0)));
-        run(&mut ws, 0.5, Some((1.0, 100.0)));
+        run(&mut ws, 0.3, Some((1.0, 100.0)), Some(0));
+        run(&mut sse, 0.5, Some((2.0, 100.0)), Some(30));
+        run(&mut sse, 0.7, Some((1.0, 100.0)), Some(10));
+        run(&mut ws, 0.5, Some((1.0, 100.0)), Some(2));
         let compared = |ws: &mut Pooled, sse: &mut Pooled| {
             let mut report = Report::default();
             compare(&mut report, ws, sse, "1000 paced streams", Compared::Sse);
@@ -402,13 +432,25 @@ mod tests {
         // 2,000 turns on a core over 20,000 tokens on each side.
         assert_eq!(waits.value("ws_gateway_runs_per_token"), Some(0.1));
         assert_eq!(waits.value("other_gateway_runs_per_token"), Some(0.1));
+        // 2 and 40 connections over 20,000 tokens.
+        assert_eq!(
+            waits.value("ws_connections_opened_per_1k_tokens"),
+            Some(0.1)
+        );
+        assert_eq!(
+            waits.value("other_connections_opened_per_1k_tokens"),
+            Some(2.0)
+        );
+        assert!(waits.display.contains("0.10 → 2.00"), "{}", waits.display);
         assert_eq!(waits.met, None);
 
-        // A run whose workers could not be read leaves no ack figure.
-        run(&mut sse, 0.5, None);
+        // A run whose workers (or the kernel's TCP counters) could not be
+        // read leaves no such figure.
+        run(&mut sse, 0.5, None, None);
         let report = compared(&mut ws, &mut sse);
         let waits = row(&report, "waits beside the CPU");
         assert_eq!(waits.value("other_publish_ack_ms"), None);
+        assert_eq!(waits.value("other_connections_opened_per_1k_tokens"), None);
         assert!(waits.value("other_gateway_wait_us_per_run").is_some());
     }
 

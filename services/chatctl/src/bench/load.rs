@@ -16,6 +16,7 @@ use super::ledger::{self, MessageCheck, SeqLog};
 use super::publish_acks::PublishAcks;
 use super::socket::{chat_frame, Attach, Endpoint, Frame, Ready, Socket, FRAME_TIMEOUT};
 use super::stats::{now_us, Samples};
+use super::tcp_opens;
 
 /// One load run.
 #[derive(Clone, Debug)]
@@ -74,6 +75,8 @@ pub struct LoadOutcome {
     pub run_queue: BTreeMap<String, RunQueue>,
     /// The workers' publish → ack times during the measured window.
     pub publish_acks: Option<PublishAcks>,
+    /// TCP connections opened on the machine during the measured window.
+    pub connections_opened: Option<u64>,
     /// Chunks delivered during the measured window.
     pub measured_chunks: u64,
     /// Tokens delivered during the measured window.
@@ -138,6 +141,7 @@ pub async fn run(endpoint: &Endpoint, spec: &LoadSpec) -> anyhow::Result<LoadOut
             .map(|c| c.load(Ordering::Relaxed))
     };
     let acks_before = PublishAcks::read(&spec.worker_metrics).await;
+    let opens_before = tcp_opens::read();
     let [c0, t0, k0, b0] = counts(&shared);
     let started = Instant::now();
     let cpu_before = CpuSnapshot::take();
@@ -147,6 +151,7 @@ pub async fn run(endpoint: &Endpoint, spec: &LoadSpec) -> anyhow::Result<LoadOut
     let elapsed = started.elapsed().as_secs_f64();
     let [c1, t1, k1, b1] = counts(&shared);
     let cpu_after = CpuSnapshot::take();
+    let opens_after = tcp_opens::read();
     let acks_after = PublishAcks::read(&spec.worker_metrics).await;
     shared.stop.store(true, Ordering::Relaxed);
     let mut outcome = LoadOutcome {
@@ -157,6 +162,7 @@ pub async fn run(endpoint: &Endpoint, spec: &LoadSpec) -> anyhow::Result<LoadOut
         cpu: cpu_after.since(&cpu_before),
         run_queue: cpu_after.run_queue_since(&cpu_before),
         publish_acks: acks_after.zip(acks_before).map(|(a, b)| a.since(b)),
+        connections_opened: tcp_opens::since(opens_after, opens_before),
         measured_chunks: c1 - c0,
         measured_tokens: k1 - k0,
         ..Default::default()

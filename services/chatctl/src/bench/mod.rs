@@ -26,6 +26,7 @@ pub mod scrape;
 pub mod socket;
 pub mod sse;
 pub mod stats;
+pub mod tcp_opens;
 
 pub use run::{run, Capacity};
 

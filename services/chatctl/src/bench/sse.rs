@@ -24,6 +24,7 @@ use super::load::LoadSpec;
 use super::publish_acks::PublishAcks;
 use super::socket::{Endpoint, FRAME_TIMEOUT};
 use super::stats::{now_us, Samples};
+use super::tcp_opens;
 
 /// What the SSE run measured.
 #[derive(Debug, Default)]
@@ -38,6 +39,8 @@ pub struct SseOutcome {
     pub run_queue: BTreeMap<String, RunQueue>,
     /// The workers' publish → ack times during the measured window.
     pub publish_acks: Option<PublishAcks>,
+    /// TCP connections opened on the machine during the measured window.
+    pub connections_opened: Option<u64>,
     pub answers: Vec<Answer>,
     pub problems: Vec<String>,
 }
@@ -106,6 +109,7 @@ pub async fn run(endpoint: &Endpoint, spec: &LoadSpec) -> anyhow::Result<SseOutc
     }
     tokio::time::sleep(spec.warmup).await;
     let acks_before = PublishAcks::read(&spec.worker_metrics).await;
+    let opens_before = tcp_opens::read();
     let k0 = shared.tokens.load(Ordering::Relaxed);
     let started = Instant::now();
     let cpu_before = CpuSnapshot::take();
@@ -115,6 +119,7 @@ pub async fn run(endpoint: &Endpoint, spec: &LoadSpec) -> anyhow::Result<SseOutc
     let elapsed = started.elapsed().as_secs_f64();
     let k1 = shared.tokens.load(Ordering::Relaxed);
     let cpu_after = CpuSnapshot::take();
+    let opens_after = tcp_opens::read();
     let acks_after = PublishAcks::read(&spec.worker_metrics).await;
     shared.stop.store(true, Ordering::Relaxed);
     let mut outcome = SseOutcome {
@@ -123,6 +128,7 @@ pub async fn run(endpoint: &Endpoint, spec: &LoadSpec) -> anyhow::Result<SseOutc
         cpu: cpu_after.since(&cpu_before),
         run_queue: cpu_after.run_queue_since(&cpu_before),
         publish_acks: acks_after.zip(acks_before).map(|(a, b)| a.since(b)),
+        connections_opened: tcp_opens::since(opens_after, opens_before),
         ..Default::default()
     };
     while let Some(joined) = tasks.join_next().await {

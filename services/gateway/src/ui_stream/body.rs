@@ -5,6 +5,12 @@
 //! before it waits leaves in one write, as a socket's loop drains its ready
 //! events into one flush.
 //!
+//! hyper polls a body more often than it has news for it (after every
+//! write, and again before it waits), so the relay runs under a waker of
+//! its own, and is polled only once that waker was woken (or the client
+//! made room it was waiting for): a poll of the body with nothing new for
+//! the relay costs a flag, not a pass through the relay's `select!`.
+//!
 //! A client that reads slowly stops hyper polling the body, so the relay
 //! stops with it: its live feed lags, and it catches up from the session's
 //! recent events or the stream when the client reads again (as a socket
@@ -13,12 +19,15 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::ws::Message;
+use bytes::BytesMut;
+use futures::task::AtomicWaker;
 use futures::{Sink, Stream};
 use protocol::MessageId;
 use tokio::time::{Instant, Sleep};
@@ -51,10 +60,14 @@ enum Ending {
 
 /// What the relay rendered and the body has not handed on yet.
 struct Rendered {
-    /// UTF-8: every piece written is.
-    out: Vec<u8>,
+    /// UTF-8: every piece written is. Each write hands on what is in it
+    /// and keeps the room after it: once hyper has sent a write (and
+    /// dropped it), the next ones are rendered into the same allocation.
+    out: BytesMut,
     renderer: Renderer,
     ending: Option<Ending>,
+    /// The relay waits at [`HIGH_WATER`] for `out` to be taken.
+    waiting_for_room: bool,
 }
 
 type Shared = Arc<Mutex<Rendered>>;
@@ -77,14 +90,16 @@ impl Sink<Message> for FrameSink {
     type Error = Ended;
 
     fn poll_ready(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Result<(), Ended>> {
-        let rendered = lock(&self.0);
+        let mut rendered = lock(&self.0);
         if rendered.ending.is_some() {
             return Poll::Ready(Err(Ended));
         }
         if rendered.out.len() >= HIGH_WATER {
             // No waker to register: the out buffer is not empty, so the
             // body hands it on in the poll that sees this relay wait, and
-            // polls the relay again the next time hyper polls it.
+            // (told so by this flag) polls the relay again the next time
+            // hyper polls it.
+            rendered.waiting_for_room = true;
             return Poll::Pending;
         }
         Poll::Ready(Ok(()))
@@ -96,6 +111,7 @@ impl Sink<Message> for FrameSink {
             out,
             renderer,
             ending,
+            ..
         } = &mut *rendered;
         if ending.is_some() {
             return Err(Ended);
@@ -125,7 +141,7 @@ impl Sink<Message> for FrameSink {
 }
 
 /// One stored event's chunks, as SSE events (`id:` is its `seq`).
-fn render_frame(renderer: &mut Renderer, frame: &str, out: &mut Vec<u8>) -> Next {
+fn render_frame(renderer: &mut Renderer, frame: &str, out: &mut BytesMut) -> Next {
     let Some(event) = EventFrame::parse(frame) else {
         return Next::More;
     };
@@ -150,11 +166,34 @@ fn render_frame(renderer: &mut Renderer, frame: &str, out: &mut Vec<u8>) -> Next
 
 type Relay = Pin<Box<dyn Future<Output = ()> + Send>>;
 
+/// The relay's waker: notes that the relay has news, then wakes the task
+/// polling the body (hyper's connection task, whichever waker it last
+/// polled the body with).
+#[derive(Default)]
+struct RelayWake {
+    woken: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl Wake for RelayWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        self.task.wake();
+    }
+}
+
 /// The body's stream of writes: what the relay rendered, a comment after
 /// [`HEARTBEAT`] without any, and after the answer's end nothing (or, cut
 /// short, an error, so hyper breaks the response off).
 pub(super) struct AnswerBody {
     relay: Option<Relay>,
+    /// Set when the relay is to be polled; its waker, made once.
+    relay_wake: Arc<RelayWake>,
+    relay_waker: Waker,
     shared: Shared,
     heartbeat: Pin<Box<Sleep>>,
     last_write: Instant,
@@ -170,13 +209,19 @@ impl AnswerBody {
         Fut: Future<Output = ()> + Send + 'static,
     {
         let shared = Arc::new(Mutex::new(Rendered {
-            out: Vec::new(),
+            out: BytesMut::new(),
             renderer: Renderer::new(message_id),
             ending: None,
+            waiting_for_room: false,
         }));
         let now = Instant::now();
+        // Woken from the start: the first poll runs the relay.
+        let relay_wake = Arc::new(RelayWake::default());
+        relay_wake.woken.store(true, Ordering::Relaxed);
         Self {
             relay: Some(Box::pin(relay(FrameSink(shared.clone())))),
+            relay_waker: Waker::from(relay_wake.clone()),
+            relay_wake,
             shared,
             heartbeat: Box::pin(tokio::time::sleep_until(now + HEARTBEAT)),
             last_write: now,
@@ -184,10 +229,31 @@ impl AnswerBody {
         }
     }
 
-    /// The rendered bytes, and how the rendering ended (if it did).
-    fn take(&self) -> (Vec<u8>, Option<Ending>) {
+    /// The rendered bytes, and how the rendering ended (if it did). A
+    /// relay waiting for room is polled again once they are handed on.
+    fn take(&self) -> (Bytes, Option<Ending>) {
         let mut rendered = lock(&self.shared);
-        (std::mem::take(&mut rendered.out), rendered.ending)
+        if std::mem::take(&mut rendered.waiting_for_room) {
+            self.relay_wake.woken.store(true, Ordering::Release);
+        }
+        (rendered.out.split().freeze(), rendered.ending)
+    }
+
+    /// Runs the relay if it was woken since its last poll.
+    fn poll_relay(&mut self, cx: &mut Context<'_>) {
+        let Some(relay) = self.relay.as_mut() else {
+            return;
+        };
+        // Registered before the flag is read: a wake after the read wakes
+        // this task again.
+        self.relay_wake.task.register(cx.waker());
+        if !self.relay_wake.woken.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        let mut relay_cx = Context::from_waker(&self.relay_waker);
+        if relay.as_mut().poll(&mut relay_cx).is_ready() {
+            self.relay = None;
+        }
     }
 
     /// A comment when nothing was written for a heartbeat. The timer is
@@ -215,11 +281,7 @@ impl Stream for AnswerBody {
         if this.over {
             return Poll::Ready(None);
         }
-        if let Some(relay) = this.relay.as_mut() {
-            if relay.as_mut().poll(cx).is_ready() {
-                this.relay = None;
-            }
-        }
+        this.poll_relay(cx);
         let (out, ending) = this.take();
         // A relay that stopped without the answer's end cut it short.
         let ending = ending.or_else(|| this.relay.is_none().then_some(Ending::Cut));
@@ -231,7 +293,7 @@ impl Stream for AnswerBody {
         if !out.is_empty() {
             this.last_write = Instant::now();
             this.over = ending == Some(Ending::Finished);
-            return Poll::Ready(Some(Ok(out.into())));
+            return Poll::Ready(Some(Ok(out)));
         }
         match ending {
             Some(Ending::Finished) => {
@@ -336,6 +398,65 @@ mod tests {
         let beat = body.next().await.unwrap().unwrap();
         assert_eq!(&beat[..], b":\n\n");
         assert_eq!(quiet_since.elapsed(), HEARTBEAT);
+    }
+
+    #[tokio::test]
+    async fn the_relay_is_polled_only_when_it_was_woken() {
+        use std::sync::atomic::AtomicUsize;
+        let id = MessageId::new();
+        let polls = Arc::new(AtomicUsize::new(0));
+        let waker_seen: Arc<Mutex<Option<Waker>>> = Arc::default();
+        let (counted, kept) = (polls.clone(), waker_seen.clone());
+        let mut body = AnswerBody::new(id, move |_sink| {
+            std::future::poll_fn(move |cx| {
+                counted.fetch_add(1, Ordering::SeqCst);
+                *kept.lock().unwrap() = Some(cx.waker().clone());
+                Poll::<()>::Pending
+            })
+        });
+        // hyper polls the body again and again: the relay runs once.
+        for _ in 0..5 {
+            assert!(futures::poll!(body.next()).is_pending());
+        }
+        assert_eq!(polls.load(Ordering::SeqCst), 1);
+        // Its waker wakes it: the next poll of the body runs it, once.
+        let waker = waker_seen.lock().unwrap().take().unwrap();
+        waker.wake_by_ref();
+        for _ in 0..3 {
+            assert!(futures::poll!(body.next()).is_pending());
+        }
+        assert_eq!(polls.load(Ordering::SeqCst), 2);
+        waker_seen.lock().unwrap().take();
+        // A wake from another thread reaches the task polling the body.
+        let (task_woken, task_waker) = flag_waker();
+        let mut cx = Context::from_waker(&task_waker);
+        assert!(Pin::new(&mut body).poll_next(&mut cx).is_pending());
+        let waker = waker_seen.lock().unwrap().take();
+        assert!(waker.is_none(), "not polled without a wake");
+        std::thread::spawn({
+            let waker = Waker::from(body.relay_wake.clone());
+            move || waker.wake()
+        })
+        .join()
+        .unwrap();
+        assert!(
+            task_woken.load(Ordering::SeqCst),
+            "the body's task was woken"
+        );
+        assert!(Pin::new(&mut body).poll_next(&mut cx).is_pending());
+        assert_eq!(polls.load(Ordering::SeqCst), 3);
+    }
+
+    /// A waker that records that it was woken.
+    fn flag_waker() -> (Arc<AtomicBool>, Waker) {
+        struct Flag(Arc<AtomicBool>);
+        impl Wake for Flag {
+            fn wake(self: Arc<Self>) {
+                self.0.store(true, Ordering::SeqCst);
+            }
+        }
+        let woken = Arc::new(AtomicBool::new(false));
+        (woken.clone(), Waker::from(Arc::new(Flag(woken))))
     }
 
     #[tokio::test]

@@ -12,6 +12,7 @@
 //! text of our own (never the model's); `restart` → `reset-step` and a new
 //! `start-step`: the superseded attempt's parts are taken back.
 
+use bytes::BufMut;
 use protocol::{ErrorCode, FinishReason, MessageId};
 use serde::Serialize;
 use serde_json::json;
@@ -69,11 +70,11 @@ impl UiChunk<'_> {
     /// The chunk's JSON, appended to `out`. A delta, nearly every chunk of
     /// an answer, is laid out here (its id is one of ours, its text the
     /// stored JSON string copied as it is); the rest goes through serde.
-    pub(crate) fn write_json(&self, out: &mut Vec<u8>) -> serde_json::Result<()> {
+    pub(crate) fn write_json<B: BufMut>(&self, out: &mut B) -> serde_json::Result<()> {
         let (kind, id, delta) = match self {
             UiChunk::TextDelta { id, delta } => ("text-delta", id, delta),
             UiChunk::ReasoningDelta { id, delta } => ("reasoning-delta", id, delta),
-            other => return serde_json::to_writer(out, other),
+            other => return serde_json::to_writer(out.writer(), other),
         };
         for piece in [
             "{\"type\":\"",
@@ -84,7 +85,7 @@ impl UiChunk<'_> {
             delta.literal(),
             "}",
         ] {
-            out.extend_from_slice(piece.as_bytes());
+            out.put_slice(piece.as_bytes());
         }
         Ok(())
     }
