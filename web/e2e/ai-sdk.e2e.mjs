@@ -233,6 +233,38 @@ for (const [name, sdk] of SDKS) {
       assert.deepEqual(listed[1].metadata.versions.map((v) => v.messageId), [firstId]);
     });
 
+    test('an app that posts only the last message (the SDK persistence guide) chats the same', async () => {
+      const session = await newSession();
+      const posted = [];
+      const transport = new sdk.DefaultChatTransport({
+        api: API,
+        headers: { Authorization: `Bearer ${session.token}` },
+        prepareSendMessagesRequest: ({ id, messages }) => {
+          const body = { id, message: messages.at(-1) };
+          posted.push(body);
+          return { body };
+        },
+      });
+      const chat = makeChat(sdk, session, { transport });
+      await chat.sendMessage({ text: 'First question' });
+      await chat.sendMessage({ text: 'Second question' });
+      assert.equal(chat.status, 'ready', String(chat.error));
+      assert.equal(posted.length, 2);
+      assert.ok(posted.every((b) => !('messages' in b) && b.message.role === 'user'));
+      const answers = assistants(chat);
+      assert.equal(answers.length, 2);
+      for (const answer of answers) {
+        const stored = await storedAnswer(session, answer.id);
+        assert.equal(stored.end, 'done');
+        assert.equal(textOf(answer), stored.text);
+      }
+      const listed = await (await fetch(`${API}/${session.id}/messages`, { headers: session.headers })).json();
+      assert.deepEqual(
+        listed.filter((m) => m.role === 'user').map(textOf),
+        ['First question', 'Second question'],
+      );
+    });
+
     test('a worker killed mid-answer ends in one clean answer', async (t) => {
       const alive = workers();
       if (alive.length < 2) {

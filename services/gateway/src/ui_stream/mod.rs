@@ -154,9 +154,10 @@ async fn post_chat(
     let feed = SessionFeed::attach(&state, session).await?;
     let accepted = match trigger {
         Trigger::Submit => {
+            let (content, message_id) = body.question()?;
             let input = ChatInput {
-                message_id: body.question_id(),
-                content: body.question()?,
+                message_id,
+                content,
                 model: None,
                 checked_record,
             };
