@@ -265,6 +265,25 @@ for (const [name, sdk] of SDKS) {
       );
     });
 
+    test('a long conversation is posted whole, as the SDK does, and answered', async () => {
+      const session = await newSession();
+      const said = 'x'.repeat(2000);
+      // About 160 KB of earlier turns: past the REST body limit (64 KiB),
+      // within the chat's own (4 MiB).
+      const history = Array.from({ length: 40 }, (_, i) => [
+        { id: `u${i}`, role: 'user', parts: [{ type: 'text', text: said }] },
+        { id: `a${i}`, role: 'assistant', parts: [{ type: 'text', text: said }] },
+      ]).flat();
+      const chat = makeChat(sdk, session, { messages: history });
+      await chat.sendMessage({ text: 'Still there?' });
+      assert.equal(chat.status, 'ready', String(chat.error));
+      const answer = chat.messages.at(-1);
+      assert.equal(answer.role, 'assistant');
+      const stored = await storedAnswer(session, answer.id);
+      assert.equal(stored.end, 'done');
+      assert.equal(textOf(answer), stored.text);
+    });
+
     test('a worker killed mid-answer ends in one clean answer', async (t) => {
       const alive = workers();
       if (alive.length < 2) {

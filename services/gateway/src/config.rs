@@ -37,6 +37,12 @@ pub struct GatewayConfig {
     /// Largest REST body; larger gets 413.
     #[arg(long, env = "GATEWAY_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
     pub max_body_bytes: usize,
+    /// Largest body of the AI SDK's `POST /api/ui/chat`; larger gets 413. A
+    /// stock client posts the whole conversation with every question, and
+    /// only its last user message is read (that one within
+    /// CHAT_MAX_PROMPT_BYTES), so this bounds how long a chat can grow.
+    #[arg(long, env = "GATEWAY_UI_CHAT_MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub ui_chat_max_body_bytes: usize,
     /// Sustained frames per second one connection may send.
     #[arg(long, env = "GATEWAY_FRAMES_PER_SEC", default_value_t = 20.0)]
     pub frames_per_sec: f64,

@@ -7,7 +7,7 @@ mod support;
 use protocol::ErrorCode;
 use serde_json::{json, Value};
 use support::sse::{chat_body, read_chunks, read_sse, text_of, Ending};
-use support::{answer, assert_rest_error, Script, TestApp};
+use support::{answer, assert_rest_error, eventually, Script, TestApp};
 
 #[tokio::test]
 async fn an_sse_answer_streams_and_a_resume_replays_it_from_its_start_once() {
@@ -252,4 +252,66 @@ async fn strangers_are_refused_and_cors_answers_only_listed_origins() {
         .headers()
         .get("access-control-allow-origin")
         .is_none());
+}
+
+#[tokio::test]
+async fn a_whole_conversation_is_posted_within_the_chat_s_own_body_limit() {
+    let app = TestApp::builder()
+        .gateway_args(&[
+            "--max-body-bytes",
+            "16384",
+            "--ui-chat-max-body-bytes",
+            "262144",
+        ])
+        .real_worker_with(&["--demo-tokens-per-sec", "200", "--demo-answer-tokens", "5"])
+        .start()
+        .await;
+    let (session, token) = app.new_session().await;
+    // A stock client posts every earlier turn with the question: here about
+    // 120 KB of them, past the REST limit, within the chat's own.
+    let with_history = |turns: usize| {
+        let said = "x".repeat(1_000);
+        let mut body = chat_body(session, "and now?");
+        let mut messages: Vec<Value> = (0..turns)
+            .flat_map(|i| {
+                [
+                    json!({"id": format!("u{i}"), "role": "user", "parts": [{"type": "text", "text": said}]}),
+                    json!({"id": format!("a{i}"), "role": "assistant", "parts": [{"type": "text", "text": said}]}),
+                ]
+            })
+            .collect();
+        messages.extend(body["messages"].as_array().unwrap().iter().cloned());
+        body["messages"] = Value::Array(messages);
+        body
+    };
+    let posted = app.post("/api/ui/chat", &token, with_history(60)).await;
+    assert_eq!(posted.status(), 200);
+    let chunks = read_chunks(posted, None).await;
+    assert_eq!(chunks.last().unwrap()["type"], "finish");
+    // The turn is listed once its history is stored: the question asked
+    // was the last user message.
+    let listed_question = || async {
+        let listed: Value = app
+            .get(&format!("/api/ui/chat/{session}/messages"), &token)
+            .await
+            .json()
+            .await
+            .unwrap();
+        listed[0]["parts"][0]["text"] == "and now?"
+    };
+    eventually("the turn listed with its question", listed_question).await;
+
+    // Past the chat's own limit: 413, as any body too large.
+    let oversized = app.post("/api/ui/chat", &token, with_history(150)).await;
+    assert_rest_error(oversized, 413, ErrorCode::TooLarge).await;
+    // The REST endpoints keep theirs.
+    let rest = app
+        .http
+        .post(app.url(&format!("/api/chat?session={session}")))
+        .bearer_auth(&token)
+        .json(&json!({"content": "y".repeat(20_000)}))
+        .send()
+        .await
+        .unwrap();
+    assert_rest_error(rest, 413, ErrorCode::TooLarge).await;
 }

@@ -26,7 +26,7 @@ mod request;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{FromRequestParts, Path, State};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -63,7 +63,11 @@ pub fn router(state: &AppState) -> Router<AppState> {
             "/api/sessions",
             post(crate::rest::create_session).get(crate::rest::list_sessions),
         )
-        .route("/api/ui/chat", post(post_chat))
+        // Its own body limit: the SDK posts the whole conversation.
+        .route(
+            "/api/ui/chat",
+            post(post_chat).layer(DefaultBodyLimit::max(state.config.ui_chat_max_body_bytes)),
+        )
         .route("/api/ui/chat/{id}/stream", get(get_stream))
         .route("/api/ui/chat/{id}/stream/{message_id}", get(get_stream_of))
         .route("/api/ui/chat/{id}/stop", post(post_stop))
