@@ -6,7 +6,7 @@ mod support;
 
 use protocol::ErrorCode;
 use serde_json::{json, Value};
-use support::sse::{chat_body, read_chunks, read_sse, text_of, Ending};
+use support::sse::{chat_body, listed_messages, read_chunks, read_sse, text_of, Ending};
 use support::{answer, assert_rest_error, eventually, Script, TestApp};
 
 #[tokio::test]
@@ -74,12 +74,7 @@ async fn an_sse_answer_streams_and_a_resume_replays_it_from_its_start_once() {
         .get(&format!("/api/ui/chat/{session}/stream"), &token)
         .await;
     assert_eq!(idle.status(), 204);
-    let listed: Value = app
-        .get(&format!("/api/ui/chat/{session}/messages"), &token)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let listed = listed_messages(&app, session, &token).await;
     assert_eq!(listed[0]["role"], "user");
     assert_eq!(listed[0]["parts"][0]["text"], "hello");
     assert_eq!(listed[1]["id"], message_id.as_str());
@@ -291,13 +286,7 @@ async fn a_whole_conversation_is_posted_within_the_chat_s_own_body_limit() {
     // The turn is listed once its history is stored: the question asked
     // was the last user message.
     let listed_question = || async {
-        let listed: Value = app
-            .get(&format!("/api/ui/chat/{session}/messages"), &token)
-            .await
-            .json()
-            .await
-            .unwrap();
-        listed[0]["parts"][0]["text"] == "and now?"
+        listed_messages(&app, session, &token).await[0]["parts"][0]["text"] == "and now?"
     };
     eventually("the turn listed with its question", listed_question).await;
 

@@ -72,21 +72,17 @@ impl Pooled {
         for (name, waited) in run.run_queue {
             self.run_queue.entry(name.clone()).or_default().add(*waited);
         }
-        self.publish_acks = match (self.per_run.is_empty(), self.publish_acks, run.publish_acks) {
-            (true, _, acks) => acks,
-            (false, Some(mut pooled), Some(acks)) => {
-                pooled.add(acks);
-                Some(pooled)
-            }
-            _ => None,
-        };
-        self.connections_opened = if self.per_run.is_empty() {
-            run.connections_opened
-        } else {
-            self.connections_opened
-                .zip(run.connections_opened)
-                .map(|(pooled, opened)| pooled + opened)
-        };
+        let first = self.per_run.is_empty();
+        self.publish_acks = all_or_none(first, self.publish_acks, run.publish_acks, |mut a, b| {
+            a.add(b);
+            a
+        });
+        self.connections_opened = all_or_none(
+            first,
+            self.connections_opened,
+            run.connections_opened,
+            |a, b| a + b,
+        );
         self.tokens += run.tokens;
         self.latency.extend(run.latency.clone());
         self.first_chunk_latency
@@ -97,6 +93,15 @@ impl Pooled {
     fn per_token(&self, only: Option<&str>) -> f64 {
         cpu_per_token(&self.cpu, self.tokens, only)
     }
+}
+
+/// A figure pooled over runs, or `None` once a run lacked it (a sum over
+/// some of the runs would mislead).
+fn all_or_none<T>(first: bool, pooled: Option<T>, run: Option<T>, add: fn(T, T) -> T) -> Option<T> {
+    if first {
+        return run;
+    }
+    Some(add(pooled?, run?))
 }
 
 /// The processes the client's transport does not reach directly (the

@@ -11,12 +11,12 @@ use std::time::{Duration, Instant};
 use futures::{StreamExt, TryStreamExt};
 use protocol::{ControlKind, EventKind, MessageId};
 
-use super::cpu::{CpuSnapshot, RunQueue};
+use super::cpu::RunQueue;
 use super::ledger::{self, MessageCheck, SeqLog};
 use super::publish_acks::PublishAcks;
 use super::socket::{chat_frame, Attach, Endpoint, Frame, Ready, Socket, FRAME_TIMEOUT};
 use super::stats::{now_us, Samples};
-use super::tcp_opens;
+use super::window::{Window, WindowCost};
 
 /// One load run.
 #[derive(Clone, Debug)]
@@ -140,29 +140,30 @@ pub async fn run(endpoint: &Endpoint, spec: &LoadSpec) -> anyhow::Result<LoadOut
         [&shared.chunks, &shared.turns, &shared.tokens, &shared.bytes]
             .map(|c| c.load(Ordering::Relaxed))
     };
-    let acks_before = PublishAcks::read(&spec.worker_metrics).await;
-    let opens_before = tcp_opens::read();
+    let window = Window::open(&spec.worker_metrics).await;
     let [c0, t0, k0, b0] = counts(&shared);
     let started = Instant::now();
-    let cpu_before = CpuSnapshot::take();
     shared.measuring.store(true, Ordering::Relaxed);
     tokio::time::sleep(spec.measure).await;
     shared.measuring.store(false, Ordering::Relaxed);
     let elapsed = started.elapsed().as_secs_f64();
     let [c1, t1, k1, b1] = counts(&shared);
-    let cpu_after = CpuSnapshot::take();
-    let opens_after = tcp_opens::read();
-    let acks_after = PublishAcks::read(&spec.worker_metrics).await;
+    let WindowCost {
+        cpu,
+        run_queue,
+        publish_acks,
+        connections_opened,
+    } = window.close(&spec.worker_metrics).await;
     shared.stop.store(true, Ordering::Relaxed);
     let mut outcome = LoadOutcome {
         chunks_per_sec: (c1 - c0) as f64 / elapsed,
         turns_per_sec: (t1 - t0) as f64 / elapsed,
         tokens_per_sec: (k1 - k0) as f64 / elapsed,
         bytes_per_sec: (b1 - b0) as f64 / elapsed,
-        cpu: cpu_after.since(&cpu_before),
-        run_queue: cpu_after.run_queue_since(&cpu_before),
-        publish_acks: acks_after.zip(acks_before).map(|(a, b)| a.since(b)),
-        connections_opened: tcp_opens::since(opens_after, opens_before),
+        cpu,
+        run_queue,
+        publish_acks,
+        connections_opened,
         measured_chunks: c1 - c0,
         measured_tokens: k1 - k0,
         ..Default::default()

@@ -27,6 +27,7 @@ pub mod socket;
 pub mod sse;
 pub mod stats;
 pub mod tcp_opens;
+pub mod window;
 
 pub use run::{run, Capacity};
 

@@ -19,12 +19,12 @@ use serde::Deserialize;
 use serde_json::json;
 use worker::backends::demo::{strip_stamps, STAMP_CLOSE, STAMP_OPEN};
 
-use super::cpu::{CpuSnapshot, RunQueue};
+use super::cpu::RunQueue;
 use super::load::LoadSpec;
 use super::publish_acks::PublishAcks;
 use super::socket::{Endpoint, FRAME_TIMEOUT};
 use super::stats::{now_us, Samples};
-use super::tcp_opens;
+use super::window::{Window, WindowCost};
 
 /// What the SSE run measured.
 #[derive(Debug, Default)]
@@ -108,27 +108,28 @@ pub async fn run(endpoint: &Endpoint, spec: &LoadSpec) -> anyhow::Result<SseOutc
         tasks.spawn(async move { session_loop(client, base, session, i, shared, max_turns).await });
     }
     tokio::time::sleep(spec.warmup).await;
-    let acks_before = PublishAcks::read(&spec.worker_metrics).await;
-    let opens_before = tcp_opens::read();
+    let window = Window::open(&spec.worker_metrics).await;
     let k0 = shared.tokens.load(Ordering::Relaxed);
     let started = Instant::now();
-    let cpu_before = CpuSnapshot::take();
     shared.measuring.store(true, Ordering::Relaxed);
     tokio::time::sleep(spec.measure).await;
     shared.measuring.store(false, Ordering::Relaxed);
     let elapsed = started.elapsed().as_secs_f64();
     let k1 = shared.tokens.load(Ordering::Relaxed);
-    let cpu_after = CpuSnapshot::take();
-    let opens_after = tcp_opens::read();
-    let acks_after = PublishAcks::read(&spec.worker_metrics).await;
+    let WindowCost {
+        cpu,
+        run_queue,
+        publish_acks,
+        connections_opened,
+    } = window.close(&spec.worker_metrics).await;
     shared.stop.store(true, Ordering::Relaxed);
     let mut outcome = SseOutcome {
         tokens_per_sec: (k1 - k0) as f64 / elapsed,
         measured_tokens: k1 - k0,
-        cpu: cpu_after.since(&cpu_before),
-        run_queue: cpu_after.run_queue_since(&cpu_before),
-        publish_acks: acks_after.zip(acks_before).map(|(a, b)| a.since(b)),
-        connections_opened: tcp_opens::since(opens_after, opens_before),
+        cpu,
+        run_queue,
+        publish_acks,
+        connections_opened,
         ..Default::default()
     };
     while let Some(joined) = tasks.join_next().await {

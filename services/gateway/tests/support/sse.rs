@@ -14,6 +14,19 @@ pub fn chat_body(session: impl std::fmt::Display, text: &str) -> Value {
     })
 }
 
+/// `GET /api/ui/chat/{id}/messages`: the chat's finished turns.
+pub async fn listed_messages(
+    app: &super::TestApp,
+    session: impl std::fmt::Display,
+    token: &str,
+) -> Value {
+    app.get(&format!("/api/ui/chat/{session}/messages"), token)
+        .await
+        .json()
+        .await
+        .unwrap()
+}
+
 /// How a read of an SSE body ended.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Ending {
