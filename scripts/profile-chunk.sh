@@ -16,6 +16,10 @@
 #
 #   scripts/profile-chunk.sh [e2e|paced|sse] [SESSIONS] [WINDOW_SECS]
 #
+# ANSWER_TOKENS=N sets the demo answers' length (the bench's default is
+# 80): short answers make what each answer costs (a request, a
+# subscription) stand out from what each chunk costs.
+#
 # e2e (default: 50 sessions, 20 s): the saturated path. How many chunks
 # share a read, a wake-up or a write depends on timing, so its counts move
 # by up to ~20 % between runs (more when the machine is busy): run it a few
@@ -76,6 +80,7 @@ case "$mode" in
     paced) load=(--only paced --paced-loads "$sessions" --warmup-secs 5 --paced-secs "$measure") ;;
     sse) load=(--only paced,sse --sse-pairs 1 --paced-loads "$sessions" --warmup-secs 5 --paced-secs "$measure") ;;
 esac
+if [ -n "${ANSWER_TOKENS:-}" ]; then load+=(--answer-tokens "$ANSWER_TOKENS"); fi
 CHAT_BIN_DIR="$out/bin" "$bin_dir/chatctl" bench "${load[@]}" --gateways 1 --workers 1 \
     --verify-sessions 5 >"$out/bench.log" 2>&1 &
 bench=$!
@@ -197,7 +202,7 @@ if [ "$mode" = sse ]; then
     gateway_window sse
     wait "$bench" || echo "profile-chunk: the bench failed; see $out/bench.log" >&2
     {
-        echo "profile-chunk sse: $sessions paced streams, ${window}s window per transport, one gateway under callgrind ($bin_dir)"
+        echo "profile-chunk sse: $sessions paced streams${ANSWER_TOKENS:+ ($ANSWER_TOKENS-token answers)}, ${window}s window per transport, one gateway under callgrind ($bin_dir)"
         part=1
         while read -r label chunks ticks; do
             ir="$(instructions "$out/callgrind.gateway.$gateway" "$part")"
@@ -236,7 +241,7 @@ wk_ir="$(instructions "$out/callgrind.worker.$worker")"
 fw=$((fw1 - fw0))
 pb=$((pb1 - pb0))
 {
-    echo "profile-chunk $mode: $sessions sessions, ${window}s window, one gateway and one worker under callgrind ($bin_dir)"
+    echo "profile-chunk $mode: $sessions sessions${ANSWER_TOKENS:+ ($ANSWER_TOKENS-token answers)}, ${window}s window, one gateway and one worker under callgrind ($bin_dir)"
     echo "chunks: gateway forwarded $fw, worker published $pb"
     awk -v ir="$gw_ir" -v n="$fw" 'BEGIN {printf "gateway instructions per chunk: %.0f (%s in all)\n", ir / n, ir}'
     awk -v ir="$wk_ir" -v n="$pb" 'BEGIN {printf "worker instructions per chunk:  %.0f (%s in all)\n", ir / n, ir}'

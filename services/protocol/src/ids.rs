@@ -82,10 +82,25 @@ macro_rules! uuid_v4_id {
             }
         }
 
+        /// Parsed from the string where it lies, through a visitor: a
+        /// `Cow<str>` deserialised on its own is always an owned copy, and a
+        /// session record holds up to [`RECENT_MESSAGES_KEPT`] ids, each
+        /// copied then freed on every read of the record.
+        ///
+        /// [`RECENT_MESSAGES_KEPT`]: crate::records::RECENT_MESSAGES_KEPT
         impl<'de> Deserialize<'de> for $name {
             fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-                s.parse().map_err(serde::de::Error::custom)
+                struct IdVisitor;
+                impl serde::de::Visitor<'_> for IdVisitor {
+                    type Value = $name;
+                    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                        f.write_str("a UUIDv4 string")
+                    }
+                    fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<$name, E> {
+                        s.parse().map_err(E::custom)
+                    }
+                }
+                d.deserialize_str(IdVisitor)
             }
         }
     };
@@ -207,6 +222,30 @@ mod tests {
         let json = serde_json::to_string(&id).unwrap();
         assert_eq!(serde_json::from_str::<SessionId>(&json).unwrap(), id);
         assert!(serde_json::from_str::<SessionId>("\"x\"").is_err());
+    }
+
+    #[test]
+    fn an_id_is_read_from_every_shape_of_json_string() {
+        let id = MessageId::new();
+        let text = id.to_string();
+        // In place, from a JSON value (an owned string), from a reader (a
+        // copy in the parser's scratch), and with an escape in it.
+        let json = format!("\"{text}\"");
+        assert_eq!(serde_json::from_str::<MessageId>(&json).unwrap(), id);
+        let value = serde_json::Value::String(text.clone());
+        assert_eq!(serde_json::from_value::<MessageId>(value).unwrap(), id);
+        assert_eq!(
+            serde_json::from_reader::<_, MessageId>(json.as_bytes()).unwrap(),
+            id
+        );
+        let escaped = format!("\"\\u{:04x}{}\"", u32::from(text.as_bytes()[0]), &text[1..]);
+        assert_eq!(serde_json::from_str::<MessageId>(&escaped).unwrap(), id);
+        // Not a string, or not a v4 id: refused with what was expected.
+        let number = serde_json::from_str::<MessageId>("42").unwrap_err();
+        assert!(number.to_string().contains("a UUIDv4 string"), "{number}");
+        assert!(
+            serde_json::from_str::<MessageId>("\"c232ab00-9414-11ec-b3c8-9f6bdeced846\"").is_err()
+        );
     }
 
     #[test]

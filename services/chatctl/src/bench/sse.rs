@@ -231,6 +231,7 @@ async fn turn(
             for data in block.lines().filter_map(|l| l.strip_prefix("data: ")) {
                 if data == "[DONE]" {
                     anyhow::ensure!(carry.is_empty(), "a stamp was cut at the end");
+                    read_to_end(&mut body).await?;
                     return Ok(answer);
                 }
                 let chunk: Chunk<'_> = serde_json::from_str(data)?;
@@ -264,6 +265,29 @@ async fn turn(
         }
         buffer.drain(..whole);
     }
+}
+
+/// Reads a response past its `[DONE]` to the body's end, as the SDK's
+/// reader does: a response dropped before its last chunk (the chunked
+/// body's terminator) cannot be reused, so its connection would be closed
+/// and the next question would open a new one, here and between Nginx and
+/// the gateway.
+async fn read_to_end<S, B, E>(body: &mut S) -> anyhow::Result<()>
+where
+    S: futures::Stream<Item = Result<B, E>> + Unpin,
+    B: AsRef<[u8]>,
+    E: std::error::Error + Send + Sync + 'static,
+{
+    while let Some(rest) = tokio::time::timeout(FRAME_TIMEOUT, body.next())
+        .await
+        .context("the SSE response did not end after [DONE]")?
+    {
+        anyhow::ensure!(
+            rest?.as_ref().iter().all(u8::is_ascii_whitespace),
+            "data after [DONE]"
+        );
+    }
+    Ok(())
 }
 
 /// Takes the demo's stamps off a delta (a stamp cut in two waits for the
@@ -351,4 +375,112 @@ async fn verify_one(client: &reqwest::Client, base: &str, answer: &Answer) -> an
         "the text received differs from the stored answer"
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::*;
+
+    /// One answer in chunked SSE, as the gateway writes it: the events with
+    /// `[DONE]`, and the chunked body's terminator a moment later.
+    const ANSWER: &str = "data: {\"type\":\"start\",\"messageId\":\"m1\"}\n\n\
+                          data: {\"type\":\"text-delta\",\"id\":\"t\",\"delta\":\"hi \"}\n\n\
+                          data: [DONE]\n\n";
+
+    /// Answers every request on a connection with [`ANSWER`]; counts the
+    /// connections it accepted.
+    async fn serve(listener: TcpListener, accepted: Arc<AtomicUsize>) {
+        while let Ok((socket, _)) = listener.accept().await {
+            accepted.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(answer_each_request(socket));
+        }
+    }
+
+    async fn answer_each_request(mut socket: TcpStream) {
+        let mut request = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            // A request's head and its small JSON body (its length read
+            // from the head).
+            let Some(head_end) = request.windows(4).position(|w| w == b"\r\n\r\n") else {
+                match socket.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => request.extend_from_slice(&buf[..n]),
+                }
+                continue;
+            };
+            let head = String::from_utf8_lossy(&request[..head_end]).to_ascii_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map_or(0, |v| v.trim().parse().unwrap());
+            if request.len() < head_end + 4 + length {
+                match socket.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => request.extend_from_slice(&buf[..n]),
+                }
+                continue;
+            }
+            request.drain(..head_end + 4 + length);
+            let events = format!("{:x}\r\n{ANSWER}\r\n", ANSWER.len());
+            let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\
+                        transfer-encoding: chunked\r\n\r\n";
+            if socket
+                .write_all(format!("{head}{events}").as_bytes())
+                .await
+                .is_err()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if socket.write_all(b"0\r\n\r\n").await.is_err() {
+                return;
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_read_to_its_end_keeps_the_connection_for_the_next_question() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let accepted = Arc::new(AtomicUsize::new(0));
+        tokio::spawn(serve(listener, accepted.clone()));
+        let client = reqwest::Client::new();
+        let session = NewSession {
+            session_id: "s".into(),
+            token: "t".into(),
+        };
+        let shared = Shared::default();
+        let mut latency = TokenLatency::default();
+        for turn_no in 0..3 {
+            let answer = turn(&client, &base, &session, "q", &shared, &mut latency)
+                .await
+                .unwrap();
+            assert_eq!(
+                (answer.message_id.as_str(), answer.text.as_str()),
+                ("m1", "hi ")
+            );
+            assert_eq!(answer.deltas, 1, "turn {turn_no}");
+        }
+        // A body dropped at `[DONE]`, before its terminator, would have
+        // closed each connection: three questions, three connections.
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn anything_but_the_end_after_done_is_an_error() {
+        let ends = |parts: Vec<&'static str>| {
+            futures::stream::iter(parts.into_iter().map(Ok::<_, std::io::Error>))
+        };
+        assert!(read_to_end(&mut ends(vec![])).await.is_ok());
+        assert!(read_to_end(&mut ends(vec!["\n", ""])).await.is_ok());
+        let extra = read_to_end(&mut ends(vec!["data: {}\n\n"])).await;
+        assert!(extra.is_err(), "{extra:?}");
+    }
 }
