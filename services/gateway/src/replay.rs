@@ -73,8 +73,11 @@ const AGE_HEADROOM: Duration = Duration::from_secs(30);
 /// drops its oldest events), so it could call an `after_seq` whose
 /// successors just left the stream still replayable. It is used only when
 /// that cannot be: the stream was far from its limits when asked, or the
-/// `after_seq` is beyond the oldest tenth of the stream (a tenth of the
-/// replay window does not expire within a second). An `after_seq` beyond
+/// cached first is already past `after_seq`'s successor (expired either
+/// way), or that successor is still stored (one direct get, which any
+/// replica answers). A rule by position alone (the oldest tenth of the
+/// stream) was not enough: a stream's oldest events can all have been
+/// written within a second, and leave within one. An `after_seq` beyond
 /// the cached end (the stream grew since) is asked again too.
 #[derive(Default)]
 pub struct StreamBounds {
@@ -85,10 +88,14 @@ impl StreamBounds {
     pub async fn for_after(&self, events: &Stream, after: u64) -> Result<Bounds, ApiError> {
         let cached = self.cached.lock().ok().and_then(|c| *c);
         if let Some((at, bounds)) = cached {
-            let oldest_tenth = bounds.first + bounds.last.saturating_sub(bounds.first) / 10;
-            let safe = bounds.far_from_limits || after >= oldest_tenth;
-            if at.elapsed() < BOUNDS_TTL && after <= bounds.last && safe {
-                return Ok(bounds);
+            if at.elapsed() < BOUNDS_TTL && after <= bounds.last {
+                let successor = after.saturating_add(1);
+                if bounds.far_from_limits
+                    || successor < bounds.first
+                    || still_stored(events, successor).await
+                {
+                    return Ok(bounds);
+                }
             }
         }
         // Only the stream's leader answers: during an election (a cluster
@@ -133,6 +140,16 @@ impl StreamBounds {
         crate::metrics::stream_info_asked();
         Ok(bounds)
     }
+}
+
+/// Whether the events stream still holds `seq` (then nothing after it has
+/// expired). Not found, or not answered in time, counts as gone: the caller
+/// asks the stream's leader instead.
+async fn still_stored(events: &Stream, seq: u64) -> bool {
+    matches!(
+        tokio::time::timeout(INFO_PATIENCE, events.direct_get(seq)).await,
+        Ok(Ok(_))
+    )
 }
 
 /// A session's stored events, as a socket's relay and REST read them.
