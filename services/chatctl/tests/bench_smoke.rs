@@ -134,22 +134,26 @@ async fn sessions_chat_end_to_end_without_loss() {
     assert!(outcome.chunks_per_sec > 0.0);
     // The window's waits beside its CPU: the worker's acks, read from its
     // metrics, and every component's turns on a core.
-    let acks = outcome.publish_acks.expect("the worker's acks were read");
+    let acks = outcome
+        .cost
+        .publish_acks
+        .expect("the worker's acks were read");
     assert!(
         acks.count > 0.0 && acks.mean_ms().is_some_and(|ms| ms > 0.0),
         "{acks:?}"
     );
     for component in ["gateway", "worker", "nats-server", "bench"] {
         let waited = outcome
+            .cost
             .run_queue
             .get(component)
             .copied()
             .unwrap_or_default();
-        assert!(waited.runs > 0, "{component}: {:?}", outcome.run_queue);
+        assert!(waited.runs > 0, "{component}: {:?}", outcome.cost.run_queue);
     }
     // The machine's TCP opens were read (other tests may open some meanwhile:
     // only that the counter was read is certain here).
-    assert!(outcome.connections_opened.is_some());
+    assert!(outcome.cost.connections_opened.is_some());
     assert!(!outcome.ttft.is_empty() && !outcome.chunk_latency.is_empty());
     // Every stamped token was measured once: zero window, a chunk per token.
     assert_eq!(outcome.token_latency.len(), outcome.chunk_latency.len());

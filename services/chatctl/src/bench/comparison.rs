@@ -11,6 +11,7 @@ use super::publish_acks::PublishAcks;
 use super::report::{Report, Row};
 use super::sse::SseOutcome;
 use super::stats::Samples;
+use super::window::WindowCost;
 
 /// One side of the comparison (the WebSocket or SSE), its runs pooled:
 /// CPU and tokens summed, latency samples merged, and each run's own CPU
@@ -34,13 +35,10 @@ pub struct Pooled {
 
 /// One run of a side, as the comparison pools it.
 pub struct SideRun<'a> {
-    pub cpu: &'a BTreeMap<String, f64>,
+    pub cost: &'a WindowCost,
     pub tokens: u64,
     pub latency: &'a Samples,
     pub first_chunk_latency: &'a Samples,
-    pub run_queue: &'a BTreeMap<String, RunQueue>,
-    pub publish_acks: Option<PublishAcks>,
-    pub connections_opened: Option<u64>,
 }
 
 /// A run of either transport: their outcomes name the pooled figures alike.
@@ -49,13 +47,10 @@ macro_rules! side_run_from {
         impl<'a> From<&'a $outcome> for SideRun<'a> {
             fn from(run: &'a $outcome) -> Self {
                 Self {
-                    cpu: &run.cpu,
+                    cost: &run.cost,
                     tokens: run.measured_tokens,
                     latency: &run.token_latency,
                     first_chunk_latency: &run.first_chunk_token_latency,
-                    run_queue: &run.run_queue,
-                    publish_acks: run.publish_acks,
-                    connections_opened: run.connections_opened,
                 }
             }
         }
@@ -66,28 +61,30 @@ side_run_from!(SseOutcome);
 
 impl Pooled {
     pub fn add(&mut self, run: SideRun<'_>) {
-        for (name, secs) in run.cpu {
+        let cost = run.cost;
+        for (name, secs) in &cost.cpu {
             *self.cpu.entry(name.clone()).or_default() += secs;
         }
-        for (name, waited) in run.run_queue {
+        for (name, waited) in &cost.run_queue {
             self.run_queue.entry(name.clone()).or_default().add(*waited);
         }
         let first = self.per_run.is_empty();
-        self.publish_acks = all_or_none(first, self.publish_acks, run.publish_acks, |mut a, b| {
+        self.publish_acks = all_or_none(first, self.publish_acks, cost.publish_acks, |mut a, b| {
             a.add(b);
             a
         });
         self.connections_opened = all_or_none(
             first,
             self.connections_opened,
-            run.connections_opened,
+            cost.connections_opened,
             |a, b| a + b,
         );
         self.tokens += run.tokens;
         self.latency.extend(run.latency.clone());
         self.first_chunk_latency
             .extend(run.first_chunk_latency.clone());
-        self.per_run.push(cpu_per_token(run.cpu, run.tokens, None));
+        self.per_run
+            .push(cpu_per_token(&cost.cpu, run.tokens, None));
     }
 
     fn per_token(&self, only: Option<&str>) -> f64 {
@@ -351,14 +348,15 @@ mod tests {
     /// A run of 10,000 tokens, each `ms` late.
     fn add(side: &mut Pooled, cpu: BTreeMap<String, f64>, ms: u64) {
         let latency = latency(ms);
+        let cost = WindowCost {
+            cpu,
+            ..WindowCost::default()
+        };
         side.add(SideRun {
-            cpu: &cpu,
+            cost: &cost,
             tokens: 10_000,
             latency: &latency,
             first_chunk_latency: &latency,
-            run_queue: &BTreeMap::new(),
-            publish_acks: None,
-            connections_opened: None,
         });
     }
 
@@ -397,22 +395,24 @@ mod tests {
     #[test]
     fn the_waits_beside_the_cpu_are_pooled_side_by_side() {
         let run = |side: &mut Pooled, waited_secs: f64, acks: Option<(f64, f64)>, opened| {
-            let (cpu, latency) = (cpu(1.0, 3.0), latency(20));
-            let run_queue = BTreeMap::from([(
-                "gateway".to_string(),
-                RunQueue {
-                    waited_secs,
-                    runs: 1_000,
-                },
-            )]);
+            let latency = latency(20);
+            let cost = WindowCost {
+                cpu: cpu(1.0, 3.0),
+                run_queue: BTreeMap::from([(
+                    "gateway".to_string(),
+                    RunQueue {
+                        waited_secs,
+                        runs: 1_000,
+                    },
+                )]),
+                publish_acks: acks.map(|(secs, count)| PublishAcks { secs, count }),
+                connections_opened: opened,
+            };
             side.add(SideRun {
-                cpu: &cpu,
+                cost: &cost,
                 tokens: 10_000,
                 latency: &latency,
                 first_chunk_latency: &latency,
-                run_queue: &run_queue,
-                publish_acks: acks.map(|(secs, count)| PublishAcks { secs, count }),
-                connections_opened: opened,
             });
         };
         let (mut ws, mut sse) = (Pooled::default(), Pooled::default());

@@ -3,7 +3,6 @@
 //! latency measures all come from here. Every frame is checked as it
 //! arrives (see [`super::ledger`]).
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,9 +10,7 @@ use std::time::{Duration, Instant};
 use futures::{StreamExt, TryStreamExt};
 use protocol::{ControlKind, EventKind, MessageId};
 
-use super::cpu::RunQueue;
 use super::ledger::{self, MessageCheck, SeqLog};
-use super::publish_acks::PublishAcks;
 use super::socket::{chat_frame, Attach, Endpoint, Frame, Ready, Socket, FRAME_TIMEOUT};
 use super::stats::{now_us, Samples};
 use super::window::{Window, WindowCost};
@@ -69,14 +66,8 @@ pub struct LoadOutcome {
     /// `chat` sent → the worker publishes the first chunk (gateway, queue,
     /// worker start; the rest of the first chunk's wait is its delivery).
     pub first_published: Samples,
-    /// CPU seconds per component during the measured window.
-    pub cpu: BTreeMap<String, f64>,
-    /// The components' waits for a core during the measured window.
-    pub run_queue: BTreeMap<String, RunQueue>,
-    /// The workers' publish → ack times during the measured window.
-    pub publish_acks: Option<PublishAcks>,
-    /// TCP connections opened on the machine during the measured window.
-    pub connections_opened: Option<u64>,
+    /// The measured window's CPU and waits.
+    pub cost: WindowCost,
     /// Chunks delivered during the measured window.
     pub measured_chunks: u64,
     /// Tokens delivered during the measured window.
@@ -148,22 +139,14 @@ pub async fn run(endpoint: &Endpoint, spec: &LoadSpec) -> anyhow::Result<LoadOut
     shared.measuring.store(false, Ordering::Relaxed);
     let elapsed = started.elapsed().as_secs_f64();
     let [c1, t1, k1, b1] = counts(&shared);
-    let WindowCost {
-        cpu,
-        run_queue,
-        publish_acks,
-        connections_opened,
-    } = window.close(&spec.worker_metrics).await;
+    let cost = window.close(&spec.worker_metrics).await;
     shared.stop.store(true, Ordering::Relaxed);
     let mut outcome = LoadOutcome {
         chunks_per_sec: (c1 - c0) as f64 / elapsed,
         turns_per_sec: (t1 - t0) as f64 / elapsed,
         tokens_per_sec: (k1 - k0) as f64 / elapsed,
         bytes_per_sec: (b1 - b0) as f64 / elapsed,
-        cpu,
-        run_queue,
-        publish_acks,
-        connections_opened,
+        cost,
         measured_chunks: c1 - c0,
         measured_tokens: k1 - k0,
         ..Default::default()

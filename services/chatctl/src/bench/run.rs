@@ -626,7 +626,7 @@ impl RepairCounters {
 fn delivered_row(outcome: &LoadOutcome, run: &str) -> Row {
     let tokens_per_chunk = outcome.tokens_per_sec / outcome.chunks_per_sec.max(f64::MIN_POSITIVE);
     let cpu_us_per_token =
-        outcome.cpu.values().sum::<f64>() * 1e6 / outcome.measured_tokens.max(1) as f64;
+        outcome.cost.cpu.values().sum::<f64>() * 1e6 / outcome.measured_tokens.max(1) as f64;
     Row::text(
         format!("delivered to clients ({run})"),
         vec![

@@ -8,7 +8,6 @@
 //! stored chunks: every token once, per message.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -19,9 +18,7 @@ use serde::Deserialize;
 use serde_json::json;
 use worker::backends::demo::{strip_stamps, STAMP_CLOSE, STAMP_OPEN};
 
-use super::cpu::RunQueue;
 use super::load::LoadSpec;
-use super::publish_acks::PublishAcks;
 use super::socket::{Endpoint, FRAME_TIMEOUT};
 use super::stats::{now_us, Samples};
 use super::window::{Window, WindowCost};
@@ -34,13 +31,8 @@ pub struct SseOutcome {
     pub first_chunk_token_latency: Samples,
     pub tokens_per_sec: f64,
     pub measured_tokens: u64,
-    pub cpu: BTreeMap<String, f64>,
-    /// The components' waits for a core during the measured window.
-    pub run_queue: BTreeMap<String, RunQueue>,
-    /// The workers' publish → ack times during the measured window.
-    pub publish_acks: Option<PublishAcks>,
-    /// TCP connections opened on the machine during the measured window.
-    pub connections_opened: Option<u64>,
+    /// The measured window's CPU and waits.
+    pub cost: WindowCost,
     pub answers: Vec<Answer>,
     pub problems: Vec<String>,
 }
@@ -116,20 +108,12 @@ pub async fn run(endpoint: &Endpoint, spec: &LoadSpec) -> anyhow::Result<SseOutc
     shared.measuring.store(false, Ordering::Relaxed);
     let elapsed = started.elapsed().as_secs_f64();
     let k1 = shared.tokens.load(Ordering::Relaxed);
-    let WindowCost {
-        cpu,
-        run_queue,
-        publish_acks,
-        connections_opened,
-    } = window.close(&spec.worker_metrics).await;
+    let cost = window.close(&spec.worker_metrics).await;
     shared.stop.store(true, Ordering::Relaxed);
     let mut outcome = SseOutcome {
         tokens_per_sec: (k1 - k0) as f64 / elapsed,
         measured_tokens: k1 - k0,
-        cpu,
-        run_queue,
-        publish_acks,
-        connections_opened,
+        cost,
         ..Default::default()
     };
     while let Some(joined) = tasks.join_next().await {

@@ -18,14 +18,14 @@ pub(super) fn cpu_row(outcome: &LoadOutcome, run: &str) -> Option<Row> {
 
 /// Each process's CPU of the measured window divided by `delivered` units.
 fn cpu_per_unit_row(outcome: &LoadOutcome, delivered: u64, unit: &str, run: &str) -> Option<Row> {
-    if delivered == 0 || outcome.cpu.is_empty() {
+    if delivered == 0 || outcome.cost.cpu.is_empty() {
         return None;
     }
     let per_unit_us = |secs: f64| secs * 1e6 / delivered as f64;
-    let total: f64 = outcome.cpu.values().sum();
+    let total: f64 = outcome.cost.cpu.values().sum();
     let mut values = vec![(format!("total_us_per_{unit}"), per_unit_us(total))];
     let mut parts = Vec::new();
-    for (name, secs) in &outcome.cpu {
+    for (name, secs) in &outcome.cost.cpu {
         values.push((format!("{name}_us_per_{unit}"), per_unit_us(*secs)));
         parts.push(format!("{name} {:.1}", per_unit_us(*secs)));
     }

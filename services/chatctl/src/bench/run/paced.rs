@@ -271,6 +271,7 @@ fn model_pacing_row(outcome: &load::LoadOutcome, pacing: &ModelPacing, run: &str
         MODEL_PACING_WINDOW.as_secs()
     );
     let worker_secs: f64 = outcome
+        .cost
         .cpu
         .iter()
         .filter(|(name, _)| name.starts_with("worker"))
@@ -388,7 +389,10 @@ async fn push_raw_paced_row(
         thousands(load.per_sec),
         load.publishers
     );
-    if let (Some(secs), true) = (outcome.cpu.get("nats-server"), outcome.measured_chunks > 0) {
+    if let (Some(secs), true) = (
+        outcome.cost.cpu.get("nats-server"),
+        outcome.measured_chunks > 0,
+    ) {
         let ours = secs * 1e6 / outcome.measured_chunks as f64;
         values.push(("ours_us".into(), ours));
         text.push_str(&format!(
