@@ -74,8 +74,8 @@ const AGE_HEADROOM: Duration = Duration::from_secs(30);
 /// successors just left the stream still replayable. It is used only when
 /// that cannot be: the stream was far from its limits when asked, or the
 /// cached first is already past `after_seq`'s successor (expired either
-/// way), or that successor is still stored (one direct get, which any
-/// replica answers). A rule by position alone (the oldest tenth of the
+/// way), or that successor (`after_seq` itself when it is the cached end)
+/// is still stored (one direct get, which any replica answers). A rule by position alone (the oldest tenth of the
 /// stream) was not enough: a stream's oldest events can all have been
 /// written within a second, and leave within one. An `after_seq` beyond
 /// the cached end (the stream grew since) is asked again too.
@@ -90,9 +90,14 @@ impl StreamBounds {
         if let Some((at, bounds)) = cached {
             if at.elapsed() < BOUNDS_TTL && after <= bounds.last {
                 let successor = after.saturating_add(1);
+                // Events leave oldest first: while the successor, or
+                // `after` itself, is stored, nothing after `after` has left.
+                // A client caught up with the cached end usually has no
+                // successor stored yet; its own last event speaks for it.
                 if bounds.far_from_limits
                     || successor < bounds.first
                     || still_stored(events, successor).await
+                    || (after == bounds.last && still_stored(events, after).await)
                 {
                     return Ok(bounds);
                 }

@@ -52,4 +52,18 @@ async fn cached_bounds_never_call_events_that_left_the_stream_replayable() {
     let answered = bounds.for_after(&events, fifth - 1).await.unwrap();
     assert_eq!(answered, after_one, "the successor is stored: cached");
     assert!(answered.last < fifth);
+
+    // A client caught up with the cached end: its own event still stored
+    // says nothing after it left, so the cache answers without asking the
+    // leader (whose answer would now end at the deleted sixth).
+    let caught_up = StreamBounds::default();
+    let cached = caught_up.for_after(&events, fifth).await.unwrap();
+    assert_eq!(cached.last, fifth);
+    let sixth = store().await;
+    ops_layout.events.delete_message(sixth).await.unwrap();
+    let answered = caught_up.for_after(&events, fifth).await.unwrap();
+    assert_eq!(
+        answered, cached,
+        "the client's own last event is stored: cached"
+    );
 }
