@@ -8,6 +8,7 @@ use chatctl::bench::load::{self, LoadSpec};
 use chatctl::bench::peer::{self, load as peer_load, PeerLoadSpec, PeerOptions, PeerService};
 use chatctl::bench::raw_nats;
 use chatctl::bench::socket::Endpoint;
+use chatctl::bench::sse;
 use stack::nats::NatsServer;
 use stack::{Stack, StackOptions};
 
@@ -94,16 +95,19 @@ async fn paced_jetstream_publishing_is_measured_with_and_without_republish_acks_
         .is_err());
 }
 
-#[tokio::test]
-async fn sessions_chat_end_to_end_without_loss() {
-    let tokens = 20;
-    let stack = Stack::start(StackOptions {
-        gateways: 1,
+/// Tokens of a demo answer in the tiny runs.
+const TOKENS: usize = 20;
+
+/// A stack whose demo model answers at once, a chunk per token, each token
+/// stamped.
+async fn zero_delay_stack(gateways: usize, nginx: bool) -> anyhow::Result<Stack> {
+    Stack::start(StackOptions {
+        gateways,
         workers: 1,
-        nginx: false,
+        nginx,
         env: vec![
             ("DEMO_TOKENS_PER_SEC".into(), "0".into()),
-            ("DEMO_ANSWER_TOKENS".into(), tokens.to_string()),
+            ("DEMO_ANSWER_TOKENS".into(), TOKENS.to_string()),
             ("CHUNK_WINDOW_MS".into(), "0".into()),
             ("DEMO_STAMP_TOKENS".into(), "true".into()),
             ("GATEWAY_FRAMES_PER_SEC".into(), "10000".into()),
@@ -112,21 +116,35 @@ async fn sessions_chat_end_to_end_without_loss() {
         ..Default::default()
     })
     .await
-    .unwrap();
+}
+
+/// Three sessions for a second, their first questions 100 ms apart (as the
+/// paced runs spread theirs), every measured token traced.
+fn tiny_spec(worker_metrics: Vec<String>) -> LoadSpec {
+    LoadSpec {
+        sessions: 3,
+        warmup: Duration::from_millis(200),
+        measure: Duration::from_secs(1),
+        stagger: load::Stagger {
+            span: Duration::from_millis(300),
+        },
+        connect_concurrency: 3,
+        answer_tokens: TOKENS,
+        max_turns: None,
+        stamped_tokens: true,
+        extra_client_cpu_per_token: Duration::ZERO,
+        trace_tokens: true,
+        worker_metrics,
+    }
+}
+
+#[tokio::test]
+async fn sessions_chat_end_to_end_without_loss() {
+    let stack = zero_delay_stack(1, false).await.unwrap();
     let endpoint = Endpoint::parse(&stack.nginx_url()).unwrap();
     let outcome = load::run(
         &endpoint,
-        &LoadSpec {
-            sessions: 3,
-            warmup: Duration::from_millis(200),
-            measure: Duration::from_secs(1),
-            connect_concurrency: 3,
-            answer_tokens: tokens,
-            max_turns: None,
-            stamped_tokens: true,
-            extra_client_cpu_per_token: Duration::ZERO,
-            worker_metrics: vec![format!("{}/metrics", stack.worker_metrics_url(0))],
-        },
+        &tiny_spec(vec![format!("{}/metrics", stack.worker_metrics_url(0))]),
     )
     .await
     .unwrap();
@@ -157,6 +175,8 @@ async fn sessions_chat_end_to_end_without_loss() {
     assert!(!outcome.ttft.is_empty() && !outcome.chunk_latency.is_empty());
     // Every stamped token was measured once: zero window, a chunk per token.
     assert_eq!(outcome.token_latency.len(), outcome.chunk_latency.len());
+    // Traced as asked: every measured token once.
+    assert_eq!(outcome.token_trace.len(), outcome.token_latency.len());
     // Each answer's first chunk is counted again on its own, and only it.
     assert!(!outcome.first_chunk_token_latency.is_empty());
     assert!(outcome.first_chunk_token_latency.len() < outcome.token_latency.len());
@@ -164,6 +184,30 @@ async fn sessions_chat_end_to_end_without_loss() {
     assert_eq!(outcome.sessions.len(), 3);
     assert!(outcome.sessions.iter().all(|s| s.complete && s.turns > 0));
     let problems = load::verify_against_stream(&endpoint, &outcome.sessions, 3).await;
+    assert!(problems.is_empty(), "{problems:?}");
+}
+
+/// The `sse` scenario's client at tiny scale, through Nginx: every answer
+/// arrives whole and once (its ledger against the stream is empty), and
+/// each session keeps one connection from answer to answer (a response
+/// read to its end leaves its connection reusable).
+#[tokio::test]
+async fn sse_answers_arrive_whole_and_once_over_kept_connections() {
+    let stack = zero_delay_stack(2, true).await.unwrap();
+    let endpoint = Endpoint::parse(&stack.nginx_url()).unwrap();
+    let spec = tiny_spec(Vec::new());
+    let outcome = sse::run(&endpoint, &spec).await.unwrap();
+    assert!(outcome.problems.is_empty(), "{:?}", outcome.problems);
+    assert!(
+        outcome.answers.len() > spec.sessions,
+        "{}",
+        outcome.answers.len()
+    );
+    assert_eq!(outcome.connections_opened, spec.sessions as u64);
+    assert!(outcome.measured_tokens > 0 && !outcome.token_latency.is_empty());
+    assert_eq!(outcome.token_trace.len(), outcome.token_latency.len());
+    assert!(!outcome.first_chunk_token_latency.is_empty());
+    let problems = sse::verify(&endpoint, &outcome.answers, outcome.answers.len()).await;
     assert!(problems.is_empty(), "{problems:?}");
 }
 
@@ -187,6 +231,9 @@ async fn the_peer_delivers_every_token_exactly_once_across_resumes() {
                 sessions: 4,
                 warmup: Duration::from_millis(200),
                 measure: Duration::from_secs(1),
+                stagger: load::Stagger {
+                    span: Duration::from_millis(200),
+                },
                 answer_tokens: 20,
                 tokens_per_sec,
                 first_token_ms: 20,

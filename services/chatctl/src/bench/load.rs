@@ -13,15 +13,20 @@ use protocol::{ControlKind, EventKind, MessageId};
 use super::ledger::{self, MessageCheck, SeqLog};
 use super::socket::{chat_frame, Attach, Endpoint, Frame, Ready, Socket, FRAME_TIMEOUT};
 use super::stats::{now_us, Samples};
+use super::token_trace::{TokenTrace, TracedToken};
 use super::window::{Window, WindowCost};
 
 /// One load run.
 #[derive(Clone, Debug)]
 pub struct LoadSpec {
     pub sessions: usize,
-    /// Running, but not counted yet (connections warm, workers busy).
+    /// Running, but not counted yet (connections warm, workers busy),
+    /// from the last session's first question on.
     pub warmup: Duration,
     pub measure: Duration,
+    /// The sessions' first questions spread evenly over this span (zero:
+    /// all at once): see [`Stagger`].
+    pub stagger: Stagger,
     /// WebSocket handshakes in flight at once while opening the sessions.
     pub connect_concurrency: usize,
     /// Tokens of a demo answer, when a `done` does not report its usage.
@@ -36,9 +41,43 @@ pub struct LoadSpec {
     /// own work: the `sse` comparison's control (`--sse-control-ns`), a
     /// WebSocket side made to cost a known amount more per token.
     pub extra_client_cpu_per_token: Duration,
+    /// Every measured token is kept in the outcome's `token_trace`.
+    pub trace_tokens: bool,
     /// The workers' `/metrics`, read around the measured window for their
     /// publish → ack time (none: not read).
     pub worker_metrics: Vec<String>,
+}
+
+/// When each session asks its first question. Paced sessions asking back
+/// to back keep the phase they started with (every answer takes as long),
+/// so sessions that all start at once ask every question together: each
+/// turn is a burst of every session's question, job and first chunk, and
+/// the latency measured is how the stack absorbs that burst. Spread over
+/// one answer's length, the sessions' turns keep apart as independent
+/// users' do, and the stack carries a steady load.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Stagger {
+    pub span: Duration,
+}
+
+impl Stagger {
+    /// A paced answer's length: the first token's wait, then its tokens.
+    pub fn paced_answer(first_token: Duration, answer_tokens: usize, tokens_per_sec: f64) -> Self {
+        let tokens = if tokens_per_sec > 0.0 {
+            Duration::from_secs_f64(answer_tokens as f64 / tokens_per_sec)
+        } else {
+            Duration::ZERO
+        };
+        Self {
+            span: first_token + tokens,
+        }
+    }
+
+    /// Session `index` of `sessions` waits this long before its first
+    /// question.
+    pub fn first_question(&self, index: usize, sessions: usize) -> Duration {
+        self.span.mul_f64(index as f64 / sessions.max(1) as f64)
+    }
 }
 
 /// What a load run measured.
@@ -59,6 +98,8 @@ pub struct LoadOutcome {
     pub token_latency: Samples,
     /// The part of `token_latency` carried by each answer's first chunk.
     pub first_chunk_token_latency: Samples,
+    /// Every measured token, when the spec asked for them.
+    pub token_trace: TokenTrace,
     /// `chat` sent → first chunk received, measured window only.
     pub ttft: Samples,
     /// `chat` sent → `accepted` received (the gateway's part of the first chunk's wait).
@@ -126,7 +167,7 @@ pub async fn run(endpoint: &Endpoint, spec: &LoadSpec) -> anyhow::Result<LoadOut
         let spec = spec.clone();
         tasks.spawn(chat_loop(endpoint.clone(), socket, ready, i, shared, spec));
     }
-    tokio::time::sleep(spec.warmup).await;
+    tokio::time::sleep(spec.stagger.span + spec.warmup).await;
     let counts = |shared: &Shared| {
         [&shared.chunks, &shared.turns, &shared.tokens, &shared.bytes]
             .map(|c| c.load(Ordering::Relaxed))
@@ -159,6 +200,7 @@ pub async fn run(endpoint: &Endpoint, spec: &LoadSpec) -> anyhow::Result<LoadOut
                 outcome
                     .first_chunk_token_latency
                     .extend(run.first_chunk_token_latency);
+                outcome.token_trace.extend(run.token_trace);
                 outcome.ttft.extend(run.ttft);
                 outcome.accepted.extend(run.accepted);
                 outcome.first_published.extend(run.first_published);
@@ -198,6 +240,7 @@ struct SessionRun {
     chunk_latency: Samples,
     token_latency: Samples,
     first_chunk_token_latency: Samples,
+    token_trace: TokenTrace,
     ttft: Samples,
     accepted: Samples,
     first_published: Samples,
@@ -230,6 +273,7 @@ async fn chat_loop(
         chunk_latency: Samples::default(),
         token_latency: Samples::default(),
         first_chunk_token_latency: Samples::default(),
+        token_trace: TokenTrace::new(spec.trace_tokens),
         ttft: Samples::default(),
         accepted: Samples::default(),
         first_published: Samples::default(),
@@ -237,6 +281,7 @@ async fn chat_loop(
         restarts: 0,
         reconnects: 0,
     };
+    tokio::time::sleep(spec.stagger.first_question(index, spec.sessions)).await;
     while !shared.stop.load(Ordering::Relaxed) && spec.max_turns.is_none_or(|m| run.log.turns < m) {
         let prompt = format!(
             "bench session {index} turn {}: how does a replay window work?",
@@ -292,6 +337,7 @@ async fn turn(
         .map_err(|e| format!("send: {e:#}"))?;
     let mut check = MessageCheck::new(message_id, prompt);
     let mut stamps = Unstamper::new(spec.stamped_tokens);
+    let mut chunks_received = 0u32;
     loop {
         let text = match socket.next_text(FRAME_TIMEOUT).await {
             Ok(Some(t)) => t,
@@ -339,8 +385,14 @@ async fn turn(
                         if first {
                             run.first_chunk_token_latency.push_micros(waited);
                         }
+                        run.token_trace.push(TracedToken {
+                            received_us,
+                            latency_us: waited,
+                            chunk: chunks_received,
+                        });
                     }
                 }
+                chunks_received += 1;
                 spin(spec.extra_client_cpu_per_token * u32::try_from(tokens).unwrap_or(u32::MAX));
             }
             None if frame.is(ControlKind::Accepted) && shared.measuring.load(Ordering::Relaxed) => {
@@ -468,6 +520,8 @@ pub async fn converse(
         sessions: 1,
         warmup: Duration::ZERO,
         measure: Duration::ZERO,
+        stagger: Stagger::default(),
+        trace_tokens: false,
         connect_concurrency: 1,
         answer_tokens,
         max_turns: Some(turns),
@@ -557,5 +611,31 @@ mod tests {
         let mut frame = Frame::parse(&whole).unwrap();
         assert!(Unstamper::new(false).answer(&mut frame).is_empty());
         assert_eq!(frame.text.as_deref(), Some(stamped.as_str()));
+    }
+
+    #[test]
+    fn staggered_sessions_ask_first_evenly_over_one_paced_answer() {
+        // The paced default: a 150 ms first-token wait, then 80 tokens at 50/s.
+        let stagger = Stagger::paced_answer(Duration::from_millis(150), 80, 50.0);
+        assert_eq!(stagger.span, Duration::from_millis(1_750));
+        let starts: Vec<Duration> = (0..4).map(|i| stagger.first_question(i, 4)).collect();
+        assert_eq!(starts[0], Duration::ZERO);
+        // One step apart, the last a step before the span ends: the next
+        // turn of the first session falls where a fifth would have started.
+        for pair in starts.windows(2) {
+            assert_eq!(pair[1] - pair[0], stagger.span / 4);
+        }
+        assert_eq!(starts[3] + stagger.span / 4, stagger.span);
+    }
+
+    #[test]
+    fn in_step_and_unpaced_sessions_all_ask_at_once() {
+        let unpaced = Stagger::paced_answer(Duration::ZERO, 80, 0.0);
+        let in_step = Stagger::default();
+        for stagger in [unpaced, in_step] {
+            assert!((0..100).all(|i| stagger.first_question(i, 100).is_zero()));
+        }
+        // No sessions, no division by zero.
+        assert!(in_step.first_question(0, 0).is_zero());
     }
 }

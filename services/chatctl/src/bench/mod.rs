@@ -27,6 +27,7 @@ pub mod socket;
 pub mod sse;
 pub mod stats;
 pub mod tcp_opens;
+pub mod token_trace;
 pub mod window;
 
 pub use run::{run, Capacity};
@@ -155,6 +156,18 @@ pub struct BenchArgs {
     /// Seconds counted per paced load.
     #[arg(long)]
     pub paced_secs: Option<f64>,
+    /// Paced streams (ours and the peer's) all ask their first question at
+    /// once, so every turn of every stream starts together: a burst of
+    /// every stream's question each answer's length, instead of streams
+    /// whose first questions are spread over one answer's length.
+    #[arg(long)]
+    pub paced_in_step: bool,
+    /// Writes every measured token of each paced run (and each run of the
+    /// `sse` comparison) to DIR/<streams>-<side>-<run>.tsv: when it arrived,
+    /// its latency, its chunk's place in the answer; the report notes how
+    /// much of each run's tail the answers' 2nd to 4th chunks carried.
+    #[arg(long, value_name = "DIR")]
+    pub token_trace_dir: Option<std::path::PathBuf>,
     /// Pairs of runs, WebSocket and SSE, the `sse` comparison pools at each
     /// paced load, in alternating order (WebSocket, SSE, SSE, WebSocket,
     /// WebSocket, SSE, …), so a drift of the machine during the load weighs

@@ -42,6 +42,8 @@ struct Settings {
     ttft: Duration,
     paced_loads: Vec<usize>,
     paced: Duration,
+    /// How the paced streams' first questions spread.
+    paced_stagger: load::Stagger,
     connect_samples: usize,
     replay_samples: usize,
     idle_connections: usize,
@@ -79,6 +81,15 @@ impl Settings {
                 a.paced_loads.clone()
             },
             paced: secs(a.paced_secs, pick(5.0, 15.0)),
+            paced_stagger: if a.paced_in_step {
+                load::Stagger::default()
+            } else {
+                load::Stagger::paced_answer(
+                    Duration::from_millis(peer::DEMO_FIRST_TOKEN_MS),
+                    a.answer_tokens,
+                    a.paced_tokens_per_sec,
+                )
+            },
             connect_samples: a.connect_samples.unwrap_or(if full { 2_000 } else { 300 }),
             replay_samples: a.replay_samples.unwrap_or(if full { 200 } else { 30 }),
             idle_connections: a.idle_connections.unwrap_or(if full {
@@ -256,6 +267,7 @@ async fn peer_phase(args: &BenchArgs, s: &Settings, report: &mut Report) -> anyh
         answer_tokens: args.answer_tokens,
         paced_loads: s.paced_loads.clone(),
         paced: s.paced,
+        paced_stagger: s.paced_stagger,
         paced_tokens_per_sec: args.paced_tokens_per_sec,
         idle_streams: s.idle_connections,
         open_concurrency: args.open_concurrency,
@@ -510,11 +522,17 @@ fn spec(
         sessions,
         warmup: s.warmup,
         measure,
+        stagger: if stamped_tokens {
+            s.paced_stagger
+        } else {
+            load::Stagger::default()
+        },
         connect_concurrency: args.open_concurrency,
         answer_tokens: args.answer_tokens,
         max_turns: None,
         stamped_tokens,
         extra_client_cpu_per_token: Duration::ZERO,
+        trace_tokens: stamped_tokens && args.token_trace_dir.is_some(),
         worker_metrics: Vec::new(),
     }
 }

@@ -38,6 +38,11 @@ impl Endpoint {
     }
 
     /// `http://host:port`
+    /// `host:port`.
+    pub fn authority(&self) -> &str {
+        &self.authority
+    }
+
     pub fn http(&self) -> &str {
         &self.base
     }

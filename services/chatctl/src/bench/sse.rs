@@ -8,19 +8,27 @@
 //! stored chunks: every token once, per message.
 
 use std::borrow::Cow;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
+use bytes::Bytes;
 use futures::StreamExt;
+use http_body_util::{BodyDataStream, Full};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use serde_json::json;
+use tokio::net::TcpStream;
 use worker::backends::demo::{strip_stamps, STAMP_CLOSE, STAMP_OPEN};
 
 use super::load::LoadSpec;
 use super::socket::{Endpoint, FRAME_TIMEOUT};
 use super::stats::{now_us, Samples};
+use super::token_trace::{TokenTrace, TracedToken};
 use super::window::{Window, WindowCost};
 
 /// What the SSE run measured.
@@ -29,11 +37,16 @@ pub struct SseOutcome {
     pub token_latency: Samples,
     /// The part of `token_latency` carried by each answer's first delta.
     pub first_chunk_token_latency: Samples,
+    /// Every measured token, when the spec asked for them.
+    pub token_trace: TokenTrace,
     pub tokens_per_sec: f64,
     pub measured_tokens: u64,
     /// The measured window's CPU and waits.
     pub cost: WindowCost,
     pub answers: Vec<Answer>,
+    /// Connections the sessions opened: one each while the server keeps
+    /// them alive from answer to answer.
+    pub connections_opened: u64,
     pub problems: Vec<String>,
 }
 
@@ -95,11 +108,16 @@ pub async fn run(endpoint: &Endpoint, spec: &LoadSpec) -> anyhow::Result<SseOutc
     let shared = Arc::new(Shared::default());
     let mut tasks = tokio::task::JoinSet::new();
     for (i, session) in sessions.into_iter().enumerate() {
-        let (client, base, shared) = (client.clone(), base.clone(), shared.clone());
-        let max_turns = spec.max_turns;
-        tasks.spawn(async move { session_loop(client, base, session, i, shared, max_turns).await });
+        let (authority, shared) = (endpoint.authority().to_string(), shared.clone());
+        let (max_turns, trace_tokens) = (spec.max_turns, spec.trace_tokens);
+        let first_question = spec.stagger.first_question(i, spec.sessions);
+        tasks.spawn(async move {
+            tokio::time::sleep(first_question).await;
+            let latency = TokenLatency::new(trace_tokens);
+            session_loop(authority, session, i, shared, max_turns, latency).await
+        });
     }
-    tokio::time::sleep(spec.warmup).await;
+    tokio::time::sleep(spec.stagger.span + spec.warmup).await;
     let window = Window::open(&spec.worker_metrics).await;
     let k0 = shared.tokens.load(Ordering::Relaxed);
     let started = Instant::now();
@@ -118,11 +136,13 @@ pub async fn run(endpoint: &Endpoint, spec: &LoadSpec) -> anyhow::Result<SseOutc
     };
     while let Some(joined) = tasks.join_next().await {
         match joined {
-            Ok((latency, answers, problems)) => {
+            Ok((latency, answers, opened, problems)) => {
+                outcome.connections_opened += opened;
                 outcome.token_latency.extend(latency.all);
                 outcome
                     .first_chunk_token_latency
                     .extend(latency.first_chunk);
+                outcome.token_trace.extend(latency.trace);
                 outcome.answers.extend(answers);
                 outcome.problems.extend(problems);
             }
@@ -136,29 +156,113 @@ pub async fn run(endpoint: &Endpoint, spec: &LoadSpec) -> anyhow::Result<SseOutc
 
 /// A session's token latencies: all of them, and those of each answer's
 /// first delta again.
-#[derive(Default)]
 struct TokenLatency {
     all: Samples,
     first_chunk: Samples,
+    trace: TokenTrace,
 }
 
-type SessionResult = (TokenLatency, Vec<Answer>, Vec<String>);
+impl TokenLatency {
+    fn new(trace_tokens: bool) -> Self {
+        Self {
+            all: Samples::default(),
+            first_chunk: Samples::default(),
+            trace: TokenTrace::new(trace_tokens),
+        }
+    }
+}
+
+/// Latencies, answers, connections opened, problems.
+type SessionResult = (TokenLatency, Vec<Answer>, u64, Vec<String>);
+
+/// hyper's side of an HTTP/1.1 connection: what reads and writes it.
+type Connection = Pin<Box<http1::Connection<TokioIo<TcpStream>, Full<Bytes>>>>;
+
+/// A session's HTTP/1.1 connection, hyper's client driven by the
+/// session's own task (see [`drive`]), kept open from turn to turn as a
+/// browser keeps its connection.
+struct Link {
+    sender: http1::SendRequest<Full<Bytes>>,
+    /// `None` once it ended (the server closed it).
+    connection: Option<Connection>,
+}
+
+impl Link {
+    async fn open(authority: &str) -> anyhow::Result<Self> {
+        let tcp = TcpStream::connect(authority)
+            .await
+            .with_context(|| format!("connecting to {authority}"))?;
+        tcp.set_nodelay(true)?;
+        let (sender, connection) = http1::handshake(TokioIo::new(tcp)).await?;
+        Ok(Self {
+            sender,
+            connection: Some(Box::pin(connection)),
+        })
+    }
+
+    /// Still open, and ready for the next request.
+    async fn ready(&mut self) -> bool {
+        if self.connection.is_none() {
+            return false;
+        }
+        let Self { sender, connection } = self;
+        drive(connection, sender.ready()).await.is_ok() && connection.is_some()
+    }
+}
+
+/// Runs `f` while driving the connection in the same task: bytes read off
+/// the socket reach `f`'s body in the same poll, as the WebSocket side's
+/// frames reach its session's task (a connection task of its own, as
+/// reqwest spawns, would put one more task wake-up on every chunk's way).
+async fn drive<F: Future>(connection: &mut Option<Connection>, f: F) -> F::Output {
+    tokio::pin!(f);
+    loop {
+        let Some(open) = connection.as_mut() else {
+            return f.await;
+        };
+        tokio::select! {
+            biased;
+            _ = open.as_mut() => *connection = None,
+            out = &mut f => return out,
+        }
+    }
+}
 
 async fn session_loop(
-    client: reqwest::Client,
-    base: String,
+    authority: String,
     session: NewSession,
     index: usize,
     shared: Arc<Shared>,
     max_turns: Option<usize>,
+    mut latency: TokenLatency,
 ) -> SessionResult {
-    let mut latency = TokenLatency::default();
     let mut answers = Vec::new();
     let mut problems = Vec::new();
     let mut turns = 0;
+    let mut link: Option<Link> = None;
+    let mut opened = 0;
     while !shared.stop.load(Ordering::Relaxed) && max_turns.is_none_or(|m| turns < m) {
         let prompt = format!("bench session {index} turn {turns}: how does a replay window work?");
-        match turn(&client, &base, &session, &prompt, &shared, &mut latency).await {
+        let reuse = match link.as_mut() {
+            Some(open) => open.ready().await,
+            None => false,
+        };
+        if !reuse {
+            match Link::open(&authority).await {
+                Ok(new) => {
+                    link = Some(new);
+                    opened += 1;
+                }
+                Err(e) => {
+                    problems.push(format!("SSE session {}: {e:#}", session.session_id));
+                    break;
+                }
+            }
+        }
+        let Some(open) = link.as_mut() else { break };
+        let Link { sender, connection } = open;
+        let asked = turn(sender, &authority, &session, &prompt, &shared, &mut latency);
+        match drive(connection, asked).await {
             Ok(answer) => answers.push(answer),
             Err(e) => {
                 problems.push(format!("SSE session {}: {e:#}", session.session_id));
@@ -167,13 +271,13 @@ async fn session_loop(
         }
         turns += 1;
     }
-    (latency, answers, problems)
+    (latency, answers, opened, problems)
 }
 
 /// One question and its whole answer over one SSE response.
 async fn turn(
-    client: &reqwest::Client,
-    base: &str,
+    sender: &mut http1::SendRequest<Full<Bytes>>,
+    authority: &str,
     session: &NewSession,
     prompt: &str,
     shared: &Shared,
@@ -184,14 +288,21 @@ async fn turn(
         "trigger": "submit-message",
         "messages": [{"id": "q", "role": "user", "parts": [{"type": "text", "text": prompt}]}],
     });
-    let res = client
-        .post(format!("{base}/api/ui/chat"))
-        .bearer_auth(&session.token)
-        .json(&body)
-        .send()
-        .await?
-        .error_for_status()?;
-    let mut body = res.bytes_stream();
+    let request = hyper::Request::post("/api/ui/chat")
+        .header(hyper::header::HOST, authority)
+        .header(
+            hyper::header::AUTHORIZATION,
+            format!("Bearer {}", session.token),
+        )
+        .header(hyper::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))?;
+    let res = sender.send_request(request).await?;
+    anyhow::ensure!(
+        res.status().is_success(),
+        "POST /api/ui/chat answered {}",
+        res.status()
+    );
+    let mut body = BodyDataStream::new(res.into_body());
     let mut buffer = String::new();
     let mut answer = Answer {
         session: session.session_id.clone(),
@@ -238,6 +349,11 @@ async fn turn(
                                 if answer.deltas == 1 {
                                     latency.first_chunk.push_micros(waited);
                                 }
+                                latency.trace.push(TracedToken {
+                                    received_us,
+                                    latency_us: waited,
+                                    chunk: u32::try_from(answer.deltas - 1).unwrap_or(u32::MAX),
+                                });
                             }
                         }
                     }
@@ -432,29 +548,70 @@ mod tests {
     #[tokio::test]
     async fn a_read_to_its_end_keeps_the_connection_for_the_next_question() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
+        let authority = listener.local_addr().unwrap().to_string();
         let accepted = Arc::new(AtomicUsize::new(0));
         tokio::spawn(serve(listener, accepted.clone()));
-        let client = reqwest::Client::new();
         let session = NewSession {
             session_id: "s".into(),
             token: "t".into(),
         };
-        let shared = Shared::default();
-        let mut latency = TokenLatency::default();
-        for turn_no in 0..3 {
-            let answer = turn(&client, &base, &session, "q", &shared, &mut latency)
-                .await
-                .unwrap();
+        let shared = Arc::new(Shared::default());
+        let latency = TokenLatency::new(false);
+        let (_, answers, opened, problems) =
+            session_loop(authority, session, 0, shared, Some(3), latency).await;
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(answers.len(), 3);
+        for answer in &answers {
             assert_eq!(
                 (answer.message_id.as_str(), answer.text.as_str()),
                 ("m1", "hi ")
             );
-            assert_eq!(answer.deltas, 1, "turn {turn_no}");
+            assert_eq!(answer.deltas, 1);
         }
         // A body dropped at `[DONE]`, before its terminator, would have
         // closed each connection: three questions, three connections.
+        assert_eq!(opened, 1);
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_server_closed_is_opened_again_for_the_next_question() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let authority = listener.local_addr().unwrap().to_string();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counted = accepted.clone();
+        // One answer per connection, then the server closes it.
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    let _ = socket.read(&mut buf).await;
+                    let events = format!("{:x}\r\n{ANSWER}\r\n0\r\n\r\n", ANSWER.len());
+                    let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\
+                                connection: close\r\ntransfer-encoding: chunked\r\n\r\n";
+                    let _ = socket.write_all(format!("{head}{events}").as_bytes()).await;
+                });
+            }
+        });
+        let session = NewSession {
+            session_id: "s".into(),
+            token: "t".into(),
+        };
+        let shared = Arc::new(Shared::default());
+        let (_, answers, opened, problems) = session_loop(
+            authority,
+            session,
+            0,
+            shared,
+            Some(2),
+            TokenLatency::new(false),
+        )
+        .await;
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(answers.len(), 2);
+        assert_eq!(opened, 2);
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use super::ledger::{AnswerCheck, EventReader, PeerEvent};
 use crate::bench::cpu::CpuSnapshot;
+use crate::bench::load::Stagger;
 use crate::bench::socket::FRAME_TIMEOUT;
 use crate::bench::stats::{now_us, Samples};
 
@@ -18,8 +19,11 @@ use crate::bench::stats::{now_us, Samples};
 #[derive(Clone, Debug)]
 pub struct PeerLoadSpec {
     pub sessions: usize,
+    /// From the last session's first question on.
     pub warmup: Duration,
     pub measure: Duration,
+    /// The sessions' first questions spread evenly over this span.
+    pub stagger: Stagger,
     pub answer_tokens: usize,
     /// 0 = no delay at all, as the demo model at zero delay.
     pub tokens_per_sec: f64,
@@ -90,7 +94,7 @@ pub async fn run(
         };
         tasks.spawn(session.chat());
     }
-    tokio::time::sleep(spec.warmup).await;
+    tokio::time::sleep(spec.stagger.span + spec.warmup).await;
     let before = (
         shared.tokens.load(Ordering::Relaxed),
         shared.token_bytes.load(Ordering::Relaxed),
@@ -156,6 +160,12 @@ impl Session {
     async fn chat(self) -> SessionRun {
         let mut run = SessionRun::default();
         let mut turn = 0;
+        tokio::time::sleep(
+            self.spec
+                .stagger
+                .first_question(self.index, self.spec.sessions),
+        )
+        .await;
         while !self.shared.stop.load(Ordering::Relaxed)
             && self.spec.max_turns.is_none_or(|m| turn < m)
         {

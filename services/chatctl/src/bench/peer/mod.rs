@@ -27,6 +27,7 @@ pub use load::{PeerLoadOutcome, PeerLoadSpec};
 pub use service::{PeerOptions, PeerService};
 
 use super::idle::rss_kib;
+use super::load::Stagger;
 use super::report::{thousands, Row};
 use super::socket::FRAME_TIMEOUT;
 
@@ -47,6 +48,8 @@ pub struct PeerPlan {
     /// Streams per paced run (our paced loads).
     pub paced_loads: Vec<usize>,
     pub paced: Duration,
+    /// How the paced streams' first questions spread (as ours do).
+    pub paced_stagger: Stagger,
     pub paced_tokens_per_sec: f64,
     /// Idle streams held for the memory measure; 0 skips it.
     pub idle_streams: usize,
@@ -90,10 +93,11 @@ pub async fn run(plan: &PeerPlan) -> anyhow::Result<PeerResults> {
         resume_every: plan.resume_every,
         ..Default::default()
     };
-    let spec = |sessions, measure, tokens_per_sec| PeerLoadSpec {
+    let spec = |sessions, measure, tokens_per_sec, stagger| PeerLoadSpec {
         sessions,
         warmup: plan.warmup,
         measure,
+        stagger,
         answer_tokens: plan.answer_tokens,
         tokens_per_sec,
         first_token_ms: DEMO_FIRST_TOKEN_MS,
@@ -106,7 +110,7 @@ pub async fn run(plan: &PeerPlan) -> anyhow::Result<PeerResults> {
         let outcome = load::run(
             &peer.url(),
             &peer.pids(),
-            &spec(plan.sessions, plan.measure, 0.0),
+            &spec(plan.sessions, plan.measure, 0.0, Stagger::default()),
         )
         .await
         .with_context(|| format!("peer, unpaced; its logs:\n{}", peer.log_tail()))?;
@@ -122,7 +126,12 @@ pub async fn run(plan: &PeerPlan) -> anyhow::Result<PeerResults> {
             let outcome = load::run(
                 &peer.url(),
                 &peer.pids(),
-                &spec(streams, plan.paced, plan.paced_tokens_per_sec),
+                &spec(
+                    streams,
+                    plan.paced,
+                    plan.paced_tokens_per_sec,
+                    plan.paced_stagger,
+                ),
             )
             .await
             .with_context(|| format!("peer, {streams} paced; its logs:\n{}", peer.log_tail()))?;

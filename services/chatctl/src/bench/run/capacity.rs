@@ -130,6 +130,7 @@ pub(super) async fn run(args: &BenchArgs, s: &Settings, report: &mut Report) -> 
                 sessions: streams,
                 warmup: s.warmup,
                 measure: s.paced,
+                stagger: s.paced_stagger,
                 answer_tokens: args.answer_tokens,
                 tokens_per_sec: rate,
                 first_token_ms: peer::DEMO_FIRST_TOKEN_MS,

@@ -11,6 +11,7 @@ use super::super::model_pacing::{self, ModelPacing};
 use super::super::raw_nats::{self, NatsTarget, PacedPublishing};
 use super::super::report::{millis, thousands, Report, Row};
 use super::super::socket::Endpoint;
+use super::super::token_trace::TokenTrace;
 use super::super::{comparison, sse, Phase};
 use super::{
     check, cpu_row, cpu_token_row, delivered_row, gateway_metrics_urls, paced_env, spec, BenchArgs,
@@ -91,6 +92,36 @@ impl PacedWindow {
     }
 }
 
+/// Writes a run's tokens to `--token-trace-dir` (nothing without it) and
+/// notes where in the answers its tail sat.
+fn trace_run(
+    args: &BenchArgs,
+    report: &mut Report,
+    trace: &TokenTrace,
+    streams: usize,
+    side: &str,
+    run: usize,
+) -> anyhow::Result<()> {
+    let Some(dir) = &args.token_trace_dir else {
+        return Ok(());
+    };
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join(format!("{streams}-{side}-{run}.tsv"));
+    trace
+        .write_tsv(&path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    if let Some(early) = trace.tail_in_early_chunks() {
+        report.note(format!(
+            "{streams} paced streams, {side} run {run}: the answers' 2nd to 4th chunks carried \
+             {:.0} % of the tokens over its p99 and {:.0} % of all its tokens ({})",
+            early.of_tail * 100.0,
+            early.of_tokens * 100.0,
+            path.display()
+        ));
+    }
+    Ok(())
+}
+
 async fn paced(
     args: &BenchArgs,
     s: &Settings,
@@ -116,6 +147,11 @@ async fn paced(
         let mut outcome = load::run(endpoint, &load_spec()).await?;
         let after = RepairCounters::read(&metrics.gateways).await;
         RepairCounters::note(before, after, &run, report);
+        let websocket = match window {
+            PacedWindow::AsConfigured => "websocket",
+            PacedWindow::Fixed => "websocket-fixed-window",
+        };
+        trace_run(args, report, &outcome.token_trace, streams, websocket, 1)?;
         if let Some(sum) = outcome.token_latency.summary() {
             let mut row = Row::latency(
                 format!(
@@ -205,6 +241,14 @@ async fn paced(
                                 ..load
                             };
                             let control = load::run(endpoint, &taxed).await?;
+                            trace_run(
+                                args,
+                                report,
+                                &control.token_trace,
+                                streams,
+                                "control",
+                                pair,
+                            )?;
                             over_sse.add(comparison::SideRun::from(&control));
                             check(report, endpoint, args, control).await;
                         }
@@ -220,6 +264,12 @@ async fn paced(
                                 report,
                             );
                             over_sse.add(comparison::SideRun::from(&sse));
+                            trace_run(args, report, &sse.token_trace, streams, "sse", pair)?;
+                            report.note(format!(
+                                "{run} over SSE (pair {pair}): {} answers on {} client connections",
+                                sse.answers.len(),
+                                sse.connections_opened
+                            ));
                             let mut problems = sse.problems;
                             problems.extend(
                                 sse::verify(endpoint, &sse.answers, args.verify_sessions).await,
@@ -231,6 +281,14 @@ async fn paced(
                         (Side::WebSocket, _) => {
                             println!("sse: the same {streams} streams over the WebSocket again (pair {pair})");
                             let again = load::run(endpoint, &load).await?;
+                            trace_run(
+                                args,
+                                report,
+                                &again.token_trace,
+                                streams,
+                                "websocket",
+                                pair,
+                            )?;
                             ws.add(comparison::SideRun::from(&again));
                             check(report, endpoint, args, again).await;
                         }
