@@ -75,8 +75,8 @@ const AGE_HEADROOM: Duration = Duration::from_secs(30);
 /// that cannot be: the stream was far from its limits when asked, or the
 /// cached first is already past `after_seq`'s successor (expired either
 /// way), or that successor (`after_seq` itself when it is the cached end)
-/// is still stored (one direct get, which any replica answers). A rule by position alone (the oldest tenth of the
-/// stream) was not enough: a stream's oldest events can all have been
+/// is still stored (one direct get, which any replica answers). A rule by
+/// position alone (the oldest tenth of the stream) was not enough: a stream's oldest events can all have been
 /// written within a second, and leave within one. An `after_seq` beyond
 /// the cached end (the stream grew since) is asked again too.
 #[derive(Default)]
@@ -93,11 +93,11 @@ impl StreamBounds {
                 // Events leave oldest first: while the successor, or
                 // `after` itself, is stored, nothing after `after` has left.
                 // A client caught up with the cached end usually has no
-                // successor stored yet; its own last event speaks for it.
+                // successor stored yet: its own last event is asked first.
                 if bounds.far_from_limits
                     || successor < bounds.first
-                    || still_stored(events, successor).await
                     || (after == bounds.last && still_stored(events, after).await)
+                    || still_stored(events, successor).await
                 {
                     return Ok(bounds);
                 }

@@ -37,12 +37,12 @@ impl Endpoint {
         })
     }
 
-    /// `http://host:port`
     /// `host:port`.
     pub fn authority(&self) -> &str {
         &self.authority
     }
 
+    /// `http://host:port`
     pub fn http(&self) -> &str {
         &self.base
     }

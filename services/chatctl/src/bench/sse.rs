@@ -87,9 +87,8 @@ struct NewSession {
 
 /// Runs `spec`'s sessions through `POST /api/ui/chat`.
 pub async fn run(endpoint: &Endpoint, spec: &LoadSpec) -> anyhow::Result<SseOutcome> {
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(spec.sessions)
-        .build()?;
+    // Only to create the sessions: each asks over its own connection.
+    let client = reqwest::Client::new();
     let base = endpoint.http().to_string();
     let sessions: Vec<NewSession> = futures::stream::iter(0..spec.sessions)
         .map(|_| {
