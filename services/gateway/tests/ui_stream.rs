@@ -304,3 +304,74 @@ async fn a_whole_conversation_is_posted_within_the_chat_s_own_body_limit() {
         .unwrap();
     assert_rest_error(rest, 413, ErrorCode::TooLarge).await;
 }
+
+/// Every answer of the AI SDK's chat is its own request: the chat's live
+/// subscription outlives an answer by `--live-linger-ms`, so the next one
+/// finds it (no subscribe and unsubscribe per answer), and it ends after
+/// the linger, or at once when the session is revoked.
+#[tokio::test]
+async fn a_chats_next_answer_reuses_its_live_subscription_which_ends_after_the_linger() {
+    let app = TestApp::builder()
+        .gateway_args(&["--live-linger-ms", "1500"])
+        .real_worker_with(&["--demo-tokens-per-sec", "200", "--demo-answer-tokens", "8"])
+        .start()
+        .await;
+    let (session, token) = app.new_session().await;
+    let ask = |text: &'static str| {
+        let app = &app;
+        let token = token.clone();
+        async move {
+            let posted = app
+                .post("/api/ui/chat", &token, chat_body(session, text))
+                .await;
+            assert_eq!(posted.status(), 200);
+            read_chunks(posted, None).await
+        }
+    };
+    let first = ask("one").await;
+    assert_eq!(first.last().unwrap()["type"], "finish");
+    let lingering = app.live_subscriptions(session).await;
+    assert_eq!(lingering.len(), 1, "kept after the answer: {lingering:?}");
+
+    let second = ask("two").await;
+    assert_eq!(second.last().unwrap()["type"], "finish");
+    let stored = app.all_events(session, &token).await;
+    let second_id = second[0]["messageId"].as_str().unwrap().parse().unwrap();
+    assert_eq!(text_of(&second), answer(&stored, second_id), "whole, once");
+    assert_eq!(
+        app.live_subscriptions(session).await,
+        lingering,
+        "the second answer came through the same subscription"
+    );
+
+    eventually("the subscription to end after the linger", || async {
+        app.live_subscriptions(session).await.is_empty()
+    })
+    .await;
+
+    // A chat revoked while its subscription lingers: it ends at once, not
+    // after the linger (here a minute).
+    let app = TestApp::builder()
+        .gateway_args(&["--live-linger-ms", "60000"])
+        .real_worker_with(&["--demo-tokens-per-sec", "200", "--demo-answer-tokens", "8"])
+        .start()
+        .await;
+    let (session, token) = app.new_session().await;
+    let posted = app
+        .post("/api/ui/chat", &token, chat_body(session, "one"))
+        .await;
+    read_chunks(posted, None).await;
+    assert_eq!(app.live_subscriptions(session).await.len(), 1);
+    let revoked = app
+        .http
+        .delete(app.url(&format!("/api/sessions/{session}")))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoked.status(), 204);
+    eventually("a revoked chat's subscription to end", || async {
+        app.live_subscriptions(session).await.is_empty()
+    })
+    .await;
+}

@@ -158,6 +158,36 @@ impl MessageCheck {
     }
 }
 
+/// A session's answer that ended (its `done` came), as the next answer's
+/// turn still meets it: a run of it that a `restart` superseded may store
+/// its last chunks after the answer's end (a run's chunks after its first
+/// event are not fenced), and a client ignores every `chunk`, `reasoning`
+/// or `restart` of a message whose `attempt` is below the highest it saw
+/// for that message (PROTOCOL.md, "Answers").
+#[derive(Debug, Clone)]
+pub(crate) struct Answered {
+    message_id: String,
+    attempt: u32,
+}
+
+impl Answered {
+    /// The answer `done` ended (the attempt the `done` names).
+    pub(crate) fn from_done(frame: &Frame<'_>) -> Option<Self> {
+        Some(Self {
+            message_id: frame.message_id.as_deref()?.to_string(),
+            attempt: frame.attempt.unwrap_or(1),
+        })
+    }
+
+    /// Whether `frame` is a late event of a superseded attempt of this
+    /// answer, to be ignored.
+    pub(crate) fn superseded(&self, frame: &Frame<'_>) -> bool {
+        matches!(frame.kind.as_ref(), "chunk" | "reasoning" | "restart")
+            && frame.message_id.as_deref() == Some(self.message_id.as_str())
+            && frame.attempt.unwrap_or(1) < self.attempt
+    }
+}
+
 /// Received sequence numbers of one connection, strictly rising.
 #[derive(Debug, Default, Clone)]
 pub struct SeqLog {
@@ -271,6 +301,10 @@ mod tests {
         serde_json::json!({"type":"done","message_id":id,"attempt":1,"finish_reason":"stop","usage":{"prompt_tokens":1,"completion_tokens":tokens},"seq":2}).to_string()
     }
 
+    fn done_of(id: &str, attempt: u32) -> String {
+        serde_json::json!({"type":"done","message_id":id,"attempt":attempt,"finish_reason":"stop","seq":3}).to_string()
+    }
+
     #[test]
     fn a_whole_answer_passes_and_a_gap_or_double_fails() {
         let tokens = worker::backends::demo::answer_tokens("why?", 12);
@@ -298,6 +332,14 @@ mod tests {
             .chunk(&Frame::parse(&chunk("other", 1, 1, "b")).unwrap())
             .unwrap_err();
         assert!(err.contains("while receiving"), "{err}");
+
+        // After an answer whose attempt 2 ended it, attempt 1's late chunk
+        // is ignored; anything else of it (or of attempt 2) is not.
+        let ended = Answered::from_done(&Frame::parse(&done_of("m1", 2)).unwrap()).unwrap();
+        assert!(ended.superseded(&Frame::parse(&chunk("m1", 1, 7, "late")).unwrap()));
+        assert!(!ended.superseded(&Frame::parse(&chunk("m1", 2, 7, "again")).unwrap()));
+        assert!(!ended.superseded(&Frame::parse(&chunk("m0", 1, 7, "other")).unwrap()));
+        assert!(!ended.superseded(&Frame::parse(&done_of("m1", 1)).unwrap()));
     }
 
     #[test]

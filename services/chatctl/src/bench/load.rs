@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use futures::{StreamExt, TryStreamExt};
 use protocol::{ControlKind, EventKind, MessageId};
 
-use super::ledger::{self, MessageCheck, SeqLog};
+use super::ledger::{self, Answered, MessageCheck, SeqLog};
 use super::socket::{chat_frame, Attach, Endpoint, Frame, Ready, Socket, FRAME_TIMEOUT};
 use super::stats::{now_us, Samples};
 use super::token_trace::{TokenTrace, TracedToken};
@@ -247,6 +247,9 @@ struct SessionRun {
     problems: Vec<String>,
     restarts: u64,
     reconnects: u64,
+    /// The answer before this turn's, whose superseded attempts' late
+    /// events are ignored.
+    answered: Option<Answered>,
 }
 
 /// Times a session may lose its socket in one run before the bench calls
@@ -280,6 +283,7 @@ async fn chat_loop(
         problems: Vec::new(),
         restarts: 0,
         reconnects: 0,
+        answered: None,
     };
     tokio::time::sleep(spec.stagger.first_question(index, spec.sessions)).await;
     while !shared.stop.load(Ordering::Relaxed) && spec.max_turns.is_none_or(|m| run.log.turns < m) {
@@ -354,6 +358,9 @@ async fn turn(
         if let (Some(seq), false) = (frame.seq, frame.is(ControlKind::Accepted)) {
             run.log.seqs.push(seq)?;
         }
+        if run.answered.as_ref().is_some_and(|a| a.superseded(&frame)) {
+            continue;
+        }
         match EventKind::parse(&frame.kind) {
             Some(EventKind::Chunk) => {
                 let stamps = stamps.answer(&mut frame);
@@ -409,6 +416,7 @@ async fn turn(
             Some(EventKind::Done) => {
                 check.done(&frame, spec.answer_tokens)?;
                 run.restarts += u64::from(check.restarts);
+                run.answered = Answered::from_done(&frame);
                 return Ok(());
             }
             // `error` is both a stored event and a refused frame: either fails.
