@@ -251,7 +251,6 @@ pub async fn spawn(config: GatewayConfig) -> anyhow::Result<RunningGateway> {
         config.recent_events,
         config.test_drop_live_every,
         config.max_sockets_per_session,
-        Duration::from_millis(config.live_linger_ms),
     );
     let test_hooks = TestHooks::new(&config);
     let state = AppState(Arc::new(Shared {

@@ -85,12 +85,6 @@ pub struct GatewayConfig {
     /// refused (`rate_limited`, close 1013).
     #[arg(long, env = "GATEWAY_MAX_SOCKETS_PER_SESSION", default_value_t = 16)]
     pub max_sockets_per_session: usize,
-    /// How long a session's live subscription outlives its last socket or
-    /// SSE answer here, so the chat's next answer (the AI SDK posts each
-    /// question as its own request) reuses it instead of subscribing again.
-    /// 0 ends it with the last one.
-    #[arg(long, env = "GATEWAY_LIVE_LINGER_MS", default_value_t = 5_000)]
-    pub live_linger_ms: u64,
     /// Longest one write to a socket may block before it is closed as too slow.
     #[arg(long, env = "GATEWAY_WRITE_TIMEOUT_MS", default_value_t = 5_000)]
     pub write_timeout_ms: u64,

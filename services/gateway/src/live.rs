@@ -1,8 +1,6 @@
 //! Live delivery: one core subscription per session on this gateway, to the
 //! republished `chat.live.<session>`, held while at least one socket of the
-//! session is attached (and `--live-linger-ms` after the last one leaves, so
-//! the next answer of a chat whose every answer is its own request, the AI
-//! SDK's POST, finds it still there), and fanned out to those sockets through a bounded
+//! session is attached, and fanned out to those sockets through a bounded
 //! broadcast. The frame is built once per event (sequence spliced in, no
 //! JSON parse) and shared by every socket; the fan-out never waits for a
 //! socket. The broadcast ring is small (it is allocated for every attached
@@ -14,13 +12,11 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
-use std::time::Duration;
-
 use axum::extract::ws::Utf8Bytes;
 use futures::StreamExt;
 use protocol::connect::ConnectionWatch;
 use protocol::{subjects, EventKind, SessionId};
-use tokio::sync::{broadcast, Notify};
+use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics;
@@ -54,14 +50,8 @@ struct Feed {
     revoked: CancellationToken,
     recent: Recent,
     sockets: usize,
-    /// Told when the last socket left: the feed's task keeps the
-    /// subscription for the hub's linger, then ends it unless a socket
-    /// came back meanwhile.
-    idle: Arc<Notify>,
     task: tokio::task::JoinHandle<()>,
 }
-
-type Feeds = Arc<Mutex<HashMap<SessionId, Feed>>>;
 
 #[derive(Clone)]
 pub struct LiveHub {
@@ -70,7 +60,7 @@ pub struct LiveHub {
     /// connection it went out on is lost (the subscription itself is sent
     /// again by the client as it reconnects).
     connection: ConnectionWatch,
-    feeds: Feeds,
+    feeds: Arc<Mutex<HashMap<SessionId, Feed>>>,
     /// Live events each attached session keeps for its sockets that fell
     /// behind the ring (`--recent-events`); the ring is no larger.
     recent_events: usize,
@@ -81,9 +71,6 @@ pub struct LiveHub {
     /// session), so this bounds a session's sockets, and one stolen token
     /// cannot hold thousands of connections.
     max_sockets: usize,
-    /// How long a session's subscription outlives its last socket
-    /// (`--live-linger-ms`); zero ends it with that socket.
-    linger: Duration,
 }
 
 /// Why a socket could not attach.
@@ -129,18 +116,12 @@ impl Drop for Attachment {
         };
         if let Some(feed) = feeds.get_mut(&self.session) {
             feed.sockets = feed.sockets.saturating_sub(1);
-            if feed.sockets > 0 {
-                return;
-            }
-            // A revoked session's feed is not kept for anyone.
-            if self.hub.linger.is_zero() || feed.revoked.is_cancelled() {
+            if feed.sockets == 0 {
                 if let Some(feed) = feeds.remove(&self.session) {
                     // Aborting drops the subscriber, which unsubscribes.
                     feed.task.abort();
                 }
                 metrics::sessions_attached(feeds.len());
-            } else {
-                feed.idle.notify_one();
             }
         }
     }
@@ -149,23 +130,11 @@ impl Drop for Attachment {
 impl LiveHub {
     /// Closes every socket of `session` on this gateway (it was revoked).
     pub fn revoke(&self, session: SessionId) {
-        if let Ok(mut feeds) = self.feeds.lock() {
+        if let Ok(feeds) = self.feeds.lock() {
             if let Some(feed) = feeds.get(&session) {
                 feed.revoked.cancel();
-                // Lingering with no socket: nobody is left to close.
-                if feed.sockets == 0 {
-                    if let Some(feed) = feeds.remove(&session) {
-                        feed.task.abort();
-                    }
-                    metrics::sessions_attached(feeds.len());
-                }
             }
         }
-    }
-
-    /// Sessions with a live subscription here (attached or lingering).
-    pub fn subscribed_sessions(&self) -> usize {
-        self.feeds.lock().map_or(0, |feeds| feeds.len())
     }
 
     /// Listens for revocations from every gateway until the connection ends.
@@ -195,7 +164,6 @@ impl LiveHub {
         recent_events: usize,
         drop_every: u64,
         max_sockets: usize,
-        linger: Duration,
     ) -> Self {
         Self {
             client,
@@ -204,7 +172,6 @@ impl LiveHub {
             recent_events: recent_events.max(1),
             drop_every,
             max_sockets: max_sockets.max(1),
-            linger,
         }
     }
 
@@ -261,21 +228,12 @@ impl LiveHub {
         let (sender, receiver) = broadcast::channel(RING.min(self.recent_events));
         let revoked = CancellationToken::new();
         let recent = Recent::default();
-        let idle = Arc::new(Notify::new());
         let task = tokio::spawn(forward(
             subscriber,
-            Fanout {
-                sender: sender.clone(),
-                recent: recent.clone(),
-                keep: self.recent_events,
-                drop_every: self.drop_every,
-            },
-            Lingering {
-                idle: idle.clone(),
-                linger: self.linger,
-                feeds: Arc::downgrade(&self.feeds),
-                session,
-            },
+            sender.clone(),
+            recent.clone(),
+            self.recent_events,
+            self.drop_every,
         ));
         feeds.insert(
             session,
@@ -284,7 +242,6 @@ impl LiveHub {
                 revoked: revoked.clone(),
                 recent: recent.clone(),
                 sockets: 1,
-                idle,
                 task,
             },
         );
@@ -329,85 +286,19 @@ fn republished_sequences(message: &async_nats::Message) -> (Option<u64>, Option<
     (seq, prev)
 }
 
-/// Where a feed's task hands each live event.
-struct Fanout {
+/// The per-event hot path: headers, splice, remember, one broadcast send.
+/// No KV, no parse, nothing awaited but the next message.
+async fn forward(
+    mut subscriber: async_nats::Subscriber,
     sender: broadcast::Sender<Arc<LiveEvent>>,
     recent: Recent,
     keep: usize,
     drop_every: u64,
-}
-
-/// How a feed's task ends its subscription once the last socket left.
-struct Lingering {
-    idle: Arc<Notify>,
-    linger: Duration,
-    /// Weak: the hub owns the feeds, a feed's task does not keep them.
-    feeds: std::sync::Weak<Mutex<HashMap<SessionId, Feed>>>,
-    session: SessionId,
-}
-
-impl Lingering {
-    /// Removes this feed if it still has no socket; whether it did (the
-    /// task then ends, dropping the subscriber, which unsubscribes).
-    fn end_if_idle(&self, sender: &broadcast::Sender<Arc<LiveEvent>>) -> bool {
-        let Some(feeds) = self.feeds.upgrade() else {
-            return true;
-        };
-        let Ok(mut feeds) = feeds.lock() else {
-            return true;
-        };
-        match feeds.get(&self.session) {
-            // A socket came back meanwhile: keep serving it.
-            Some(feed) if feed.sender.same_channel(sender) && feed.sockets > 0 => false,
-            Some(feed) if feed.sender.same_channel(sender) => {
-                feeds.remove(&self.session);
-                metrics::sessions_attached(feeds.len());
-                true
-            }
-            // Not this feed's entry any more (cannot happen while this
-            // task runs, but never remove another feed).
-            _ => true,
-        }
-    }
-}
-
-/// The per-event hot path: headers, splice, remember, one broadcast send.
-/// No KV, no parse, nothing awaited but the next message. Between events,
-/// the linger: once told the last socket left, the subscription ends after
-/// the hub's linger unless a socket came back.
-async fn forward(mut subscriber: async_nats::Subscriber, fanout: Fanout, lingering: Lingering) {
+) {
     let mut received = 0u64;
-    let idle = lingering.idle.clone();
-    let mut told_idle = std::pin::pin!(idle.notified());
-    // Armed only while lingering; far off otherwise.
-    let linger_ends = tokio::time::sleep(Duration::from_secs(86_400 * 365));
-    let mut linger_ends = std::pin::pin!(linger_ends);
-    let mut lingering_now = false;
-    loop {
-        let message = tokio::select! {
-            biased;
-            message = subscriber.next() => match message {
-                Some(message) => message,
-                None => return,
-            },
-            () = &mut told_idle => {
-                told_idle.set(idle.notified());
-                linger_ends
-                    .as_mut()
-                    .reset(tokio::time::Instant::now() + lingering.linger);
-                lingering_now = true;
-                continue;
-            }
-            () = &mut linger_ends, if lingering_now => {
-                lingering_now = false;
-                if lingering.end_if_idle(&fanout.sender) {
-                    return;
-                }
-                continue;
-            }
-        };
+    while let Some(message) = subscriber.next().await {
         received += 1;
-        if fanout.drop_every > 0 && received.is_multiple_of(fanout.drop_every) {
+        if drop_every > 0 && received.is_multiple_of(drop_every) {
             continue;
         }
         let (Some(seq), prev) = republished_sequences(&message) else {
@@ -426,14 +317,14 @@ async fn forward(mut subscriber: async_nats::Subscriber, fanout: Fanout, lingeri
             frame: frame.into(),
             kind,
         });
-        if let Ok(mut recent) = fanout.recent.lock() {
-            if recent.len() >= fanout.keep {
+        if let Ok(mut recent) = recent.lock() {
+            if recent.len() >= keep {
                 recent.pop_front();
             }
             recent.push_back(event.clone());
         }
         // No receiver at this instant is fine: sockets come and go.
-        let _ = fanout.sender.send(event);
+        let _ = sender.send(event);
     }
 }
 

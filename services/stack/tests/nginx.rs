@@ -1,7 +1,6 @@
 //! Nginx from `nginx/nginx.conf.template` in front of fake upstreams (tiny
 //! HTTP servers that answer with their own name): sticky routing on the
-//! session id (and for the AI SDK's routes, on the chat in the path or the
-//! POST's bearer), failover when an upstream dies, the static UI, the REST rate
+//! session id, failover when an upstream dies, the static UI, the REST rate
 //! limit, and the shell renderer agreeing with the Rust one.
 
 #![allow(clippy::unwrap_used)]
@@ -92,25 +91,6 @@ async fn nginx_for(upstreams: &[u16], dir: &Path, limits: NginxLimits) -> Nginx 
     .unwrap()
 }
 
-/// Three fake upstreams, `up-a` to `up-c`, behind Nginx with the default
-/// limits; the directory holds Nginx's files until it is dropped.
-async fn three_upstreams() -> (
-    [&'static str; 3],
-    Vec<FakeUpstream>,
-    tempfile::TempDir,
-    Nginx,
-) {
-    let names = ["up-a", "up-b", "up-c"];
-    let mut ups = Vec::new();
-    for name in names {
-        ups.push(FakeUpstream::start(name).await);
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let ports: Vec<u16> = ups.iter().map(|u| u.port).collect();
-    let nginx = nginx_for(&ports, dir.path(), NginxLimits::default()).await;
-    (names, ups, dir, nginx)
-}
-
 /// Which upstream answered `path` (the first word of the body).
 async fn upstream_of(url: &str) -> String {
     let (status, body) = http_get(url).await.unwrap();
@@ -120,7 +100,14 @@ async fn upstream_of(url: &str) -> String {
 
 #[tokio::test]
 async fn sessions_stick_to_one_upstream_and_move_when_it_dies() {
-    let (names, ups, _dir, nginx) = three_upstreams().await;
+    let names = ["up-a", "up-b", "up-c"];
+    let mut ups = Vec::new();
+    for name in names {
+        ups.push(FakeUpstream::start(name).await);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let ports: Vec<u16> = ups.iter().map(|u| u.port).collect();
+    let nginx = nginx_for(&ports, dir.path(), NginxLimits::default()).await;
     let base = nginx.url();
 
     // /health and /metrics are proxied (metrics only from loopback: we are).
@@ -173,77 +160,6 @@ async fn sessions_stick_to_one_upstream_and_move_when_it_dies() {
             );
         }
     }
-}
-
-/// Which upstream answered a `POST url` (empty body) with these headers.
-async fn upstream_of_post(url: &str, headers: &[(&str, &str)]) -> String {
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .pool_max_idle_per_host(0)
-        .build()
-        .unwrap();
-    let mut request = client.post(url).header("content-length", "0");
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    let response = request.send().await.unwrap();
-    assert_eq!(response.status(), 200, "POST {url}");
-    let body = response.text().await.unwrap();
-    body.split_whitespace().next().unwrap().to_string()
-}
-
-#[tokio::test]
-async fn the_ai_sdk_routes_stick_to_the_chat_and_its_posts_to_their_bearer() {
-    let (_names, _ups, _dir, nginx) = three_upstreams().await;
-    let base = nginx.url();
-
-    // The chat named in the path: its stream, stop and messages on one node.
-    let mut chat_homes = HashSet::new();
-    for i in 0..12 {
-        let chat = format!("c4a7{i:04}-0000-4000-8000-000000000000");
-        let first = upstream_of(&format!("{base}/api/ui/chat/{chat}/stream")).await;
-        assert_eq!(
-            upstream_of(&format!("{base}/api/ui/chat/{chat}/messages")).await,
-            first
-        );
-        assert_eq!(
-            upstream_of_post(&format!("{base}/api/ui/chat/{chat}/stop"), &[]).await,
-            first
-        );
-        chat_homes.insert(first);
-    }
-    assert!(chat_homes.len() >= 2, "12 chats all went to {chat_homes:?}");
-
-    // The POST names its chat in the body only: the same bearer, the same
-    // node, answer after answer; different bearers spread.
-    let mut bearer_homes = HashSet::new();
-    for i in 0..12 {
-        let bearer = format!("Bearer token-{i}");
-        let headers = [("authorization", bearer.as_str())];
-        let first = upstream_of_post(&format!("{base}/api/ui/chat"), &headers).await;
-        for _ in 0..3 {
-            let again = upstream_of_post(&format!("{base}/api/ui/chat"), &headers).await;
-            assert_eq!(
-                again, first,
-                "{bearer}'s answers moved from {first} to {again}"
-            );
-        }
-        bearer_homes.insert(first);
-    }
-    assert!(
-        bearer_homes.len() >= 2,
-        "12 bearers all went to {bearer_homes:?}"
-    );
-
-    // Without a bearer (refused by the gateway anyway) it lands anywhere.
-    let mut anonymous = HashSet::new();
-    for _ in 0..30 {
-        anonymous.insert(upstream_of_post(&format!("{base}/api/ui/chat"), &[]).await);
-    }
-    assert!(
-        anonymous.len() >= 2,
-        "bearer-less posts all went to {anonymous:?}"
-    );
 }
 
 #[tokio::test]

@@ -291,35 +291,6 @@ impl TestApp {
             .sum()
     }
 
-    /// The sids of the gateways' subscriptions to `session`'s live events,
-    /// from nats-server's own list of subscriptions.
-    pub async fn live_subscriptions(&self, session: SessionId) -> Vec<String> {
-        let url = format!("{}/connz?subs=detail", self.nats.monitor_url());
-        let connz: Value = self
-            .http
-            .get(url)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let subject = subjects::live(session);
-        connz["connections"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .flat_map(|c| {
-                c["subscriptions_list_detail"]
-                    .as_array()
-                    .cloned()
-                    .unwrap_or_default()
-            })
-            .filter(|s| s["subject"] == subject.as_str())
-            .map(|s| s["sid"].as_str().unwrap().to_string())
-            .collect()
-    }
-
     /// Jobs waiting in the work-queue.
     pub async fn queued_jobs(&self) -> u64 {
         let js = self.js().await;
