@@ -76,9 +76,10 @@ const AGE_HEADROOM: Duration = Duration::from_secs(30);
 /// cached first is already past `after_seq`'s successor (expired either
 /// way), or that successor (`after_seq` itself when it is the cached end)
 /// is still stored (one direct get, which any replica answers). A rule by
-/// position alone (the oldest tenth of the stream) was not enough: a stream's oldest events can all have been
-/// written within a second, and leave within one. An `after_seq` beyond
-/// the cached end (the stream grew since) is asked again too.
+/// position alone (the oldest tenth of the stream) was not enough: a
+/// stream's oldest events can all have been written within a second, and
+/// leave within one. An `after_seq` beyond the cached end (the stream grew
+/// since) is asked again too.
 #[derive(Default)]
 pub struct StreamBounds {
     cached: Mutex<Option<(Instant, Bounds)>>,

@@ -5,6 +5,7 @@
 //! end, against what the session's stream stored (`GET /api/events`).
 
 use anyhow::{anyhow, bail, Context};
+use protocol::EventKind;
 use serde::Deserialize;
 
 use super::socket::{Endpoint, Frame};
@@ -179,11 +180,13 @@ impl Answered {
         })
     }
 
-    /// Whether `frame` is a late event of a superseded attempt of this
-    /// answer, to be ignored.
-    pub(crate) fn superseded(&self, frame: &Frame<'_>) -> bool {
-        matches!(frame.kind.as_ref(), "chunk" | "reasoning" | "restart")
-            && frame.message_id.as_deref() == Some(self.message_id.as_str())
+    /// Whether `frame`, of kind `kind`, is a late event of a superseded
+    /// attempt of this answer, to be ignored.
+    pub(crate) fn superseded(&self, kind: Option<EventKind>, frame: &Frame<'_>) -> bool {
+        matches!(
+            kind,
+            Some(EventKind::Chunk | EventKind::Reasoning | EventKind::Restart)
+        ) && frame.message_id.as_deref() == Some(self.message_id.as_str())
             && frame.attempt.unwrap_or(1) < self.attempt
     }
 }
@@ -336,10 +339,14 @@ mod tests {
         // After an answer whose attempt 2 ended it, attempt 1's late chunk
         // is ignored; anything else of it (or of attempt 2) is not.
         let ended = Answered::from_done(&Frame::parse(&done_of("m1", 2)).unwrap()).unwrap();
-        assert!(ended.superseded(&Frame::parse(&chunk("m1", 1, 7, "late")).unwrap()));
-        assert!(!ended.superseded(&Frame::parse(&chunk("m1", 2, 7, "again")).unwrap()));
-        assert!(!ended.superseded(&Frame::parse(&chunk("m0", 1, 7, "other")).unwrap()));
-        assert!(!ended.superseded(&Frame::parse(&done_of("m1", 1)).unwrap()));
+        let superseded = |text: String| {
+            let frame = Frame::parse(&text).unwrap();
+            ended.superseded(EventKind::parse(&frame.kind), &frame)
+        };
+        assert!(superseded(chunk("m1", 1, 7, "late")));
+        assert!(!superseded(chunk("m1", 2, 7, "again")));
+        assert!(!superseded(chunk("m0", 1, 7, "other")));
+        assert!(!superseded(done_of("m1", 1)));
     }
 
     #[test]

@@ -358,10 +358,15 @@ async fn turn(
         if let (Some(seq), false) = (frame.seq, frame.is(ControlKind::Accepted)) {
             run.log.seqs.push(seq)?;
         }
-        if run.answered.as_ref().is_some_and(|a| a.superseded(&frame)) {
+        let kind = EventKind::parse(&frame.kind);
+        if run
+            .answered
+            .as_ref()
+            .is_some_and(|a| a.superseded(kind, &frame))
+        {
             continue;
         }
-        match EventKind::parse(&frame.kind) {
+        match kind {
             Some(EventKind::Chunk) => {
                 let stamps = stamps.answer(&mut frame);
                 let first = check.chunk(&frame)?;
