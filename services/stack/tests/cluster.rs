@@ -41,6 +41,36 @@ async fn publish(js: &jetstream::Context, batch: &str, n: usize) {
     }
 }
 
+/// Creates the R3 stream, retried while the new cluster's meta group
+/// elects its leader and places the replicas: healthy nodes do not yet
+/// mean a stream can be placed, and on a loaded machine the first create
+/// has outlived the 5 s request timeout. Creating with the same config
+/// again is a no-op, so a create that timed out but landed is harmless.
+async fn create_stream(js: &jetstream::Context) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let created = js
+            .create_stream(stream::Config {
+                name: STREAM.into(),
+                subjects: vec!["test.r3".into()],
+                num_replicas: 3,
+                ..Default::default()
+            })
+            .await;
+        match created {
+            Ok(_) => return,
+            Err(e) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "creating {STREAM}: {e}"
+                );
+                eprintln!("creating {STREAM}: {e}; trying again");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
 fn namespaces() -> String {
     let out = Command::new("ip").args(["netns", "list"]).output().unwrap();
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -51,14 +81,7 @@ async fn an_r3_stream_survives_its_leader_and_a_partition_and_converges() {
     let mut cluster = NatsCluster::start(ClusterOptions::default()).await.unwrap();
     let client = cluster.connect().await.unwrap();
     let js = jetstream::new(client);
-    js.create_stream(stream::Config {
-        name: STREAM.into(),
-        subjects: vec!["test.r3".into()],
-        num_replicas: 3,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    create_stream(&js).await;
     publish(&js, "a", 10).await;
 
     let leader = cluster.leader_of(STREAM).await.unwrap();
