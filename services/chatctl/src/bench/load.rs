@@ -252,6 +252,33 @@ struct SessionRun {
     answered: Option<Answered>,
 }
 
+impl SessionRun {
+    /// A session's run before its first turn, from the `ready` it attached with.
+    fn new(ready: &Ready, spec: &LoadSpec) -> Self {
+        Self {
+            log: SessionLog {
+                session_id: ready.session_id.clone(),
+                token: ready.token.clone(),
+                after_seq: ready.last_seq,
+                seqs: SeqLog::after(ready.last_seq),
+                turns: 0,
+                complete: true,
+            },
+            chunk_latency: Samples::default(),
+            token_latency: Samples::default(),
+            first_chunk_token_latency: Samples::default(),
+            token_trace: TokenTrace::new(spec.trace_tokens),
+            ttft: Samples::default(),
+            accepted: Samples::default(),
+            first_published: Samples::default(),
+            problems: Vec::new(),
+            restarts: 0,
+            reconnects: 0,
+            answered: None,
+        }
+    }
+}
+
 /// Times a session may lose its socket in one run before the bench calls
 /// it failed: a healthy stack closes one only on restart or a stuck write.
 const MAX_RECONNECTS: u64 = 20;
@@ -264,27 +291,7 @@ async fn chat_loop(
     shared: Arc<Shared>,
     spec: LoadSpec,
 ) -> SessionRun {
-    let mut run = SessionRun {
-        log: SessionLog {
-            session_id: ready.session_id.clone(),
-            token: ready.token.clone(),
-            after_seq: ready.last_seq,
-            seqs: SeqLog::after(ready.last_seq),
-            turns: 0,
-            complete: true,
-        },
-        chunk_latency: Samples::default(),
-        token_latency: Samples::default(),
-        first_chunk_token_latency: Samples::default(),
-        token_trace: TokenTrace::new(spec.trace_tokens),
-        ttft: Samples::default(),
-        accepted: Samples::default(),
-        first_published: Samples::default(),
-        problems: Vec::new(),
-        restarts: 0,
-        reconnects: 0,
-        answered: None,
-    };
+    let mut run = SessionRun::new(&ready, &spec);
     tokio::time::sleep(spec.stagger.first_question(index, spec.sessions)).await;
     while !shared.stop.load(Ordering::Relaxed) && spec.max_turns.is_none_or(|m| run.log.turns < m) {
         let prompt = format!(
@@ -650,5 +657,108 @@ mod tests {
         }
         // No sessions, no division by zero.
         assert!(in_step.first_question(0, 0).is_zero());
+    }
+
+    /// Tokens of the scripted peer's answers.
+    const SCRIPTED_TOKENS: usize = 6;
+
+    /// Plays the gateway for two turns over a real WebSocket. The first
+    /// answer restarts (attempt 1 superseded by attempt 2, which ends in
+    /// `done`); then, while the second turn streams, attempt 1's last chunk
+    /// arrives late, as a superseded run's unfenced chunk can be stored
+    /// after the answer's end.
+    async fn serve_a_late_superseded_chunk(listener: tokio::net::TcpListener) {
+        use futures::SinkExt;
+        use serde_json::{json, Value};
+        use tokio_tungstenite::tungstenite::Message;
+
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+        let ready = json!({"type": ControlKind::Ready.as_str(), "session_id": "s", "token": "t", "node": "n", "last_seq": 0});
+        ws.send(Message::text(ready.to_string())).await.unwrap();
+        let mut seq = 0u64;
+        let mut answered: Option<String> = None;
+        for _ in 0..2 {
+            let chat = loop {
+                match ws.next().await.unwrap().unwrap() {
+                    Message::Text(text) => break serde_json::from_str::<Value>(&text).unwrap(),
+                    _ => continue,
+                }
+            };
+            let id = chat["message_id"].as_str().unwrap().to_string();
+            let prompt = chat["content"].as_str().unwrap();
+            let tokens = worker::backends::demo::answer_tokens(prompt, SCRIPTED_TOKENS);
+            let chunk = |id: &str, attempt: u32, index: u32, text: &str| json!({"type": EventKind::Chunk.as_str(), "message_id": id, "attempt": attempt, "index": index, "text": text});
+            let mut frames = Vec::new();
+            let attempt = match &answered {
+                None => {
+                    frames.push(chunk(&id, 1, 0, &tokens[0]));
+                    frames.push(json!({"type": EventKind::Restart.as_str(), "message_id": id, "attempt": 2}));
+                    2
+                }
+                Some(earlier) => {
+                    frames.push(chunk(earlier, 1, 1, &tokens[1]));
+                    1
+                }
+            };
+            frames.push(chunk(&id, attempt, 0, &tokens.concat()));
+            frames.push(
+                json!({"type": EventKind::Done.as_str(), "message_id": id, "attempt": attempt,
+                "finish_reason": "stop",
+                "usage": {"prompt_tokens": 1, "completion_tokens": SCRIPTED_TOKENS}}),
+            );
+            for mut frame in frames {
+                seq += 1;
+                frame["seq"] = seq.into();
+                ws.send(Message::text(frame.to_string())).await.unwrap();
+            }
+            answered = Some(id);
+        }
+        // Until the client closes.
+        while let Some(Ok(_)) = ws.next().await {}
+    }
+
+    #[tokio::test]
+    async fn a_superseded_attempts_chunk_after_its_answers_done_is_ignored() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint =
+            Endpoint::parse(&format!("http://{}", listener.local_addr().unwrap())).unwrap();
+        let server = tokio::spawn(serve_a_late_superseded_chunk(listener));
+        let (mut socket, ready) = Socket::connect(&endpoint, &Attach::default())
+            .await
+            .unwrap();
+        let spec = LoadSpec {
+            sessions: 1,
+            warmup: Duration::ZERO,
+            measure: Duration::ZERO,
+            stagger: Stagger::default(),
+            connect_concurrency: 1,
+            answer_tokens: SCRIPTED_TOKENS,
+            max_turns: Some(2),
+            stamped_tokens: false,
+            extra_client_cpu_per_token: Duration::ZERO,
+            trace_tokens: false,
+            worker_metrics: Vec::new(),
+        };
+        let mut run = SessionRun::new(&ready, &spec);
+        let shared = Shared::default();
+        for i in 0..2 {
+            let prompt = format!("scripted question {i}");
+            let turned = turn(&endpoint, &mut socket, &mut run, &shared, &spec, prompt);
+            let outcome = tokio::time::timeout(Duration::from_secs(10), turned)
+                .await
+                .unwrap();
+            assert_eq!(outcome, Ok(()), "turn {i}");
+        }
+        assert_eq!(run.restarts, 1);
+        // The late chunk is a stored event: its seq is logged, its text
+        // is not counted.
+        assert_eq!(run.log.seqs.seqs, (1..=7).collect::<Vec<u64>>());
+        assert_eq!(shared.chunks.load(Ordering::Relaxed), 3);
+        socket.close().await;
+        tokio::time::timeout(Duration::from_secs(10), server)
+            .await
+            .unwrap()
+            .unwrap();
     }
 }
