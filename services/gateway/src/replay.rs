@@ -201,6 +201,61 @@ impl SessionEvents {
     }
 }
 
+impl SessionEvents {
+    /// The session's last event as the events stream's leader holds it (0:
+    /// none): every event acknowledged before the call is at or below it.
+    pub async fn last_seq_at_leader(&self) -> Result<u64, ApiError> {
+        let subject = subjects::events(self.session);
+        let state = &self.state;
+        state
+            .retry_api_call(|| async {
+                stored::last_seq_at_leader(&state.layout.events, &subject)
+                    .await
+                    .map_err(ApiError::nats)
+            })
+            .await
+    }
+}
+
+/// How long a read waits for the replicas to hold an event the leader
+/// already does, before the caller is told to try again (503).
+pub const CATCH_UP_PATIENCE: Duration = Duration::from_secs(5);
+
+/// The session's events `from..=until` (a page of at most `limit`), read
+/// again until they reach `stored_last`, the last event the leader holds: a
+/// replica behind answers with an older tail, and a reader that asked after
+/// an event was acknowledged must not miss it. A full page needs nothing
+/// more (the next page goes on from it). A replica still behind after
+/// `patience` is `Unavailable`, never a short answer.
+pub async fn frames_through(
+    events: &impl StoredEvents,
+    from: u64,
+    until: u64,
+    stored_last: u64,
+    limit: usize,
+    patience: Duration,
+) -> Result<Vec<(u64, String)>, ApiError> {
+    let deadline = tokio::time::Instant::now() + patience;
+    let mut pause = Duration::from_millis(20);
+    loop {
+        let frames = events.frames(from, until.max(stored_last), limit).await?;
+        let reached = frames.len() >= limit
+            || stored_last < from
+            || frames.last().is_some_and(|(seq, _)| *seq >= stored_last);
+        if reached {
+            return Ok(frames);
+        }
+        if tokio::time::Instant::now() + pause > deadline {
+            return Err(ApiError::Unavailable(format!(
+                "the replicas answering reads hold the session's events up to {:?}, its leader up to {stored_last}",
+                frames.last().map(|(seq, _)| *seq)
+            )));
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(500));
+    }
+}
+
 impl StoredEvents for SessionEvents {
     async fn position(&self, after_seq: Option<u64>) -> Result<Position, ApiError> {
         let subject = subjects::events(self.session);
@@ -291,5 +346,105 @@ impl StoredEvents for SessionEvents {
             ),
             ControlFrame::History { turns, last_seq },
         ])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A session's events behind replicas: each read is answered by the
+    /// next view in `views` (the last one repeats), holding the events up
+    /// to that sequence.
+    struct Replicas {
+        stored: Vec<u64>,
+        views: Mutex<Vec<u64>>,
+    }
+
+    impl Replicas {
+        fn answering(stored: &[u64], views: &[u64]) -> Self {
+            Self {
+                stored: stored.to_vec(),
+                views: Mutex::new(views.iter().rev().copied().collect()),
+            }
+        }
+    }
+
+    impl StoredEvents for Replicas {
+        async fn position(&self, _after_seq: Option<u64>) -> Result<Position, ApiError> {
+            unreachable!("frames_through reads frames only")
+        }
+
+        async fn frames(
+            &self,
+            from: u64,
+            until: u64,
+            limit: usize,
+        ) -> Result<Vec<(u64, String)>, ApiError> {
+            let mut views = self.views.lock().unwrap();
+            let view = if views.len() > 1 {
+                views.pop().unwrap()
+            } else {
+                views[0]
+            };
+            Ok(self
+                .stored
+                .iter()
+                .filter(|&&seq| seq >= from && seq <= until.min(view))
+                .take(limit)
+                .map(|&seq| (seq, seq.to_string()))
+                .collect())
+        }
+
+        async fn expired_notice(&self, _last_seq: u64) -> Result<[ControlFrame; 2], ApiError> {
+            unreachable!("frames_through reads frames only")
+        }
+    }
+
+    fn seqs(frames: &[(u64, String)]) -> Vec<u64> {
+        frames.iter().map(|(seq, _)| *seq).collect()
+    }
+
+    const PATIENCE: Duration = Duration::from_millis(300);
+
+    #[tokio::test]
+    async fn a_read_answered_by_a_replica_behind_is_read_again_until_it_reaches_the_leaders_last() {
+        // The leader holds 9; the first replica to answer only 5, the next 9.
+        let replicas = Replicas::answering(&[2, 5, 7, 9], &[5, 9]);
+        let frames = frames_through(&replicas, 1, 5, 9, 100, PATIENCE)
+            .await
+            .unwrap();
+        assert_eq!(seqs(&frames), [2, 5, 7, 9]);
+    }
+
+    #[tokio::test]
+    async fn a_replica_that_stays_behind_is_unavailable_never_a_short_answer() {
+        let replicas = Replicas::answering(&[2, 5, 7, 9], &[5]);
+        let refused = frames_through(&replicas, 1, 9, 9, 100, PATIENCE).await;
+        assert!(
+            matches!(refused, Err(ApiError::Unavailable(_))),
+            "{refused:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_full_page_or_nothing_wanted_needs_no_second_read() {
+        // A page of two stops at 5 even though the leader holds 9.
+        let replicas = Replicas::answering(&[2, 5, 7, 9], &[5]);
+        let frames = frames_through(&replicas, 1, 9, 9, 2, PATIENCE)
+            .await
+            .unwrap();
+        assert_eq!(seqs(&frames), [2, 5]);
+        // After the leader's last: an empty page is the whole answer.
+        let frames = frames_through(&replicas, 10, 9, 9, 100, PATIENCE)
+            .await
+            .unwrap();
+        assert!(frames.is_empty());
+        // A session with no events.
+        let empty = Replicas::answering(&[], &[0]);
+        assert!(frames_through(&empty, 1, 0, 0, 100, PATIENCE)
+            .await
+            .unwrap()
+            .is_empty());
     }
 }

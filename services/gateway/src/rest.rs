@@ -229,11 +229,22 @@ pub async fn get_events(
         .transpose()?
         .unwrap_or(0);
     let events = SessionEvents::new(state, session.id);
+    // Asked first: every event acknowledged before this call is at or
+    // below it, and the page is read until it reaches it.
+    let stored_last = events.last_seq_at_leader().await?;
     let position = events.position(Some(after)).await?;
-    let frames = events
-        .frames(after + 1, position.last_seq, EVENTS_PAGE)
-        .await?;
-    let last_seq = frames.last().map_or(position.last_seq, |(seq, _)| *seq);
+    let frames = replay::frames_through(
+        &events,
+        after + 1,
+        position.last_seq,
+        stored_last,
+        EVENTS_PAGE,
+        replay::CATCH_UP_PATIENCE,
+    )
+    .await?;
+    let last_seq = frames
+        .last()
+        .map_or(position.last_seq.max(stored_last), |(seq, _)| *seq);
     // The frames are JSON already: join them, no re-serialisation.
     let mut body =
         String::with_capacity(frames.iter().map(|(_, f)| f.len() + 1).sum::<usize>() + 48);

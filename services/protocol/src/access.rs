@@ -96,8 +96,9 @@ pub fn permissions(role: Role) -> Permissions {
     let inbox = format!("{}.>", role.inbox_prefix());
     match role {
         // Stores the user's message and gateway-side errors, queues the job,
-        // announces cancels and revocations; reads events and turns; follows
-        // the live copies of events.
+        // announces cancels and revocations; reads events and turns (a
+        // session's last event also through the events stream's leader,
+        // for `GET /api/events`); follows the live copies of events.
         Role::Gateway => {
             let mut publish = chat_service_common();
             publish.extend([
@@ -108,6 +109,7 @@ pub fn permissions(role: Role) -> Permissions {
                 subjects::USERS_ALL.to_string(),
             ]);
             publish.extend(direct_gets(subjects::EVENTS_STREAM));
+            publish.push(subjects::stream_message_get(subjects::EVENTS_STREAM));
             publish.extend(direct_gets(subjects::HISTORY_STREAM));
             Permissions {
                 publish,

@@ -45,6 +45,24 @@ pub async fn last_seq(stream: &Stream, subject: &str) -> Result<u64, ReadError> 
     }
 }
 
+/// The sequence of the last message stored on `subject` as the stream's
+/// leader holds it, or 0 when it has none. A direct get
+/// ([`last_seq`]) may be answered by a replica that has not applied the
+/// newest writes (one behind a lossy link, or catching up after a
+/// restart); this one is answered by the leader only, for a read that
+/// must see every write acknowledged before it.
+pub async fn last_seq_at_leader(stream: &Stream, subject: &str) -> Result<u64, ReadError> {
+    use async_nats::jetstream::stream::LastRawMessageErrorKind;
+    match stream.get_last_raw_message_by_subject(subject).await {
+        Ok(message) => Ok(message.sequence),
+        Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(0),
+        Err(e) => Err(ReadError {
+            subject: subject.into(),
+            source: e.into(),
+        }),
+    }
+}
+
 /// Messages asked for in one direct-get batch.
 const BATCH: u64 = 512;
 /// Bytes the server may send in reply to one batch request.

@@ -127,7 +127,8 @@ async fn the_gateway_does_its_work_and_nothing_more() {
     let session = SessionId::new();
 
     // Allowed: follow a session's live events, store an event, queue a job,
-    // read and write the session bucket, direct-get events.
+    // read and write the session bucket, direct-get events, read a
+    // session's last event through the events stream's leader.
     let mut live = gateway
         .client
         .subscribe(subjects::live(session))
@@ -162,10 +163,16 @@ async fn the_gateway_does_its_work_and_nothing_more() {
         .unwrap()
         .is_none());
     let events = js.get_stream(subjects::EVENTS_STREAM).await.unwrap();
-    events
+    let last = events
         .direct_get_last_for_subject(subjects::events(session))
         .await
+        .unwrap()
+        .sequence;
+    // The same, as the events stream's leader holds it (`GET /api/events`).
+    let at_leader = protocol::stored::last_seq_at_leader(&events, &subjects::events(session))
+        .await
         .unwrap();
+    assert_eq!(at_leader, last);
     // A user's notices: heard and published by every gateway.
     let owner = protocol::UserKey::of_subject("alice");
     let mut notices = gateway
@@ -198,9 +205,13 @@ async fn the_gateway_does_its_work_and_nothing_more() {
         subjects::dead(session),
         // Only a worker claims a message's job.
         subjects::claims(session, protocol::MessageId::new()),
-        // Leader reads of the session bucket only, not of the streams.
-        subjects::stream_message_get(subjects::EVENTS_STREAM),
+        // Leader reads of the session bucket and of events only: not of
+        // the jobs, the turns or the dead letters.
+        subjects::stream_message_get(subjects::REQUESTS_STREAM),
+        subjects::stream_message_get(subjects::HISTORY_STREAM),
+        subjects::stream_message_get(subjects::DEAD_STREAM),
         subjects::stream_message_delete(&subjects::kv_stream()),
+        subjects::stream_message_delete(subjects::EVENTS_STREAM),
     ] {
         gateway.refused_publish(&subject).await;
     }

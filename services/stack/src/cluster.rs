@@ -556,6 +556,25 @@ impl NatsCluster {
             .cut_off(&host, &[])
     }
 
+    /// Cuts node `i` off from the other nodes only: its clients still
+    /// reach it, and it goes on answering their direct gets from what it
+    /// holds while the others store on without it (a replica falling
+    /// behind). Ended by [`NatsCluster::heal`].
+    pub fn isolate(&mut self, i: usize) -> anyhow::Result<()> {
+        let host = self.host(i)?;
+        let peers: Vec<Ipv4Addr> = self
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, n)| n.ip)
+            .collect();
+        self.network
+            .as_ref()
+            .ok_or_else(|| anyhow!("isolating a node needs namespaces"))?
+            .cut_off(&host, &peers)
+    }
+
     /// Ends a partition of node `i`.
     pub fn heal(&mut self, i: usize) -> anyhow::Result<()> {
         let host = self.host(i)?;

@@ -319,6 +319,13 @@ impl Stack {
     /// Nginx still reach it) until [`Stack::heal_gateway`]. Needs a cluster
     /// on namespaces.
     pub fn cut_gateway_from_nats(&mut self, i: usize) -> anyhow::Result<()> {
+        self.cut_gateway_from_nodes(i, &(0..crate::cluster::NODES).collect::<Vec<_>>())
+    }
+
+    /// Cuts gateway `i`'s host off from the NATS nodes `nodes` only, so it
+    /// connects to the others, until [`Stack::heal_gateway`]. Needs a
+    /// cluster on namespaces.
+    pub fn cut_gateway_from_nodes(&mut self, i: usize, nodes: &[usize]) -> anyhow::Result<()> {
         let host = self.gateway_host(i)?;
         let cluster = self
             .cluster()
@@ -326,7 +333,12 @@ impl Stack {
         let network = cluster
             .network()
             .ok_or_else(|| anyhow::anyhow!("cutting a gateway off needs namespaces"))?;
-        network.cut_off(&host, &cluster.node_addrs())
+        let addrs = cluster.node_addrs();
+        let cut: Vec<_> = nodes
+            .iter()
+            .filter_map(|&n| addrs.get(n).copied())
+            .collect();
+        network.cut_off(&host, &cut)
     }
 
     /// Makes gateway `i`'s links to every NATS node drop `percent` % of
