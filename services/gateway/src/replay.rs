@@ -199,9 +199,7 @@ impl SessionEvents {
     pub fn new(state: AppState, session: SessionId) -> Self {
         Self { state, session }
     }
-}
 
-impl SessionEvents {
     /// The session's last event as the events stream's leader holds it (0:
     /// none): every event acknowledged before the call is at or below it.
     pub async fn last_seq_at_leader(&self) -> Result<u64, ApiError> {
