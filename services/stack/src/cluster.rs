@@ -28,6 +28,7 @@ use crate::ports::free_port;
 use crate::process::{log_tail, send_signal};
 use crate::project::project_dir;
 
+mod links;
 mod replicas;
 use replicas::{converged, node_streams};
 pub use replicas::{parse_jsz_streams, ReplicaState};
@@ -524,71 +525,6 @@ impl NatsCluster {
             .get(i)
             .map(|n| vec![n.client_port, n.route_port])
             .unwrap_or_default()
-    }
-
-    /// Makes every link of node `i` (to clients and to the other nodes)
-    /// drop `percent` % of its packets until [`NatsCluster::heal_lossy`].
-    /// Needs namespaces.
-    pub fn lossy(&mut self, i: usize, percent: u8) -> anyhow::Result<()> {
-        let host = self.host(i)?;
-        self.network
-            .as_ref()
-            .ok_or_else(|| anyhow!("a node's lossy links need namespaces"))?
-            .lossy(&host, &[], percent)
-    }
-
-    /// Ends [`NatsCluster::lossy`].
-    pub fn heal_lossy(&mut self, i: usize) -> anyhow::Result<()> {
-        let host = self.host(i)?;
-        self.network
-            .as_ref()
-            .ok_or_else(|| anyhow!("a node's lossy links need namespaces"))?
-            .heal_lossy(&host)
-    }
-
-    /// Cuts node `i` off from the other nodes and from every client: its
-    /// packets are dropped both ways until [`NatsCluster::heal`].
-    pub fn partition(&mut self, i: usize) -> anyhow::Result<()> {
-        let host = self.host(i)?;
-        self.network
-            .as_ref()
-            .ok_or_else(|| anyhow!("a partition needs namespaces"))?
-            .cut_off(&host, &[])
-    }
-
-    /// Cuts node `i` off from the other nodes only: its clients still
-    /// reach it, and it goes on answering their direct gets from what it
-    /// holds while the others store on without it (a replica falling
-    /// behind). Ended by [`NatsCluster::heal`].
-    pub fn isolate(&mut self, i: usize) -> anyhow::Result<()> {
-        let host = self.host(i)?;
-        let peers: Vec<Ipv4Addr> = self
-            .nodes
-            .iter()
-            .enumerate()
-            .filter(|(j, _)| *j != i)
-            .map(|(_, n)| n.ip)
-            .collect();
-        self.network
-            .as_ref()
-            .ok_or_else(|| anyhow!("isolating a node needs namespaces"))?
-            .cut_off(&host, &peers)
-    }
-
-    /// Ends a partition of node `i`.
-    pub fn heal(&mut self, i: usize) -> anyhow::Result<()> {
-        let host = self.host(i)?;
-        self.network
-            .as_ref()
-            .ok_or_else(|| anyhow!("a partition needs namespaces"))?
-            .heal(&host)
-    }
-
-    fn host(&mut self, i: usize) -> anyhow::Result<Host> {
-        let node = self.node(i)?;
-        node.host
-            .clone()
-            .ok_or_else(|| anyhow!("{} runs on loopback: partitions need namespaces", node.name))
     }
 
     /// Each node's view of every stream, from its own monitoring endpoint
