@@ -232,10 +232,17 @@ impl Ending {
 
     /// An earlier attempt stored this message's terminal event but not its
     /// turn (nor its ack): record the turn it stored, publish nothing.
+    /// Only a cancelled answer had a flag to remove: deleting one that was
+    /// never set would leave a delete marker, a cancel key no user made.
     pub(crate) fn answer_already_stored(answer: Answer) -> Self {
+        let cancel_flag = if answer.status == TurnStatus::Cancelled {
+            CancelFlag::Clear
+        } else {
+            CancelFlag::Keep
+        };
         Self {
             turn: Some(answer),
-            cancel_flag: CancelFlag::Clear,
+            cancel_flag,
             ..Self::quiet(QueueReply::Ack, Report::new(None, "answer already stored"))
         }
     }
@@ -512,6 +519,23 @@ mod tests {
                 "already answered",
                 Ending::already_answered(),
                 quiet(Ack, None),
+            ),
+            (
+                "answer already stored",
+                Ending::answer_already_stored(Answer::unfinished(T::Done, "stored".into())),
+                Row {
+                    turn: Some(T::Done),
+                    ..quiet(Ack, None)
+                },
+            ),
+            (
+                "answer already stored",
+                Ending::answer_already_stored(Answer::unfinished(T::Cancelled, String::new())),
+                Row {
+                    turn: Some(T::Cancelled),
+                    cancel_flag: CancelFlag::Clear,
+                    ..quiet(Ack, None)
+                },
             ),
             (
                 "cancelled before start",
