@@ -30,6 +30,7 @@ pub mod metrics;
 pub mod publish;
 mod queue;
 pub mod queue_depth;
+mod siblings;
 mod turns;
 
 pub use config::{BackendKind, WorkerConfig};

@@ -30,7 +30,9 @@
 //! nothing is sent behind it until it is acked. Two runs of one message
 //! that both believe they are its first attempt (a delivery count that
 //! restarted with nats-server) then cannot both stream: the second one's
-//! first event is refused, and it reads the stream again.
+//! first event is refused, and it reads the stream again. Another
+//! message's events stored since (a second question answered beside this
+//! one) do not refuse it: see the worker's `siblings` module.
 //!
 //! Writes that must be stored before the job goes on (a terminal event, a
 //! history turn, a dead letter) use [`publish_and_wait`].
@@ -51,6 +53,7 @@ use tokio::task::JoinHandle;
 
 use crate::chunk_window::ChunkWindow;
 use crate::metrics;
+use crate::siblings::{self, SessionSubject};
 
 /// Publishes not yet acked by the server, per attempt.
 pub const ACK_WINDOW: usize = 256;
@@ -265,7 +268,8 @@ impl EventPublisher {
                 self.resume().await?;
             }
             if let FirstEvent::RightAfter(after) = self.first {
-                return self.publish_first(payload, is_chunk, after).await;
+                let message = event.message_id();
+                return self.publish_first(payload, is_chunk, after, message).await;
             }
             if self.send(payload.clone(), is_chunk).await? {
                 return Ok(());
@@ -275,8 +279,9 @@ impl EventPublisher {
         }
     }
 
-    /// The attempt's first event, stored only right after `after`, and
-    /// acked before anything is sent behind it (a refused first event
+    /// The attempt's first event, stored only right after `after` (or
+    /// after other messages' events stored since: see [`crate::siblings`]),
+    /// and acked before anything is sent behind it (a refused first event
     /// with later ones stored would be a hole). A lost connection before
     /// its ack fails the attempt: whether it was stored is for the next
     /// attempt's admit step to read.
@@ -285,17 +290,15 @@ impl EventPublisher {
         payload: Bytes,
         is_chunk: bool,
         after: u64,
+        message: Option<MessageId>,
     ) -> Result<(), PublishFailed> {
-        let message = PublishMessage::build()
-            .payload(payload)
-            .expected_last_subject_sequence(after);
-        let sent_at = Instant::now();
-        let stored = async {
-            self.js
-                .send_publish(self.subject.to_string(), message)
-                .await?
-                .await
+        let session = SessionSubject {
+            js: &self.js,
+            events: &self.stream,
+            subject: &self.subject,
+            message,
         };
+        let stored = session.publish_right_after(payload, after);
         let acked = tokio::select! {
             acked = stored => acked,
             _ = self.connection.lost_since(self.epoch) => {
@@ -305,7 +308,7 @@ impl EventPublisher {
             }
         };
         match acked {
-            Ok(ack) => {
+            Ok((ack, sent_at)) => {
                 self.acked_seq.store(ack.sequence, Ordering::Release);
                 self.first = FirstEvent::Anywhere;
                 if is_chunk {
@@ -316,10 +319,7 @@ impl EventPublisher {
                 }
                 Ok(())
             }
-            Err(e)
-                if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence
-                    || protocol::conflicts::is_wrong_last_sequence(&e) =>
-            {
+            Err(e) if siblings::is_moved(&e) => {
                 self.moved = true;
                 Err(PublishFailed(format!(
                     "the session's stream moved on after {after} before the attempt's first event"

@@ -169,31 +169,61 @@ async fn a_publish_the_stream_refuses_fails_the_attempt() {
 async fn a_fenced_first_event_is_stored_only_right_after_what_was_read() {
     // Two runs of one message that both count themselves first: the one
     // whose read is stale must store nothing, and learn that it must read
-    // again.
+    // again, even behind another message's event.
     let h = Harness::start(5_000, 4).await;
     let session = SessionId::new();
     let message_id = MessageId::new();
     let subject = subjects::events(session);
-    let other = chunk(MessageId::new(), 0);
-    let other_seq = h.store_event(session, &other).await;
+    let sibling = chunk(MessageId::new(), 0);
+    h.store_event(session, &sibling).await;
+    let other_run = chunk(message_id, 0);
+    let other_run_seq = h.store_event(session, &other_run).await;
 
-    // Read before the other event was stored (the subject was empty).
+    // Read before both were stored (the subject was empty).
     let mut stale = publisher_with(&h, subject.clone(), FirstEvent::RightAfter(0)).await;
     assert!(stale.publish(&chunk(message_id, 0)).await.is_err());
     assert!(stale.stream_moved());
     assert_eq!(stale.unstored_first(), Some(0));
-    assert_eq!(h.stored_events(session).await, std::slice::from_ref(&other));
+    let stored_before = vec![sibling, other_run];
+    assert_eq!(h.stored_events(session).await, stored_before);
 
-    // Read after it: the first event and every one behind it are stored.
-    let mut current = publisher_with(&h, subject, FirstEvent::RightAfter(other_seq)).await;
+    // Read after them: the first event and every one behind it are stored.
+    let next_question = MessageId::new();
+    let mut current = publisher_with(&h, subject, FirstEvent::RightAfter(other_run_seq)).await;
     for index in 0..10 {
-        current.publish(&chunk(message_id, index)).await.unwrap();
+        current.publish(&chunk(next_question, index)).await.unwrap();
     }
     assert!(!current.stream_moved());
     assert_eq!(current.unstored_first(), None);
     current.finish().await.unwrap();
-    let mut expected = vec![other];
-    expected.extend((0..10).map(|i| chunk(message_id, i)));
+    let mut expected = stored_before;
+    expected.extend((0..10).map(|i| chunk(next_question, i)));
+    assert_eq!(h.stored_events(session).await, expected);
+}
+
+#[tokio::test]
+async fn a_fenced_first_event_steps_past_other_messages_events() {
+    // Another question of the session is answered beside this one: its
+    // events stored since the read do not stop this answer's first event.
+    let h = Harness::start(5_000, 4).await;
+    let session = SessionId::new();
+    let subject = subjects::events(session);
+    let sibling = MessageId::new();
+    let siblings: Vec<Event> = (0..3).map(|i| chunk(sibling, i)).collect();
+    for event in &siblings {
+        h.store_event(session, event).await;
+    }
+
+    let message_id = MessageId::new();
+    let mut publisher = publisher_with(&h, subject, FirstEvent::RightAfter(0)).await;
+    for index in 0..5 {
+        publisher.publish(&chunk(message_id, index)).await.unwrap();
+    }
+    assert!(!publisher.stream_moved());
+    assert_eq!(publisher.unstored_first(), None);
+    publisher.finish().await.unwrap();
+    let mut expected = siblings;
+    expected.extend((0..5).map(|i| chunk(message_id, i)));
     assert_eq!(h.stored_events(session).await, expected);
 }
 

@@ -10,26 +10,9 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::message::PublishMessage;
 use futures::StreamExt;
 use protocol::records::{DeadLetter, TurnStatus};
-use protocol::{setup, stored, subjects, CancelNotice, ErrorCode, Event, MessageId, SessionId};
+use protocol::{stored, subjects, CancelNotice, ErrorCode, Event, MessageId, SessionId};
 use support::{answer_of, wait_until, Harness, Live};
 use worker::backends::demo;
-
-/// Takes the next job off the workers' consumer the way a worker that then
-/// dies would: delivered, never acked.
-async fn take_and_abandon(h: &Harness) -> u64 {
-    let consumer = setup::workers_consumer(&h.layout).await.unwrap();
-    let mut batch = consumer
-        .batch()
-        .max_messages(1)
-        .expires(Duration::from_secs(10))
-        .messages()
-        .await
-        .unwrap();
-    let message = batch.next().await.unwrap().unwrap();
-    let delivered = message.info().unwrap().delivered;
-    drop(message);
-    u64::try_from(delivered).unwrap()
-}
 
 const FAST: &[&str] = &[
     "--demo-tokens-per-sec",
@@ -120,7 +103,7 @@ async fn a_job_abandoned_by_a_dead_worker_is_restarted_and_answered() {
     let mut live = h.live(session).await;
     let prompt = "What is a work queue?";
     let id = h.submit(session, prompt).await;
-    assert_eq!(take_and_abandon(&h).await, 1);
+    assert_eq!(h.take_and_abandon().await, 1);
 
     let worker = h.spawn_worker(FAST).await;
     let events = live.until(|e| e.is_terminal()).await;
@@ -296,8 +279,8 @@ async fn a_job_that_exhausts_its_deliveries_is_dead_lettered_once() {
     let session = h.new_session().await;
     let mut live = h.live(session).await;
     let id = h.submit(session, "this one keeps killing workers").await;
-    assert_eq!(take_and_abandon(&h).await, 1);
-    assert_eq!(take_and_abandon(&h).await, 2);
+    assert_eq!(h.take_and_abandon().await, 1);
+    assert_eq!(h.take_and_abandon().await, 2);
 
     // Two workers in the advisory's queue group: only one dead-letters it.
     let a = h.spawn_worker(FAST).await;
@@ -632,7 +615,7 @@ async fn a_cancel_seen_at_admission_ends_a_message_an_earlier_run_ended_meanwhil
     let session = h.new_session().await;
     let id = h.submit(session, "cancelled twice over?").await;
     h.cancel(session, id).await;
-    assert_eq!(take_and_abandon(&h).await, 1);
+    assert_eq!(h.take_and_abandon().await, 1);
     let claims = subjects::claims(session, id);
     // The claim read, a direct get: seen here once the admit reads are done.
     let mut claim_reads = h

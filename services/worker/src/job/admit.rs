@@ -74,6 +74,9 @@ impl Job {
             Some(later) if later > self.attempt() && guard.has_claimed() => {
                 return Admission::End(Ending::taken_over());
             }
+            // This run's own claim, read by its admit step run again (its
+            // first write found the stream moved on): it keeps its number.
+            Some(own) if own == self.attempt() && guard.has_claimed() => {}
             // A run this delivery count does not know of claimed it (the
             // count restarted with nats-server, or the stream raised that
             // run's number): this one is the next.

@@ -29,8 +29,10 @@
 //! between the two was followed by a second one (`chatctl soak`: two
 //! `cancelled` for one message at a nats-server restart). Such a terminal
 //! event is stored only right after the session's last event as the admit
-//! step read it (compare-and-set on the session's subject): any event any
-//! run stored since moves that subject, and the admit step reads again.
+//! step read it (compare-and-set on the session's subject): an event of
+//! this message stored since moves that subject, and the admit step reads
+//! again. Other messages' events move it too; those are stepped past
+//! ([`crate::siblings`]).
 
 use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::message::PublishMessage;
@@ -40,6 +42,7 @@ use protocol::{subjects, CancelNotice, Event};
 use super::Job;
 use crate::cancel::CancelGuard;
 use crate::publish::PublishFailed;
+use crate::siblings::{is_moved, SessionSubject};
 
 /// Compare-and-set claims before giving up: another run of the same
 /// message may claim in between, or a replica behind answered the read.
@@ -135,7 +138,7 @@ impl Job {
                 }
                 // Another run claimed since the read, or the read came
                 // from a replica that was behind: read again.
-                Err(e) if is_wrong_last_sequence(&e) => {
+                Err(e) if is_moved(&e) => {
                     tokio::time::sleep(LAGGING_REPLICA_PAUSE).await;
                 }
                 // No stream leader (an election): wait for one.
@@ -156,48 +159,57 @@ impl Job {
         )))
     }
 
-    /// Stores `terminal` only while `fence` holds: one publish, checked by
-    /// the server as it stores it.
+    /// Stores `terminal` only while `fence` holds, checked by the server as
+    /// it stores it: one publish, or one more per other answer's events
+    /// stepped past ([`crate::siblings`]).
     pub(super) async fn store_terminal(
         &self,
         terminal: &Event,
         fence: TerminalFence,
     ) -> Result<Fenced, PublishFailed> {
         let session = self.request.session_id;
-        let message = PublishMessage::build().payload(terminal.to_payload());
-        let message = match fence {
-            TerminalFence::OwnClaim => message
-                .expected_last_subject_sequence(self.claim_seq())
-                .header(
-                    subjects::HEADER_EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT,
-                    subjects::claims(session, self.message_id()).as_str(),
-                ),
-            TerminalFence::RightAfter(last_seq) => message.expected_last_subject_sequence(last_seq),
+        let payload = terminal.to_payload();
+        let last_seq = match fence {
+            TerminalFence::OwnClaim => {
+                let message = PublishMessage::build()
+                    .payload(payload)
+                    .expected_last_subject_sequence(self.claim_seq())
+                    .header(
+                        subjects::HEADER_EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT,
+                        subjects::claims(session, self.message_id()).as_str(),
+                    );
+                let acked = match self
+                    .ctx
+                    .js
+                    .send_publish(subjects::events(session), message)
+                    .await
+                {
+                    Ok(ack) => ack.await,
+                    Err(e) => return Err(e.into()),
+                };
+                return match acked {
+                    Ok(_) => Ok(Fenced::Stored),
+                    // The message's last claim is not this run's: a later
+                    // attempt claimed it (claims are stored in rising order).
+                    Err(e) if is_moved(&e) => Ok(Fenced::Superseded),
+                    Err(e) => Err(e.into()),
+                };
+            }
+            TerminalFence::RightAfter(last_seq) => last_seq,
         };
-        let acked = match self
-            .ctx
-            .js
-            .send_publish(subjects::events(session), message)
-            .await
-        {
-            Ok(ack) => ack.await,
-            Err(e) => return Err(e.into()),
+        let subject = subjects::events(session);
+        let session = SessionSubject {
+            js: &self.ctx.js,
+            events: &self.ctx.layout.events,
+            subject: &subject,
+            message: Some(self.message_id()),
         };
-        match acked {
+        match session.publish_right_after(payload, last_seq).await {
             Ok(_) => Ok(Fenced::Stored),
-            Err(e) if is_wrong_last_sequence(&e) => match fence {
-                // The message's last claim is not this run's: a later
-                // attempt claimed it (claims are stored in rising order).
-                TerminalFence::OwnClaim => Ok(Fenced::Superseded),
-                // Some run stored an event since the admit step's read.
-                TerminalFence::RightAfter(_) => Ok(Fenced::Moved),
-            },
+            // This message's run stored an event since the admit step's
+            // read (other messages' events are stepped past).
+            Err(e) if is_moved(&e) => Ok(Fenced::Moved),
             Err(e) => Err(e.into()),
         }
     }
-}
-
-fn is_wrong_last_sequence(e: &async_nats::jetstream::context::PublishError) -> bool {
-    e.kind() == PublishErrorKind::WrongLastSequence
-        || protocol::conflicts::is_wrong_last_sequence(e)
 }

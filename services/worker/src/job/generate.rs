@@ -10,7 +10,6 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use async_nats::jetstream::context::PublishErrorKind;
-use async_nats::jetstream::message::PublishMessage;
 
 use super::ending::{Generated, Stop};
 use super::{Job, JobError};
@@ -19,6 +18,7 @@ use crate::cancel::{self, CancelGuard};
 use crate::chunking::{AnswerChunker, Piece};
 use crate::metrics;
 use crate::publish::{EventPublisher, FirstEvent, PublishFailed};
+use crate::siblings::{self, SessionSubject};
 
 impl Job {
     /// Starts this attempt's event publisher; a redelivered job first tells
@@ -29,8 +29,10 @@ impl Job {
     /// have been answered by a replica that was behind, missing a terminal
     /// event the leader already holds, and a `restart` after a stored
     /// `done` is a second answer (`chatctl recovery --cluster`:
-    /// `extra_terminal`, `done a1` then `restart a2`). A moved stream is
-    /// [`JobError::StreamMoved`]: the admit step reads again.
+    /// `extra_terminal`, `done a1` then `restart a2`). A stream this
+    /// message's events moved is [`JobError::StreamMoved`]: the admit step
+    /// reads again (other messages' events are stepped past, see
+    /// [`crate::siblings`]).
     pub(super) async fn start_publishing(&self, last_seq: u64) -> Result<EventPublisher, JobError> {
         let ctx = &self.ctx;
         let subject = protocol::subjects::events(self.request.session_id);
@@ -46,19 +48,19 @@ impl Job {
                 message_id: self.message_id(),
                 attempt: self.attempt(),
             };
-            let message = PublishMessage::build()
-                .payload(restart.to_payload())
-                .expected_last_subject_sequence(last_seq);
-            let stored = async { ctx.js.send_publish(subject.clone(), message).await?.await };
+            let session = SessionSubject {
+                js: &ctx.js,
+                events: &ctx.layout.events,
+                subject: &subject,
+                message: Some(self.message_id()),
+            };
+            let stored = session.publish_right_after(restart.to_payload(), last_seq);
             match self.unless_connection_lost("start", stored).await? {
-                Ok(ack) => {
+                Ok((ack, _)) => {
                     after_seq = ack.sequence;
                     first = FirstEvent::Anywhere;
                 }
-                Err(e)
-                    if e.kind() == PublishErrorKind::WrongLastSequence
-                        || protocol::conflicts::is_wrong_last_sequence(&e) =>
-                {
+                Err(e) if siblings::is_moved(&e) => {
                     tracing::info!(last_seq, "the session's stream moved on; reading it again");
                     return Err(JobError::StreamMoved);
                 }

@@ -60,6 +60,25 @@ impl Harness {
         }
     }
 
+    /// Takes the next job off the workers' consumer the way a worker that
+    /// then dies would: delivered, never acked. Returns its delivery count.
+    pub async fn take_and_abandon(&self) -> u64 {
+        let consumer = protocol::setup::workers_consumer(&self.layout)
+            .await
+            .unwrap();
+        let mut batch = consumer
+            .batch()
+            .max_messages(1)
+            .expires(Duration::from_secs(10))
+            .messages()
+            .await
+            .unwrap();
+        let message = batch.next().await.unwrap().unwrap();
+        let delivered = message.info().unwrap().delivered;
+        drop(message);
+        u64::try_from(delivered).unwrap()
+    }
+
     /// A new client of the harness's own after the server restarted: the
     /// old one reconnects on its own schedule, seconds later.
     pub async fn reconnect(&mut self) {
