@@ -37,6 +37,7 @@
 use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::stream::DirectGetErrorKind;
+use bytes::Bytes;
 use protocol::{subjects, CancelNotice, Event};
 
 use super::Job;
@@ -167,37 +168,50 @@ impl Job {
         terminal: &Event,
         fence: TerminalFence,
     ) -> Result<Fenced, PublishFailed> {
-        let session = self.request.session_id;
         let payload = terminal.to_payload();
-        let last_seq = match fence {
-            TerminalFence::OwnClaim => {
-                let message = PublishMessage::build()
-                    .payload(payload)
-                    .expected_last_subject_sequence(self.claim_seq())
-                    .header(
-                        subjects::HEADER_EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT,
-                        subjects::claims(session, self.message_id()).as_str(),
-                    );
-                let acked = match self
-                    .ctx
-                    .js
-                    .send_publish(subjects::events(session), message)
-                    .await
-                {
-                    Ok(ack) => ack.await,
-                    Err(e) => return Err(e.into()),
-                };
-                return match acked {
-                    Ok(_) => Ok(Fenced::Stored),
-                    // The message's last claim is not this run's: a later
-                    // attempt claimed it (claims are stored in rising order).
-                    Err(e) if is_moved(&e) => Ok(Fenced::Superseded),
-                    Err(e) => Err(e.into()),
-                };
-            }
-            TerminalFence::RightAfter(last_seq) => last_seq,
+        match fence {
+            TerminalFence::OwnClaim => self.store_after_own_claim(payload).await,
+            TerminalFence::RightAfter(last_seq) => self.store_right_after(payload, last_seq).await,
+        }
+    }
+
+    /// Stores `payload` while the message's last claim is this run's own
+    /// (none, for a first attempt).
+    async fn store_after_own_claim(&self, payload: Bytes) -> Result<Fenced, PublishFailed> {
+        let session = self.request.session_id;
+        let message = PublishMessage::build()
+            .payload(payload)
+            .expected_last_subject_sequence(self.claim_seq())
+            .header(
+                subjects::HEADER_EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT,
+                subjects::claims(session, self.message_id()).as_str(),
+            );
+        let acked = match self
+            .ctx
+            .js
+            .send_publish(subjects::events(session), message)
+            .await
+        {
+            Ok(ack) => ack.await,
+            Err(e) => return Err(e.into()),
         };
-        let subject = subjects::events(session);
+        match acked {
+            Ok(_) => Ok(Fenced::Stored),
+            // The message's last claim is not this run's: a later attempt
+            // claimed it (claims are stored in rising order).
+            Err(e) if is_moved(&e) => Ok(Fenced::Superseded),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Stores `payload` right after the session's event at `last_seq` (or
+    /// after other messages' events stored since).
+    async fn store_right_after(
+        &self,
+        payload: Bytes,
+        last_seq: u64,
+    ) -> Result<Fenced, PublishFailed> {
+        let subject = subjects::events(self.request.session_id);
         let session = SessionSubject {
             js: &self.ctx.js,
             events: &self.ctx.layout.events,
@@ -207,7 +221,7 @@ impl Job {
         match session.publish_right_after(payload, last_seq).await {
             Ok(_) => Ok(Fenced::Stored),
             // This message's run stored an event since the admit step's
-            // read (other messages' events are stepped past).
+            // read.
             Err(e) if is_moved(&e) => Ok(Fenced::Moved),
             Err(e) => Err(e.into()),
         }
