@@ -139,6 +139,18 @@ pub struct GatewayConfig {
         hide = true
     )]
     pub test_leaderless_job_retries: u64,
+    /// Test hook: the first n replays (an attach or `resume` with
+    /// `after_seq`, …) read the session's last event one short, as a
+    /// replica that has not caught up answers (right after a heal,
+    /// nats-server serves direct gets again once a replica holds 90 % of
+    /// its log).
+    #[arg(
+        long,
+        env = "GATEWAY_TEST_STALE_REPLAY_READS",
+        default_value_t = 0,
+        hide = true
+    )]
+    pub test_stale_replay_reads: u64,
     /// Who a client is: its session's token, or the app's JWT.
     #[command(flatten)]
     pub auth: AuthConfig,

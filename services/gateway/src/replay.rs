@@ -272,6 +272,11 @@ impl StoredEvents for SessionEvents {
                 first_available: 1,
             });
         };
+        let last_seq = if state.test_hooks.stale_replay_read() {
+            last_seq.saturating_sub(1)
+        } else {
+            last_seq
+        };
         let bounds = state
             .retry_api_call(|| state.stream_bounds.for_after(&state.layout.events, after))
             .await?;

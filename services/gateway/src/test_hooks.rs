@@ -14,6 +14,8 @@ pub struct TestHooks {
     nats_replies_to_lose: AtomicU64,
     /// Retried job publishes still to find no stream leader.
     leaderless_job_retries: AtomicU64,
+    /// Replays still to read the session's last event one short.
+    stale_replay_reads: AtomicU64,
 }
 
 impl TestHooks {
@@ -22,6 +24,7 @@ impl TestHooks {
             job_acks_to_lose: AtomicU64::new(config.test_lose_job_acks),
             nats_replies_to_lose: AtomicU64::new(config.test_lose_nats_replies),
             leaderless_job_retries: AtomicU64::new(config.test_leaderless_job_retries),
+            stale_replay_reads: AtomicU64::new(config.test_stale_replay_reads),
         }
     }
 
@@ -51,6 +54,16 @@ impl TestHooks {
         } else {
             Ok(())
         }
+    }
+}
+
+impl TestHooks {
+    /// Whether the replay about to start (an attach or `resume` with
+    /// `after_seq`, an SSE resume, a REST page) reads the session's last
+    /// event one short, as a replica behind would
+    /// (`--test-stale-replay-reads`).
+    pub fn stale_replay_read(&self) -> bool {
+        take_one(&self.stale_replay_reads)
     }
 }
 

@@ -1,7 +1,8 @@
 //! Every client sees each event of its session exactly once, in order:
 //! reconnects with `after_seq`, the `resume` frame, gap repair after a lost
-//! live message, a client that falls behind and catches up from the stream,
-//! one that stops reading and is let go, and the replay window's edge.
+//! live message, a replay a replica behind answered, a client that falls
+//! behind and catches up from the stream, one that stops reading and is let
+//! go, and the replay window's edge.
 
 mod support;
 
@@ -100,6 +101,37 @@ async fn a_lost_live_message_is_repaired_from_the_stream() {
     assert_eq!(events.len(), 42);
     let after = app.metric("chat_gateway_gap_repairs_total").await;
     assert!(after > before, "gap repairs {before} -> {after}");
+}
+
+#[tokio::test]
+async fn a_replay_a_replica_behind_answered_is_completed_without_a_new_event() {
+    // The attach reads the session one event short, as from a replica that
+    // has not caught up (right after a heal); the answer is over, so no
+    // live event follows to reveal the gap. The tail check the attach arms
+    // sends the rest.
+    let app = TestApp::builder()
+        .gateway_args(&["--test-stale-replay-reads", "1"])
+        .scripted_worker(Script::numbered(10, Duration::ZERO))
+        .start()
+        .await;
+    let (session, token) = app.new_session().await;
+    let mut ws = app.connect(session, &token, None).await;
+    ws.ready().await;
+    let (id, _) = ws.chat("over before the reconnect").await;
+    let answered = ws.until_terminal(id).await;
+    drop(ws);
+
+    let mut ws = app.connect(session, &token, Some(0)).await;
+    let last = answered.last().unwrap().seq;
+    assert_eq!(
+        ws.ready().await.last_seq,
+        last - 1,
+        "the attach read one short"
+    );
+    let replayed = ws.until_terminal(id).await;
+    let (stored, _) = app.events(session, &token, 0).await;
+    assert_eq!(stored.last().unwrap().seq, last);
+    assert_eq!(replayed, stored);
 }
 
 #[tokio::test]

@@ -135,6 +135,7 @@ async fn run(socket: WebSocket, state: AppState, query: SocketQuery) {
                 attachment: attached.attachment,
                 user_feed: attached.user_feed,
                 expiry,
+                replayed: attached.after_seq.is_some(),
             };
             forward(&mut relay, &state, links, inbox).await
         }
@@ -161,6 +162,8 @@ struct Links {
     attachment: Attachment,
     user_feed: Option<UserAttachment>,
     expiry: Option<Expiry>,
+    /// The socket started with a replay of stored events.
+    replayed: bool,
 }
 
 /// The longest a socket's token is watched for (a year): past it the socket
@@ -371,13 +374,17 @@ async fn forward<S: Sink<Message> + Unpin>(
         mut attachment,
         mut user_feed,
         mut expiry,
+        replayed,
     } = links;
     let user_revoked = user_feed.as_ref().map(|f| f.revoked.clone());
     let mut notices = user_feed.as_mut().map(|f| &mut f.receiver);
     let shutdown = state.shutdown.clone();
     let quiet = state.config.tail_check();
-    // Armed by each live event, fired once when they go quiet.
-    let mut tail_check: Option<Instant> = None;
+    // Armed by each live event, fired once when they go quiet; armed by a
+    // starting replay too: a replica that had not caught up may have
+    // answered its reads (its direct gets come back on before it has), and
+    // an answer that is over sends no live event to reveal what it left out.
+    let mut tail_check: Option<Instant> = replayed.then(|| Instant::now() + quiet);
     // A stored sequence this socket had not sent at the last tail check.
     let mut tail_suspect: Option<u64> = None;
     loop {
@@ -612,6 +619,7 @@ impl SessionFeed {
     /// close frame with 1012) or the relay fails (a close frame with 1013).
     pub(crate) async fn relay<S: Sink<Message> + Unpin>(self, state: AppState, sink: S) {
         let outbox = Outbox::new(sink, state.config.write_timeout());
+        let replayed = matches!(self.start, FeedStart::Replay { .. });
         let (mut relay, started) = match self.start {
             FeedStart::Replay { after, position } => {
                 let mut relay = Relay::new(outbox, self.events, after);
@@ -637,6 +645,7 @@ impl SessionFeed {
                     attachment: self.attachment,
                     user_feed: None,
                     expiry: None,
+                    replayed,
                 };
                 forward(&mut relay, &state, links, inbox).await
             }
