@@ -456,8 +456,7 @@ impl EventPublisher {
                 .await
         };
         match answered.await {
-            Err(e) if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence => Ok(()),
-            Err(e) if protocol::conflicts::is_wrong_last_sequence(&e) => Ok(()),
+            Err(e) if siblings::is_moved(&e) => Ok(()),
             Ok(_) => Err(PublishFailed(
                 "the stream stored a barrier it must refuse".into(),
             )),

@@ -11,17 +11,8 @@ use async_nats::jetstream::message::PublishMessage;
 use futures::StreamExt;
 use protocol::records::{DeadLetter, TurnStatus};
 use protocol::{stored, subjects, CancelNotice, ErrorCode, Event, MessageId, SessionId};
-use support::{answer_of, wait_until, Harness, Live};
+use support::{answer_of, wait_until, Harness, Live, FAST};
 use worker::backends::demo;
-
-const FAST: &[&str] = &[
-    "--demo-tokens-per-sec",
-    "0",
-    "--demo-first-token-ms",
-    "0",
-    "--demo-answer-tokens",
-    "40",
-];
 
 /// A demo worker that takes 10 s over its answer.
 const SLOW: &[&str] = &["--demo-tokens-per-sec", "20", "--demo-answer-tokens", "200"];
@@ -615,24 +606,8 @@ async fn a_cancel_seen_at_admission_ends_a_message_an_earlier_run_ended_meanwhil
     let session = h.new_session().await;
     let id = h.submit(session, "cancelled twice over?").await;
     h.cancel(session, id).await;
-    assert_eq!(h.take_and_abandon().await, 1);
     let claims = subjects::claims(session, id);
-    // The claim read, a direct get: seen here once the admit reads are done.
-    let mut claim_reads = h
-        .client
-        .subscribe(format!(
-            "$JS.API.DIRECT.GET.{}.{claims}",
-            subjects::EVENTS_STREAM
-        ))
-        .await
-        .unwrap();
-    let mut args = FAST.to_vec();
-    args.extend(["--test-claim-pause-ms", "3000"]);
-    let worker = h.spawn_worker(&args).await;
-    tokio::time::timeout(Duration::from_secs(20), claim_reads.next())
-        .await
-        .expect("attempt 2 read the message's claims")
-        .unwrap();
+    let (worker, _) = h.attempt_2_paused_at_its_claim(session, id, "3000").await;
     let attempt_1_ends = async_nats::jetstream::message::PublishMessage::build()
         .payload(Event::Cancelled { message_id: id }.to_payload())
         .expected_last_subject_sequence(0)

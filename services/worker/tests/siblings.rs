@@ -6,22 +6,10 @@
 
 mod support;
 
-use std::time::Duration;
-
 use futures::{FutureExt, StreamExt};
-use protocol::{subjects, Event, MessageId, SessionId};
+use protocol::{Event, MessageId, SessionId};
 use support::{answer_of, Harness};
 use worker::backends::demo;
-
-/// A demo answer of 40 tokens at once.
-const FAST: &[&str] = &[
-    "--demo-tokens-per-sec",
-    "0",
-    "--demo-first-token-ms",
-    "0",
-    "--demo-answer-tokens",
-    "40",
-];
 
 #[tokio::test]
 async fn an_answer_started_beside_another_of_its_session_is_not_restarted() {
@@ -91,46 +79,22 @@ async fn an_answer_started_beside_another_of_its_session_is_not_restarted() {
     worker.shutdown().await.unwrap();
 }
 
-/// Another question's first chunk, stored as its worker would.
-async fn store_sibling_chunk(h: &Harness, session: SessionId) -> Event {
-    let sibling = Event::Chunk {
-        message_id: MessageId::new(),
+/// The first chunk of attempt 1 of `message_id`.
+fn first_chunk(message_id: MessageId, text: &str) -> Event {
+    Event::Chunk {
+        message_id,
         attempt: 1,
         index: 0,
-        text: "meanwhile ".into(),
+        text: text.into(),
         published_at_us: None,
-    };
-    h.store_event(session, &sibling).await;
-    sibling
+    }
 }
 
-/// A worker running attempt 2 of the session's one queued message, paused
-/// between reading the message's claims (after its admit reads) and
-/// storing its own claim; returns once that read was made, with a
-/// subscription that sees every later read of the claims.
-async fn attempt_2_paused_at_its_claim(
-    h: &Harness,
-    session: SessionId,
-    id: MessageId,
-) -> (worker::RunningWorker, async_nats::Subscriber) {
-    assert_eq!(h.take_and_abandon().await, 1);
-    let mut claim_reads = h
-        .client
-        .subscribe(format!(
-            "$JS.API.DIRECT.GET.{}.{}",
-            subjects::EVENTS_STREAM,
-            subjects::claims(session, id)
-        ))
-        .await
-        .unwrap();
-    let mut args = FAST.to_vec();
-    args.extend(["--test-claim-pause-ms", "1000"]);
-    let worker = h.spawn_worker(&args).await;
-    tokio::time::timeout(Duration::from_secs(20), claim_reads.next())
-        .await
-        .expect("attempt 2 read the message's claims")
-        .unwrap();
-    (worker, claim_reads)
+/// Another question's first chunk, stored as its worker would.
+async fn store_sibling_chunk(h: &Harness, session: SessionId) -> Event {
+    let sibling = first_chunk(MessageId::new(), "meanwhile ");
+    h.store_event(session, &sibling).await;
+    sibling
 }
 
 /// Reads of the message's claims seen since, once the job is done: one
@@ -155,7 +119,7 @@ async fn a_restart_steps_past_another_answers_event() {
     let session = h.new_session().await;
     let prompt = "answered again beside another";
     let id = h.submit(session, prompt).await;
-    let (worker, mut claim_reads) = attempt_2_paused_at_its_claim(&h, session, id).await;
+    let (worker, mut claim_reads) = h.attempt_2_paused_at_its_claim(session, id, "1000").await;
     let sibling = store_sibling_chunk(&h, session).await;
     h.wait_queue_empty().await;
 
@@ -190,7 +154,7 @@ async fn a_cancel_at_admission_steps_past_another_answers_event() {
     let session = h.new_session().await;
     let id = h.submit(session, "cancelled beside another").await;
     h.cancel(session, id).await;
-    let (worker, mut claim_reads) = attempt_2_paused_at_its_claim(&h, session, id).await;
+    let (worker, mut claim_reads) = h.attempt_2_paused_at_its_claim(session, id, "1000").await;
     let sibling = store_sibling_chunk(&h, session).await;
     h.wait_queue_empty().await;
 
@@ -217,14 +181,8 @@ async fn a_run_that_reads_its_admit_step_again_keeps_its_attempt() {
     let session = h.new_session().await;
     let prompt = "overtaken by its own first attempt";
     let id = h.submit(session, prompt).await;
-    let (worker, mut claim_reads) = attempt_2_paused_at_its_claim(&h, session, id).await;
-    let late_chunk = Event::Chunk {
-        message_id: id,
-        attempt: 1,
-        index: 0,
-        text: "late ".into(),
-        published_at_us: None,
-    };
+    let (worker, mut claim_reads) = h.attempt_2_paused_at_its_claim(session, id, "1000").await;
+    let late_chunk = first_chunk(id, "late ");
     h.store_event(session, &late_chunk).await;
     h.wait_queue_empty().await;
 

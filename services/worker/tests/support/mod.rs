@@ -19,6 +19,16 @@ use stack::nats::NatsServer;
 
 pub const WAIT: Duration = Duration::from_secs(15);
 
+/// Worker flags for a demo answer of 40 tokens at once.
+pub const FAST: &[&str] = &[
+    "--demo-tokens-per-sec",
+    "0",
+    "--demo-first-token-ms",
+    "0",
+    "--demo-answer-tokens",
+    "40",
+];
+
 pub struct Harness {
     pub server: NatsServer,
     pub client: async_nats::Client,
@@ -77,6 +87,38 @@ impl Harness {
         let delivered = message.info().unwrap().delivered;
         drop(message);
         u64::try_from(delivered).unwrap()
+    }
+
+    /// A worker running attempt 2 of `id`, the harness's one queued job
+    /// (attempt 1 taken and abandoned here), paused `claim_pause_ms` between
+    /// reading the message's claims (after its admit reads) and storing its
+    /// own; returns once that read was made, with a subscription that sees
+    /// every later read of the claims.
+    pub async fn attempt_2_paused_at_its_claim(
+        &self,
+        session: SessionId,
+        id: MessageId,
+        claim_pause_ms: &str,
+    ) -> (worker::RunningWorker, async_nats::Subscriber) {
+        assert_eq!(self.take_and_abandon().await, 1);
+        // The claim read is a direct get of the claims subject.
+        let mut claim_reads = self
+            .client
+            .subscribe(format!(
+                "$JS.API.DIRECT.GET.{}.{}",
+                subjects::EVENTS_STREAM,
+                subjects::claims(session, id)
+            ))
+            .await
+            .unwrap();
+        let mut args = FAST.to_vec();
+        args.extend(["--test-claim-pause-ms", claim_pause_ms]);
+        let worker = self.spawn_worker(&args).await;
+        tokio::time::timeout(Duration::from_secs(20), claim_reads.next())
+            .await
+            .expect("attempt 2 read the message's claims")
+            .unwrap();
+        (worker, claim_reads)
     }
 
     /// A new client of the harness's own after the server restarted: the
